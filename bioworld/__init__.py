@@ -1,0 +1,36 @@
+"""bioworld: a biological perturbation world model.
+
+Single-cell expression is grouped into entities (pathways, programs, regulons); perturbations are
+actions; an entity-masked, action-conditioned JEPA learns how actions move the entity latents.
+
+>>> import bioworld as bw
+>>> adata = bw.data.load_papalexi()
+>>> wm = bw.WorldModel(adata, perturbation_key="perturbation", control="control")
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from bioworld import errors
+from bioworld._lazy import lazy_exports
+
+try:
+    __version__ = version("bioworld")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+_getattr, __dir__ = lazy_exports(
+    __name__,
+    {
+        "WorldModel": "._world_model",
+    },
+)
+
+_SUBPACKAGES = {"data", "entities", "actions", "model", "train", "query", "eval", "report"}
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    return _getattr(name)

@@ -1,0 +1,33 @@
+"""Data layer: bundled datasets, loaders, registration + validation, splits, simulator, collator.
+
+Imports nothing from ``bioworld.model``; exported names are imported lazily.
+"""
+
+from bioworld._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        # bundled files + loaders
+        "bundled_path": "._bundled",
+        "verify_bundled": "._bundled",
+        "load_papalexi": "._io",
+        "load_l1000": "._io",
+        "read_gears": "._io",
+        "read_h5ad": "._io",
+        # registration / validation
+        "register": "._register",
+        "Registration": "._register",
+        "normalize": "._register",
+        "get_registration": "._register",
+        # splits
+        "Split": "._splits",
+        "leave_targets_out": "._splits",
+        "unseen_combinations": "._splits",
+        "unseen_compounds": "._splits",
+        "unseen_doses": "._splits",
+        # simulator
+        "simulate": ".simulate",
+        "SimulationResult": ".simulate",
+    },
+)

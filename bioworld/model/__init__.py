@@ -1,0 +1,1 @@
+"""bioworld.model"""
