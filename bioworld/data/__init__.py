@@ -20,6 +20,8 @@ __getattr__, __dir__ = lazy_exports(
         "Registration": "._register",
         "normalize": "._register",
         "get_registration": "._register",
+        "format_registration": "._register",
+        "DataWarning": "._register",
         # splits
         "Split": "._splits",
         "leave_targets_out": "._splits",

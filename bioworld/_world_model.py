@@ -1,0 +1,607 @@
+"""``bw.WorldModel``: the one class that ties data, entities, actions, model, training and queries.
+
+>>> import bioworld as bw
+>>> adata = bw.data.load_papalexi()
+>>> wm = bw.WorldModel(adata, perturbation_key="perturbation", control="control")
+>>> wm.train()
+>>> pred = wm.predict(["IFNGR1", "STAT1+IRF1"])     # AnnData: X = predicted mean, layers['delta']
+>>> wm.save("model_dir"); wm2 = bw.WorldModel.load("model_dir")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from bioworld.errors import BioworldError, CheckpointError, DataValidationError, UnknownPerturbationError
+
+#: Observation columns tried (in order) as the pairing context when no replicate key is given.
+REPLICATE_CANDIDATES = ("replicate", "bio_rep", "batch", "gem_group", "plate", "det_plate")
+#: Number of control cells kept in the model directory as the default starting population.
+N_REFERENCE_CELLS = 512
+#: Gene-feature sources for genetic targets (knowledge that lets unseen targets be predicted).
+FEATURE_SOURCES = ("hallmark", "progeny", "dorothea", "go_bp")
+GENE_FEATURE_DIM = 64
+
+
+def _as_entity_set(entities: Any):
+    from bioworld.entities import EntitySet, default_entities
+
+    if entities is None:
+        return default_entities()
+    if isinstance(entities, EntitySet):
+        return entities
+    if isinstance(entities, (str, os.PathLike)):
+        entities = [entities]
+    sets = []
+    for item in entities:
+        if isinstance(item, EntitySet):
+            sets.append(item)
+            continue
+        p = Path(item)
+        if p.suffix.lower() == ".gmt":
+            sets.append(EntitySet.from_gmt(p))
+        elif p.suffix.lower() in (".tsv", ".txt", ".csv") or p.name.endswith(".tsv.gz"):
+            sets.append(EntitySet.from_weight_table(p))
+        else:
+            raise BioworldError(
+                f"entities file {str(p)!r} has an unknown type; expected a .gmt gene-set file or a "
+                ".tsv weight table with columns gene, pathway, weight"
+            )
+    out = sets[0]
+    return out.combine(*sets[1:], on_clash="prefix") if len(sets) > 1 else out
+
+
+class _GeneFeatures:
+    """Fixed feature table for genetic targets: entity/regulon/GO membership reduced by SVD.
+
+    Built once from bundled knowledge (+ the model's own entities) and stored in the checkpoint as a
+    tensor, so an unseen gene has a representation whenever any of those sets contains it.
+    """
+
+    def __init__(self, genes: list[str], table: np.ndarray) -> None:
+        self.genes = list(genes)
+        self.table = table.astype(np.float32)
+        self.pos = {g: i for i, g in enumerate(self.genes)}
+
+    @classmethod
+    def build(cls, entity_sets: list, dim: int = GENE_FEATURE_DIM, seed: int = 0) -> "_GeneFeatures":
+        import scipy.sparse as sp
+        from sklearn.decomposition import TruncatedSVD
+
+        genes = sorted(set().union(*[set(es.genes()) for es in entity_sets]))
+        pos = {g: i for i, g in enumerate(genes)}
+        rows, cols, vals = [], [], []
+        col = 0
+        for es in entity_sets:
+            for ent in es:
+                w = np.asarray(ent.weights, dtype=np.float32)
+                m = float(np.abs(w).max()) if len(w) else 1.0
+                for g, wi in zip(ent.genes, w):
+                    rows.append(pos[g]); cols.append(col); vals.append(wi / (m or 1.0))
+                tf = ent.name[len("REGULON_"):] if ent.name.startswith("REGULON_") else None
+                col += 1
+                if tf is not None and tf in pos:
+                    rows.append(pos[tf]); cols.append(col); vals.append(1.0)
+                    col += 1
+        M = sp.csr_matrix((vals, (rows, cols)), shape=(len(genes), col), dtype=np.float32)
+        # idf-style column scaling: small, specific sets say more about a gene than huge ones
+        df = np.asarray((M != 0).sum(0)).ravel()
+        M = M @ sp.diags(1.0 / np.sqrt(np.maximum(df, 1))).astype(np.float32)
+        k = min(dim, min(M.shape) - 1)
+        svd = TruncatedSVD(n_components=k, random_state=seed, algorithm="randomized", n_iter=7)
+        Z = svd.fit_transform(M).astype(np.float32)
+        Z /= np.linalg.norm(Z, axis=1, keepdims=True).clip(1e-8)
+        if k < dim:
+            Z = np.pad(Z, ((0, 0), (0, dim - k)))
+        return cls(genes, Z)
+
+    def knows(self, gene: str) -> bool:
+        return gene in self.pos
+
+    def __call__(self, genes: list[str]) -> np.ndarray:
+        return np.stack([self.table[self.pos[g]] for g in genes])
+
+
+class WorldModel:
+    """An entity-slot, action-conditioned JEPA fitted to one AnnData.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes. Raw counts (``input="counts"``) or log-scale values (``input="log"``).
+    entities
+        An :class:`~bioworld.entities.EntitySet`, a GMT / weight-table path, or a list of them.
+        Default: bundled MSigDB Hallmark + PROGENy. Panel genes no entity covers get data-driven
+        NMF programs (``nmf_programs``).
+    perturbation_key, control
+        ``obs`` column of perturbation labels (action grammar, see :mod:`bioworld.actions`) and the
+        control label in it.
+    dose_key, compound_id_key, smiles
+        For compound data: dose column, compound-id column (joined to the SMILES table on its
+        first 13 characters, LINCS style) and a SMILES source (path to a CSV ``id, SMILES`` or a
+        dict name -> SMILES). Without SMILES, compounds cannot be generalised to.
+    gene_symbols_key
+        ``var`` column holding gene symbols when ``var_names`` are probe/Ensembl ids.
+    input
+        ``"counts"`` (normalize_total 1e4 + log1p) or ``"log"`` (used as is).
+    replicate_key
+        ``obs`` column of the context control and perturbed cells are paired within; auto-detected
+        among ``replicate, bio_rep, batch, gem_group, plate`` when not given.
+    holdout
+        Perturbation labels never shown in training (e.g. a :class:`~bioworld.data.Split`'s test).
+    config, model_config
+        :class:`~bioworld.train.TrainConfig` and :class:`~bioworld.model.JEPAConfig` overrides
+        (dicts of fields or the dataclasses).
+    """
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        *,
+        entities: Any = None,
+        perturbation_key: str = "perturbation",
+        control: str = "control",
+        dose_key: str | None = None,
+        compound_id_key: str | None = None,
+        smiles: str | os.PathLike | dict[str, str] | None = None,
+        gene_symbols_key: str | None = None,
+        input: str = "counts",
+        replicate_key: str | None = None,
+        min_cells_per_group: int | None = None,
+        min_genes_per_entity: int = 3,
+        nmf_programs: int = 4,
+        holdout: Iterable[str] | Any = (),
+        config: Any = None,
+        model_config: dict[str, Any] | None = None,
+    ) -> None:
+        from bioworld.actions import parse_action
+        from bioworld.data import normalize, register
+        from bioworld.entities import EntitySet, map_to_panel
+        from bioworld.train import TrainConfig
+
+        self.train_config = _train_config(config)
+        if min_cells_per_group is None:
+            min_cells_per_group = 1 if input == "log" else 3
+        if replicate_key is None:
+            replicate_key = next((k for k in REPLICATE_CANDIDATES if k in adata.obs.columns), None)
+        self.registration = register(
+            adata, perturbation_key=perturbation_key, control=control, dose_key=dose_key,
+            compound_id_key=compound_id_key, gene_symbols_key=gene_symbols_key, input=input,
+            replicate_key=replicate_key, min_cells_per_group=min_cells_per_group,
+        )
+        reg = self.registration
+        self.var_names = [str(v) for v in adata.var_names]
+        self.genes = list(reg.genes)  # symbols, var order
+        X = normalize(adata, reg).astype(np.float32)
+
+        # ---- entities -> slots (+ NMF programs for genes no entity covers)
+        base = _as_entity_set(entities)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            panel = map_to_panel(base, self.genes, min_genes=min_genes_per_entity)
+        self.findings: list[str] = list(reg.findings)
+        if panel.dropped:
+            self.findings.append(
+                f"{len(panel.dropped)} entities have < {min_genes_per_entity} panel genes and are not slots: "
+                + ", ".join(d.name for d in panel.dropped[:8]) + (" …" if len(panel.dropped) > 8 else "")
+            )
+        if nmf_programs and len(panel.uncovered_genes) >= 3 * nmf_programs:
+            idx = [self.genes.index(g) for g in panel.uncovered_genes]
+            nmf = EntitySet.from_nmf(np.clip(X[:, idx], 0, None), panel.uncovered_genes,
+                                     n_programs=nmf_programs, seed=self.train_config.seed)
+            base = base.combine(nmf, on_clash="prefix")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                panel = map_to_panel(base, self.genes, min_genes=min_genes_per_entity)
+            self.findings.append(f"added {len(nmf)} NMF programs over {len(idx)} genes no entity covers")
+        self.entity_set = panel.entity_set
+        self.entity_names = list(panel.names)
+        self.membership = panel.membership.astype(np.float32)
+
+        # ---- normalisation: centre on control, scale by overall spread
+        labels = adata.obs[perturbation_key].astype(str).to_numpy()
+        self.control = control
+        is_ctrl = labels == control
+        self.mu = X[is_ctrl].mean(0)
+        self.sd = np.maximum(X.std(0), 0.05).astype(np.float32)
+        Xs = ((X - self.mu) / self.sd).astype(np.float32)
+
+        # ---- actions
+        uniq = [control] + [lab for lab in reg.perturbations]
+        self.actions = {lab: parse_action(lab if lab != control else "control", control_labels=(control, "control")) for lab in uniq}
+        self.holdout = sorted(set(getattr(holdout, "test", holdout)))
+        unknown = [h for h in self.holdout if h not in self.actions]
+        if unknown:
+            raise DataValidationError(
+                f"holdout labels {unknown} are not perturbations of this data; expected labels from "
+                f"obs[{perturbation_key!r}] such as {uniq[1:4]}"
+            )
+        self.smiles = _read_smiles(smiles, adata, compound_id_key, self.actions)
+        self._build_featurizers()
+        self.train_labels = [lab for lab in uniq if lab not in self.holdout and lab not in reg.dropped]
+        mcfg = dict(
+            n_genes=len(self.genes), n_entities=len(self.entity_names), gene_feature_dim=GENE_FEATURE_DIM,
+            compound_feature_dim=1024 if self.smiles else 0,
+            max_components=max(2, max(len(a) for a in self.actions.values())),
+        )
+        mcfg.update(model_config or {})
+        from bioworld.model import JEPAConfig
+
+        self.model_config = JEPAConfig(**mcfg)
+
+        # ---- data kept for training; a reference control population kept for queries
+        self._X = Xs
+        self._labels = labels
+        rep = adata.obs[replicate_key].astype(str).to_numpy() if replicate_key else np.zeros(len(labels), str)
+        self._replicate = pd.factorize(rep)[0]
+        rng = np.random.default_rng(self.train_config.seed)
+        ctrl_idx = np.flatnonzero(is_ctrl)
+        take = np.sort(rng.choice(ctrl_idx, size=min(N_REFERENCE_CELLS, len(ctrl_idx)), replace=False))
+        self.reference = Xs[take]
+        self.module = None
+        self.train_result = None
+        self.meta: dict[str, Any] = {"perturbation_key": perturbation_key, "replicate_key": replicate_key}
+
+    # ------------------------------------------------------------ featurizers
+    def _build_featurizers(self) -> None:
+        from bioworld.entities import load_bundled
+
+        sets = [self.entity_set]
+        for name in FEATURE_SOURCES:
+            try:
+                s = load_bundled(name)
+            except BioworldError as e:  # a missing bundled file is reported, not hidden
+                raise BioworldError(f"cannot build gene features: {e}") from None
+            sets.append(s)
+        # entity names may repeat across sources (Hallmark in both) -> build on the union directly
+        self.gene_features = _GeneFeatures.build(sets, seed=0)
+
+    def _compound_features(self, name: str, dose: float) -> np.ndarray:
+        from bioworld.actions import CompoundFeaturizer
+
+        if name not in self.smiles:
+            raise UnknownPerturbationError(
+                f"compound {name!r} has no SMILES; known compounds with structures: "
+                f"{sorted(self.smiles)[:5]}… Provide its SMILES (smiles=...) to predict it."
+            )
+        if not hasattr(self, "_cmp"):
+            self._cmp = CompoundFeaturizer(self.smiles)
+        return self._cmp.features(name, dose)
+
+    def _gene_touch(self, genes: list[str]) -> np.ndarray:
+        from bioworld.actions._encode import gene_touch_matrix
+
+        return gene_touch_matrix(genes, list(self.entity_set))
+
+    def _check_action(self, action) -> None:
+        for p in action.components:
+            if p.kind in ("ko", "kd", "act") and not self.gene_features.knows(p.target):
+                from bioworld.actions._vocab import close_matches
+
+                near = close_matches(p.target, self.gene_features.genes)
+                raise UnknownPerturbationError(
+                    f"gene {p.target!r} is in no entity, regulon or GO set the model knows, so its effect "
+                    f"cannot be predicted; close matches: {near or 'none'}. Check the symbol (HGNC, case-sensitive)."
+                )
+            if p.kind == "silence" and p.target not in self.entity_names:
+                from bioworld.actions._vocab import close_matches
+
+                raise UnknownPerturbationError(
+                    f"cannot silence {p.target!r}: not one of the model's {len(self.entity_names)} entities; "
+                    f"close matches: {close_matches(p.target, self.entity_names) or 'none'}"
+                )
+            if p.kind == "compound" and p.target not in self.smiles:
+                raise UnknownPerturbationError(
+                    f"compound {p.target!r} has no SMILES in this model; known: {sorted(self.smiles)[:5]}…"
+                )
+
+    def _encode(self, actions: Sequence[Any]):
+        from bioworld.actions._encode import encode_actions
+
+        for a in actions:
+            self._check_action(a)
+        return encode_actions(
+            actions, entity_names=self.entity_names, gene_features=self.gene_features,
+            gene_feature_dim=GENE_FEATURE_DIM, gene_touch=self._gene_touch,
+            compound_features=self._compound_features if self.smiles else None,
+            compound_feature_dim=self.model_config.compound_feature_dim,
+            max_components=self.model_config.max_components,
+        )
+
+    # ------------------------------------------------------------------ train
+    def _new_module(self):
+        from bioworld.model import JEPA
+
+        torch.manual_seed(self.train_config.seed)
+        return JEPA(self.model_config, torch.from_numpy(self.membership))
+
+    def train(self, *, progress: bool = True, state_dir: str | os.PathLike | None = None, **overrides: Any) -> "WorldModel":
+        """Train the JEPA. ``overrides`` replace :class:`TrainConfig` fields (e.g. ``max_steps=300``)."""
+        from bioworld.data.collate import EntityMaskCollator, MaskingConfig, TransitionSampler
+        from bioworld.train import fit
+
+        if self._X is None:
+            raise BioworldError("this model was loaded from disk without its training data; create a new WorldModel to train")
+        if overrides:
+            self.train_config = replace(self.train_config, **overrides)
+        cfg = self.train_config
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        labels = list(self.actions)
+        table = self._encode([self.actions[lab] for lab in labels])
+        row_of = {lab: i for i, lab in enumerate(labels)}
+        action_row = np.array([row_of.get(lab, -1) for lab in self._labels])
+        train_rows = [row_of[lab] for lab in self.train_labels if lab != self.control]
+        collator = EntityMaskCollator(
+            len(self.entity_names), len(self.genes),
+            MaskingConfig(mode=cfg.mask_mode, self_ratio=tuple(cfg.self_mask_ratio),
+                          transition_ratio=tuple(cfg.transition_mask_ratio), structured_prob=cfg.structured_mask_prob),
+        )
+        sampler = TransitionSampler(
+            self._X, action_row, row_of[self.control], self._replicate, table, train_rows, collator,
+            groups_per_batch=cfg.groups_per_batch, cells_per_group=cfg.cells_per_group, self_pairs=cfg.self_pairs,
+        )
+        self.module = self._new_module()
+        self.train_result = fit(self.module, sampler, cfg, state_dir=state_dir, progress=progress)
+        return self
+
+    # ---------------------------------------------------------------- queries
+    def _require_module(self):
+        if self.module is None:
+            raise BioworldError("the model is not trained yet; call wm.train() or load a trained model directory")
+        return self.module
+
+    def parse(self, label: str):
+        """Parse a perturbation / intervention label with the project's one parser."""
+        from bioworld.actions import parse_action
+
+        return parse_action(label, control_labels=(self.control, "control"))
+
+    @torch.no_grad()
+    def predict_cells(self, x_std: np.ndarray, actions: Sequence[Any], *, batch_size: int = 1024) -> np.ndarray:
+        """Per-cell predictions on the standardised scale: ``[n_actions, cells, G]``."""
+        from bioworld.model.jepa import ActionBatch
+
+        m = self._require_module()
+        m.eval()
+        table = self._encode(list(actions))
+        out = np.empty((len(actions), len(x_std), len(self.genes)), np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32))
+        for s in range(0, len(x), batch_size):
+            xb = x[s:s + batch_size]
+            z = m.encode(xb)
+            for i in range(len(actions)):
+                rows = np.full(len(xb), i)
+                act = ActionBatch(**table.take(rows))
+                out[i, s:s + len(xb)] = m.readout(m.next(z, act)).numpy()
+        return out
+
+    def _to_scale(self, x_std: np.ndarray) -> np.ndarray:
+        return x_std * self.sd + self.mu
+
+    def predict(self, perturbations: Sequence[str] | str, *, cells: ad.AnnData | None = None) -> ad.AnnData:
+        """Predicted mean expression per perturbation.
+
+        Returns
+        -------
+        AnnData with ``obs_names`` = the requested labels in order, ``var_names`` = the training
+        data's ``var_names``, ``X`` = predicted mean expression on the model's scale (log1p CP10k
+        for counts input, the input scale for log input), ``layers['delta']`` = X minus the
+        predicted control, ``obs['n_cells']`` = cells the mean is over.
+        """
+        if isinstance(perturbations, str):
+            perturbations = [perturbations]
+        labels = [str(p) for p in perturbations]
+        if not labels:
+            raise BioworldError("no perturbations given; expected at least one label such as 'control' or 'STAT1'")
+        actions = [self.parse(lab) for lab in labels]
+        x0 = self.reference if cells is None else self._cells_to_std(cells)
+        ctrl = self.parse("control")
+        pred = self.predict_cells(x0, actions + [ctrl]).mean(1)  # [n+1, G]
+        X = self._to_scale(pred)
+        out = ad.AnnData(
+            X=X[:-1].astype(np.float32),
+            obs=pd.DataFrame({"perturbation": labels, "n_cells": len(x0)}, index=pd.Index(labels, dtype=str)),
+            var=pd.DataFrame(index=pd.Index(self.var_names, dtype=str)),
+        )
+        out.layers["delta"] = (X[:-1] - X[-1]).astype(np.float32)
+        out.uns["bioworld"] = {"model": self.describe(), "scale": self.scale_name}
+        return out
+
+    @property
+    def scale_name(self) -> str:
+        return "log1p CP10k" if self.registration.input == "counts" else "input (log) scale"
+
+    def _cells_to_std(self, cells: ad.AnnData) -> np.ndarray:
+        from bioworld.data import normalize
+
+        cells = self._align_panel(cells)
+        reg = replace(self.registration, n_cells=cells.n_obs)
+        X = normalize(cells, reg).astype(np.float32)
+        if not np.isfinite(X).all():
+            raise DataValidationError("cells contain NaN or infinite values after normalisation; clean the input first")
+        return ((X - self.mu) / self.sd).astype(np.float32)
+
+    def _align_panel(self, cells: ad.AnnData) -> ad.AnnData:
+        names = [str(v) for v in cells.var_names]
+        if names == self.var_names:
+            return cells
+        if set(names) == set(self.var_names) and len(names) == len(self.var_names):
+            return cells[:, self.var_names].copy()
+        missing = [g for g in self.var_names if g not in set(names)]
+        extra = [g for g in names if g not in set(self.var_names)]
+        raise DataValidationError(
+            f"cells have a different gene panel: {len(missing)} of the model's {len(self.var_names)} genes are "
+            f"missing (e.g. {missing[:5]}) and {len(extra)} are extra (e.g. {extra[:5]}). Expected the model's "
+            "var_names (any order); subset/reindex the cells to the training panel."
+        )
+
+    @torch.no_grad()
+    def get_entity_latents(self, adata: ad.AnnData) -> np.ndarray:
+        """Entity latents ``[cells, E, D]`` of the (context) encoder for ``adata``'s cells."""
+        m = self._require_module()
+        x = torch.from_numpy(self._cells_to_std(adata))
+        return np.concatenate([m.encode(x[s:s + 2048]).numpy() for s in range(0, len(x), 2048)])
+
+    def describe(self) -> dict[str, Any]:
+        tr = self.train_result
+        return {
+            "n_genes": len(self.genes), "n_entities": len(self.entity_names),
+            "entity_hash": self.entity_set.hash(), "input": self.registration.input,
+            "train_labels": list(self.train_labels), "holdout": list(self.holdout),
+            "seed": self.train_config.seed,
+            "train_wall_s": None if tr is None else round(tr.wall_s, 2),
+        }
+
+    # -------------------------------------------------------------- save/load
+    def save(self, directory: str | os.PathLike, *, overwrite: bool = True) -> Path:
+        """Write ``model.safetensors`` + ``bioworld.json`` (atomic; no pickled code)."""
+        from bioworld.train.checkpoint import META, save_checkpoint
+
+        m = self._require_module()
+        d = Path(directory)
+        if not overwrite and (d / META).exists():
+            raise CheckpointError(f"{str(d)!r} already holds a model; pass overwrite=True (CLI: --overwrite) to replace it")
+        tensors = {f"module.{k}": v for k, v in m.state_dict().items()}
+        tensors.update({
+            "norm.mu": torch.from_numpy(self.mu), "norm.sd": torch.from_numpy(self.sd),
+            "reference": torch.from_numpy(self.reference), "membership": torch.from_numpy(self.membership),
+            "gene_features": torch.from_numpy(self.gene_features.table),
+        })
+        tr = self.train_result
+        meta = {
+            "model_config": self.model_config.to_dict(), "train_config": self.train_config.to_dict(),
+            "registration": self.registration.to_dict(), "var_names": self.var_names, "genes": self.genes,
+            "entities": self.entity_set.to_dict(), "entity_hash": self.entity_set.hash(),
+            "entity_names": self.entity_names, "control": self.control,
+            "actions": {lab: a.label for lab, a in self.actions.items()},
+            "train_labels": self.train_labels, "holdout": self.holdout,
+            "gene_feature_genes": self.gene_features.genes, "smiles": self.smiles,
+            "findings": self.findings, "meta": self.meta,
+            "train_result": None if tr is None else {"steps": tr.steps, "wall_s": tr.wall_s,
+                                                      "cells_per_s": tr.cells_per_s, "history": tr.history[-20:]},
+        }
+        save_checkpoint(d, tensors, meta)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "WorldModel":
+        """Rebuild a trained model from its directory; refuses corrupt or inconsistent checkpoints."""
+        from bioworld.actions import parse_action
+        from bioworld.data import Registration
+        from bioworld.entities import EntitySet, map_to_panel
+        from bioworld.model import JEPA, JEPAConfig
+        from bioworld.train import TrainConfig
+        from bioworld.train.checkpoint import load_checkpoint
+
+        tensors, meta = load_checkpoint(directory)
+        try:
+            self = cls.__new__(cls)
+            self.model_config = JEPAConfig.from_dict(meta["model_config"])
+            self.train_config = TrainConfig.from_dict(meta["train_config"])
+            self.registration = Registration.from_dict(meta["registration"])
+            self.var_names, self.genes = list(meta["var_names"]), list(meta["genes"])
+            self.entity_set = EntitySet.from_dict(meta["entities"])
+            self.entity_names = list(meta["entity_names"])
+            self.control = meta["control"]
+            self.train_labels, self.holdout = list(meta["train_labels"]), list(meta["holdout"])
+            self.smiles = dict(meta["smiles"])
+            self.findings, self.meta = list(meta["findings"]), dict(meta["meta"])
+            gene_genes = list(meta["gene_feature_genes"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{directory}: bioworld.json lacks or mangles field {e}; the checkpoint is incomplete") from None
+        if self.entity_set.hash() != meta.get("entity_hash"):
+            raise CheckpointError(
+                f"{directory}: entity definitions hash to {self.entity_set.hash()[:12]}… but the checkpoint records "
+                f"{str(meta.get('entity_hash'))[:12]}…; the entity set was modified. Restore the directory or retrain."
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            panel = map_to_panel(self.entity_set, self.genes, min_genes=1)
+        if panel.names != self.entity_names or not np.allclose(panel.membership, tensors["membership"].numpy()):
+            raise CheckpointError(
+                f"{directory}: the stored entities do not map onto the stored gene panel as they did in training "
+                f"({len(panel.names)} vs {len(self.entity_names)} slots); the checkpoint is inconsistent"
+            )
+        expect = {"norm.mu": (len(self.genes),), "norm.sd": (len(self.genes),),
+                  "gene_features": (len(gene_genes), GENE_FEATURE_DIM)}
+        for k, shape in expect.items():
+            if k not in tensors or tuple(tensors[k].shape) != shape:
+                raise CheckpointError(f"{directory}: tensor {k!r} has shape {tuple(tensors[k].shape) if k in tensors else 'missing'}, expected {shape}")
+        self.membership = tensors["membership"].numpy()
+        self.mu, self.sd = tensors["norm.mu"].numpy(), tensors["norm.sd"].numpy()
+        self.reference = tensors["reference"].numpy()
+        self.gene_features = _GeneFeatures(gene_genes, tensors["gene_features"].numpy())
+        self.actions = {lab: parse_action(lab, control_labels=(self.control, "control")) for lab in meta["actions"]}
+        module = JEPA(self.model_config, torch.from_numpy(self.membership))
+        state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+        own = module.state_dict()
+        bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
+        if bad or set(state) - set(own):
+            raise CheckpointError(
+                f"{directory}: weights do not match the stored config (mismatched/missing: {bad[:4]}, "
+                f"unexpected: {sorted(set(state) - set(own))[:4]}); the checkpoint was tampered with or is corrupt"
+            )
+        module.load_state_dict(state)
+        module.eval()
+        self.module = module
+        self._X = None
+        tr = meta.get("train_result")
+        from bioworld.train import TrainResult
+
+        self.train_result = None if tr is None else TrainResult(**tr)
+        return self
+
+    def __repr__(self) -> str:
+        status = "trained" if self.module is not None else "untrained"
+        return (f"WorldModel({status}: {len(self.genes)} genes, {len(self.entity_names)} entity slots, "
+                f"{len(self.train_labels) - 1} training perturbations, holdout={len(self.holdout)})")
+
+
+def _train_config(config: Any):
+    from bioworld.train import TrainConfig
+
+    if config is None:
+        return TrainConfig()
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict):
+        return TrainConfig.from_dict({**TrainConfig().to_dict(), **config})
+    if isinstance(config, (str, os.PathLike)):
+        return TrainConfig.from_file(config)
+    raise BioworldError(f"config must be a TrainConfig, dict or JSON path; got {type(config).__name__}")
+
+
+def _read_smiles(smiles: Any, adata: ad.AnnData, compound_id_key: str | None, actions: dict) -> dict[str, str]:
+    """Compound name -> SMILES for the compounds in the data (and any extra given)."""
+    compounds = sorted({p.target for a in actions.values() for p in a.components if p.kind == "compound"})
+    if not compounds or smiles is None:
+        return {}
+    if isinstance(smiles, dict):
+        table = dict(smiles)
+    else:
+        from bioworld.actions import load_smiles_table
+
+        table = load_smiles_table(smiles)
+    out: dict[str, str] = {}
+    if compound_id_key is not None and "pert_iname" in adata.obs.columns:
+        names = adata.obs["pert_iname"].astype(str)
+        ids = adata.obs[compound_id_key].astype(str)
+        for n, i in zip(names, ids):
+            s = table.get(i[:13]) or table.get(i) or table.get(n)
+            if s:
+                out[n] = s
+    for c in compounds:
+        if c not in out and c in table:
+            out[c] = table[c]
+    return out

@@ -1,0 +1,177 @@
+"""Transition sampling and entity-level masking (masking is data, as in I-JEPA's collators).
+
+The sampler pairs control cells with perturbed cells of the same context (replicate / batch)
+and the collator decides, per sample, which entity slots the context encoder may see and which
+slots the latent loss scores. The model receives index/boolean tensors only.
+
+Imports torch (to hand out tensors) but nothing from :mod:`bioworld.model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+MaskMode = Literal["entity", "gene", "none"]
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """How slots (or genes, for the ablation) are hidden from the context encoder."""
+
+    mode: MaskMode = "entity"  # "entity" (the method), "gene" (patch-style ablation), "none"
+    self_ratio: tuple[float, float] = (0.15, 0.5)  # fraction of slots hidden in self (control) pairs
+    transition_ratio: tuple[float, float] = (0.0, 0.25)  # fraction hidden in perturbation pairs
+    structured_prob: float = 0.5  # P(hide every slot the action touches) in perturbation pairs
+
+
+@dataclass(frozen=True)
+class ActionArrays:
+    """Tensorisable action table, one row per action label (see ``bioworld.actions.encode_actions``)."""
+
+    kind: np.ndarray  # [n, A] int64
+    strength: np.ndarray  # [n, A] float32
+    gene_feat: np.ndarray  # [n, A, F_g] float32
+    cmp_feat: np.ndarray  # [n, A, F_c] float32
+    log_dose: np.ndarray  # [n, A] float32
+    entity_idx: np.ndarray  # [n, A] int64
+    touch: np.ndarray  # [n, A, E] float32
+
+    def take(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k)[rows])) for k in self.__dataclass_fields__}
+
+
+class EntityMaskCollator:
+    """Samples context / target slot masks for a batch.
+
+    Self pairs (control cell -> same cell, control action) hide a random subset of slots and score
+    only the hidden ones: the pure masked-entity JEPA signal. Perturbation pairs hide, with
+    probability ``structured_prob``, all slots the action touches (e.g. every entity containing the
+    knocked-out gene) plus a few random ones, and score all slots of the perturbed cell.
+    """
+
+    def __init__(self, n_entities: int, n_genes: int, config: MaskingConfig) -> None:
+        self.E, self.G, self.cfg = n_entities, n_genes, config
+
+    def __call__(self, touch: np.ndarray, is_self: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """``touch`` [B, E] summed action touch per sample; ``is_self`` [B] bool."""
+        B, E = touch.shape
+        ctx = np.ones((B, E), dtype=bool)
+        tgt = np.ones((B, E), dtype=bool)
+        gene_mask = np.zeros((B, self.G), dtype=bool)
+        mode = self.cfg.mode
+        if mode == "entity":
+            lo_s, hi_s = self.cfg.self_ratio
+            lo_t, hi_t = self.cfg.transition_ratio
+            ratios = np.where(is_self, rng.uniform(lo_s, hi_s, B), rng.uniform(lo_t, hi_t, B))
+            n_hide = np.floor(ratios * E).astype(int)
+            n_hide = np.where(is_self, np.maximum(n_hide, 1), n_hide)
+            scores = rng.random((B, E))
+            order = np.argsort(scores, axis=1)
+            for b in range(B):
+                ctx[b, order[b, : n_hide[b]]] = False
+            structured = (~is_self) & (rng.random(B) < self.cfg.structured_prob)
+            ctx[structured] &= ~(touch[structured] > 0)
+            # never hide everything: keep the least-touched slot visible
+            empty = ~ctx.any(1)
+            for b in np.flatnonzero(empty):
+                ctx[b, int(np.argmin(touch[b] + scores[b] * 1e-3))] = True
+            tgt = np.where(is_self[:, None], ~ctx, True)
+        elif mode == "gene":
+            lo_s, hi_s = self.cfg.self_ratio
+            ratios = np.where(is_self, rng.uniform(lo_s, hi_s, B), rng.uniform(*self.cfg.transition_ratio, B))
+            gene_mask = rng.random((B, self.G)) < ratios[:, None]
+        elif mode != "none":
+            raise ValueError(f"unknown masking mode {mode!r}; expected 'entity', 'gene' or 'none'")
+        return {
+            "context_mask": torch.from_numpy(ctx),
+            "target_mask": torch.from_numpy(tgt),
+            "gene_mask": torch.from_numpy(gene_mask),
+        }
+
+
+class TransitionSampler:
+    """Draws batches of (control cell, perturbed cell, action) transitions plus self pairs.
+
+    Parameters
+    ----------
+    X
+        ``[cells, G]`` standardised expression (float32).
+    action_row
+        ``[cells]`` row of each cell's action in ``actions``.
+    control_row
+        The row of the control action.
+    replicate
+        ``[cells]`` integer context (batch/replicate) used to pair controls with perturbed cells.
+    train_rows
+        Action rows that may be sampled (held-out perturbations excluded).
+    """
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        action_row: np.ndarray,
+        control_row: int,
+        replicate: np.ndarray,
+        actions: ActionArrays,
+        train_rows: list[int],
+        collator: EntityMaskCollator,
+        *,
+        groups_per_batch: int = 8,
+        cells_per_group: int = 16,
+        self_pairs: int = 64,
+    ) -> None:
+        self.X = X
+        self.actions = actions
+        self.collator = collator
+        self.control_row = control_row
+        self.k, self.m, self.n_self = groups_per_batch, cells_per_group, self_pairs
+        self.cells_of = {int(r): np.flatnonzero(action_row == r) for r in set(train_rows) | {control_row}}
+        self.train_rows = np.array(sorted(set(train_rows) | {control_row}))
+        ctrl = self.cells_of[control_row]
+        if len(ctrl) == 0:
+            raise ValueError("no control cells to pair perturbed cells with")
+        self.replicate = replicate
+        self.ctrl_by_rep = {int(r): ctrl[replicate[ctrl] == r] for r in np.unique(replicate)}
+        self.ctrl = ctrl
+
+    def _pair_controls(self, tgt_cells: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        out = np.empty_like(tgt_cells)
+        for i, c in enumerate(tgt_cells):
+            pool = self.ctrl_by_rep.get(int(self.replicate[c]))
+            if pool is None or len(pool) == 0:
+                pool = self.ctrl
+            out[i] = pool[rng.integers(len(pool))]
+        return out
+
+    def sample(self, rng: np.random.Generator) -> dict[str, object]:
+        """One global batch as a dict of tensors (fields of ``JEPABatch`` + action fields)."""
+        k = min(self.k, len(self.train_rows))
+        rows = rng.choice(self.train_rows, size=k, replace=False)
+        tgt_cells, act_rows, group = [], [], []
+        for gi, r in enumerate(rows):
+            cells = self.cells_of[int(r)]
+            tgt_cells.append(cells[rng.integers(len(cells), size=self.m)])
+            act_rows.append(np.full(self.m, r))
+            group.append(np.full(self.m, gi))
+        tgt = np.concatenate(tgt_cells)
+        src = self._pair_controls(tgt, rng)
+        self_cells = self.ctrl[rng.integers(len(self.ctrl), size=self.n_self)]
+        src = np.concatenate([src, self_cells])
+        tgt = np.concatenate([tgt, self_cells])
+        act_rows_a = np.concatenate(act_rows + [np.full(self.n_self, self.control_row)])
+        group_a = np.concatenate(group + [np.full(self.n_self, -1)])
+        is_self = group_a < 0
+        acts = self.actions.take(act_rows_a)
+        touch = self.actions.touch[act_rows_a].sum(1)  # [B, E]
+        masks = self.collator(touch, is_self, rng)
+        return {
+            "x_src": torch.from_numpy(self.X[src]),
+            "x_tgt": torch.from_numpy(self.X[tgt]),
+            "action": acts,
+            "group": torch.from_numpy(group_a.astype(np.int64)),
+            **masks,
+        }

@@ -1,0 +1,62 @@
+"""The gene sets shipped in the repository's ``data/`` folder."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from bioworld.entities._entity import EntitySet
+
+#: Bundled collection name -> (file under data/, source label).
+BUNDLED = {
+    "hallmark": ("genesets/msigdb_hallmark_h.all.v7.0.symbols.gmt", "hallmark"),
+    "progeny": ("genesets/progeny_human_top500.tsv", "progeny"),
+    "reactome": ("genesets/reactome_pathways_2021_hs.gmt", "reactome"),
+    "go_bp": ("genesets/go_bp_propagated_orgHsEgDb_3.16_size10-500.gmt", "go_bp"),
+    "dorothea": ("networks/dorothea_hs_regulons.tsv.gz", "dorothea"),
+}
+
+BundledName = Literal["hallmark", "progeny", "reactome", "go_bp", "dorothea"]
+
+
+def load_bundled(name: BundledName, **kwargs) -> EntitySet:
+    """Load a bundled collection (checksums verified by `bioworld.data.bundled_path`).
+
+    Parameters
+    ----------
+    name
+        ``"hallmark"`` (MSigDB Hallmark v7.0, 50 sets), ``"progeny"`` (PROGENy human top 500,
+        14 pathways, signed weights), ``"reactome"`` (Reactome 2021), ``"go_bp"`` (GO biological
+        process, 10-500 genes; entity names ``"GO:0000002 mitochondrial genome maintenance"``),
+        ``"dorothea"`` (DoRothEA regulons ``REGULON_<TF>``; default confidence ``"ABC"``).
+    **kwargs
+        Passed on to the reader (e.g. ``top_n=100`` for PROGENy, ``confidence="AB"`` for DoRothEA).
+
+    Returns
+    -------
+    EntitySet with ``source`` = ``name``.
+    """
+    from bioworld.data import bundled_path
+    from bioworld.errors import EntityError
+
+    if name not in BUNDLED:
+        raise EntityError(
+            f"Found bundled collection {name!r}; expected one of {sorted(BUNDLED)}. "
+            "Fix: pick one of those, or read your own file with EntitySet.from_gmt(path)."
+        )
+    file, source = BUNDLED[name]
+    path = bundled_path(file)
+    if name == "progeny":
+        return EntitySet.from_weight_table(path, source=source, **kwargs)
+    if name == "dorothea":
+        return EntitySet.from_regulons(path, source=source, **kwargs)
+    return EntitySet.from_gmt(path, source=source, **kwargs)
+
+
+def default_entities() -> EntitySet:
+    """The default entities: bundled MSigDB Hallmark (50 sets) followed by PROGENy (14 pathways).
+
+    Returns
+    -------
+    EntitySet of 64 entities (sources ``"hallmark"`` and ``"progeny"``).
+    """
+    return load_bundled("hallmark").combine(load_bundled("progeny"))

@@ -1,0 +1,45 @@
+"""Typed configuration of the JEPA module (stored in every checkpoint; rebuilds the module exactly)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class JEPAConfig:
+    """Architecture of the entity-slot JEPA.
+
+    Sizes that come from the data (genes, entities, action features) are filled in by
+    :class:`bioworld.WorldModel`; the rest are hyper-parameters with commented defaults.
+    """
+
+    n_genes: int  # G: genes of the panel (readout width)
+    n_entities: int  # E: entity slots per cell
+    gene_feature_dim: int  # F_g: features of a genetic target (entity/regulon membership)
+    compound_feature_dim: int = 0  # F_c: Morgan fingerprint bits (0 = no compounds in the data)
+    latent_dim: int = 32  # D: width of a slot latent
+    token_dim: int = 8  # width of the per-entity gene projection before lifting to D
+    encoder_depth: int = 2  # transformer blocks in the context/target encoder f_theta
+    predictor_depth: int = 2  # transformer blocks in the action-conditioned predictor g_phi
+    n_heads: int = 4  # attention heads in both
+    mlp_ratio: float = 2.0  # hidden width of the transformer MLPs, relative to D
+    dropout: float = 0.0  # dropout inside transformer blocks
+    max_components: int = 2  # A: most components in one action (combinations)
+    readout_hidden: int = 128  # hidden width of the latent -> expression readout
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JEPAConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            from bioworld.errors import CheckpointError
+
+            raise CheckpointError(
+                f"model config has unknown fields {sorted(unknown)}; expected only {sorted(known)}. "
+                "The checkpoint was probably written by a different bioworld version."
+            )
+        return cls(**d)

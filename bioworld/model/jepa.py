@@ -1,0 +1,368 @@
+"""The entity-slot JEPA: pure torch, no AnnData, no training loop.
+
+Shapes: ``B`` batch, ``E`` entities (slots), ``D`` latent dim, ``G`` genes, ``A`` action components,
+``F`` feature dims.
+
+Verbs (TD-MPC2 style): :meth:`JEPA.encode` (context encoder f_theta), :meth:`JEPA.encode_target`
+(EMA target encoder, no grad), :meth:`JEPA.next` (action-conditioned predictor g_phi),
+:meth:`JEPA.readout` (latents -> expression) and :meth:`JEPA.loss` (named losses for one batch).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bioworld.model.config import JEPAConfig
+
+# Component kinds as integers (0 = padding). Kept in sync with bioworld.actions' encoder.
+KIND_PAD, KIND_KO, KIND_KD, KIND_ACT, KIND_COMPOUND, KIND_SILENCE = range(6)
+N_KINDS = 6
+
+
+@dataclass
+class ActionBatch:
+    """Tensorised actions; one row per cell, ``A`` component slots (padded with kind 0)."""
+
+    kind: Tensor  # [B, A] long
+    strength: Tensor  # [B, A] float, 1 = full knockout/activation
+    gene_feat: Tensor  # [B, A, F_g] features of genetic targets (zeros otherwise)
+    cmp_feat: Tensor  # [B, A, F_c] compound fingerprints (zeros otherwise)
+    log_dose: Tensor  # [B, A] log10 dose (0 otherwise)
+    entity_idx: Tensor  # [B, A] long, silenced entity (-1 otherwise)
+    touch: Tensor  # [B, A, E] how strongly each component touches each slot (membership)
+
+    def index(self, idx: Tensor) -> "ActionBatch":
+        return ActionBatch(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
+
+    def to(self, device: torch.device | str) -> "ActionBatch":
+        return ActionBatch(**{k: getattr(self, k).to(device) for k in self.__dataclass_fields__})
+
+
+@dataclass
+class JEPABatch:
+    """One training batch: source (control) cells, target cells and the action between them."""
+
+    x_src: Tensor  # [B, G] standardised expression of the source (control) cells
+    x_tgt: Tensor  # [B, G] standardised expression of the target cells
+    action: ActionBatch
+    context_mask: Tensor  # [B, E] bool, True = slot visible to the context encoder
+    target_mask: Tensor  # [B, E] bool, True = slot scored by the latent loss
+    gene_mask: Tensor  # [B, G] bool, True = gene hidden from the encoder (patch-style ablation)
+    group: Tensor  # [B] long, transition group (for the distributional loss); -1 = self pair
+
+
+@dataclass
+class LossOutput:
+    """Named losses of one batch; ``total`` is what the optimiser minimises."""
+
+    total: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)  # detached scalars, for logging
+    monitor: dict[str, float] = field(default_factory=dict)  # collapse monitor
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block over a set of tokens (no positional order: slots are a set)."""
+
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        q = self.norm1(h)
+        a, _ = self.attn(q, q, q, key_padding_mask=key_padding_mask, need_weights=False)
+        h = h + self.drop(a)
+        return h + self.drop(self.mlp(self.norm2(h)))
+
+
+class SlotEncoder(nn.Module):
+    """f_theta: entity slots -> latents. Each slot sees its member genes through its own projection."""
+
+    def __init__(self, cfg: JEPAConfig, membership: Tensor) -> None:
+        super().__init__()
+        E, G = membership.shape
+        self.register_buffer("member", (membership != 0).float())  # [E, G]
+        weights = membership / membership.abs().sum(1, keepdim=True).clamp_min(1e-6)
+        self.register_buffer("score_w", weights)  # [E, G] signed weights for the slot score
+        self.gene_proj = nn.Parameter(torch.randn(E, G, cfg.token_dim) * (1.0 / math.sqrt(cfg.token_dim)))
+        self.lift = nn.Linear(cfg.token_dim + 1, cfg.latent_dim)
+        self.entity_emb = nn.Parameter(torch.randn(E, cfg.latent_dim) * 0.02)
+        self.blocks = nn.ModuleList(
+            _Block(cfg.latent_dim, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.encoder_depth)
+        )
+        self.norm = nn.LayerNorm(cfg.latent_dim)
+        n_members = self.member.sum(1).clamp_min(1.0)  # [E]
+        self.register_buffer("inv_sqrt_members", n_members.rsqrt())
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """Per-slot input tokens ``[B, E, D]`` from expression ``[B, G]``."""
+        w = self.gene_proj * self.member.unsqueeze(-1)  # [E, G, k]
+        t = torch.einsum("bg,egk->bek", x, w) * self.inv_sqrt_members[None, :, None]  # [B, E, k]
+        score = x @ self.score_w.T  # [B, E]
+        return self.lift(torch.cat([t, score.unsqueeze(-1)], dim=-1)) + self.entity_emb  # [B, E, D]
+
+    def forward(self, x: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        h = self.tokens(x)
+        pad = None if context_mask is None else ~context_mask
+        for blk in self.blocks:
+            h = blk(h, key_padding_mask=pad)
+        return self.norm(h)  # [B, E, D]
+
+
+class ActionEncoder(nn.Module):
+    """Component tokens ``[B, A, D]`` from genetic, compound or entity (silence) actions."""
+
+    def __init__(self, cfg: JEPAConfig) -> None:
+        super().__init__()
+        D = cfg.latent_dim
+        self.kind_emb = nn.Embedding(N_KINDS, D)
+        self.gene_mlp = nn.Sequential(nn.Linear(cfg.gene_feature_dim + 1, D), nn.GELU(), nn.Linear(D, D))
+        self.has_compounds = cfg.compound_feature_dim > 0
+        if self.has_compounds:
+            self.cmp_mlp = nn.Sequential(nn.Linear(cfg.compound_feature_dim + 1, D), nn.GELU(), nn.Linear(D, D))
+        self.entity_emb = nn.Embedding(cfg.n_entities, D)
+
+    def forward(self, act: ActionBatch) -> Tensor:
+        kind = act.kind
+        u = self.kind_emb(kind)  # [B, A, D]
+        is_gene = ((kind == KIND_KO) | (kind == KIND_KD) | (kind == KIND_ACT)).unsqueeze(-1).float()
+        g_in = torch.cat([act.gene_feat, act.strength.unsqueeze(-1)], dim=-1)
+        u = u + is_gene * self.gene_mlp(g_in)
+        if self.has_compounds:
+            is_cmp = (kind == KIND_COMPOUND).unsqueeze(-1).float()
+            c_in = torch.cat([act.cmp_feat, act.log_dose.unsqueeze(-1)], dim=-1)
+            u = u + is_cmp * self.cmp_mlp(c_in)
+        is_sil = (kind == KIND_SILENCE).unsqueeze(-1).float()
+        u = u + is_sil * self.entity_emb(act.entity_idx.clamp_min(0))
+        return u * (kind != KIND_PAD).unsqueeze(-1).float()
+
+
+class Predictor(nn.Module):
+    """g_phi: (z_t, a_t) -> z_{t+1}, slot-wise.
+
+    Each slot token receives the action components that touch it (membership-weighted), and the
+    component tokens join the set so that combinations interact through attention (not a plain
+    sum). Hidden slots enter as a learned mask token; the output is a residual on visible slots.
+    """
+
+    def __init__(self, cfg: JEPAConfig) -> None:
+        super().__init__()
+        D = cfg.latent_dim
+        self.proj_in = nn.Linear(D, D)
+        self.mask_token = nn.Parameter(torch.zeros(D))
+        self.pos = nn.Parameter(torch.randn(cfg.n_entities, D) * 0.02)
+        self.touch_proj = nn.Linear(D, D)
+        self.comp_type = nn.Parameter(torch.randn(D) * 0.02)
+        self.blocks = nn.ModuleList(
+            _Block(D, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.predictor_depth)
+        )
+        self.norm = nn.LayerNorm(D)
+        self.head = nn.Linear(D, D)
+        nn.init.zeros_(self.head.weight)  # start as "no change" on visible slots
+        nn.init.zeros_(self.head.bias)
+
+    def forward(
+        self,
+        z: Tensor,
+        u: Tensor,
+        act: ActionBatch,
+        context_mask: Tensor | None = None,
+        clamp: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        B, E, D = z.shape
+        if context_mask is None:
+            context_mask = torch.ones(B, E, dtype=torch.bool, device=z.device)
+        if clamp is not None:  # do(slot := value): the clamped latent is an observed input
+            slots, values = clamp  # [B, E] bool, [B, E, D]
+            z = torch.where(slots.unsqueeze(-1), values, z)
+            context_mask = context_mask | slots
+        h = torch.where(context_mask.unsqueeze(-1), self.proj_in(z), self.mask_token) + self.pos
+        h = h + torch.einsum("bae,bad->bed", act.touch, self.touch_proj(u))  # [B, E, D]
+        comp = u + self.comp_type  # [B, A, D]
+        seq = torch.cat([h, comp], dim=1)
+        pad = torch.cat([torch.zeros(B, E, dtype=torch.bool, device=z.device), act.kind == 0], dim=1)
+        for blk in self.blocks:
+            seq = blk(seq, key_padding_mask=pad)
+        out = self.head(self.norm(seq[:, :E]))
+        z_next = torch.where(context_mask.unsqueeze(-1), z, torch.zeros_like(z)) + out
+        if clamp is not None:
+            z_next = torch.where(clamp[0].unsqueeze(-1), clamp[1], z_next)
+        return z_next  # [B, E, D]
+
+
+class Readout(nn.Module):
+    """Latents ``[B, E, D]`` -> standardised expression ``[B, G]`` and entity scores ``[B, E]``."""
+
+    def __init__(self, cfg: JEPAConfig) -> None:
+        super().__init__()
+        E, D = cfg.n_entities, cfg.latent_dim
+        self.expr = nn.Sequential(
+            nn.LayerNorm(E * D), nn.Linear(E * D, cfg.readout_hidden), nn.GELU(), nn.Linear(cfg.readout_hidden, cfg.n_genes)
+        )
+        self.score = nn.Linear(D, 1)
+        self.score_bias = nn.Parameter(torch.zeros(E))
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.expr(z.flatten(1))
+        s = self.score(z).squeeze(-1) + self.score_bias
+        return x, s
+
+
+def energy_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Energy distance between two sets of points ``[n, G]`` and ``[m, G]`` (>= 0 in expectation)."""
+    ab = torch.cdist(a, b).mean()
+    aa = torch.cdist(a, a).mean()
+    bb = torch.cdist(b, b).mean()
+    return 2 * ab - aa - bb
+
+
+def effective_rank(z: Tensor) -> float:
+    """exp(entropy) of the normalised singular values of centred ``[N, K]`` latents."""
+    zc = z - z.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(zc.float())
+    p = s / s.sum().clamp_min(1e-12)
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    latent: float = 1.0  # JEPA latent prediction (masked entities + next state)
+    expr: float = 1.0  # readout of predicted latents vs observed target cells (per cell)
+    energy: float = 0.5  # energy distance per transition group (distribution, not only mean)
+    recon: float = 1.0  # readout of target latents (stop-grad) vs the same cells
+    score: float = 0.1  # entity scores from latents
+    variance: float = 1.0  # VICReg variance hinge on context latents (anti-collapse)
+    covariance: float = 0.04  # VICReg off-diagonal covariance (anti-collapse)
+
+
+class JEPA(nn.Module):
+    """Action-conditioned, entity-masked joint-embedding predictive architecture."""
+
+    def __init__(self, cfg: JEPAConfig, membership: Tensor) -> None:
+        super().__init__()
+        if membership.shape != (cfg.n_entities, cfg.n_genes):
+            raise ValueError(
+                f"membership has shape {tuple(membership.shape)}, expected (n_entities, n_genes) = "
+                f"({cfg.n_entities}, {cfg.n_genes})"
+            )
+        self.cfg = cfg
+        self.encoder = SlotEncoder(cfg, membership)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        for p in self.target_encoder.parameters():
+            p.requires_grad_(False)
+        self.action_encoder = ActionEncoder(cfg)
+        self.predictor = Predictor(cfg)
+        self.readout_head = Readout(cfg)
+
+    # ----------------------------------------------------------------- verbs
+    def encode(self, x: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        """Context encoder f_theta on expression ``[B, G]`` -> ``[B, E, D]``."""
+        return self.encoder(x, context_mask)
+
+    @torch.no_grad()
+    def encode_target(self, x: Tensor) -> Tensor:
+        """EMA target encoder (stop-gradient) on the full view -> ``[B, E, D]``."""
+        return self.target_encoder(x)
+
+    def next(
+        self,
+        z: Tensor,
+        act: ActionBatch,
+        context_mask: Tensor | None = None,
+        clamp: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Predicted next latents under ``act``; ``clamp`` = (slots [B,E] bool, values [B,E,D])."""
+        u = self.action_encoder(act)
+        return self.predictor(z, u, act, context_mask=context_mask, clamp=clamp)
+
+    def readout(self, z: Tensor) -> Tensor:
+        """Standardised expression ``[B, G]`` from latents."""
+        return self.readout_head(z)[0]
+
+    def readout_scores(self, z: Tensor) -> Tensor:
+        """Entity scores ``[B, E]`` from latents."""
+        return self.readout_head(z)[1]
+
+    @torch.no_grad()
+    def ema_update(self, momentum: float) -> None:
+        """target <- m * target + (1 - m) * online."""
+        for pt, po in zip(self.target_encoder.parameters(), self.encoder.parameters()):
+            pt.mul_(momentum).add_(po.detach(), alpha=1.0 - momentum)
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, batch: JEPABatch, weights: LossWeights = LossWeights()) -> LossOutput:
+        """All training losses for one batch (I-JEPA step: target under no_grad, then context)."""
+        x_in = batch.x_src.masked_fill(batch.gene_mask, 0.0)
+        with torch.no_grad():
+            z_tgt = self.encode_target(batch.x_tgt)  # [B, E, D]
+        z_ctx = self.encode(x_in, batch.context_mask)  # [B, E, D]
+        z_hat = self.next(z_ctx, batch.action, context_mask=batch.context_mask)
+
+        # JEPA: predicted vs target latents on the scored slots
+        tm = batch.target_mask.unsqueeze(-1).float()
+        lat = (F.smooth_l1_loss(z_hat, z_tgt, reduction="none") * tm).sum() / (tm.sum() * z_hat.shape[-1]).clamp_min(1)
+
+        # readouts
+        x_hat, s_hat = self.readout_head(z_hat)
+        expr = F.mse_loss(x_hat, batch.x_tgt)
+        x_rec, s_rec = self.readout_head(z_tgt)
+        recon = F.mse_loss(x_rec, batch.x_tgt)
+        s_true = batch.x_tgt @ self.encoder.score_w.T
+        score = F.mse_loss(s_rec, s_true) + F.mse_loss(s_hat, s_true)
+
+        # distributional term: energy distance per transition group present in the batch
+        groups = torch.unique(batch.group)
+        groups = groups[groups >= 0]
+        ed_terms = []
+        G = x_hat.shape[1]
+        for g in groups:
+            sel = batch.group == g
+            if int(sel.sum()) >= 2:
+                ed_terms.append(energy_distance(x_hat[sel], batch.x_tgt[sel]) / math.sqrt(G))
+        energy = torch.stack(ed_terms).mean() if ed_terms else x_hat.new_zeros(())
+
+        # anti-collapse (VICReg) on visible context latents, per slot
+        cm = batch.context_mask.float().unsqueeze(-1)  # [B, E, 1]
+        n = cm.sum(0).clamp_min(2.0)  # [E, 1]
+        mean = (z_ctx * cm).sum(0) / n  # [E, D]
+        zc = (z_ctx - mean) * cm
+        var = (zc**2).sum(0) / (n - 1)  # [E, D]
+        std = torch.sqrt(var + 1e-4)
+        variance = F.relu(1.0 - std).mean()
+        cov = torch.einsum("bed,bef->edf", zc, zc) / (n - 1).unsqueeze(-1)  # [E, D, D]
+        off = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2))
+        covariance = (off**2).sum((1, 2)).mean() / z_ctx.shape[-1]
+
+        total = (
+            weights.latent * lat
+            + weights.expr * expr
+            + weights.energy * energy
+            + weights.recon * recon
+            + weights.score * score
+            + weights.variance * variance
+            + weights.covariance * covariance
+        )
+        with torch.no_grad():
+            tgt_std = z_tgt.std(0).mean().item()  # per-slot spread of target latents
+            rank = effective_rank(z_tgt.mean(1)) if z_tgt.shape[0] > 2 else float("nan")
+        terms = {
+            "latent": lat.detach(),
+            "expr": expr.detach(),
+            "energy": energy.detach(),
+            "recon": recon.detach(),
+            "score": score.detach(),
+            "variance": variance.detach(),
+            "covariance": covariance.detach(),
+        }
+        return LossOutput(total=total, terms=terms, monitor={"target_std": tgt_std, "eff_rank": rank})

@@ -1,0 +1,153 @@
+"""Checkpoints: safetensors weights + JSON metadata, no pickled code, written atomically.
+
+A model directory holds ``model.safetensors`` and ``bioworld.json``; the JSON records the
+SHA-256 of the weights file so a truncated or swapped file is refused. A resumable training
+state (optimiser moments, RNG states, step) lives beside it in ``train_state.safetensors`` +
+``train_state.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from bioworld.errors import CheckpointError
+
+FORMAT = "bioworld-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "bioworld.json"
+STATE_WEIGHTS = "train_state.safetensors"
+STATE_META = "train_state.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write weights then metadata (each atomically); the metadata names the weights' hash."""
+    from bioworld import __version__
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    _atomic_save_tensors(d / WEIGHTS, tensors)
+    full = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bioworld_version": __version__,
+        "weights_sha256": _sha256(d / WEIGHTS),
+        **meta,
+    }
+    _atomic_write_bytes(d / META, json.dumps(full, indent=1, sort_keys=True).encode())
+    return d
+
+
+def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a model directory; :class:`CheckpointError` says what is wrong."""
+    from bioworld import __version__
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"model directory {str(d)!r} does not exist; expected a folder written by `bioworld train --out`")
+    meta_path, w_path = d / META, d / WEIGHTS
+    for p in (meta_path, w_path):
+        if not p.is_file():
+            raise CheckpointError(
+                f"{str(d)!r} has no {p.name}; expected {META} + {WEIGHTS} as written by `bioworld train`. "
+                "The directory is incomplete (interrupted copy?) — retrain or copy it again."
+            )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({e}); the checkpoint is corrupt") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path} is not a bioworld checkpoint (format field {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format version {meta.get('format_version')} (written by bioworld "
+            f"{meta.get('bioworld_version')}), this is bioworld {__version__} reading format {FORMAT_VERSION}; "
+            "retrain with this version or install the one that wrote it"
+        )
+    digest = _sha256(w_path)
+    if digest != meta.get("weights_sha256"):
+        raise CheckpointError(
+            f"{w_path} has SHA-256 {digest[:12]}…, but {META} records {str(meta.get('weights_sha256'))[:12]}…: "
+            "the weights were truncated, modified or come from another model. Retrain or restore the directory."
+        )
+    try:
+        tensors = load_file(str(w_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{w_path} cannot be read as safetensors ({e}); the checkpoint is corrupt") from None
+    return tensors, meta
+
+
+def save_train_state(directory: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    _atomic_save_tensors(d / STATE_WEIGHTS, tensors)
+    state = {**state, "weights_sha256": _sha256(d / STATE_WEIGHTS)}
+    _atomic_write_bytes(d / STATE_META, json.dumps(state, sort_keys=True).encode())
+
+
+def load_train_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The resumable training state, or ``None`` when there is none (or it is incomplete)."""
+    d = Path(directory)
+    if not (d / STATE_META).is_file() or not (d / STATE_WEIGHTS).is_file():
+        return None
+    try:
+        state = json.loads((d / STATE_META).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{d / STATE_META} is corrupt ({e}); delete it to train from scratch") from None
+    if _sha256(d / STATE_WEIGHTS) != state.get("weights_sha256"):
+        raise CheckpointError(
+            f"{d / STATE_WEIGHTS} does not match {STATE_META}: the training state is inconsistent; delete both to train from scratch"
+        )
+    return load_file(str(d / STATE_WEIGHTS)), state
+
+
+def clear_train_state(directory: str | Path) -> None:
+    for name in (STATE_META, STATE_WEIGHTS):
+        p = Path(directory) / name
+        if p.exists():
+            p.unlink()

@@ -1,0 +1,79 @@
+"""Typed training configuration, stored in every checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bioworld.errors import BioworldError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides how a world model is trained (defaults fit Papalexi on 2 CPU cores)."""
+
+    seed: int = 0  # one seed drives parameter init, batch sampling and masking
+    max_steps: int = 1200  # optimiser steps
+    lr: float = 1e-3  # peak AdamW learning rate (after warmup, cosine to lr_min)
+    lr_min: float = 1e-5  # final learning rate
+    warmup_steps: int = 100  # linear warmup
+    weight_decay: float = 0.05  # AdamW weight decay
+    grad_clip: float = 1.0  # global grad-norm clip
+    ema_start: float = 0.99  # target-encoder momentum at step 0 ...
+    ema_end: float = 0.999  # ... rising linearly to this at the last step
+    groups_per_batch: int = 8  # perturbation groups per batch (transition pairs)
+    cells_per_group: int = 12  # perturbed cells drawn per group
+    self_pairs: int = 32  # control cells per batch for pure masked-entity prediction
+    mask_mode: str = "entity"  # "entity" (method) | "gene" (patch-style ablation) | "none" (ablation)
+    self_mask_ratio: tuple[float, float] = (0.15, 0.5)  # fraction of slots hidden in self pairs
+    transition_mask_ratio: tuple[float, float] = (0.0, 0.25)  # fraction hidden in perturbation pairs
+    structured_mask_prob: float = 0.5  # P(hide all slots the action touches)
+    # loss weights (see bioworld.model.jepa.LossWeights)
+    w_latent: float = 1.0
+    w_expr: float = 1.0
+    w_energy: float = 0.5
+    w_recon: float = 1.0
+    w_score: float = 0.1
+    w_variance: float = 1.0
+    w_covariance: float = 0.04
+    # collapse monitor: stop when the target latents' mean per-slot std stays below this
+    collapse_std: float = 1e-3
+    collapse_patience: int = 50  # consecutive steps under collapse_std before stopping
+    checkpoint_every: int = 200  # steps between resumable training-state checkpoints (0 = never)
+    log_every: int = 10  # steps between progress-bar updates
+    num_threads: int = 0  # torch intra-op threads (0 = leave torch's default)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise BioworldError(
+                f"unknown training config field(s) {unknown}; expected a subset of {sorted(known)}"
+            )
+        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if clean.get("mask_mode", "entity") not in ("entity", "gene", "none"):
+            raise BioworldError(
+                f"mask_mode={clean['mask_mode']!r}; expected 'entity', 'gene' or 'none'"
+            )
+        return cls(**clean)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """Read a JSON file of overrides (fields not given keep their defaults)."""
+        p = Path(path)
+        if not p.is_file():
+            raise BioworldError(f"config file {str(p)!r} does not exist; pass a JSON file of TrainConfig fields")
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise BioworldError(f"config file {str(p)!r} is not valid JSON ({e}); expected an object of TrainConfig fields") from None
+        if not isinstance(d, dict):
+            raise BioworldError(f"config file {str(p)!r} holds a {type(d).__name__}; expected a JSON object")
+        return cls.from_dict({**cls().to_dict(), **d})

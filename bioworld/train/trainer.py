@@ -1,0 +1,189 @@
+"""The training loop: JEPA step, EMA schedule, collapse monitor, resumable state, optional DDP.
+
+Multi-process training uses ``torch.distributed`` directly (gloo on CPU, nccl on GPUs): every
+rank draws the same global batch from the shared seed and keeps its shard; gradients are averaged
+with all-reduce, so N processes follow the single-process trajectory up to batch-statistic terms.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from bioworld.data.collate import TransitionSampler
+from bioworld.errors import TrainingError
+from bioworld.model.jepa import JEPA, ActionBatch, JEPABatch, LossWeights
+from bioworld.train.checkpoint import clear_train_state, load_train_state, save_train_state
+from bioworld.train.config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    wall_s: float
+    cells_per_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def ema_at(step: int, cfg: TrainConfig) -> float:
+    return cfg.ema_start + (cfg.ema_end - cfg.ema_start) * min(1.0, step / max(1, cfg.max_steps))
+
+
+def loss_weights(cfg: TrainConfig) -> LossWeights:
+    return LossWeights(
+        latent=cfg.w_latent, expr=cfg.w_expr, energy=cfg.w_energy, recon=cfg.w_recon,
+        score=cfg.w_score, variance=cfg.w_variance, covariance=cfg.w_covariance,
+    )
+
+
+def _to_batch(d: dict[str, Any], keep: np.ndarray | None = None) -> JEPABatch:
+    def sel(t: torch.Tensor) -> torch.Tensor:
+        return t if keep is None else t[torch.from_numpy(keep)]
+
+    act = ActionBatch(**{k: sel(v) for k, v in d["action"].items()})
+    return JEPABatch(
+        x_src=sel(d["x_src"]), x_tgt=sel(d["x_tgt"]), action=act,
+        context_mask=sel(d["context_mask"]), target_mask=sel(d["target_mask"]),
+        gene_mask=sel(d["gene_mask"]), group=sel(d["group"]),
+    )
+
+
+def _shard(group: torch.Tensor, rank: int, world: int) -> np.ndarray:
+    g = group.numpy()
+    idx = np.arange(len(g))
+    mine = np.where(g >= 0, g % world == rank, idx % world == rank)
+    return np.flatnonzero(mine)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for pid, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def fit(
+    module: JEPA,
+    sampler: TransitionSampler,
+    cfg: TrainConfig,
+    *,
+    state_dir: str | Path | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``module`` in place. With ``state_dir``, resumes from and writes resumable state."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    weights = loss_weights(cfg)
+    start, history, resumed = 0, [], None
+    if state_dir is not None:
+        loaded = load_train_state(state_dir)
+        if loaded is not None:
+            tensors, state = loaded
+            if state.get("config") != cfg.to_dict():
+                raise TrainingError(
+                    f"{state_dir} holds a training state for a different config; pass overwrite or use a new directory"
+                )
+            module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            _load_optimizer(opt, tensors)
+            torch.set_rng_state(tensors["torch_rng"])
+            rng.bit_generator.state = state["numpy_rng"]
+            start, history, resumed = int(state["step"]), list(state["history"]), int(state["step"])
+
+    module.train()
+    low_std_steps = 0
+    n_cells = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.max_steps, initial=start, desc="training", disable=not progress or rank != 0,
+               dynamic_ncols=True, leave=False)
+    for step in range(start, cfg.max_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        raw = sampler.sample(rng)
+        keep = _shard(raw["group"], rank, world) if world > 1 else None
+        batch = _to_batch(raw, keep)
+        out = module.loss(batch, weights)
+        opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        if world > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(world)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        module.ema_update(ema_at(step, cfg))
+        n_cells += int(raw["x_src"].shape[0])
+        rec = {"step": step + 1, "loss": float(out.total.detach()), **{k: float(v) for k, v in out.terms.items()}, **out.monitor}
+        if not all(math.isfinite(v) for k, v in rec.items() if k != "eff_rank"):
+            raise TrainingError(
+                f"training diverged at step {step + 1} (non-finite loss {rec}); lower the learning rate "
+                "(config lr) or check the input for extreme values"
+            )
+        if out.monitor["target_std"] < cfg.collapse_std:
+            low_std_steps += 1
+            if low_std_steps >= cfg.collapse_patience:
+                raise TrainingError(
+                    f"latent collapse at step {step + 1}: target latents' per-slot std {out.monitor['target_std']:.2e} "
+                    f"< {cfg.collapse_std:g} for {low_std_steps} steps (effective rank {out.monitor['eff_rank']:.2f}). "
+                    "Raise w_variance / w_covariance or lower lr in the training config."
+                )
+        else:
+            low_std_steps = 0
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+            history.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", expr=f"{rec['expr']:.3f}", lat=f"{rec['latent']:.3f}",
+                            std=f"{rec['target_std']:.2f}", rank=f"{rec['eff_rank']:.1f}", refresh=False)
+            if on_step is not None:
+                on_step(step + 1, rec)
+        bar.update(1)
+        if state_dir is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                and step + 1 < cfg.max_steps and rank == 0:
+            tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
+            tensors.update(_optimizer_tensors(opt))
+            tensors["torch_rng"] = torch.get_rng_state()
+            save_train_state(state_dir, tensors, {
+                "step": step + 1, "history": history, "config": cfg.to_dict(),
+                "numpy_rng": rng.bit_generator.state,
+            })
+    bar.close()
+    module.eval()
+    wall = time.perf_counter() - t0
+    if state_dir is not None and rank == 0:
+        clear_train_state(state_dir)
+    return TrainResult(steps=cfg.max_steps, wall_s=wall, cells_per_s=n_cells / max(wall, 1e-9),
+                       history=history, resumed_from=resumed)
