@@ -62,7 +62,7 @@ def _as_entity_set(entities: Any):
 
 
 class _GeneFeatures:
-    """Fixed feature table for genetic targets: entity/regulon/GO membership reduced by SVD.
+    """Frozen feature table of :class:`bioworld.actions.GeneFeaturizer` (entity/regulon/GO membership, SVD).
 
     Built once from bundled knowledge (+ the model's own entities) and stored in the checkpoint as a
     tensor, so an unseen gene has a representation whenever any of those sets contains it.
@@ -75,35 +75,11 @@ class _GeneFeatures:
 
     @classmethod
     def build(cls, entity_sets: list, dim: int = GENE_FEATURE_DIM, seed: int = 0) -> "_GeneFeatures":
-        import scipy.sparse as sp
-        from sklearn.decomposition import TruncatedSVD
+        from bioworld.actions import GeneFeaturizer
 
-        genes = sorted(set().union(*[set(es.genes()) for es in entity_sets]))
-        pos = {g: i for i, g in enumerate(genes)}
-        rows, cols, vals = [], [], []
-        col = 0
-        for es in entity_sets:
-            for ent in es:
-                w = np.asarray(ent.weights, dtype=np.float32)
-                m = float(np.abs(w).max()) if len(w) else 1.0
-                for g, wi in zip(ent.genes, w):
-                    rows.append(pos[g]); cols.append(col); vals.append(wi / (m or 1.0))
-                tf = ent.name[len("REGULON_"):] if ent.name.startswith("REGULON_") else None
-                col += 1
-                if tf is not None and tf in pos:
-                    rows.append(pos[tf]); cols.append(col); vals.append(1.0)
-                    col += 1
-        M = sp.csr_matrix((vals, (rows, cols)), shape=(len(genes), col), dtype=np.float32)
-        # idf-style column scaling: small, specific sets say more about a gene than huge ones
-        df = np.asarray((M != 0).sum(0)).ravel()
-        M = M @ sp.diags(1.0 / np.sqrt(np.maximum(df, 1))).astype(np.float32)
-        k = min(dim, min(M.shape) - 1)
-        svd = TruncatedSVD(n_components=k, random_state=seed, algorithm="randomized", n_iter=7)
-        Z = svd.fit_transform(M).astype(np.float32)
-        Z /= np.linalg.norm(Z, axis=1, keepdims=True).clip(1e-8)
-        if k < dim:
-            Z = np.pad(Z, ((0, 0), (0, dim - k)))
-        return cls(genes, Z)
+        feat = GeneFeaturizer(entity_sets[0], extra_sets=entity_sets[1:], dim=dim, seed=seed)
+        genes = list(feat.genes)
+        return cls(genes, feat.features(genes))
 
     def knows(self, gene: str) -> bool:
         return gene in self.pos
@@ -315,7 +291,7 @@ class WorldModel:
             gene_feature_dim=GENE_FEATURE_DIM, gene_touch=self._gene_touch,
             compound_features=self._compound_features if self.smiles else None,
             compound_feature_dim=self.model_config.compound_feature_dim,
-            max_components=self.model_config.max_components,
+            max_components=self.model_config.max_components, panel_genes=self.genes,
         )
 
     # ------------------------------------------------------------------ train
@@ -383,7 +359,7 @@ class WorldModel:
             for i in range(len(actions)):
                 rows = np.full(len(xb), i)
                 act = ActionBatch(**table.take(rows))
-                out[i, s:s + len(xb)] = m.readout(m.next(z, act)).numpy()
+                out[i, s:s + len(xb)] = m.predict_expression(z, act).numpy()
         return out
 
     def _to_scale(self, x_std: np.ndarray) -> np.ndarray:

@@ -42,11 +42,13 @@ def encode_actions(
     compound_features: Callable[[str, float], np.ndarray] | None = None,
     compound_feature_dim: int = 0,
     max_components: int = 2,
+    panel_genes: Sequence[str] = (),
 ):
     """Tensorise actions into :class:`bioworld.data.collate.ActionArrays` (one row per action).
 
     ``gene_features(genes) -> [n, F_g]``, ``gene_touch(genes) -> [n, E]``,
-    ``compound_features(name, dose) -> [F_c + 1]`` (fingerprint then log-dose).
+    ``compound_features(name, dose) -> [F_c + 1]`` (fingerprint then log-dose); ``panel_genes``
+    gives each measured genetic target its column (for the direct cis effect).
     """
     from bioworld.data.collate import ActionArrays
 
@@ -58,6 +60,8 @@ def encode_actions(
     log_dose = np.zeros((n, A), np.float32)
     entity_idx = np.full((n, A), -1, np.int64)
     touch = np.zeros((n, A, E), np.float32)
+    target_gene = np.full((n, A), -1, np.int64)
+    gene_pos = {g: i for i, g in enumerate(panel_genes)}
     ent_pos = {name: i for i, name in enumerate(entity_names)}
     for i, action in enumerate(actions):
         comps = action.components
@@ -72,6 +76,7 @@ def encode_actions(
             if p.kind in ("ko", "kd", "act"):
                 gene_feat[i, j] = gene_features([p.target])[0]
                 touch[i, j] = gene_touch([p.target])[0]
+                target_gene[i, j] = gene_pos.get(p.target, -1)
             elif p.kind == "compound":
                 if compound_features is None or compound_feature_dim == 0:
                     raise UnknownPerturbationError(
@@ -88,4 +93,4 @@ def encode_actions(
                     )
                 entity_idx[i, j] = ent_pos[p.target]
                 touch[i, j, ent_pos[p.target]] = 1.0
-    return ActionArrays(kind, strength, gene_feat, cmp_feat, log_dose, entity_idx, touch)
+    return ActionArrays(kind, strength, gene_feat, cmp_feat, log_dose, entity_idx, touch, target_gene)

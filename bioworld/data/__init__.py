@@ -29,7 +29,7 @@ __getattr__, __dir__ = lazy_exports(
         "unseen_compounds": "._splits",
         "unseen_doses": "._splits",
         # simulator
-        "simulate": ".simulate",
-        "SimulationResult": ".simulate",
+        "simulate": "._simulate",
+        "SimulationResult": "._simulate",
     },
 )

@@ -39,6 +39,7 @@ class ActionArrays:
     log_dose: np.ndarray  # [n, A] float32
     entity_idx: np.ndarray  # [n, A] int64
     touch: np.ndarray  # [n, A, E] float32
+    target_gene: np.ndarray  # [n, A] int64, panel column of a genetic target (-1 = not measured)
 
     def take(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k)[rows])) for k in self.__dataclass_fields__}

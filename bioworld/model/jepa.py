@@ -36,6 +36,7 @@ class ActionBatch:
     log_dose: Tensor  # [B, A] log10 dose (0 otherwise)
     entity_idx: Tensor  # [B, A] long, silenced entity (-1 otherwise)
     touch: Tensor  # [B, A, E] how strongly each component touches each slot (membership)
+    target_gene: Tensor  # [B, A] long, panel column of a genetic target (-1 = not measured)
 
     def index(self, idx: Tensor) -> "ActionBatch":
         return ActionBatch(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
@@ -264,6 +265,9 @@ class JEPA(nn.Module):
         self.action_encoder = ActionEncoder(cfg)
         self.predictor = Predictor(cfg)
         self.readout_head = Readout(cfg)
+        # direct (cis) effect of a genetic perturbation on its own transcript, per kind, on the
+        # standardised scale; indirect (trans) effects go through the slots and the predictor.
+        self.cis_effect = nn.Parameter(torch.zeros(N_KINDS))
 
     # ----------------------------------------------------------------- verbs
     def encode(self, x: Tensor, context_mask: Tensor | None = None) -> Tensor:
@@ -290,6 +294,19 @@ class JEPA(nn.Module):
         """Standardised expression ``[B, G]`` from latents."""
         return self.readout_head(z)[0]
 
+    def cis(self, act: ActionBatch) -> Tensor:
+        """Direct effect ``[B, G]`` of each genetic target on its own measured transcript."""
+        B, A = act.kind.shape
+        eff = self.cis_effect[act.kind] * act.strength * (act.target_gene >= 0).float()  # [B, A]
+        out = torch.zeros(B, self.cfg.n_genes + 1, device=eff.device, dtype=eff.dtype)
+        idx = torch.where(act.target_gene >= 0, act.target_gene, torch.full_like(act.target_gene, self.cfg.n_genes))
+        out = out.scatter_add(1, idx, eff)
+        return out[:, : self.cfg.n_genes]
+
+    def predict_expression(self, z: Tensor, act: ActionBatch, clamp: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Readout of the predicted next state plus the cis effect: ``[B, G]`` standardised."""
+        return self.readout(self.next(z, act, clamp=clamp)) + self.cis(act)
+
     def readout_scores(self, z: Tensor) -> Tensor:
         """Entity scores ``[B, E]`` from latents."""
         return self.readout_head(z)[1]
@@ -315,6 +332,7 @@ class JEPA(nn.Module):
 
         # readouts
         x_hat, s_hat = self.readout_head(z_hat)
+        x_hat = x_hat + self.cis(batch.action)
         expr = F.mse_loss(x_hat, batch.x_tgt)
         x_rec, s_rec = self.readout_head(z_tgt)
         recon = F.mse_loss(x_rec, batch.x_tgt)

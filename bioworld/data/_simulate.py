@@ -22,12 +22,19 @@ with ``a0_k = sigmoid(c_k)`` the noise-free control activity, ``gamma = 3`` (dri
 non-additive. Gene rates (before normalisation to a composition ``p`` over the panel)::
 
     driver    P{k}_DRV{i}:  b_g * r_ki
-    footprint P{k}_FP{i}:   b_g * exp(loading_g * (a_k - a0_k))   # log-mean = base + loading * a_k
+    footprint P{k}_FP{i}, induced (i % 3 != 0):
+                            b_g * exp(loading_g * (a_k - a0_k))   # log-mean = base + loading * a_k
+    footprint P{k}_FP{i}, repressed (i % 3 == 0):
+                            share_g * (M_k - sum of the pathway's induced rates)
     other     OTHER{i}:     b_g * lognormal noise                  # unaffected by any intervention
 
-Footprint loadings alternate in sign within a pathway (``|loading|`` uniform in ``[1.5, 2.5]``)
-and the base rates are balanced so that a pathway's total footprint mass is unchanged to first
-order; this keeps the compositional side effect of CP10k normalisation on other genes small.
+with ``loading_g`` uniform in ``[1.5, 2.5]``. A pathway's footprint has a fixed budget ``M_k``:
+its repressed genes (every third footprint gene) share what the induced genes leave, so they go
+down as the activity goes up, and the pathway's total footprint rate does not depend on its
+activity. Interventions therefore shift the CP10k composition of the genes they cannot reach
+only through the (small) rate of knocked-out drivers. ``var['sign']`` is ``+1`` for induced and
+``-1`` for repressed footprint genes, ``0`` otherwise. ``OTHER`` genes are abundant
+(housekeeping-like: base rate ~5 against ~1 for induced footprint genes and ~0.5 for drivers).
 
 Interventions
 -------------
@@ -53,9 +60,11 @@ Ground truth
 computed on *expected rates* (no count sampling, no batch effect, i.e. infinite sequencing
 depth: the library size cancels in CP10k): ``E[log1p(1e4 * p_g)]`` over ``n_truth_draws`` latent
 draws (cell noise, driver noise, other-gene noise) taken from their own random stream, the *same*
-draws for every intervention (common random numbers), minus the same for control. Genes and
-pathways an intervention cannot reach therefore have exactly zero activity change, and their
-expression changes only through the (small) compositional effect of CP10k normalisation.
+draws for every intervention (common random numbers), minus the same for control. Pathways an
+intervention cannot reach therefore have exactly zero activity change; their genes have exactly
+zero expression change under silencing and a tiny one (~0.003, the knocked-out drivers' share of
+the CP10k composition) under knockouts. The Monte Carlo error of a delta is about
+``0.5 / sqrt(n_truth_draws)`` at most.
 ``truth_entity_delta[pert, pathway]`` is the matching change of mean activity ``E[a_k]``.
 
 Truth is computed for ``control`` (a row of zeros), every single driver knockout, every pair of
@@ -68,8 +77,8 @@ from __future__ import annotations
 import difflib
 import itertools
 import json
-import sys
-import types
+
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -118,7 +127,8 @@ class SimulationResult:
         Cells x genes AnnData. ``X``: raw counts, CSR float32 (integer values);
         ``obs['perturbation']`` (action-grammar labels, ``control`` for controls),
         ``obs['replicate']`` (``rep1`` ..); ``var['pathway']`` (``''`` for other genes),
-        ``var['role']`` in {``driver``, ``footprint``, ``other``}; ``obsm['sim_activity']``
+        ``var['role']`` in {``driver``, ``footprint``, ``other``}, ``var['sign']`` (+1 induced,
+        -1 repressed footprint gene, 0 otherwise); ``obsm['sim_activity']``
         ``[cells, K]`` float32: the sampled activity of each pathway (column order
         ``uns['simulation']['pathways']``); ``uns['simulation']``: the parameters.
     gmt
@@ -301,10 +311,6 @@ class _Model:
     def a0(self) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.offset))
 
-    @property
-    def n_drivers(self) -> int:
-        return self.driver_idx.shape[1]
-
 
 @dataclass(frozen=True)
 class _Noise:
@@ -413,8 +419,8 @@ def _truth(
 
     Expected rates, common random numbers (the same ``noise`` for every intervention). Genes an
     intervention cannot reach keep their control rates bit for bit; if it knocks out no driver
-    the total rate is unchanged too (footprint mass is conserved), so their log1p(CP10k) is the
-    control's exactly. A knockout lowers the total by the driver's rate, which is applied to all.
+    (and every reachable pathway conserves its footprint mass) the total rate is unchanged too, so
+    their log1p(CP10k) is the control's exactly. Otherwise all genes see the new per-draw total.
     """
     act0, r0 = _activities(model, noise, _Intervention())
     rate0 = _rates(model, noise, act0, r0)  # [G, N]
@@ -426,15 +432,16 @@ def _truth(
     expr_rows, act_rows = [], []
     for iv in ivs:
         act, r = _activities(model, noise, iv, base=act0)
-        parts = [_footprint_rates(model, act, k) for k in _affected(model, iv)]
+        parts = [_footprint_rates(model, act, k) for k in _affected(model, iv)]  # reachable pathways
         ko_rows = np.asarray([drivers[position[g]] for g in iv.knockouts], dtype=np.int64)
         ko_rates = np.exp(model.log_base[ko_rows, None]) * r[[position[g] for g in iv.knockouts]]
         rows = np.concatenate([ko_rows, *(p[0] for p in parts)])
         new = np.vstack([ko_rates, *(p[1] for p in parts)])  # [rows, N]
-        if iv.knockouts:
-            total = total0 - ko_rates.sum(axis=0) + rate0[ko_rows].sum(axis=0)
+        hit = _affected(model, iv)
+        if iv.knockouts or not np.isfinite(model.budget[hit]).all():
+            total = total0 + new.sum(axis=0) - rate0[rows].sum(axis=0)
             expr = _mean_log1p_cp10k(rate0_32, total)
-        else:
+        else:  # footprint mass is conserved: the per-draw total is the control's
             total = total0
             expr = expr0.copy()
         expr[rows] = _mean_log1p_cp10k(new.astype(np.float32), total)
@@ -628,9 +635,9 @@ def _resolve_silence(silence: str | Iterable[str], model: _Model) -> list[_Inter
     return [_Intervention(silenced=(name,)) for name in names]
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _check_int(name: str, value: Any, minimum: int, why: str = "") -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise BioworldError(f"{name}={value!r}; expected an integer >= {minimum}.")
+        raise BioworldError(f"{name}={value!r}; expected an integer >= {minimum}{why}.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -686,21 +693,21 @@ def simulate(
     library_size
         Median total counts per cell.
     n_truth_draws
-        Latent draws used for the ground truth (Monte Carlo error of a delta ~ 0.3 / sqrt(draws)).
+        Latent draws for the ground truth (Monte Carlo error of a delta <= ~0.5 / sqrt(draws)).
     seed
         Seeds everything; the model, the design, the cells and the truth use separate streams.
 
     Returns
     -------
     :class:`SimulationResult` with ``adata`` (counts, ``obs['perturbation']``,
-    ``obs['replicate']``, ``var['pathway']``, ``var['role']``, ``obsm['sim_activity']``,
+    ``obs['replicate']``, ``var['pathway']``, ``var['role']``, ``var['sign']``, ``obsm['sim_activity']``,
     ``uns['simulation']``), ``gmt``, ``dag``, ``truth_delta``, ``truth_entity_delta``, ``params``.
     """
     import anndata as ad
 
     _check_int("n_pathways", n_pathways, 1)
     _check_int("n_drivers", n_drivers, 1)
-    _check_int("genes_per_pathway", genes_per_pathway, n_drivers + 1)
+    _check_int("genes_per_pathway", genes_per_pathway, n_drivers + 1, " (the drivers plus at least one footprint gene)")
     _check_int("n_other_genes", n_other_genes, 0)
     _check_int("n_cells_per_condition", n_cells_per_condition, 1)
     _check_int("n_control_cells", n_control_cells, 1)
@@ -768,6 +775,7 @@ def simulate(
         {
             "pathway": [model.pathways[k] if k >= 0 else "" for k in model.gene_pathway],
             "role": pd.Categorical(model.role, categories=["driver", "footprint", "other"]),
+            "sign": (np.sign(model.loading) - (model.repressed_share > 0)).astype(np.int8),
         },
         index=pd.Index(model.genes),
     )
@@ -822,18 +830,3 @@ def simulate(
         truth_entity_delta=truth_entity,
         params=params,
     )
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``bioworld.data.simulate(...)`` work although the module shares the function's name.
-
-    ``bioworld.data`` lazily exports the function ``simulate`` from this module, ``simulate.py``;
-    once the module is imported, Python binds the *module* to ``bioworld.data.simulate``. Calling
-    the module forwards to the function, so both spellings behave the same.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SimulationResult:
-        return simulate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,370 @@
+"""``bioworld`` command line: thin wrappers over the Python API.
+
+Every command is a small function; the shared error handling lives in :func:`_command`. A
+:class:`~bioworld.errors.BioworldError` (and a missing/unreadable file) is printed as one line
+``error: <message>`` on stderr with exit status 2 and no traceback; ``--debug`` (or the environment
+variable ``BIOWORLD_DEBUG=1``) shows the traceback instead.
+
+Commands: ``inspect``, ``simulate``, ``train``, ``predict``. ``counterfactual``, ``prioritize``,
+``demo`` and ``benchmark`` are added next to them (same pattern: ``@app.command()`` +
+``@_command``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Callable, List, Optional, TypeVar
+
+import typer
+
+from bioworld.errors import BioworldError, CheckpointError, DataValidationError
+
+__all__ = ["app", "main"]
+
+#: ``DATA`` arguments that name a bundled dataset instead of a file.
+BUNDLED_DATASETS = ("papalexi", "l1000")
+#: SMILES table used for compound data when ``--compound-id-key`` is given without ``--smiles``.
+DEFAULT_SMILES = "compounds/lincs_drugs_smiles.csv"
+#: Keywords of :func:`bioworld.data.register` a loader may suggest (``uns['bioworld']['loader']``).
+_REGISTER_KEYS = ("perturbation_key", "control", "dose_key", "compound_id_key", "gene_symbols_key",
+                  "input", "replicate_key", "min_cells_per_group")
+_REGISTER_DEFAULTS = {"perturbation_key": "perturbation", "control": "control", "input": "counts"}
+_MODEL_META = "bioworld.json"  # = bioworld.train.checkpoint.META (not imported: keeps startup fast)
+
+app = typer.Typer(
+    name="bioworld",
+    help="bioworld: a single-cell perturbation world model (entities, actions, JEPA).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# ------------------------------------------------------------------------------- error handling
+def _debug_enabled() -> bool:
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    if root is not None and isinstance(root.obj, dict) and "debug" in root.obj:
+        return bool(root.obj["debug"])
+    return os.environ.get("BIOWORLD_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _one_line(message: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The one-line message for an error a user caused, or None for a bug (shown with traceback)."""
+    if isinstance(exc, BioworldError):
+        return _one_line(str(exc))
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        name = exc.filename if getattr(exc, "filename", None) else ""
+        what = exc.strerror or type(exc).__name__
+        return _one_line(f"{what}: {name}; expected an existing, readable path. Fix: check the path "
+                         f"(current folder: {Path.cwd()}).")
+    return None
+
+
+def _command(fn: F) -> F:
+    """Shared wrapper of every command: one-line errors (exit 2) and warnings as ``warning:`` lines.
+
+    Warnings raised while the command runs are collected; on success each is printed as one line
+    ``warning: <message>`` on stderr, on a user error only the ``error:`` line is printed (with
+    ``--debug`` the warnings and the full traceback are shown).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = _debug_enabled()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                result = fn(*args, **kwargs)
+            except (typer.Exit, typer.Abort):
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below; bugs are re-raised
+                message = _user_error(exc)
+                if debug or message is None:
+                    _print_warnings(caught)
+                    raise
+                typer.echo(f"error: {message}", err=True)
+                raise typer.Exit(code=2) from None
+        _print_warnings(caught)
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    seen: set[str] = set()
+    for w in caught:
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+            continue
+        text = _one_line(str(w.message))
+        if text not in seen:
+            seen.add(text)
+            typer.echo(f"warning: {text}", err=True)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option(
+        "--debug", envvar="BIOWORLD_DEBUG",
+        help="Show full tracebacks instead of one-line errors (also: BIOWORLD_DEBUG=1).")] = False,
+) -> None:
+    """bioworld: entity-slot, action-conditioned JEPA world model for perturbation screens."""
+    ctx.obj = {"debug": debug}
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _load_data(data: str) -> tuple[Any, str]:
+    """``DATA`` -> (AnnData, description). ``papalexi`` / ``l1000`` are the bundled datasets."""
+    from bioworld import data as bwdata
+
+    if data == "papalexi":
+        return bwdata.load_papalexi(), "bundled Papalexi 2021 (perturbseq/papalexi2021_thp1_ko.h5ad)"
+    if data == "l1000":
+        return bwdata.load_l1000(), "bundled LINCS L1000 A375 (compounds/l1000_a375_lincs_dose_response.h5ad)"
+    return bwdata.read_h5ad(data), str(data)
+
+
+def _suggested_kwargs(adata: Any) -> dict[str, Any]:
+    """Register keywords a loader stored in ``uns['bioworld']['loader']['register_kwargs']``."""
+    bw = adata.uns.get("bioworld") if hasattr(adata, "uns") else None
+    loader = bw.get("loader") if hasattr(bw, "get") else None
+    stored = loader.get("register_kwargs") if hasattr(loader, "get") else None
+    if not hasattr(stored, "items"):
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in stored.items():
+        if key not in _REGISTER_KEYS or value is None:
+            continue
+        out[key] = int(value) if key == "min_cells_per_group" else str(value)
+    return out
+
+
+def _register_kwargs(adata: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """Options given on the command line > the loader's suggestions > register's defaults."""
+    merged = {**_REGISTER_DEFAULTS, **_suggested_kwargs(adata)}
+    merged.update({k: v for k, v in given.items() if v is not None})
+    return merged
+
+
+def _check_input(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in ("counts", "log"):
+        raise DataValidationError(
+            f"--input {value!r}; expected 'counts' (raw UMI counts) or 'log' (log-normalised). "
+            "Fix: pass --input counts or --input log."
+        )
+    return value
+
+
+def _entity_set(paths: Optional[List[Path]]) -> tuple[Any, str]:
+    """Entity files (GMT / weight tables, combined) or the bundled defaults; same reader as training."""
+    from bioworld._world_model import _as_entity_set
+
+    if not paths:
+        return _as_entity_set(None), "default: MSigDB Hallmark + PROGENy"
+    return _as_entity_set([str(p) for p in paths]), ", ".join(str(p) for p in paths)
+
+
+def _split_labels(text: str, option: str) -> list[str]:
+    """Split on commas only; labels are not stripped (the action parser reports stray whitespace)."""
+    if text == "":
+        raise BioworldError(f"{option} is empty; expected comma-separated labels such as 'control,STAT1,IFNGR1+STAT1'")
+    return text.split(",")
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / _MODEL_META).exists()
+
+
+# ------------------------------------------------------------------------------------ commands
+@app.command("inspect")
+@_command
+def inspect_cmd(
+    data: Annotated[str, typer.Argument(help="An .h5ad file, or 'papalexi' / 'l1000' for the bundled datasets.")],
+    perturbation_key: Annotated[Optional[str], typer.Option(help="obs column with perturbation labels [default: perturbation].")] = None,
+    control: Annotated[Optional[str], typer.Option(help="Label of unperturbed cells [default: control].")] = None,
+    dose_key: Annotated[Optional[str], typer.Option(help="obs column with the (numeric) dose.")] = None,
+    compound_id_key: Annotated[Optional[str], typer.Option(help="obs column with compound ids (e.g. BRD ids).")] = None,
+    gene_symbols_key: Annotated[Optional[str], typer.Option(help="var column with gene symbols, if var_names are not symbols.")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", help="'counts' or 'log' [default: counts].")] = None,
+    min_cells: Annotated[Optional[int], typer.Option(help="Groups with fewer cells are set aside [default: 3].")] = None,
+    entities: Annotated[Optional[List[Path]], typer.Option(help="GMT or gene/pathway/weight TSV; repeatable, combined.")] = None,
+) -> None:
+    """Validate a dataset and show its perturbations and entity coverage."""
+    from bioworld.data import format_registration, register
+    from bioworld.entities import map_to_panel
+
+    adata, source = _load_data(data)
+    kwargs = _register_kwargs(adata, {
+        "perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
+        "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,
+        "input": _check_input(input), "min_cells_per_group": min_cells,
+    })
+    with warnings.catch_warnings():
+        # register() and map_to_panel() warn about what the summary below lists anyway
+        warnings.simplefilter("ignore", UserWarning)
+        reg = register(adata, **kwargs)
+        entity_set, entity_source = _entity_set(entities)
+        panel = map_to_panel(entity_set, reg.genes)
+    typer.echo(f"data: {source}")
+    typer.echo(format_registration(reg))
+    n = len(reg.findings)
+    typer.echo("validation: passed" + (f" ({n} finding{'s' if n != 1 else ''} above)" if n else ", no findings"))
+    typer.echo(f"entities ({entity_source}):")
+    typer.echo(panel.summary())
+
+
+@app.command("simulate")
+@_command
+def simulate_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write train.h5ad, pathways.gmt and the ground truth to.")],
+    seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 0,
+    n_cells_per_condition: Annotated[int, typer.Option(help="Cells sampled per intervention.")] = 200,
+) -> None:
+    """Simulate a perturbation screen with known causal ground truth."""
+    from bioworld.data import simulate
+
+    result = simulate(seed=seed, n_cells_per_condition=n_cells_per_condition)
+    folder = result.write(out)
+    adata = result.adata
+    labels = adata.obs["perturbation"].astype(str)
+    typer.echo(f"simulated {adata.n_obs:,} cells x {adata.n_vars:,} genes, {labels.nunique() - 1} perturbations "
+               f"+ control, {len(result.gmt)} pathways (seed {seed})")
+    typer.echo(f"wrote {folder}:")
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file():
+            typer.echo(f"  {path.name}  ({path.stat().st_size:,} bytes)")
+
+
+@app.command("train")
+@_command
+def train_cmd(
+    data: Annotated[str, typer.Argument(help="An .h5ad file, or 'papalexi' / 'l1000' for the bundled datasets.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write (model.safetensors + bioworld.json).")],
+    entities: Annotated[Optional[List[Path]], typer.Option(help="GMT or gene/pathway/weight TSV; repeatable, combined [default: Hallmark + PROGENy].")] = None,
+    perturbation_key: Annotated[Optional[str], typer.Option(help="obs column with perturbation labels [default: perturbation].")] = None,
+    control: Annotated[Optional[str], typer.Option(help="Label of unperturbed cells [default: control].")] = None,
+    dose_key: Annotated[Optional[str], typer.Option(help="obs column with the (numeric) dose.")] = None,
+    compound_id_key: Annotated[Optional[str], typer.Option(help="obs column with compound ids (joined to the SMILES table).")] = None,
+    smiles: Annotated[Optional[Path], typer.Option(help=f"CSV 'id,SMILES' [default with --compound-id-key: bundled {DEFAULT_SMILES}].")] = None,
+    gene_symbols_key: Annotated[Optional[str], typer.Option(help="var column with gene symbols, if var_names are not symbols.")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", help="'counts' or 'log' [default: counts].")] = None,
+    replicate_key: Annotated[Optional[str], typer.Option(help="obs column to pair control and perturbed cells within [default: auto-detected].")] = None,
+    holdout: Annotated[Optional[str], typer.Option(help="Comma-separated perturbation labels never shown in training.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Training seed (overrides the config).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file of TrainConfig fields.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (overrides the config).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model in --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar; print only where the model is.")] = False,
+) -> None:
+    """Train a world model on a dataset and save it."""
+    from dataclasses import replace
+
+    import bioworld as bw
+    from bioworld.train import TrainConfig
+
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {str(out)!r} is a file; expected a folder for the model. Fix: choose another path.")
+    if _is_model_dir(out) and not overwrite:
+        raise CheckpointError(
+            f"{str(out)!r} already holds a model ({_MODEL_META}); expected a new or empty folder. "
+            "Fix: pass --overwrite to replace it, or choose another --out."
+        )
+    train_config = TrainConfig.from_file(config) if config is not None else TrainConfig()
+    overrides = {k: v for k, v in {"seed": seed, "max_steps": max_steps}.items() if v is not None}
+    if overrides:
+        train_config = replace(train_config, **overrides)
+
+    adata, source = _load_data(data)
+    kwargs = _register_kwargs(adata, {
+        "perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
+        "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,
+        "input": _check_input(input), "replicate_key": replicate_key,
+    })
+    if smiles is None and kwargs.get("compound_id_key"):
+        from bioworld.data import bundled_path
+
+        smiles = bundled_path(DEFAULT_SMILES)
+    t0 = time.perf_counter()
+    wm = bw.WorldModel(
+        adata,
+        entities=[str(p) for p in entities] if entities else None,
+        smiles=None if smiles is None else str(smiles),
+        holdout=_split_labels(holdout, "--holdout") if holdout is not None else [],
+        config=train_config,
+        **kwargs,
+    )
+    if not quiet:
+        typer.echo(f"data: {source}")
+        typer.echo(repr(wm))
+        for finding in wm.findings:
+            typer.echo(f"  - {finding}")
+    wm.train(progress=not quiet)
+    wall = time.perf_counter() - t0
+    wm.save(out, overwrite=True)
+    steps = wm.train_result.steps if wm.train_result is not None else train_config.max_steps
+    if not quiet:
+        typer.echo(f"trained {steps} steps in {wall:.1f} s (wall time, including setup)")
+    typer.echo(f"model saved to {out}")
+
+
+@app.command("predict")
+@_command
+def predict_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder written by 'bioworld train'.")],
+    perturbations: Annotated[str, typer.Option(help="Comma-separated labels, e.g. 'control,JAK2,IFNGR1+STAT1'.")],
+    out: Annotated[Path, typer.Option("--out", help="AnnData (.h5ad) to write: X = predicted mean, layers['delta'].")],
+) -> None:
+    """Predict the mean expression under perturbations and write it as an h5ad."""
+    import bioworld as bw
+
+    labels = _split_labels(perturbations, "--perturbations")
+    if not model_dir.is_dir():
+        raise CheckpointError(
+            f"model folder {str(model_dir)!r} does not exist; expected a folder written by 'bioworld train'. "
+            "Fix: check the path."
+        )
+    wm = bw.WorldModel.load(model_dir)
+    pred = wm.predict(labels)
+    _write_h5ad_atomic(pred, out)
+    typer.echo(f"predicted {pred.n_obs} perturbation(s) x {pred.n_vars:,} genes; wrote {out}")
+
+
+def _write_h5ad_atomic(adata: Any, path: Path) -> None:
+    """Write to a temporary file in the target folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.h5ad")
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------- entry point
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point (``bioworld = "bioworld.cli:main"``)."""
+    app(args=argv, prog_name="bioworld")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
