@@ -31,6 +31,7 @@ N_REFERENCE_CELLS = 512
 #: Gene-feature sources for genetic targets (knowledge that lets unseen targets be predicted).
 FEATURE_SOURCES = ("hallmark", "progeny", "dorothea", "go_bp")
 GENE_FEATURE_DIM = 64
+_FEATURE_CACHE: dict[str, "_GeneFeatures"] = {}
 
 
 def _as_entity_set(entities: Any):
@@ -230,17 +231,14 @@ class WorldModel:
 
     # ------------------------------------------------------------ featurizers
     def _build_featurizers(self) -> None:
-        from bioworld.entities import load_bundled
+        key = self.entity_set.hash()
+        if key not in _FEATURE_CACHE:  # deterministic in the entity set: build once per process
+            from bioworld.entities import load_bundled
 
-        sets = [self.entity_set]
-        for name in FEATURE_SOURCES:
-            try:
-                s = load_bundled(name)
-            except BioworldError as e:  # a missing bundled file is reported, not hidden
-                raise BioworldError(f"cannot build gene features: {e}") from None
-            sets.append(s)
-        # entity names may repeat across sources (Hallmark in both) -> build on the union directly
-        self.gene_features = _GeneFeatures.build(sets, seed=0)
+            sets = [self.entity_set] + [load_bundled(name) for name in FEATURE_SOURCES]
+            _FEATURE_CACHE.clear()
+            _FEATURE_CACHE[key] = _GeneFeatures.build(sets, seed=0)
+        self.gene_features = _FEATURE_CACHE[key]
 
     def _compound_features(self, name: str, dose: float) -> np.ndarray:
         from bioworld.actions import CompoundFeaturizer
@@ -422,6 +420,105 @@ class WorldModel:
             "var_names (any order); subset/reindex the cells to the training panel."
         )
 
+    # ----------------------------------------------------------- counterfactuals
+    def _slot_scale(self) -> np.ndarray:
+        """Per-slot spread of latents over the reference control cells ``[E]`` (cached)."""
+        if getattr(self, "_slot_scale_cache", None) is None:
+            m = self._require_module()
+            with torch.no_grad():
+                z = m.encode(torch.from_numpy(self.reference)).numpy()  # [n, E, D]
+            self._slot_scale_cache = np.sqrt(z.var(0).sum(-1)).clip(1e-6)
+        return self._slot_scale_cache
+
+    def _inactive_levels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Gene levels that read as "pathway off": 5th / 95th percentile of the reference cells."""
+        return np.quantile(self.reference, 0.05, axis=0), np.quantile(self.reference, 0.95, axis=0)
+
+    def _intervention_rows(self, actions: list) -> tuple[list[dict[str, np.ndarray]], list[int | None]]:
+        """Action-table rows per intervention plus the slot to clamp (for ``silence:``).
+
+        A ``silence:`` the model was trained on is its own learned action. An untrained one is a
+        do-operation: the slot is clamped to its inactive latent under the control action, and
+        the predictor propagates the change.
+        """
+        trained = {a.label for lab, a in self.actions.items() if lab in self.train_labels}
+        rows, clamps = [], []
+        for a in actions:
+            sil = [p for p in a.components if p.kind == "silence"]
+            if sil and a.label not in trained:
+                if len(a.components) > 1:
+                    raise UnknownPerturbationError(
+                        f"{a.label!r}: combining an untrained silence: intervention with other perturbations "
+                        "is not supported; query them separately"
+                    )
+                table = self._encode([self.parse("control")])
+                clamps.append(self.entity_names.index(sil[0].target))
+            else:
+                table = self._encode([a])
+                clamps.append(None)
+            rows.append({k: getattr(table, k)[0] for k in table.__dataclass_fields__})
+        return rows, clamps
+
+    def counterfactual(self, cells: ad.AnnData, interventions: Sequence[str] | str) -> ad.AnnData:
+        """Per-cell predictions for each intervention on the given cells.
+
+        Parameters
+        ----------
+        cells
+            Cells on the model's gene panel (same genes in any order; counts or log as trained).
+        interventions
+            Specs in the action grammar: ``silence:ENTITY``, ``ko:GENE``, ``kd:GENE:0.5``,
+            ``act:GENE``, ``NAME@DOSE``, combinations with ``+``.
+
+        Returns
+        -------
+        AnnData with one row per (intervention, cell), intervention-major: ``X`` predicted
+        expression on the model's scale, ``layers['bw_delta']`` (= ``layers['delta']``) vs the same
+        cells' predicted unperturbed state, ``obs['bw_intervention']``, ``obs['bw_cell']``,
+        ``obsm['bw_entity_shift']`` ``[rows, E]`` latent shift per entity (units of slot spread),
+        ``uns['bioworld']['entity_effects']`` (per intervention, entities ordered by shift) and
+        ``uns['bioworld']['entity_names']``.
+        """
+        from bioworld.query._counterfactual import explain_shifts, inactive_inputs, rollout
+
+        m = self._require_module()
+        if isinstance(interventions, str):
+            interventions = [interventions]
+        specs = [str(s) for s in interventions]
+        if not specs:
+            raise BioworldError("no interventions given; expected e.g. 'silence:HALLMARK_INTERFERON_GAMMA_RESPONSE'")
+        actions = [self.parse(s) for s in specs]
+        x = self._cells_to_std(cells)
+        if len(x) == 0:
+            raise DataValidationError("cells is empty; expected at least one cell")
+        rows, clamps = self._intervention_rows(actions)
+        ctrl_table = self._encode([self.parse("control")])
+        ctrl = {k: getattr(ctrl_table, k)[0] for k in ctrl_table.__dataclass_fields__}
+        low, high = self._inactive_levels()
+        scale = self._slot_scale()
+        Xs, D, shifts, effects = [], [], [], {}
+        for spec, row, ce in zip(specs, rows, clamps):
+            x_in = None if ce is None else inactive_inputs(x, self.membership, ce, low, high)
+            r = rollout(m, x, row, ctrl, clamp_entity=ce, x_inactive=x_in, slot_scale=scale)
+            pred, base = self._to_scale(r.x_pred), self._to_scale(r.x_base)
+            Xs.append(pred); D.append(pred - base); shifts.append(r.slot_shift)
+            effects[spec] = explain_shifts(r.slot_shift, self.entity_names)
+        cell_names = [str(c) for c in cells.obs_names]
+        obs = pd.DataFrame({
+            "bw_intervention": np.repeat(specs, len(x)),
+            "bw_cell": np.tile(cell_names, len(specs)),
+        })
+        obs.index = [f"{i}|{c}" for i, c in zip(obs["bw_intervention"], obs["bw_cell"])]
+        out = ad.AnnData(X=np.concatenate(Xs).astype(np.float32), obs=obs,
+                         var=pd.DataFrame(index=pd.Index(self.var_names, dtype=str)))
+        delta = np.concatenate(D).astype(np.float32)
+        out.layers["bw_delta"] = delta
+        out.layers["delta"] = delta
+        out.obsm["bw_entity_shift"] = np.concatenate(shifts).astype(np.float32)
+        out.uns["bioworld"] = {"entity_effects": effects, "entity_names": list(self.entity_names),
+                               "scale": self.scale_name, "model": self.describe()}
+        return out
+
     @torch.no_grad()
     def get_entity_latents(self, adata: ad.AnnData) -> np.ndarray:
         """Entity latents ``[cells, E, D]`` of the (context) encoder for ``adata``'s cells."""
@@ -496,6 +593,8 @@ class WorldModel:
             gene_genes = list(meta["gene_feature_genes"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{directory}: bioworld.json lacks or mangles field {e}; the checkpoint is incomplete") from None
+        except BioworldError as e:
+            raise CheckpointError(f"{directory}: bioworld.json holds invalid definitions ({e}); the checkpoint is corrupt") from None
         if self.entity_set.hash() != meta.get("entity_hash"):
             raise CheckpointError(
                 f"{directory}: entity definitions hash to {self.entity_set.hash()[:12]}… but the checkpoint records "

@@ -51,13 +51,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ------------------------------------------------------------------------------- error handling
-def _debug_enabled() -> bool:
-    import click
+#: ``--debug`` of the current invocation (set by the root callback; None outside the app).
+_SESSION: dict[str, Optional[bool]] = {"debug": None}
 
-    ctx = click.get_current_context(silent=True)
-    root = ctx.find_root() if ctx is not None else None
-    if root is not None and isinstance(root.obj, dict) and "debug" in root.obj:
-        return bool(root.obj["debug"])
+
+def _debug_enabled() -> bool:
+    if _SESSION["debug"] is not None:
+        return bool(_SESSION["debug"])
     return os.environ.get("BIOWORLD_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -120,13 +120,12 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 @app.callback()
 def _root(
-    ctx: typer.Context,
     debug: Annotated[bool, typer.Option(
         "--debug", envvar="BIOWORLD_DEBUG",
         help="Show full tracebacks instead of one-line errors (also: BIOWORLD_DEBUG=1).")] = False,
 ) -> None:
     """bioworld: entity-slot, action-conditioned JEPA world model for perturbation screens."""
-    ctx.obj = {"debug": debug}
+    _SESSION["debug"] = debug
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -197,16 +196,20 @@ def _is_model_dir(path: Path) -> bool:
 @_command
 def inspect_cmd(
     data: Annotated[str, typer.Argument(help="An .h5ad file, or 'papalexi' / 'l1000' for the bundled datasets.")],
-    perturbation_key: Annotated[Optional[str], typer.Option(help="obs column with perturbation labels [default: perturbation].")] = None,
-    control: Annotated[Optional[str], typer.Option(help="Label of unperturbed cells [default: control].")] = None,
+    perturbation_key: Annotated[Optional[str], typer.Option(help="obs column with perturbation labels (default: perturbation).")] = None,
+    control: Annotated[Optional[str], typer.Option(help="Label of unperturbed cells (default: control).")] = None,
     dose_key: Annotated[Optional[str], typer.Option(help="obs column with the (numeric) dose.")] = None,
     compound_id_key: Annotated[Optional[str], typer.Option(help="obs column with compound ids (e.g. BRD ids).")] = None,
     gene_symbols_key: Annotated[Optional[str], typer.Option(help="var column with gene symbols, if var_names are not symbols.")] = None,
-    input: Annotated[Optional[str], typer.Option("--input", help="'counts' or 'log' [default: counts].")] = None,
-    min_cells: Annotated[Optional[int], typer.Option(help="Groups with fewer cells are set aside [default: 3].")] = None,
-    entities: Annotated[Optional[List[Path]], typer.Option(help="GMT or gene/pathway/weight TSV; repeatable, combined.")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", help="'counts' or 'log' (default: counts).")] = None,
+    min_cells: Annotated[Optional[int], typer.Option(help="Groups with fewer cells are set aside (default: 3).")] = None,
+    entities: Annotated[Optional[List[Path]], typer.Option(metavar="FILE", help="GMT or gene/pathway/weight TSV; repeatable, combined.")] = None,
 ) -> None:
-    """Validate a dataset and show its perturbations and entity coverage."""
+    """Validate a dataset and show its perturbations and entity coverage.
+
+    Options not given fall back to the register keywords a bioworld loader stored in the file
+    (uns['bioworld']['loader']['register_kwargs']), then to the defaults.
+    """
     from bioworld.data import format_registration, register
     from bioworld.entities import map_to_panel
 
@@ -233,7 +236,7 @@ def inspect_cmd(
 @app.command("simulate")
 @_command
 def simulate_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write train.h5ad, pathways.gmt and the ground truth to.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder to write train.h5ad, pathways.gmt and the ground truth to.")],
     seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 0,
     n_cells_per_condition: Annotated[int, typer.Option(help="Cells sampled per intervention.")] = 200,
 ) -> None:
@@ -256,16 +259,16 @@ def simulate_cmd(
 @_command
 def train_cmd(
     data: Annotated[str, typer.Argument(help="An .h5ad file, or 'papalexi' / 'l1000' for the bundled datasets.")],
-    out: Annotated[Path, typer.Option("--out", help="Model folder to write (model.safetensors + bioworld.json).")],
-    entities: Annotated[Optional[List[Path]], typer.Option(help="GMT or gene/pathway/weight TSV; repeatable, combined [default: Hallmark + PROGENy].")] = None,
-    perturbation_key: Annotated[Optional[str], typer.Option(help="obs column with perturbation labels [default: perturbation].")] = None,
-    control: Annotated[Optional[str], typer.Option(help="Label of unperturbed cells [default: control].")] = None,
+    out: Annotated[Path, typer.Option("--out", metavar="MODEL_DIR", help="Model folder to write (model.safetensors + bioworld.json).")],
+    entities: Annotated[Optional[List[Path]], typer.Option(metavar="FILE", help="GMT or gene/pathway/weight TSV; repeatable, combined (default: Hallmark + PROGENy).")] = None,
+    perturbation_key: Annotated[Optional[str], typer.Option(help="obs column with perturbation labels (default: perturbation).")] = None,
+    control: Annotated[Optional[str], typer.Option(help="Label of unperturbed cells (default: control).")] = None,
     dose_key: Annotated[Optional[str], typer.Option(help="obs column with the (numeric) dose.")] = None,
     compound_id_key: Annotated[Optional[str], typer.Option(help="obs column with compound ids (joined to the SMILES table).")] = None,
-    smiles: Annotated[Optional[Path], typer.Option(help=f"CSV 'id,SMILES' [default with --compound-id-key: bundled {DEFAULT_SMILES}].")] = None,
+    smiles: Annotated[Optional[Path], typer.Option(help=f"CSV 'id,SMILES' (default with --compound-id-key: bundled {DEFAULT_SMILES}).")] = None,
     gene_symbols_key: Annotated[Optional[str], typer.Option(help="var column with gene symbols, if var_names are not symbols.")] = None,
-    input: Annotated[Optional[str], typer.Option("--input", help="'counts' or 'log' [default: counts].")] = None,
-    replicate_key: Annotated[Optional[str], typer.Option(help="obs column to pair control and perturbed cells within [default: auto-detected].")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", help="'counts' or 'log' (default: counts).")] = None,
+    replicate_key: Annotated[Optional[str], typer.Option(help="obs column to pair control and perturbed cells within (default: auto-detected).")] = None,
     holdout: Annotated[Optional[str], typer.Option(help="Comma-separated perturbation labels never shown in training.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Training seed (overrides the config).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="JSON file of TrainConfig fields.")] = None,
@@ -273,7 +276,11 @@ def train_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar; print only where the model is.")] = False,
 ) -> None:
-    """Train a world model on a dataset and save it."""
+    """Train a world model on a dataset and save it.
+
+    Options not given fall back to the register keywords a bioworld loader stored in the file
+    (uns['bioworld']['loader']['register_kwargs']), then to the defaults.
+    """
     from dataclasses import replace
 
     import bioworld as bw
@@ -329,7 +336,7 @@ def train_cmd(
 def predict_cmd(
     model_dir: Annotated[Path, typer.Argument(help="A model folder written by 'bioworld train'.")],
     perturbations: Annotated[str, typer.Option(help="Comma-separated labels, e.g. 'control,JAK2,IFNGR1+STAT1'.")],
-    out: Annotated[Path, typer.Option("--out", help="AnnData (.h5ad) to write: X = predicted mean, layers['delta'].")],
+    out: Annotated[Path, typer.Option("--out", metavar="PRED.h5ad", help="AnnData (.h5ad) to write: X = predicted mean, layers['delta'].")],
 ) -> None:
     """Predict the mean expression under perturbations and write it as an h5ad."""
     import bioworld as bw

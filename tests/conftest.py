@@ -29,3 +29,24 @@ def papalexi(_papalexi_session):
 def l1000(_l1000_session):
     """L1000 A375 dose-response (341 wells x 978 genes, log2); a fresh copy per test."""
     return _l1000_session.copy()
+
+
+@pytest.fixture(scope="session")
+def small_sim():
+    """A small simulated screen with ground truth (5 pathways), shared read-only."""
+    from _helpers import small_simulation
+
+    return small_simulation()
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(small_sim):
+    """A world model trained briefly once per session on the small simulation (read-only use)."""
+    import bioworld as bw
+    from _helpers import sim_entities
+
+    holdout = [lab for lab in small_sim.adata.obs["perturbation"].unique() if "+" in lab][:1]
+    wm = bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), replicate_key="replicate",
+                       holdout=holdout, nmf_programs=0, config={"max_steps": 40, "seed": 0, "warmup_steps": 5})
+    wm.train(progress=False)
+    return wm

@@ -1,0 +1,21 @@
+"""Small shared builders for tests (not fixtures, so modules can call them with their own sizes)."""
+
+from __future__ import annotations
+
+
+def sim_entities(result):
+    """EntitySet from a SimulationResult's pathway GMT."""
+    from bioworld.entities import Entity, EntitySet
+
+    return EntitySet(
+        [Entity(name, tuple(genes), tuple(1.0 for _ in genes), "simulator") for name, genes in result.gmt.items()]
+    )
+
+
+def small_simulation(seed: int = 0, **kw):
+    from bioworld.data import simulate
+
+    args = dict(n_pathways=5, n_cells_per_condition=30, n_control_cells=240, doubles=4,
+                n_truth_draws=2000, seed=seed)
+    args.update(kw)
+    return simulate(**args)

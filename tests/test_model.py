@@ -1,0 +1,155 @@
+"""The pure torch JEPA: shapes (incl. batch size 1), EMA, losses, cis effect, predictor init."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bioworld.data.collate import ActionArrays, EntityMaskCollator, MaskingConfig, TransitionSampler
+from bioworld.model import JEPA, JEPAConfig
+from bioworld.model.jepa import KIND_KO, ActionBatch, JEPABatch, energy_distance
+
+G, E, F, A = 30, 6, 8, 2
+
+
+def _module(seed=0):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    M = (rng.random((E, G)) < 0.3).astype(np.float32)
+    M[np.arange(E), np.arange(E)] = 1.0  # every entity has at least one gene
+    cfg = JEPAConfig(n_genes=G, n_entities=E, gene_feature_dim=F, latent_dim=16, token_dim=4, n_heads=2)
+    return JEPA(cfg, torch.from_numpy(M))
+
+
+def _actions(B, gene=None):
+    kind = torch.zeros(B, A, dtype=torch.long)
+    kind[:, 0] = KIND_KO
+    return ActionBatch(
+        kind=kind, strength=torch.ones(B, A), gene_feat=torch.randn(B, A, F), cmp_feat=torch.zeros(B, A, 0),
+        log_dose=torch.zeros(B, A), entity_idx=torch.full((B, A), -1), touch=torch.rand(B, A, E),
+        target_gene=torch.full((B, A), -1 if gene is None else gene, dtype=torch.long),
+    )
+
+
+@pytest.mark.parametrize("B", [1, 5])
+def test_shapes(B):
+    m = _module()
+    x = torch.randn(B, G)
+    z = m.encode(x)
+    assert z.shape == (B, E, 16)
+    assert m.encode_target(x).shape == (B, E, 16)
+    zn = m.next(z, _actions(B))
+    assert zn.shape == (B, E, 16)
+    assert m.readout(zn).shape == (B, G)
+    assert m.readout_scores(zn).shape == (B, E)
+
+
+def test_predictor_starts_as_identity_on_visible_slots():
+    m = _module()
+    z = m.encode(torch.randn(4, G))
+    assert torch.allclose(m.next(z, _actions(4)), z)
+    ctx = torch.ones(4, E, dtype=torch.bool)
+    ctx[:, 0] = False
+    out = m.next(z, _actions(4), context_mask=ctx)
+    assert torch.allclose(out[:, 1:], z[:, 1:]) and torch.allclose(out[:, 0], torch.zeros_like(out[:, 0]))
+
+
+def test_clamp_sets_slot_value():
+    m = _module()
+    z = m.encode(torch.randn(3, G))
+    slots = torch.zeros(3, E, dtype=torch.bool)
+    slots[:, 2] = True
+    values = torch.randn(3, E, 16)
+    out = m.next(z, _actions(3), clamp=(slots, values))
+    assert torch.allclose(out[:, 2], values[:, 2])
+
+
+def test_ema_update_moves_target_towards_online():
+    m = _module()
+    with torch.no_grad():
+        for p in m.encoder.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in m.target_encoder.parameters()]
+    m.ema_update(0.9)
+    for b, t, o in zip(before, m.target_encoder.parameters(), m.encoder.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * o, atol=1e-6)
+    assert not any(p.requires_grad for p in m.target_encoder.parameters())
+
+
+def test_cis_effect_hits_only_the_target_column():
+    m = _module()
+    with torch.no_grad():
+        m.cis_effect[KIND_KO] = -2.0
+    out = m.cis(_actions(2, gene=7))
+    assert out[:, 7].tolist() == [-2.0, -2.0]
+    assert float(out.abs().sum()) == pytest.approx(4.0)
+    assert float(m.cis(_actions(2)).abs().sum()) == 0.0  # target not on the panel
+
+
+def test_loss_terms_finite_and_gradients_reach_encoder_not_target():
+    m = _module()
+    B = 8
+    ctx = torch.ones(B, E, dtype=torch.bool)
+    ctx[:, :2] = False
+    batch = JEPABatch(x_src=torch.randn(B, G), x_tgt=torch.randn(B, G), action=_actions(B), context_mask=ctx,
+                      target_mask=~ctx, gene_mask=torch.zeros(B, G, dtype=torch.bool),
+                      group=torch.tensor([0, 0, 0, 1, 1, 1, -1, -1]))
+    out = m.loss(batch)
+    assert set(out.terms) >= {"latent", "expr", "energy", "recon", "variance", "covariance"}
+    assert all(torch.isfinite(v) for v in out.terms.values())
+    out.total.backward()
+    assert m.encoder.gene_proj.grad is not None and m.encoder.gene_proj.grad.abs().sum() > 0
+    assert all(p.grad is None for p in m.target_encoder.parameters())
+
+
+def test_energy_distance_zero_for_identical_sets_and_positive_for_shifted():
+    a = torch.randn(50, 4)
+    assert float(energy_distance(a, a)) == pytest.approx(0.0, abs=1e-5)
+    assert float(energy_distance(a, a + 3.0)) > 1.0
+
+
+def _table(n_actions, rng):
+    kind = np.zeros((n_actions, A), np.int64)
+    kind[1:, 0] = KIND_KO
+    touch = np.zeros((n_actions, A, E), np.float32)
+    touch[1:, 0, 1] = 1.0
+    return ActionArrays(kind=kind, strength=np.ones((n_actions, A), np.float32),
+                        gene_feat=rng.normal(size=(n_actions, A, F)).astype(np.float32),
+                        cmp_feat=np.zeros((n_actions, A, 0), np.float32), log_dose=np.zeros((n_actions, A), np.float32),
+                        entity_idx=np.full((n_actions, A), -1), touch=touch, target_gene=np.full((n_actions, A), -1))
+
+
+def test_collator_entity_masking_hides_whole_slots_and_structured_hides_touched():
+    rng = np.random.default_rng(0)
+    col = EntityMaskCollator(E, G, MaskingConfig(mode="entity", structured_prob=1.0, transition_ratio=(0.0, 0.0)))
+    touch = np.zeros((4, E), np.float32)
+    touch[:2, 1] = 1.0
+    out = col(touch, np.array([False, False, True, True]), rng)
+    ctx, tgt = out["context_mask"].numpy(), out["target_mask"].numpy()
+    assert not ctx[0, 1] and not ctx[1, 1]  # touched slot hidden in perturbation pairs
+    assert ctx[0].sum() == E - 1
+    assert tgt[:2].all()  # perturbation pairs score every slot
+    assert (tgt[2:] == ~ctx[2:]).all() and (~ctx[2:]).sum(1).min() >= 1  # self pairs score hidden slots
+    assert not out["gene_mask"].numpy().any()
+    gene = EntityMaskCollator(E, G, MaskingConfig(mode="gene"))(touch, np.array([True] * 4), rng)
+    assert gene["context_mask"].numpy().all() and gene["gene_mask"].numpy().any()
+
+
+def test_sampler_pairs_controls_within_replicate_and_respects_holdout():
+    rng = np.random.default_rng(0)
+    N = 200
+    X = rng.normal(size=(N, G)).astype(np.float32)
+    rows = np.repeat([0, 1, 2, 3], 50)
+    rep = np.tile([0, 1], 100)
+    s = TransitionSampler(X, rows, 0, rep, _table(4, rng), [1, 2], EntityMaskCollator(E, G, MaskingConfig()),
+                          groups_per_batch=3, cells_per_group=5, self_pairs=4)
+    for _ in range(5):
+        b = s.sample(rng)
+        kinds = b["action"]["kind"][:, 0].numpy()
+        # action row 3 is held out: its cells never appear as targets
+        tgt = b["x_tgt"].numpy()
+        held = X[rows == 3]
+        assert not any(np.allclose(t, h) for t in tgt for h in held)
+        assert b["x_src"].shape == b["x_tgt"].shape == (19, G)
+        assert (kinds[-4:] == 0).all()  # self pairs carry the control action

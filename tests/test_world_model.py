@@ -1,0 +1,115 @@
+"""bw.WorldModel on a small simulation: predict contract, save/load, determinism, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import bioworld as bw
+from bioworld.errors import CheckpointError, DataValidationError, PerturbationParseError, UnknownPerturbationError
+
+
+def test_predict_contract(tiny_trained):
+    labels = ["P1_DRV1", "control", "P2_DRV1+P3_DRV2"]
+    pred = tiny_trained.predict(labels)
+    assert list(pred.obs_names) == labels
+    assert list(pred.var_names) == tiny_trained.var_names
+    assert np.allclose(pred[pred.obs_names == "control"].layers["delta"], 0.0)
+    assert np.isfinite(pred.X).all()
+    # X is on log1p CP10k scale: non-negative-ish means of log counts
+    assert pred.X.mean() > 0
+
+
+def test_predict_refuses_unknown_and_malformed(tiny_trained):
+    with pytest.raises(UnknownPerturbationError, match="NOTAGENE"):
+        tiny_trained.predict(["NOTAGENE"])
+    with pytest.raises(PerturbationParseError):
+        tiny_trained.predict([" P1_DRV1"])
+    with pytest.raises(UnknownPerturbationError, match="SIM_P99"):
+        tiny_trained.predict(["silence:SIM_P99"])
+
+
+def test_save_load_roundtrip_identical(tiny_trained, tmp_path):
+    tiny_trained.save(tmp_path / "m")
+    wm2 = bw.WorldModel.load(tmp_path / "m")
+    labels = ["P1_DRV1", "P2_DRV2"]
+    assert np.array_equal(tiny_trained.predict(labels).X, wm2.predict(labels).X)
+    files = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert files == ["bioworld.json", "model.safetensors"]  # no pickles, no temp files left
+
+
+def test_tampered_checkpoints_are_refused(tiny_trained, tmp_path):
+    d = tmp_path / "m"
+    tiny_trained.save(d)
+    w = d / "model.safetensors"
+    blob = bytearray(w.read_bytes())
+    blob[-10] ^= 0xFF
+    w.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        bw.WorldModel.load(d)
+    tiny_trained.save(d)
+    meta = json.loads((d / "bioworld.json").read_text())
+    ent0 = meta["entities"]["entities"][0]
+    ent0["weights"] = [2.0] + list(ent0["weights"][1:])  # valid definitions, different from training
+    (d / "bioworld.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="hash"):
+        bw.WorldModel.load(d)
+    ent0["genes"] = ent0["genes"][:-1]  # inconsistent definitions
+    (d / "bioworld.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="invalid definitions"):
+        bw.WorldModel.load(d)
+    tiny_trained.save(d)
+    (d / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError):
+        bw.WorldModel.load(d)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        bw.WorldModel.load(tmp_path / "nope")
+
+
+def test_same_seed_same_predictions_different_seed_differs(small_sim):
+    from _helpers import sim_entities
+
+    def run(seed):
+        wm = bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), replicate_key="replicate",
+                           nmf_programs=0, config={"max_steps": 15, "seed": seed, "warmup_steps": 2})
+        wm.train(progress=False)
+        return wm.predict(["P1_DRV1", "P3_DRV2"]).X
+
+    a, b, c = run(0), run(0), run(1)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_counterfactual_contract_and_panel_checks(tiny_trained, small_sim):
+    cells = small_sim.adata[small_sim.adata.obs["perturbation"] == "control"][:7].copy()
+    cf = tiny_trained.counterfactual(cells, ["silence:SIM_P1", "P2_DRV1"])
+    assert cf.n_obs == 14
+    assert list(cf.obs["bw_intervention"].unique()) == ["silence:SIM_P1", "P2_DRV1"]
+    assert cf.layers["bw_delta"].shape == cf.shape
+    eff = cf.uns["bioworld"]["entity_effects"]["silence:SIM_P1"]
+    assert {e["entity"] for e in eff} == set(tiny_trained.entity_names)
+    assert eff == sorted(eff, key=lambda e: -e["shift"])
+    # same genes in another order -> reordered, same answer
+    rev = cells[:, cells.var_names[::-1]].copy()
+    cf2 = tiny_trained.counterfactual(rev, ["P2_DRV1"])
+    assert np.allclose(cf2.X, cf[cf.obs["bw_intervention"] == "P2_DRV1"].X, atol=1e-5)
+    with pytest.raises(DataValidationError, match="different gene panel"):
+        tiny_trained.counterfactual(cells[:, 1:].copy(), ["P2_DRV1"])
+
+
+def test_entity_latents_shape(tiny_trained, small_sim):
+    z = tiny_trained.get_entity_latents(small_sim.adata[:5].copy())
+    assert z.shape == (5, len(tiny_trained.entity_names), tiny_trained.model_config.latent_dim)
+
+
+def test_holdout_never_trained_on(tiny_trained):
+    assert tiny_trained.holdout and not set(tiny_trained.holdout) & set(tiny_trained.train_labels)
+
+
+def test_unknown_holdout_label_is_refused(small_sim):
+    from _helpers import sim_entities
+
+    with pytest.raises(DataValidationError, match="holdout"):
+        bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), holdout=["NOPE"], nmf_programs=0)
