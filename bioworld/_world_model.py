@@ -203,12 +203,26 @@ class WorldModel:
                 f"holdout labels {unknown} are not perturbations of this data; expected labels from "
                 f"obs[{perturbation_key!r}] such as {uniq[1:4]}"
             )
+        compounds = sorted({p.target for a in self.actions.values() for p in a.components if p.kind == "compound"})
         self.smiles = _read_smiles(smiles, adata, compound_id_key, self.actions)
+        if compounds and not self.smiles:
+            raise DataValidationError(
+                f"the data has {len(compounds)} compounds (e.g. {compounds[:3]}) but no SMILES were found for any"
+                f" (smiles={'not given' if smiles is None else repr(str(smiles))}); compounds are represented by their"
+                " structure. Pass smiles= a CSV 'id, SMILES' or a dict name -> SMILES (LINCS: the bundled"
+                " compounds/lincs_drugs_smiles.csv with compound_id_key='pert_id')"
+            )
+        missing = sorted(self._compounds_without_smiles()) if self.smiles else []
+        if missing:
+            self.findings.append(
+                f"{len(missing)} compounds have no SMILES and get no structure features (seen ones are still "
+                f"learned from their dose; unseen ones cannot be predicted): {', '.join(missing[:6])}"
+            )
         self._build_featurizers()
         self.train_labels = [lab for lab in uniq if lab not in self.holdout and lab not in reg.dropped]
         mcfg = dict(
             n_genes=len(self.genes), n_entities=len(self.entity_names), gene_feature_dim=GENE_FEATURE_DIM,
-            compound_feature_dim=1024 if self.smiles else 0,
+            compound_feature_dim=1024 if self.smiles else 0,  # Morgan bits
             max_components=max(2, max(len(a) for a in self.actions.values())),
         )
         mcfg.update(model_config or {})
@@ -241,16 +255,24 @@ class WorldModel:
         self.gene_features = _FEATURE_CACHE[key]
 
     def _compound_features(self, name: str, dose: float) -> np.ndarray:
+        """Morgan fingerprint + log-dose; a training compound without SMILES gets an all-zero
+        fingerprint (recorded in ``findings``), an unknown one without SMILES is refused."""
         from bioworld.actions import CompoundFeaturizer
 
         if name not in self.smiles:
+            if name in self._compounds_without_smiles():
+                return np.concatenate([np.zeros(1024, np.float32), [np.log10(dose + 1e-3)]]).astype(np.float32)
             raise UnknownPerturbationError(
                 f"compound {name!r} has no SMILES; known compounds with structures: "
                 f"{sorted(self.smiles)[:5]}… Provide its SMILES (smiles=...) to predict it."
             )
-        if not hasattr(self, "_cmp"):
+        if getattr(self, "_cmp", None) is None:
             self._cmp = CompoundFeaturizer(self.smiles)
         return self._cmp.features(name, dose)
+
+    def _compounds_without_smiles(self) -> set[str]:
+        seen = {p.target for lab, a in self.actions.items() for p in a.components if p.kind == "compound"}
+        return seen - set(self.smiles)
 
     def _gene_touch(self, genes: list[str]) -> np.ndarray:
         from bioworld.actions._encode import gene_touch_matrix
@@ -274,7 +296,7 @@ class WorldModel:
                     f"cannot silence {p.target!r}: not one of the model's {len(self.entity_names)} entities; "
                     f"close matches: {close_matches(p.target, self.entity_names) or 'none'}"
                 )
-            if p.kind == "compound" and p.target not in self.smiles:
+            if p.kind == "compound" and p.target not in self.smiles and p.target not in self._compounds_without_smiles():
                 raise UnknownPerturbationError(
                     f"compound {p.target!r} has no SMILES in this model; known: {sorted(self.smiles)[:5]}…"
                 )

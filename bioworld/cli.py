@@ -28,8 +28,6 @@ from bioworld.errors import BioworldError, CheckpointError, DataValidationError
 
 __all__ = ["app", "main"]
 
-#: ``DATA`` arguments that name a bundled dataset instead of a file.
-BUNDLED_DATASETS = ("papalexi", "l1000")
 #: SMILES table used for compound data when ``--compound-id-key`` is given without ``--smiles``.
 DEFAULT_SMILES = "compounds/lincs_drugs_smiles.csv"
 #: Keywords of :func:`bioworld.data.register` a loader may suggest (``uns['bioworld']['loader']``).
@@ -274,7 +272,7 @@ def train_cmd(
     config: Annotated[Optional[Path], typer.Option(help="JSON file of TrainConfig fields.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (overrides the config).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model in --out.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar; print only where the model is.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or data summary; print only the wall time and where the model is.")] = False,
 ) -> None:
     """Train a world model on a dataset and save it.
 
@@ -326,8 +324,7 @@ def train_cmd(
     wall = time.perf_counter() - t0
     wm.save(out, overwrite=True)
     steps = wm.train_result.steps if wm.train_result is not None else train_config.max_steps
-    if not quiet:
-        typer.echo(f"trained {steps} steps in {wall:.1f} s (wall time, including setup)")
+    typer.echo(f"trained {steps} steps in {wall:.1f} s (wall time, including setup)")
     typer.echo(f"model saved to {out}")
 
 
