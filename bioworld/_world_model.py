@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import combinations as itertools_combinations
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -220,7 +221,10 @@ class WorldModel:
             )
         self._build_featurizers()
         self.train_labels = [lab for lab in uniq if lab not in self.holdout and lab not in reg.dropped]
+        self.gene_bank = sorted({p.target for lab in self.train_labels for p in self.actions[lab].components
+                                 if p.kind in ("ko", "kd", "act")})
         mcfg = dict(
+            gene_bank_size=len(self.gene_bank),
             n_genes=len(self.genes), n_entities=len(self.entity_names), gene_feature_dim=GENE_FEATURE_DIM,
             compound_feature_dim=1024 if self.smiles else 0,  # Morgan bits
             max_components=max(2, max(len(a) for a in self.actions.values())),
@@ -312,6 +316,7 @@ class WorldModel:
             compound_features=self._compound_features if self.smiles else None,
             compound_feature_dim=self.model_config.compound_feature_dim,
             max_components=self.model_config.max_components, panel_genes=self.genes,
+            gene_bank=self.gene_bank,
         )
 
     # ------------------------------------------------------------------ train
@@ -319,7 +324,11 @@ class WorldModel:
         from bioworld.model import JEPA
 
         torch.manual_seed(self.train_config.seed)
-        return JEPA(self.model_config, torch.from_numpy(self.membership))
+        bank = torch.from_numpy(self.gene_features(self.gene_bank)) if self.gene_bank else None
+        module = JEPA(self.model_config, torch.from_numpy(self.membership), gene_bank=bank)
+        if self.registration.input == "counts":  # cis effects act multiplicatively on log1p counts
+            module.set_scale(torch.from_numpy(self.mu), torch.from_numpy(self.sd))
+        return module
 
     def train(self, *, progress: bool = True, state_dir: str | os.PathLike | None = None, **overrides: Any) -> "WorldModel":
         """Train the JEPA. ``overrides`` replace :class:`TrainConfig` fields (e.g. ``max_steps=300``)."""
@@ -379,7 +388,7 @@ class WorldModel:
             for i in range(len(actions)):
                 rows = np.full(len(xb), i)
                 act = ActionBatch(**table.take(rows))
-                out[i, s:s + len(xb)] = m.predict_expression(z, act).numpy()
+                out[i, s:s + len(xb)] = m.predict_expression(z, act, xb).numpy()
         return out
 
     def _to_scale(self, x_std: np.ndarray) -> np.ndarray:
@@ -541,6 +550,173 @@ class WorldModel:
                                "scale": self.scale_name, "model": self.describe()}
         return out
 
+    def prioritize(
+        self,
+        cells: ad.AnnData | None,
+        goal: str,
+        *,
+        genes: Sequence[str] | None = None,
+        entities: Sequence[str] | None = None,
+        pairs: bool = True,
+        gene_pairs_top: int = 8,
+        n_boot: int = 200,
+        max_cells: int = 1000,
+        screen_cells: int = 64,
+        refine_top: int = 30,
+    ):
+        """Rank single and paired interventions by how well they move ``cells`` towards ``goal``.
+
+        Parameters
+        ----------
+        cells
+            Starting cells (``None`` = the model's reference control cells). At most ``max_cells``
+            are used (a seeded subsample, reported in the provenance).
+        goal
+            ``down:ENTITY``, ``up:ENTITY`` or ``toward:control`` (see :mod:`bioworld.query`).
+        genes
+            Candidate gene knockouts (default: the genetic targets the model was trained on or
+            held out). ``entities``: entities to silence (default: all slots).
+        pairs
+            Also score every pair of silenced entities and pairs among the ``gene_pairs_top`` best
+            gene knockouts; ``synergy`` = pair score minus the sum of its singles.
+
+        screen_cells, refine_top
+            Two-stage search: every candidate is screened on a seeded subsample of
+            ``screen_cells`` cells; the ``refine_top`` best (and every single, so pair synergy is
+            measured against singles on the same cells) are re-scored on all cells.
+            ``table['n_cells']`` says which cells a row's score and interval come from.
+
+        Returns
+        -------
+        :class:`bioworld.query.PrioritizationResult` (ranked table with bootstrap 95% intervals of
+        the mean score over cells, entity shifts, per-cell scores, pair synergy matrix).
+        """
+        import time
+
+        from bioworld.query._planner import Goal, PrioritizationResult, bootstrap_interval, pair_candidates, score_interventions
+
+        t0 = time.perf_counter()
+        m = self._require_module()
+        g = Goal.parse(goal, entity_names=self.entity_names)
+        x = self.reference if cells is None else self._cells_to_std(cells)
+        n_total = len(x)
+        if len(x) > max_cells:
+            x = x[np.sort(np.random.default_rng(self.train_config.seed).choice(len(x), max_cells, replace=False))]
+        ents = list(self.entity_names) if entities is None else list(entities)
+        for e in ents:
+            if e not in self.entity_names:
+                raise UnknownPerturbationError(f"entity {e!r} is not one of the model's slots")
+        if genes is None:
+            genes = sorted({p.target for lab, a in self.actions.items() for p in a.components if p.kind in ("ko", "kd", "act")})
+        ctrl_t = self._encode([self.parse("control")])
+        ctrl = {k: getattr(ctrl_t, k)[0] for k in ctrl_t.__dataclass_fields__}
+        gene_actions = [self.parse(f"ko:{gn}") for gn in genes]
+        gt = self._encode(gene_actions) if gene_actions else None
+        singles = [(f"silence:{e}", ctrl, [self.entity_names.index(e)]) for e in ents]
+        if gt is not None:
+            singles += [(a.label, {k: getattr(gt, k)[i] for k in gt.__dataclass_fields__}, []) for i, a in enumerate(gene_actions)]
+
+        score_w = m.encoder.score_w  # [E, G]
+        center = torch.from_numpy(self.reference.mean(0))
+        if g.direction == "toward":
+            def goal_fn(x_new, x_base):
+                return (x_base - center).norm(dim=1) - (x_new - center).norm(dim=1)
+        else:
+            w = score_w[self.entity_names.index(g.target)]
+            sign = -1.0 if g.direction == "down" else 1.0
+
+            def goal_fn(x_new, x_base):
+                return sign * ((x_new - x_base) @ w)
+
+        low, high = self._inactive_levels()
+
+        def make_inactive(xc: np.ndarray):
+            cache: dict[int, torch.Tensor] = {}
+
+            def inactive(e: int) -> torch.Tensor:
+                from bioworld.query._counterfactual import inactive_inputs
+
+                if e not in cache:
+                    xi = inactive_inputs(xc, self.membership, e, low, high)
+                    with torch.no_grad():
+                        cache[e] = m.encode(torch.from_numpy(xi))[:, e]
+                return cache[e]
+
+            return inactive
+
+        cands = list(singles)
+        pair_idx: list[tuple[int, int]] = []
+        if pairs:
+            for label, (a, b) in pair_candidates(singles):
+                cands.append((label, ctrl, singles[a][2] + singles[b][2]))
+                pair_idx.append((a, b))
+        scale = self._slot_scale()
+        rng = np.random.default_rng(self.train_config.seed)
+        xs = x if len(x) <= screen_cells else x[np.sort(rng.choice(len(x), screen_cells, replace=False))]
+        # stage 1: screen every candidate on the subsample
+        scores, shifts = score_interventions(m, xs, cands, ctrl, make_inactive(xs), goal_fn, scale)
+        if pairs and gt is not None and gene_pairs_top > 1:
+            n_ent = len(ents)
+            gene_scores = scores[n_ent:len(singles)].mean(1)
+            top = np.argsort(-gene_scores)[:gene_pairs_top] + n_ent
+            extra = []
+            for a, b in itertools_combinations(sorted(top), 2):
+                act = self.parse(f"{singles[a][0]}+{singles[b][0]}")
+                t = self._encode([act])
+                extra.append((act.label, {k: getattr(t, k)[0] for k in t.__dataclass_fields__}, []))
+                pair_idx.append((a, b))
+            if extra:
+                s2, sh2 = score_interventions(m, xs, extra, ctrl, make_inactive(xs), goal_fn, scale)
+                cands += extra
+                scores = np.concatenate([scores, s2]); shifts = np.concatenate([shifts, sh2])
+        # stage 2: refine singles + the best candidates on all cells
+        n_cells_row = np.full(len(cands), len(xs))
+        per_cell: dict[int, np.ndarray] = {i: scores[i] for i in range(len(cands))}
+        if len(xs) < len(x):
+            best = set(np.argsort(-scores.mean(1))[:refine_top].tolist()) | set(range(len(singles)))
+            idx = sorted(best)
+            s3, sh3 = score_interventions(m, x, [cands[i] for i in idx], ctrl, make_inactive(x), goal_fn, scale)
+            for j, i in enumerate(idx):
+                per_cell[i] = s3[j]
+                shifts[i] = sh3[j]
+                n_cells_row[i] = len(x)
+        mean = np.array([per_cell[i].mean() for i in range(len(cands))])
+        lo, hi = np.empty(len(cands)), np.empty(len(cands))
+        for n_c in np.unique(n_cells_row):
+            rows = np.flatnonzero(n_cells_row == n_c)
+            lo[rows], hi[rows] = bootstrap_interval(np.stack([per_cell[i] for i in rows]), n_boot=n_boot,
+                                                    seed=self.train_config.seed)
+        n_single = len(singles)
+        synergy = np.full(len(cands), np.nan)
+        for k, (a, b) in enumerate(pair_idx):
+            synergy[n_single + k] = mean[n_single + k] - (mean[a] + mean[b])
+        top_ent = [", ".join(self.entity_names[j] for j in np.argsort(-row)[:3]) for row in shifts]
+        table = pd.DataFrame({
+            "intervention": [c[0] for c in cands],
+            "kind": ["single"] * n_single + ["pair"] * (len(cands) - n_single),
+            "score": mean, "score_lo": lo, "score_hi": hi, "synergy": synergy,
+            "top_entities": top_ent, "n_cells": n_cells_row,
+        }).sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+        table.insert(0, "rank", np.arange(1, len(table) + 1))
+        order = {c[0]: i for i, c in enumerate(cands)}
+        top_labels = list(table["intervention"][:12])
+        syn = pd.DataFrame(np.nan, index=ents, columns=ents)
+        for k, (a, b) in enumerate(pair_idx):
+            la, lb = singles[a][0], singles[b][0]
+            if la.startswith("silence:") and lb.startswith("silence:"):
+                ea, eb = la[len("silence:"):], lb[len("silence:"):]
+                syn.loc[ea, eb] = syn.loc[eb, ea] = synergy[n_single + k]
+        return PrioritizationResult(
+            goal=g.spec, table=table,
+            entity_shift=pd.DataFrame(shifts, index=[c[0] for c in cands], columns=self.entity_names),
+            per_cell_scores={lab: per_cell[order[lab]] for lab in top_labels},
+            pair_synergy=syn,
+            provenance={"model": self.describe(), "n_cells_used": int(len(x)), "n_cells_given": int(n_total),
+                        "n_candidates": len(cands), "scale": self.scale_name, "n_screen_cells": int(len(xs)),
+                        "interval": f"bootstrap {n_boot}x over cells, 95% percentile interval of the mean score"},
+            wall_s=time.perf_counter() - t0,
+        )
+
     @torch.no_grad()
     def get_entity_latents(self, adata: ad.AnnData) -> np.ndarray:
         """Entity latents ``[cells, E, D]`` of the (context) encoder for ``adata``'s cells."""
@@ -580,7 +756,7 @@ class WorldModel:
             "entities": self.entity_set.to_dict(), "entity_hash": self.entity_set.hash(),
             "entity_names": self.entity_names, "control": self.control,
             "actions": {lab: a.label for lab, a in self.actions.items()},
-            "train_labels": self.train_labels, "holdout": self.holdout,
+            "train_labels": self.train_labels, "holdout": self.holdout, "gene_bank": self.gene_bank,
             "gene_feature_genes": self.gene_features.genes, "smiles": self.smiles,
             "findings": self.findings, "meta": self.meta,
             "train_result": None if tr is None else {"steps": tr.steps, "wall_s": tr.wall_s,
@@ -610,6 +786,7 @@ class WorldModel:
             self.entity_names = list(meta["entity_names"])
             self.control = meta["control"]
             self.train_labels, self.holdout = list(meta["train_labels"]), list(meta["holdout"])
+            self.gene_bank = list(meta["gene_bank"])
             self.smiles = dict(meta["smiles"])
             self.findings, self.meta = list(meta["findings"]), dict(meta["meta"])
             gene_genes = list(meta["gene_feature_genes"])

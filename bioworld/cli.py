@@ -364,6 +364,96 @@ def _write_h5ad_atomic(adata: Any, path: Path) -> None:
         raise
 
 
+# ------------------------------------------------------- counterfactual, prioritize, demo commands
+def _load_model(model_dir: Path) -> Any:
+    """``bw.WorldModel.load`` with a one-line error for a folder that does not exist."""
+    import bioworld as bw
+
+    if not model_dir.is_dir():
+        raise CheckpointError(
+            f"model folder {str(model_dir)!r} does not exist; expected a folder written by 'bioworld train'. "
+            "Fix: check the path."
+        )
+    return bw.WorldModel.load(model_dir)
+
+
+@app.command("counterfactual")
+@_command
+def counterfactual_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder written by 'bioworld train'.")],
+    cells: Annotated[Path, typer.Option("--cells", metavar="CELLS.h5ad", help="Cells to intervene on (the model's gene panel; counts or log as trained).")],
+    intervention: Annotated[List[str], typer.Option("--intervention", metavar="SPEC", help="An intervention, e.g. 'silence:HALLMARK_INTERFERON_GAMMA_RESPONSE', 'STAT1', 'IFNGR1+IRF1'; repeatable.")],
+    out: Annotated[Path, typer.Option("--out", metavar="CF.h5ad", help="AnnData (.h5ad) to write: rows = intervention x cell.")],
+) -> None:
+    """Predict each cell's state under each intervention and write it as an h5ad.
+
+    X = predicted expression on the model's scale; layers['delta'] = X minus the same cells'
+    predicted unperturbed state; obs['bw_intervention'], obs['bw_cell']; obsm['bw_entity_shift'];
+    uns['bioworld']['entity_effects'][SPEC] = entities ordered by latent shift (columns entity,
+    shift, share).
+    """
+    from bioworld.data import read_h5ad
+    from bioworld.report._h5ad import write_h5ad_atomic
+
+    wm = _load_model(model_dir)
+    adata = read_h5ad(cells)
+    cf = wm.counterfactual(adata, list(intervention))
+    write_h5ad_atomic(cf, out)
+    typer.echo(f"counterfactuals: {len(intervention)} intervention(s) x {adata.n_obs:,} cells = {cf.n_obs:,} rows "
+               f"x {cf.n_vars:,} genes; wrote {out}")
+    for spec, effects in cf.uns["bioworld"]["entity_effects"].items():
+        top = ", ".join(f"{e['entity']} ({e['shift']:.2f})" for e in list(effects)[:3])
+        typer.echo(f"  {spec}: moves {top}")
+
+
+@app.command("prioritize")
+@_command
+def prioritize_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder written by 'bioworld train'.")],
+    cells: Annotated[Path, typer.Option("--cells", metavar="CELLS.h5ad", help="Starting cells (the model's gene panel).")],
+    goal: Annotated[str, typer.Option("--goal", help="'down:ENTITY', 'up:ENTITY' or 'toward:control'.")],
+    out: Annotated[Path, typer.Option("--out", metavar="REPORT_DIR", help="Folder for ranked_interventions.csv and report.html.")],
+    genes: Annotated[Optional[str], typer.Option(help="Comma-separated candidate gene knockouts (default: the genes the model knows).")] = None,
+    pairs: Annotated[bool, typer.Option("--pairs/--no-pairs", help="Also score pairs of interventions (default: yes).")] = True,
+) -> None:
+    """Rank interventions that move the cells towards a goal; write the ranked CSV and an HTML report."""
+    from bioworld.data import read_h5ad
+    from bioworld.query import Goal
+    from bioworld.report import write_report
+
+    if out.exists() and not out.is_dir():
+        raise BioworldError(f"--out {str(out)!r} is a file; expected a folder for the report. Fix: choose another path.")
+    wm = _load_model(model_dir)
+    Goal.parse(goal, entity_names=wm.entity_names)  # a bad goal fails before the cells are read
+    adata = read_h5ad(cells)
+    result = wm.prioritize(adata, goal, genes=_split_labels(genes, "--genes") if genes is not None else None,
+                           pairs=pairs)
+    report = write_report(result, out, model=wm)
+    table = result.table
+    typer.echo(f"scored {len(table):,} interventions on {result.provenance.get('n_cells_used', adata.n_obs):,} cells "
+               f"in {result.wall_s:.1f} s; best:")
+    for _, row in table.head(5).iterrows():
+        typer.echo(f"  {int(row['rank'])}. {row['intervention']}  score {row['score']:.3f} "
+                   f"[{row['score_lo']:.3f}, {row['score_hi']:.3f}]")
+    typer.echo(f"wrote {report.parent / 'ranked_interventions.csv'}")
+    typer.echo(f"Report: {report.resolve()}")
+
+
+@app.command("demo")
+@_command
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the model, the report and its tables.")] = Path("bioworld-demo"),
+    max_steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the TrainConfig default).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars; print only the report path.")] = False,
+) -> None:
+    """Train on the bundled Papalexi screen (or reuse the cached model), answer questions, write the report."""
+    from bioworld._demo import run_demo
+
+    if max_steps is not None and max_steps < 1:
+        raise BioworldError(f"--max-steps {max_steps}; expected a positive number of training steps")
+    run_demo(out, max_steps=max_steps, progress=not quiet)
+
+
 # ---------------------------------------------------------------------------------- entry point
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point (``bioworld = "bioworld.cli:main"``)."""

@@ -287,12 +287,14 @@ def test_run_simulator_baselines_only_fast(tmp_path):
 
 @pytest.mark.slow
 def test_run_simulator_with_world_model_smoke(tmp_path):
-    from bioworld.eval.benchmark import main, run_simulator
+    from bioworld.eval.benchmark import run_simulator
 
     t = time.perf_counter()
     df = run_simulator(n_cells=20, n_control_cells=80, n_folds=2, n_doubles=4, n_truth_draws=500, steps=20,
-                       splits=("unseen_doubles",), out=tmp_path, progress=False)
-    assert time.perf_counter() - t < 60
+                       max_unsampled_doubles=4, splits=("unseen_doubles",), out=tmp_path, progress=False,
+                       wm_config={"groups_per_batch": 4, "cells_per_group": 4, "self_pairs": 8})
+    # ~20-45 s on a 2-core machine (45 s while another benchmark ran); the bound leaves room for a loaded CI runner
+    assert time.perf_counter() - t < 180
     assert "WorldModel" in set(df["method"])
     assert np.isfinite(df.loc[df.method == "WorldModel", "value"]).any()
 

@@ -29,6 +29,7 @@ def _actions(B, gene=None):
         kind=kind, strength=torch.ones(B, A), gene_feat=torch.randn(B, A, F), cmp_feat=torch.zeros(B, A, 0),
         log_dose=torch.zeros(B, A), entity_idx=torch.full((B, A), -1), touch=torch.rand(B, A, E),
         target_gene=torch.full((B, A), -1 if gene is None else gene, dtype=torch.long),
+        bank_idx=torch.full((B, A), -1, dtype=torch.long),
     )
 
 
@@ -77,14 +78,17 @@ def test_ema_update_moves_target_towards_online():
     assert not any(p.requires_grad for p in m.target_encoder.parameters())
 
 
-def test_cis_effect_hits_only_the_target_column():
+def test_cis_effect_is_multiplicative_on_the_target_column_only():
     m = _module()
     with torch.no_grad():
-        m.cis_effect[KIND_KO] = -2.0
-    out = m.cis(_actions(2, gene=7))
-    assert out[:, 7].tolist() == [-2.0, -2.0]
-    assert float(out.abs().sum()) == pytest.approx(4.0)
-    assert float(m.cis(_actions(2)).abs().sum()) == 0.0  # target not on the panel
+        m.cis_effect[KIND_KO] = float(np.log(0.25 / 0.75)) / 10.0  # keep 25 % of the transcript
+    x = torch.zeros(2, G)
+    x[0, 7], x[1, 7] = float(np.log1p(8.0)), 0.0  # 8 molecules vs none (gene_mean 0, sd 1)
+    out = m.cis(_actions(2, gene=7), x)
+    assert out[0, 7].item() == pytest.approx(np.log1p(2.0) - np.log1p(8.0), abs=1e-5)
+    assert out[1, 7].item() == pytest.approx(0.0, abs=1e-7)  # nothing to knock out
+    assert float(out.abs().sum()) == pytest.approx(abs(out[0, 7].item()), abs=1e-6)
+    assert float(m.cis(_actions(2), x).abs().sum()) == 0.0  # target not on the panel
 
 
 def test_loss_terms_finite_and_gradients_reach_encoder_not_target():
@@ -117,7 +121,8 @@ def _table(n_actions, rng):
     return ActionArrays(kind=kind, strength=np.ones((n_actions, A), np.float32),
                         gene_feat=rng.normal(size=(n_actions, A, F)).astype(np.float32),
                         cmp_feat=np.zeros((n_actions, A, 0), np.float32), log_dose=np.zeros((n_actions, A), np.float32),
-                        entity_idx=np.full((n_actions, A), -1), touch=touch, target_gene=np.full((n_actions, A), -1))
+                        entity_idx=np.full((n_actions, A), -1), touch=touch, target_gene=np.full((n_actions, A), -1),
+                        bank_idx=np.full((n_actions, A), -1))
 
 
 def test_collator_entity_masking_hides_whole_slots_and_structured_hides_touched():
@@ -153,3 +158,19 @@ def test_sampler_pairs_controls_within_replicate_and_respects_holdout():
         assert not any(np.allclose(t, h) for t in tgt for h in held)
         assert b["x_src"].shape == b["x_tgt"].shape == (19, G)
         assert (kinds[-4:] == 0).all()  # self pairs carry the control action
+
+
+def test_retrieval_excludes_own_row_and_mixes_neighbours():
+    from bioworld.model.jepa import ActionEncoder
+
+    cfg = JEPAConfig(n_genes=G, n_entities=E, gene_feature_dim=3, latent_dim=4, n_heads=2, gene_bank_size=3,
+                     retrieval_temperature=0.01)
+    enc = ActionEncoder(cfg)
+    with torch.no_grad():
+        enc.bank_feat.copy_(torch.eye(3))
+        enc.bank_emb.copy_(torch.arange(12, dtype=torch.float32).reshape(3, 4))
+    feat = torch.tensor([[[1.0, 0.9, 0.0]]])
+    # an unseen target close to bank rows 0 and 1 -> mostly row 0
+    assert torch.allclose(enc.retrieve(feat, torch.tensor([[-1]])), enc.bank_emb[0], atol=1e-2)
+    # the same target *is* bank row 0 -> its own row is excluded, row 1 (the next most similar) wins
+    assert torch.allclose(enc.retrieve(feat, torch.tensor([[0]])), enc.bank_emb[1], atol=1e-2)

@@ -43,12 +43,14 @@ def encode_actions(
     compound_feature_dim: int = 0,
     max_components: int = 2,
     panel_genes: Sequence[str] = (),
+    gene_bank: Sequence[str] = (),
 ):
     """Tensorise actions into :class:`bioworld.data.collate.ActionArrays` (one row per action).
 
     ``gene_features(genes) -> [n, F_g]``, ``gene_touch(genes) -> [n, E]``,
     ``compound_features(name, dose) -> [F_c + 1]`` (fingerprint then log-dose); ``panel_genes``
-    gives each measured genetic target its column (for the direct cis effect).
+    gives each measured genetic target its column (for the direct cis effect); ``gene_bank`` lists
+    the training genetic targets (the model's retrieval bank).
     """
     from bioworld.data.collate import ActionArrays
 
@@ -61,6 +63,8 @@ def encode_actions(
     entity_idx = np.full((n, A), -1, np.int64)
     touch = np.zeros((n, A, E), np.float32)
     target_gene = np.full((n, A), -1, np.int64)
+    bank_idx = np.full((n, A), -1, np.int64)
+    bank_pos = {g: i for i, g in enumerate(gene_bank)}
     gene_pos = {g: i for i, g in enumerate(panel_genes)}
     ent_pos = {name: i for i, name in enumerate(entity_names)}
     for i, action in enumerate(actions):
@@ -77,6 +81,7 @@ def encode_actions(
                 gene_feat[i, j] = gene_features([p.target])[0]
                 touch[i, j] = gene_touch([p.target])[0]
                 target_gene[i, j] = gene_pos.get(p.target, -1)
+                bank_idx[i, j] = bank_pos.get(p.target, -1)
             elif p.kind == "compound":
                 if compound_features is None or compound_feature_dim == 0:
                     raise UnknownPerturbationError(
@@ -93,4 +98,4 @@ def encode_actions(
                     )
                 entity_idx[i, j] = ent_pos[p.target]
                 touch[i, j, ent_pos[p.target]] = 1.0
-    return ActionArrays(kind, strength, gene_feat, cmp_feat, log_dose, entity_idx, touch, target_gene)
+    return ActionArrays(kind, strength, gene_feat, cmp_feat, log_dose, entity_idx, touch, target_gene, bank_idx)

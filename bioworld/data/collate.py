@@ -40,6 +40,7 @@ class ActionArrays:
     entity_idx: np.ndarray  # [n, A] int64
     touch: np.ndarray  # [n, A, E] float32
     target_gene: np.ndarray  # [n, A] int64, panel column of a genetic target (-1 = not measured)
+    bank_idx: np.ndarray  # [n, A] int64, row of a genetic target in the model's retrieval bank (-1 = unseen)
 
     def take(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k)[rows])) for k in self.__dataclass_fields__}

@@ -47,6 +47,12 @@ largest `|o|` (ties broken by gene order); they are chosen from the observed del
 | `centred_pearson` | Systema-style: Pearson of `p - m` and `o - m`, where `m` is the mean observed delta over all perturbations (train and test); removes the shared "perturbed vs control" shift that any average profile gets right | 1 |
 | `energy_distance` | per-cell: `2 E‖a - b‖ - E‖a - a'‖ - E‖b - b'‖` (Euclidean, cells drawn from the two populations; V-statistic) | 0 |
 
+**Ceiling (split-half)**: each perturbation's cells and the control cells are split at random into
+halves A and B; half A's delta is scored as a "prediction" of half B's delta with the metrics
+above. It says how reproducible the observed effect is at all. Both sides carry the noise of half
+the cells, so it is a conservative (low) estimate of what a perfect model scored against the
+full-data delta could reach; a model near or above it is at the noise floor.
+
 Summaries report mean ± sd over held-out perturbations (pooled over folds and seeds; each
 perturbation counts once per seed). The *relative MSE reduction vs MeanOfTrain* is
 `1 - mean(mse_method) / mean(mse_MeanOfTrain)` over the same perturbations (positive = better

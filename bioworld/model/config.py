@@ -27,6 +27,10 @@ class JEPAConfig:
     dropout: float = 0.0  # dropout inside transformer blocks
     max_components: int = 2  # A: most components in one action (combinations)
     readout_hidden: int = 128  # hidden width of the latent -> expression readout
+    gene_bank_size: int = 0  # training genetic targets in the action retrieval bank (set from data)
+    retrieval_temperature: float = 0.1  # softmax temperature over feature cosine similarity
+    own_embedding_dropout: float = 0.5  # P(drop a seen target's own embedding) while training
+    use_gene_mlp: bool = False  # also map target features through an MLP (LTO on Papalexi: no gain over retrieval alone)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

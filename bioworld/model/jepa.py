@@ -23,6 +23,7 @@ from bioworld.model.config import JEPAConfig
 # Component kinds as integers (0 = padding). Kept in sync with bioworld.actions' encoder.
 KIND_PAD, KIND_KO, KIND_KD, KIND_ACT, KIND_COMPOUND, KIND_SILENCE = range(6)
 N_KINDS = 6
+CIS_SCALE = 10.0  # cis log-ratio parameter multiplier (see JEPA.cis)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ActionBatch:
     entity_idx: Tensor  # [B, A] long, silenced entity (-1 otherwise)
     touch: Tensor  # [B, A, E] how strongly each component touches each slot (membership)
     target_gene: Tensor  # [B, A] long, panel column of a genetic target (-1 = not measured)
+    bank_idx: Tensor  # [B, A] long, row of a genetic target in the retrieval bank (-1 = unseen)
 
     def index(self, idx: Tensor) -> "ActionBatch":
         return ActionBatch(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
@@ -67,22 +69,40 @@ class LossOutput:
     monitor: dict[str, float] = field(default_factory=dict)  # collapse monitor
 
 
+class _Attention(nn.Module):
+    """Multi-head self-attention over a token set with a key-padding mask (True = ignore key)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"latent_dim {dim} must be divisible by n_heads {n_heads}")
+        self.h = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)  # [B, h, T, c]
+        mask = None if key_padding_mask is None else (~key_padding_mask)[:, None, None, :]  # True = attend
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
 class _Block(nn.Module):
     """Pre-norm transformer block over a set of tokens (no positional order: slots are a set)."""
 
     def __init__(self, dim: int, n_heads: int, mlp_ratio: float, dropout: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
+        self.attn = _Attention(dim, n_heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, h: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        q = self.norm1(h)
-        a, _ = self.attn(q, q, q, key_padding_mask=key_padding_mask, need_weights=False)
-        h = h + self.drop(a)
+        h = h + self.drop(self.attn(self.norm1(h), key_padding_mask))
         return h + self.drop(self.mlp(self.norm2(h)))
 
 
@@ -121,30 +141,60 @@ class SlotEncoder(nn.Module):
 
 
 class ActionEncoder(nn.Module):
-    """Component tokens ``[B, A, D]`` from genetic, compound or entity (silence) actions."""
+    """Component tokens ``[B, A, D]`` from genetic, compound or entity (silence) actions.
+
+    A genetic target is represented by *retrieval* over the bank of training targets: a softmax
+    over feature similarity (entity / regulon / GO membership) mixes the bank's learned
+    embeddings, always excluding the target itself. Every training step therefore asks "predict
+    this target from the others", the situation of an unseen target at inference. A seen target
+    also has its own embedding, dropped with ``own_embedding_dropout`` while training.
+    """
 
     def __init__(self, cfg: JEPAConfig) -> None:
         super().__init__()
         D = cfg.latent_dim
+        self.cfg = cfg
         self.kind_emb = nn.Embedding(N_KINDS, D)
-        self.gene_mlp = nn.Sequential(nn.Linear(cfg.gene_feature_dim + 1, D), nn.GELU(), nn.Linear(D, D))
+        if cfg.use_gene_mlp:
+            self.gene_mlp = nn.Sequential(nn.Linear(cfg.gene_feature_dim + 1, D), nn.GELU(), nn.Linear(D, D))
+        n_bank = cfg.gene_bank_size
+        self.register_buffer("bank_feat", torch.zeros(n_bank, cfg.gene_feature_dim))
+        self.bank_emb = nn.Parameter(torch.randn(n_bank, D) * 0.1)
+        self.own_emb = nn.Parameter(torch.zeros(n_bank, D))
         self.has_compounds = cfg.compound_feature_dim > 0
         if self.has_compounds:
             self.cmp_mlp = nn.Sequential(nn.Linear(cfg.compound_feature_dim + 1, D), nn.GELU(), nn.Linear(D, D))
-        self.entity_emb = nn.Embedding(cfg.n_entities, D)
+
+    def retrieve(self, gene_feat: Tensor, bank_idx: Tensor) -> Tensor:
+        """Similarity-weighted mix of bank embeddings, excluding each target's own row: ``[B, A, D]``."""
+        n_bank = self.bank_feat.shape[0]
+        if n_bank < 2:
+            return gene_feat.new_zeros(*gene_feat.shape[:-1], self.bank_emb.shape[1])
+        sims = gene_feat @ self.bank_feat.T / self.cfg.retrieval_temperature  # [B, A, n_bank]
+        own = F.one_hot(bank_idx.clamp_min(0), n_bank).bool() & (bank_idx >= 0).unsqueeze(-1)
+        w = torch.softmax(sims.masked_fill(own, float("-inf")), dim=-1)
+        return w @ self.bank_emb
 
     def forward(self, act: ActionBatch) -> Tensor:
         kind = act.kind
         u = self.kind_emb(kind)  # [B, A, D]
         is_gene = ((kind == KIND_KO) | (kind == KIND_KD) | (kind == KIND_ACT)).unsqueeze(-1).float()
-        g_in = torch.cat([act.gene_feat, act.strength.unsqueeze(-1)], dim=-1)
-        u = u + is_gene * self.gene_mlp(g_in)
+        g = self.retrieve(act.gene_feat, act.bank_idx)
+        if self.cfg.use_gene_mlp:
+            g = g + self.gene_mlp(torch.cat([act.gene_feat, act.strength.unsqueeze(-1)], dim=-1))
+        if self.own_emb.shape[0] > 0:
+            seen = (act.bank_idx >= 0).unsqueeze(-1).float()
+            if self.training and self.cfg.own_embedding_dropout > 0:
+                keep = (torch.rand(seen.shape, device=seen.device) >= self.cfg.own_embedding_dropout).float()
+                seen = seen * keep
+            g = g + seen * self.own_emb[act.bank_idx.clamp_min(0)]
+        u = u + is_gene * g * act.strength.unsqueeze(-1)
         if self.has_compounds:
             is_cmp = (kind == KIND_COMPOUND).unsqueeze(-1).float()
             c_in = torch.cat([act.cmp_feat, act.log_dose.unsqueeze(-1)], dim=-1)
             u = u + is_cmp * self.cmp_mlp(c_in)
-        is_sil = (kind == KIND_SILENCE).unsqueeze(-1).float()
-        u = u + is_sil * self.entity_emb(act.entity_idx.clamp_min(0))
+        # silence: the kind embedding plus its touch on the silenced slot (no per-entity identity,
+        # so the learned "silence a slot" behaviour transfers to entities never silenced in training)
         return u * (kind != KIND_PAD).unsqueeze(-1).float()
 
 
@@ -250,7 +300,7 @@ class LossWeights:
 class JEPA(nn.Module):
     """Action-conditioned, entity-masked joint-embedding predictive architecture."""
 
-    def __init__(self, cfg: JEPAConfig, membership: Tensor) -> None:
+    def __init__(self, cfg: JEPAConfig, membership: Tensor, gene_bank: Tensor | None = None) -> None:
         super().__init__()
         if membership.shape != (cfg.n_entities, cfg.n_genes):
             raise ValueError(
@@ -263,11 +313,18 @@ class JEPA(nn.Module):
         for p in self.target_encoder.parameters():
             p.requires_grad_(False)
         self.action_encoder = ActionEncoder(cfg)
+        if gene_bank is not None:
+            if tuple(gene_bank.shape) != (cfg.gene_bank_size, cfg.gene_feature_dim):
+                raise ValueError(f"gene_bank has shape {tuple(gene_bank.shape)}, expected ({cfg.gene_bank_size}, {cfg.gene_feature_dim})")
+            self.action_encoder.bank_feat.copy_(gene_bank)
         self.predictor = Predictor(cfg)
         self.readout_head = Readout(cfg)
-        # direct (cis) effect of a genetic perturbation on its own transcript, per kind, on the
-        # standardised scale; indirect (trans) effects go through the slots and the predictor.
+        # direct (cis) effect of a genetic perturbation on its own transcript: a multiplicative
+        # change of the cell's own level, learned per kind as a log-ratio (x CIS_SCALE so the
+        # optimiser can reach a strong knockout quickly). Trans effects go through the slots.
         self.cis_effect = nn.Parameter(torch.zeros(N_KINDS))
+        self.register_buffer("gene_mean", torch.zeros(cfg.n_genes))  # log-scale centre (standardisation)
+        self.register_buffer("gene_sd", torch.ones(cfg.n_genes))  # log-scale spread (standardisation)
 
     # ----------------------------------------------------------------- verbs
     def encode(self, x: Tensor, context_mask: Tensor | None = None) -> Tensor:
@@ -294,22 +351,42 @@ class JEPA(nn.Module):
         """Standardised expression ``[B, G]`` from latents."""
         return self.readout_head(z)[0]
 
-    def cis(self, act: ActionBatch) -> Tensor:
-        """Direct effect ``[B, G]`` of each genetic target on its own measured transcript."""
-        B, A = act.kind.shape
-        eff = self.cis_effect[act.kind] * act.strength * (act.target_gene >= 0).float()  # [B, A]
-        out = torch.zeros(B, self.cfg.n_genes + 1, device=eff.device, dtype=eff.dtype)
-        idx = torch.where(act.target_gene >= 0, act.target_gene, torch.full_like(act.target_gene, self.cfg.n_genes))
-        out = out.scatter_add(1, idx, eff)
-        return out[:, : self.cfg.n_genes]
-
-    def predict_expression(self, z: Tensor, act: ActionBatch, clamp: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Readout of the predicted next state plus the cis effect: ``[B, G]`` standardised."""
-        return self.readout(self.next(z, act, clamp=clamp)) + self.cis(act)
-
     def readout_scores(self, z: Tensor) -> Tensor:
         """Entity scores ``[B, E]`` from latents."""
         return self.readout_head(z)[1]
+
+    def set_scale(self, mean: Tensor, sd: Tensor) -> None:
+        """Tell the module how standardised values map back to log1p expression (for cis effects)."""
+        self.gene_mean.copy_(mean)
+        self.gene_sd.copy_(sd)
+
+    def cis(self, act: ActionBatch, x_std: Tensor) -> Tensor:
+        """Direct effect ``[B, G]`` (standardised) of genetic targets on their own measured transcript.
+
+        In each cell the target's level x (log1p) becomes log1p(expm1(x) * r): knockout and
+        knockdown keep a learned fraction r (knockdown of strength s keeps 1 - s(1 - r)),
+        activation multiplies by 1 + r'. Unmeasured targets (``target_gene = -1``) have none.
+        """
+        B, A = act.kind.shape
+        G = self.cfg.n_genes
+        is_gene = (act.kind == KIND_KO) | (act.kind == KIND_KD) | (act.kind == KIND_ACT)
+        measured = (act.target_gene >= 0) & is_gene
+        if not bool(measured.any()):
+            return x_std.new_zeros(B, G)
+        idx = act.target_gene.clamp_min(0)  # [B, A]
+        x_log = (x_std * self.gene_sd + self.gene_mean).gather(1, idx).clamp_min(0.0)  # [B, A]
+        p = self.cis_effect[act.kind] * CIS_SCALE
+        keep = torch.sigmoid(p)
+        ratio = torch.where(act.kind == KIND_ACT, 1.0 + F.softplus(p), 1.0 - act.strength * (1.0 - keep))
+        new = torch.log1p(torch.expm1(x_log) * ratio)
+        eff = (new - x_log) / self.gene_sd[idx] * measured.float()  # [B, A]
+        out = x_std.new_zeros(B, G + 1)
+        out = out.scatter_add(1, torch.where(measured, idx, torch.full_like(idx, G)), eff)
+        return out[:, :G]
+
+    def predict_expression(self, z: Tensor, act: ActionBatch, x_std: Tensor, clamp: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Readout of the predicted next state plus the cis effect: ``[B, G]`` standardised."""
+        return self.readout(self.next(z, act, clamp=clamp)) + self.cis(act, x_std)
 
     @torch.no_grad()
     def ema_update(self, momentum: float) -> None:
@@ -332,7 +409,7 @@ class JEPA(nn.Module):
 
         # readouts
         x_hat, s_hat = self.readout_head(z_hat)
-        x_hat = x_hat + self.cis(batch.action)
+        x_hat = x_hat + self.cis(batch.action, batch.x_src)
         expr = F.mse_loss(x_hat, batch.x_tgt)
         x_rec, s_rec = self.readout_head(z_tgt)
         recon = F.mse_loss(x_rec, batch.x_tgt)

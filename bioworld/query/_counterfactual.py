@@ -71,8 +71,8 @@ def rollout(
             clamp = (slots, zi)
         z_base = module.next(z, c)
         z_new = module.next(z, a, clamp=clamp)
-        preds.append((module.readout(z_new) + module.cis(a)).numpy())
-        bases.append((module.readout(z_base) + module.cis(c)).numpy())
+        preds.append((module.readout(z_new) + module.cis(a, xb)).numpy())
+        bases.append((module.readout(z_base) + module.cis(c, xb)).numpy())
         shift = (z_new - z_base).norm(dim=-1).numpy()  # [n, E]
         if slot_scale is not None:
             shift = shift / slot_scale[None]

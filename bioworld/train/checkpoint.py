@@ -37,31 +37,52 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _write_temp_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` durably to a temporary file beside ``path``; returns the temporary name."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
+    return tmp
 
 
-def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def _write_temp_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
+    """Write ``tensors`` durably (safetensors) to a temporary file beside ``path``; returns its name."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
+        _discard(tmp)
+        raise
+    return tmp
+
+
+def _discard(*paths: str) -> None:
+    for tmp in paths:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _commit(weights: tuple[str, Path], meta: tuple[str, Path]) -> None:
+    """Rename both fully written temporary files into place, weights first, then the metadata.
+
+    Everything that can fail (serialising, writing, fsync) happens before the first rename, so an
+    error leaves the previous checkpoint untouched; only a hard kill between the two renames can
+    leave new weights beside old metadata, which :func:`load_checkpoint` refuses (hash mismatch).
+    """
+    try:
+        os.replace(*weights)
+        os.replace(*meta)
+    except BaseException:
+        _discard(weights[0], meta[0])
         raise
 
 
@@ -71,15 +92,20 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], met
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    _atomic_save_tensors(d / WEIGHTS, tensors)
-    full = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "bioworld_version": __version__,
-        "weights_sha256": _sha256(d / WEIGHTS),
-        **meta,
-    }
-    _atomic_write_bytes(d / META, json.dumps(full, indent=1, sort_keys=True).encode())
+    tmp_w = _write_temp_tensors(d / WEIGHTS, tensors)
+    try:
+        full = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "bioworld_version": __version__,
+            "weights_sha256": _sha256(Path(tmp_w)),
+            **meta,
+        }
+        tmp_m = _write_temp_bytes(d / META, json.dumps(full, indent=1, sort_keys=True).encode())
+    except BaseException:
+        _discard(tmp_w)
+        raise
+    _commit((tmp_w, d / WEIGHTS), (tmp_m, d / META))
     return d
 
 
@@ -125,9 +151,14 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
 def save_train_state(directory: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    _atomic_save_tensors(d / STATE_WEIGHTS, tensors)
-    state = {**state, "weights_sha256": _sha256(d / STATE_WEIGHTS)}
-    _atomic_write_bytes(d / STATE_META, json.dumps(state, sort_keys=True).encode())
+    tmp_w = _write_temp_tensors(d / STATE_WEIGHTS, tensors)
+    try:
+        state = {**state, "weights_sha256": _sha256(Path(tmp_w))}
+        tmp_m = _write_temp_bytes(d / STATE_META, json.dumps(state, sort_keys=True).encode())
+    except BaseException:
+        _discard(tmp_w)
+        raise
+    _commit((tmp_w, d / STATE_WEIGHTS), (tmp_m, d / STATE_META))
 
 
 def load_train_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -147,7 +178,12 @@ def load_train_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], di
 
 
 def clear_train_state(directory: str | Path) -> None:
+    """Remove the training state, including temporary files a killed save left behind."""
+    d = Path(directory)
     for name in (STATE_META, STATE_WEIGHTS):
-        p = Path(directory) / name
+        p = d / name
         if p.exists():
             p.unlink()
+    for name in (STATE_META, STATE_WEIGHTS):
+        for stale in d.glob(f".{name}.*.tmp"):
+            stale.unlink()

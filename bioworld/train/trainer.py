@@ -113,9 +113,15 @@ def fit(
         loaded = load_train_state(state_dir)
         if loaded is not None:
             tensors, state = loaded
-            if state.get("config") != cfg.to_dict():
+            saved_cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
+            now_cfg = cfg.to_dict()
+            if saved_cfg != now_cfg:
+                diff = sorted(k for k in set(saved_cfg) | set(now_cfg) if saved_cfg.get(k) != now_cfg.get(k))
                 raise TrainingError(
-                    f"{state_dir} holds a training state for a different config; pass overwrite or use a new directory"
+                    f"{state_dir} holds a training state for a different config (differs in {diff}: saved "
+                    f"{ {k: saved_cfg.get(k) for k in diff} }, now { {k: now_cfg.get(k) for k in diff} }); "
+                    "resume with the same config, or delete train_state.json and train_state.safetensors "
+                    "there (or pass another state_dir) to train from scratch"
                 )
             module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
             _load_optimizer(opt, tensors)

@@ -1,0 +1,436 @@
+"""One self-contained HTML report of a prioritisation (plots embedded, CSS inline, no external URLs)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bioworld.errors import BioworldError
+
+__all__ = ["BENCHMARK_SUMMARY", "find_benchmark_summary", "goal_in_words", "load_accuracy", "write_report"]
+
+#: Benchmark summary the report shows when no ``accuracy`` is given (relative to the working
+#: folder or the repository root; written by ``benchmarks/run_benchmarks.py``).
+BENCHMARK_SUMMARY = Path("benchmarks") / "results" / "papalexi_summary.csv"
+#: Method name of the world model in benchmark tables.
+WORLD_MODEL_METHOD = "WorldModel"
+REPORT_NAME = "report.html"
+CSV_NAME = "ranked_interventions.csv"
+TABLE_ROWS = 30
+
+
+# --------------------------------------------------------------------------------- the question
+def goal_in_words(goal: str) -> str:
+    """A plain-language sentence for a goal spec (``down:ENTITY``, ``up:ENTITY``, ``toward:control``)."""
+    direction, _, target = str(goal).partition(":")
+    if direction == "down":
+        return (f"Which interventions (single, or a pair) most lower the activity of {target} in these cells? "
+                f"Activity is the weighted mean z-score of {target}'s member genes, read from the predicted "
+                "expression; the score is the predicted decrease against the same cells' predicted unperturbed "
+                "state (higher = better).")
+    if direction == "up":
+        return (f"Which interventions (single, or a pair) most raise the activity of {target} in these cells? "
+                f"Activity is the weighted mean z-score of {target}'s member genes, read from the predicted "
+                "expression; the score is the predicted increase against the same cells' predicted unperturbed "
+                "state (higher = better).")
+    if direction == "toward":
+        return ("Which interventions (single, or a pair) move these cells closest to the reference control "
+                "population? The score is the predicted reduction of the distance (standardised genes) between "
+                "a cell and the control mean (higher = better).")
+    return f"Goal {goal!r}: higher score = better."
+
+
+# ----------------------------------------------------------------------------------- accuracy
+def find_benchmark_summary(search: Sequence[str | os.PathLike] | None = None) -> Path | None:
+    """The first existing :data:`BENCHMARK_SUMMARY` under the working folder or the repository root."""
+    if search is None:
+        search = [Path.cwd(), Path(__file__).resolve().parents[2]]
+    for base in search:
+        path = Path(base) / BENCHMARK_SUMMARY
+        if path.is_file():
+            return path
+    return None
+
+
+def load_accuracy(accuracy: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+    """Normalise a benchmark table to columns ``method, metric, value, sd`` (+ ``split`` if present).
+
+    Accepts ``(method, metric, value[, sd])`` or a benchmark summary ``(…, method, metric, mean,
+    sd, n)`` as written by :func:`bioworld.eval.benchmark.write_outputs`, or a path to such a CSV.
+    """
+    df = pd.read_csv(accuracy) if isinstance(accuracy, (str, os.PathLike)) else accuracy.copy()
+    if "value" not in df.columns and "mean" in df.columns:
+        df = df.rename(columns={"mean": "value"})
+    missing = [c for c in ("method", "metric", "value") if c not in df.columns]
+    if missing:
+        raise BioworldError(
+            f"accuracy table lacks column(s) {missing}; found {list(df.columns)}. Expected columns "
+            "method, metric, value[, sd] (or a benchmark summary with method, metric, mean, sd)."
+        )
+    if "sd" not in df.columns:
+        df["sd"] = np.nan
+    cols = ["method", "metric", "value", "sd"] + (["split"] if "split" in df.columns else [])
+    out = df[cols].copy()
+    out["value"] = pd.to_numeric(out["value"], errors="coerce")
+    out["sd"] = pd.to_numeric(out["sd"], errors="coerce")
+    return out.reset_index(drop=True)
+
+
+def _lower_is_better(metric: str) -> bool:
+    m = metric.lower()
+    if re.search(r"reduction|improvement|gain|accuracy|pearson|spearman|r2|auc|discrimination", m):
+        return False
+    return bool(re.search(r"(^|_)(mse|mae|rmse|error|distance|energy|loss)(_|$)", m))
+
+
+def _accuracy_view(acc: pd.DataFrame) -> dict[str, Any]:
+    """Table rows (one per split x method) with 'mean ± sd' per metric, the best marked, and a verdict."""
+    acc = acc.copy()
+    if "split" not in acc.columns:
+        acc["split"] = ""
+    metrics = list(dict.fromkeys(acc["metric"].astype(str)))
+    headers = [{"name": m, "arrow": "↓" if _lower_is_better(m) else "↑"} for m in metrics]
+    rows, wins, total = [], 0, 0
+    for split, part in acc.groupby("split", sort=False):
+        methods = list(dict.fromkeys(part["method"].astype(str)))
+        best: dict[str, str] = {}
+        for metric in metrics:
+            pm = part[part["metric"].astype(str) == metric].dropna(subset=["value"])
+            if pm.empty:
+                continue
+            idx = pm["value"].idxmin() if _lower_is_better(metric) else pm["value"].idxmax()
+            best[metric] = str(pm.loc[idx, "method"])
+            if WORLD_MODEL_METHOD in set(pm["method"].astype(str)):
+                total += 1
+                wins += best[metric] == WORLD_MODEL_METHOD
+        for method in methods:
+            pm = part[part["method"].astype(str) == method].set_index("metric")
+            cells = []
+            for metric in metrics:
+                if metric not in pm.index:
+                    cells.append({"text": "", "best": False})
+                    continue
+                v, s = float(pm.loc[metric, "value"]), float(pm.loc[metric, "sd"])
+                text = "n/a" if not math.isfinite(v) else (f"{v:.3f} ± {s:.3f}" if math.isfinite(s) else f"{v:.3f}")
+                cells.append({"text": text, "best": best.get(metric) == method})
+            rows.append({"split": str(split), "method": method, "cells": cells,
+                         "is_model": method == WORLD_MODEL_METHOD})
+    if total:
+        verdict = (f"{WORLD_MODEL_METHOD} is the best method on {wins} of {total} metric × split "
+                   "combinations where it was scored (best per column in bold; arrows give the better direction).")
+    else:
+        verdict = f"The benchmark table holds no {WORLD_MODEL_METHOD} rows: only baselines were scored."
+    return {"headers": headers, "rows": rows, "show_split": acc["split"].astype(str).nunique() > 1
+            or bool(acc["split"].astype(str).iloc[0]), "verdict": verdict}
+
+
+# --------------------------------------------------------------------------------- helpers
+def _png(fig: Any, dpi: int = 110) -> str:
+    """A matplotlib Figure as a ``data:`` URI (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    finally:
+        plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return ""
+    if not math.isfinite(v):
+        return "—"
+    if v != 0 and abs(v) < 0.5 * 10 ** -digits:  # would print as (-)0.000: keep the magnitude visible
+        return f"{v:.1e}"
+    return f"{v:.{digits}f}"
+
+
+def _wall(seconds: Any) -> str:
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        return "not recorded"
+    if not math.isfinite(s):
+        return "not recorded"
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min ({s:.0f} s)"
+
+
+def _counterfactual_view(counterfactuals: Any, top: int = 10) -> list[dict[str, Any]]:
+    """Per intervention: entities ordered by latent shift (+ most-moved genes when an AnnData is given)."""
+    if counterfactuals is None:
+        return []
+    genes_moved: dict[str, dict[str, list[tuple[str, float]]]] = {}
+    n_cells: dict[str, int] = {}
+    if hasattr(counterfactuals, "uns") and hasattr(counterfactuals, "obs"):
+        cf = counterfactuals
+        bw_uns = cf.uns.get("bioworld", {})
+        effects = bw_uns.get("entity_effects", {}) if hasattr(bw_uns, "get") else {}
+        if not effects:
+            raise BioworldError(
+                "counterfactuals has no uns['bioworld']['entity_effects']; expected the AnnData returned by "
+                "WorldModel.counterfactual (or a dict intervention -> list of {entity, shift, share})"
+            )
+        layer = "delta" if "delta" in cf.layers else ("bw_delta" if "bw_delta" in cf.layers else None)
+        labels = cf.obs["bw_intervention"].astype(str).to_numpy() if "bw_intervention" in cf.obs else None
+        if layer is not None and labels is not None:
+            delta = np.asarray(cf.layers[layer])
+            names = np.asarray([str(v) for v in cf.var_names])
+            for spec in effects:
+                rows = labels == spec
+                if not rows.any():
+                    continue
+                mean = delta[rows].mean(0)
+                order = np.argsort(mean)
+                genes_moved[spec] = {
+                    "up": [(names[i], f"{mean[i]:+.3g}") for i in order[::-1][:6] if mean[i] > 0],
+                    "down": [(names[i], f"{mean[i]:+.3g}") for i in order[:6] if mean[i] < 0],
+                }
+                n_cells[spec] = int(rows.sum())
+    elif isinstance(counterfactuals, Mapping):
+        effects = counterfactuals
+    else:
+        raise BioworldError(
+            f"counterfactuals is a {type(counterfactuals).__name__}; expected the AnnData returned by "
+            "WorldModel.counterfactual or a dict intervention -> list of {entity, shift, share}"
+        )
+    from bioworld.report._h5ad import effect_records
+
+    out = []
+    for spec, items in effects.items():
+        items = sorted(effect_records(items), key=lambda d: -float(d.get("shift", 0.0)))
+        shown = [{"entity": str(d.get("entity", "")), "shift": _num(d.get("shift")),
+                  "share": _num(100 * float(d.get("share", float("nan"))), 1),
+                  "bar": max(0.0, min(100.0, 100 * float(d.get("share", 0.0)) if d.get("share") is not None else 0.0))}
+                 for d in items[:top]]
+        out.append({"spec": str(spec), "entities": shown, "n_more": max(0, len(items) - top),
+                    "genes": genes_moved.get(str(spec)), "n_cells": n_cells.get(str(spec))})
+    return out
+
+
+def _provenance(result: Any, model: Any) -> list[tuple[str, str]]:
+    import bioworld
+
+    prov = dict(getattr(result, "provenance", {}) or {})
+    desc = dict(prov.get("model") or {})
+    if model is not None and hasattr(model, "describe"):
+        desc = {**model.describe(), **desc}
+    rows: list[tuple[str, str]] = []
+    if "n_genes" in desc:
+        rows.append(("genes in the panel", f"{desc['n_genes']:,}"))
+    if "n_entities" in desc:
+        names = list(getattr(model, "entity_names", []) or [])
+        extra = f" ({', '.join(names[:6])}{' …' if len(names) > 6 else ''})" if names else ""
+        rows.append(("entities (slots)", f"{desc['n_entities']}{extra}"))
+    if desc.get("entity_hash"):
+        rows.append(("entity definitions hash", str(desc["entity_hash"])[:16] + "…"))
+    train = [t for t in desc.get("train_labels", []) if t != getattr(model, "control", "control")]
+    if "train_labels" in desc:
+        rows.append(("training perturbations", f"{len(train)}: {', '.join(train[:25])}{' …' if len(train) > 25 else ''}"))
+    if "holdout" in desc:
+        hold = list(desc["holdout"])
+        rows.append(("held out of training", ", ".join(hold) if hold else "none (every perturbation was trained on)"))
+    if "input" in desc:
+        rows.append(("input", str(desc["input"]) + (f"; predictions on the {prov['scale']} scale" if prov.get("scale") else "")))
+    if "seed" in desc:
+        rows.append(("seed", str(desc["seed"])))
+    tr = getattr(model, "train_result", None) if model is not None else None
+    if tr is not None:
+        rows.append(("training", f"{tr.steps} steps in {_wall(tr.wall_s)} ({tr.cells_per_s:,.0f} cells/s)"))
+    else:
+        rows.append(("training wall time", _wall(desc.get("train_wall_s"))))
+    if "n_cells_used" in prov:
+        given = prov.get("n_cells_given", prov["n_cells_used"])
+        rows.append(("cells queried", f"{prov['n_cells_used']:,} (of {given:,} given)"))
+    if "n_candidates" in prov:
+        rows.append(("candidate interventions scored", f"{prov['n_candidates']:,}"))
+    if prov.get("interval"):
+        rows.append(("intervals", str(prov["interval"])))
+    if getattr(result, "wall_s", None):
+        rows.append(("prioritisation wall time", _wall(result.wall_s)))
+    findings = list(getattr(model, "findings", []) or []) if model is not None else []
+    for f in findings[:5]:
+        rows.append(("data finding", str(f)))
+    rows.append(("bioworld version", str(getattr(bioworld, "__version__", "unknown"))))
+    rows.append(("report date", _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")))
+    return rows
+
+
+def _ranked_rows(table: pd.DataFrame, n: int) -> list[dict[str, Any]]:
+    rows = []
+    for _, r in table.head(n).iterrows():
+        rows.append({
+            "rank": int(r["rank"]) if "rank" in r and pd.notna(r["rank"]) else "",
+            "intervention": str(r["intervention"]),
+            "kind": str(r.get("kind", "")),
+            "score": _num(r.get("score")),
+            "interval": f"[{_num(r.get('score_lo'))}, {_num(r.get('score_hi'))}]",
+            "synergy": _num(r.get("synergy")) if "synergy" in r else "—",
+            "top_entities": str(r.get("top_entities", "")),
+        })
+    return rows
+
+
+def _breakable(text: Any) -> Any:
+    """Escaped text that may wrap after ``_``, ``+`` and ``,`` (long entity / intervention names)."""
+    from markupsafe import Markup, escape
+
+    out = str(escape(str(text)))
+    for sep in ("_", "+", ","):
+        out = out.replace(sep, sep + "<wbr>")
+    return Markup(out)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write next to ``path`` then rename over it (a reader never sees a half-written file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------ entry
+def write_report(
+    result: Any,
+    out_dir: str | os.PathLike,
+    *,
+    counterfactuals: Any = None,
+    accuracy: pd.DataFrame | str | os.PathLike | None = None,
+    title: str | None = None,
+    model: Any = None,
+    top_n: int = 20,
+) -> Path:
+    """Write ``<out_dir>/report.html`` (self-contained) and ``<out_dir>/ranked_interventions.csv``.
+
+    Parameters
+    ----------
+    result
+        A :class:`bioworld.query.PrioritizationResult` (``WorldModel.prioritize``).
+    out_dir
+        Folder to write to (created).
+    counterfactuals
+        The AnnData of ``WorldModel.counterfactual`` (or a dict intervention -> list of
+        ``{entity, shift, share}``): each intervention's entities ordered by shift.
+    accuracy
+        Held-out accuracy: a DataFrame ``method, metric, value[, sd]`` (or a benchmark summary /
+        its CSV path). ``None``: :data:`BENCHMARK_SUMMARY` is used when found; otherwise the report
+        says that the ranking is unvalidated.
+    title
+        Page title (default: from the goal).
+    model
+        The :class:`bioworld.WorldModel` that answered (optional): adds its training curves,
+        training details and data findings to the report.
+    top_n
+        Interventions in the effect and distribution plots (the table shows 30, the CSV all).
+
+    Returns
+    -------
+    Path of ``report.html``.
+    """
+    import jinja2
+
+    from bioworld.report import plots
+
+    table = getattr(result, "table", None)
+    if not isinstance(table, pd.DataFrame) or "intervention" not in table.columns or "score" not in table.columns:
+        raise BioworldError(
+            f"result is a {type(result).__name__} without a ranked table; expected a PrioritizationResult "
+            "from WorldModel.prioritize (table with columns intervention, score, ...)"
+        )
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BioworldError(f"out_dir {str(out)!r} is a file; expected a folder for report.html. Fix: choose another path.")
+    out.mkdir(parents=True, exist_ok=True)
+
+    # ---- held-out accuracy (given, found next to BENCHMARKS.md, or none)
+    accuracy_source = "a table given by the caller"
+    if accuracy is None:
+        found = find_benchmark_summary()
+        acc = None if found is None else load_accuracy(found)
+        accuracy_source = "" if found is None else (
+            f"{found} (written {_dt.datetime.fromtimestamp(found.stat().st_mtime).strftime('%Y-%m-%d %H:%M')})")
+    else:
+        if isinstance(accuracy, (str, os.PathLike)):
+            accuracy_source = str(accuracy)
+        acc = load_accuracy(accuracy)
+
+    # ---- figures
+    top_labels = list(table["intervention"].head(top_n))
+    figures = [
+        {"title": "Effect of the top interventions",
+         "caption": "Mean goal score over cells, best at the top; whiskers = 95% interval. Blue = single "
+                    "interventions, orange = pairs. Long names are abbreviated in the plots: H_ = HALLMARK_, "
+                    "sil: = silence:.",
+         "src": _png(plots.effect_bars(table, top_n=top_n))},
+        {"title": "Entity propagation",
+         "caption": "How far each top intervention moves each entity's latent (units of that slot's spread over "
+                    "control cells). Columns = the most-moved entities.",
+         "src": _png(plots.entity_heatmap(result.entity_shift, top_labels[:15]))},
+        {"title": "Per-cell scores",
+         "caption": "Distribution of the score over the individual cells: a wide spread means the effect "
+                    "depends on the cell's state.",
+         "src": _png(plots.per_cell_distributions(result.per_cell_scores, order=list(table["intervention"])))},
+        {"title": "Pair synergy",
+         "caption": "Score of a pair of silenced entities minus the sum of the two singles: red = more than "
+                    "additive, blue = less (redundant).",
+         "src": _png(plots.pair_synergy_matrix(result.pair_synergy))},
+    ]
+    tr = getattr(model, "train_result", None) if model is not None else None
+    if tr is not None and tr.history:
+        steps = [int(h.get("step", 0)) for h in tr.history]
+        recorded = (f"over the {tr.steps} training steps" if steps and min(steps) <= max(10, tr.steps // 20)
+                    else f"for the recorded steps {min(steps)}–{max(steps)} of {tr.steps} (the saved model keeps "
+                         "only the last records of its training history)")
+        figures.append({"title": "Training curves",
+                        "caption": f"Loss terms and the latent-collapse monitor {recorded}.",
+                        "src": _png(plots.training_curves(tr.history))})
+    accuracy_view = None
+    accuracy_fig = None
+    if acc is not None and len(acc):
+        accuracy_view = _accuracy_view(acc)
+        accuracy_fig = _png(plots.accuracy_bars(acc))
+
+    # ---- tables + render
+    csv_path = out / CSV_NAME
+    _write_text_atomic(csv_path, table.to_csv(index=False))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["breakable"] = _breakable
+    html = env.get_template("report.html.j2").render(
+        title=title or f"bioworld: interventions for {result.goal}",
+        goal=result.goal,
+        goal_words=goal_in_words(result.goal),
+        provenance=_provenance(result, model),
+        ranked=_ranked_rows(table, TABLE_ROWS),
+        n_ranked=len(table),
+        n_shown=min(TABLE_ROWS, len(table)),
+        csv_name=CSV_NAME,
+        figures=figures,
+        counterfactuals=_counterfactual_view(counterfactuals),
+        accuracy=accuracy_view,
+        accuracy_fig=accuracy_fig,
+        accuracy_source=accuracy_source,
+        benchmark_path=str(BENCHMARK_SUMMARY),
+        holdout=list((getattr(result, "provenance", {}) or {}).get("model", {}).get("holdout", [])),
+    )
+    path = out / REPORT_NAME
+    _write_text_atomic(path, html)
+    return path

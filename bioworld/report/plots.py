@@ -1,0 +1,301 @@
+"""Figures of a prioritisation / world-model report (matplotlib, Agg backend; each returns a Figure).
+
+All functions take plain pandas / numpy inputs (the fields of
+:class:`bioworld.query.PrioritizationResult`, a training history, a benchmark summary), so they
+can be used on their own: ``fig = effect_bars(result.table); fig.savefig("effects.png")``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; also keeps pyplot from starting a GUI event loop
+
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend choice
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = [
+    "KIND_COLORS",
+    "accuracy_bars",
+    "effect_bars",
+    "entity_heatmap",
+    "pair_synergy_matrix",
+    "per_cell_distributions",
+    "short_label",
+    "training_curves",
+]
+
+#: Bar colours of single and paired interventions (colour-blind safe pair).
+KIND_COLORS = {"single": "#1f77b4", "pair": "#e66100"}
+_WORLD_MODEL_COLOR = "#d62728"
+_BASELINE_COLOR = "#8c8c8c"
+#: horizontal violins / boxes (``orientation=`` from matplotlib 3.10; ``vert=`` before, now deprecated)
+_HORIZONTAL: dict[str, Any] = (
+    {"orientation": "horizontal"} if tuple(int(p) for p in re.findall(r"\d+", matplotlib.__version__)[:2]) >= (3, 10)
+    else {"vert": False}
+)
+
+
+def short_label(label: str, width: int = 42) -> str:
+    """Shorten long entity / intervention names for axis labels.
+
+    ``HALLMARK_`` -> ``H_``; if still longer than ``width``, ``silence:`` -> ``sil:``; then an ellipsis.
+    """
+    text = str(label).replace("HALLMARK_", "H_")
+    if len(text) > width:
+        text = text.replace("silence:", "sil:")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _empty(message: str, figsize: tuple[float, float] = (6.0, 1.6)) -> Figure:
+    fig = plt.figure(figsize=figsize)
+    fig.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, color="#555555", wrap=True)
+    return fig
+
+
+def effect_bars(table: pd.DataFrame, *, top_n: int = 20, title: str | None = None) -> Figure:
+    """Mean goal score of the ``top_n`` best interventions with their intervals.
+
+    ``table`` has columns ``intervention, kind, score, score_lo, score_hi`` (ranked best first, as
+    :attr:`PrioritizationResult.table`). Horizontal bars, best at the top; error bars span
+    ``[score_lo, score_hi]``; singles and pairs in different colours.
+    """
+    if table is None or len(table) == 0:
+        return _empty("no interventions were scored")
+    top = table.head(top_n).iloc[::-1]  # best at the top of a barh
+    y = np.arange(len(top))
+    score = top["score"].to_numpy(float)
+    lo = top["score_lo"].to_numpy(float) if "score_lo" in top else score
+    hi = top["score_hi"].to_numpy(float) if "score_hi" in top else score
+    err = np.vstack([np.clip(score - lo, 0, None), np.clip(hi - score, 0, None)])
+    kinds = top["kind"].astype(str).to_numpy() if "kind" in top else np.array(["single"] * len(top))
+    colors = [KIND_COLORS.get(k, "#555555") for k in kinds]
+    fig, ax = plt.subplots(figsize=(9.0, 0.32 * len(top) + 1.4))
+    ax.barh(y, score, xerr=err, color=colors, ecolor="#222222", capsize=2, height=0.7)
+    ax.set_yticks(y)
+    ax.set_yticklabels([short_label(s, 60) for s in top["intervention"]], fontsize=8)
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set_xlabel("goal score (mean over cells; bar = 95% interval)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in KIND_COLORS.items() if k in set(kinds)]
+    labels = [k for k in KIND_COLORS if k in set(kinds)]
+    if handles:
+        ax.legend(handles, labels, loc="lower right", fontsize=8, frameon=False)
+    ax.set_title(title or f"Top {len(top)} interventions", fontsize=11)
+    ax.grid(axis="x", color="#dddddd", lw=0.5)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    return fig
+
+
+def entity_heatmap(
+    entity_shift: pd.DataFrame,
+    interventions: Sequence[str],
+    *,
+    top_entities: int = 15,
+    title: str | None = None,
+) -> Figure:
+    """How far each of ``interventions`` moves the most-moved entities (latent shift, slot-spread units).
+
+    ``entity_shift`` is ``[interventions x entities]``; rows are taken in the given order,
+    columns = the ``top_entities`` with the largest mean shift over those rows.
+    """
+    rows = [i for i in interventions if i in entity_shift.index]
+    if not rows or entity_shift.shape[1] == 0:
+        return _empty("no entity shifts to show")
+    sub = entity_shift.loc[rows]
+    cols = sub.mean(0).sort_values(ascending=False).index[:top_entities]
+    sub = sub[cols]
+    values = sub.to_numpy(float)
+    fig, ax = plt.subplots(figsize=(0.42 * len(cols) + 4.6, 0.3 * len(rows) + 2.6))
+    im = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0)
+    ax.set_xticks(np.arange(len(cols)))
+    ax.set_xticklabels([short_label(c, 30) for c in cols], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(np.arange(len(rows)))
+    ax.set_yticklabels([short_label(r, 50) for r in rows], fontsize=7)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    cbar.set_label("latent shift (slot spread)", fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    ax.set_title(title or "Entity propagation of the top interventions", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def per_cell_distributions(
+    per_cell_scores: Mapping[str, np.ndarray],
+    *,
+    order: Sequence[str] | None = None,
+    top_n: int = 12,
+    title: str | None = None,
+) -> Figure:
+    """Distribution over cells of each intervention's goal score (violins with the median marked)."""
+    labels = [lab for lab in (order if order is not None else list(per_cell_scores)) if lab in per_cell_scores]
+    labels = labels[:top_n]
+    data = [np.asarray(per_cell_scores[lab], float) for lab in labels]
+    data = [d[np.isfinite(d)] for d in data]
+    keep = [i for i, d in enumerate(data) if len(d)]
+    labels, data = [labels[i] for i in keep], [data[i] for i in keep]
+    if not data:
+        return _empty("no per-cell scores to show")
+    labels, data = labels[::-1], data[::-1]  # best at the top
+    y = np.arange(1, len(data) + 1)
+    fig, ax = plt.subplots(figsize=(9.0, 0.42 * len(data) + 1.4))
+    varied = [i for i, d in enumerate(data) if len(d) > 1 and np.ptp(d) > 0]
+    if varied:
+        parts = ax.violinplot([data[i] for i in varied], positions=y[varied], widths=0.8, **_HORIZONTAL,
+                              showextrema=False)
+        for body in parts["bodies"]:
+            body.set_facecolor("#9ecae1")
+            body.set_edgecolor("#3182bd")
+            body.set_alpha(0.8)
+    ax.boxplot(data, positions=y, widths=0.25, **_HORIZONTAL, showfliers=False,
+               medianprops={"color": "#000000"}, patch_artist=True,
+               boxprops={"facecolor": "white", "edgecolor": "#333333"})
+    ax.set_yticks(y)
+    ax.set_yticklabels([short_label(s, 60) for s in labels], fontsize=8)
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set_xlabel("per-cell goal score")
+    ax.set_title(title or "Per-cell scores (how consistently each intervention works)", fontsize=11)
+    ax.grid(axis="x", color="#dddddd", lw=0.5)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    return fig
+
+
+def pair_synergy_matrix(pair_synergy: pd.DataFrame, *, max_entities: int = 25, title: str | None = None) -> Figure:
+    """Pair score minus the sum of its singles, entity x entity (diverging, centred at 0, NaN masked).
+
+    With more than ``max_entities`` entities, the ones in the strongest interactions are shown.
+    """
+    if pair_synergy is None or pair_synergy.size == 0 or not np.isfinite(pair_synergy.to_numpy(float)).any():
+        return _empty("no pairs were scored (pairs=False or fewer than two entities)")
+    syn = pair_synergy.astype(float)
+    if len(syn) > max_entities:
+        strength = syn.abs().max(1).fillna(0).sort_values(ascending=False)
+        keep = list(strength.index[:max_entities])
+        keep = [e for e in syn.index if e in set(keep)]  # stable order
+        syn = syn.loc[keep, keep]
+    values = syn.to_numpy(float)
+    finite = values[np.isfinite(values)]
+    bound = float(np.max(np.abs(finite))) if finite.size else 1.0
+    bound = bound if bound > 0 else 1.0
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#eeeeee")
+    n = len(syn)
+    size = 0.3 * n + 3.4
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
+    names = [short_label(e, 28) for e in syn.index]
+    ax.set_xticks(np.arange(n))
+    ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
+    ax.set_yticks(np.arange(n))
+    ax.set_yticklabels(names, fontsize=7)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.045, pad=0.02)
+    cbar.set_label("synergy (pair − sum of singles)", fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    ax.set_title(title or "Pair synergy of silenced entities (grey = not scored)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
+    """Training loss (total and per term) and the collapse monitor against the step."""
+    if not history:
+        return _empty("no training history recorded")
+    df = pd.DataFrame(list(history))
+    if "step" not in df:
+        df["step"] = np.arange(1, len(df) + 1)
+    monitor = [c for c in ("target_std", "eff_rank") if c in df]
+    terms = [c for c in df.columns if c not in ("step", "loss", *monitor)
+             and pd.api.types.is_numeric_dtype(df[c])]
+    n_panels = 2 + bool(monitor)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.0 * n_panels + 1, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    if "loss" in df:
+        ax.plot(df["step"], df["loss"], color="black", lw=1.4)
+    ax.set_title("total loss", fontsize=10)
+    ax.set_xlabel("step")
+    ax = axes[0, 1]
+    cmap = plt.get_cmap("tab10")
+    for i, term in enumerate(terms):
+        ax.plot(df["step"], df[term], lw=1.1, color=cmap(i % 10), label=term)
+    positive = terms and (df[terms].to_numpy(float) > 0).all()
+    if positive:
+        ax.set_yscale("log")
+    ax.set_title("loss terms" + (" (log scale)" if positive else ""), fontsize=10)
+    ax.set_xlabel("step")
+    if terms:
+        ax.legend(fontsize=7, frameon=False, ncol=2)
+    if monitor:
+        ax = axes[0, 2]
+        ax.plot(df["step"], df[monitor[0]], color="#2ca02c", lw=1.2, label=monitor[0])
+        ax.set_ylabel(monitor[0], fontsize=8, color="#2ca02c")
+        if len(monitor) > 1:
+            ax2 = ax.twinx()
+            ax2.plot(df["step"], df[monitor[1]], color="#9467bd", lw=1.2, label=monitor[1])
+            ax2.set_ylabel(monitor[1], fontsize=8, color="#9467bd")
+        ax.set_title("collapse monitor (target latents)", fontsize=10)
+        ax.set_xlabel("step")
+    for a in axes[0]:
+        a.tick_params(labelsize=8)
+        a.grid(color="#eeeeee", lw=0.5)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_bars(
+    accuracy: pd.DataFrame,
+    *,
+    highlight: str = "WorldModel",
+    max_metrics: int = 6,
+    title: str | None = None,
+) -> Figure:
+    """Held-out accuracy per method, one panel per metric (bars = mean, whiskers = sd).
+
+    ``accuracy`` has columns ``method, metric, value`` and optionally ``sd`` and ``split`` (one
+    bar group per split). The ``highlight`` method (the world model) is drawn in red.
+    """
+    if accuracy is None or len(accuracy) == 0:
+        return _empty("no held-out benchmark available")
+    acc = accuracy.copy()
+    if "split" not in acc:
+        acc["split"] = ""
+    if "sd" not in acc:
+        acc["sd"] = np.nan
+    metrics = list(dict.fromkeys(acc["metric"].astype(str)))[:max_metrics]
+    methods = list(dict.fromkeys(acc["method"].astype(str)))
+    splits = list(dict.fromkeys(acc["split"].astype(str)))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(2.8 * len(metrics), 5.0) + 0.6, 3.8), squeeze=False)
+    width = 0.8 / max(1, len(splits))
+    hatches = ["", "//", "..", "xx", "\\\\"]
+    for ax, metric in zip(axes[0], metrics):
+        part = acc[acc["metric"].astype(str) == metric]
+        for j, split in enumerate(splits):
+            sp = part[part["split"].astype(str) == split]
+            sp = sp.set_index(sp["method"].astype(str))
+            x = np.arange(len(methods)) + (j - (len(splits) - 1) / 2) * width
+            vals = np.array([float(sp.loc[m, "value"]) if m in sp.index else np.nan for m in methods])
+            sds = np.array([float(sp.loc[m, "sd"]) if m in sp.index else np.nan for m in methods])
+            sds = np.where(np.isfinite(sds), sds, 0.0)
+            colors = [_WORLD_MODEL_COLOR if m == highlight else _BASELINE_COLOR for m in methods]
+            ax.bar(x, np.nan_to_num(vals), width=width * 0.95, yerr=sds, color=colors, capsize=2,
+                   hatch=hatches[j % len(hatches)], edgecolor="white", label=split or None)
+        ax.set_xticks(np.arange(len(methods)))
+        ax.set_xticklabels([short_label(m, 22) for m in methods], rotation=55, ha="right", fontsize=7)
+        ax.set_title(short_label(metric, 34), fontsize=9)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", color="#eeeeee", lw=0.5)
+        ax.set_axisbelow(True)
+    if len(splits) > 1:
+        axes[0, 0].legend(fontsize=7, frameon=False, title="split (hatch)", title_fontsize=7)
+    fig.suptitle(title or f"Held-out accuracy: {highlight} (red) vs baselines (grey)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,73 @@
+"""``bioworld demo`` / :func:`bioworld._demo.run_demo`: cache key, end-to-end run with a cached model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bioworld.cli import app
+
+torch.set_num_threads(1)
+
+
+def test_demo_key_depends_on_data_and_config(tmp_path):
+    from bioworld._demo import _demo_key
+
+    data = tmp_path / "data.h5ad"
+    data.write_bytes(b"abc")
+    k1 = _demo_key(data, {"max_steps": 10})
+    assert k1 == _demo_key(data, {"max_steps": 10})
+    assert json.loads(json.dumps(k1)) == k1  # storable as JSON as is
+    assert k1["train_config_sha256"] != _demo_key(data, {"max_steps": 11})["train_config_sha256"]
+    data.write_bytes(b"abd")
+    assert k1["data_sha256"] != _demo_key(data, {"max_steps": 10})["data_sha256"]
+
+
+def test_cached_model_ignored_when_key_differs(tmp_path):
+    from bioworld._demo import KEY_FILE, _cached_model
+
+    messages = []
+    assert _cached_model(tmp_path, {"a": 1}, messages.append) is None  # no key file: nothing cached
+    (tmp_path / KEY_FILE).write_text(json.dumps({"a": 2}))
+    assert _cached_model(tmp_path, {"a": 1}, messages.append) is None
+    assert "retraining" in messages[-1]
+    (tmp_path / KEY_FILE).write_text("{not json")
+    assert _cached_model(tmp_path, {"a": 1}, messages.append) is None
+
+
+def test_cli_demo_refuses_non_positive_steps(tmp_path):
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--max-steps", "0"])
+    assert res.exit_code == 2 and "error: --max-steps 0" in res.output
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_then_reuses_cached_model(tmp_path, monkeypatch, capsys):
+    import bioworld as bw
+    import bioworld._demo as demo
+    import bioworld.report.html as rh
+
+    # fewer cells than the real demo keeps this test around a minute; the flow is the same
+    monkeypatch.setattr(demo, "N_PRIORITIZE_CELLS", 120)
+    monkeypatch.setattr(demo, "N_COUNTERFACTUAL_CELLS", 30)
+    monkeypatch.setattr(rh, "find_benchmark_summary", lambda search=None: None)
+    report = demo.run_demo(tmp_path / "d", max_steps=3, progress=False)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"Report: {report}" and report.is_absolute() and report.is_file()
+    text = report.read_text(encoding="utf-8")
+    assert "down:HALLMARK_INTERFERON_GAMMA_RESPONSE" in text
+    for spec in demo.DEMO_COUNTERFACTUALS:
+        assert f"<h3>{spec}</h3>" in text, spec
+    assert (tmp_path / "d" / "ranked_interventions.csv").is_file()
+    assert (tmp_path / "d" / "counterfactuals.h5ad").is_file()
+    key = json.loads((tmp_path / "d" / "model" / demo.KEY_FILE).read_text())
+    assert key["train_config"]["max_steps"] == 3 and len(key["data_sha256"]) == 64
+
+    def no_training(self, **kwargs):
+        raise AssertionError("the cached model should have been reused")
+
+    monkeypatch.setattr(bw.WorldModel, "train", no_training)
+    again = demo.run_demo(tmp_path / "d", max_steps=3, progress=False)
+    assert again == report and capsys.readouterr().out.strip().splitlines()[-1] == f"Report: {report}"

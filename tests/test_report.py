@@ -1,0 +1,247 @@
+"""bioworld.report (plots, the self-contained HTML report) and the counterfactual / prioritize CLI."""
+
+from __future__ import annotations
+
+import html as _html
+import re
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+from typer.testing import CliRunner
+
+from bioworld.cli import app
+from bioworld.errors import BioworldError
+
+torch.set_num_threads(1)
+
+SECTIONS = ("The question", "Data &amp; model provenance", "Ranked interventions", "Plots",
+            "Counterfactual explanations", "How far to trust this")
+#: an attribute or CSS reference that would make the browser fetch something from the network
+EXTERNAL = re.compile(r"""(?:\b(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:https?:)?//)|(?:url\(\s*["']?\s*(?:https?:)?//)|@import""",
+                      re.IGNORECASE)
+
+
+def _control_cells(sim, n: int) -> ad.AnnData:
+    a = sim.adata
+    return a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:n]].copy()
+
+
+@pytest.fixture(scope="module")
+def cells(small_sim):
+    return _control_cells(small_sim, 40)
+
+
+@pytest.fixture(scope="module")
+def prioritized(tiny_trained, cells):
+    return tiny_trained.prioritize(cells, f"down:{tiny_trained.entity_names[0]}", n_boot=50)
+
+
+@pytest.fixture(scope="module")
+def counterfactuals(tiny_trained, cells):
+    holdout = tiny_trained.holdout[0]
+    return tiny_trained.counterfactual(cells[:10].copy(), [f"silence:{tiny_trained.entity_names[1]}", holdout])
+
+
+@pytest.fixture
+def no_benchmark(monkeypatch):
+    """The report must not pick up a benchmark summary lying around in the checkout."""
+    import bioworld.report.html as rh
+
+    monkeypatch.setattr(rh, "find_benchmark_summary", lambda search=None: None)
+
+
+def _accuracy() -> pd.DataFrame:
+    rows = []
+    for method, mse, r in (("NoChange", 1.0, 0.0), ("MeanOfTrain", 0.8, 0.4), ("WorldModel", 0.6, 0.55)):
+        rows += [(method, "mse_top20", mse, 0.1), (method, "pearson_all", r, 0.05)]
+    return pd.DataFrame(rows, columns=["method", "metric", "value", "sd"])
+
+
+# ---------------------------------------------------------------------------------- the report
+def test_report_is_self_contained_with_sections_and_csv(prioritized, counterfactuals, tiny_trained, tmp_path, no_benchmark):
+    from bioworld.report import write_report
+
+    path = write_report(prioritized, tmp_path / "rep", counterfactuals=counterfactuals, model=tiny_trained)
+    assert path == tmp_path / "rep" / "report.html" and path.is_file()
+    text = path.read_text(encoding="utf-8")
+    assert not EXTERNAL.search(text), EXTERNAL.search(text).group(0)
+    assert "<script" not in text.lower() and "<link" not in text.lower()
+    srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', text)
+    assert len(srcs) >= 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for section in SECTIONS:
+        assert section in text, section
+    plain = text.replace("<wbr>", "")  # long names may wrap after '_' and '+'
+    for name in prioritized.table["intervention"].head(5):
+        assert _html.escape(name) in plain, name
+    for spec in counterfactuals.obs["bw_intervention"].unique():  # counterfactual tables
+        assert f"<h3>{_html.escape(spec)}</h3>" in text
+    # provenance: genes, entities, holdout, seed, version
+    assert f"{len(tiny_trained.genes):,}" in text and tiny_trained.holdout[0] in text and "bioworld version" in text
+    assert "ranking is unvalidated" in text and "No held-out benchmark was found" in text
+    csv = pd.read_csv(tmp_path / "rep" / "ranked_interventions.csv")
+    assert len(csv) == len(prioritized.table)
+    assert list(csv["intervention"]) == list(prioritized.table["intervention"])
+    assert text.count('<td class="num">') > 0 and text.count("<tr><td class=\"num\">") >= min(30, len(csv))
+
+
+def test_report_shows_held_out_accuracy_next_to_baselines(prioritized, tmp_path):
+    from bioworld.report import write_report
+
+    text = write_report(prioritized, tmp_path, accuracy=_accuracy()).read_text()
+    assert "unvalidated" not in text
+    assert '<tr class="model">' in text and "MeanOfTrain" in text and "0.600 ± 0.100" in text
+    assert "WorldModel is the best method on 2 of 2" in text
+    assert "No counterfactuals were computed" in text
+
+
+def test_report_reads_benchmark_summary_csv(prioritized, tmp_path, monkeypatch):
+    from bioworld.report import BENCHMARK_SUMMARY, write_report
+
+    summ = _accuracy().rename(columns={"value": "mean"})
+    summ.insert(0, "split", "unseen_singles")
+    summ.insert(0, "benchmark", "papalexi")
+    summ["n"] = 10
+    target = tmp_path / BENCHMARK_SUMMARY
+    target.parent.mkdir(parents=True)
+    summ.to_csv(target, index=False)
+    monkeypatch.chdir(tmp_path)
+    text = write_report(prioritized, tmp_path / "out").read_text()
+    assert "papalexi_summary.csv" in text and '<tr class="model">' in text and "unseen_singles" in text
+
+
+def test_report_escapes_and_refuses_bad_input(prioritized, tmp_path, no_benchmark):
+    from bioworld.report import load_accuracy, write_report
+
+    text = write_report(prioritized, tmp_path, title="<script>alert(1)</script>").read_text()
+    assert "<script>alert" not in text and "&lt;script&gt;" in text
+    with pytest.raises(BioworldError, match="ranked table"):
+        write_report(object(), tmp_path)
+    with pytest.raises(BioworldError, match="lacks column"):
+        load_accuracy(pd.DataFrame({"method": ["a"], "score": [1.0]}))
+    with pytest.raises(BioworldError, match="is a file"):
+        write_report(prioritized, tmp_path / "report.html")
+
+
+def test_counterfactuals_survive_h5ad_round_trip(counterfactuals, prioritized, tmp_path, no_benchmark):
+    from bioworld.report import write_report
+    from bioworld.report._h5ad import effect_records, write_h5ad_atomic
+
+    path = write_h5ad_atomic(counterfactuals, tmp_path / "cf.h5ad")
+    back = ad.read_h5ad(path)
+    assert back.shape == counterfactuals.shape
+    np.testing.assert_allclose(back.layers["delta"], counterfactuals.layers["delta"])
+    for spec, records in counterfactuals.uns["bioworld"]["entity_effects"].items():
+        got = effect_records(back.uns["bioworld"]["entity_effects"][spec])
+        assert [r["entity"] for r in got] == [r["entity"] for r in records]
+        np.testing.assert_allclose([r["shift"] for r in got], [r["shift"] for r in records], rtol=1e-6)
+    text = write_report(prioritized, tmp_path / "rep", counterfactuals=back).read_text()
+    for spec in counterfactuals.uns["bioworld"]["entity_effects"]:
+        assert f"<h3>{_html.escape(spec)}</h3>" in text
+
+
+# ------------------------------------------------------------------------------------- plots
+def test_plots_return_figures_including_edge_cases(prioritized, tiny_trained):
+    import matplotlib.pyplot as plt
+
+    from bioworld.report import plots
+
+    figs = [
+        plots.effect_bars(prioritized.table, top_n=8),
+        plots.entity_heatmap(prioritized.entity_shift, list(prioritized.table["intervention"][:6])),
+        plots.per_cell_distributions(prioritized.per_cell_scores),
+        plots.pair_synergy_matrix(prioritized.pair_synergy),
+        plots.training_curves(tiny_trained.train_result.history),
+        plots.accuracy_bars(_accuracy()),
+        plots.accuracy_bars(pd.concat([_accuracy().assign(split="unseen_singles"),
+                                       _accuracy().assign(split="unseen_doubles")], ignore_index=True)),
+        # nothing to show: a figure saying so, never an exception
+        plots.effect_bars(prioritized.table.head(0)),
+        plots.entity_heatmap(prioritized.entity_shift, ["not-an-intervention"]),
+        plots.per_cell_distributions({}),
+        plots.per_cell_distributions({"a": np.zeros(1)}),
+        plots.pair_synergy_matrix(pd.DataFrame(np.nan, index=["a", "b"], columns=["a", "b"])),
+        plots.training_curves([]),
+        plots.accuracy_bars(None),
+    ]
+    for fig in figs:
+        assert isinstance(fig, Figure)
+        plt.close(fig)
+    big = pd.DataFrame(np.random.default_rng(0).normal(size=(40, 40)))
+    fig = plots.pair_synergy_matrix(big, max_entities=10)
+    assert len(fig.axes[0].get_xticklabels()) == 10
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------- CLI
+def _invoke(*args):
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_trained, small_sim, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    tiny_trained.save(d / "model")
+    _control_cells(small_sim, 12).write_h5ad(d / "cells.h5ad")
+    return d
+
+
+def test_cli_counterfactual_writes_rows_per_intervention_and_cell(saved, tiny_trained, tmp_path):
+    specs = [f"silence:{tiny_trained.entity_names[0]}", tiny_trained.holdout[0]]
+    out = tmp_path / "cf.h5ad"
+    res = _invoke("counterfactual", saved / "model", "--cells", saved / "cells.h5ad",
+                  "--intervention", specs[0], "--intervention", specs[1], "--out", out)
+    assert res.exit_code == 0, (res.output, res.exception)
+    cf = ad.read_h5ad(out)
+    assert cf.n_obs == 2 * 12 and cf.n_vars == len(tiny_trained.var_names)
+    assert list(cf.obs["bw_intervention"].unique()) == specs
+    assert "delta" in cf.layers and cf.obsm["bw_entity_shift"].shape == (24, len(tiny_trained.entity_names))
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic write leaves no temporary file
+
+
+def test_cli_prioritize_writes_csv_and_report(saved, tiny_trained, tmp_path, no_benchmark):
+    out = tmp_path / "rep"
+    res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad",
+                  "--goal", f"up:{tiny_trained.entity_names[2]}", "--out", out, "--no-pairs")
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert (out / "report.html").is_file() and "Report: " in res.stdout
+    csv = pd.read_csv(out / "ranked_interventions.csv")
+    assert set(csv["kind"]) == {"single"}
+    genes = sorted({p.target for a in tiny_trained.actions.values() for p in a.components if p.kind == "ko"})[:2]
+    res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad", "--goal", "toward:control",
+                  "--out", tmp_path / "rep2", "--genes", ",".join(genes))
+    assert res.exit_code == 0, (res.output, res.exception)
+    labels = set(pd.read_csv(tmp_path / "rep2" / "ranked_interventions.csv")["intervention"])
+    assert {f"ko:{g}" for g in genes} <= labels or set(genes) <= labels
+
+
+@pytest.mark.parametrize("goal, fact", [("sideways:X", "direction"), ("down:NOT_AN_ENTITY", "NOT_AN_ENTITY"),
+                                        ("nonsense", "DIRECTION:TARGET")])
+def test_cli_prioritize_bad_goal_is_one_line_error(saved, tmp_path, goal, fact):
+    res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad", "--goal", goal, "--out", tmp_path / "r")
+    assert res.exit_code == 2, (res.output, res.exception)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fact in lines[0], lines
+    assert "Traceback" not in res.output and not (tmp_path / "r").exists()
+
+
+def test_cli_counterfactual_errors_are_one_line(saved, tmp_path):
+    res = _invoke("counterfactual", tmp_path / "missing", "--cells", saved / "cells.h5ad",
+                  "--intervention", "silence:SIM_P1", "--out", tmp_path / "cf.h5ad")
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and "does not exist" in res.stderr
+
+
+@pytest.mark.xfail(reason="WorldModel.counterfactual does not check silence: targets against the slots yet "
+                          "(list.index ValueError instead of UnknownPerturbationError)", strict=False)
+def test_cli_counterfactual_unknown_entity_is_one_line_error(saved, tmp_path):
+    res = _invoke("counterfactual", saved / "model", "--cells", saved / "cells.h5ad",
+                  "--intervention", "silence:SIM_P99", "--out", tmp_path / "cf.h5ad")
+    assert res.exit_code == 2 and res.stderr.startswith("error: "), (res.output, res.exception)
+    assert not (tmp_path / "cf.h5ad").exists()
