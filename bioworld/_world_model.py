@@ -115,6 +115,9 @@ class WorldModel:
     replicate_key
         ``obs`` column of the context control and perturbed cells are paired within; auto-detected
         among ``replicate, bio_rep, batch, gem_group, plate`` when not given.
+    id_map
+        Maps Ensembl ``var_names`` to symbols (``"auto"`` = the bundled org.Hs.eg.db table, or a
+        dict); passed to :func:`bioworld.data.register`.
     holdout
         Perturbation labels never shown in training (e.g. a :class:`~bioworld.data.Split`'s test).
     config, model_config
@@ -135,6 +138,7 @@ class WorldModel:
         gene_symbols_key: str | None = None,
         input: str = "counts",
         replicate_key: str | None = None,
+        id_map: Any = None,
         min_cells_per_group: int | None = None,
         min_genes_per_entity: int = 3,
         nmf_programs: int = 4,
@@ -155,7 +159,7 @@ class WorldModel:
         self.registration = register(
             adata, perturbation_key=perturbation_key, control=control, dose_key=dose_key,
             compound_id_key=compound_id_key, gene_symbols_key=gene_symbols_key, input=input,
-            replicate_key=replicate_key, min_cells_per_group=min_cells_per_group,
+            replicate_key=replicate_key, min_cells_per_group=min_cells_per_group, id_map=id_map,
         )
         reg = self.registration
         self.var_names = [str(v) for v in adata.var_names]
@@ -229,10 +233,22 @@ class WorldModel:
             compound_feature_dim=1024 if self.smiles else 0,  # Morgan bits
             max_components=max(2, max(len(a) for a in self.actions.values())),
         )
-        mcfg.update(model_config or {})
         from bioworld.model import JEPAConfig
 
+        tunable = {f for f in JEPAConfig.__dataclass_fields__} - set(mcfg)
+        unknown = sorted(set(model_config or {}) - tunable)
+        if unknown:
+            raise BioworldError(
+                f"unknown model_config field(s) {unknown}; expected a subset of {sorted(tunable)} "
+                "(data-derived sizes are set automatically)"
+            )
+        mcfg.update(model_config or {})
         self.model_config = JEPAConfig(**mcfg)
+        if self.smiles:  # malformed structures are refused before anything is fitted
+            from bioworld.actions import CompoundFeaturizer
+
+            self._cmp = CompoundFeaturizer(self.smiles)
+            self._cmp.validate()
 
         # ---- data kept for training; a reference control population kept for queries
         self._X = Xs
@@ -338,7 +354,9 @@ class WorldModel:
         if self._X is None:
             raise BioworldError("this model was loaded from disk without its training data; create a new WorldModel to train")
         if overrides:
-            self.train_config = replace(self.train_config, **overrides)
+            from bioworld.train import TrainConfig
+
+            self.train_config = TrainConfig.from_dict({**self.train_config.to_dict(), **overrides})
         cfg = self.train_config
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -430,7 +448,12 @@ class WorldModel:
     def _cells_to_std(self, cells: ad.AnnData) -> np.ndarray:
         from bioworld.data import normalize
 
+        from bioworld.data._register import _check_matrix
+
+        if cells.n_obs == 0:
+            raise DataValidationError("cells is empty (0 cells); expected at least one cell")
         cells = self._align_panel(cells)
+        _check_matrix(cells, self.registration.input)  # same value checks as at registration
         reg = replace(self.registration, n_cells=cells.n_obs)
         X = normalize(cells, reg).astype(np.float32)
         if not np.isfinite(X).all():
@@ -507,7 +530,8 @@ class WorldModel:
         expression on the model's scale, ``layers['bw_delta']`` (= ``layers['delta']``) vs the same
         cells' predicted unperturbed state, ``obs['bw_intervention']``, ``obs['bw_cell']``,
         ``obsm['bw_entity_shift']`` ``[rows, E]`` latent shift per entity (units of slot spread),
-        ``uns['bioworld']['entity_effects']`` (per intervention, entities ordered by shift) and
+        ``uns['bioworld']['entity_effects']`` (per intervention, a list of ``{entity, shift, share}``
+        ordered by shift; ``bioworld.report._h5ad.write_h5ad_atomic`` stores it in h5ad) and
         ``uns['bioworld']['entity_names']``.
         """
         from bioworld.query._counterfactual import explain_shifts, inactive_inputs, rollout
@@ -519,6 +543,8 @@ class WorldModel:
         if not specs:
             raise BioworldError("no interventions given; expected e.g. 'silence:HALLMARK_INTERFERON_GAMMA_RESPONSE'")
         actions = [self.parse(s) for s in specs]
+        for a in actions:
+            self._check_action(a)
         x = self._cells_to_std(cells)
         if len(x) == 0:
             raise DataValidationError("cells is empty; expected at least one cell")
@@ -731,7 +757,7 @@ class WorldModel:
             "entity_hash": self.entity_set.hash(), "input": self.registration.input,
             "train_labels": list(self.train_labels), "holdout": list(self.holdout),
             "seed": self.train_config.seed,
-            "train_wall_s": None if tr is None else round(tr.wall_s, 2),
+            "train_wall_s": float("nan") if tr is None else round(tr.wall_s, 2),
         }
 
     # -------------------------------------------------------------- save/load
@@ -760,7 +786,7 @@ class WorldModel:
             "gene_feature_genes": self.gene_features.genes, "smiles": self.smiles,
             "findings": self.findings, "meta": self.meta,
             "train_result": None if tr is None else {"steps": tr.steps, "wall_s": tr.wall_s,
-                                                      "cells_per_s": tr.cells_per_s, "history": tr.history[-20:]},
+                                                      "cells_per_s": tr.cells_per_s, "history": tr.history},
         }
         save_checkpoint(d, tensors, meta)
         return d
@@ -802,13 +828,26 @@ class WorldModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             panel = map_to_panel(self.entity_set, self.genes, min_genes=1)
-        if panel.names != self.entity_names or not np.allclose(panel.membership, tensors["membership"].numpy()):
+        stored = tensors.get("membership")
+        if stored is None or tuple(stored.shape) != tuple(panel.membership.shape):
+            raise CheckpointError(
+                f"{directory}: tensor 'membership' has shape {tuple(stored.shape) if stored is not None else 'missing'}, "
+                f"expected {tuple(panel.membership.shape)} (entities x genes); the checkpoint is corrupt"
+            )
+        if panel.names != self.entity_names or not np.allclose(panel.membership, stored.numpy()):
             raise CheckpointError(
                 f"{directory}: the stored entities do not map onto the stored gene panel as they did in training "
                 f"({len(panel.names)} vs {len(self.entity_names)} slots); the checkpoint is inconsistent"
             )
-        expect = {"norm.mu": (len(self.genes),), "norm.sd": (len(self.genes),),
-                  "gene_features": (len(gene_genes), GENE_FEATURE_DIM)}
+        G, E = len(self.genes), len(self.entity_names)
+        expect = {"norm.mu": (G,), "norm.sd": (G,), "gene_features": (len(gene_genes), GENE_FEATURE_DIM),
+                  "membership": (E, G)}
+        ref = tensors.get("reference")
+        if ref is None or ref.dim() != 2 or ref.shape[1] != G or ref.shape[0] < 1:
+            raise CheckpointError(
+                f"{directory}: tensor 'reference' has shape {tuple(ref.shape) if ref is not None else 'missing'}, "
+                f"expected (cells, {G}); the checkpoint is corrupt"
+            )
         for k, shape in expect.items():
             if k not in tensors or tuple(tensors[k].shape) != shape:
                 raise CheckpointError(f"{directory}: tensor {k!r} has shape {tuple(tensors[k].shape) if k in tensors else 'missing'}, expected {shape}")

@@ -136,8 +136,6 @@ def test_random_text_gmt_only_entity_errors(scratch, text):
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="read_gmt does not catch UnicodeDecodeError (non-UTF-8 bytes) or "
-                   "gzip.BadGzipFile (a .gmt.gz that is not gzip): they escape as non-EntityError exceptions")
 @FUZZ
 @given(st.binary(max_size=200))
 @example(b"\xff\xfe\tdesc\tA\n")
@@ -269,8 +267,6 @@ def test_read_h5ad_truncated_only_data_validation_errors(scratch, valid_h5ad_byt
         read_h5ad(_file(scratch, "t.h5ad", valid_h5ad_bytes[:n]))
 
 
-@pytest.mark.xfail(strict=True, reason="read_h5ad lets anndata's IORegistryError escape for a valid HDF5 file with "
-                   "an unknown encoding (e.g. written by a newer anndata) instead of a DataValidationError")
 def test_read_h5ad_unknown_encoding_is_a_data_validation_error(scratch, valid_h5ad_bytes):
     path = _file(scratch, "newer.h5ad", valid_h5ad_bytes)
     with h5py.File(path, "r+") as f:

@@ -96,6 +96,7 @@ def _outputs_text(nb) -> tuple[str, int]:
 def test_notebook_runs(name, python3_kernel, tmp_path, monkeypatch):
     monkeypatch.setenv("BIOWORLD_NB_STEPS", STEPS)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # model folders / reports the notebooks write go here
     path = NOTEBOOK_DIR / name
     nb = nbformat.read(path, as_version=4)
     headings, min_figures, strings = EXPECTED[name]

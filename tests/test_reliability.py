@@ -313,8 +313,6 @@ def test_gene_symbols_key_rescues_ensembl_var_names(sim_adata, small_sim):
     assert wm.var_names == list(sim_adata.var_names)  # predictions keep the data's own ids
 
 
-@pytest.mark.xfail(strict=True, reason="WorldModel has no id_map keyword although register()'s Ensembl error tells the "
-                   "user to pass id_map='auto' (TypeError instead of mapping the ids)")
 def test_worldmodel_accepts_id_map_like_register(sim_adata, small_sim):
     sim_adata.var_names = [f"ENSG{i:011d}" for i in range(1, sim_adata.n_vars + 1)]
     id_map = {f"ENSG{i:011d}": g for i, g in enumerate(small_sim.adata.var_names, start=1)}
@@ -322,15 +320,11 @@ def test_worldmodel_accepts_id_map_like_register(sim_adata, small_sim):
     assert wm.genes == list(small_sim.adata.var_names)
 
 
-@pytest.mark.xfail(strict=True, reason="unknown model_config fields raise a bare TypeError from JEPAConfig(**...) "
-                   "instead of a BioworldError listing the known fields (as config= does)")
 def test_unknown_model_config_field_is_a_bioworld_error(sim_adata, small_sim):
     with pytest.raises(BioworldError, match="latent_dimm"):
         _wm(sim_adata, small_sim, model_config={"latent_dimm": 8})
 
 
-@pytest.mark.xfail(strict=True, reason="wm.train(**overrides) with an unknown TrainConfig field raises a bare TypeError "
-                   "from dataclasses.replace instead of a BioworldError listing the known fields")
 def test_unknown_train_override_is_a_bioworld_error(sim_adata, small_sim):
     wm = _wm(sim_adata, small_sim, config={"max_steps": 1, **FAST})
     with pytest.raises(BioworldError, match="max_stepz"):
@@ -343,17 +337,8 @@ def _compound_data(a):
     return a
 
 
-def test_malformed_smiles_is_refused_before_training(sim_adata, small_sim):
-    wm = _wm(_compound_data(sim_adata), small_sim, smiles={"drugA": "C1CC(("}, config={"max_steps": 2, **FAST})
-    with pytest.raises(BioworldError, match="malformed SMILES for compound 'drugA'"):
-        wm.train(progress=False)
-    assert wm.module is None  # nothing was fitted
-
-
-@pytest.mark.xfail(strict=True, reason="malformed SMILES are only detected when train() encodes the actions, not when "
-                   "WorldModel(...) validates its inputs (validate-before-fit contract)")
 def test_malformed_smiles_is_refused_at_construction(sim_adata, small_sim):
-    with pytest.raises(BioworldError, match="malformed SMILES"):
+    with pytest.raises(BioworldError, match="without a valid SMILES: 'drugA'"):
         _wm(_compound_data(sim_adata), small_sim, smiles={"drugA": "C1CC(("})
 
 
@@ -372,11 +357,7 @@ _BAD_LABELS = {
     "spaces": ("P1_DRV1 + P2_DRV1", PerturbationParseError, ["whitespace"]),
     "empty": ("", PerturbationParseError, ["empty perturbation label"]),
 }
-_KNOWN_LABEL_BUGS = {
-    ("counterfactual", "unknown_entity"): "counterfactual(cells, 'silence:UNKNOWN') raises a bare ValueError "
-    "(\"'SIM_P9' is not in list\" from entity_names.index in _intervention_rows) before the entity is checked; "
-    "predict() gives the intended UnknownPerturbationError with close matches",
-}
+_KNOWN_LABEL_BUGS: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize(
@@ -444,8 +425,6 @@ def test_counterfactual_refuses_nan_and_empty_cells(tiny_trained, small_sim):
         tiny_trained.counterfactual(small_sim.adata[:0].copy(), "silence:SIM_P1")
 
 
-@pytest.mark.xfail(strict=True, reason="counterfactual/predict(cells=) do not validate the cells like register() does: "
-                   "log-normalised cells given to a counts model are re-normalised silently instead of refused")
 def test_counterfactual_refuses_log_cells_on_counts_model(tiny_trained, small_sim):
     cells = small_sim.adata[:5].copy()
     X = _dense(cells.X).astype(np.float64)
@@ -562,20 +541,14 @@ def _reshape_one(model_dir: Path, key: str) -> None:
     _rehash(model_dir)
 
 
-_SHAPE_XFAIL = "WorldModel.load does not check the shape of {}: a reshaped tensor with a matching hash passes " \
-               "(or fails later with a raw {}) instead of a CheckpointError naming the tensor"
-
-
 @pytest.mark.parametrize(
     "key",
     [
         "module.encoder.entity_emb",
         "norm.mu",
         "gene_features",
-        pytest.param("reference", marks=pytest.mark.xfail(strict=True, reason=_SHAPE_XFAIL.format(
-            "'reference'", "RuntimeError from einsum at predict time"))),
-        pytest.param("membership", marks=pytest.mark.xfail(strict=True, reason=_SHAPE_XFAIL.format(
-            "'membership'", "ValueError from np.allclose broadcasting"))),
+        "reference",
+        "membership",
     ],
 )
 def test_wrong_shaped_tensor_is_refused(model_copy, key):
@@ -585,8 +558,6 @@ def test_wrong_shaped_tensor_is_refused(model_copy, key):
         wm.predict(["P1_DRV1"])  # a tensor that slipped through must not fail later with another error
 
 
-@pytest.mark.xfail(strict=True, reason="a checkpoint missing the 'reference' tensor (hash updated) raises a bare "
-                   "KeyError from WorldModel.load instead of a CheckpointError")
 def test_missing_tensor_is_refused(model_copy):
     tensors = load_file(str(model_copy / "model.safetensors"))
     del tensors["reference"]
@@ -713,8 +684,6 @@ def test_cli_predict_bad_labels_write_nothing(model_dir, tmp_path, labels):
     assert sorted(p.name for p in model_dir.iterdir()) == ["bioworld.json", "model.safetensors"]
 
 
-@pytest.mark.xfail(strict=True, reason="a binary (non-UTF-8) GMT file raises UnicodeDecodeError from "
-                   "bioworld.entities read_gmt, so the CLI prints a traceback instead of a one-line error")
 def test_cli_binary_gmt_one_line_error(small_sim, tmp_path):
     data = _cli_data(small_sim, tmp_path)
     gmt = tmp_path / "sets.gmt"

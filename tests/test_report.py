@@ -238,8 +238,6 @@ def test_cli_counterfactual_errors_are_one_line(saved, tmp_path):
     assert res.exit_code == 2 and res.stderr.startswith("error: ") and "does not exist" in res.stderr
 
 
-@pytest.mark.xfail(reason="WorldModel.counterfactual does not check silence: targets against the slots yet "
-                          "(list.index ValueError instead of UnknownPerturbationError)", strict=False)
 def test_cli_counterfactual_unknown_entity_is_one_line_error(saved, tmp_path):
     res = _invoke("counterfactual", saved / "model", "--cells", saved / "cells.h5ad",
                   "--intervention", "silence:SIM_P99", "--out", tmp_path / "cf.h5ad")

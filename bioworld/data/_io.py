@@ -94,8 +94,12 @@ def read_h5ad(path: str | Path) -> Any:
             "(adata.write_h5ad), or use the reader for its format (e.g. anndata.read_csv)."
         )
     try:
+        from anndata._io.specs.registry import IORegistryError
+    except ImportError:  # pragma: no cover - older/newer anndata layouts
+        IORegistryError = ValueError  # type: ignore[misc,assignment]
+    try:
         return ad.read_h5ad(p)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, IORegistryError) as exc:
         raise DataValidationError(
             f"{p} is an HDF5 file but could not be read as AnnData ({type(exc).__name__}: {exc}); "
             "expected the h5ad layout written by anndata. Fix: re-export it with a current "

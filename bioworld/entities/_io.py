@@ -44,9 +44,25 @@ def _check_file(path: str | PathLike, what: str) -> Path:
 
 
 def _open_text(p: Path) -> IO[str]:
-    if p.name.lower().endswith(".gz"):
-        return gzip.open(p, "rt", encoding="utf-8")
-    return open(p, encoding="utf-8")
+    """The file's text (gzip-aware, UTF-8); undecodable or corrupt files raise EntityError."""
+    import io
+
+    try:
+        if p.name.lower().endswith(".gz"):
+            with gzip.open(p, "rt", encoding="utf-8") as fh:
+                return io.StringIO(fh.read())
+        with open(p, encoding="utf-8") as fh:
+            return io.StringIO(fh.read())
+    except UnicodeDecodeError as e:
+        raise EntityError(
+            f"Found bytes that are not UTF-8 text in {str(p)!r} (position {e.start}); expected a text "
+            "gene-set file. Fix: check that the file is a GMT/TSV text file (not binary or another encoding)."
+        ) from None
+    except (gzip.BadGzipFile, EOFError, OSError) as e:
+        raise EntityError(
+            f"Found an unreadable file {str(p)!r} ({e}); expected {'gzip-compressed ' if p.name.lower().endswith('.gz') else ''}"
+            "text. Fix: re-download or re-compress the file."
+        ) from None
 
 
 def _duplicates_error(path: Path, dups: dict[str, list[int]], what: str) -> EntityError:
