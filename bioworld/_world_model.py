@@ -358,8 +358,7 @@ class WorldModel:
 
             self.train_config = TrainConfig.from_dict({**self.train_config.to_dict(), **overrides})
         cfg = self.train_config
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
+        torch.set_num_threads(cfg.resolved_threads())
         labels = list(self.actions)
         table = self._encode([self.actions[lab] for lab in labels])
         row_of = {lab: i for i, lab in enumerate(labels)}
@@ -380,6 +379,7 @@ class WorldModel:
 
     # ---------------------------------------------------------------- queries
     def _require_module(self):
+        torch.set_num_threads(self.train_config.resolved_threads())
         if self.module is None:
             raise BioworldError("the model is not trained yet; call wm.train() or load a trained model directory")
         return self.module

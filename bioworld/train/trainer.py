@@ -100,8 +100,7 @@ def fit(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``module`` in place. With ``state_dir``, resumes from and writes resumable state."""
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    torch.set_num_threads(cfg.resolved_threads())
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     params = [p for p in module.parameters() if p.requires_grad]
