@@ -455,6 +455,20 @@ def demo_cmd(
 
 
 # ---------------------------------------------------------------------------------- entry point
+@app.command("benchmark", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_command
+def benchmark_cmd(ctx: typer.Context) -> None:
+    """Regenerate the accuracy benchmark (BENCHMARKS.md, CSVs, plots) against baselines and the noise ceiling.
+
+    Options are those of ``python benchmarks/run_benchmarks.py`` (``--quick``/``--full``,
+    ``--only papalexi,l1000,simulator``, ``--folds``, ``--steps``, ``--seeds``, ``--ablations``,
+    ``--out``, ``--report``); e.g. ``bioworld benchmark --quick --report BENCHMARKS.md``.
+    """
+    from bioworld.eval.benchmark import main as bench_main
+
+    bench_main(list(ctx.args))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point (``bioworld = "bioworld.cli:main"``)."""
     app(args=argv, prog_name="bioworld")
