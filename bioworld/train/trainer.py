@@ -71,6 +71,14 @@ def _shard(group: torch.Tensor, rank: int, world: int) -> np.ndarray:
     return np.flatnonzero(mine)
 
 
+def _mean_over_ranks(rec: dict[str, float], world: int) -> dict[str, float]:
+    """Average the logged loss terms / monitors over ranks (a non-finite value on any rank stays non-finite)."""
+    keys = [k for k in rec if k != "step"]
+    t = torch.tensor([float(rec[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {"step": rec["step"], **{k: float(v) / world for k, v in zip(keys, t.tolist())}}
+
+
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     out = {}
     for pid, st in opt.state_dict()["state"].items():
@@ -154,6 +162,8 @@ def fit(
         module.ema_update(ema_at(step, cfg))
         n_cells += int(raw["x_src"].shape[0])
         rec = {"step": step + 1, "loss": float(out.total.detach()), **{k: float(v) for k, v in out.terms.items()}, **out.monitor}
+        if world > 1:  # one view of the global batch on every rank: the stop checks below must agree, or a rank hangs
+            rec = _mean_over_ranks(rec, world)
         if not all(math.isfinite(v) for k, v in rec.items() if k != "eff_rank"):
             raise TrainingError(
                 f"training diverged at step {step + 1} (non-finite loss {rec}); lower the learning rate "

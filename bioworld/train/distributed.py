@@ -1,0 +1,224 @@
+"""Multi-process (data-parallel) training on top of :func:`bioworld.train.fit`.
+
+:func:`bioworld.train.fit` is already distributed-aware: when a ``torch.distributed`` process group
+is initialised, every rank draws the same global batch from the shared seed, keeps its shard of
+the perturbation groups / self pairs, and gradients are averaged with all-reduce, so the ranks
+hold identical parameters after every step. This module only starts and tears down process groups.
+
+Three ways in
+-------------
+1. **Spawn on one machine** (CPU, gloo), e.g. from a script or a test::
+
+       from bioworld.train.distributed import train_distributed
+       results = train_distributed(2, my_fn, arg1, arg2)   # my_fn(rank, world, arg1, arg2) -> picklable
+       # results[r] is what rank r returned
+
+2. **torchrun** (one process per core / node), training a world model and saving it from rank 0::
+
+       torchrun --standalone --nproc_per_node=4 -m bioworld.train.distributed papalexi \\
+           --out papalexi_ddp --max-steps 1200 --holdout STAT1
+
+   Several nodes (run the same line on every node, ``--node_rank`` 0..N-1)::
+
+       torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 \\
+           --rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 \\
+           -m bioworld.train.distributed DATA.h5ad --out MODEL_DIR --backend gloo
+
+3. **Your own process group**: call :func:`init_from_env` (or ``dist.init_process_group``) in each
+   process, build the same :class:`bioworld.WorldModel` with the same config on every rank, call
+   ``wm.train()``, and save only where :func:`is_main_process` is true.
+
+GPUs / NCCL
+-----------
+The training loop runs on CPU tensors today (``fit`` never moves the module or batches to a
+device), and NCCL all-reduces only CUDA tensors. ``backend="nccl"`` is therefore refused with an
+explanation instead of failing inside the first all-reduce; on GPU nodes use ``--backend gloo``
+(the processes then train on the nodes' CPU cores). Once ``fit`` places the module and batches on
+``cuda:LOCAL_RANK`` the command is the torchrun line above with ``--backend nccl``.
+
+Each process sets ``torch`` intra-op threads from ``TrainConfig.num_threads`` (0 = auto, half the
+cores): with N processes on one machine pass ``--threads`` so that N x threads <= cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from datetime import timedelta
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+from bioworld.errors import BioworldError
+
+__all__ = ["free_port", "init_from_env", "is_main_process", "main", "train_distributed"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for MASTER_PORT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _check_backend(backend: str) -> str:
+    if backend == "nccl":
+        raise BioworldError(
+            "backend='nccl' all-reduces CUDA tensors only, but bioworld's training loop keeps the model and "
+            "batches on the CPU; use backend='gloo' (works on GPU nodes too, training on their CPU cores)"
+        )
+    if backend not in ("gloo", "mpi"):
+        raise BioworldError(f"backend={backend!r}; expected 'gloo' (or 'mpi' where torch was built with it)")
+    if backend == "gloo" and not dist.is_gloo_available():
+        raise BioworldError("this torch build has no gloo backend; install a torch build with distributed support")
+    return backend
+
+
+def is_main_process() -> bool:
+    """True on rank 0, or when no process group is initialised (the process that should save/report)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def init_from_env(backend: str = "gloo", timeout_s: float = 1800.0) -> tuple[int, int]:
+    """Initialise the default process group from torchrun's environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``). Returns ``(rank, world_size)``; ``(0, 1)`` and no group when
+    ``WORLD_SIZE`` is unset or 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not (dist.is_available() and dist.is_initialized()):
+        dist.init_process_group(_check_backend(backend), timeout=timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _worker(rank: int, world: int, port: int, backend: str, fn: Callable[..., Any], args: tuple,
+            queue: Any, threads: int | None) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"] = str(rank), str(world), str(rank)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=600))
+        try:
+            out = fn(rank, world, *args)
+        finally:
+            dist.destroy_process_group()
+        queue.put((rank, "ok", out))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which re-raises
+        import traceback
+
+        queue.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        raise
+
+
+def train_distributed(world_size: int, fn: Callable[..., Any], *args: Any, backend: str = "gloo",
+                      port: int | None = None, threads: int | None = None) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` local processes sharing a process group.
+
+    ``fn`` must be importable (a module-level function) and build its own model/data; its return
+    values must be picklable and are returned in rank order. Inside ``fn``, ``bw.WorldModel.train()``
+    / :func:`bioworld.train.fit` train data-parallel automatically. ``threads`` sets torch threads
+    per process before ``fn`` runs (``fit`` then applies ``TrainConfig.num_threads``).
+    """
+    import torch.multiprocessing as mp
+
+    if world_size < 1:
+        raise BioworldError(f"world_size={world_size}; expected at least 1 process")
+    backend = _check_backend(backend)
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = port or free_port()
+    mp.start_processes(_worker, args=(world_size, port, backend, fn, args, queue, threads),
+                       nprocs=world_size, join=True, start_method="spawn")
+    results: dict[int, Any] = {}
+    errors = []
+    while not queue.empty():
+        rank, status, out = queue.get()
+        if status == "ok":
+            results[rank] = out
+        else:
+            errors.append(f"rank {rank}: {out}")
+    if errors or len(results) != world_size:
+        raise RuntimeError("distributed training failed:\n" + ("\n".join(errors) or "a rank returned nothing"))
+    return [results[r] for r in range(world_size)]
+
+
+# --------------------------------------------------------------------------- torchrun entry point
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bioworld.train.distributed",
+        description="Data-parallel training of a bioworld WorldModel; run under torchrun "
+                    "(torchrun --standalone --nproc_per_node=N -m bioworld.train.distributed DATA --out DIR).",
+    )
+    p.add_argument("data", help=".h5ad file, or 'papalexi' / 'l1000' (bundled)")
+    p.add_argument("--out", required=True, help="model directory (written by rank 0)")
+    p.add_argument("--entities", nargs="*", default=None, help="GMT / weight-table files (default: Hallmark + PROGENy)")
+    p.add_argument("--perturbation-key", default="perturbation")
+    p.add_argument("--control", default="control")
+    p.add_argument("--input", default="counts", choices=["counts", "log"])
+    p.add_argument("--replicate-key", default=None)
+    p.add_argument("--holdout", default="", help="comma-separated labels never trained on")
+    p.add_argument("--config", default=None, help="JSON file of TrainConfig fields")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (TrainConfig.num_threads)")
+    p.add_argument("--backend", default="gloo", help="gloo (default); nccl is refused, see the module docs")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _load(data: str):
+    import anndata as ad
+
+    from bioworld import data as bwdata
+
+    if data == "papalexi":
+        return bwdata.load_papalexi()
+    if data == "l1000":
+        return bwdata.load_l1000()
+    return ad.read_h5ad(data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import bioworld as bw
+    from bioworld.train import TrainConfig
+
+    a = _parser().parse_args(argv)
+    rank, world = init_from_env(a.backend)
+    try:
+        cfg = TrainConfig.from_file(a.config) if a.config else TrainConfig()
+        over = {k: v for k, v in (("seed", a.seed), ("max_steps", a.max_steps), ("num_threads", a.threads)) if v is not None}
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **over})
+        out = os.path.abspath(a.out)
+        exists = torch.tensor([int(rank == 0 and os.path.exists(os.path.join(out, "bioworld.json")))])
+        if world > 1:  # rank 0's view decides on every rank (no rank may train alone and hang)
+            dist.broadcast(exists, src=0)
+        if exists.item() and not a.overwrite:
+            raise BioworldError(f"{out!r} already holds a model; pass --overwrite to replace it")
+        holdout = [h for h in a.holdout.split(",") if h]
+        wm = bw.WorldModel(_load(a.data), entities=a.entities, perturbation_key=a.perturbation_key,
+                           control=a.control, input=a.input, replicate_key=a.replicate_key,
+                           holdout=holdout, config=cfg)
+        wm.train(progress=rank == 0)
+        if rank == 0:
+            wm.save(out)
+            tr = wm.train_result
+            print(f"trained {tr.steps} steps on {world} process(es) in {tr.wall_s:.1f} s "
+                  f"({tr.cells_per_s:.0f} cells/s global); saved {out}")
+        if world > 1:
+            dist.barrier()
+    except BioworldError as e:
+        print(f"error (rank {rank}): {e}", file=sys.stderr)
+        return 2
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
