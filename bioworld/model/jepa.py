@@ -384,9 +384,24 @@ class JEPA(nn.Module):
         out = out.scatter_add(1, torch.where(measured, idx, torch.full_like(idx, G)), eff)
         return out[:, :G]
 
+    def expression_from(self, z_next: Tensor, act: ActionBatch, x_src: Tensor, z_ref: Tensor | None = None) -> Tensor:
+        """Predicted standardised expression ``[B, G]`` of the source cells after ``act``.
+
+        With ``residual_readout`` the readout predicts a *change*: x_src + R(z_next) - R(z_ref),
+        where z_ref is the target encoding of the source cells, so readout error common to both
+        cancels and the control action returns the cells themselves. Plus the cis effect.
+        """
+        if self.cfg.residual_readout:
+            if z_ref is None:
+                z_ref = self.encode_target(x_src)
+            base = x_src + self.readout(z_next) - self.readout(z_ref)
+        else:
+            base = self.readout(z_next)
+        return base + self.cis(act, x_src)
+
     def predict_expression(self, z: Tensor, act: ActionBatch, x_std: Tensor, clamp: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Readout of the predicted next state plus the cis effect: ``[B, G]`` standardised."""
-        return self.readout(self.next(z, act, clamp=clamp)) + self.cis(act, x_std)
+        """Predicted expression ``[B, G]`` (standardised) of cells ``x_std`` (latents ``z``) under ``act``."""
+        return self.expression_from(self.next(z, act, clamp=clamp), act, x_std)
 
     @torch.no_grad()
     def ema_update(self, momentum: float) -> None:
@@ -408,8 +423,8 @@ class JEPA(nn.Module):
         lat = (F.smooth_l1_loss(z_hat, z_tgt, reduction="none") * tm).sum() / (tm.sum() * z_hat.shape[-1]).clamp_min(1)
 
         # readouts
-        x_hat, s_hat = self.readout_head(z_hat)
-        x_hat = x_hat + self.cis(batch.action, batch.x_src)
+        _, s_hat = self.readout_head(z_hat)
+        x_hat = self.expression_from(z_hat, batch.action, batch.x_src)
         expr = F.mse_loss(x_hat, batch.x_tgt)
         x_rec, s_rec = self.readout_head(z_tgt)
         recon = F.mse_loss(x_rec, batch.x_tgt)

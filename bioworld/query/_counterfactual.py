@@ -69,10 +69,11 @@ def rollout(
             slots = torch.zeros(n, E, dtype=torch.bool)
             slots[:, clamp_entity] = True
             clamp = (slots, zi)
+        z_ref = module.encode_target(xb)
         z_base = module.next(z, c)
         z_new = module.next(z, a, clamp=clamp)
-        preds.append((module.readout(z_new) + module.cis(a, xb)).numpy())
-        bases.append((module.readout(z_base) + module.cis(c, xb)).numpy())
+        preds.append(module.expression_from(z_new, a, xb, z_ref).numpy())
+        bases.append(module.expression_from(z_base, c, xb, z_ref).numpy())
         shift = (z_new - z_base).norm(dim=-1).numpy()  # [n, E]
         if slot_scale is not None:
             shift = shift / slot_scale[None]

@@ -95,8 +95,9 @@ def score_interventions(
         return ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], n, 0)) for k, v in row.items()})
 
     ctrl = batch(control_row)
+    z_ref = module.encode_target(x)
     z_base = module.next(z, ctrl)
-    x_base = module.readout(z_base) + module.cis(ctrl, x)
+    x_base = module.expression_from(z_base, ctrl, x, z_ref)
     scale = torch.from_numpy(slot_scale.astype(np.float32))
     scores = np.empty((len(candidates), n), np.float32)
     shifts = np.empty((len(candidates), E), np.float32)
@@ -113,7 +114,7 @@ def score_interventions(
                 values[:, e] = x_inactive_latents(e)
             clamp = (slots, values)
         z_new = module.next(z, act, clamp=clamp)
-        x_new = module.readout(z_new) + module.cis(act, x)
+        x_new = module.expression_from(z_new, act, x, z_ref)
         scores[i] = goal_fn(x_new, x_base).numpy()
         shifts[i] = ((z_new - z_base).norm(dim=-1) / scale).mean(0).numpy()
     return scores, shifts

@@ -136,14 +136,9 @@ def _accuracy_view(acc: pd.DataFrame) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------- helpers
 def _png(fig: Any, dpi: int = 110) -> str:
-    """A matplotlib Figure as a ``data:`` URI (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
+    """A matplotlib Figure (built without pyplot, so nothing to close) as a ``data:`` URI."""
     buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
-    finally:
-        plt.close(fig)
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

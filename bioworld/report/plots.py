@@ -1,4 +1,4 @@
-"""Figures of a prioritisation / world-model report (matplotlib, Agg backend; each returns a Figure).
+"""Figures of a prioritisation / world-model report (matplotlib object API, no pyplot; each returns a Figure).
 
 All functions take plain pandas / numpy inputs (the fields of
 :class:`bioworld.query.PrioritizationResult`, a training history, a benchmark summary), so they
@@ -12,14 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")  # no display; also keeps pyplot from starting a GUI event loop
-
-import matplotlib.pyplot as plt  # noqa: E402 - after the backend choice
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure  # figures are built without pyplot: no backend is chosen or changed
+from matplotlib.patches import Rectangle
 
 __all__ = [
     "KIND_COLORS",
@@ -55,7 +52,7 @@ def short_label(label: str, width: int = 42) -> str:
 
 
 def _empty(message: str, figsize: tuple[float, float] = (6.0, 1.6)) -> Figure:
-    fig = plt.figure(figsize=figsize)
+    fig = Figure(figsize=figsize)
     fig.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, color="#555555", wrap=True)
     return fig
 
@@ -77,13 +74,14 @@ def effect_bars(table: pd.DataFrame, *, top_n: int = 20, title: str | None = Non
     err = np.vstack([np.clip(score - lo, 0, None), np.clip(hi - score, 0, None)])
     kinds = top["kind"].astype(str).to_numpy() if "kind" in top else np.array(["single"] * len(top))
     colors = [KIND_COLORS.get(k, "#555555") for k in kinds]
-    fig, ax = plt.subplots(figsize=(9.0, 0.32 * len(top) + 1.4))
+    fig = Figure(figsize=(9.0, 0.32 * len(top) + 1.4))
+    ax = fig.subplots()
     ax.barh(y, score, xerr=err, color=colors, ecolor="#222222", capsize=2, height=0.7)
     ax.set_yticks(y)
     ax.set_yticklabels([short_label(s, 60) for s in top["intervention"]], fontsize=8)
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlabel("goal score (mean over cells; bar = 95% interval)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for k, c in KIND_COLORS.items() if k in set(kinds)]
+    handles = [Rectangle((0, 0), 1, 1, color=c) for k, c in KIND_COLORS.items() if k in set(kinds)]
     labels = [k for k in KIND_COLORS if k in set(kinds)]
     if handles:
         ax.legend(handles, labels, loc="lower right", fontsize=8, frameon=False)
@@ -113,7 +111,8 @@ def entity_heatmap(
     cols = sub.mean(0).sort_values(ascending=False).index[:top_entities]
     sub = sub[cols]
     values = sub.to_numpy(float)
-    fig, ax = plt.subplots(figsize=(0.42 * len(cols) + 4.6, 0.3 * len(rows) + 2.6))
+    fig = Figure(figsize=(0.42 * len(cols) + 4.6, 0.3 * len(rows) + 2.6))
+    ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0)
     ax.set_xticks(np.arange(len(cols)))
     ax.set_xticklabels([short_label(c, 30) for c in cols], rotation=60, ha="right", fontsize=7)
@@ -145,7 +144,8 @@ def per_cell_distributions(
         return _empty("no per-cell scores to show")
     labels, data = labels[::-1], data[::-1]  # best at the top
     y = np.arange(1, len(data) + 1)
-    fig, ax = plt.subplots(figsize=(9.0, 0.42 * len(data) + 1.4))
+    fig = Figure(figsize=(9.0, 0.42 * len(data) + 1.4))
+    ax = fig.subplots()
     varied = [i for i, d in enumerate(data) if len(d) > 1 and np.ptp(d) > 0]
     if varied:
         parts = ax.violinplot([data[i] for i in varied], positions=y[varied], widths=0.8, **_HORIZONTAL,
@@ -185,10 +185,11 @@ def pair_synergy_matrix(pair_synergy: pd.DataFrame, *, max_entities: int = 25, t
     finite = values[np.isfinite(values)]
     bound = float(np.max(np.abs(finite))) if finite.size else 1.0
     bound = bound if bound > 0 else 1.0
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#eeeeee")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#eeeeee")
     n = len(syn)
     size = 0.3 * n + 3.4
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    fig = Figure(figsize=(size + 1.2, size))
+    ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
     names = [short_label(e, 28) for e in syn.index]
     ax.set_xticks(np.arange(n))
@@ -214,14 +215,15 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None =
     terms = [c for c in df.columns if c not in ("step", "loss", *monitor)
              and pd.api.types.is_numeric_dtype(df[c])]
     n_panels = 2 + bool(monitor)
-    fig, axes = plt.subplots(1, n_panels, figsize=(4.0 * n_panels + 1, 3.4), squeeze=False)
+    fig = Figure(figsize=(4.0 * n_panels + 1, 3.4))
+    axes = fig.subplots(1, n_panels, squeeze=False)
     ax = axes[0, 0]
     if "loss" in df:
         ax.plot(df["step"], df["loss"], color="black", lw=1.4)
     ax.set_title("total loss", fontsize=10)
     ax.set_xlabel("step")
     ax = axes[0, 1]
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     for i, term in enumerate(terms):
         ax.plot(df["step"], df[term], lw=1.1, color=cmap(i % 10), label=term)
     positive = terms and (df[terms].to_numpy(float) > 0).all()
@@ -272,7 +274,8 @@ def accuracy_bars(
     metrics = list(dict.fromkeys(acc["metric"].astype(str)))[:max_metrics]
     methods = list(dict.fromkeys(acc["method"].astype(str)))
     splits = list(dict.fromkeys(acc["split"].astype(str)))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(2.8 * len(metrics), 5.0) + 0.6, 3.8), squeeze=False)
+    fig = Figure(figsize=(max(2.8 * len(metrics), 5.0) + 0.6, 3.8))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     width = 0.8 / max(1, len(splits))
     hatches = ["", "//", "..", "xx", "\\\\"]
     for ax, metric in zip(axes[0], metrics):

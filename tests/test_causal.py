@@ -1,0 +1,94 @@
+"""bioworld.eval.causal: leak ratio and the no-propagation baselines on hand-made inputs, and a tiny
+smoke run of the simulator check (numbers are not asserted: only the shape of the output)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bioworld.entities import Entity
+from bioworld.errors import BioworldError
+from bioworld.eval.causal import (
+    COLUMNS,
+    footprint_delta,
+    leak_ratio,
+    members_only_delta,
+    run_simulator_causal,
+    score_silence,
+)
+
+GENES = ["a1", "a2", "b1", "b2", "c1", "c2", "o1", "o2"]
+GMT = {"A": ["a1", "a2"], "B": ["b1", "b2"], "C": ["c1", "c2"]}  # A -> B; C unrelated
+
+
+def test_leak_ratio_hand_computed():
+    d = np.array([2.0, -2.0, 1.0, -1.0, 0.3, -0.3, 0.15, 0.0])
+    out = leak_ratio(d, GENES, GMT, "A", ["B"])
+    # affected = a1,a2,b1,b2: mean |d| = 1.5; non-descendants = c1,c2: 0.3; other = o1,o2: 0.075
+    assert out["leak_ratio"] == pytest.approx(0.3 / 1.5)
+    assert out["leak_ratio_other"] == pytest.approx(0.075 / 1.5)
+
+
+def test_leak_ratio_zero_for_a_clean_effect_and_series_input():
+    d = pd.Series([1.0, 1.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0], index=GENES)[::-1]  # order must not matter
+    out = leak_ratio(d, GENES, GMT, "A", ["B"])
+    assert out == {"leak_ratio": 0.0, "leak_ratio_other": 0.0}
+
+
+def test_leak_ratio_counts_descendants_as_affected():
+    d = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    # affected = a1,a2,b1,b2: mean |d| = 0.5; non-descendants c1,c2: 1.0
+    assert leak_ratio(d, GENES, GMT, "A", ["B"])["leak_ratio"] == pytest.approx(2.0)
+    assert leak_ratio(d, GENES, GMT, "A", ["B", "C"])["leak_ratio"] != leak_ratio(d, GENES, GMT, "A", ["B"])["leak_ratio"]
+
+
+def test_leak_ratio_nan_when_undefined_and_errors():
+    assert np.isnan(leak_ratio(np.zeros(8), GENES, GMT, "A", ["B"])["leak_ratio"])
+    assert np.isnan(leak_ratio(np.ones(8), GENES, GMT, "A", ["B", "C"])["leak_ratio"])  # nothing outside
+    with pytest.raises(BioworldError):
+        leak_ratio(np.ones(8), GENES, GMT, "Z", [])
+    with pytest.raises(BioworldError):
+        leak_ratio(np.ones(7), GENES, GMT, "A", [])
+
+
+def test_members_only_delta_moves_members_to_low_quantile():
+    X = np.tile(np.arange(5.0)[:, None], (1, len(GENES)))  # every gene 0..4 over 5 cells, mean 2
+    out = members_only_delta(X, GENES, GMT["B"], quantile=0.25)  # quantile 0.25 of 0..4 = 1
+    assert out[GENES.index("b1")] == pytest.approx(-1.0)
+    assert out[GENES.index("b2")] == pytest.approx(-1.0)
+    assert np.count_nonzero(out) == 2
+    with pytest.raises(BioworldError):
+        members_only_delta(X[:, :3], GENES, GMT["B"])
+
+
+def test_footprint_delta_is_minus_weights_on_panel_genes():
+    e = Entity("P", ("b1", "zz", "a2"), (2.0, 5.0, -0.5), "progeny")
+    out = footprint_delta(e, GENES)
+    expected = np.zeros(len(GENES))
+    expected[GENES.index("b1")], expected[GENES.index("a2")] = -2.0, 0.5
+    np.testing.assert_allclose(out, expected)
+    np.testing.assert_allclose(footprint_delta({"b1": 2.0}, GENES, scale=3.0)[GENES.index("b1")], -6.0)
+    with pytest.raises(BioworldError):
+        footprint_delta(["b1"], GENES)
+
+
+def test_score_silence_top_genes_skip_zero_targets():
+    t = np.array([3.0, -2.0, 1.0, 0.0, 0.0])
+    s = score_silence(t * 2, t, k=50)
+    assert s["pearson_all"] == pytest.approx(1.0) and s["pearson_top50"] == pytest.approx(1.0)
+    assert s["direction_top50"] == 1.0  # only the 3 nonzero genes are ranked
+
+
+def test_simulator_causal_smoke():
+    df = run_simulator_causal(
+        seeds=[0], steps=3, n_holdout=1, n_cf_cells=16, variants=("partial", "none"),
+        sim_kwargs=dict(n_pathways=3, genes_per_pathway=5, n_other_genes=6, n_cells_per_condition=20,
+                        n_control_cells=40, doubles=0, n_truth_draws=100),
+    )
+    assert list(df.columns) == COLUMNS
+    assert set(df.variant) == {"partial", "none"}
+    assert {"WorldModel predict", "WorldModel counterfactual", "MembersOnly", "MeanOfTrain", "Truth"} <= set(df.method)
+    assert len(df[(df.variant == "none") & (df.method == "Truth")]) == 3  # every silence held out
+    truth = df[df.method == "Truth"]
+    assert np.allclose(truth.pearson_all, 1.0)
