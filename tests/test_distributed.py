@@ -58,17 +58,17 @@ def test_two_gloo_ranks_match_single_process():
     np.testing.assert_array_equal(r0["delta"], r1["delta"])
     # the logged metrics are averaged over ranks, so both ranks log the same history
     assert [h["loss"] for h in r0["history"]] == [h["loss"] for h in r1["history"]]
-    assert len(r0["history"]) == len(single["history"]) == STEPS // CONFIG["log_every"] if "log_every" in CONFIG \
-        else len(r0["history"]) == len(single["history"])
+    assert len(r0["history"]) == len(single["history"]) > 0
     # same trajectory as one process up to per-shard batch statistics (variance/covariance terms, dropout draws)
     a, b = r0["delta"].ravel(), single["delta"].ravel()
     corr = float(np.corrcoef(a, b)[0, 1])
     assert corr > 0.9, corr
     rel = float(np.linalg.norm(a - b) / np.linalg.norm(b))
-    assert rel < 0.5, rel
+    assert rel < 0.25, rel
     # and it has actually moved away from the initial weights in the same direction
     assert np.isfinite(r0["params"]).all()
     pcorr = float(np.corrcoef(r0["params"], single["params"])[0, 1])
+    print(f"2-rank vs 1-process: delta corr {corr:.4f}, rel. L2 diff {rel:.3f}, parameter corr {pcorr:.5f}")
     assert pcorr > 0.99, pcorr
 
 

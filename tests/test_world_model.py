@@ -113,3 +113,14 @@ def test_unknown_holdout_label_is_refused(small_sim):
 
     with pytest.raises(DataValidationError, match="holdout"):
         bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), holdout=["NOPE"], nmf_programs=0)
+
+
+def test_loading_a_model_from_another_bioworld_version_states_both(tiny_trained, tmp_path):
+    from bioworld.train.checkpoint import META
+
+    d = tiny_trained.save(tmp_path / "m")
+    meta = json.loads((d / META).read_text())
+    meta["bioworld_version"] = "0.0.1"
+    (d / META).write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=r"written by bioworld 0\.0\.1 and is loaded by bioworld " + bw.__version__.replace(".", r"\.")):
+        bw.WorldModel.load(d)

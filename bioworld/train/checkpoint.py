@@ -135,6 +135,15 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
             f"{meta.get('bioworld_version')}), this is bioworld {__version__} reading format {FORMAT_VERSION}; "
             "retrain with this version or install the one that wrote it"
         )
+    if meta.get("bioworld_version") != __version__:
+        import warnings
+
+        warnings.warn(
+            f"{d} was written by bioworld {meta.get('bioworld_version')} and is loaded by bioworld {__version__} "
+            f"(same checkpoint format {FORMAT_VERSION}); predictions may differ if the model code changed",
+            UserWarning,
+            stacklevel=3,
+        )
     digest = _sha256(w_path)
     if digest != meta.get("weights_sha256"):
         raise CheckpointError(

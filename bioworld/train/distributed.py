@@ -95,24 +95,24 @@ def init_from_env(backend: str = "gloo", timeout_s: float = 1800.0) -> tuple[int
 
 
 def _worker(rank: int, world: int, port: int, backend: str, fn: Callable[..., Any], args: tuple,
-            queue: Any, threads: int | None) -> None:
+            result_dir: str, threads: int | None) -> None:
+    import pickle
+
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"] = str(rank), str(world), str(rank)
     if threads:
         torch.set_num_threads(threads)
+    # results go through files, not a pipe: a large result would block a pipe the parent only reads after join
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=600))
     try:
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=600))
-        try:
-            out = fn(rank, world, *args)
-        finally:
-            dist.destroy_process_group()
-        queue.put((rank, "ok", out))
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, which re-raises
-        import traceback
-
-        queue.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
-        raise
+        out = fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+    tmp = os.path.join(result_dir, f"rank{rank}.pkl.tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(out, f)
+    os.replace(tmp, os.path.join(result_dir, f"rank{rank}.pkl"))
 
 
 def train_distributed(world_size: int, fn: Callable[..., Any], *args: Any, backend: str = "gloo",
@@ -124,27 +124,27 @@ def train_distributed(world_size: int, fn: Callable[..., Any], *args: Any, backe
     / :func:`bioworld.train.fit` train data-parallel automatically. ``threads`` sets torch threads
     per process before ``fn`` runs (``fit`` then applies ``TrainConfig.num_threads``).
     """
+    import pickle
+    import tempfile
+
     import torch.multiprocessing as mp
 
     if world_size < 1:
         raise BioworldError(f"world_size={world_size}; expected at least 1 process")
     backend = _check_backend(backend)
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
     port = port or free_port()
-    mp.start_processes(_worker, args=(world_size, port, backend, fn, args, queue, threads),
-                       nprocs=world_size, join=True, start_method="spawn")
-    results: dict[int, Any] = {}
-    errors = []
-    while not queue.empty():
-        rank, status, out = queue.get()
-        if status == "ok":
-            results[rank] = out
-        else:
-            errors.append(f"rank {rank}: {out}")
-    if errors or len(results) != world_size:
-        raise RuntimeError("distributed training failed:\n" + ("\n".join(errors) or "a rank returned nothing"))
-    return [results[r] for r in range(world_size)]
+    with tempfile.TemporaryDirectory(prefix="bioworld-ddp-") as result_dir:
+        # a rank that raises makes start_processes raise ProcessRaisedException with its traceback
+        mp.start_processes(_worker, args=(world_size, port, backend, fn, args, result_dir, threads),
+                           nprocs=world_size, join=True, start_method="spawn")
+        out = []
+        for r in range(world_size):
+            path = os.path.join(result_dir, f"rank{r}.pkl")
+            if not os.path.exists(path):
+                raise RuntimeError(f"distributed training: rank {r} exited without a result")
+            with open(path, "rb") as f:
+                out.append(pickle.load(f))
+    return out
 
 
 # --------------------------------------------------------------------------- torchrun entry point
