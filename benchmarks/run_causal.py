@@ -242,6 +242,8 @@ def write_report(out: Path) -> Path:
                "No target was set for the real-data checks beyond beating the baselines beside them; one seed"
                " each, so differences of a few hundredths are within run-to-run noise."]
     md += _sensitivity(out, info, df)
+    if (out / "notes.md").exists():  # hand-written diagnostics kept beside the results
+        md += ["", (out / "notes.md").read_text().rstrip()]
     (out / "CAUSAL.md").write_text("\n".join(md) + "\n")
     return out / "CAUSAL.md"
 

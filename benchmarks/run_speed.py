@@ -149,20 +149,34 @@ def case_baselines(tmp: str) -> dict:
     return res
 
 
-def case_sim(n_pathways: int, cells_per_condition: int, n_control: int, steps: int, genes_per_pathway: int) -> dict:
-    """Training steps/s and peak RSS on a simulated screen of a given size and number of entities."""
+def case_sim(n_pathways: int, cells_per_condition: int, n_control: int, steps: int, n_entities: int = 0,
+             n_other_genes: int = 20) -> dict:
+    """Training steps/s and peak RSS on a simulated screen of a given size.
+
+    ``n_entities`` > 0 replaces the simulator's pathways by that many entity slots: the true
+    pathways plus random 12-gene sets drawn from the panel (seeded), so the entity count varies on a
+    fixed data set (fixed cells, genes and conditions).
+    """
+    import numpy as np
     import torch
 
     import bioworld as bw
     from bioworld.entities import Entity, EntitySet
 
     t = time.perf_counter()
-    sim = bw.data.simulate(n_pathways=n_pathways, genes_per_pathway=genes_per_pathway, doubles=8,
+    sim = bw.data.simulate(n_pathways=n_pathways, doubles=8, n_other_genes=n_other_genes,
                            n_cells_per_condition=cells_per_condition, n_control_cells=n_control,
                            n_truth_draws=200, seed=0)
     sim_s = time.perf_counter() - t
     adata = sim.adata
-    ents = EntitySet([Entity(n, tuple(g), tuple(1.0 for _ in g), "simulator") for n, g in sim.gmt.items()])
+    gmt = dict(sim.gmt)
+    if n_entities:
+        rng = np.random.default_rng(0)
+        genes = [str(g) for g in adata.var_names]
+        gmt = dict(list(gmt.items())[:n_entities])
+        while len(gmt) < n_entities:
+            gmt[f"RANDOM_{len(gmt)}"] = [genes[i] for i in rng.choice(len(genes), 12, replace=False)]
+    ents = EntitySet([Entity(n, tuple(g), tuple(1.0 for _ in g), "simulator") for n, g in gmt.items()])
     rss_data = _rss_mb()
     t = time.perf_counter()
     wm = bw.WorldModel(adata, entities=ents, replicate_key="replicate", nmf_programs=0,
@@ -200,7 +214,7 @@ SIM_CELLS = {  # label -> (n_pathways, cells_per_condition, n_control); 8 pathwa
     "100k": (8, 2300, 5700),
     "1M": (8, 23000, 57000),
 }
-SIM_ENTITIES = {20: 140, 50: 55, 200: 12}  # n_pathways -> cells_per_condition (~10k cells in all)
+SIM_ENTITIES = (20, 50, 200)  # entity slots on the fixed 10k-cell simulation with 500 extra genes (616 genes)
 
 
 def _fmt(v, nd=2):
@@ -268,10 +282,13 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
             L.append(f"| WorldModel (default steps{', extrapolated' if p['steps'] != p['default_steps'] else ''}) "
                      f"| {_fmt(wm_train)} s | 1x |")
         L.append("")
-    sims = {k: v for k, v in results.items() if k.startswith("sim_")}
+    order = [f"sim_cells_{k}" for k in SIM_CELLS] + [f"sim_entities_{e}" for e in SIM_ENTITIES]
+    sims = {k: results[k] for k in order if k in results}
     if sims:
         L += ["## (b) Scaling on simulated screens (fixed number of steps)", "",
-              "Per-step cost is set by the batch (groups x cells per group + self pairs), genes and entity "
+              "`sim_cells_*`: the default 8-pathway simulation (116 genes, 8 entity slots) at growing cell "
+              "counts. `sim_entities_*`: one ~10k-cell simulation with 500 extra genes (616 genes), entity slots = "
+              "the 8 true pathways plus random 12-gene sets. Per-step cost is set by the batch (groups x cells per group + self pairs), genes and entity "
               "slots, not by the number of cells; cells cost memory (the whole normalised matrix is held "
               "in RAM as float32, plus the AnnData counts) and setup time.", "",
               "| case | cells | genes | entities | steps | steps/s | cells/s | setup s | simulate s | RSS after data MB | peak RSS MB | load |",
@@ -300,6 +317,8 @@ def main() -> int:
     ap.add_argument("--only", choices=["train", "scaling", "baselines"], default=None)
     ap.add_argument("--with-1m", action="store_true", help="also the ~1M-cell simulation (needs ~10+ GB RAM)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the cases of an earlier speed.csv that this run does not measure again")
     a, rest = ap.parse_known_args()
     if a.case:  # worker mode: print one JSON line
         warnings.simplefilter("ignore")
@@ -333,13 +352,30 @@ def main() -> int:
         sizes = ["10k", "100k"] + (["1M"] if a.with_1m else [])
         for lab in sizes:
             k, cpc, nc = SIM_CELLS[lab]
-            results[f"sim_cells_{lab}"] = _run_case("sim", [str(k), str(cpc), str(nc), str(a.sim_steps), "12"], a.timeout)
+            results[f"sim_cells_{lab}"] = _run_case("sim", [str(k), str(cpc), str(nc), str(a.sim_steps)], a.timeout)
         if not a.with_1m:
             notes.append("The ~1M-cell simulation was skipped (not requested with --with-1m): at ~1M cells x ~116 "
                          "genes the counts + normalised copies + AnnData need several GB and the simulator/normaliser "
                          "take minutes on this shared 2-core machine; extrapolate memory linearly from 10k -> 100k.")
-        for k, cpc in SIM_ENTITIES.items():
-            results[f"sim_entities_{k}"] = _run_case("sim", [str(k), str(cpc), "1500", str(a.sim_steps), "12"], a.timeout)
+        k, cpc, nc = SIM_CELLS["10k"]
+        for e in SIM_ENTITIES:
+            results[f"sim_entities_{e}"] = _run_case("sim", [str(k), str(cpc), str(nc), str(a.sim_steps), str(e), "500"],
+                                                     a.timeout)
+    if a.merge and (OUT / "speed.csv").exists():
+        import csv
+
+        old: dict[str, dict] = {}
+        with open(OUT / "speed.csv") as f:
+            for row in csv.DictReader(f):
+                v = row["value"]
+                try:
+                    v = json.loads(v)
+                except (json.JSONDecodeError, TypeError):
+                    pass
+                old.setdefault(row["case"], {})[row["metric"]] = v
+        results = {**{k: v for k, v in old.items() if k not in results}, **results}
+        if "sim_cells_1M" in results and "error" not in results["sim_cells_1M"]:
+            notes = [n for n in notes if "1M-cell simulation was skipped" not in n]
     machine["loadavg_end"] = _load()
     write_report(machine, results, notes)
     return 0

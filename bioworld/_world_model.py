@@ -430,7 +430,21 @@ class WorldModel:
         actions = [self.parse(lab) for lab in labels]
         x0 = self.reference if cells is None else self._cells_to_std(cells)
         ctrl = self.parse("control")
-        pred = self.predict_cells(x0, actions + [ctrl]).mean(1)  # [n+1, G]
+        for a in actions:
+            self._check_action(a)
+        rows, clamps = self._intervention_rows(actions)
+        pred = self.predict_cells(x0, [a if c is None else ctrl for a, c in zip(actions, clamps)] + [ctrl]).mean(1)
+        if any(c is not None for c in clamps):  # untrained silence: the same do-operation as counterfactual()
+            from bioworld.query._counterfactual import inactive_inputs, rollout
+
+            low, high = self._inactive_levels()
+            ct = self._encode([ctrl])
+            ctrl_row = {k: getattr(ct, k)[0] for k in ct.__dataclass_fields__}
+            for i, (row, ce) in enumerate(zip(rows, clamps)):
+                if ce is not None:
+                    r = rollout(self._require_module(), x0, row, ctrl_row, clamp_entity=ce,
+                                x_inactive=inactive_inputs(x0, self.membership, ce, low, high))
+                    pred[i] = r.x_pred.mean(0)
         X = self._to_scale(pred)
         out = ad.AnnData(
             X=X[:-1].astype(np.float32),
