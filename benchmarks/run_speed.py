@@ -1,9 +1,10 @@
 """Speed and memory of bioworld: training, scaling with cells / entities, queries, baselines.
 
-    python benchmarks/run_speed.py                       # everything, writes benchmarks/results/speed/
-    python benchmarks/run_speed.py --papalexi-steps 1200 # full default training instead of 200 steps
+    python benchmarks/run_speed.py                       # everything (~7 min on 2 busy cores), writes benchmarks/results/speed/
+    python benchmarks/run_speed.py --papalexi-steps 200  # 200 measured steps, default-length wall extrapolated
     python benchmarks/run_speed.py --only scaling        # one section (train | scaling | baselines)
-    python benchmarks/run_speed.py --with-1m             # also the ~1M-cell simulated case
+    python benchmarks/run_speed.py --with-1m             # also the ~1M-cell simulated case (~4.6 GB RSS)
+    python benchmarks/run_speed.py --only scaling --with-1m --merge   # redo one section, keep the others
 
 Every case runs in its own subprocess, so ``ru_maxrss`` (peak resident memory) is that case's own
 peak and one case's allocations do not inflate the next. Outputs: ``SPEED.md`` (tables + machine)
@@ -214,7 +215,7 @@ SIM_CELLS = {  # label -> (n_pathways, cells_per_condition, n_control); 8 pathwa
     "100k": (8, 2300, 5700),
     "1M": (8, 23000, 57000),
 }
-SIM_ENTITIES = (20, 50, 200)  # entity slots on the fixed 10k-cell simulation with 500 extra genes (616 genes)
+SIM_ENTITIES = (20, 50, 200)  # entity slots on the fixed 10k-cell simulation with 500 extra genes (596 genes)
 
 
 def _fmt(v, nd=2):
@@ -287,7 +288,7 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
     if sims:
         L += ["## (b) Scaling on simulated screens (fixed number of steps)", "",
               "`sim_cells_*`: the default 8-pathway simulation (116 genes, 8 entity slots) at growing cell "
-              "counts. `sim_entities_*`: one ~10k-cell simulation with 500 extra genes (616 genes), entity slots = "
+              "counts. `sim_entities_*`: one ~10k-cell simulation with 500 extra genes (596 genes), entity slots = "
               "the 8 true pathways plus random 12-gene sets. Per-step cost is set by the batch (groups x cells per group + self pairs), genes and entity "
               "slots, not by the number of cells; cells cost memory (the whole normalised matrix is held "
               "in RAM as float32, plus the AnnData counts) and setup time.", "",
@@ -311,8 +312,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--args", nargs="*", default=[], help=argparse.SUPPRESS)
-    ap.add_argument("--papalexi-steps", type=int, default=200,
-                    help="training steps measured on Papalexi (default 200; the default TrainConfig has 1200)")
+    ap.add_argument("--papalexi-steps", type=int, default=None,
+                    help="training steps measured on Papalexi (default: TrainConfig's max_steps, 1200; fewer steps "
+                         "are reported as an extrapolation)")
     ap.add_argument("--sim-steps", type=int, default=40)
     ap.add_argument("--only", choices=["train", "scaling", "baselines"], default=None)
     ap.add_argument("--with-1m", action="store_true", help="also the ~1M-cell simulation (needs ~10+ GB RAM)")
@@ -345,7 +347,10 @@ def main() -> int:
         "its speed-up was not benchmarked on this 2-core shared machine.",
     ]
     if a.only in (None, "train"):
-        results["papalexi"] = _run_case("papalexi", [str(a.papalexi_steps)], a.timeout)
+        from bioworld.train import TrainConfig
+
+        steps = a.papalexi_steps or TrainConfig().max_steps
+        results["papalexi"] = _run_case("papalexi", [str(steps)], a.timeout)
     if a.only in (None, "baselines"):
         results["baselines"] = _run_case("baselines", [], a.timeout)
     if a.only in (None, "scaling"):
