@@ -134,7 +134,7 @@ class SlotEncoder(nn.Module):
 
     def forward(self, x: Tensor, context_mask: Tensor | None = None) -> Tensor:
         h = self.tokens(x)
-        pad = None if context_mask is None else ~context_mask
+        pad = None if context_mask is None or bool(context_mask.all()) else ~context_mask
         for blk in self.blocks:
             h = blk(h, key_padding_mask=pad)
         return self.norm(h)  # [B, E, D]
@@ -240,8 +240,13 @@ class Predictor(nn.Module):
         h = torch.where(context_mask.unsqueeze(-1), self.proj_in(z), self.mask_token) + self.pos
         h = h + torch.einsum("bae,bad->bed", act.touch, self.touch_proj(u))  # [B, E, D]
         comp = u + self.comp_type  # [B, A, D]
+        comp_pad = act.kind == 0  # [B, A]
+        used = ~comp_pad.all(0)  # component columns padded in every row carry nothing: drop them
+        comp, comp_pad = comp[:, used], comp_pad[:, used]
         seq = torch.cat([h, comp], dim=1)
-        pad = torch.cat([torch.zeros(B, E, dtype=torch.bool, device=z.device), act.kind == 0], dim=1)
+        pad = None
+        if bool(comp_pad.any()):  # a key-padding mask only where rows differ (keeps the fast attention path)
+            pad = torch.cat([torch.zeros(B, E, dtype=torch.bool, device=z.device), comp_pad], dim=1)
         for blk in self.blocks:
             seq = blk(seq, key_padding_mask=pad)
         out = self.head(self.norm(seq[:, :E]))

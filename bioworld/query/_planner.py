@@ -80,6 +80,7 @@ def score_interventions(
     x_inactive_latents: Callable[[int], torch.Tensor],
     goal_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     slot_scale: np.ndarray,
+    rows_per_pass: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell goal scores ``[n_candidates, cells]`` and mean slot shifts ``[n_candidates, E]``.
 
@@ -91,32 +92,39 @@ def score_interventions(
     n, E = x.shape[0], module.cfg.n_entities
     z = module.encode(x)  # encoded once  [n, E, D]
 
-    def batch(row: dict[str, np.ndarray]) -> ActionBatch:
-        return ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], n, 0)) for k, v in row.items()})
-
-    ctrl = batch(control_row)
+    ctrl = ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], n, 0)) for k, v in control_row.items()})
     z_ref = module.encode_target(x)
     z_base = module.next(z, ctrl)
     x_base = module.expression_from(z_base, ctrl, x, z_ref)
     scale = torch.from_numpy(slot_scale.astype(np.float32))
     scores = np.empty((len(candidates), n), np.float32)
     shifts = np.empty((len(candidates), E), np.float32)
-    cache: dict[str, ActionBatch] = {}
-    for i, (label, row, clamp_entities) in enumerate(candidates):
-        key = str({k: v.tobytes() for k, v in row.items()})
-        act = cache.setdefault(key, batch(row))
-        clamp = None
-        if clamp_entities:
-            slots = torch.zeros(n, E, dtype=torch.bool)
-            values = z.clone()
+    # candidates are evaluated in chunks: k candidates x n cells rows per predictor pass
+    k = max(1, rows_per_pass // n)
+    # group candidates with the same number of action components so a pass needs no padding mask
+    order = sorted(range(len(candidates)), key=lambda i: int((candidates[i][1]["kind"] > 0).sum()))
+    for s in range(0, len(candidates), k):
+        idx = order[s:s + k]
+        chunk = [candidates[i] for i in idx]
+        m = len(chunk)
+        act = ActionBatch(**{
+            key: torch.from_numpy(np.concatenate([np.repeat(row[key][None], n, 0) for _, row, _ in chunk]))
+            for key in control_row
+        })
+        zc = z.repeat(m, 1, 1)  # [m*n, E, D]
+        slots = torch.zeros(m * n, E, dtype=torch.bool)
+        values = zc.clone()
+        for j, (_, _, clamp_entities) in enumerate(chunk):
             for e in clamp_entities:
-                slots[:, e] = True
-                values[:, e] = x_inactive_latents(e)
-            clamp = (slots, values)
-        z_new = module.next(z, act, clamp=clamp)
-        x_new = module.expression_from(z_new, act, x, z_ref)
-        scores[i] = goal_fn(x_new, x_base).numpy()
-        shifts[i] = ((z_new - z_base).norm(dim=-1) / scale).mean(0).numpy()
+                slots[j * n:(j + 1) * n, e] = True
+                values[j * n:(j + 1) * n, e] = x_inactive_latents(e)
+        clamp = (slots, values) if bool(slots.any()) else None
+        z_new = module.next(zc, act, clamp=clamp)
+        xc = x.repeat(m, 1)
+        x_new = module.expression_from(z_new, act, xc, z_ref.repeat(m, 1, 1))
+        scores[idx] = goal_fn(x_new, x_base.repeat(m, 1)).reshape(m, n).numpy()
+        shift = ((z_new - z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E).mean(1)
+        shifts[idx] = shift.numpy()
     return scores, shifts
 
 
