@@ -505,19 +505,21 @@ class WorldModel:
     def _intervention_rows(self, actions: list) -> tuple[list[dict[str, np.ndarray]], list[int | None]]:
         """Action-table rows per intervention plus the slot to clamp (for ``silence:``).
 
-        A ``silence:`` the model was trained on is its own learned action. An untrained one is a
-        do-operation: the slot is clamped to its inactive latent under the control action, and
-        the predictor propagates the change.
+        When the model was trained on some ``silence:`` actions, any ``silence:`` is that learned
+        action (its token touches the silenced slot, so it transfers to entities never silenced in
+        training: on the simulator this beat the do-operation, see CAUSAL.md). A model that never saw
+        a silence answers it as a do-operation: the slot is clamped to its inactive latent under
+        the control action, and the predictor propagates the change.
         """
-        trained = {a.label for lab, a in self.actions.items() if lab in self.train_labels}
+        learned_silence = any(p.kind == "silence" for lab in self.train_labels for p in self.actions[lab].components)
         rows, clamps = [], []
         for a in actions:
             sil = [p for p in a.components if p.kind == "silence"]
-            if sil and a.label not in trained:
+            if sil and not learned_silence:
                 if len(a.components) > 1:
                     raise UnknownPerturbationError(
-                        f"{a.label!r}: combining an untrained silence: intervention with other perturbations "
-                        "is not supported; query them separately"
+                        f"{a.label!r}: this model never saw a silence: action in training, so silence: is a "
+                        "do-operation on one slot and cannot be combined with other perturbations; query them separately"
                     )
                 table = self._encode([self.parse("control")])
                 clamps.append(self.entity_names.index(sil[0].target))
