@@ -124,3 +124,19 @@ def test_loading_a_model_from_another_bioworld_version_states_both(tiny_trained,
     (d / META).write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match=r"written by bioworld 0\.0\.1 and is loaded by bioworld " + bw.__version__.replace(".", r"\.")):
         bw.WorldModel.load(d)
+
+
+def test_collapse_monitor_stops_training_with_a_clear_message(small_sim):
+    from _helpers import sim_entities
+
+    from bioworld.errors import TrainingError
+
+    # a threshold above any real spread makes every step look collapsed: the monitor must stop
+    wm = bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), replicate_key="replicate",
+                       nmf_programs=0, config={"max_steps": 20, "collapse_std": 1e6, "collapse_patience": 3,
+                                               "warmup_steps": 2})
+    with pytest.raises(TrainingError, match=r"latent collapse at step 3: .* for 3 steps"):
+        wm.train(progress=False)
+    # a normal threshold trains through the same steps
+    wm.train(progress=False, collapse_std=1e-3, max_steps=5)
+    assert wm.train_result.steps == 5

@@ -169,12 +169,12 @@ def fit(
                 f"training diverged at step {step + 1} (non-finite loss {rec}); lower the learning rate "
                 "(config lr) or check the input for extreme values"
             )
-        if out.monitor["target_std"] < cfg.collapse_std:
+        if rec["target_std"] < cfg.collapse_std:  # rank-averaged, so every rank decides alike
             low_std_steps += 1
             if low_std_steps >= cfg.collapse_patience:
                 raise TrainingError(
-                    f"latent collapse at step {step + 1}: target latents' per-slot std {out.monitor['target_std']:.2e} "
-                    f"< {cfg.collapse_std:g} for {low_std_steps} steps (effective rank {out.monitor['eff_rank']:.2f}). "
+                    f"latent collapse at step {step + 1}: target latents' per-slot std {rec['target_std']:.2e} "
+                    f"< {cfg.collapse_std:g} for {low_std_steps} steps (effective rank {rec['eff_rank']:.2f}). "
                     "Raise w_variance / w_covariance or lower lr in the training config."
                 )
         else:
