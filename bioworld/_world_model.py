@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from itertools import combinations as itertools_combinations
 import warnings
@@ -149,7 +148,6 @@ class WorldModel:
         from bioworld.actions import parse_action
         from bioworld.data import normalize, register
         from bioworld.entities import EntitySet, map_to_panel
-        from bioworld.train import TrainConfig
 
         self.train_config = _train_config(config)
         if min_cells_per_group is None:
@@ -390,24 +388,27 @@ class WorldModel:
 
         return parse_action(label, control_labels=(self.control, "control"))
 
-    @torch.no_grad()
-    def predict_cells(self, x_std: np.ndarray, actions: Sequence[Any], *, batch_size: int = 1024) -> np.ndarray:
-        """Per-cell predictions on the standardised scale: ``[n_actions, cells, G]``."""
-        from bioworld.model.jepa import ActionBatch
+    def _action_row(self, action) -> dict[str, np.ndarray]:
+        """One action's row of the tensorised action table (checked against what the model knows)."""
+        t = self._encode([action])
+        return {k: getattr(t, k)[0] for k in t.__dataclass_fields__}
+
+    def _rollouts(self, x_std: np.ndarray, actions: Sequence[Any], *, slot_scale: np.ndarray | None = None) -> list:
+        """One :func:`bioworld.query.rollout` per action on standardised cells (the single path
+        behind ``predict`` and ``counterfactual``; ``silence:`` routed as in ``_intervention_rows``)."""
+        from bioworld.query._counterfactual import inactive_inputs, rollout
 
         m = self._require_module()
-        m.eval()
-        table = self._encode(list(actions))
-        out = np.empty((len(actions), len(x_std), len(self.genes)), np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32))
-        for s in range(0, len(x), batch_size):
-            xb = x[s:s + batch_size]
-            z = m.encode(xb)
-            for i in range(len(actions)):
-                rows = np.full(len(xb), i)
-                act = ActionBatch(**table.take(rows))
-                out[i, s:s + len(xb)] = m.predict_expression(z, act, xb).numpy()
-        return out
+        for a in actions:
+            self._check_action(a)
+        rows, clamps = self._intervention_rows(actions)
+        ctrl = self._action_row(self.parse("control"))
+        low, high = self._inactive_levels()
+        return [
+            rollout(m, x_std, row, ctrl, clamp_entity=ce, slot_scale=slot_scale,
+                    x_inactive=None if ce is None else inactive_inputs(x_std, self.membership, ce, low, high))
+            for row, ce in zip(rows, clamps)
+        ]
 
     def _to_scale(self, x_std: np.ndarray) -> np.ndarray:
         return x_std * self.sd + self.mu
@@ -429,22 +430,8 @@ class WorldModel:
             raise BioworldError("no perturbations given; expected at least one label such as 'control' or 'STAT1'")
         actions = [self.parse(lab) for lab in labels]
         x0 = self.reference if cells is None else self._cells_to_std(cells)
-        ctrl = self.parse("control")
-        for a in actions:
-            self._check_action(a)
-        rows, clamps = self._intervention_rows(actions)
-        pred = self.predict_cells(x0, [a if c is None else ctrl for a, c in zip(actions, clamps)] + [ctrl]).mean(1)
-        if any(c is not None for c in clamps):  # untrained silence: the same do-operation as counterfactual()
-            from bioworld.query._counterfactual import inactive_inputs, rollout
-
-            low, high = self._inactive_levels()
-            ct = self._encode([ctrl])
-            ctrl_row = {k: getattr(ct, k)[0] for k in ct.__dataclass_fields__}
-            for i, (row, ce) in enumerate(zip(rows, clamps)):
-                if ce is not None:
-                    r = rollout(self._require_module(), x0, row, ctrl_row, clamp_entity=ce,
-                                x_inactive=inactive_inputs(x0, self.membership, ce, low, high))
-                    pred[i] = r.x_pred.mean(0)
+        runs = self._rollouts(x0, actions)
+        pred = np.stack([r.x_pred.mean(0) for r in runs] + [runs[0].x_base.mean(0)])  # [n + 1 (control), G]
         X = self._to_scale(pred)
         out = ad.AnnData(
             X=X[:-1].astype(np.float32),
@@ -521,12 +508,11 @@ class WorldModel:
                         f"{a.label!r}: this model never saw a silence: action in training, so silence: is a "
                         "do-operation on one slot and cannot be combined with other perturbations; query them separately"
                     )
-                table = self._encode([self.parse("control")])
+                rows.append(self._action_row(self.parse("control")))
                 clamps.append(self.entity_names.index(sil[0].target))
             else:
-                table = self._encode([a])
+                rows.append(self._action_row(a))
                 clamps.append(None)
-            rows.append({k: getattr(table, k)[0] for k in table.__dataclass_fields__})
         return rows, clamps
 
     def counterfactual(self, cells: ad.AnnData, interventions: Sequence[str] | str) -> ad.AnnData:
@@ -550,9 +536,9 @@ class WorldModel:
         ordered by shift; ``bioworld.report._h5ad.write_h5ad_atomic`` stores it in h5ad) and
         ``uns['bioworld']['entity_names']``.
         """
-        from bioworld.query._counterfactual import explain_shifts, inactive_inputs, rollout
+        from bioworld.query._counterfactual import explain_shifts
 
-        m = self._require_module()
+        self._require_module()
         if isinstance(interventions, str):
             interventions = [interventions]
         specs = [str(s) for s in interventions]
@@ -562,17 +548,8 @@ class WorldModel:
         for a in actions:
             self._check_action(a)
         x = self._cells_to_std(cells)
-        if len(x) == 0:
-            raise DataValidationError("cells is empty; expected at least one cell")
-        rows, clamps = self._intervention_rows(actions)
-        ctrl_table = self._encode([self.parse("control")])
-        ctrl = {k: getattr(ctrl_table, k)[0] for k in ctrl_table.__dataclass_fields__}
-        low, high = self._inactive_levels()
-        scale = self._slot_scale()
         Xs, D, shifts, effects = [], [], [], {}
-        for spec, row, ce in zip(specs, rows, clamps):
-            x_in = None if ce is None else inactive_inputs(x, self.membership, ce, low, high)
-            r = rollout(m, x, row, ctrl, clamp_entity=ce, x_inactive=x_in, slot_scale=scale)
+        for spec, r in zip(specs, self._rollouts(x, actions, slot_scale=self._slot_scale())):
             pred, base = self._to_scale(r.x_pred), self._to_scale(r.x_base)
             Xs.append(pred); D.append(pred - base); shifts.append(r.slot_shift)
             effects[spec] = explain_shifts(r.slot_shift, self.entity_names)
@@ -650,8 +627,7 @@ class WorldModel:
                 raise UnknownPerturbationError(f"entity {e!r} is not one of the model's slots")
         if genes is None:
             genes = sorted({p.target for lab, a in self.actions.items() for p in a.components if p.kind in ("ko", "kd", "act")})
-        ctrl_t = self._encode([self.parse("control")])
-        ctrl = {k: getattr(ctrl_t, k)[0] for k in ctrl_t.__dataclass_fields__}
+        ctrl = self._action_row(self.parse("control"))
         gene_actions = [self.parse(f"ko:{gn}") for gn in genes]
         gt = self._encode(gene_actions) if gene_actions else None
         singles = [(f"silence:{e}", ctrl, [self.entity_names.index(e)]) for e in ents]
@@ -704,8 +680,7 @@ class WorldModel:
             extra = []
             for a, b in itertools_combinations(sorted(top), 2):
                 act = self.parse(f"{singles[a][0]}+{singles[b][0]}")
-                t = self._encode([act])
-                extra.append((act.label, {k: getattr(t, k)[0] for k in t.__dataclass_fields__}, []))
+                extra.append((act.label, self._action_row(act), []))
                 pair_idx.append((a, b))
             if extra:
                 s2, sh2 = score_interventions(m, xs, extra, ctrl, make_inactive(xs), goal_fn, scale)

@@ -7,7 +7,6 @@ its numbers). The executed copy is kept in the test's temporary folder, never wr
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

@@ -140,3 +140,14 @@ def test_collapse_monitor_stops_training_with_a_clear_message(small_sim):
     # a normal threshold trains through the same steps
     wm.train(progress=False, collapse_std=1e-3, max_steps=5)
     assert wm.train_result.steps == 5
+
+
+def test_predict_is_the_population_mean_of_counterfactual(tiny_trained, small_sim):
+    cells = small_sim.adata[small_sim.adata.obs["perturbation"] == "control"][:20].copy()
+    specs = ["silence:SIM_P2", "P1_DRV1"]
+    pred = tiny_trained.predict(specs, cells=cells)
+    cf = tiny_trained.counterfactual(cells, specs)
+    for s in specs:
+        rows = cf[cf.obs["bw_intervention"] == s]
+        assert np.allclose(pred[s].X.ravel(), rows.X.mean(0), atol=1e-5)
+        assert np.allclose(pred[s].layers["delta"].ravel(), rows.layers["delta"].mean(0), atol=1e-5)
