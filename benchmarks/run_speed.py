@@ -193,6 +193,59 @@ def case_sim(n_pathways: int, cells_per_condition: int, n_control: int, steps: i
             "load": load, "threads": torch.get_num_threads()}
 
 
+def case_backed_write(n_chunks: int, cells_per_condition: int, n_control: int, path: str) -> dict:
+    """Write a simulated screen of ``n_chunks`` independent cell batches to an on-disk h5ad, chunk by chunk."""
+    import bioworld as bw
+
+    def chunks():
+        for i in range(n_chunks):
+            sim = bw.data.simulate(n_pathways=8, doubles=8, n_cells_per_condition=cells_per_condition,
+                                   n_control_cells=n_control, n_truth_draws=1, seed=0, cells_seed=i)
+            a = sim.adata
+            a.obs_names = [f"b{i}_{c}" for c in a.obs_names]
+            a.obsm.clear()
+            yield a
+
+    t = time.perf_counter()
+    bw.data.write_h5ad_chunks(path, chunks())
+    return {"write_s": time.perf_counter() - t, "file_mb": os.path.getsize(path) / 2**20, "peak_rss_mb": _rss_mb()}
+
+
+def case_backed_train(path: str, epochs: int) -> dict:
+    """Train out of core from the backed file for ``epochs`` passes of the block buffer over every cell."""
+    import torch
+
+    import bioworld as bw
+    from bioworld.entities import Entity, EntitySet
+    from bioworld.train import TrainConfig
+
+    rss0 = _rss_mb()
+    adata = bw.data.open_backed(path)
+    gmt: dict[str, list[str]] = {}
+    for g, pw in zip(adata.var_names, adata.var["pathway"]):
+        if pw:
+            gmt.setdefault(str(pw), []).append(str(g))
+    ents = EntitySet([Entity(n, tuple(g), tuple(1.0 for _ in g), "simulator") for n, g in gmt.items()])
+    c = TrainConfig()
+    n_blocks = -(-adata.n_obs // c.block_size)
+    steps = epochs * (-(-n_blocks // c.buffer_blocks)) * c.buffer_refresh
+    t = time.perf_counter()
+    wm = bw.WorldModel(adata, entities=ents, replicate_key="replicate", nmf_programs=0,
+                       config={"max_steps": steps, "checkpoint_every": 0})
+    setup_s = time.perf_counter() - t
+    rss_setup = _rss_mb()
+    load = _load()
+    wm.train(progress=False)
+    tr = wm.train_result
+    return {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "n_entities": len(wm.entity_names),
+            "steps": steps, "epochs": epochs, "block_size": c.block_size, "buffer_blocks": c.buffer_blocks,
+            "buffer_refresh": c.buffer_refresh, "resident_controls": c.resident_controls,
+            "setup_s": setup_s, "train_wall_s": tr.wall_s, "epoch_s": tr.wall_s / epochs,
+            "steps_per_s": steps / tr.wall_s, "rows_read": wm._X.rows_read, "rss_start_mb": rss0,
+            "rss_after_setup_mb": rss_setup, "peak_rss_mb": _rss_mb(), "load": load,
+            "threads": torch.get_num_threads()}
+
+
 # ------------------------------------------------------------------------------------------ driver
 def _run_case(name: str, args: list[str], timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--case", name, *args]
@@ -302,6 +355,26 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
                      f"{_fmt(r['steps_per_s'])} | {_fmt(r['cells_per_s'], 0)} | {_fmt(r['setup_s'])} | "
                      f"{_fmt(r['simulate_s'])} | {_fmt(r['rss_after_data_mb'], 0)} | {_fmt(r['peak_rss_mb'], 0)} | {r['load']} |")
         L.append("")
+    backed = {k: v for k, v in results.items() if k.startswith("backed_")}
+    if backed:
+        L += ["## (e) Out-of-core training from a backed (on-disk) h5ad", "",
+              "The simulated screen (same world as (b), 116 genes, 8 entity slots) is written to disk chunk by chunk "
+              "(`bw.data.write_h5ad_chunks`, independent cell batches via `simulate(cells_seed=i)`), then opened "
+              "with `bw.data.open_backed` and trained with the default TrainConfig for whole epochs of the block "
+              "buffer (every block of cells read exactly once per epoch; `BlockBufferSampler`). Writing and "
+              "training run in separate processes, so the training process's peak RSS is its own.", "",
+              "| case | cells | file MB | write s | steps (epochs) | buffer | setup s | train s | s/epoch | steps/s | "
+              "RSS after setup MB | peak RSS MB | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for k, r in backed.items():
+            if "error" in r:
+                L.append(f"| {k} | failed: {r['error']} ||||||||||||")
+                continue
+            L.append(f"| {k} | {r['n_cells']:,} | {_fmt(r['write_file_mb'], 0)} | {_fmt(r['write_write_s'])} | "
+                     f"{r['steps']} ({r['epochs']}) | {r['buffer_blocks']} x {r['block_size']} cells, refresh "
+                     f"{r['buffer_refresh']}, {r['resident_controls']:,} resident controls | {_fmt(r['setup_s'])} | "
+                     f"{_fmt(r['train_wall_s'])} | {_fmt(r['epoch_s'])} | {_fmt(r['steps_per_s'])} | "
+                     f"{_fmt(r['rss_after_setup_mb'], 0)} | {_fmt(r['peak_rss_mb'], 0)} | {r['load']} |")
+        L.append("")
     L += ["## Not measured / limits", ""] + [f"- {n}" for n in notes] + [""]
     text = "\n".join(L)
     (OUT / "SPEED.md").write_text(text)
@@ -316,7 +389,10 @@ def main() -> int:
                     help="training steps measured on Papalexi (default: TrainConfig's max_steps, 1200; fewer steps "
                          "are reported as an extrapolation)")
     ap.add_argument("--sim-steps", type=int, default=40)
-    ap.add_argument("--only", choices=["train", "scaling", "baselines"], default=None)
+    ap.add_argument("--only", choices=["train", "scaling", "baselines", "backed"], default=None)
+    ap.add_argument("--backed-cells", choices=sorted(SIM_CELLS), default="1M",
+                    help="size of the on-disk (backed) screen for the out-of-core case (--only backed)")
+    ap.add_argument("--backed-epochs", type=int, default=1, help="block-buffer passes over the on-disk screen")
     ap.add_argument("--with-1m", action="store_true", help="also the ~1M-cell simulation (needs ~10+ GB RAM)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
     ap.add_argument("--merge", action="store_true",
@@ -331,6 +407,10 @@ def main() -> int:
                 res = case_baselines(tmp)
             elif a.case == "sim":
                 res = case_sim(*(int(x) for x in rest))
+            elif a.case == "backed_write":
+                res = case_backed_write(int(rest[0]), int(rest[1]), int(rest[2]), rest[3])
+            elif a.case == "backed_train":
+                res = case_backed_train(rest[0], int(rest[1]))
             else:
                 raise SystemExit(f"unknown case {a.case}")
         print(json.dumps(res))
@@ -366,6 +446,17 @@ def main() -> int:
         for e in SIM_ENTITIES:
             results[f"sim_entities_{e}"] = _run_case("sim", [str(k), str(cpc), str(nc), str(a.sim_steps), str(e), "500"],
                                                      a.timeout)
+    if a.only in (None, "backed"):
+        k, cpc, nc = SIM_CELLS[a.backed_cells]
+        n_chunks = 10 if a.backed_cells == "1M" else 1
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "screen.h5ad")
+            w = _run_case("backed_write", [str(n_chunks), str(cpc // n_chunks), str(nc // n_chunks), path],
+                          a.timeout)
+            res = _run_case("backed_train", [path, str(a.backed_epochs)], a.timeout) if "error" not in w else w
+            res.update({f"write_{k2}": v for k2, v in w.items() if k2 != "error"})
+            results[f"backed_{a.backed_cells}"] = res
+        notes = [n for n in notes if not n.startswith("Out-of-core training (backed")]
     if a.merge and (OUT / "speed.csv").exists():
         import csv
 
@@ -379,6 +470,8 @@ def main() -> int:
                     pass
                 old.setdefault(row["case"], {})[row["metric"]] = v
         results = {**{k: v for k, v in old.items() if k not in results}, **results}
+        if any(k.startswith("backed_") and "error" not in v for k, v in results.items()):
+            notes = [n for n in notes if not n.startswith("Out-of-core training (backed")]
         if "sim_cells_1M" in results and "error" not in results["sim_cells_1M"]:
             notes = [n for n in notes if "1M-cell simulation was skipped" not in n]
     machine["loadavg_end"] = _load()

@@ -28,6 +28,7 @@ from bioworld.errors import BioworldError, CheckpointError, DataValidationError,
 REPLICATE_CANDIDATES = ("replicate", "bio_rep", "batch", "gem_group", "plate", "det_plate")
 #: Number of control cells kept in the model directory as the default starting population.
 N_REFERENCE_CELLS = 512
+BACKED_SUBSAMPLE = 20000  # cells read from a backed AnnData to fit the NMF programs
 #: Gene-feature sources for genetic targets (knowledge that lets unseen targets be predicted).
 FEATURE_SOURCES = ("hallmark", "progeny", "dorothea", "go_bp")
 GENE_FEATURE_DIM = 64
@@ -96,6 +97,12 @@ class WorldModel:
     ----------
     adata
         Cells x genes. Raw counts (``input="counts"``) or log-scale values (``input="log"``).
+        A *backed* AnnData (``bw.data.open_backed(path)`` / ``anndata.read_h5ad(path,
+        backed="r")``) is trained out of core: ``X`` stays on disk, statistics are computed in one
+        streaming pass, NMF programs are fitted on a seeded subsample of ``BACKED_SUBSAMPLE`` cells
+        and batches come from a block buffer (``TrainConfig.block_size``, ``buffer_blocks``,
+        ``buffer_refresh``, ``resident_controls``; see
+        :class:`bioworld.data.collate.BlockBufferSampler`).
     entities
         An :class:`~bioworld.entities.EntitySet`, a GMT / weight-table path, or a list of them.
         Default: bundled MSigDB Hallmark + PROGENy. Panel genes no entity covers get data-driven
@@ -147,6 +154,7 @@ class WorldModel:
     ) -> None:
         from bioworld.actions import parse_action
         from bioworld.data import normalize, register
+        from bioworld.data._backed import BackedExpression, is_backed, normalize_block, read_rows, streaming_moments
         from bioworld.entities import EntitySet, map_to_panel
 
         self.train_config = _train_config(config)
@@ -162,7 +170,16 @@ class WorldModel:
         reg = self.registration
         self.var_names = [str(v) for v in adata.var_names]
         self.genes = list(reg.genes)  # symbols, var order
-        X = normalize(adata, reg).astype(np.float32)
+        labels = adata.obs[perturbation_key].astype(str).to_numpy()
+        is_ctrl = labels == control
+        backed = is_backed(adata)
+        if backed:  # out of core: X stays on disk; one streaming pass for the statistics
+            ctrl_mean, _, spread = streaming_moments(adata.X, reg.input, is_ctrl, progress=True)
+            sub_rng = np.random.default_rng(self.train_config.seed)
+            sub = np.sort(sub_rng.choice(len(labels), size=min(BACKED_SUBSAMPLE, len(labels)), replace=False))
+            X = normalize_block(read_rows(adata.X, sub), reg.input)  # a seeded subsample, for NMF only
+        else:
+            X = normalize(adata, reg).astype(np.float32)
 
         # ---- entities -> slots (+ NMF programs for genes no entity covers)
         base = _as_entity_set(entities)
@@ -189,12 +206,16 @@ class WorldModel:
         self.membership = panel.membership.astype(np.float32)
 
         # ---- normalisation: centre on control, scale by overall spread
-        labels = adata.obs[perturbation_key].astype(str).to_numpy()
         self.control = control
-        is_ctrl = labels == control
-        self.mu = X[is_ctrl].mean(0)
-        self.sd = np.maximum(X.std(0), 0.05).astype(np.float32)
-        Xs = ((X - self.mu) / self.sd).astype(np.float32)
+        if backed:
+            self.mu = ctrl_mean
+            self.sd = np.maximum(spread, 0.05).astype(np.float32)
+            del X
+            Xs = BackedExpression(adata.X, reg.input, self.mu, self.sd)
+        else:
+            self.mu = X[is_ctrl].mean(0)
+            self.sd = np.maximum(X.std(0), 0.05).astype(np.float32)
+            Xs = ((X - self.mu) / self.sd).astype(np.float32)
 
         # ---- actions
         uniq = [control] + [lab for lab in reg.perturbations]
@@ -346,7 +367,7 @@ class WorldModel:
 
     def train(self, *, progress: bool = True, state_dir: str | os.PathLike | None = None, **overrides: Any) -> "WorldModel":
         """Train the JEPA. ``overrides`` replace :class:`TrainConfig` fields (e.g. ``max_steps=300``)."""
-        from bioworld.data.collate import EntityMaskCollator, MaskingConfig, TransitionSampler
+        from bioworld.data.collate import BlockBufferSampler, EntityMaskCollator, MaskingConfig, TransitionSampler
         from bioworld.train import fit
 
         if self._X is None:
@@ -367,10 +388,17 @@ class WorldModel:
             MaskingConfig(mode=cfg.mask_mode, self_ratio=tuple(cfg.self_mask_ratio),
                           transition_ratio=tuple(cfg.transition_mask_ratio), structured_prob=cfg.structured_mask_prob),
         )
-        sampler = TransitionSampler(
-            self._X, action_row, row_of[self.control], self._replicate, table, train_rows, collator,
-            groups_per_batch=cfg.groups_per_batch, cells_per_group=cfg.cells_per_group, self_pairs=cfg.self_pairs,
-        )
+        sizes = dict(groups_per_batch=cfg.groups_per_batch, cells_per_group=cfg.cells_per_group,
+                     self_pairs=cfg.self_pairs)
+        if isinstance(self._X, np.ndarray):
+            sampler = TransitionSampler(self._X, action_row, row_of[self.control], self._replicate, table,
+                                        train_rows, collator, **sizes)
+        else:  # out of core: block-buffer sampling over the on-disk matrix
+            sampler = BlockBufferSampler(
+                self._X, action_row, row_of[self.control], self._replicate, table, train_rows, collator,
+                seed=cfg.seed, block_size=cfg.block_size, buffer_blocks=cfg.buffer_blocks,
+                refresh_every=cfg.buffer_refresh, resident_controls=cfg.resident_controls, **sizes,
+            )
         self.module = self._new_module()
         self.train_result = fit(self.module, sampler, cfg, state_dir=state_dir, progress=progress)
         return self

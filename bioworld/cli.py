@@ -127,9 +127,15 @@ def _root(
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _load_data(data: str) -> tuple[Any, str]:
-    """``DATA`` -> (AnnData, description). ``papalexi`` / ``l1000`` are the bundled datasets."""
+def _load_data(data: str, backed: bool = False) -> tuple[Any, str]:
+    """``DATA`` -> (AnnData, description). ``papalexi`` / ``l1000`` are the bundled datasets.
+
+    ``backed``: open an .h5ad file with X left on disk (out-of-core training).
+    """
     from bioworld import data as bwdata
+
+    if backed and data not in ("papalexi", "l1000"):
+        return bwdata.open_backed(data), f"{data} (backed: X read from disk in blocks)"
 
     if data == "papalexi":
         return bwdata.load_papalexi(), "bundled Papalexi 2021 (perturbseq/papalexi2021_thp1_ko.h5ad)"
@@ -273,6 +279,7 @@ def train_cmd(
     max_steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (overrides the config).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or data summary; print only the wall time and where the model is.")] = False,
+    backed: Annotated[bool, typer.Option("--backed", help="Leave X on disk and train out of core from blocks of the file (for data larger than memory).")] = False,
 ) -> None:
     """Train a world model on a dataset and save it.
 
@@ -296,7 +303,7 @@ def train_cmd(
     if overrides:
         train_config = replace(train_config, **overrides)
 
-    adata, source = _load_data(data)
+    adata, source = _load_data(data, backed=backed)
     kwargs = _register_kwargs(adata, {
         "perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
         "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,

@@ -15,6 +15,8 @@ __getattr__, __dir__ = lazy_exports(
         "load_l1000": "._io",
         "read_gears": "._io",
         "read_h5ad": "._io",
+        "open_backed": "._backed",
+        "write_h5ad_chunks": "._backed",
         # registration / validation
         "register": "._register",
         "Registration": "._register",

@@ -173,7 +173,8 @@ def _iter_values(X: Any) -> Iterator[np.ndarray]:
         yield np.asarray(X.data)
         return
     for start in range(0, X.shape[0], _CHUNK_ROWS):
-        yield np.asarray(X[start : start + _CHUNK_ROWS])
+        block = X[start : start + _CHUNK_ROWS]  # a backed sparse X hands out csr blocks
+        yield np.asarray(block.data) if sp.issparse(block) else np.asarray(block)
 
 
 @dataclass
@@ -630,22 +631,14 @@ def normalize(adata: Any, registration: Registration) -> np.ndarray:
             f"adata has {adata.shape[1]} genes; expected {registration.n_genes} as registered. "
             "Fix: use the AnnData that was registered, or register this one."
         )
-    X = adata.X
-    if registration.input == "log":
-        out = X.toarray() if sp.issparse(X) else np.asarray(X)
-        return np.asarray(out, dtype=np.float32)
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-        totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-        scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-        scaled = (sp.diags(scale) @ X.astype(np.float64)).astype(np.float32)
-        out = scaled.toarray()
-    else:
-        X = np.asarray(X)
-        totals = X.sum(axis=1, dtype=np.float64)
-        scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-        out = (X * scale[:, None]).astype(np.float32)
-    return np.log1p(out, out=out)
+    from bioworld.data._backed import is_backed, iter_row_blocks, normalize_block
+
+    if is_backed(adata):  # read block by block; the result is still the full dense matrix
+        out = np.empty(adata.shape, dtype=np.float32)
+        for start, stop, block in iter_row_blocks(adata.X):
+            out[start:stop] = normalize_block(block, registration.input)
+        return out
+    return normalize_block(adata.X, registration.input)
 
 
 def format_registration(reg: Registration) -> str:

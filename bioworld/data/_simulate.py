@@ -659,6 +659,7 @@ def simulate(
     library_size: float = 5000.0,
     n_truth_draws: int = 20000,
     seed: int = 0,
+    cells_seed: int | None = None,
 ) -> SimulationResult:
     """Simulate a perturbation screen over a random pathway DAG, with exact ground truth.
 
@@ -696,6 +697,11 @@ def simulate(
         Latent draws for the ground truth (Monte Carlo error of a delta <= ~0.5 / sqrt(draws)).
     seed
         Seeds everything; the model, the design, the cells and the truth use separate streams.
+    cells_seed
+        Draw the cells from another stream of the same world (same model, design and truth as
+        ``seed``): calls with ``cells_seed=0, 1, ...`` are independent batches of one screen, e.g.
+        to write a screen larger than memory chunk by chunk
+        (:func:`bioworld.data.write_h5ad_chunks`). ``None``: the default stream of ``seed``.
 
     Returns
     -------
@@ -720,6 +726,9 @@ def simulate(
         raise BioworldError(f"library_size={library_size!r}; expected a positive number of counts.")
 
     model_ss, design_ss, cells_ss, truth_ss = np.random.SeedSequence(seed).spawn(4)
+    if cells_seed is not None:
+        _check_int("cells_seed", cells_seed, 0)
+        cells_ss = np.random.SeedSequence([seed, cells_seed, 0xCE11])
     model = _build_model(
         np.random.default_rng(model_ss),
         n_pathways=n_pathways,
@@ -791,6 +800,7 @@ def simulate(
         "library_size": float(library_size),
         "n_truth_draws": n_truth_draws,
         "seed": int(seed),
+        "cells_seed": None if cells_seed is None else int(cells_seed),
         "sampled": labels,
         "pathways": list(model.pathways),
         "driver_strength": _DRIVER_STRENGTH,

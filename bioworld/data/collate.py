@@ -177,3 +177,118 @@ class TransitionSampler:
             "group": torch.from_numpy(group_a.astype(np.int64)),
             **masks,
         }
+
+
+class BlockBufferSampler:
+    """Transitions drawn from a block buffer of an on-disk matrix (out-of-core training).
+
+    The scDataset-style strategy (block shuffling with a fetch factor): every ``refresh_every``
+    batches, ``buffer_blocks`` random contiguous blocks of ``block_size`` cells are read from
+    ``source`` (sequential reads) and pooled with a resident, seeded subsample of at most
+    ``resident_controls`` control cells; batches are then drawn from that pool by an ordinary
+    :class:`TransitionSampler` (same pairing within replicate, same masking). Memory is bounded by
+    ``(buffer_blocks * block_size + resident_controls) x genes`` floats whatever the number of
+    cells in the file.
+
+    Each epoch is a seeded permutation of the blocks dealt into consecutive buffers, so every block
+    is read exactly once per epoch (:attr:`steps_per_epoch` batches). The buffer used for batch
+    ``t`` depends only on ``(seed, t // refresh_every)``, so a resumed run (:meth:`set_step`) and
+    every rank of a data-parallel run see the same buffers.
+
+    Parameters
+    ----------
+    source
+        Row source: ``source[rows]`` returns standardised ``float32 [len(rows), G]`` (e.g.
+        :class:`bioworld.data._backed.BackedExpression`).
+    action_row, control_row, replicate, actions, train_rows, collator, groups_per_batch,
+    cells_per_group, self_pairs
+        As for :class:`TransitionSampler`, over all cells of ``source``.
+    """
+
+    def __init__(
+        self,
+        source,
+        action_row: np.ndarray,
+        control_row: int,
+        replicate: np.ndarray,
+        actions: ActionArrays,
+        train_rows: list[int],
+        collator: EntityMaskCollator,
+        *,
+        seed: int = 0,
+        block_size: int = 256,
+        buffer_blocks: int = 64,
+        refresh_every: int = 50,
+        resident_controls: int = 20000,
+        groups_per_batch: int = 8,
+        cells_per_group: int = 16,
+        self_pairs: int = 64,
+    ) -> None:
+        if min(block_size, buffer_blocks, refresh_every, resident_controls) < 1:
+            raise ValueError("block_size, buffer_blocks, refresh_every and resident_controls must be >= 1")
+        self.source = source
+        self.action_row = np.asarray(action_row)
+        self.replicate = np.asarray(replicate)
+        self.control_row = control_row
+        self.actions, self.collator = actions, collator
+        self.train_rows = sorted(set(train_rows))
+        self.seed = int(seed)
+        self.block_size, self.buffer_blocks, self.refresh_every = block_size, buffer_blocks, refresh_every
+        self.kw = dict(groups_per_batch=groups_per_batch, cells_per_group=cells_per_group, self_pairs=self_pairs)
+        ctrl = np.flatnonzero(self.action_row == control_row)
+        if len(ctrl) == 0:
+            raise ValueError("no control cells to pair perturbed cells with")
+        rng = np.random.default_rng([self.seed, 0x5EED])
+        self.ctrl_cells = np.sort(rng.choice(ctrl, size=min(resident_controls, len(ctrl)), replace=False))
+        self.ctrl_X = source[self.ctrl_cells]
+        usable = np.isin(self.action_row, np.array(self.train_rows + [control_row]))
+        n = len(self.action_row)
+        starts = np.arange(0, n, block_size)
+        # only blocks holding at least one training cell are worth reading
+        per_block = np.add.reduceat(usable.astype(np.int64), starts)
+        self.block_starts = starts[per_block > 0]
+        self._step = 0
+        self._buffer_id: int | None = None
+        self._local: TransitionSampler | None = None
+        self.buffer_cells = np.zeros(0, dtype=np.int64)
+
+    def set_step(self, step: int) -> None:
+        """Continue as if ``step`` batches had been drawn (resume)."""
+        self._step = int(step)
+
+    @property
+    def buffers_per_epoch(self) -> int:
+        """Buffers needed to read every (useful) block once."""
+        return max(1, -(-len(self.block_starts) // self.buffer_blocks))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per pass over the file: every block is in exactly one buffer of each epoch."""
+        return self.buffers_per_epoch * self.refresh_every
+
+    def _refresh(self, buffer_id: int) -> None:
+        epoch, j = divmod(buffer_id, self.buffers_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.block_starts)
+        starts = np.sort(order[j * self.buffer_blocks:(j + 1) * self.buffer_blocks])
+        k = len(starts)
+        n = len(self.action_row)
+        cells = np.concatenate([np.arange(s, min(n, s + self.block_size)) for s in starts]) if k else \
+            np.zeros(0, np.int64)
+        cells = cells[~np.isin(cells, self.ctrl_cells)]
+        self.buffer_cells = cells
+        X = np.concatenate([self.ctrl_X, self.source[cells]]) if len(cells) else self.ctrl_X
+        all_cells = np.concatenate([self.ctrl_cells, cells])
+        rows = self.action_row[all_cells]
+        present = sorted(set(np.unique(rows).tolist()) & set(self.train_rows))
+        self._local = TransitionSampler(X, rows, self.control_row, self.replicate[all_cells], self.actions,
+                                        present, self.collator, **self.kw)
+        self._buffer_id = buffer_id
+
+    def sample(self, rng: np.random.Generator) -> dict[str, object]:
+        """One global batch (see :meth:`TransitionSampler.sample`) from the current buffer."""
+        bid = self._step // self.refresh_every
+        if bid != self._buffer_id:
+            self._refresh(bid)
+        self._step += 1
+        assert self._local is not None
+        return self._local.sample(rng)

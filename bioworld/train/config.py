@@ -43,6 +43,11 @@ class TrainConfig:
     collapse_patience: int = 50  # consecutive steps under collapse_std before stopping
     checkpoint_every: int = 200  # steps between resumable training-state checkpoints (0 = never)
     log_every: int = 10  # steps between progress-bar updates
+    # out-of-core (backed .h5ad) training only: block-buffer sampling, see bioworld.data.collate.BlockBufferSampler
+    block_size: int = 256  # contiguous cells per block read from disk
+    buffer_blocks: int = 64  # blocks pooled in the in-memory buffer (buffer = block_size x buffer_blocks cells)
+    buffer_refresh: int = 50  # batches drawn from one buffer before the next is read
+    resident_controls: int = 20000  # control cells kept in memory for pairing (seeded subsample)
     num_threads: int = 0  # torch intra-op threads; 0 = auto: half the cores, 1..8 (2 threads on 2 busy cores ran ~10x slower than 1)
 
     def resolved_threads(self) -> int:

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from bioworld.data.collate import TransitionSampler
+from bioworld.data.collate import BlockBufferSampler, TransitionSampler
 from bioworld.errors import TrainingError
 from bioworld.model.jepa import JEPA, ActionBatch, JEPABatch, LossWeights
 from bioworld.train.checkpoint import clear_train_state, load_train_state, save_train_state
@@ -100,7 +100,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 def fit(
     module: JEPA,
-    sampler: TransitionSampler,
+    sampler: TransitionSampler | BlockBufferSampler,
     cfg: TrainConfig,
     *,
     state_dir: str | Path | None = None,
@@ -136,6 +136,8 @@ def fit(
             rng.bit_generator.state = state["numpy_rng"]
             start, history, resumed = int(state["step"]), list(state["history"]), int(state["step"])
 
+    if hasattr(sampler, "set_step"):  # buffered (out-of-core) samplers pick their buffer from the step
+        sampler.set_step(start)
     module.train()
     low_std_steps = 0
     n_cells = 0
