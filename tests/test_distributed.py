@@ -72,12 +72,26 @@ def test_two_gloo_ranks_match_single_process():
     assert pcorr > 0.99, pcorr
 
 
-def test_nccl_is_refused_with_an_explanation():
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU: nccl is allowed")
+def test_nccl_is_refused_without_gpus():
     from bioworld.errors import BioworldError
     from bioworld.train.distributed import train_distributed
 
-    with pytest.raises(BioworldError, match="CPU"):
+    with pytest.raises(BioworldError, match="needs CUDA GPUs"):
         train_distributed(2, _rank_fn, "", backend="nccl")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_device_option_resolves_and_refuses_missing_gpu():
+    from bioworld.errors import BioworldError
+    from bioworld.train import TrainConfig
+
+    assert TrainConfig(device="auto").resolved_device() == "cpu"
+    assert TrainConfig().resolved_device() == "cpu"
+    with pytest.raises(BioworldError, match="no CUDA GPU"):
+        TrainConfig(device="cuda").resolved_device()
+    with pytest.raises(BioworldError, match="expected 'cpu'"):
+        TrainConfig(device="tpu").resolved_device()
 
 
 def test_is_main_process_without_group():

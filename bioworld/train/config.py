@@ -48,6 +48,7 @@ class TrainConfig:
     buffer_blocks: int = 64  # blocks pooled in the in-memory buffer (buffer = block_size x buffer_blocks cells)
     buffer_refresh: int = 50  # batches drawn from one buffer before the next is read
     resident_controls: int = 20000  # control cells kept in memory for pairing (seeded subsample)
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available); under torchrun "cuda" = cuda:LOCAL_RANK
     num_threads: int = 0  # torch intra-op threads; 0 = auto: half the cores, 1..8 (2 threads on 2 busy cores ran ~10x slower than 1)
 
     def resolved_threads(self) -> int:
@@ -55,6 +56,31 @@ class TrainConfig:
         import os
 
         return self.num_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
+
+    def resolved_device(self) -> str:
+        """The torch device training runs on; a clear error when the requested one is unavailable."""
+        import os
+
+        import torch
+
+        dev = str(self.device).strip().lower()
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        if dev == "cpu":
+            return dev
+        if dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit()):
+            if not torch.cuda.is_available():
+                raise BioworldError(
+                    f"device={self.device!r} but torch sees no CUDA GPU (torch {torch.__version__}, "
+                    f"cuda build: {torch.version.cuda or 'none'}); expected a machine with a GPU and a CUDA build of "
+                    "torch. Fix: use device='cpu' (or 'auto'), or install a CUDA torch on a GPU machine."
+                )
+            if dev == "cuda":
+                dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            if int(dev[5:]) >= torch.cuda.device_count():
+                raise BioworldError(f"device={dev!r} but only {torch.cuda.device_count()} GPU(s) are visible")
+            return dev
+        raise BioworldError(f"device={self.device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

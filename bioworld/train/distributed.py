@@ -30,11 +30,17 @@ Three ways in
 
 GPUs / NCCL
 -----------
-The training loop runs on CPU tensors today (``fit`` never moves the module or batches to a
-device), and NCCL all-reduces only CUDA tensors. ``backend="nccl"`` is therefore refused with an
-explanation instead of failing inside the first all-reduce; on GPU nodes use ``--backend gloo``
-(the processes then train on the nodes' CPU cores). Once ``fit`` places the module and batches on
-``cuda:LOCAL_RANK`` the command is the torchrun line above with ``--backend nccl``.
+``TrainConfig.device`` places the module and every batch on a device (``"cuda"`` = ``cuda:LOCAL_RANK``
+under torchrun); after training the module returns to the CPU, where queries and checkpoints
+work. One process per GPU on each node::
+
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 \
+        --rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 \
+        -m bioworld.train.distributed DATA.h5ad --out MODEL_DIR --backend nccl
+
+(``--backend nccl`` implies ``device="cuda"``). ``nccl`` is refused with an explanation where torch
+sees no GPU. The GPU path has not been run by bioworld's own tests or benchmarks (the development
+machines have no GPU); the CPU/gloo path is tested (``tests/test_distributed.py``).
 
 Each process sets ``torch`` intra-op threads from ``TrainConfig.num_threads`` (0 = auto, half the
 cores): with N processes on one machine pass ``--threads`` so that N x threads <= cores.
@@ -66,10 +72,13 @@ def free_port() -> int:
 
 def _check_backend(backend: str) -> str:
     if backend == "nccl":
-        raise BioworldError(
-            "backend='nccl' all-reduces CUDA tensors only, but bioworld's training loop keeps the model and "
-            "batches on the CPU; use backend='gloo' (works on GPU nodes too, training on their CPU cores)"
-        )
+        if not (torch.cuda.is_available() and dist.is_nccl_available()):
+            raise BioworldError(
+                "backend='nccl' needs CUDA GPUs and a torch build with NCCL (this one: cuda "
+                f"{'available' if torch.cuda.is_available() else 'not available'}, nccl "
+                f"{'available' if dist.is_nccl_available() else 'not available'}); use backend='gloo' on CPUs"
+            )
+        return backend
     if backend not in ("gloo", "mpi"):
         raise BioworldError(f"backend={backend!r}; expected 'gloo' (or 'mpi' where torch was built with it)")
     if backend == "gloo" and not dist.is_gloo_available():
@@ -166,16 +175,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (TrainConfig.num_threads)")
-    p.add_argument("--backend", default="gloo", help="gloo (default); nccl is refused, see the module docs")
+    p.add_argument("--backend", default="gloo", help="gloo (default, CPU) or nccl (GPUs; implies device='cuda')")
+    p.add_argument("--backed", action="store_true", help="leave X on disk and train out of core (block buffer)")
     p.add_argument("--overwrite", action="store_true")
     return p
 
 
-def _load(data: str):
+def _load(data: str, backed: bool = False):
     import anndata as ad
 
     from bioworld import data as bwdata
 
+    if backed and data not in ("papalexi", "l1000"):
+        return bwdata.open_backed(data)
     if data == "papalexi":
         return bwdata.load_papalexi()
     if data == "l1000":
@@ -192,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = TrainConfig.from_file(a.config) if a.config else TrainConfig()
         over = {k: v for k, v in (("seed", a.seed), ("max_steps", a.max_steps), ("num_threads", a.threads)) if v is not None}
+        if a.backend == "nccl" and cfg.device == "cpu":
+            over["device"] = "cuda"
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **over})
         out = os.path.abspath(a.out)
         exists = torch.tensor([int(rank == 0 and os.path.exists(os.path.join(out, "bioworld.json")))])
@@ -200,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exists.item() and not a.overwrite:
             raise BioworldError(f"{out!r} already holds a model; pass --overwrite to replace it")
         holdout = [h for h in a.holdout.split(",") if h]
-        wm = bw.WorldModel(_load(a.data), entities=a.entities, perturbation_key=a.perturbation_key,
+        wm = bw.WorldModel(_load(a.data, a.backed), entities=a.entities, perturbation_key=a.perturbation_key,
                            control=a.control, input=a.input, replicate_key=a.replicate_key,
                            holdout=holdout, config=cfg)
         wm.train(progress=rank == 0)

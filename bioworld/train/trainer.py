@@ -52,9 +52,10 @@ def loss_weights(cfg: TrainConfig) -> LossWeights:
     )
 
 
-def _to_batch(d: dict[str, Any], keep: np.ndarray | None = None) -> JEPABatch:
+def _to_batch(d: dict[str, Any], keep: np.ndarray | None = None, device: str = "cpu") -> JEPABatch:
     def sel(t: torch.Tensor) -> torch.Tensor:
-        return t if keep is None else t[torch.from_numpy(keep)]
+        t = t if keep is None else t[torch.from_numpy(keep)]
+        return t if device == "cpu" else t.to(device, non_blocking=True)
 
     act = ActionBatch(**{k: sel(v) for k, v in d["action"].items()})
     return JEPABatch(
@@ -71,10 +72,10 @@ def _shard(group: torch.Tensor, rank: int, world: int) -> np.ndarray:
     return np.flatnonzero(mine)
 
 
-def _mean_over_ranks(rec: dict[str, float], world: int) -> dict[str, float]:
+def _mean_over_ranks(rec: dict[str, float], world: int, device: str = "cpu") -> dict[str, float]:
     """Average the logged loss terms / monitors over ranks (a non-finite value on any rank stays non-finite)."""
     keys = [k for k in rec if k != "step"]
-    t = torch.tensor([float(rec[k]) for k in keys], dtype=torch.float64)
+    t = torch.tensor([float(rec[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return {"step": rec["step"], **{k: float(v) / world for k, v in zip(keys, t.tolist())}}
 
@@ -109,6 +110,8 @@ def fit(
 ) -> TrainResult:
     """Train ``module`` in place. With ``state_dir``, resumes from and writes resumable state."""
     torch.set_num_threads(cfg.resolved_threads())
+    device = cfg.resolved_device()
+    module.to(device)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -133,6 +136,8 @@ def fit(
             module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
             _load_optimizer(opt, tensors)
             torch.set_rng_state(tensors["torch_rng"])
+            if device != "cpu" and "cuda_rng" in tensors:
+                torch.cuda.set_rng_state(tensors["cuda_rng"], device)
             rng.bit_generator.state = state["numpy_rng"]
             start, history, resumed = int(state["step"]), list(state["history"]), int(state["step"])
 
@@ -149,7 +154,7 @@ def fit(
             g["lr"] = lr_at(step, cfg)
         raw = sampler.sample(rng)
         keep = _shard(raw["group"], rank, world) if world > 1 else None
-        batch = _to_batch(raw, keep)
+        batch = _to_batch(raw, keep, device)
         out = module.loss(batch, weights)
         opt.zero_grad(set_to_none=True)
         out.total.backward()
@@ -165,7 +170,7 @@ def fit(
         n_cells += int(raw["x_src"].shape[0])
         rec = {"step": step + 1, "loss": float(out.total.detach()), **{k: float(v) for k, v in out.terms.items()}, **out.monitor}
         if world > 1:  # one view of the global batch on every rank: the stop checks below must agree, or a rank hangs
-            rec = _mean_over_ranks(rec, world)
+            rec = _mean_over_ranks(rec, world, device)
         if not all(math.isfinite(v) for k, v in rec.items() if k != "eff_rank"):
             raise TrainingError(
                 f"training diverged at step {step + 1} (non-finite loss {rec}); lower the learning rate "
@@ -192,12 +197,16 @@ def fit(
                 and step + 1 < cfg.max_steps and rank == 0:
             tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
             tensors.update(_optimizer_tensors(opt))
+            tensors = {k: v.detach().cpu() for k, v in tensors.items()}
             tensors["torch_rng"] = torch.get_rng_state()
+            if device != "cpu":
+                tensors["cuda_rng"] = torch.cuda.get_rng_state(device)
             save_train_state(state_dir, tensors, {
                 "step": step + 1, "history": history, "config": cfg.to_dict(),
                 "numpy_rng": rng.bit_generator.state,
             })
     bar.close()
+    module.cpu()  # queries, checkpoints and the AnnData API work on CPU tensors
     module.eval()
     wall = time.perf_counter() - t0
     if state_dir is not None and rank == 0:
