@@ -389,7 +389,7 @@ class WorldModel:
                           transition_ratio=tuple(cfg.transition_mask_ratio), structured_prob=cfg.structured_mask_prob),
         )
         sizes = dict(groups_per_batch=cfg.groups_per_batch, cells_per_group=cfg.cells_per_group,
-                     self_pairs=cfg.self_pairs)
+                     self_pairs=cfg.self_pairs, clamp_prob=cfg.clamp_prob)
         if isinstance(self._X, np.ndarray):
             sampler = TransitionSampler(self._X, action_row, row_of[self.control], self._replicate, table,
                                         train_rows, collator, **sizes)

@@ -174,3 +174,38 @@ def test_retrieval_excludes_own_row_and_mixes_neighbours():
     assert torch.allclose(enc.retrieve(feat, torch.tensor([[-1]])), enc.bank_emb[0], atol=1e-2)
     # the same target *is* bank row 0 -> its own row is excluded, row 1 (the next most similar) wins
     assert torch.allclose(enc.retrieve(feat, torch.tensor([[0]])), enc.bank_emb[1], atol=1e-2)
+
+
+def test_do_transitions_clamp_touched_slots_and_withhold_the_action():
+    rng = np.random.default_rng(0)
+    N = 200
+    X = rng.normal(size=(N, G)).astype(np.float32)
+    rows = np.repeat([0, 1, 2, 3], 50)
+    rep = np.tile([0, 1], 100)
+    coll = EntityMaskCollator(E, G, MaskingConfig())
+    kw = dict(groups_per_batch=3, cells_per_group=5, self_pairs=4)
+    plain = TransitionSampler(X, rows, 0, rep, _table(4, rng), [1, 2, 3], coll, **kw)
+    assert "clamp_mask" not in plain.sample(np.random.default_rng(1))  # off by default: streams unchanged
+    s = TransitionSampler(X, rows, 0, rep, _table(4, np.random.default_rng(0)), [1, 2, 3], coll, clamp_prob=1.0, **kw)
+    b = s.sample(np.random.default_rng(1))
+    cm = b["clamp_mask"].numpy()
+    is_self = b["group"].numpy() < 0
+    # perturbation pairs became do()-transitions on the touched slot (1) only; self pairs and the
+    # control group (touches nothing) never
+    assert cm[:, 1].sum() >= 5 and not cm[:, [0, 2, 3, 4, 5]].any() and not cm[is_self].any()
+    cell = [int(np.flatnonzero((X == t).all(1))[0]) for t in b["x_tgt"].numpy()]
+    perturbed = rows[cell] != 0
+    assert (cm[:, 1] == (perturbed & ~is_self)).all()
+    assert (b["action"]["kind"][:, 0].numpy() == 0).all()  # the action is withheld (control)
+    # the clamped slot carries the target latent exactly and is not scored by the latent loss
+    m = _module()
+    batch = JEPABatch(x_src=b["x_src"], x_tgt=b["x_tgt"], action=ActionBatch(**b["action"]),
+                      context_mask=b["context_mask"], target_mask=b["target_mask"], gene_mask=b["gene_mask"],
+                      group=b["group"], clamp_mask=b["clamp_mask"])
+    out = m.loss(batch)
+    assert torch.isfinite(out.total)
+    with torch.no_grad():
+        z_tgt = m.encode_target(batch.x_tgt)
+        z_hat = m.next(m.encode(batch.x_src), batch.action, clamp=(batch.clamp_mask, z_tgt))
+    c = torch.from_numpy(cm[:, 1])
+    torch.testing.assert_close(z_hat[c, 1], z_tgt[c, 1])

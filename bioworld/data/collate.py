@@ -125,8 +125,10 @@ class TransitionSampler:
         groups_per_batch: int = 8,
         cells_per_group: int = 16,
         self_pairs: int = 64,
+        clamp_prob: float = 0.0,
     ) -> None:
         self.X = X
+        self.clamp_prob = float(clamp_prob)
         self.actions = actions
         self.collator = collator
         self.control_row = control_row
@@ -167,15 +169,22 @@ class TransitionSampler:
         act_rows_a = np.concatenate(act_rows + [np.full(self.n_self, self.control_row)])
         group_a = np.concatenate(group + [np.full(self.n_self, -1)])
         is_self = group_a < 0
-        acts = self.actions.take(act_rows_a)
         touch = self.actions.touch[act_rows_a].sum(1)  # [B, E]
         masks = self.collator(touch, is_self, rng)
+        out: dict[str, object] = {}
+        if self.clamp_prob > 0:  # (no rng draw otherwise: clamp_prob=0 keeps earlier streams)
+            # do()-transitions: the slots the action touches are given their perturbed-cell latents,
+            # the action itself is withheld (control), and the other slots must follow
+            clamped = (~is_self) & (touch > 0).any(1) & (rng.random(len(is_self)) < self.clamp_prob)
+            act_rows_a = np.where(clamped, self.control_row, act_rows_a)
+            out["clamp_mask"] = torch.from_numpy((touch > 0) & clamped[:, None])
         return {
             "x_src": torch.from_numpy(self.X[src]),
             "x_tgt": torch.from_numpy(self.X[tgt]),
-            "action": acts,
+            "action": self.actions.take(act_rows_a),
             "group": torch.from_numpy(group_a.astype(np.int64)),
             **masks,
+            **out,
         }
 
 
@@ -223,6 +232,7 @@ class BlockBufferSampler:
         groups_per_batch: int = 8,
         cells_per_group: int = 16,
         self_pairs: int = 64,
+        clamp_prob: float = 0.0,
     ) -> None:
         if min(block_size, buffer_blocks, refresh_every, resident_controls) < 1:
             raise ValueError("block_size, buffer_blocks, refresh_every and resident_controls must be >= 1")
@@ -234,7 +244,8 @@ class BlockBufferSampler:
         self.train_rows = sorted(set(train_rows))
         self.seed = int(seed)
         self.block_size, self.buffer_blocks, self.refresh_every = block_size, buffer_blocks, refresh_every
-        self.kw = dict(groups_per_batch=groups_per_batch, cells_per_group=cells_per_group, self_pairs=self_pairs)
+        self.kw = dict(groups_per_batch=groups_per_batch, cells_per_group=cells_per_group, self_pairs=self_pairs,
+                       clamp_prob=clamp_prob)
         ctrl = np.flatnonzero(self.action_row == control_row)
         if len(ctrl) == 0:
             raise ValueError("no control cells to pair perturbed cells with")

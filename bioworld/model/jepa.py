@@ -58,6 +58,7 @@ class JEPABatch:
     target_mask: Tensor  # [B, E] bool, True = slot scored by the latent loss
     gene_mask: Tensor  # [B, G] bool, True = gene hidden from the encoder (patch-style ablation)
     group: Tensor  # [B] long, transition group (for the distributional loss); -1 = self pair
+    clamp_mask: Tensor | None = None  # [B, E] bool, slots given as do(slot := target latent) inputs
 
 
 @dataclass
@@ -421,10 +422,16 @@ class JEPA(nn.Module):
         with torch.no_grad():
             z_tgt = self.encode_target(batch.x_tgt)  # [B, E, D]
         z_ctx = self.encode(x_in, batch.context_mask)  # [B, E, D]
-        z_hat = self.next(z_ctx, batch.action, context_mask=batch.context_mask)
+        clamp = None
+        scored = batch.target_mask
+        if batch.clamp_mask is not None and bool(batch.clamp_mask.any()):
+            # intervened slots given as do() inputs: the predictor learns to propagate their change
+            clamp = (batch.clamp_mask, z_tgt)
+            scored = scored & ~batch.clamp_mask  # a clamped slot is right by construction
+        z_hat = self.next(z_ctx, batch.action, context_mask=batch.context_mask, clamp=clamp)
 
         # JEPA: predicted vs target latents on the scored slots
-        tm = batch.target_mask.unsqueeze(-1).float()
+        tm = scored.unsqueeze(-1).float()
         lat = (F.smooth_l1_loss(z_hat, z_tgt, reduction="none") * tm).sum() / (tm.sum() * z_hat.shape[-1]).clamp_min(1)
 
         # readouts

@@ -30,6 +30,7 @@ class TrainConfig:
     self_mask_ratio: tuple[float, float] = (0.15, 0.5)  # fraction of slots hidden in self pairs
     transition_mask_ratio: tuple[float, float] = (0.0, 0.25)  # fraction hidden in perturbation pairs
     structured_mask_prob: float = 0.5  # P(hide all slots the action touches)
+    clamp_prob: float = 0.0  # P(a transition becomes a do()-transition: touched slots clamped to the perturbed latents, action withheld)
     # loss weights (see bioworld.model.jepa.LossWeights)
     w_latent: float = 1.0
     w_expr: float = 1.0

@@ -62,6 +62,7 @@ def _to_batch(d: dict[str, Any], keep: np.ndarray | None = None, device: str = "
         x_src=sel(d["x_src"]), x_tgt=sel(d["x_tgt"]), action=act,
         context_mask=sel(d["context_mask"]), target_mask=sel(d["target_mask"]),
         gene_mask=sel(d["gene_mask"]), group=sel(d["group"]),
+        clamp_mask=sel(d["clamp_mask"]) if "clamp_mask" in d else None,
     )
 
 
