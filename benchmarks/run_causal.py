@@ -190,9 +190,10 @@ def write_report(out: Path) -> Path:
         *[f"- `{k}`: {v}" for k, v in CAUSAL_METRICS.items()],
         "",
         "Methods: `WorldModel predict` = `wm.predict([label]).layers['delta']` (mean over the model's reference"
-        " control cells; an untrained silence label goes through the action encoder); `WorldModel counterfactual`"
-        " = `wm.counterfactual(control cells, label)` delta averaged over cells (an untrained `silence:` is the"
-        " latent do-operation: slot clamped to its inactive encoding, predictor propagates); `MembersOnly` ="
+        " control cells); `WorldModel counterfactual` = `wm.counterfactual(control cells, label)` delta averaged"
+        " over cells. Both answer an untrained `silence:E` by the latent do-operation: slot E clamped to the"
+        " encoding of the cells moved along E's activity axis (signed weights, else the members' first principal"
+        " component) to its 1st-percentile level, control action, the predictor propagates; `MembersOnly` ="
         " the silenced pathway's member genes set to their 5% control quantile minus control mean, all else 0;"
         " `Footprint E` = minus the entity's own weights (PROGENy footprint / Hallmark membership), all else 0;"
         " `MeanOfTrain` = mean observed delta of the training perturbations (per dose for compounds).",

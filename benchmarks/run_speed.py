@@ -105,7 +105,7 @@ def case_papalexi(steps: int, tmp: str) -> dict:
     pr = wm.prioritize(cells, GOAL)
     res.update(plan_wall_s=time.perf_counter() - t, plan_candidates=int(pr.provenance["n_candidates"]),
                plan_cells=int(pr.provenance["n_cells_used"]), plan_screen_cells=int(pr.provenance["n_screen_cells"]),
-               plan_top=str(pr.table["intervention"].iloc[0]))
+               plan_refined=int(pr.provenance.get("n_refined", 0)), plan_top=str(pr.table["intervention"].iloc[0]))
     res["load_query"] = load_q
     res["rss_end_mb"] = _rss_mb()
     return res
@@ -246,6 +246,39 @@ def case_backed_train(path: str, epochs: int) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def _ddp_model(steps: int):
+    import bioworld as bw
+
+    adata = bw.data.load_papalexi()
+    return bw.WorldModel(adata, perturbation_key="perturbation", control="control", replicate_key="bio_rep",
+                         config={"max_steps": steps, "num_threads": 1, "checkpoint_every": 0})
+
+
+def _ddp_rank(rank: int, world: int, steps: int) -> dict:
+    wm = _ddp_model(steps)
+    wm.train(progress=False)
+    return {"train_wall_s": wm.train_result.wall_s, "peak_rss_mb": _rss_mb()}
+
+
+def case_ddp(steps: int) -> dict:
+    """Papalexi, default config, ``steps`` steps: 1 process vs 2 gloo processes (1 torch thread each).
+
+    Both runs train on the same global batch per step (the 2-process run splits it by perturbation
+    group); the 2-process parameters follow the 1-process ones (tests/test_distributed.py).
+    """
+    from bioworld.train.distributed import train_distributed
+
+    load = _load()
+    wm = _ddp_model(steps)
+    wm.train(progress=False)
+    one = wm.train_result.wall_s
+    ranks = train_distributed(2, _ddp_rank, steps, backend="gloo", threads=1)
+    two = max(r["train_wall_s"] for r in ranks)
+    return {"steps": steps, "wall_1proc_s": one, "wall_2proc_s": two, "speedup": one / two,
+            "peak_rss_1proc_mb": _rss_mb(), "peak_rss_per_rank_mb": max(r["peak_rss_mb"] for r in ranks),
+            "load": load, "load_end": _load()}
+
+
 # ------------------------------------------------------------------------------------------ driver
 def _run_case(name: str, args: list[str], timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--case", name, *args]
@@ -317,7 +350,8 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
               f"| `wm.counterfactual` {p['cf_cells']} cells x {p['cf_interventions']} interventions | {_fmt(p['cf_wall_s'])} s "
               f"= {_fmt(p['cf_cell_interventions_per_s'], 0)} cell-interventions/s |",
               f"| `wm.prioritize({p['plan_cells']} control cells, '{GOAL}')`: {p['plan_candidates']} candidates "
-              f"(all entity + gene singles, entity pairs, top gene pairs; screened on {p['plan_screen_cells']} cells) "
+              f"(all entity + gene singles, entity pairs, top gene pairs; screened on {p['plan_screen_cells']} latent "
+              f"prototype cells; {p.get('plan_refined', '?')} rows, the best and their singles, re-scored exactly on all cells) "
               f"| {_fmt(p['plan_wall_s'])} s (top: {p['plan_top']}) |",
               f"| peak RSS at the end of the case | {_fmt(p['rss_end_mb'], 0)} MB |", ""]
     b = results.get("baselines", {})
@@ -343,8 +377,9 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
               "`sim_cells_*`: the default 8-pathway simulation (116 genes, 8 entity slots) at growing cell "
               "counts. `sim_entities_*`: one ~10k-cell simulation with 500 extra genes (596 genes), entity slots = "
               "the 8 true pathways plus random 12-gene sets. Per-step cost is set by the batch (groups x cells per group + self pairs), genes and entity "
-              "slots, not by the number of cells; cells cost memory (the whole normalised matrix is held "
-              "in RAM as float32, plus the AnnData counts) and setup time.", "",
+              "slots, not by the number of cells; cells cost memory (on this in-memory path the whole normalised "
+              "matrix is held in RAM as float32, plus the AnnData counts; see (e) for out-of-core training) and "
+              "setup time.", "",
               "| case | cells | genes | entities | steps | steps/s | cells/s | setup s | simulate s | RSS after data MB | peak RSS MB | load |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for k, r in sims.items():
@@ -375,6 +410,21 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
                      f"{_fmt(r['train_wall_s'])} | {_fmt(r['epoch_s'])} | {_fmt(r['steps_per_s'])} | "
                      f"{_fmt(r['rss_after_setup_mb'], 0)} | {_fmt(r['peak_rss_mb'], 0)} | {r['load']} |")
         L.append("")
+    d = results.get("ddp_papalexi", {})
+    if d:
+        L += ["## (f) Data-parallel training: 1 vs 2 processes (gloo, CPU)", "",
+              "Papalexi, default TrainConfig, the same number of steps; each process uses 1 torch thread and the 2-process "
+              "run splits every global batch by perturbation group (`bioworld.train.distributed.train_distributed`). "
+              "On this shared 2-core machine the 2 processes compete with the other jobs for the same 2 cores, so the "
+              "speed-up is a lower bound of what 2 free cores (or 2 nodes) give.", ""]
+        if "error" in d:
+            L.append(f"failed: {d['error']}")
+        else:
+            L += ["| steps | 1 process s | 2 processes s | speed-up | peak RSS 1 proc MB | peak RSS per rank MB | load start / end |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| {d['steps']} | {_fmt(d['wall_1proc_s'])} | {_fmt(d['wall_2proc_s'])} | {_fmt(d['speedup'])}x | "
+                  f"{_fmt(d['peak_rss_1proc_mb'], 0)} | {_fmt(d['peak_rss_per_rank_mb'], 0)} | {d['load']} / {d['load_end']} |"]
+        L.append("")
     L += ["## Not measured / limits", ""] + [f"- {n}" for n in notes] + [""]
     text = "\n".join(L)
     (OUT / "SPEED.md").write_text(text)
@@ -389,7 +439,8 @@ def main() -> int:
                     help="training steps measured on Papalexi (default: TrainConfig's max_steps, 1200; fewer steps "
                          "are reported as an extrapolation)")
     ap.add_argument("--sim-steps", type=int, default=40)
-    ap.add_argument("--only", choices=["train", "scaling", "baselines", "backed"], default=None)
+    ap.add_argument("--only", choices=["train", "scaling", "baselines", "backed", "ddp"], default=None)
+    ap.add_argument("--ddp-steps", type=int, default=200, help="steps of the 1- vs 2-process comparison (--only ddp)")
     ap.add_argument("--backed-cells", choices=sorted(SIM_CELLS), default="1M",
                     help="size of the on-disk (backed) screen for the out-of-core case (--only backed)")
     ap.add_argument("--backed-epochs", type=int, default=1, help="block-buffer passes over the on-disk screen")
@@ -407,6 +458,8 @@ def main() -> int:
                 res = case_baselines(tmp)
             elif a.case == "sim":
                 res = case_sim(*(int(x) for x in rest))
+            elif a.case == "ddp":
+                res = case_ddp(int(rest[0]))
             elif a.case == "backed_write":
                 res = case_backed_write(int(rest[0]), int(rest[1]), int(rest[2]), rest[3])
             elif a.case == "backed_train":
@@ -422,9 +475,10 @@ def main() -> int:
         "Out-of-core training (backed / on-disk h5ad) is NOT implemented: `TransitionSampler` indexes an "
         "in-memory float32 matrix of all cells, and `WorldModel` normalises the whole AnnData in memory. "
         "Memory therefore grows linearly with cells (see the scaling table); nothing here was measured out of core.",
-        "No GPU was used: the training loop and queries run on CPU tensors (`fit` does not move the model "
-        "to a device). Multi-process data-parallel training (gloo) is in `bioworld.train.distributed`; "
-        "its speed-up was not benchmarked on this 2-core shared machine.",
+        "No GPU was used (this machine has none): `TrainConfig.device='cuda'` places training on a GPU but that "
+        "path has not been run here.",
+        "Multi-process data-parallel training (gloo) is in `bioworld.train.distributed`; its speed-up was not "
+        "benchmarked in this run (`--only ddp`).",
     ]
     if a.only in (None, "train"):
         from bioworld.train import TrainConfig
@@ -446,6 +500,9 @@ def main() -> int:
         for e in SIM_ENTITIES:
             results[f"sim_entities_{e}"] = _run_case("sim", [str(k), str(cpc), str(nc), str(a.sim_steps), str(e), "500"],
                                                      a.timeout)
+    if a.only in (None, "ddp"):
+        results["ddp_papalexi"] = _run_case("ddp", [str(a.ddp_steps)], a.timeout)
+        notes = [n for n in notes if "speed-up was not benchmarked" not in n]
     if a.only in (None, "backed"):
         k, cpc, nc = SIM_CELLS[a.backed_cells]
         n_chunks = 10 if a.backed_cells == "1M" else 1
@@ -470,6 +527,8 @@ def main() -> int:
                     pass
                 old.setdefault(row["case"], {})[row["metric"]] = v
         results = {**{k: v for k, v in old.items() if k not in results}, **results}
+        if "ddp_papalexi" in results and "error" not in results["ddp_papalexi"]:
+            notes = [n for n in notes if "speed-up was not benchmarked" not in n]
         if any(k.startswith("backed_") and "error" not in v for k, v in results.items()):
             notes = [n for n in notes if not n.startswith("Out-of-core training (backed")]
         if "sim_cells_1M" in results and "error" not in results["sim_cells_1M"]:

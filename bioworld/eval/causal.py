@@ -153,8 +153,8 @@ def members_only_delta(control_X: np.ndarray, genes: Sequence[str], members: Seq
     """The "members only" baseline of a silencing: no propagation.
 
     Member genes of the silenced entity move to the ``quantile`` of their control distribution
-    (delta = quantile - control mean, the same "inactive" level the world model's do-operation
-    reads a silenced slot from); every other gene gets 0.
+    (delta = quantile - control mean: every member is pushed down, the naive reading of "off");
+    every other gene gets 0.
     """
     X = np.asarray(control_X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != len(genes) or len(X) == 0:
@@ -259,10 +259,11 @@ def run_simulator_causal(
     Per seed, one simulation (``simulate(seed=seed, **sim_kwargs)``, all silences sampled) and per
     variant one world model (entities = the simulator's GMT, ``nmf_programs=0``):
     ``partial`` holds out ``n_holdout`` silences drawn with the seed (the others are trained as
-    actions); ``none`` holds out every silence. Held-out silences are answered two ways:
-    ``WorldModel predict`` (``wm.predict``, the action encoder's answer for an unseen silence
-    label) and ``WorldModel counterfactual`` (``wm.counterfactual`` on ``n_cf_cells`` control
-    cells, averaged: the latent do-operation, since the label was not trained). Beside them:
+    actions); ``none`` holds out every silence. Held-out silences are answered by the latent
+    do-operation (an untrained ``silence:`` label, see ``WorldModel._intervention_rows``) two ways:
+    ``WorldModel predict`` (``wm.predict``, mean over the model's reference control cells) and
+    ``WorldModel counterfactual`` (``wm.counterfactual`` on ``n_cf_cells`` control cells,
+    averaged). Beside them:
     ``MembersOnly`` (:func:`members_only_delta`), ``MeanOfTrain`` (mean observed delta of the
     training labels), ``Observed cells (ceiling)`` (the held-out label's own sampled cells) and
     ``Truth`` (the truth itself: its leak ratio is the reference).

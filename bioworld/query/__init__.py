@@ -1,9 +1,9 @@
 """Queries on a trained world model: counterfactuals and target prioritisation (no training state)."""
 
-from bioworld.query._counterfactual import CounterfactualResult, explain_shifts, inactive_inputs, rollout
+from bioworld.query._counterfactual import ActivityAxes, CounterfactualResult, explain_shifts, inactive_inputs, rollout
 from bioworld.query._planner import Goal, PrioritizationResult, bootstrap_interval, score_interventions
 
 __all__ = [
     "CounterfactualResult", "Goal", "PrioritizationResult", "bootstrap_interval", "explain_shifts",
-    "inactive_inputs", "rollout", "score_interventions",
+    "ActivityAxes", "inactive_inputs", "rollout", "score_interventions",
 ]

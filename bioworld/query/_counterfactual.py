@@ -4,8 +4,8 @@ An intervention is answered in latent space: encode the cells once (f_theta), ro
 action-conditioned predictor g_phi forward under the intervention, read out expression, and
 compare with the same cells rolled forward under the control action. ``silence:ENTITY`` is a
 do-operation on one slot: the entity's latent is clamped to its inactive state (the encoding of the
-cell with the entity's member genes at their inactive level) and the predictor propagates the
-change to the other slots.
+cell moved along the entity's activity axis to a low level, :class:`ActivityAxes`) and the
+predictor propagates the change to the other slots.
 """
 
 from __future__ import annotations
@@ -27,18 +27,57 @@ class CounterfactualResult:
     slot_shift: np.ndarray  # [cells, E] how far each entity latent moved (in units of its spread)
 
 
-def inactive_inputs(x_std: np.ndarray, membership: np.ndarray, entity: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Cells with entity ``entity``'s member genes set to their inactive level.
+@dataclass(frozen=True)
+class ActivityAxes:
+    """Each entity's activity axis in standardised gene space and the level that reads "off".
 
-    Members with positive weight go to ``low`` (a low quantile of the reference population),
-    members with negative weight to ``high``: the pathway's footprint reads "off".
+    ``axis[e]`` is a unit vector over the entity's member genes: its own signed weights when they
+    carry a direction (PROGENy footprints, regulons with a mode of regulation), else the first
+    principal component of the members over the reference cells, oriented so that most members
+    load positively (an unsigned gene set: the direction along which its members co-vary, with
+    repressed members loading negatively). ``low[e]`` is the ``quantile`` of the reference cells'
+    projections onto it. :meth:`inactive` moves cells along the axis to that level, so repressed
+    members rise while activated ones fall, and genes outside the entity stay as they are.
     """
-    w = membership[entity]
-    out = x_std.copy()
-    pos, neg = w > 0, w < 0
-    out[:, pos] = low[pos]
-    out[:, neg] = high[neg]
-    return out
+
+    axis: np.ndarray  # [E, G] float32, unit rows, zero outside each entity's members
+    low: np.ndarray  # [E] float32, inactive level of the projection x @ axis[e]
+    quantile: float
+
+    @classmethod
+    def fit(cls, x_ref: np.ndarray, membership: np.ndarray, quantile: float = 0.01) -> "ActivityAxes":
+        E, G = membership.shape
+        axis = np.zeros((E, G), dtype=np.float32)
+        for e in range(E):
+            w = np.asarray(membership[e], dtype=np.float64)
+            idx = np.flatnonzero(w)
+            if len(idx) == 0:
+                continue
+            if (w[idx] > 0).any() and (w[idx] < 0).any():  # signed weights carry the direction
+                u = w[idx]
+            else:
+                xc = x_ref[:, idx].astype(np.float64)
+                xc -= xc.mean(0)
+                if len(idx) == 1 or not np.isfinite(xc).all() or float(np.abs(xc).sum()) == 0.0:
+                    u = np.sign(w[idx])
+                else:
+                    u = np.linalg.svd(xc, full_matrices=False)[2][0]
+                    if u.sum() < 0 or (u.sum() == 0 and u[np.argmax(np.abs(u))] < 0):
+                        u = -u
+            axis[e, idx] = u / max(np.linalg.norm(u), 1e-12)
+        low = np.quantile(x_ref @ axis.T, quantile, axis=0).astype(np.float32)
+        return cls(axis=axis, low=low, quantile=float(quantile))
+
+    def inactive(self, x_std: np.ndarray, entity: int) -> np.ndarray:
+        """Cells moved along entity ``entity``'s axis to its inactive level (other genes unchanged)."""
+        u = self.axis[entity]
+        s = x_std @ u
+        return (x_std + np.outer(self.low[entity] - s, u)).astype(np.float32)
+
+
+def inactive_inputs(x_std: np.ndarray, axes: ActivityAxes, entity: int) -> np.ndarray:
+    """Cells with entity ``entity`` driven to its inactive state (:meth:`ActivityAxes.inactive`)."""
+    return axes.inactive(x_std, entity)
 
 
 @torch.no_grad()

@@ -1,9 +1,15 @@
 """Target prioritisation: search single and paired interventions in latent space.
 
-Cells are encoded once (f_theta); every candidate intervention is a predictor rollout g_phi on
-those latents, scored against a goal on the readout. Entity silencing is a do-operation on the
-slot latents, so all singles and pairs over E entities cost E + E(E-1)/2 predictor passes over
-the cached latents and never touch optimiser state.
+Cells are encoded once (f_theta) into a :class:`CellCache` (latents, the readout of the source
+cells, the unperturbed prediction); every candidate intervention is then a predictor rollout g_phi
+on those latents, scored against a goal on the readout. Entity silencing is a do-operation on the
+slot latents (the slot is clamped to its "inactive" latent, encoded for all entities in shared
+encoder batches), so all singles and pairs over E entities cost E + E(E-1)/2 predictor rows per
+cell and never touch optimiser state. Many candidates share one predictor pass.
+
+The cost is the number of (candidate, cell) predictor rows, so ``WorldModel.prioritize`` screens
+every candidate on a few prototype cells (:func:`latent_prototypes`: k-means medoids of the
+latents, weighted by cluster size; approximate) and re-scores only the best on all cells (exact).
 
 Goals
 -----
@@ -71,69 +77,227 @@ class PrioritizationResult:
     wall_s: float = 0.0
 
 
-@torch.no_grad()
-def score_interventions(
+@dataclass
+class CellCache:
+    """Everything about a set of starting cells that does not depend on the candidate.
+
+    Built once by :func:`encode_cells`; the planner then runs only the predictor g_phi and the
+    readout per (candidate, cell).
+    """
+
+    x: torch.Tensor  # [n, G] standardised expression
+    z: torch.Tensor  # [n, E, D] context latents f_theta(x), encoded once
+    r_src: torch.Tensor  # [n, G] candidate-independent part of the predicted expression (x - R(z_ref) with a residual readout, else 0)
+    z_base: torch.Tensor  # [n, E, D] latents under the control action
+    x_base: torch.Tensor  # [n, G] predicted unperturbed expression
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, idx: np.ndarray) -> "CellCache":
+        """The cache of cells ``idx`` (rows are independent, so nothing is recomputed)."""
+        t = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return CellCache(self.x[t], self.z[t], self.r_src[t], self.z_base[t], self.x_base[t])
+
+
+def _action_batch(rows: dict[str, torch.Tensor], idx: torch.Tensor) -> ActionBatch:
+    return ActionBatch(**{k: v[idx] for k, v in rows.items()})
+
+
+def _expression(module: JEPA, z_new: torch.Tensor, act: ActionBatch, x: torch.Tensor, r_src: torch.Tensor) -> torch.Tensor:
+    """``module.expression_from`` with the readout of the source cells precomputed in ``r_src``."""
+    return r_src + module.readout(z_new) + module.cis(act, x)
+
+
+@torch.inference_mode()
+def encode_cells(module: JEPA, x_std: np.ndarray, control_row: dict[str, np.ndarray], *, rows_per_pass: int = 1024) -> CellCache:
+    """Encode cells once: context latents, the target-encoder readout and the unperturbed prediction."""
+    module.eval()
+    x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32))
+    ctrl = {k: torch.from_numpy(np.asarray(v)[None]) for k, v in control_row.items()}
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for s in range(0, len(x), rows_per_pass):
+        xb = x[s:s + rows_per_pass]
+        act = _action_batch(ctrl, torch.zeros(len(xb), dtype=torch.long))
+        z = module.encode(xb)  # [b, E, D]
+        r_src = xb - module.readout(module.encode_target(xb)) if module.cfg.residual_readout else torch.zeros_like(xb)
+        z_base = module.next(z, act)
+        parts.append((z, r_src, z_base, _expression(module, z_base, act, xb, r_src)))
+    z, r_src, z_base, x_base = (torch.cat(p) for p in zip(*parts))
+    return CellCache(x, z, r_src, z_base, x_base)
+
+
+@torch.inference_mode()
+def inactive_latents(
     module: JEPA,
     x_std: np.ndarray,
+    entities: list[int],
+    inactive_fn: Callable[[np.ndarray, int], np.ndarray],
+    *,
+    rows_per_pass: int = 1024,
+) -> dict[int, torch.Tensor]:
+    """Each entity's "off" latent per cell: ``{e: [n, D]}``, slot ``e`` of f_theta on
+    ``inactive_fn(x_std, e)`` (the cells with entity ``e`` driven to its inactive state).
+
+    All entities go through the encoder in shared batches (entity-major rows), instead of one
+    encoder call per entity.
+    """
+    module.eval()
+    x_std = np.ascontiguousarray(x_std, dtype=np.float32)
+    n = len(x_std)
+    out: dict[int, torch.Tensor] = {}
+    per_pass = max(1, rows_per_pass // max(n, 1))
+    for s in range(0, len(entities), per_pass):
+        group = entities[s:s + per_pass]
+        xi = np.ascontiguousarray(np.concatenate([inactive_fn(x_std, e) for e in group]), dtype=np.float32)  # [len(group) * n, G]
+        z = torch.cat([module.encode(torch.from_numpy(xi[r:r + rows_per_pass]))
+                       for r in range(0, len(xi), rows_per_pass)])  # [len(group) * n, E, D]
+        for j, e in enumerate(group):
+            out[e] = z[j * n:(j + 1) * n, e]
+    return out
+
+
+@torch.inference_mode()
+def score_interventions(
+    module: JEPA,
+    x_std: np.ndarray | None,
     candidates: list[tuple[str, dict[str, np.ndarray], list[int]]],
     control_row: dict[str, np.ndarray],
     x_inactive_latents: Callable[[int], torch.Tensor],
     goal_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     slot_scale: np.ndarray,
-    rows_per_pass: int = 4096,
+    rows_per_pass: int = 512,
+    *,
+    cache: CellCache | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell goal scores ``[n_candidates, cells]`` and mean slot shifts ``[n_candidates, E]``.
 
     ``candidates``: (label, action-table row, entities to clamp to their inactive latent).
-    ``goal_fn(x_pred, x_base) -> [cells]`` scores predicted vs baseline standardised expression.
+    ``x_inactive_latents(e) -> [cells, D]``: entity ``e``'s inactive latent per cell (asked once
+    per clamped entity). ``goal_fn(x_pred, x_base) -> [cells]`` scores predicted vs baseline
+    standardised expression. ``cache`` (from :func:`encode_cells`) replaces ``x_std``: the cells are
+    then not encoded again. ``weights`` ``[cells]`` weight the mean slot shift (default: equal).
+
+    Every (candidate, cell) pair is one predictor row; candidates with the same number of action
+    components share passes of about ``rows_per_pass`` rows (no padding mask needed).
     """
     module.eval()
-    x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32))
-    n, E = x.shape[0], module.cfg.n_entities
-    z = module.encode(x)  # encoded once  [n, E, D]
-
-    ctrl = ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], n, 0)) for k, v in control_row.items()})
-    z_ref = module.encode_target(x)
-    z_base = module.next(z, ctrl)
-    x_base = module.expression_from(z_base, ctrl, x, z_ref)
-    scale = torch.from_numpy(slot_scale.astype(np.float32))
-    scores = np.empty((len(candidates), n), np.float32)
-    shifts = np.empty((len(candidates), E), np.float32)
-    # candidates are evaluated in chunks: k candidates x n cells rows per predictor pass
+    if cache is None:
+        if x_std is None:
+            raise BioworldError("score_interventions needs the cells: pass x_std or a CellCache from encode_cells")
+        cache = encode_cells(module, x_std, control_row)
+    n, E = len(cache), module.cfg.n_entities
+    C = len(candidates)
+    scores = np.empty((C, n), np.float32)
+    shifts = np.empty((C, E), np.float32)
+    if C == 0:
+        return scores, shifts
+    keys = list(control_row)
+    table = {k: torch.from_numpy(np.stack([np.asarray(row[k]) for _, row, _ in candidates])) for k in keys}  # [C, ...]
+    clamp_mask = torch.zeros(C, E, dtype=torch.bool)
+    for i, (_, _, ents) in enumerate(candidates):
+        clamp_mask[i, list(ents)] = True
+    inact = cache.z.clone()  # [n, E, D]; only clamped slots are read
+    for e in torch.nonzero(clamp_mask.any(0)).flatten().tolist():
+        inact[:, e] = x_inactive_latents(e)
+    scale = torch.from_numpy(np.asarray(slot_scale, dtype=np.float32))
+    w = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32))
+    # group candidates by number of action components so a pass needs no padding mask
+    n_comp = (table["kind"] > 0).sum(1).numpy()
     k = max(1, rows_per_pass // n)
-    # group candidates with the same number of action components so a pass needs no padding mask
-    order = sorted(range(len(candidates)), key=lambda i: int((candidates[i][1]["kind"] > 0).sum()))
-    for s in range(0, len(candidates), k):
-        idx = order[s:s + k]
-        chunk = [candidates[i] for i in idx]
-        m = len(chunk)
-        act = ActionBatch(**{
-            key: torch.from_numpy(np.concatenate([np.repeat(row[key][None], n, 0) for _, row, _ in chunk]))
-            for key in control_row
-        })
-        zc = z.repeat(m, 1, 1)  # [m*n, E, D]
-        slots = torch.zeros(m * n, E, dtype=torch.bool)
-        values = zc.clone()
-        for j, (_, _, clamp_entities) in enumerate(chunk):
-            for e in clamp_entities:
-                slots[j * n:(j + 1) * n, e] = True
-                values[j * n:(j + 1) * n, e] = x_inactive_latents(e)
-        clamp = (slots, values) if bool(slots.any()) else None
-        z_new = module.next(zc, act, clamp=clamp)
-        xc = x.repeat(m, 1)
-        x_new = module.expression_from(z_new, act, xc, z_ref.repeat(m, 1, 1))
-        scores[idx] = goal_fn(x_new, x_base.repeat(m, 1)).reshape(m, n).numpy()
-        shift = ((z_new - z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E).mean(1)
-        shifts[idx] = shift.numpy()
+    for c in np.unique(n_comp):
+        members = np.flatnonzero(n_comp == c)
+        for s in range(0, len(members), k):
+            idx = members[s:s + k]
+            m = len(idx)
+            rows = torch.from_numpy(idx).repeat_interleave(n)  # [m*n] candidate of each row
+            act = _action_batch(table, rows)
+            slots = clamp_mask[rows]  # [m*n, E]
+            clamp = (slots, inact.repeat(m, 1, 1)) if bool(slots.any()) else None
+            z_new = module.next(cache.z.repeat(m, 1, 1), act, clamp=clamp)  # [m*n, E, D]
+            x_new = _expression(module, z_new, act, cache.x.repeat(m, 1), cache.r_src.repeat(m, 1))
+            scores[idx] = goal_fn(x_new, cache.x_base.repeat(m, 1)).reshape(m, n).numpy()
+            shift = ((z_new - cache.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E)
+            shifts[idx] = (shift.mean(1) if w is None else torch.einsum("mne,n->me", shift, w)).numpy()
     return scores, shifts
 
 
-def bootstrap_interval(per_cell: np.ndarray, *, n_boot: int = 200, level: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of the mean over cells, per row of ``[rows, cells]``."""
+def latent_prototypes(z: np.ndarray | torch.Tensor, k: int, *, seed: int, n_iter: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` prototype cells of a k-means partition of the cells' latents, and their weights.
+
+    k-means (k-means++ start, seeded) on the flattened latents ``[n, E*D]``; each centre is
+    represented by its nearest cell (a medoid, so every prototype is a real cell with exact
+    predictions), and every cell is then assigned to its nearest prototype. Returns the
+    prototypes' row indices (ascending) and their weights (share of cells assigned, sum 1).
+    With ``k >= n`` every cell is its own prototype.
+    """
+    X = (z.numpy() if isinstance(z, torch.Tensor) else np.asarray(z)).reshape(len(z), -1).astype(np.float64)
+    n = len(X)
+    if k >= n:
+        return np.arange(n), np.full(n, 1.0 / n)
+    rng = np.random.default_rng(seed)
+    sq = (X * X).sum(1)
+
+    def dist2(C: np.ndarray) -> np.ndarray:  # [n, len(C)] squared distances
+        return np.maximum(sq[:, None] - 2.0 * X @ C.T + (C * C).sum(1)[None], 0.0)
+
+    first = int(rng.integers(n))
+    chosen = [first]
+    dmin = dist2(X[[first]])[:, 0]
+    for _ in range(1, k):  # k-means++: next centre with probability proportional to squared distance
+        total = dmin.sum()
+        p = dmin / total if total > 0 else np.where(np.isin(np.arange(n), chosen), 0.0, 1.0) / (n - len(chosen))
+        c = int(rng.choice(n, p=p))
+        chosen.append(c)
+        dmin = np.minimum(dmin, dist2(X[[c]])[:, 0])
+    centres = X[chosen]
+    for _ in range(n_iter):
+        lab = dist2(centres).argmin(1)
+        new = centres.copy()
+        for j in range(k):
+            hit = lab == j
+            if hit.any():
+                new[j] = X[hit].mean(0)
+        if np.array_equal(new, centres):
+            break
+        centres = new
+    d = dist2(centres)
+    medoids: list[int] = []
+    for j in range(k):  # nearest cell to each centre, each cell used once
+        for i in np.argsort(d[:, j], kind="stable"):
+            if int(i) not in medoids:
+                medoids.append(int(i))
+                break
+    proto = np.sort(np.array(medoids))
+    lab = dist2(X[proto]).argmin(1)
+    return proto, np.bincount(lab, minlength=len(proto)) / n
+
+
+def bootstrap_interval(
+    per_cell: np.ndarray,
+    *,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the mean over cells, per row of ``[rows, cells]``.
+
+    The same ``n_boot`` resamples of the columns serve every row (one matrix product with the
+    resample counts, no ``[rows, n_boot, cells]`` copy). With ``weights`` (prototype cells
+    standing for clusters) a resample draws columns with those probabilities, so the interval is
+    that of the weighted mean at the number of columns given.
+    """
     rng = np.random.default_rng(seed)
     n = per_cell.shape[1]
-    idx = rng.integers(0, n, size=(n_boot, n))
-    means = per_cell[:, idx].mean(-1)  # [rows, n_boot]
+    if weights is None:
+        idx = rng.integers(0, n, size=(n_boot, n))
+    else:
+        p = np.asarray(weights, dtype=np.float64)
+        idx = rng.choice(n, size=(n_boot, n), p=p / p.sum())
+    counts = np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n).reshape(n_boot, n)
+    means = np.asarray(per_cell, dtype=np.float64) @ counts.T / n  # [rows, n_boot]
     lo = np.quantile(means, (1 - level) / 2, axis=1)
     hi = np.quantile(means, 1 - (1 - level) / 2, axis=1)
     return lo, hi

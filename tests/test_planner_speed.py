@@ -1,0 +1,159 @@
+"""The fast planner (issue #4): cells encoded once, screening on latent prototypes, exact refinement.
+
+Correctness only (no timings): refined rows must equal an exhaustive scoring of every candidate
+on every cell, and the batched scorer must equal the one-intervention rollout behind
+``counterfactual``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+N_CELLS = 90
+
+
+@pytest.fixture(scope="module")
+def cells(small_sim):
+    a = small_sim.adata
+    return a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:N_CELLS]].copy()
+
+
+@pytest.fixture(scope="module")
+def perturbed_cells(small_sim):
+    a = small_sim.adata
+    return a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() != "control")[:N_CELLS]].copy()
+
+
+@pytest.fixture(scope="module", params=["down", "toward"])
+def fast_and_exact(request, tiny_trained, cells, perturbed_cells):
+    goal = f"down:{tiny_trained.entity_names[0]}" if request.param == "down" else "toward:control"
+    if request.param == "toward":  # moving control cells toward control is a degenerate goal (scores ~0)
+        cells = perturbed_cells
+    # gene_pairs_top above the number of genes: both runs score the same candidates (else the gene
+    # pairs would be chosen from screened vs exact single scores)
+    kw = {"n_boot": 20, "gene_pairs_top": 1000}
+    fast = tiny_trained.prioritize(cells, goal, screen_cells=8, refine_top=6, **kw)
+    exact = tiny_trained.prioritize(cells, goal, screen_cells=N_CELLS, **kw)  # every candidate on every cell
+    return fast, exact
+
+
+def test_refined_rows_equal_exhaustive_scoring(fast_and_exact):
+    fast, exact = fast_and_exact
+    assert fast.provenance["n_screen_cells"] == 8 and exact.provenance["n_screen_cells"] == N_CELLS
+    assert set(exact.table["n_cells"]) == {N_CELLS}
+    f, e = fast.table.set_index("intervention"), exact.table.set_index("intervention")
+    assert set(f["n_cells"]) == {8, N_CELLS}
+    refined = f.index[f["n_cells"] == N_CELLS]
+    assert len(refined) >= 6 and fast.provenance["n_refined"] == len(refined)
+    assert sorted(f.index) == sorted(e.index)
+    common = refined
+    np.testing.assert_allclose(f.loc[common, "score"], e.loc[common, "score"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(f.loc[common, "synergy"], e.loc[common, "synergy"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(fast.entity_shift.loc[common], exact.entity_shift.loc[common], atol=1e-5, rtol=0)
+    for lab in set(fast.per_cell_scores) & set(exact.per_cell_scores) & set(common):
+        np.testing.assert_allclose(fast.per_cell_scores[lab], exact.per_cell_scores[lab], atol=1e-5, rtol=0)
+    # every refined pair's singles were refined too, so its synergy compares the same cells
+    singles = set(e.index[e["kind"] == "single"])
+    for lab in refined[f.loc[refined, "kind"] == "pair"]:
+        parts = [s for s in singles if s in lab]
+        assert all(f.loc[s, "n_cells"] == N_CELLS for s in parts), lab
+    # the screen found the best intervention
+    assert fast.table["intervention"].iloc[0] == exact.table["intervention"].iloc[0]
+
+
+def test_fast_table_keeps_columns_and_intervals(fast_and_exact):
+    fast, exact = fast_and_exact
+    assert list(fast.table.columns) == list(exact.table.columns) == [
+        "rank", "intervention", "kind", "score", "score_lo", "score_hi", "synergy", "top_entities", "n_cells"]
+    t = fast.table
+    assert (t["score_lo"] <= t["score_hi"]).all() and np.isfinite(t[["score", "score_lo", "score_hi"]]).all().all()
+    assert list(t["rank"]) == list(range(1, len(t) + 1))
+    # exact rows first, then screened-only rows; each tier ordered by score
+    tier = (t["n_cells"] != N_CELLS).to_numpy()
+    assert not (tier[:-1] & ~tier[1:]).any()
+    for part in (t[~tier], t[tier]):
+        assert (np.diff(part["score"].to_numpy()) <= 0).all()
+    assert list(fast.pair_synergy.index) == list(exact.pair_synergy.index)
+    assert fast.entity_shift.shape == (len(t), exact.entity_shift.shape[1])
+
+
+def test_batched_scorer_equals_counterfactual_rollout(tiny_trained, cells):
+    from bioworld.query import rollout
+    from bioworld.query._planner import encode_cells, inactive_latents, score_interventions
+
+    wm, m = tiny_trained, tiny_trained.module
+    x = wm._cells_to_std(cells[:20])
+    ctrl = wm._action_row(wm.parse("control"))
+    gene = min({p.target for a in wm.actions.values() for p in a.components if p.kind == "ko"})
+    ko = wm._action_row(wm.parse(f"ko:{gene}"))
+    cands = [("silence:0", ctrl, [0]), (gene, ko, []), ("silence:0+1", ctrl, [0, 1]), ("silence:2", ctrl, [2])]
+    w = m.encoder.score_w[1]
+    center = torch.from_numpy(wm.reference.mean(0))
+    goals = {  # a change-based goal (down:) and one on the absolute prediction (toward:control)
+        "down": lambda x_new, x_base: -((x_new - x_base) @ w),
+        "toward": lambda x_new, x_base: (x_base - center).norm(dim=1) - (x_new - center).norm(dim=1),
+    }
+    def off(xc, e):  # any "inactive" input works here: both paths get the same one
+        out = xc.copy()
+        out[:, wm.membership[e] != 0] = -1.0
+        return out
+
+    scale = wm._slot_scale()
+    inact = inactive_latents(m, x, [0, 1, 2], off)
+    cache = encode_cells(m, x, ctrl)
+    for name, goal_fn in goals.items():
+        fast, shifts = score_interventions(m, None, cands, ctrl, inact.__getitem__, goal_fn, scale, cache=cache)
+        tiny, tiny_shifts = score_interventions(m, x, cands, ctrl, inact.__getitem__, goal_fn, scale, rows_per_pass=7)
+        np.testing.assert_allclose(fast, tiny, atol=1e-5, rtol=0)  # chunking and grouping do not change results
+        np.testing.assert_allclose(shifts, tiny_shifts, atol=1e-5, rtol=0)
+        for i, (row, ce) in enumerate([(ctrl, 0), (ko, None), (None, None), (ctrl, 2)]):
+            if row is None:  # a pair of clamps has no single-rollout equivalent
+                continue
+            r = rollout(m, x, row, ctrl, clamp_entity=ce, slot_scale=scale,
+                        x_inactive=None if ce is None else off(x, ce))
+            np.testing.assert_allclose(cache.x_base.numpy(), r.x_base, atol=1e-5, rtol=0)
+            ref = goal_fn(torch.from_numpy(r.x_pred), torch.from_numpy(r.x_base)).numpy()
+            np.testing.assert_allclose(fast[i], ref, atol=1e-5, rtol=0, err_msg=f"{name} {cands[i][0]}")
+            np.testing.assert_allclose(shifts[i], r.slot_shift.mean(0), atol=1e-5, rtol=0)
+
+
+def test_latent_prototypes_are_seeded_medoids():
+    from bioworld.query._planner import latent_prototypes
+
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(c, 0.1, size=(n, 3, 2)) for c, n in ((0, 50), (5, 30), (-5, 20))])
+    idx, w = latent_prototypes(z, 3, seed=1)
+    assert list(idx) == sorted(set(idx.tolist())) and len(idx) == 3
+    assert np.isclose(w.sum(), 1.0)
+    assert sorted(np.round(w, 2).tolist()) == [0.2, 0.3, 0.5]  # one medoid per cluster, weighted by its size
+    idx2, w2 = latent_prototypes(z, 3, seed=1)
+    assert np.array_equal(idx, idx2) and np.array_equal(w, w2)
+    all_idx, all_w = latent_prototypes(z, 500, seed=1)
+    assert np.array_equal(all_idx, np.arange(100)) and np.allclose(all_w, 0.01)
+    dup_idx, dup_w = latent_prototypes(np.zeros((10, 2, 2)), 4, seed=0)  # identical cells: still k distinct rows
+    assert len(set(dup_idx.tolist())) == 4 and np.isclose(dup_w.sum(), 1.0)
+
+
+def test_bootstrap_interval_matches_explicit_resampling():
+    from bioworld.query import bootstrap_interval
+
+    rng = np.random.default_rng(3)
+    per_cell = rng.normal(size=(5, 40)).astype(np.float32)
+    lo, hi = bootstrap_interval(per_cell, n_boot=50, seed=7)
+    idx = np.random.default_rng(7).integers(0, 40, size=(50, 40))
+    means = per_cell.astype(np.float64)[:, idx].mean(-1)
+    np.testing.assert_allclose(lo, np.quantile(means, 0.025, axis=1), atol=1e-6)
+    np.testing.assert_allclose(hi, np.quantile(means, 0.975, axis=1), atol=1e-6)
+    w = np.array([0.7, 0.1, 0.1, 0.1])
+    lo_w, hi_w = bootstrap_interval(per_cell[:, :4], n_boot=200, seed=0, weights=w)
+    assert (lo_w <= per_cell[:, :4] @ w + 1e-6).all() and (per_cell[:, :4] @ w <= hi_w + 1e-6).all()
+
+
+def test_prioritize_is_deterministic(tiny_trained, cells):
+    a = tiny_trained.prioritize(cells, f"up:{tiny_trained.entity_names[1]}", n_boot=10, screen_cells=6, refine_top=3)
+    b = tiny_trained.prioritize(cells, f"up:{tiny_trained.entity_names[1]}", n_boot=10, screen_cells=6, refine_top=3)
+    pd.testing.assert_frame_equal(a.table, b.table, check_exact=True)
+    pd.testing.assert_frame_equal(a.entity_shift, b.entity_shift, check_exact=True)

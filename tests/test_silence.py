@@ -1,0 +1,47 @@
+"""silence: as a do-operation along each entity's activity axis; routing of trained vs untrained silences."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import bioworld as bw
+from bioworld.query import ActivityAxes, inactive_inputs
+
+
+def test_activity_axes_orient_unsigned_sets_and_keep_signed_weights():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 1))
+    # entity 0 (unsigned set): genes 0 and 2 rise with the activity, gene 1 is repressed by it
+    X = np.hstack([a + 0.1 * rng.normal(size=(400, 1)), -a + 0.1 * rng.normal(size=(400, 1)), a,
+                   rng.normal(size=(400, 2))]).astype(np.float32)
+    M = np.zeros((2, 5), np.float32)
+    M[0, :3] = 1.0
+    M[1, 3:] = [2.0, -1.0]  # signed weights: used as they are
+    ax = ActivityAxes.fit(X, M, quantile=0.01)
+    assert ax.axis[0, 0] > 0 and ax.axis[0, 2] > 0 and ax.axis[0, 1] < 0
+    np.testing.assert_allclose(ax.axis[1, 3:], np.array([2.0, -1.0]) / np.sqrt(5.0), rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(ax.axis, axis=1), 1.0, rtol=1e-6)
+    off = inactive_inputs(X, ax, 0)
+    d = (off - X).mean(0)
+    assert d[0] < -1 and d[2] < -1 and d[1] > 1  # activated members fall, the repressed one rises
+    np.testing.assert_array_equal(off[:, 3:], X[:, 3:])  # genes outside the entity untouched
+    # every cell ends at the inactive level (1st percentile of the reference projections)
+    np.testing.assert_allclose(off @ ax.axis[0], np.quantile(X @ ax.axis[0], 0.01), atol=1e-4)
+
+
+def test_trained_silence_is_the_learned_action_untrained_is_a_do_operation(small_sim):
+    from _helpers import sim_entities
+
+    labels = list(small_sim.adata.obs["perturbation"].cat.categories)
+    sil = sorted(lab for lab in labels if lab.startswith("silence:"))
+    held = sil[0]
+    wm = bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), replicate_key="replicate",
+                       holdout=[held], nmf_programs=0, config={"max_steps": 3, "warmup_steps": 1})
+    wm.train(progress=False)
+    acts = [wm.parse(held), wm.parse(sil[1])]
+    _, clamps = wm._intervention_rows(acts)
+    assert clamps == [wm.entity_names.index(held[len("silence:"):]), None]
+    # the do-operation answer moves the silenced slot the most
+    cf = wm.counterfactual(small_sim.adata[small_sim.adata.obs["perturbation"] == "control"][:30].copy(), [held])
+    effects = cf.uns["bioworld"]["entity_effects"][held]
+    assert effects[0]["entity"] == held[len("silence:"):]
