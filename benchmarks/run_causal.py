@@ -193,7 +193,8 @@ def write_report(out: Path) -> Path:
         " control cells); `WorldModel counterfactual` = `wm.counterfactual(control cells, label)` delta averaged"
         " over cells. Both answer an untrained `silence:E` by the latent do-operation: slot E clamped to the"
         " encoding of the cells moved along E's activity axis (signed weights, else the members' first principal"
-        " component) to its 1st-percentile level, control action, the predictor propagates; `MembersOnly` ="
+        " component) to its 1st-percentile level, control action, the predictor propagates, plus what the other"
+        " slots read differently from the moved genes; `MembersOnly` ="
         " the silenced pathway's member genes set to their 5% control quantile minus control mean, all else 0;"
         " `Footprint E` = minus the entity's own weights (PROGENy footprint / Hallmark membership), all else 0;"
         " `MeanOfTrain` = mean observed delta of the training perturbations (per dose for compounds).",

@@ -533,9 +533,10 @@ class WorldModel:
         """Action-table rows per intervention plus the slot to clamp (for ``silence:``).
 
         A ``silence:`` label the model was trained on is its learned action. Any other single
-        ``silence:ENTITY`` is a do-operation: the slot is clamped to its inactive latent (the
-        encoding of the cells moved along the entity's activity axis, :meth:`_activity_axes`) under
-        the control action, and the predictor propagates the change. On the simulator, for silences
+        ``silence:ENTITY`` is a do-operation: the cells are moved along the entity's activity axis
+        (:meth:`_activity_axes`), the slot is clamped to their encoding under the control action and
+        the predictor propagates the change; what the other slots read differently from the moved
+        genes is added (:class:`bioworld.query._counterfactual.SilenceTerms`). On the simulator, for silences
         held out of training, the do-operation matched or beat the learned silence action of a model
         trained on the other silences (Pearson with the truth 0.80 vs 0.59 and 0.82 vs 0.81, seeds 0
         and 1; CAUSAL.md has the benchmark). An untrained combination containing a silence uses the
@@ -734,7 +735,7 @@ class WorldModel:
         def run(cache, xc, rows, weights=None):
             """Score candidates ``rows`` on cached cells, with inactive latents of the clamped slots."""
             clamped = sorted({e for _, _, ce in rows for e in ce})
-            inact = inactive_latents(m, xc, clamped, inactive_fn)
+            inact = inactive_latents(m, xc, clamped, inactive_fn, z=cache.z)
             return score_interventions(m, None, rows, ctrl, inact.__getitem__, goal_fn, scale, cache=cache, weights=weights)
 
         cands = list(singles)

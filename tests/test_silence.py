@@ -45,3 +45,38 @@ def test_trained_silence_is_the_learned_action_untrained_is_a_do_operation(small
     cf = wm.counterfactual(small_sim.adata[small_sim.adata.obs["perturbation"] == "control"][:30].copy(), [held])
     effects = cf.uns["bioworld"]["entity_effects"][held]
     assert effects[0]["entity"] == held[len("silence:"):]
+
+
+def test_do_operation_adds_what_the_other_slots_read_from_the_moved_genes(tiny_trained, small_sim):
+    import torch
+
+    from bioworld.query import rollout
+    from bioworld.query._counterfactual import silence_terms
+
+    wm, m = tiny_trained, tiny_trained.module
+    x = wm.reference[:25]
+    with torch.no_grad():
+        z = m.encode(torch.from_numpy(x))
+        # only slot 0 differs -> nothing to add beyond the clamp
+        z_only = z.clone()
+        z_only[:, 0] += 1.0
+        t0 = silence_terms(m, z, z_only, 0)
+        assert float(t0.dz.abs().max()) == 0.0 and float(t0.dx.abs().max()) == 0.0
+        xi = inactive_inputs(x, wm._activity_axes(), 1)
+        zi = m.encode(torch.from_numpy(xi))
+        t = silence_terms(m, z, zi, 1)
+        assert float(t.dz[:, 1].abs().max()) == 0.0  # the clamped slot itself is not double counted
+        assert float(t.dz.abs().max()) > 0.0  # the encoder reads the other slots in context
+    ctrl = wm._action_row(wm.parse("control"))
+    r = rollout(m, x, ctrl, ctrl, clamp_entity=1, x_inactive=xi)
+    plain = rollout(m, x, ctrl, ctrl)
+    with torch.no_grad():
+        slots = torch.zeros(len(x), len(wm.entity_names), dtype=torch.bool)
+        slots[:, 1] = True
+        from bioworld.model.jepa import ActionBatch
+
+        a = ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], len(x), 0)) for k, v in ctrl.items()})
+        xb = torch.from_numpy(x)
+        clamped = m.expression_from(m.next(z, a, clamp=(slots, zi)), a, xb, m.encode_target(xb)).numpy()
+    np.testing.assert_allclose(r.x_pred, clamped + t.dx.numpy(), atol=1e-5)
+    np.testing.assert_allclose(r.x_base, plain.x_pred, atol=1e-6)

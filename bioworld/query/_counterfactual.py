@@ -3,9 +3,10 @@
 An intervention is answered in latent space: encode the cells once (f_theta), roll the
 action-conditioned predictor g_phi forward under the intervention, read out expression, and
 compare with the same cells rolled forward under the control action. ``silence:ENTITY`` is a
-do-operation on one slot: the entity's latent is clamped to its inactive state (the encoding of the
-cell moved along the entity's activity axis to a low level, :class:`ActivityAxes`) and the
-predictor propagates the change to the other slots.
+do-operation on one slot: the cells are moved along the entity's activity axis to a low level
+(:class:`ActivityAxes`); the entity's latent is clamped to its encoding and the predictor
+propagates the change to the other slots, and what the other slots read differently from the moved
+genes is added (:class:`SilenceTerms`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,32 @@ def inactive_inputs(x_std: np.ndarray, axes: ActivityAxes, entity: int) -> np.nd
     return axes.inactive(x_std, entity)
 
 
+@dataclass(frozen=True)
+class SilenceTerms:
+    """What a do(entity off) changes before the predictor runs, per cell (standardised scale).
+
+    ``slot`` is the entity's "off" latent (slot ``e`` of f_theta on the cells moved to the
+    inactive state), which is clamped in the predictor. Moving the entity's member genes also
+    changes what every other slot reads from them (entities share genes, and the encoder reads
+    slots in context): ``dz`` = encoding of the moved cells minus the cells' own latents with only
+    slot ``e`` replaced, and ``dx`` = the readout of that difference. They are added to the
+    predictor's answer, so the do-operation = measurement consequences + propagation by g_phi.
+    """
+
+    slot: torch.Tensor  # [n, D]
+    dz: torch.Tensor  # [n, E, D]
+    dx: torch.Tensor  # [n, G]
+
+
+def silence_terms(module: JEPA, z: torch.Tensor, z_off: torch.Tensor, entity: int) -> SilenceTerms:
+    """:class:`SilenceTerms` from the cells' latents ``z`` and the latents ``z_off`` of the same cells
+    with ``entity`` driven off (both ``[n, E, D]`` from ``module.encode``)."""
+    swapped = z.clone()
+    swapped[:, entity] = z_off[:, entity]
+    return SilenceTerms(slot=z_off[:, entity], dz=z_off - swapped,
+                        dx=module.readout(z_off) - module.readout(swapped))
+
+
 @torch.no_grad()
 def rollout(
     module: JEPA,
@@ -102,16 +129,21 @@ def rollout(
         a = ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], n, 0)) for k, v in act.items()})
         c = ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], n, 0)) for k, v in control.items()})
         z = module.encode(xb)
-        clamp = None
+        clamp, terms = None, None
         if clamp_entity is not None:
             zi = module.encode(torch.from_numpy(np.ascontiguousarray(x_inactive[s:s + batch_size], dtype=np.float32)))
+            terms = silence_terms(module, z, zi, clamp_entity)
             slots = torch.zeros(n, E, dtype=torch.bool)
             slots[:, clamp_entity] = True
             clamp = (slots, zi)
         z_ref = module.encode_target(xb)
         z_base = module.next(z, c)
         z_new = module.next(z, a, clamp=clamp)
-        preds.append(module.expression_from(z_new, a, xb, z_ref).numpy())
+        x_new = module.expression_from(z_new, a, xb, z_ref)
+        if terms is not None:  # the measurement consequences of the do() on the other slots
+            x_new = x_new + terms.dx
+            z_new = z_new + terms.dz
+        preds.append(x_new.numpy())
         bases.append(module.expression_from(z_base, c, xb, z_ref).numpy())
         shift = (z_new - z_base).norm(dim=-1).numpy()  # [n, E]
         if slot_scale is not None:

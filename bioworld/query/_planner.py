@@ -33,6 +33,7 @@ import torch
 
 from bioworld.errors import BioworldError
 from bioworld.model.jepa import JEPA, ActionBatch
+from bioworld.query._counterfactual import SilenceTerms, silence_terms
 
 
 @dataclass
@@ -134,10 +135,12 @@ def inactive_latents(
     entities: list[int],
     inactive_fn: Callable[[np.ndarray, int], np.ndarray],
     *,
+    z: torch.Tensor | None = None,
     rows_per_pass: int = 1024,
-) -> dict[int, torch.Tensor]:
-    """Each entity's "off" latent per cell: ``{e: [n, D]}``, slot ``e`` of f_theta on
-    ``inactive_fn(x_std, e)`` (the cells with entity ``e`` driven to its inactive state).
+) -> dict[int, SilenceTerms]:
+    """Each entity's do(off) terms per cell: ``{e: SilenceTerms}`` from f_theta on
+    ``inactive_fn(x_std, e)`` (the cells with entity ``e`` driven to its inactive state) and the
+    cells' own latents ``z`` (encoded here when not given).
 
     All entities go through the encoder in shared batches (entity-major rows), instead of one
     encoder call per entity.
@@ -145,15 +148,17 @@ def inactive_latents(
     module.eval()
     x_std = np.ascontiguousarray(x_std, dtype=np.float32)
     n = len(x_std)
-    out: dict[int, torch.Tensor] = {}
+    if z is None:
+        z = torch.cat([module.encode(torch.from_numpy(x_std[r:r + rows_per_pass])) for r in range(0, n, rows_per_pass)])
+    out: dict[int, SilenceTerms] = {}
     per_pass = max(1, rows_per_pass // max(n, 1))
     for s in range(0, len(entities), per_pass):
         group = entities[s:s + per_pass]
         xi = np.ascontiguousarray(np.concatenate([inactive_fn(x_std, e) for e in group]), dtype=np.float32)  # [len(group) * n, G]
-        z = torch.cat([module.encode(torch.from_numpy(xi[r:r + rows_per_pass]))
-                       for r in range(0, len(xi), rows_per_pass)])  # [len(group) * n, E, D]
+        zi = torch.cat([module.encode(torch.from_numpy(xi[r:r + rows_per_pass]))
+                        for r in range(0, len(xi), rows_per_pass)])  # [len(group) * n, E, D]
         for j, e in enumerate(group):
-            out[e] = z[j * n:(j + 1) * n, e]
+            out[e] = silence_terms(module, z, zi[j * n:(j + 1) * n], e)
     return out
 
 
@@ -174,8 +179,8 @@ def score_interventions(
     """Per-cell goal scores ``[n_candidates, cells]`` and mean slot shifts ``[n_candidates, E]``.
 
     ``candidates``: (label, action-table row, entities to clamp to their inactive latent).
-    ``x_inactive_latents(e) -> [cells, D]``: entity ``e``'s inactive latent per cell (asked once
-    per clamped entity). ``goal_fn(x_pred, x_base) -> [cells]`` scores predicted vs baseline
+    ``x_inactive_latents(e) -> SilenceTerms``: entity ``e``'s do(off) terms per cell (asked once
+    per clamped entity; a pair of silences adds both entities' measurement terms). ``goal_fn(x_pred, x_base) -> [cells]`` scores predicted vs baseline
     standardised expression. ``cache`` (from :func:`encode_cells`) replaces ``x_std``: the cells are
     then not encoded again. ``weights`` ``[cells]`` weight the mean slot shift (default: equal).
 
@@ -199,8 +204,14 @@ def score_interventions(
     for i, (_, _, ents) in enumerate(candidates):
         clamp_mask[i, list(ents)] = True
     inact = cache.z.clone()  # [n, E, D]; only clamped slots are read
-    for e in torch.nonzero(clamp_mask.any(0)).flatten().tolist():
-        inact[:, e] = x_inactive_latents(e)
+    used = torch.nonzero(clamp_mask.any(0)).flatten().tolist()
+    terms = [x_inactive_latents(e) for e in used]
+    for e, t in zip(used, terms):
+        inact[:, e] = t.slot
+    if used:  # measurement terms of each clamped entity, summed per candidate (SilenceTerms)
+        sel = clamp_mask[:, used].float()  # [C, U]
+        DX = torch.stack([t.dx for t in terms])  # [U, n, G]
+        DZ = torch.stack([t.dz for t in terms])  # [U, n, E, D]
     scale = torch.from_numpy(np.asarray(slot_scale, dtype=np.float32))
     w = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32))
     # group candidates by number of action components so a pass needs no padding mask
@@ -217,6 +228,10 @@ def score_interventions(
             clamp = (slots, inact.repeat(m, 1, 1)) if bool(slots.any()) else None
             z_new = module.next(cache.z.repeat(m, 1, 1), act, clamp=clamp)  # [m*n, E, D]
             x_new = _expression(module, z_new, act, cache.x.repeat(m, 1), cache.r_src.repeat(m, 1))
+            if clamp is not None:
+                w_sel = sel[torch.from_numpy(idx)]  # [m, U]
+                x_new = x_new + torch.einsum("mu,ung->mng", w_sel, DX).reshape(m * n, -1)
+                z_new = z_new + torch.einsum("mu,uned->mned", w_sel, DZ).reshape(m * n, E, -1)
             scores[idx] = goal_fn(x_new, cache.x_base.repeat(m, 1)).reshape(m, n).numpy()
             shift = ((z_new - cache.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E)
             shifts[idx] = (shift.mean(1) if w is None else torch.einsum("mne,n->me", shift, w)).numpy()
