@@ -176,9 +176,7 @@ class WorldModel:
         backed = is_backed(adata)
         if backed:  # out of core: X stays on disk; one streaming pass for the statistics
             ctrl_mean, _, spread = streaming_moments(adata.X, reg.input, is_ctrl, progress=True)
-            sub_rng = np.random.default_rng(self.train_config.seed)
-            sub = np.sort(sub_rng.choice(len(labels), size=min(BACKED_SUBSAMPLE, len(labels)), replace=False))
-            X = normalize_block(read_rows(adata.X, sub), reg.input)  # a seeded subsample, for NMF only
+            X = None  # a seeded subsample is read below if NMF programs need one
         else:
             X = normalize(adata, reg).astype(np.float32)
 
@@ -195,6 +193,10 @@ class WorldModel:
             )
         if nmf_programs and len(panel.uncovered_genes) >= 3 * nmf_programs:
             idx = [self.genes.index(g) for g in panel.uncovered_genes]
+            if X is None:  # backed: fit the programs on a seeded subsample of cells
+                sub_rng = np.random.default_rng(self.train_config.seed)
+                sub = np.sort(sub_rng.choice(len(labels), size=min(BACKED_SUBSAMPLE, len(labels)), replace=False))
+                X = normalize_block(read_rows(adata.X, sub), reg.input)
             nmf = EntitySet.from_nmf(np.clip(X[:, idx], 0, None), panel.uncovered_genes,
                                      n_programs=nmf_programs, seed=self.train_config.seed)
             base = base.combine(nmf, on_clash="prefix")

@@ -201,3 +201,12 @@ def test_cli_train_backed(sim_file, tmp_path):
     assert wm.train_config.block_size == CFG["block_size"]  # the out-of-core settings travel in the checkpoint
     pred = wm.predict(["control"])
     assert pred.n_vars == sim.adata.n_vars and np.isfinite(pred.X).all()
+
+
+def test_backed_fits_nmf_programs_on_a_subsample(sim_file):
+    sim, path = sim_file
+    backed = bw.WorldModel(open_backed(path), entities=sim_entities(sim), replicate_key="replicate", config=CFG)
+    mem = bw.WorldModel(sim.adata.copy(), entities=sim_entities(sim), replicate_key="replicate", config=CFG)
+    nmf = [n for n in backed.entity_names if n not in sim.gmt]
+    assert nmf and len(backed.entity_names) == len(mem.entity_names)  # the uncovered OTHER genes got programs
+    assert any("NMF" in f for f in backed.findings)
