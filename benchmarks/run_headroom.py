@@ -26,7 +26,6 @@ Run: ``python benchmarks/run_headroom.py`` (seconds; writes benchmarks/results/h
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,19 +35,12 @@ OUT = Path(__file__).resolve().parent / "results" / "headroom"
 
 
 def main() -> int:
-    from bioworld.data import leave_targets_out, load_papalexi, normalize, register
-    from bioworld.eval.benchmark import _knowledge_embedding, mean_deltas
+    from bioworld.data import leave_targets_out
+    from bioworld.eval.benchmark import _knowledge_embedding, papalexi_deltas
     from bioworld.eval.metrics import discrimination, mse_top_de
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adata = load_papalexi()
-        reg = register(adata, perturbation_key="perturbation", control="control", input="counts",
-                       replicate_key="bio_rep")
-    X = normalize(adata, reg)
-    labels = adata.obs["perturbation"].astype(str).to_numpy()
-    obs, _ = mean_deltas(X, labels, "control")
-    genes = [str(g) for g in reg.genes]
+    adata, X, labels, obs, _ = papalexi_deltas()
+    genes = [str(g) for g in adata.var_names]
     col = {g: i for i, g in enumerate(genes)}
     ctrl = X[labels == "control"].astype(np.float64)
     ctrl -= ctrl.mean(0)

@@ -235,6 +235,25 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 # ------------------------------------------------------------------------------------ Papalexi
+def papalexi_deltas() -> tuple[Any, np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """The bundled Papalexi screen as the benchmark scores it: ``(adata, X, labels, deltas, control mean)``.
+
+    ``X`` = log1p-CP10k expression (:func:`bioworld.data.normalize` after ``register``), ``deltas`` =
+    each target's mean minus the control mean (:func:`mean_deltas`).
+    """
+    from bioworld.data import load_papalexi, normalize, register
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata = load_papalexi()
+        reg = register(adata, perturbation_key="perturbation", control="control", input="counts",
+                       replicate_key="bio_rep")
+    X = normalize(adata, reg)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    obs, mu = mean_deltas(X, labels, "control")
+    return adata, X, labels, obs, mu
+
+
 def run_papalexi_lto(
     *,
     n_folds: int = 5,
@@ -278,20 +297,13 @@ def run_papalexi_lto(
     Deltas are log1p-CP10k means of each target's cells minus the control mean
     (:func:`bioworld.data.normalize`). The ceiling uses the same folds' targets.
     """
-    from bioworld.data import leave_targets_out, load_papalexi, normalize, register
+    from bioworld.data import leave_targets_out
 
     if quick:
         n_folds = 2 if n_folds == 5 else n_folds
         steps = 150 if steps is None else steps
     ablations = (not quick) if ablations is None else ablations
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adata = load_papalexi()
-        reg = register(adata, perturbation_key="perturbation", control="control", input="counts",
-                       replicate_key="bio_rep")
-    X = normalize(adata, reg)
-    labels = adata.obs["perturbation"].astype(str).to_numpy()
-    obs, mu = mean_deltas(X, labels, "control")
+    adata, X, labels, obs, mu = papalexi_deltas()
     reference = np.mean(list(obs.values()), axis=0)
     col = _Collector("papalexi", mu, [str(v) for v in adata.var_names])
     emb = _knowledge_embedding()
