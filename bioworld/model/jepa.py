@@ -420,7 +420,14 @@ class JEPA(nn.Module):
         """All training losses for one batch (I-JEPA step: target under no_grad, then context)."""
         x_in = batch.x_src.masked_fill(batch.gene_mask, 0.0)
         with torch.no_grad():
-            z_tgt = self.encode_target(batch.x_tgt)  # [B, E, D]
+            # one target-encoder pass for the targets and for the sources the residual readout needs
+            # (rows whose source is the target itself, e.g. self pairs, reuse the target's encoding)
+            B = batch.x_tgt.shape[0]
+            differ = (batch.x_src != batch.x_tgt).any(1)
+            z_both = self.encode_target(torch.cat([batch.x_tgt, batch.x_src[differ]]))
+            z_tgt = z_both[:B]  # [B, E, D]
+            z_src = z_tgt.clone()
+            z_src[differ] = z_both[B:]
         z_ctx = self.encode(x_in, batch.context_mask)  # [B, E, D]
         clamp = None
         scored = batch.target_mask
@@ -436,7 +443,7 @@ class JEPA(nn.Module):
 
         # readouts
         _, s_hat = self.readout_head(z_hat)
-        x_hat = self.expression_from(z_hat, batch.action, batch.x_src)
+        x_hat = self.expression_from(z_hat, batch.action, batch.x_src, z_ref=z_src)
         expr = F.mse_loss(x_hat, batch.x_tgt)
         x_rec, s_rec = self.readout_head(z_tgt)
         recon = F.mse_loss(x_rec, batch.x_tgt)
