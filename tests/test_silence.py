@@ -29,6 +29,23 @@ def test_activity_axes_orient_unsigned_sets_and_keep_signed_weights():
     np.testing.assert_allclose(off @ ax.axis[0], np.quantile(X @ ax.axis[0], 0.01), atol=1e-4)
 
 
+def test_unsigned_set_without_a_dominant_direction_moves_every_member_down_alike():
+    rng = np.random.default_rng(1)
+    # 6 members that barely co-vary (as the Hallmark IFN-gamma genes among Papalexi control cells):
+    # their first principal component is a near-random direction, so it must not be the axis
+    X = rng.normal(size=(500, 6)).astype(np.float32)
+    M = np.ones((1, 6), np.float32)
+    ax = ActivityAxes.fit(X, M, quantile=0.01)
+    np.testing.assert_allclose(ax.axis[0], np.full(6, 1 / np.sqrt(6)), rtol=1e-6)
+    # ... but a member that is clearly anti-correlated with the others still rises when the set is off
+    a = rng.normal(size=(500, 1))
+    Y = np.hstack([0.2 * a + rng.normal(size=(500, 5)), -0.5 * a + rng.normal(size=(500, 1))]).astype(np.float32)
+    ay = ActivityAxes.fit(Y, M, quantile=0.01)
+    s = np.linalg.svd(Y - Y.mean(0), compute_uv=False)
+    assert s[0] ** 2 < 1.5 * s[1] ** 2  # no dominant PC: the sign rule decides
+    np.testing.assert_allclose(ay.axis[0], np.array([1, 1, 1, 1, 1, -1]) / np.sqrt(6), rtol=1e-6)
+
+
 def test_trained_silence_is_the_learned_action_untrained_is_a_do_operation(small_sim):
     from _helpers import sim_entities
 
@@ -60,12 +77,15 @@ def test_do_operation_adds_what_the_other_slots_read_from_the_moved_genes(tiny_t
         # only slot 0 differs -> nothing to add beyond the clamp
         z_only = z.clone()
         z_only[:, 0] += 1.0
-        t0 = silence_terms(m, z, z_only, 0)
+        xt = torch.from_numpy(x)
+        t0 = silence_terms(m, z, z_only, 0, xt, xt)
         assert float(t0.dz.abs().max()) == 0.0 and float(t0.dx.abs().max()) == 0.0
         xi = inactive_inputs(x, wm._activity_axes(), 1)
         zi = m.encode(torch.from_numpy(xi))
-        t = silence_terms(m, z, zi, 1)
+        t = silence_terms(m, z, zi, 1, xt, torch.from_numpy(xi))
         assert float(t.dz[:, 1].abs().max()) == 0.0  # the clamped slot itself is not double counted
+        members = wm._activity_axes().axis[1] != 0
+        np.testing.assert_array_equal(t.pinned.numpy(), members)  # the do() touches exactly the members
         assert float(t.dz.abs().max()) > 0.0  # the encoder reads the other slots in context
     ctrl = wm._action_row(wm.parse("control"))
     r = rollout(m, x, ctrl, ctrl, clamp_entity=1, x_inactive=xi)
@@ -78,5 +98,7 @@ def test_do_operation_adds_what_the_other_slots_read_from_the_moved_genes(tiny_t
         a = ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], len(x), 0)) for k, v in ctrl.items()})
         xb = torch.from_numpy(x)
         clamped = m.expression_from(m.next(z, a, clamp=(slots, zi)), a, xb, m.encode_target(xb)).numpy()
-    np.testing.assert_allclose(r.x_pred, clamped + t.dx.numpy(), atol=1e-5)
+    np.testing.assert_allclose(r.x_pred[:, ~members], (clamped + t.dx.numpy())[:, ~members], atol=1e-5)
     np.testing.assert_allclose(r.x_base, plain.x_pred, atol=1e-6)
+    # the intervened genes are set by the do(), not predicted: their change is exactly the move
+    np.testing.assert_allclose((r.x_pred - r.x_base)[:, members], (xi - x)[:, members], atol=1e-5)

@@ -33,7 +33,7 @@ import torch
 
 from bioworld.errors import BioworldError
 from bioworld.model.jepa import JEPA, ActionBatch
-from bioworld.query._counterfactual import SilenceTerms, silence_terms
+from bioworld.query._counterfactual import SilenceTerms, pin_members, silence_terms
 
 
 @dataclass
@@ -157,8 +157,9 @@ def inactive_latents(
         xi = np.ascontiguousarray(np.concatenate([inactive_fn(x_std, e) for e in group]), dtype=np.float32)  # [len(group) * n, G]
         zi = torch.cat([module.encode(torch.from_numpy(xi[r:r + rows_per_pass]))
                         for r in range(0, len(xi), rows_per_pass)])  # [len(group) * n, E, D]
+        x_t = torch.from_numpy(x_std)
         for j, e in enumerate(group):
-            out[e] = silence_terms(module, z, zi[j * n:(j + 1) * n], e)
+            out[e] = silence_terms(module, z, zi[j * n:(j + 1) * n], e, x_t, torch.from_numpy(xi[j * n:(j + 1) * n]))
     return out
 
 
@@ -212,6 +213,8 @@ def score_interventions(
         sel = clamp_mask[:, used].float()  # [C, U]
         DX = torch.stack([t.dx for t in terms])  # [U, n, G]
         DZ = torch.stack([t.dz for t in terms])  # [U, n, E, D]
+        MOVE = torch.stack([t.move for t in terms])  # [U, n, G]
+        PIN = torch.stack([t.pinned for t in terms]).float()  # [U, G]
     scale = torch.from_numpy(np.asarray(slot_scale, dtype=np.float32))
     w = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32))
     # group candidates by number of action components so a pass needs no padding mask
@@ -232,6 +235,10 @@ def score_interventions(
                 w_sel = sel[torch.from_numpy(idx)]  # [m, U]
                 x_new = x_new + torch.einsum("mu,ung->mng", w_sel, DX).reshape(m * n, -1)
                 z_new = z_new + torch.einsum("mu,uned->mned", w_sel, DZ).reshape(m * n, E, -1)
+                # the do() sets the silenced entities' genes (a gene in two silenced entities: both moves)
+                move = torch.einsum("mu,ung->mng", w_sel, MOVE).reshape(m * n, -1)
+                pinned = (w_sel @ PIN > 0).repeat_interleave(n, 0)  # [m*n, G]
+                x_new = pin_members(x_new, cache.x_base.repeat(m, 1), move, pinned)
             scores[idx] = goal_fn(x_new, cache.x_base.repeat(m, 1)).reshape(m, n).numpy()
             shift = ((z_new - cache.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E)
             shifts[idx] = (shift.mean(1) if w is None else torch.einsum("mne,n->me", shift, w)).numpy()
