@@ -24,6 +24,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bioworld.train import TrainConfig  # noqa: E402
 from bioworld.eval.causal import (  # noqa: E402
     CAUSAL_METRICS,
     run_l1000_causal,
@@ -82,13 +83,14 @@ def _statements(sim: pd.DataFrame, pap: pd.DataFrame, l1k: pd.DataFrame) -> list
                        f" (truth 0.000, sampled cells {ce:.3f}).")
     for name, df in (("THP-1", pap), ("A375", l1k)):
         for target, g in df.groupby("target", sort=False):
+            # mean over training seeds (baselines do not depend on the seed)
+            g = g.groupby(["method", "query"], sort=False)[["pearson_all", "pearson_top50"]].mean().reset_index()
             best_base = g[~g.method.str.startswith("WorldModel")].sort_values("pearson_all", ascending=False).iloc[0]
             for method in ("WorldModel predict", "WorldModel counterfactual"):
-                r = g[g.method == method]
-                for _, row in r.iterrows():
+                for _, row in g[g.method == method].iterrows():
                     beat = "beats" if row.pearson_all > best_base.pearson_all else "does NOT beat"
                     out.append(f"- {name}, target {target}, {method} `{row.query}`: Pearson all {row.pearson_all:.3f},"
-                               f" top-50 {row.pearson_top50:.3f}; {beat} the best baseline"
+                               f" top-50 {row.pearson_top50:.3f} (mean over seeds); {beat} the best baseline"
                                f" ({best_base.method}, all genes {best_base.pearson_all:.3f}).")
     return out
 
@@ -96,16 +98,20 @@ def _statements(sim: pd.DataFrame, pap: pd.DataFrame, l1k: pd.DataFrame) -> list
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="simulator seeds (sim + training)")
-    ap.add_argument("--sim-steps", type=int, default=500)
-    ap.add_argument("--real-steps", type=int, default=500)
+    ap.add_argument("--real-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of the THP-1 / A375 models")
+    ap.add_argument("--sim-steps", type=int, default=None, help="default: TrainConfig().max_steps")
+    ap.add_argument("--real-steps", type=int, default=None, help="default: TrainConfig().max_steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (few steps); numbers are meaningless")
     ap.add_argument("--skip", nargs="*", default=[], choices=["simulator", "papalexi", "l1000"])
     ap.add_argument("--out", type=Path, default=None, help=f"default {OUT} ({OUT}/quick with --quick)")
     ap.add_argument("--report-only", action="store_true", help="rewrite CAUSAL.md from the CSV in --out")
     args = ap.parse_args(argv)
+    default_steps = TrainConfig().max_steps
+    args.sim_steps = default_steps if args.sim_steps is None else args.sim_steps
+    args.real_steps = default_steps if args.real_steps is None else args.real_steps
     if args.quick:
-        args.seeds, args.sim_steps, args.real_steps = args.seeds[:1], 10, 10
+        args.seeds, args.real_seeds, args.sim_steps, args.real_steps = args.seeds[:1], args.real_seeds[:1], 10, 10
     if args.out is None:
         args.out = OUT / "quick" if args.quick else OUT
     if args.report_only:
@@ -121,12 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simulator done in {walls['simulator']:.0f}s", flush=True)
     if "papalexi" not in args.skip:
         t = time.perf_counter()
-        frames["papalexi"] = run_papalexi_causal(seed=0, steps=args.real_steps, threads=args.threads)
+        frames["papalexi"] = pd.concat([run_papalexi_causal(seed=s, steps=args.real_steps, threads=args.threads)
+                                        for s in args.real_seeds], ignore_index=True)
         walls["papalexi"] = time.perf_counter() - t
         print(f"papalexi done in {walls['papalexi']:.0f}s", flush=True)
     if "l1000" not in args.skip:
         t = time.perf_counter()
-        frames["l1000"] = run_l1000_causal(seed=0, steps=args.real_steps, threads=args.threads)
+        frames["l1000"] = pd.concat([run_l1000_causal(seed=s, steps=args.real_steps, threads=args.threads)
+                                     for s in args.real_seeds], ignore_index=True)
         walls["l1000"] = time.perf_counter() - t
         print(f"l1000 done in {walls['l1000']:.0f}s", flush=True)
     df = pd.concat(list(frames.values()), ignore_index=True)
@@ -136,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPU cores, shared with other jobs), "
                    f"Python {platform.python_version()}, torch threads = {args.threads}",
         "command": ("python benchmarks/run_causal.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
-        "seeds": list(args.seeds), "sim_steps": args.sim_steps, "real_steps": args.real_steps,
+        "seeds": list(args.seeds), "real_seeds": list(args.real_seeds), "default_steps": default_steps,
+        "sim_steps": args.sim_steps, "real_steps": args.real_steps,
         "quick": bool(args.quick), "walls": walls, "total_s": time.perf_counter() - t0,
     }
     (args.out / "run_info.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -167,6 +176,10 @@ def _sensitivity(out: Path, info: dict, df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _real_seeds(info: dict) -> list[int]:
+    return list(info.get("real_seeds", [0]))
+
+
 def write_report(out: Path) -> Path:
     """Write ``CAUSAL.md`` from ``causal_results.csv`` and ``run_info.json`` in ``out``."""
     info = json.loads((out / "run_info.json").read_text())
@@ -180,7 +193,7 @@ def write_report(out: Path) -> Path:
         f"- Machine: {info['machine']}",
         f"- Command: `{info['command']}`",
         f"- Training steps: simulator {info['sim_steps']} per model, THP-1 {info['real_steps']}, A375 {info['real_steps']}"
-        f" (the default TrainConfig is 1200). Wall time: "
+        f" (the default TrainConfig is {info.get('default_steps', 1200)}). Wall time: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + f", total {info['total_s']:.0f} s.",
         f"- Raw rows: `causal_results.csv` ({len(df)} rows). Code: `bioworld/eval/causal.py`.",
         "" if not info["quick"] else "- **QUICK SMOKE RUN: numbers are not measurements.**",
@@ -191,10 +204,12 @@ def write_report(out: Path) -> Path:
         "",
         "Methods: `WorldModel predict` = `wm.predict([label]).layers['delta']` (mean over the model's reference"
         " control cells); `WorldModel counterfactual` = `wm.counterfactual(control cells, label)` delta averaged"
-        " over cells. Both answer an untrained `silence:E` by the latent do-operation: slot E clamped to the"
-        " encoding of the cells moved along E's activity axis (signed weights, else the members' first principal"
-        " component) to its 1st-percentile level, control action, the predictor propagates, plus what the other"
-        " slots read differently from the moved genes; `MembersOnly` ="
+        " over cells. Both answer an untrained `silence:E` by the latent do-operation: the cells are moved along E's"
+        " activity axis (signed weights; for an unsigned set its members' first principal component when that"
+        " clearly dominates, else every member alike) to its 1st-percentile level, which sets E's member genes"
+        " (their predicted change is that move); slot E is clamped to the moved cells' encoding, control action,"
+        " the predictor propagates to the other slots, plus what the other slots read differently from the moved"
+        " genes; `MembersOnly` ="
         " the silenced pathway's member genes set to their 5% control quantile minus control mean, all else 0;"
         " `Footprint E` = minus the entity's own weights (PROGENy footprint / Hallmark membership), all else 0;"
         " `MeanOfTrain` = mean observed delta of the training perturbations (per dose for compounds).",
@@ -221,7 +236,8 @@ def write_report(out: Path) -> Path:
         md += [
             "## 2. THP-1 (Papalexi): IFNGR1 and STAT1 held out",
             "",
-            "Target = observed knockout delta (log1p CP10k mean minus control). One training seed (0).",
+            f"Target = observed knockout delta (log1p CP10k mean minus control). Training seeds {_real_seeds(info)};"
+            " mean ± sd over seeds.",
             "",
             _table(frames["papalexi"], ["target", "method", "query"], ["pearson_all", "pearson_top50", "direction_top50"]),
             "",
@@ -233,7 +249,8 @@ def write_report(out: Path) -> Path:
             "",
             f"Held out (all doses): {str(l1k.variant.iloc[0]).replace('holdout ', '')} (the BRAF/MEK/ERK inhibitors present"
             " in `obs['pert_iname']`). One well per compound and dose; target = well minus mean of DMSO wells"
-            " (log scale), at the top dose and averaged over the two top doses. One training seed (0).",
+            f" (log scale), at the top dose and averaged over the two top doses. Training seeds {_real_seeds(info)};"
+            " mean ± sd over seeds.",
             "",
             _table(l1k, ["target", "method", "query"], ["pearson_all", "pearson_top50", "direction_top50"]),
             "",
@@ -241,8 +258,8 @@ def write_report(out: Path) -> Path:
     if len(frames) == 3:
         md += ["## Targets met / not met", "",
                *_statements(frames["simulator"], frames["papalexi"], frames["l1000"]), "",
-               "No target was set for the real-data checks beyond beating the baselines beside them; one seed"
-               " each, so differences of a few hundredths are within run-to-run noise."]
+               "No target was set for the real-data checks beyond beating the baselines beside them; with"
+               f" {len(_real_seeds(info))} training seed(s), differences smaller than the sd columns are run-to-run noise."]
     md += _sensitivity(out, info, df)
     if (out / "notes.md").exists():  # hand-written diagnostics kept beside the results
         md += ["", (out / "notes.md").read_text().rstrip()]
