@@ -439,7 +439,7 @@ def main() -> int:
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--args", nargs="*", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--papalexi-steps", type=int, default=None,
-                    help="training steps measured on Papalexi (default: TrainConfig's max_steps, 1200; fewer steps "
+                    help="training steps measured on Papalexi (default: TrainConfig's max_steps, 800; fewer steps "
                          "are reported as an extrapolation)")
     ap.add_argument("--sim-steps", type=int, default=40)
     ap.add_argument("--only", choices=["train", "scaling", "baselines", "backed", "ddp"], default=None)

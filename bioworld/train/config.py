@@ -15,7 +15,7 @@ class TrainConfig:
     """Everything that decides how a world model is trained (defaults fit Papalexi on 2 CPU cores)."""
 
     seed: int = 0  # one seed drives parameter init, batch sampling and masking
-    max_steps: int = 1200  # optimiser steps
+    max_steps: int = 800  # optimiser steps (Papalexi leave-targets-out, seed 0: top-20 MSE 0.202 / 0.199 / 0.203 at 400 / 800 / 1200)
     lr: float = 1e-3  # peak AdamW learning rate (after warmup, cosine to lr_min)
     lr_min: float = 1e-5  # final learning rate
     warmup_steps: int = 100  # linear warmup

@@ -16,7 +16,7 @@ Three ways in
 2. **torchrun** (one process per core / node), training a world model and saving it from rank 0::
 
        torchrun --standalone --nproc_per_node=4 -m bioworld.train.distributed papalexi \\
-           --out papalexi_ddp --max-steps 1200 --holdout STAT1
+           --out papalexi_ddp --max-steps 800 --holdout STAT1
 
    Several nodes (run the same line on every node, ``--node_rank`` 0..N-1)::
 
