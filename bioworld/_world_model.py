@@ -520,10 +520,13 @@ class WorldModel:
         """Per-entity activity axes and "off" levels (1st percentile over the reference cells), cached.
 
         See :class:`bioworld.query.ActivityAxes`: signed weights where the entity has them, else the
-        members' first principal component, so a silenced unsigned set also raises its repressed
-        members. On the simulator's (unsigned) pathways this raised the held-out do-operation's
-        Pearson with the truth from 0.69 to 0.79 (seed 0, no silence trained) over clamping every
-        member to its 5th percentile.
+        members' first principal component when it clearly dominates (a silenced unsigned set then
+        also raises its repressed members), else every member moved alike. On the simulator's
+        (unsigned) pathways the first PC raised the held-out do-operation's Pearson with the truth
+        from 0.69 to 0.79 (seed 0, no silence trained) over clamping every member to its 5th
+        percentile; on the 10 barely co-varying Hallmark IFN-gamma genes of the Papalexi panel the
+        first PC of the reference cells was a near-random direction (silence vs the held-out IFNGR1
+        knockout -0.05), moving every member alike gave 0.43.
         """
         if getattr(self, "_axes_cache", None) is None:
             from bioworld.query._counterfactual import ActivityAxes
@@ -536,9 +539,10 @@ class WorldModel:
 
         A ``silence:`` label the model was trained on is its learned action. Any other single
         ``silence:ENTITY`` is a do-operation: the cells are moved along the entity's activity axis
-        (:meth:`_activity_axes`), the slot is clamped to their encoding under the control action and
-        the predictor propagates the change; what the other slots read differently from the moved
-        genes is added (:class:`bioworld.query._counterfactual.SilenceTerms`). On the simulator, for silences
+        (:meth:`_activity_axes`), which sets the entity's member genes (their predicted change is that
+        move); the slot is clamped to the moved cells' encoding under the control action and the
+        predictor propagates the change to the other slots; what the other slots read differently
+        from the moved genes is added (:class:`bioworld.query._counterfactual.SilenceTerms`). On the simulator, for silences
         held out of training, the do-operation matched or beat the learned silence action of a model
         trained on the other silences (Pearson with the truth 0.80 vs 0.59 and 0.82 vs 0.81, seeds 0
         and 1; CAUSAL.md has the benchmark). An untrained combination containing a silence uses the
