@@ -22,6 +22,7 @@ _getattr, __dir__ = lazy_exports(
     __name__,
     {
         "WorldModel": "._world_model",
+        "Ensemble": "._ensemble",
     },
 )
 

@@ -195,6 +195,12 @@ def _is_model_dir(path: Path) -> bool:
     return (path / _MODEL_META).exists()
 
 
+def _is_ensemble_dir(path: Path) -> bool:
+    from bioworld._ensemble import ENSEMBLE_META
+
+    return (path / ENSEMBLE_META).exists()
+
+
 # ------------------------------------------------------------------------------------ commands
 @app.command("inspect")
 @_command
@@ -280,8 +286,10 @@ def train_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or data summary; print only the wall time and where the model is.")] = False,
     backed: Annotated[bool, typer.Option("--backed", help="Leave X on disk and train out of core from blocks of the file (for data larger than memory).")] = False,
+    members: Annotated[int, typer.Option("--members", min=1, help="Train an ensemble of this many seeds (seed, seed+1, ...) into MODEL_DIR/member_<k>; >= 2 gives prediction intervals.")] = 1,
+    calibrate_folds: Annotated[int, typer.Option("--calibrate-folds", min=0, help="With --members >= 2: calibrate the intervals by leave-targets-out over this many folds (one extra training per fold; 0 = uncalibrated).")] = 0,
 ) -> None:
-    """Train a world model on a dataset and save it.
+    """Train a world model (or a seed ensemble, --members) on a dataset and save it.
 
     Options not given fall back to the register keywords a bioworld loader stored in the file
     (uns['bioworld']['loader']['register_kwargs']), then to the defaults.
@@ -293,7 +301,11 @@ def train_cmd(
 
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {str(out)!r} is a file; expected a folder for the model. Fix: choose another path.")
-    if _is_model_dir(out) and not overwrite:
+    if members == 1 and calibrate_folds:
+        raise BioworldError("--calibrate-folds needs an ensemble; pass --members 2 or more (intervals come from held-out error of the ensemble)")
+    if members > 1 and backed:
+        raise BioworldError("--members with --backed is not supported; train the members one by one with --seed and --backed")
+    if (_is_model_dir(out) or _is_ensemble_dir(out)) and not overwrite:
         raise CheckpointError(
             f"{str(out)!r} already holds a model ({_MODEL_META}); expected a new or empty folder. "
             "Fix: pass --overwrite to replace it, or choose another --out."
@@ -314,14 +326,24 @@ def train_cmd(
 
         smiles = bundled_path(DEFAULT_SMILES)
     t0 = time.perf_counter()
-    wm = bw.WorldModel(
-        adata,
+    wm_kwargs = dict(
         entities=[str(p) for p in entities] if entities else None,
         smiles=None if smiles is None else str(smiles),
         holdout=_split_labels(holdout, "--holdout") if holdout is not None else [],
-        config=train_config,
         **kwargs,
     )
+    if members > 1:
+        ens = bw.Ensemble.train(adata, seeds=[train_config.seed + k for k in range(members)], progress=not quiet,
+                                config=train_config, **wm_kwargs)
+        if calibrate_folds:
+            cal = ens.calibrate(adata, n_folds=calibrate_folds, progress=not quiet, **wm_kwargs)
+            typer.echo(f"calibrated on {cal.n_perturbations} held-out perturbations: 90% half-width = "
+                       f"{cal.quantiles['0.9']:.3f} x each gene's spread")
+        ens.save(out)
+        typer.echo(f"trained {members} members in {time.perf_counter() - t0:.1f} s (wall time, including setup)")
+        typer.echo(f"ensemble saved to {out}")
+        return
+    wm = bw.WorldModel(adata, config=train_config, **wm_kwargs)
     if not quiet:
         typer.echo(f"data: {source}")
         typer.echo(repr(wm))
@@ -338,23 +360,25 @@ def train_cmd(
 @app.command("predict")
 @_command
 def predict_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="A model folder written by 'bioworld train'.")],
+    model_dir: Annotated[Path, typer.Argument(help="A model (or ensemble) folder written by 'bioworld train'.")],
     perturbations: Annotated[str, typer.Option(help="Comma-separated labels, e.g. 'control,JAK2,IFNGR1+STAT1'.")],
     out: Annotated[Path, typer.Option("--out", metavar="PRED.h5ad", help="AnnData (.h5ad) to write: X = predicted mean, layers['delta'].")],
+    level: Annotated[float, typer.Option("--level", help="Ensembles only: interval level for layers['delta_lo'] / ['delta_hi'].")] = 0.9,
 ) -> None:
-    """Predict the mean expression under perturbations and write it as an h5ad."""
-    import bioworld as bw
+    """Predict the mean expression under perturbations and write it as an h5ad.
 
+    For an ensemble folder, X and layers['delta'] are the members' mean, layers['delta_sd'] their
+    spread and layers['delta_lo'] / ['delta_hi'] the interval (uns['bioworld']['interval'] says
+    whether it is calibrated).
+    """
     labels = _split_labels(perturbations, "--perturbations")
-    if not model_dir.is_dir():
-        raise CheckpointError(
-            f"model folder {str(model_dir)!r} does not exist; expected a folder written by 'bioworld train'. "
-            "Fix: check the path."
-        )
-    wm = bw.WorldModel.load(model_dir)
-    pred = wm.predict(labels)
+    wm = _load_model(model_dir)
+    pred = wm.predict(labels) if not _is_ensemble(wm) else wm.predict(labels, level=level)
     _write_h5ad_atomic(pred, out)
     typer.echo(f"predicted {pred.n_obs} perturbation(s) x {pred.n_vars:,} genes; wrote {out}")
+    if _is_ensemble(wm):
+        info = pred.uns["bioworld"]["interval"]
+        typer.echo(f"  {len(wm.members)} members; {level:.0%} intervals {'calibrated' if info['calibrated'] else 'UNCALIBRATED (model variance only)'}")
 
 
 def _write_h5ad_atomic(adata: Any, path: Path) -> None:
@@ -372,8 +396,8 @@ def _write_h5ad_atomic(adata: Any, path: Path) -> None:
 
 
 # ------------------------------------------------------- counterfactual, prioritize, demo commands
-def _load_model(model_dir: Path) -> Any:
-    """``bw.WorldModel.load`` with a one-line error for a folder that does not exist."""
+def _load_model(model_dir: Path, *, ensemble_ok: bool = True) -> Any:
+    """``bw.WorldModel.load`` (or ``bw.Ensemble.load`` for an ensemble folder) with one-line errors."""
     import bioworld as bw
 
     if not model_dir.is_dir():
@@ -381,7 +405,16 @@ def _load_model(model_dir: Path) -> Any:
             f"model folder {str(model_dir)!r} does not exist; expected a folder written by 'bioworld train'. "
             "Fix: check the path."
         )
+    if _is_ensemble_dir(model_dir):
+        if not ensemble_ok:
+            raise BioworldError(f"{str(model_dir)!r} is an ensemble; this command takes one model. "
+                                f"Fix: pass one member, e.g. {str(model_dir / 'member_0')!r}.")
+        return bw.Ensemble.load(model_dir)
     return bw.WorldModel.load(model_dir)
+
+
+def _is_ensemble(model: Any) -> bool:
+    return hasattr(model, "members")
 
 
 @app.command("counterfactual")
@@ -391,20 +424,23 @@ def counterfactual_cmd(
     cells: Annotated[Path, typer.Option("--cells", metavar="CELLS.h5ad", help="Cells to intervene on (the model's gene panel; counts or log as trained).")],
     intervention: Annotated[List[str], typer.Option("--intervention", metavar="SPEC", help="An intervention, e.g. 'silence:HALLMARK_INTERFERON_GAMMA_RESPONSE', 'STAT1', 'IFNGR1+IRF1'; repeatable.")],
     out: Annotated[Path, typer.Option("--out", metavar="CF.h5ad", help="AnnData (.h5ad) to write: rows = intervention x cell.")],
+    level: Annotated[float, typer.Option("--level", help="Ensembles only: interval level of the population effects.")] = 0.9,
 ) -> None:
     """Predict each cell's state under each intervention and write it as an h5ad.
 
     X = predicted expression on the model's scale; layers['delta'] = X minus the same cells'
     predicted unperturbed state; obs['bw_intervention'], obs['bw_cell']; obsm['bw_entity_shift'];
     uns['bioworld']['entity_effects'][SPEC] = entities ordered by latent shift (columns entity,
-    shift, share).
+    shift, share). For an ensemble folder: the members' mean, layers['bw_delta_sd'] and
+    uns['bioworld']['population'][SPEC] = {mean, sd, lo, hi} of the cells' mean delta.
     """
     from bioworld.data import read_h5ad
     from bioworld.report._h5ad import write_h5ad_atomic
 
     wm = _load_model(model_dir)
     adata = read_h5ad(cells)
-    cf = wm.counterfactual(adata, list(intervention))
+    cf = wm.counterfactual(adata, list(intervention)) if not _is_ensemble(wm) else \
+        wm.counterfactual(adata, list(intervention), level=level)
     write_h5ad_atomic(cf, out)
     typer.echo(f"counterfactuals: {len(intervention)} intervention(s) x {adata.n_obs:,} cells = {cf.n_obs:,} rows "
                f"x {cf.n_vars:,} genes; wrote {out}")
@@ -430,7 +466,7 @@ def prioritize_cmd(
 
     if out.exists() and not out.is_dir():
         raise BioworldError(f"--out {str(out)!r} is a file; expected a folder for the report. Fix: choose another path.")
-    wm = _load_model(model_dir)
+    wm = _load_model(model_dir, ensemble_ok=False)
     Goal.parse(goal, entity_names=wm.entity_names)  # a bad goal fails before the cells are read
     adata = read_h5ad(cells)
     result = wm.prioritize(adata, goal, genes=_split_labels(genes, "--genes") if genes is not None else None,

@@ -323,3 +323,39 @@ def test_predict_bad_label_one_line_error(trained, tmp_path, perturbations, fact
 def test_predict_missing_model_dir(tmp_path):
     result = invoke("predict", tmp_path / "nomodel", "--perturbations", "control", "--out", tmp_path / "p.h5ad")
     assert_one_line_error(result, "nomodel")
+
+
+def test_train_ensemble_calibrate_predict_and_counterfactual(trained, tmp_path):
+    _, d = trained
+    ens = tmp_path / "ens"
+    result = invoke("train", d / "train.h5ad", "--out", ens, "--entities", d / "pathways.gmt",
+                    "--config", d / "config.json", "--max-steps", 4, "--seed", 3, "--members", 2,
+                    "--calibrate-folds", 2, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert f"ensemble saved to {ens}" in result.stdout and "calibrated on" in result.stdout
+    meta = json.loads((ens / "ensemble.json").read_text())
+    assert meta["seeds"] == [3, 4] and meta["calibration"]["quantiles"]["0.9"] > 0
+    out = tmp_path / "pred.h5ad"
+    result = invoke("predict", ens, "--perturbations", "control,P1_DRV1", "--out", out, "--level", 0.9)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "intervals calibrated" in result.stdout
+    pred = ad.read_h5ad(out)
+    lo, mid, hi = (np.asarray(pred.layers[k]) for k in ("delta_lo", "delta", "delta_hi"))
+    assert (lo < mid).all() and (mid < hi).all()
+    cells = tmp_path / "cells.h5ad"
+    train = ad.read_h5ad(d / "train.h5ad")
+    train[train.obs["perturbation"] == "control"][:5].copy().write_h5ad(cells)
+    cf_out = tmp_path / "cf.h5ad"
+    result = invoke("counterfactual", ens, "--cells", cells, "--intervention", "P1_DRV1", "--out", cf_out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    cf = ad.read_h5ad(cf_out)
+    pop = cf.uns["bioworld"]["population"]["P1_DRV1"]
+    assert np.asarray(pop["hi"]).shape == (cf.n_vars,) and "bw_delta_sd" in cf.layers
+    # prioritize takes one model, not an ensemble
+    result = invoke("prioritize", ens, "--cells", cells, "--goal", "toward:control", "--out", tmp_path / "rep")
+    assert_one_line_error(result, "is an ensemble", "member_0")
+
+
+def test_train_calibrate_without_members_is_refused(tmp_path):
+    result = invoke("train", tmp_path / "missing.h5ad", "--out", tmp_path / "m", "--calibrate-folds", 2)
+    assert_one_line_error(result, "--calibrate-folds needs an ensemble", "--members 2")
