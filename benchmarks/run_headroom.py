@@ -19,6 +19,9 @@ piece of knowledge would take a predictor:
   against the truth.
 * ``kNN knowledge embedding``: a softmax-weighted average of training deltas by cosine similarity
   of the benchmark's knowledge embedding (gene-set / regulon membership; honest).
+* ``kNN ... world model's own target features``: the same with the features the world model's
+  action retrieval compares (``WorldModel.gene_features``): how much the model's retrieval signal
+  is worth when applied directly to observed deltas.
 
 A second section asks the same of the L1000 target (unseen compounds must beat the per-dose mean
 of training compounds): :func:`l1000_structure_headroom` scores softmax retrieval of training
@@ -89,11 +92,32 @@ def main() -> int:
             return sum(wi * obs[s] for wi, s in zip(w, train))
         return f
 
+    # the world model's own target features (what its action retrieval compares), no training
+    import warnings
+
+    import bioworld as bw
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wm = bw.WorldModel(adata, perturbation_key="perturbation", control="control")
+    F = {t: wm.gene_features([t])[0] for t in obs}
+
+    def knn_model_features(temp):
+        def f(t, train):
+            sim = np.array([F[t] @ F[s] / (np.linalg.norm(F[t]) * np.linalg.norm(F[s]) + 1e-9) for s in train])
+            w = np.exp((sim - sim.max()) / temp)
+            w /= w.sum()
+            return sum(wi * obs[s] for wi, s in zip(w, train))
+        return f
+
     methods = {
         "NoChange": (lambda t, tr: np.zeros_like(obs[t]), "honest"),
         "MeanOfTrain": (lambda t, tr: mean_of(tr), "honest"),
         "kNN knowledge embedding (temp 0.3)": (knn(0.3), "honest"),
         "kNN knowledge embedding (temp 0.1)": (knn(0.1), "honest"),
+        "kNN of training deltas by the world model's own target features (temp 0.1, its retrieval temperature)":
+            (knn_model_features(0.1), "honest"),
+        "kNN of training deltas by the world model's own target features (temp 0.05)": (knn_model_features(0.05), "honest"),
         "Mean + median training self change + control covariance":
             (lambda t, tr: with_self(t, tr, median_train_self, True), "honest"),
         "Mean + true self-transcript": (lambda t, tr: with_self(t, tr, true_self, False), "oracle"),
