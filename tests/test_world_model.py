@@ -151,3 +151,27 @@ def test_predict_is_the_population_mean_of_counterfactual(tiny_trained, small_si
         rows = cf[cf.obs["bw_intervention"] == s]
         assert np.allclose(pred[s].X.ravel(), rows.X.mean(0), atol=1e-5)
         assert np.allclose(pred[s].layers["delta"].ravel(), rows.layers["delta"].mean(0), atol=1e-5)
+
+
+def test_training_fit_reports_how_well_training_effects_are_reproduced(tiny_trained):
+    wm = tiny_trained
+    fit = wm.training_fit(max_perturbations=5)
+    assert list(fit.columns) == ["perturbation", "n_cells", "observed_norm_top20", "pearson_top20", "magnitude_ratio_top20"]
+    assert len(fit) == 5 and set(fit["perturbation"]) <= set(wm.train_labels) and "control" not in set(fit["perturbation"])
+    assert (fit["n_cells"].diff().dropna() <= 0).all()  # most cells first
+    assert (fit["magnitude_ratio_top20"] >= 0).all() and (fit["observed_norm_top20"] > 0).all()
+    summary = wm.meta["training_fit"]  # stored after train(), saved with the model
+    assert summary["n_perturbations"] == min(64, len(wm.train_labels) - 1)
+    assert summary["strong_effects"] and 0 <= summary["strong_median_magnitude_ratio"]
+
+
+def test_training_fit_needs_the_training_data(tiny_trained, tmp_path):
+    import pytest
+
+    from bioworld.errors import BioworldError
+
+    tiny_trained.save(tmp_path / "m")
+    back = bw.WorldModel.load(tmp_path / "m")
+    assert back.meta["training_fit"] == tiny_trained.meta["training_fit"]
+    with pytest.raises(BioworldError, match="needs the training data in memory"):
+        back.training_fit()
