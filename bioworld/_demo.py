@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,30 +77,6 @@ def _write_key(model_dir: Path, key: dict[str, Any]) -> None:
     os.replace(tmp, model_dir / KEY_FILE)
 
 
-def _train_checked(bw: Any, adata: Any, config: Any, progress: bool, log: Any, restarts: int = DEMO_RESTARTS):
-    """Train; when the run did not learn the strong training effects (``WorldModel.training_fit``),
-    train again with the next seed, at most ``restarts`` times, and keep the best run."""
-    from dataclasses import replace
-
-    from bioworld._world_model import WEAK_FIT_RATIO
-
-    best = None
-    for k in range(restarts + 1):
-        cfg = replace(config, seed=config.seed + k)
-        wm = bw.WorldModel(adata, perturbation_key="perturbation", control="control", config=cfg)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the weak-fit warning is reported below instead
-            wm.train(progress=progress)
-        ratio = wm.meta.get("training_fit", {}).get("strong_median_magnitude_ratio", 1.0)
-        if best is None or ratio > best[0]:
-            best = (ratio, wm)
-        if ratio >= WEAK_FIT_RATIO:
-            break
-        log(f"training seed {cfg.seed} reproduced the strongest training effects at only {ratio:.2f} of their size"
-            + (f"; training again with seed {cfg.seed + 1}" if k < restarts else "; keeping the best run"))
-    return best[1]
-
-
 def run_demo(out_dir: str | os.PathLike = "bioworld-demo", *, max_steps: int | None = None, progress: bool = True) -> Path:
     """Train (or reuse) a world model on the bundled Papalexi screen and write the HTML report.
 
@@ -154,7 +129,11 @@ def run_demo(out_dir: str | os.PathLike = "bioworld-demo", *, max_steps: int | N
         wm = _cached_model(model_dir, key, log)
         stage(1, "loading the cached world model" if wm is not None else None)
         if wm is None:
-            wm = _train_checked(bw, adata, config, progress, log)
+            from bioworld._world_model import train_until_fit
+
+            wm = train_until_fit(lambda cfg: bw.WorldModel(adata, perturbation_key="perturbation", control="control",
+                                                           config=cfg),
+                                 config, restarts=DEMO_RESTARTS, progress=progress, log=log)
             wm.save(model_dir, overwrite=True)
             _write_key(model_dir, key)
         else:

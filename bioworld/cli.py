@@ -288,6 +288,7 @@ def train_cmd(
     backed: Annotated[bool, typer.Option("--backed", help="Leave X on disk and train out of core from blocks of the file (for data larger than memory).")] = False,
     members: Annotated[int, typer.Option("--members", min=1, help="Train an ensemble of this many seeds (seed, seed+1, ...) into MODEL_DIR/member_<k>; >= 2 gives prediction intervals.")] = 1,
     calibrate_folds: Annotated[int, typer.Option("--calibrate-folds", min=0, help="With --members >= 2: calibrate the intervals by leave-targets-out over this many folds (one extra training per fold; 0 = uncalibrated).")] = 0,
+    restarts: Annotated[int, typer.Option("--restarts", min=0, help="Single model: when the trained model did not learn its strongest training effects (WorldModel.training_fit), train again with the next seed, at most this many times (0 = train once).")] = 2,
 ) -> None:
     """Train a world model (or a seed ensemble, --members) on a dataset and save it.
 
@@ -343,13 +344,24 @@ def train_cmd(
         typer.echo(f"trained {members} members in {time.perf_counter() - t0:.1f} s (wall time, including setup)")
         typer.echo(f"ensemble saved to {out}")
         return
-    wm = bw.WorldModel(adata, config=train_config, **wm_kwargs)
-    if not quiet:
-        typer.echo(f"data: {source}")
-        typer.echo(repr(wm))
-        for finding in wm.findings:
-            typer.echo(f"  - {finding}")
-    wm.train(progress=not quiet)
+    from bioworld._world_model import train_until_fit
+
+    shown = []
+
+    def build(cfg: Any) -> Any:
+        model = bw.WorldModel(adata, config=cfg, **wm_kwargs)
+        if not quiet and not shown:
+            typer.echo(f"data: {source}")
+            typer.echo(repr(model))
+            for finding in model.findings:
+                typer.echo(f"  - {finding}")
+            shown.append(True)
+        return model
+
+    wm = train_until_fit(build, train_config, restarts=restarts if not backed else 0, progress=not quiet,
+                         log=lambda m: typer.echo(m, err=True))
+    if wm.train_config.seed != train_config.seed:
+        typer.echo(f"kept the run with seed {wm.train_config.seed} (seed {train_config.seed} did not learn the strong effects)")
     wall = time.perf_counter() - t0
     wm.save(out, overwrite=True)
     steps = wm.train_result.steps if wm.train_result is not None else train_config.max_steps

@@ -73,17 +73,15 @@ def test_demo_end_to_end_then_reuses_cached_model(tmp_path, monkeypatch, capsys)
     assert again == report and capsys.readouterr().out.strip().splitlines()[-1] == f"Report: {report}"
 
 
-def test_demo_retrains_with_the_next_seed_when_a_run_did_not_learn_the_strong_effects():
-    from types import SimpleNamespace
-
-    from bioworld._demo import _train_checked
+def test_training_retries_with_the_next_seed_when_a_run_did_not_learn_the_strong_effects():
+    from bioworld._world_model import train_until_fit
     from bioworld.train import TrainConfig
 
     ratios = {0: 0.05, 1: 0.6, 2: 0.9}  # seed -> how much of the strong training effects the run reproduced
     trained: list[int] = []
 
     class FakeModel:
-        def __init__(self, adata, *, config, **kwargs):
+        def __init__(self, config):
             self.seed = config.seed
             self.meta = {}
 
@@ -93,11 +91,13 @@ def test_demo_retrains_with_the_next_seed_when_a_run_did_not_learn_the_strong_ef
             return self
 
     logs: list[str] = []
-    wm = _train_checked(SimpleNamespace(WorldModel=FakeModel), None, TrainConfig(seed=0), False, logs.append)
+    wm = train_until_fit(FakeModel, TrainConfig(seed=0), restarts=2, progress=False, log=logs.append)
     assert wm.seed == 1 and trained == [0, 1]  # stops at the first run that learned them
     assert len(logs) == 1 and "seed 0" in logs[0] and "0.05" in logs[0] and "seed 1" in logs[0]
     ratios.update({1: 0.1, 2: 0.2})
     trained.clear()
     logs.clear()
-    wm = _train_checked(SimpleNamespace(WorldModel=FakeModel), None, TrainConfig(seed=0), False, logs.append, restarts=2)
+    wm = train_until_fit(FakeModel, TrainConfig(seed=0), restarts=2, progress=False, log=logs.append)
     assert trained == [0, 1, 2] and wm.seed == 2 and "keeping the best run" in logs[-1]  # none passed: the best
+    trained.clear()
+    assert train_until_fit(FakeModel, TrainConfig(seed=0), restarts=0, progress=False).seed == 0 and trained == [0]
