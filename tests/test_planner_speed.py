@@ -157,3 +157,23 @@ def test_prioritize_is_deterministic(tiny_trained, cells):
     b = tiny_trained.prioritize(cells, f"up:{tiny_trained.entity_names[1]}", n_boot=10, screen_cells=6, refine_top=3)
     pd.testing.assert_frame_equal(a.table, b.table, check_exact=True)
     pd.testing.assert_frame_equal(a.entity_shift, b.entity_shift, check_exact=True)
+
+
+def test_planner_pair_of_silences_sets_both_entities_genes(tiny_trained, cells):
+    from bioworld.query._planner import encode_cells, inactive_latents, score_interventions
+
+    wm, m = tiny_trained, tiny_trained.module
+    x = wm._cells_to_std(cells[:15])
+    ctrl = wm._action_row(wm.parse("control"))
+    axes = wm._activity_axes()
+    only0 = np.flatnonzero((axes.axis[0] != 0) & (axes.axis[1] == 0))
+    only1 = np.flatnonzero((axes.axis[1] != 0) & (axes.axis[0] == 0))
+    assert len(only0) and len(only1)
+    off = lambda xc, e: axes.inactive(xc, e)  # noqa: E731
+    inact = inactive_latents(m, x, [0, 1], off)
+    cache = encode_cells(m, x, ctrl)
+    for genes, e in ((only0, 0), (only1, 1)):
+        g = int(genes[0])
+        scores, _ = score_interventions(m, None, [("pair", ctrl, [0, 1])], ctrl, inact.__getitem__,
+                                        lambda x_new, x_base: x_new[:, g] - x_base[:, g], wm._slot_scale(), cache=cache)
+        np.testing.assert_allclose(scores[0], (off(x, e) - x)[:, g], atol=1e-5)  # the do() itself, per cell
