@@ -27,10 +27,10 @@ TIMEOUT_S = 600
 EXPECTED = {
     "01_quickstart.ipynb": (
         ["# 01 · Quickstart", "## 2. Train with STAT1 held out", "## 4. Held-out STAT1: predicted vs observed",
-         "## 5. Save and reload", "## 6. A counterfactual on individual cells"],
-        5,
+         "## 5. Save and reload", "## 6. A counterfactual on individual cells", "## 7. How far to trust a prediction"],
+        6,
         ["Pearson r with the observed STAT1-KO effect", "mean of training KOs", "reloaded predictions identical: True",
-         "entity"],
+         "entity", "inside the 90% interval", "'calibrated': True"],
     ),
     "02_thp1_ifng_pathways.ipynb": (
         ["# 02 · Which pathways control", "## 1. Observed entity score shifts per knockout",
