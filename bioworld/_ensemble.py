@@ -16,7 +16,6 @@ from typing import Any, Sequence
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 
 from bioworld._world_model import WorldModel
 from bioworld.errors import BioworldError, CheckpointError
@@ -279,14 +278,3 @@ class Ensemble:
         cal = "calibrated" if self.calibration is not None else "uncalibrated"
         return f"Ensemble({len(self.members)} members, seeds {[m.train_config.seed for m in self.members]}, {cal})"
 
-
-def population_frame(cf: ad.AnnData) -> pd.DataFrame:
-    """Tidy table (intervention, gene, mean, sd, lo, hi) of :meth:`Ensemble.counterfactual`'s population effects."""
-    pop = cf.uns.get("bioworld", {}).get("population")
-    if not pop:
-        raise BioworldError("no population effects in uns['bioworld']; expected the output of Ensemble.counterfactual")
-    genes = [str(v) for v in cf.var_names]
-    rows = []
-    for spec, d in pop.items():
-        rows.append(pd.DataFrame({"intervention": spec, "gene": genes, **{k: np.asarray(d[k]) for k in ("mean", "sd", "lo", "hi")}}))
-    return pd.concat(rows, ignore_index=True)
