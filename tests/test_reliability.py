@@ -748,7 +748,8 @@ def test_cli_train_overwrite_replaces_existing_model(small_sim, tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(FAST))
     model = tmp_path / "model"
-    common = ["--entities", gmt, "--config", cfg, "--max-steps", 2, "--quiet"]
+    # --restarts 0: a 2-step model fails the training-fit check, and a restart would keep another seed
+    common = ["--entities", gmt, "--config", cfg, "--max-steps", 2, "--quiet", "--restarts", 0]
     first = _invoke("train", data, "--out", model, "--seed", 0, *common)
     assert first.exit_code == 0, first.output
     old = (model / "bioworld.json").read_text()
