@@ -26,7 +26,7 @@ from bioworld.actions import (
 )
 from bioworld.errors import BioworldError, CheckpointError, PerturbationParseError, UnknownPerturbationError
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "compounds"
+DATA = Path(__file__).resolve().parents[1] / "bioworld" / "_data" / "compounds"
 
 
 # ------------------------------------------------------------------------------------- grammar

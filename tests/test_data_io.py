@@ -36,7 +36,7 @@ def test_verify_bundled_all_files_ok():
     listed = [line.split(maxsplit=1)[1] for line in
               (_bundled._REPO_DATA_DIR / "SHA256SUMS").read_text().splitlines() if line.strip()]
     assert sorted(result) == sorted(listed)
-    assert len(result) == 10
+    assert len(result) == 15  # 10 expression/gene-set files + atlas, 2 compound tables, 2 networks
     assert all(result.values())
 
 
@@ -75,7 +75,7 @@ def test_tampered_file_is_detected(data_copy):
         bundled_path(L1000)
     msg = str(err.value)
     assert "checksum mismatch" in msg and "found SHA-256" in msg and "expected" in msg
-    assert "git checkout -- data/" + L1000 in msg
+    assert "git checkout -- bioworld/_data/" + L1000 in msg
     status = verify_bundled()
     assert status[L1000] is False
     assert status[PAPALEXI] is True

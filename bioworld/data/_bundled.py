@@ -1,14 +1,14 @@
 """Bundled data files: where they live and whether they are intact.
 
-Every file shipped in the repository's ``data/`` folder is listed, with its SHA-256, in
-``data/SHA256SUMS`` (paths relative to ``data/``). :func:`bundled_path` resolves a name to a path
+Every file shipped in the package's ``bioworld/_data/`` folder (package data: it is inside the
+wheel) is listed, with its SHA-256, in ``bioworld/_data/SHA256SUMS`` (paths relative to that folder). :func:`bundled_path` resolves a name to a path
 and checks the file against that list once per process; nothing is ever downloaded.
 
-The folder is ``<repo>/data`` (``<repo>`` = the parent of the ``bioworld`` package directory) unless
-the environment variable ``BIOWORLD_DATA_DIR`` names another folder. The *expected* checksums are
-always read from the repository's own ``data/SHA256SUMS`` when it exists, so pointing
-``BIOWORLD_DATA_DIR`` at a modified copy cannot also replace the reference checksums; only when the
-package is used without its repository is ``<BIOWORLD_DATA_DIR>/SHA256SUMS`` used instead.
+The folder is ``bioworld/_data`` (installed with the package) unless the environment variable
+``BIOWORLD_DATA_DIR`` names another folder. The *expected* checksums are always read from the
+package's own ``_data/SHA256SUMS`` when it exists, so pointing ``BIOWORLD_DATA_DIR`` at a modified
+copy cannot also replace the reference checksums; only when the package was installed without its
+data is ``<BIOWORLD_DATA_DIR>/SHA256SUMS`` used instead.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ __all__ = ["bundled_path", "verify_bundled", "data_dir"]
 
 ENV_VAR = "BIOWORLD_DATA_DIR"
 _SUMS_NAME = "SHA256SUMS"
-_REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+_REPO_DATA_DIR = Path(__file__).resolve().parents[1] / "_data"
 
 # (resolved path, size, mtime_ns) -> sha256 hex digest; a file changed in-process is re-hashed
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def data_dir() -> Path:
-    """Folder holding the bundled files: ``$BIOWORLD_DATA_DIR`` if set, else ``<repo>/data``."""
+    """Folder holding the bundled files: ``$BIOWORLD_DATA_DIR`` if set, else ``bioworld/_data``."""
     override = os.environ.get(ENV_VAR)
     return Path(override).expanduser() if override else _REPO_DATA_DIR
 
@@ -47,7 +47,7 @@ def _expected_checksums() -> dict[str, str]:
     if not sums.is_file():
         raise DataValidationError(
             f"checksum list not found: looked for {sums}. Expected the file SHA256SUMS listing the "
-            f"bundled data. Fix: restore it from the repository (git checkout -- data/{_SUMS_NAME}) "
+            f"bundled data. Fix: restore it from the repository (git checkout -- bioworld/_data/{_SUMS_NAME}) "
             f"or set {ENV_VAR} to a folder that contains it."
         )
     table: dict[str, str] = {}
@@ -80,12 +80,12 @@ def _sha256(path: Path) -> str:
 
 
 def bundled_path(name: str) -> Path:
-    """Path of a bundled data file, checked against ``data/SHA256SUMS``.
+    """Path of a bundled data file, checked against ``bioworld/_data/SHA256SUMS``.
 
     Parameters
     ----------
     name
-        Path relative to ``data/`` exactly as listed in ``data/SHA256SUMS``, e.g.
+        Path relative to ``bioworld/_data/`` exactly as listed in ``bioworld/_data/SHA256SUMS``, e.g.
         ``"perturbseq/papalexi2021_thp1_ko.h5ad"``.
 
     Returns
@@ -105,27 +105,27 @@ def bundled_path(name: str) -> Path:
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise DataValidationError(
             f"unknown bundled file {name!r}; expected one of the {len(expected)} names in "
-            f"{_sums_file()}.{hint} Fix: use a listed name (see data/README.md)."
+            f"{_sums_file()}.{hint} Fix: use a listed name (see bioworld/_data/README.md)."
         )
     path = data_dir() / key
     if not path.is_file():
         raise DataValidationError(
             f"bundled file missing: {path} does not exist; expected the file listed in "
             f"{_SUMS_NAME} as {key!r}. Fix: restore it from the repository "
-            f"(git checkout -- data/{key}) or unset/correct {ENV_VAR}."
+            f"(git checkout -- bioworld/_data/{key}) or unset/correct {ENV_VAR}."
         )
     found = _sha256(path)
     if found != expected[key]:
         raise DataValidationError(
             f"checksum mismatch for bundled file {path}: found SHA-256 {found}, expected "
             f"{expected[key]} (from {_sums_file()}). The file is corrupt or was modified. Fix: "
-            f"restore it from the repository (git checkout -- data/{key})."
+            f"restore it from the repository (git checkout -- bioworld/_data/{key})."
         )
     return path
 
 
 def verify_bundled() -> dict[str, bool]:
-    """Check every file listed in ``data/SHA256SUMS``.
+    """Check every file listed in ``bioworld/_data/SHA256SUMS``.
 
     Returns
     -------
