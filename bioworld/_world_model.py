@@ -252,6 +252,13 @@ class WorldModel:
         self.train_labels = [lab for lab in uniq if lab not in self.holdout and lab not in reg.dropped]
         self.gene_bank = sorted({p.target for lab in self.train_labels for p in self.actions[lab].components
                                  if p.kind in ("ko", "kd", "act")})
+        unknowable = [g for g in self.gene_bank if not self.gene_features.knows(g)]
+        if unknowable:
+            self.findings.append(
+                f"{len(unknowable)} training targets are in no entity, regulon or GO set ({', '.join(unknowable[:6])}"
+                + (" …" if len(unknowable) > 6 else "") + "): they are learned from their observed effect alone "
+                "(own action embedding); unseen genes without such knowledge cannot be predicted"
+            )
         mcfg = dict(
             gene_bank_size=len(self.gene_bank),
             n_genes=len(self.genes), n_entities=len(self.entity_names), gene_feature_dim=GENE_FEATURE_DIM,
@@ -324,15 +331,27 @@ class WorldModel:
 
         return gene_touch_matrix(genes, list(self.entity_set))
 
+    def _target_features(self, genes: list[str]) -> np.ndarray:
+        """Knowledge features ``[n, F_g]`` of genetic targets; a *training* target that no entity,
+        regulon or GO set contains gets all zeros (it is learned from its observed effect alone:
+        its own action embedding, never dropped; see :class:`bioworld.model.jepa.ActionEncoder`)."""
+        out = np.zeros((len(genes), GENE_FEATURE_DIM), np.float32)
+        known = [i for i, g in enumerate(genes) if self.gene_features.knows(g)]
+        if known:
+            out[known] = self.gene_features([genes[i] for i in known])
+        return out
+
     def _check_action(self, action) -> None:
         for p in action.components:
-            if p.kind in ("ko", "kd", "act") and not self.gene_features.knows(p.target):
+            if p.kind in ("ko", "kd", "act") and not self.gene_features.knows(p.target) \
+                    and p.target not in set(self.gene_bank):
                 from bioworld.actions._vocab import close_matches
 
                 near = close_matches(p.target, self.gene_features.genes)
                 raise UnknownPerturbationError(
-                    f"gene {p.target!r} is in no entity, regulon or GO set the model knows, so its effect "
-                    f"cannot be predicted; close matches: {near or 'none'}. Check the symbol (HGNC, case-sensitive)."
+                    f"gene {p.target!r} was not a training target and is in no entity, regulon or GO set the model "
+                    f"knows, so its effect cannot be predicted; close matches: {near or 'none'}. Check the symbol "
+                    "(HGNC, case-sensitive), or train on data where it was perturbed."
                 )
             if p.kind == "silence" and p.target not in self.entity_names:
                 from bioworld.actions._vocab import close_matches
@@ -352,7 +371,7 @@ class WorldModel:
         for a in actions:
             self._check_action(a)
         return encode_actions(
-            actions, entity_names=self.entity_names, gene_features=self.gene_features,
+            actions, entity_names=self.entity_names, gene_features=self._target_features,
             gene_feature_dim=GENE_FEATURE_DIM, gene_touch=self._gene_touch,
             compound_features=self._compound_features if self.smiles else None,
             compound_feature_dim=self.model_config.compound_feature_dim,
@@ -365,7 +384,7 @@ class WorldModel:
         from bioworld.model import JEPA
 
         torch.manual_seed(self.train_config.seed)
-        bank = torch.from_numpy(self.gene_features(self.gene_bank)) if self.gene_bank else None
+        bank = torch.from_numpy(self._target_features(self.gene_bank)) if self.gene_bank else None
         module = JEPA(self.model_config, torch.from_numpy(self.membership), gene_bank=bank)
         if self.registration.input == "counts":  # cis effects act multiplicatively on log1p counts
             module.set_scale(torch.from_numpy(self.mu), torch.from_numpy(self.sd))

@@ -175,3 +175,29 @@ def test_training_fit_needs_the_training_data(tiny_trained, tmp_path):
     assert back.meta["training_fit"] == tiny_trained.meta["training_fit"]
     with pytest.raises(BioworldError, match="needs the training data in memory"):
         back.training_fit()
+
+
+def test_training_targets_in_no_entity_are_learned_unseen_ones_without_knowledge_refused():
+    """A screen where 2 targets are in no pathway: they are trained (own embedding from the observed
+    effect) and predicted; an unseen gene without any knowledge is refused with the reason."""
+    from _helpers import small_simulation
+
+    from bioworld.entities import Entity, EntitySet
+
+    sim = small_simulation(seed=1)
+    drop = {"P1_DRV1", "P3_DRV1"}
+    ents = EntitySet([Entity(n, tuple(g for g in genes if g not in drop), tuple(1.0 for g in genes if g not in drop), "sim")
+                      for n, genes in sim.gmt.items()])
+    wm = bw.WorldModel(sim.adata.copy(), entities=ents, replicate_key="replicate", nmf_programs=0,
+                       config={"max_steps": 120, "seed": 0, "warmup_steps": 10})
+    assert drop <= set(wm.gene_bank) and not any(wm.gene_features.knows(g) for g in drop)
+    assert any("learned from their observed effect alone" in f for f in wm.findings)
+    wm.train(progress=False)
+    fit = wm.training_fit().set_index("perturbation")
+    for g in drop:  # learned: the prediction follows the observed training effect
+        assert fit.loc[g, "pearson_top20"] > 0.6, fit.loc[g]
+        assert fit.loc[g, "magnitude_ratio_top20"] > 0.2, fit.loc[g]
+    pred = wm.predict(sorted(drop) + ["P1_DRV1+P2_DRV2"])
+    assert np.isfinite(pred.X).all() and np.abs(pred.layers["delta"]).max() > 0
+    with pytest.raises(UnknownPerturbationError, match="was not a training target and is in no entity"):
+        wm.predict(["NOTAGENE"])

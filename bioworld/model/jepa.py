@@ -148,7 +148,9 @@ class ActionEncoder(nn.Module):
     over feature similarity (entity / regulon / GO membership) mixes the bank's learned
     embeddings, always excluding the target itself. Every training step therefore asks "predict
     this target from the others", the situation of an unseen target at inference. A seen target
-    also has its own embedding, dropped with ``own_embedding_dropout`` while training.
+    also has its own embedding, dropped with ``own_embedding_dropout`` while training. A target
+    without knowledge features (all-zero ``gene_feat``: in no entity, regulon or GO set) has nothing
+    to retrieve with: it gets no retrieval term and its own embedding is never dropped.
     """
 
     def __init__(self, cfg: JEPAConfig) -> None:
@@ -180,14 +182,15 @@ class ActionEncoder(nn.Module):
         kind = act.kind
         u = self.kind_emb(kind)  # [B, A, D]
         is_gene = ((kind == KIND_KO) | (kind == KIND_KD) | (kind == KIND_ACT)).unsqueeze(-1).float()
-        g = self.retrieve(act.gene_feat, act.bank_idx)
+        has_feat = (act.gene_feat != 0).any(-1, keepdim=True)  # [B, A, 1]
+        g = self.retrieve(act.gene_feat, act.bank_idx) * has_feat.float()
         if self.cfg.use_gene_mlp:
             g = g + self.gene_mlp(torch.cat([act.gene_feat, act.strength.unsqueeze(-1)], dim=-1))
         if self.own_emb.shape[0] > 0:
             seen = (act.bank_idx >= 0).unsqueeze(-1).float()
             if self.training and self.cfg.own_embedding_dropout > 0:
-                keep = (torch.rand(seen.shape, device=seen.device) >= self.cfg.own_embedding_dropout).float()
-                seen = seen * keep
+                keep = (torch.rand(seen.shape, device=seen.device) >= self.cfg.own_embedding_dropout)
+                seen = seen * (keep | ~has_feat).float()  # nothing else represents a featureless target
             g = g + seen * self.own_emb[act.bank_idx.clamp_min(0)]
         u = u + is_gene * g * act.strength.unsqueeze(-1)
         if self.has_compounds:
