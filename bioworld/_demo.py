@@ -72,9 +72,9 @@ def _cached_model(model_dir: Path, key: dict[str, Any], log) -> Any | None:
 
 
 def _write_key(model_dir: Path, key: dict[str, Any]) -> None:
-    tmp = model_dir / f".{KEY_FILE}.tmp"
-    tmp.write_text(json.dumps(key, indent=2, sort_keys=True))
-    os.replace(tmp, model_dir / KEY_FILE)
+    from bioworld._atomic import write_text
+
+    write_text(model_dir / KEY_FILE, json.dumps(key, indent=2, sort_keys=True))
 
 
 def run_demo(out_dir: str | os.PathLike = "bioworld-demo", *, max_steps: int | None = None, progress: bool = True) -> Path:

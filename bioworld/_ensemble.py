@@ -239,7 +239,7 @@ class Ensemble:
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike, *, overwrite: bool = True) -> Path:
         """Members in ``member_<k>/`` (each a normal model folder) and ``ensemble.json`` (atomic)."""
-        from bioworld.train.checkpoint import _write_temp_bytes
+        from bioworld._atomic import write_text
 
         d = Path(directory)
         if not overwrite and (d / ENSEMBLE_META).exists():
@@ -251,8 +251,7 @@ class Ensemble:
                 "members": [f"member_{k}" for k in range(len(self.members))],
                 "seeds": [int(m.train_config.seed) for m in self.members],
                 "calibration": None if self.calibration is None else self.calibration.to_dict()}
-        tmp = _write_temp_bytes(d / ENSEMBLE_META, (json.dumps(meta, indent=1) + "\n").encode())
-        os.replace(tmp, d / ENSEMBLE_META)
+        write_text(d / ENSEMBLE_META, json.dumps(meta, indent=1) + "\n", what="ensemble file")
         return d
 
     @classmethod

@@ -16,7 +16,6 @@ import functools
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -201,6 +200,64 @@ def _is_ensemble_dir(path: Path) -> bool:
     return (path / ENSEMBLE_META).exists()
 
 
+def _model_folder_of(path: Path) -> Optional[Path]:
+    """The model or ensemble folder that ``path`` is (or lies inside), if any."""
+    from bioworld._ensemble import ENSEMBLE_META
+
+    p = path.resolve()
+    for folder in (p, *p.parents):
+        if (folder / _MODEL_META).is_file() or (folder / ENSEMBLE_META).is_file():
+            return folder
+    return None
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _check_out(out: Path, *, overwrite: bool, inputs: dict[str, Path], folder: bool = False,
+               writes: tuple[str, ...] = ()) -> None:
+    """Refuse an ``--out`` that would destroy something, before any work is done.
+
+    Never (even with ``--overwrite``): onto an input (``inputs``: option -> path), into a model or
+    ensemble folder. Without ``--overwrite``: onto an existing file (``folder=False``) or into an
+    existing non-empty folder (``folder=True``; ``writes`` = the file names written there).
+    Also checks that the folder is writable.
+    """
+    from bioworld._atomic import check_writable
+    from bioworld.errors import OutputError
+
+    targets = [out / name for name in writes] if folder else [out]
+    for option, path in inputs.items():
+        for target in targets:
+            if _same_path(target, path):
+                raise OutputError(f"--out {str(out)!r} would overwrite the input {option} {str(path)!r}; expected an "
+                                  f"output path that is not an input. Fix: choose another --out.")
+    model = _model_folder_of(out)
+    if model is not None:
+        raise OutputError(f"--out {str(out)!r} is inside the model folder {str(model)!r}; expected a path outside "
+                          "model folders (writing there could damage the model). Fix: choose another --out.")
+    if folder:
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"--out {str(out)!r} is a file; expected a folder for the report. Fix: choose another --out.")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise OutputError(f"--out {str(out)!r} is a folder that is not empty; expected a new or empty folder. "
+                              f"Fix: pass --overwrite to replace {' and '.join(writes)} there, or choose another --out.")
+    else:
+        if out.is_dir():
+            raise OutputError(f"--out {str(out)!r} is a folder; expected a file path such as {str(out / 'out.h5ad')!r}. "
+                              "Fix: choose another --out.")
+        if out.exists() and not overwrite:
+            raise OutputError(f"--out {str(out)!r} already exists; expected a new file. Fix: pass --overwrite to "
+                              "replace it, or choose another --out.")
+    check_writable(out)
+
+
 # ------------------------------------------------------------------------------------ commands
 @app.command("inspect")
 @_command
@@ -316,57 +373,83 @@ def train_cmd(
     if overrides:
         train_config = replace(train_config, **overrides)
 
-    adata, source = _load_data(data, backed=backed)
-    kwargs = _register_kwargs(adata, {
-        "perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
-        "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,
-        "input": _check_input(input), "replicate_key": replicate_key,
-    })
-    if smiles is None and kwargs.get("compound_id_key"):
-        from bioworld.data import bundled_path
+    def _train_locked() -> None:
+        adata, source = _load_data(data, backed=backed)
+        kwargs = _register_kwargs(adata, {
+            "perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
+            "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,
+            "input": _check_input(input), "replicate_key": replicate_key,
+        })
+        smiles_path = smiles
+        if smiles_path is None and kwargs.get("compound_id_key"):
+            from bioworld.data import bundled_path
 
-        smiles = bundled_path(DEFAULT_SMILES)
-    t0 = time.perf_counter()
-    wm_kwargs = dict(
-        entities=[str(p) for p in entities] if entities else None,
-        smiles=None if smiles is None else str(smiles),
-        holdout=_split_labels(holdout, "--holdout") if holdout is not None else [],
-        **kwargs,
-    )
-    if members > 1:
-        ens = bw.Ensemble.train(adata, seeds=[train_config.seed + k for k in range(members)], progress=not quiet,
-                                config=train_config, **wm_kwargs)
-        if calibrate_folds:
-            cal = ens.calibrate(adata, n_folds=calibrate_folds, progress=not quiet, **wm_kwargs)
-            typer.echo(f"calibrated on {cal.n_perturbations} held-out perturbations: 90% half-width = "
-                       f"{cal.quantiles['0.9']:.3f} x each gene's spread")
-        ens.save(out)
-        typer.echo(f"trained {members} members in {time.perf_counter() - t0:.1f} s (wall time, including setup)")
-        typer.echo(f"ensemble saved to {out}")
-        return
-    from bioworld._world_model import train_until_fit
+            smiles_path = bundled_path(DEFAULT_SMILES)
+        t0 = time.perf_counter()
+        wm_kwargs = dict(
+            entities=[str(p) for p in entities] if entities else None,
+            smiles=None if smiles_path is None else str(smiles_path),
+            holdout=_split_labels(holdout, "--holdout") if holdout is not None else [],
+            **kwargs,
+        )
+        if members > 1:
+            ens = bw.Ensemble.train(adata, seeds=[train_config.seed + k for k in range(members)], progress=not quiet,
+                                    config=train_config, **wm_kwargs)
+            if calibrate_folds:
+                cal = ens.calibrate(adata, n_folds=calibrate_folds, progress=not quiet, **wm_kwargs)
+                typer.echo(f"calibrated on {cal.n_perturbations} held-out perturbations: 90% half-width = "
+                           f"{cal.quantiles['0.9']:.3f} x each gene's spread")
+            if (_is_model_dir(out) or _is_ensemble_dir(out)) and not overwrite:
+                raise CheckpointError(
+                    f"a model appeared in --out {str(out)!r} while the ensemble trained (written by another program); "
+                    "expected the folder to stay free of models. Fix: pass --overwrite to replace it, or choose another --out."
+                )
+            ens.save(out)
+            typer.echo(f"trained {members} members in {time.perf_counter() - t0:.1f} s (wall time, including setup)")
+            typer.echo(f"ensemble saved to {out}")
+            return
+        from bioworld._world_model import train_until_fit
 
-    shown = []
+        shown = []
 
-    def build(cfg: Any) -> Any:
-        model = bw.WorldModel(adata, config=cfg, **wm_kwargs)
-        if not quiet and not shown:
-            typer.echo(f"data: {source}")
-            typer.echo(repr(model))
-            for finding in model.findings:
-                typer.echo(f"  - {finding}")
-            shown.append(True)
-        return model
+        def build(cfg: Any) -> Any:
+            model = bw.WorldModel(adata, config=cfg, **wm_kwargs)
+            if not quiet and not shown:
+                typer.echo(f"data: {source}")
+                typer.echo(repr(model))
+                for finding in model.findings:
+                    typer.echo(f"  - {finding}")
+                shown.append(True)
+            return model
 
-    wm = train_until_fit(build, train_config, restarts=restarts if not backed else 0, progress=not quiet,
-                         log=lambda m: typer.echo(m, err=True))
-    if wm.train_config.seed != train_config.seed:
-        typer.echo(f"kept the run with seed {wm.train_config.seed} (seed {train_config.seed} did not learn the strong effects)")
-    wall = time.perf_counter() - t0
-    wm.save(out, overwrite=True)
-    steps = wm.train_result.steps if wm.train_result is not None else train_config.max_steps
-    typer.echo(f"trained {steps} steps in {wall:.1f} s (wall time, including setup)")
-    typer.echo(f"model saved to {out}")
+        wm = train_until_fit(build, train_config, restarts=restarts if not backed else 0, progress=not quiet,
+                             log=lambda m: typer.echo(m, err=True))
+        if wm.train_config.seed != train_config.seed:
+            typer.echo(f"kept the run with seed {wm.train_config.seed} (seed {train_config.seed} did not learn the strong effects)")
+        wall = time.perf_counter() - t0
+        if (_is_model_dir(out) or _is_ensemble_dir(out)) and not overwrite:
+            raise CheckpointError(
+                f"a model appeared in --out {str(out)!r} while this one trained (written by another program); "
+                "expected the folder to stay free of models. Fix: pass --overwrite to replace it, or choose another --out."
+            )
+        wm.save(out, overwrite=True)
+        steps = wm.train_result.steps if wm.train_result is not None else train_config.max_steps
+        typer.echo(f"trained {steps} steps in {wall:.1f} s (wall time, including setup)")
+        typer.echo(f"model saved to {out}")
+
+    from bioworld._atomic import folder_lock, remove_created
+
+    # --out is locked for the whole run (a second training into it is refused at once) and checked
+    # for writability before the data are read; folders created here are removed when training fails
+    done = False
+    created: list[Path] = []
+    try:
+        with folder_lock(out) as created:
+            _train_locked()
+            done = True
+    finally:
+        if not done:
+            remove_created(created)
 
 
 @app.command("predict")
@@ -376,6 +459,7 @@ def predict_cmd(
     perturbations: Annotated[str, typer.Option(help="Comma-separated labels, e.g. 'control,JAK2,IFNGR1+STAT1'.")],
     out: Annotated[Path, typer.Option("--out", metavar="PRED.h5ad", help="AnnData (.h5ad) to write: X = predicted mean, layers['delta'].")],
     level: Annotated[float, typer.Option("--level", help="Ensembles only: interval level for layers['delta_lo'] / ['delta_hi'].")] = 0.9,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (never an input or a model folder).")] = False,
 ) -> None:
     """Predict the mean expression under perturbations and write it as an h5ad.
 
@@ -383,28 +467,17 @@ def predict_cmd(
     spread and layers['delta_lo'] / ['delta_hi'] the interval (uns['bioworld']['interval'] says
     whether it is calibrated).
     """
+    from bioworld.report._h5ad import write_h5ad_atomic
+
     labels = _split_labels(perturbations, "--perturbations")
+    _check_out(out, overwrite=overwrite, inputs={"MODEL_DIR": model_dir})
     wm = _load_model(model_dir)
     pred = wm.predict(labels) if not _is_ensemble(wm) else wm.predict(labels, level=level)
-    _write_h5ad_atomic(pred, out)
+    write_h5ad_atomic(pred, out)
     typer.echo(f"predicted {pred.n_obs} perturbation(s) x {pred.n_vars:,} genes; wrote {out}")
     if _is_ensemble(wm):
         info = pred.uns["bioworld"]["interval"]
         typer.echo(f"  {len(wm.members)} members; {level:.0%} intervals {'calibrated' if info['calibrated'] else 'UNCALIBRATED (model variance only)'}")
-
-
-def _write_h5ad_atomic(adata: Any, path: Path) -> None:
-    """Write to a temporary file in the target folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.h5ad")
-    os.close(fd)
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------- counterfactual, prioritize, demo commands
@@ -437,6 +510,7 @@ def counterfactual_cmd(
     intervention: Annotated[List[str], typer.Option("--intervention", metavar="SPEC", help="An intervention, e.g. 'silence:HALLMARK_INTERFERON_GAMMA_RESPONSE', 'STAT1', 'IFNGR1+IRF1'; repeatable.")],
     out: Annotated[Path, typer.Option("--out", metavar="CF.h5ad", help="AnnData (.h5ad) to write: rows = intervention x cell.")],
     level: Annotated[float, typer.Option("--level", help="Ensembles only: interval level of the population effects.")] = 0.9,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (never an input or a model folder).")] = False,
 ) -> None:
     """Predict each cell's state under each intervention and write it as an h5ad.
 
@@ -449,6 +523,7 @@ def counterfactual_cmd(
     from bioworld.data import read_h5ad
     from bioworld.report._h5ad import write_h5ad_atomic
 
+    _check_out(out, overwrite=overwrite, inputs={"--cells": cells, "MODEL_DIR": model_dir})
     wm = _load_model(model_dir)
     adata = read_h5ad(cells)
     cf = wm.counterfactual(adata, list(intervention)) if not _is_ensemble(wm) else \
@@ -470,14 +545,16 @@ def prioritize_cmd(
     out: Annotated[Path, typer.Option("--out", metavar="REPORT_DIR", help="Folder for ranked_interventions.csv and report.html.")],
     genes: Annotated[Optional[str], typer.Option(help="Comma-separated candidate gene knockouts (default: the genes the model knows).")] = None,
     pairs: Annotated[bool, typer.Option("--pairs/--no-pairs", help="Also score pairs of interventions (default: yes).")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report files in a non-empty --out folder (never an input or a model folder).")] = False,
 ) -> None:
     """Rank interventions that move the cells towards a goal; write the ranked CSV and an HTML report."""
     from bioworld.data import read_h5ad
     from bioworld.query import Goal
     from bioworld.report import write_report
+    from bioworld.report.html import CSV_NAME, REPORT_NAME
 
-    if out.exists() and not out.is_dir():
-        raise BioworldError(f"--out {str(out)!r} is a file; expected a folder for the report. Fix: choose another path.")
+    _check_out(out, overwrite=overwrite, inputs={"--cells": cells, "MODEL_DIR": model_dir}, folder=True,
+               writes=(CSV_NAME, REPORT_NAME))
     wm = _load_model(model_dir, ensemble_ok=False)
     Goal.parse(goal, entity_names=wm.entity_names)  # a bad goal fails before the cells are read
     adata = read_h5ad(cells)

@@ -33,3 +33,9 @@ class CheckpointError(BioworldError):
 
 class TrainingError(BioworldError):
     """Training cannot proceed (e.g. latent collapse)."""
+
+
+class OutputError(BioworldError):
+    """An output cannot be written: it exists (and may not be replaced), would destroy an input or a
+    model folder, the folder is not writable or another job holds it, or the write failed (disk
+    full); nothing was written in its place."""

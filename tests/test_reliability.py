@@ -32,6 +32,7 @@ from bioworld.errors import (
     CheckpointError,
     DataValidationError,
     EntityError,
+    OutputError,
     PerturbationParseError,
     UnknownPerturbationError,
 )
@@ -486,8 +487,9 @@ def test_crash_while_writing_weights_keeps_previous_checkpoint(tiny_trained, oth
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt, "save_file", partial_then_crash)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match="No space left") as err:  # one error naming the file, not the temp file
         other_model.save(model_copy)
+    assert str(model_copy / "model.safetensors") in str(err.value) and ".bwtmp" not in str(err.value)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in model_copy.iterdir()} == before  # intact, no temp files
     wm = bw.WorldModel.load(model_copy)
@@ -506,8 +508,9 @@ def test_crash_while_writing_metadata_keeps_previous_checkpoint(tiny_trained, ot
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match="No space left") as err:
         other_model.save(model_copy)
+    assert str(model_copy / "bioworld.json") in str(err.value) and ".bwtmp" not in str(err.value)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in model_copy.iterdir()} == before
     wm = bw.WorldModel.load(model_copy)

@@ -50,17 +50,39 @@ def effect_records(effects: Any) -> list[dict[str, Any]]:
     return [dict(e) for e in effects]
 
 
+def h5ad_bytes(adata: Any) -> bytes:
+    """``adata`` serialised as an ``.h5ad`` file, in memory.
+
+    HDF5 caches what it writes and can crash the process (not raise) when the disk fills up under
+    it; building the file in memory first makes the only disk write a plain one, whose failure is
+    an ordinary ``OSError``.
+    """
+    import io
+
+    import h5py
+
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        write_elem(f, "/", adata)
+    return buf.getvalue()
+
+
 def write_h5ad_atomic(adata: Any, path: str | os.PathLike) -> Path:
-    """Write ``adata`` (with :func:`h5ad_safe` ``uns``) next to ``path``, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``adata`` (with :func:`h5ad_safe` ``uns``) to ``path`` atomically.
+
+    Through :func:`bioworld._atomic.write_files`: the file is built in memory
+    (:func:`h5ad_bytes`), written to a temporary file beside ``path`` and renamed over it when
+    complete, with mode ``0o666 & ~umask``; a failed write is an
+    :class:`~bioworld.errors.OutputError` naming ``path`` and leaves nothing behind.
+    """
+    from bioworld._atomic import write_bytes
+
     out = adata.copy()
     out.uns = h5ad_safe(dict(adata.uns))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.h5ad")
-    try:
-        out.write_h5ad(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    out.strings_to_categoricals()  # as AnnData.write_h5ad does
+    return write_bytes(path, h5ad_bytes(out))

@@ -289,17 +289,6 @@ def _breakable(text: Any) -> Any:
     return Markup(out)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write next to ``path`` then rename over it (a reader never sees a half-written file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # ------------------------------------------------------------------------------------ entry
 def write_report(
     result: Any,
@@ -351,7 +340,8 @@ def write_report(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BioworldError(f"out_dir {str(out)!r} is a file; expected a folder for report.html. Fix: choose another path.")
-    out.mkdir(parents=True, exist_ok=True)
+    # everything is rendered first and written at the end, all-or-nothing: a failure on the way
+    # (a plot, the template, a full disk) leaves no half-made report folder
 
     # ---- held-out accuracy (given, found next to BENCHMARKS.md, or none)
     accuracy_source = "a table given by the caller"
@@ -402,8 +392,7 @@ def write_report(
         accuracy_fig = _png(plots.accuracy_bars(acc))
 
     # ---- tables + render
-    csv_path = out / CSV_NAME
-    _write_text_atomic(csv_path, table.to_csv(index=False))
+    csv_text = csv_safe(table).to_csv(index=False)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -426,6 +415,34 @@ def write_report(
         benchmark_path=str(BENCHMARK_SUMMARY),
         holdout=list((getattr(result, "provenance", {}) or {}).get("model", {}).get("holdout", [])),
     )
+    from bioworld._atomic import write_files
+
+    def text_writer(text: str):
+        return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
+
     path = out / REPORT_NAME
-    _write_text_atomic(path, html)
+    write_files([(out / CSV_NAME, text_writer(csv_text)), (path, text_writer(html))], what="report file")
     return path
+
+
+#: First characters that make a spreadsheet read a cell as a formula (CSV / formula injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` whose text cells cannot run as spreadsheet formulas.
+
+    A text cell (not a number) starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return
+    (or their full-width forms) gets a leading apostrophe, as OWASP recommends for CSV files opened
+    in Excel / LibreOffice / Sheets; numbers, including negative ones, are written unchanged.
+    """
+    out = table.copy()
+    for col in out.columns:
+        if out[col].dtype != object and not isinstance(out[col].dtype, pd.CategoricalDtype) \
+                and not pd.api.types.is_string_dtype(out[col].dtype):
+            continue
+        out[col] = [("'" + v) if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+                    for v in out[col].astype(object)]
+    safe_names = [("'" + c) if isinstance(c, str) and c.startswith(FORMULA_STARTS) else c for c in out.columns]
+    out.columns = safe_names
+    return out

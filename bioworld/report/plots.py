@@ -40,6 +40,22 @@ _HORIZONTAL: dict[str, Any] = (
 )
 
 
+def _plain_text(fn):
+    """Build the figure with matplotlib's math parser off: names are shown as written.
+
+    Entity and intervention names come from user files; a ``$`` in one (``P$\\foo{$``) would
+    otherwise be parsed as mathtext and fail (or render as math) when the figure is drawn.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def short_label(label: str, width: int = 42) -> str:
     """Shorten long entity / intervention names for axis labels.
 
@@ -51,12 +67,14 @@ def short_label(label: str, width: int = 42) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+@_plain_text
 def _empty(message: str, figsize: tuple[float, float] = (6.0, 1.6)) -> Figure:
     fig = Figure(figsize=figsize)
     fig.text(0.5, 0.5, message, ha="center", va="center", fontsize=10, color="#555555", wrap=True)
     return fig
 
 
+@_plain_text
 def effect_bars(table: pd.DataFrame, *, top_n: int = 20, title: str | None = None) -> Figure:
     """Mean goal score of the ``top_n`` best interventions with their intervals.
 
@@ -92,6 +110,7 @@ def effect_bars(table: pd.DataFrame, *, top_n: int = 20, title: str | None = Non
     return fig
 
 
+@_plain_text
 def entity_heatmap(
     entity_shift: pd.DataFrame,
     interventions: Sequence[str],
@@ -126,6 +145,7 @@ def entity_heatmap(
     return fig
 
 
+@_plain_text
 def per_cell_distributions(
     per_cell_scores: Mapping[str, np.ndarray],
     *,
@@ -168,6 +188,7 @@ def per_cell_distributions(
     return fig
 
 
+@_plain_text
 def pair_synergy_matrix(pair_synergy: pd.DataFrame, *, max_entities: int = 25, title: str | None = None) -> Figure:
     """Pair score minus the sum of its singles, entity x entity (diverging, centred at 0, NaN masked).
 
@@ -204,6 +225,7 @@ def pair_synergy_matrix(pair_synergy: pd.DataFrame, *, max_entities: int = 25, t
     return fig
 
 
+@_plain_text
 def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
     """Training loss (total and per term) and the collapse monitor against the step."""
     if not history:
@@ -252,6 +274,7 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None =
     return fig
 
 
+@_plain_text
 def accuracy_bars(
     accuracy: pd.DataFrame,
     *,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from bioworld._atomic import clean_stale, write_files
 from bioworld.errors import CheckpointError
 
 FORMAT = "bioworld-checkpoint"
@@ -37,75 +37,46 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_temp_bytes(path: Path, data: bytes) -> str:
-    """Write ``data`` durably to a temporary file beside ``path``; returns the temporary name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        _discard(tmp)
-        raise
-    return tmp
-
-
-def _write_temp_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
-    """Write ``tensors`` durably (safetensors) to a temporary file beside ``path``; returns its name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+def _tensor_writer(tensors: dict[str, torch.Tensor]):
+    def write(tmp: str) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    except BaseException:
-        _discard(tmp)
-        raise
-    return tmp
+
+    return write
 
 
-def _discard(*paths: str) -> None:
-    for tmp in paths:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _commit(weights: tuple[str, Path], meta: tuple[str, Path]) -> None:
-    """Rename both fully written temporary files into place, weights first, then the metadata.
-
-    Everything that can fail (serialising, writing, fsync) happens before the first rename, so an
-    error leaves the previous checkpoint untouched; only a hard kill between the two renames can
-    leave new weights beside old metadata, which :func:`load_checkpoint` refuses (hash mismatch).
-    """
-    try:
-        os.replace(*weights)
-        os.replace(*meta)
-    except BaseException:
-        _discard(weights[0], meta[0])
-        raise
+def _json_bytes(meta: dict[str, Any], **kw: Any) -> bytes:
+    return json.dumps(meta, sort_keys=True, **kw).encode()
 
 
 def save_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write weights then metadata (each atomically); the metadata names the weights' hash."""
+    """Write weights then metadata, all-or-nothing (:func:`bioworld._atomic.write_files`).
+
+    The metadata names the weights' SHA-256. A write failure (disk full, permission) is an
+    :class:`~bioworld.errors.OutputError` naming the model file and leaves any earlier checkpoint
+    in ``directory`` intact; only a hard kill between the two renames can leave new weights beside
+    old metadata, which :func:`load_checkpoint` refuses (hash mismatch).
+    """
     from bioworld import __version__
 
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp_w = _write_temp_tensors(d / WEIGHTS, tensors)
-    try:
+    written: dict[str, str] = {}
+    write_weights = _tensor_writer(tensors)
+
+    def weights(tmp: str) -> None:
+        write_weights(tmp)
+        written["weights"] = tmp
+
+    def metadata(tmp: str) -> None:
         full = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "bioworld_version": __version__,
-            "weights_sha256": _sha256(Path(tmp_w)),
+            "weights_sha256": _sha256(Path(written["weights"])),
             **meta,
         }
-        tmp_m = _write_temp_bytes(d / META, json.dumps(full, indent=1, sort_keys=True).encode())
-    except BaseException:
-        _discard(tmp_w)
-        raise
-    _commit((tmp_w, d / WEIGHTS), (tmp_m, d / META))
+        Path(tmp).write_bytes(_json_bytes(full, indent=1))
+
+    write_files([(d / WEIGHTS, weights), (d / META, metadata)], what="model file")
     return d
 
 
@@ -158,16 +129,19 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
 
 
 def save_train_state(directory: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Write the resumable training state (weights + JSON naming their hash), all-or-nothing."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp_w = _write_temp_tensors(d / STATE_WEIGHTS, tensors)
-    try:
-        state = {**state, "weights_sha256": _sha256(Path(tmp_w))}
-        tmp_m = _write_temp_bytes(d / STATE_META, json.dumps(state, sort_keys=True).encode())
-    except BaseException:
-        _discard(tmp_w)
-        raise
-    _commit((tmp_w, d / STATE_WEIGHTS), (tmp_m, d / STATE_META))
+    written: dict[str, str] = {}
+    write_weights = _tensor_writer(tensors)
+
+    def weights(tmp: str) -> None:
+        write_weights(tmp)
+        written["weights"] = tmp
+
+    def metadata(tmp: str) -> None:
+        Path(tmp).write_bytes(_json_bytes({**state, "weights_sha256": _sha256(Path(written["weights"]))}))
+
+    write_files([(d / STATE_WEIGHTS, weights), (d / STATE_META, metadata)], what="training state file")
 
 
 def load_train_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -193,6 +167,4 @@ def clear_train_state(directory: str | Path) -> None:
         p = d / name
         if p.exists():
             p.unlink()
-    for name in (STATE_META, STATE_WEIGHTS):
-        for stale in d.glob(f".{name}.*.tmp"):
-            stale.unlink()
+    clean_stale(d)
