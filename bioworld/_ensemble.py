@@ -257,20 +257,44 @@ class Ensemble:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Ensemble":
         """Load an ensemble folder written by :meth:`save` (each member checked as by WorldModel.load)."""
+        from bioworld.train.checkpoint import read_json
+
         d = Path(directory)
         path = d / ENSEMBLE_META
         if not path.is_file():
             raise CheckpointError(f"{str(d)!r} holds no {ENSEMBLE_META}; expected a folder written by Ensemble.save")
-        try:
-            meta = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{str(path)!r} is not valid JSON ({e}); the ensemble folder is corrupt") from None
+        meta = read_json(path, "ensemble record")
         if not isinstance(meta, dict) or meta.get("format") != ENSEMBLE_FORMAT or not isinstance(meta.get("members"), list):
             raise CheckpointError(f"{str(path)!r} is not a bioworld ensemble record (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-        if int(meta.get("version", -1)) > ENSEMBLE_VERSION:
-            raise CheckpointError(f"{str(path)!r} has version {meta.get('version')}; this bioworld reads up to {ENSEMBLE_VERSION}")
-        members = [WorldModel.load(d / str(name)) for name in meta["members"]]
-        cal = None if meta.get("calibration") is None else Calibration.from_dict(meta["calibration"])
+        version = meta.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= ENSEMBLE_VERSION:
+            raise CheckpointError(f"{str(path)!r} has version {version!r}; expected an integer from 1 to {ENSEMBLE_VERSION} "
+                                  "(the versions this bioworld reads). Restore the folder, or install the bioworld that wrote it.")
+        names = meta["members"]
+        root = d.resolve()
+        for name in names:
+            member = (d / name) if isinstance(name, str) else None
+            if (member is None or not name or Path(name).is_absolute() or Path(name).name != name
+                    or name in (".", "..") or member.resolve().parent != root):
+                raise CheckpointError(f"{str(path)!r} lists member {name!r}; expected the name of a folder directly inside "
+                                      f"{str(d)!r} (such as 'member_0'), never a path that leaves it. Restore the folder.")
+        if len(set(names)) != len(names) or meta.get("n_members", len(names)) != len(names):
+            raise CheckpointError(f"{str(path)!r} lists {len(names)} members ({len(set(names))} distinct) but records "
+                                  f"n_members={meta.get('n_members')!r}; the ensemble record is inconsistent. Restore the folder.")
+        members = [WorldModel.load(d / name) for name in names]
+        cal = None
+        if meta.get("calibration") is not None:
+            try:
+                cal = Calibration.from_dict(meta["calibration"])
+            except BioworldError as e:
+                raise CheckpointError(f"{str(path)!r}: {e}") from None
+            scale = np.asarray(cal.gene_scale)
+            q = np.asarray(list(cal.quantiles.values()), dtype=float)
+            if scale.shape != (len(members[0].genes),) or not np.isfinite(scale).all() or (scale < 0).any() \
+                    or not np.isfinite(q).all() or (q < 0).any():
+                raise CheckpointError(f"{str(path)!r}: calibration holds gene_scale of shape {scale.shape} and quantiles "
+                                      f"{q.tolist()[:4]}; expected {len(members[0].genes)} finite, non-negative gene scales "
+                                      "and finite, non-negative quantiles. Restore the folder or calibrate again.")
         return cls(members, cal)
 
     def __repr__(self) -> str:

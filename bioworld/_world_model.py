@@ -976,7 +976,10 @@ class WorldModel:
         from bioworld.train import TrainConfig
         from bioworld.train.checkpoint import load_checkpoint
 
+        from bioworld._checkpoint_schema import validate_model_meta
+
         tensors, meta = load_checkpoint(directory)
+        validate_model_meta(meta, tensors, directory)  # every field, before anything is built
         try:
             self = cls.__new__(cls)
             self.model_config = JEPAConfig.from_dict(meta["model_config"])
@@ -991,9 +994,9 @@ class WorldModel:
             self.smiles = dict(meta["smiles"])
             self.findings, self.meta = list(meta["findings"]), dict(meta["meta"])
             gene_genes = list(meta["gene_feature_genes"])
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{directory}: bioworld.json lacks or mangles field {e}; the checkpoint is incomplete") from None
-        except BioworldError as e:
+        except (BioworldError, ValueError) as e:
             raise CheckpointError(f"{directory}: bioworld.json holds invalid definitions ({e}); the checkpoint is corrupt") from None
         if self.entity_set.hash() != meta.get("entity_hash"):
             raise CheckpointError(
@@ -1030,7 +1033,11 @@ class WorldModel:
         self.mu, self.sd = tensors["norm.mu"].numpy(), tensors["norm.sd"].numpy()
         self.reference = tensors["reference"].numpy()
         self.gene_features = _GeneFeatures(gene_genes, tensors["gene_features"].numpy())
-        self.actions = {lab: parse_action(lab, control_labels=(self.control, "control")) for lab in meta["actions"]}
+        try:
+            self.actions = {lab: parse_action(lab, control_labels=(self.control, "control")) for lab in meta["actions"]}
+        except BioworldError as e:
+            raise CheckpointError(f"{directory}: bioworld.json holds an action the parser refuses ({e}); the checkpoint "
+                                  "is corrupt or was edited") from None
         module = JEPA(self.model_config, torch.from_numpy(self.membership))
         state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
         own = module.state_dict()

@@ -154,7 +154,17 @@ def _suggested_kwargs(adata: Any) -> dict[str, Any]:
     for key, value in stored.items():
         if key not in _REGISTER_KEYS or value is None:
             continue
-        out[key] = int(value) if key == "min_cells_per_group" else str(value)
+        if key == "min_cells_per_group":
+            number = value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise DataValidationError(
+                    f"uns['bioworld']['loader']['register_kwargs']['min_cells_per_group'] is {value!r:.40} "
+                    f"({type(value).__name__}); expected a positive integer (the smallest group kept). "
+                    "Fix: correct or delete that entry in the file."
+                )
+            out[key] = int(number)
+        else:
+            out[key] = str(value)
     return out
 
 
@@ -368,6 +378,11 @@ def train_cmd(
             f"{str(out)!r} already holds a model ({_MODEL_META}); expected a new or empty folder. "
             "Fix: pass --overwrite to replace it, or choose another --out."
         )
+    if seed is not None and seed < 0:
+        raise BioworldError(f"--seed {seed}; expected a non-negative integer. Fix: pass --seed 0 (or another integer >= 0).")
+    if max_steps is not None and max_steps < 1:
+        raise BioworldError(f"--max-steps {max_steps}; expected at least 1 optimiser step (0 would save an untrained "
+                            "model). Fix: pass --max-steps 1 or more.")
     train_config = TrainConfig.from_file(config) if config is not None else TrainConfig()
     overrides = {k: v for k, v in {"seed": seed, "max_steps": max_steps}.items() if v is not None}
     if overrides:

@@ -102,3 +102,33 @@ def test_is_main_process_without_group():
 
     if "WORLD_SIZE" not in os.environ:
         assert init_from_env() == (0, 1)
+
+
+def test_rank_results_travel_as_safetensors_and_json_not_pickle(tmp_path, monkeypatch):
+    """Item 12 (issue 17): what a rank returns is written as safetensors + JSON and read back without pickle."""
+    import pickle
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    import bioworld.train.distributed as d
+
+    assert "pickle" not in sys.modules["bioworld.train.distributed"].__dict__
+    out = {"delta": np.arange(6, dtype=np.float32).reshape(2, 3), "params": torch.ones(4, dtype=torch.float64),
+           "history": [{"loss": 1.5, "step": 1}], "name": "r0", "n": np.int64(3), "pair": (1, 2.0)}
+
+    def forbidden(*a, **k):
+        raise AssertionError("results must not be pickled")
+
+    monkeypatch.setattr(pickle, "dump", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    d._write_result(str(tmp_path), 0, out)
+    assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["rank0.json", "rank0.safetensors"]
+    back = d._read_result(str(tmp_path), 0)
+    np.testing.assert_array_equal(back["delta"], out["delta"])
+    assert isinstance(back["delta"], np.ndarray) and isinstance(back["params"], torch.Tensor)
+    assert torch.equal(back["params"], out["params"])
+    assert back["history"] == out["history"] and back["name"] == "r0" and back["n"] == 3 and back["pair"] == [1, 2.0]
+    with pytest.raises(d.BioworldError, match="object"):
+        d._write_result(str(tmp_path), 1, {"bad": object()})

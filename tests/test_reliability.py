@@ -94,7 +94,15 @@ def _rehash(model_dir: Path) -> None:
     meta_path = model_dir / "bioworld.json"
     meta = json.loads(meta_path.read_text())
     meta["weights_sha256"] = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
-    meta_path.write_text(json.dumps(meta))
+    _write_meta(model_dir, meta)
+
+
+def _write_meta(model_dir: Path, meta: dict) -> None:
+    """Write an edited bioworld.json with its own hash recomputed (a thorough tamperer)."""
+    from bioworld.train.checkpoint import meta_digest
+
+    meta["meta_sha256"] = meta_digest(meta)
+    (model_dir / "bioworld.json").write_text(json.dumps(meta))
 
 
 @pytest.fixture
@@ -597,7 +605,7 @@ def test_format_version_mismatch_states_both_versions(model_copy):
 def test_inconsistent_metadata_is_refused(model_copy, edit, fact):
     meta = json.loads((model_copy / "bioworld.json").read_text())
     edit(meta)
-    (model_copy / "bioworld.json").write_text(json.dumps(meta))
+    _write_meta(model_copy, meta)
     with pytest.raises(CheckpointError, match=fact):
         bw.WorldModel.load(model_copy)
 

@@ -53,10 +53,17 @@ def test_tampered_checkpoints_are_refused(tiny_trained, tmp_path):
     meta = json.loads((d / "bioworld.json").read_text())
     ent0 = meta["entities"]["entities"][0]
     ent0["weights"] = [2.0] + list(ent0["weights"][1:])  # valid definitions, different from training
+    from bioworld.train.checkpoint import meta_digest
+
+    (d / "bioworld.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="edited after it was written"):  # bioworld.json records its own hash
+        bw.WorldModel.load(d)
+    meta["meta_sha256"] = meta_digest(meta)  # a thorough edit: the deeper checks still refuse it
     (d / "bioworld.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="hash"):
         bw.WorldModel.load(d)
     ent0["genes"] = ent0["genes"][:-1]  # inconsistent definitions
+    meta["meta_sha256"] = meta_digest(meta)
     (d / "bioworld.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="invalid definitions"):
         bw.WorldModel.load(d)
@@ -121,6 +128,9 @@ def test_loading_a_model_from_another_bioworld_version_states_both(tiny_trained,
     d = tiny_trained.save(tmp_path / "m")
     meta = json.loads((d / META).read_text())
     meta["bioworld_version"] = "0.0.1"
+    from bioworld.train.checkpoint import meta_digest
+
+    meta["meta_sha256"] = meta_digest(meta)  # as that version would have written it
     (d / META).write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match=r"written by bioworld 0\.0\.1 and is loaded by bioworld " + bw.__version__.replace(".", r"\.")):
         bw.WorldModel.load(d)

@@ -52,6 +52,9 @@ class TrainConfig:
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available); under torchrun "cuda" = cuda:LOCAL_RANK
     num_threads: int = 0  # torch intra-op threads; 0 = auto: half the cores, 1..8 (2 threads on 2 busy cores ran ~10x slower than 1)
 
+    def __post_init__(self) -> None:
+        _check_values(self)
+
     def resolved_threads(self) -> int:
         """Threads training will use (``num_threads`` or the automatic choice)."""
         import os
@@ -96,10 +99,6 @@ class TrainConfig:
                 f"unknown training config field(s) {unknown}; expected a subset of {sorted(known)}"
             )
         clean = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        if clean.get("mask_mode", "entity") not in ("entity", "gene", "none"):
-            raise BioworldError(
-                f"mask_mode={clean['mask_mode']!r}; expected 'entity', 'gene' or 'none'"
-            )
         return cls(**clean)
 
     @classmethod
@@ -114,4 +113,57 @@ class TrainConfig:
             raise BioworldError(f"config file {str(p)!r} is not valid JSON ({e}); expected an object of TrainConfig fields") from None
         if not isinstance(d, dict):
             raise BioworldError(f"config file {str(p)!r} holds a {type(d).__name__}; expected a JSON object")
-        return cls.from_dict({**cls().to_dict(), **d})
+        try:
+            return cls.from_dict({**cls().to_dict(), **d})
+        except BioworldError as e:
+            raise BioworldError(f"config file {str(p)!r}: {e}") from None
+
+
+#: Allowed values of each field: (kind, low, high); kind "int" (not bool), "float" (finite), "prob" ([0, 1]).
+_INT_MIN = {"seed": 0, "max_steps": 1, "warmup_steps": 0, "groups_per_batch": 1, "cells_per_group": 1, "self_pairs": 0,
+            "collapse_patience": 1, "checkpoint_every": 0, "log_every": 1, "block_size": 1, "buffer_blocks": 1,
+            "buffer_refresh": 1, "resident_controls": 0, "num_threads": 0}
+_INT_MAX = {"seed": 2**63 - 1, "num_threads": 1024}
+_FLOAT_MIN = {"lr": (0.0, True), "lr_min": (0.0, False), "weight_decay": (0.0, False), "grad_clip": (0.0, True),
+              "w_latent": (0.0, False), "w_expr": (0.0, False), "w_energy": (0.0, False), "w_recon": (0.0, False),
+              "w_score": (0.0, False), "w_variance": (0.0, False), "w_covariance": (0.0, False),
+              "collapse_std": (0.0, False)}
+_PROBS = ("ema_start", "ema_end", "structured_mask_prob", "clamp_prob")
+_RATIOS = ("self_mask_ratio", "transition_mask_ratio")
+
+
+def _check_values(cfg: "TrainConfig") -> None:
+    """Type and range of every field; a :class:`BioworldError` naming the field, the value and the range."""
+    import math
+
+    def bad(name: str, value: Any, expected: str) -> BioworldError:
+        return BioworldError(f"training config field {name}={value!r:.60} ({type(value).__name__}); expected "
+                             f"{expected}. Fix: set {name} to such a value.")
+
+    for name, lo in _INT_MIN.items():
+        v = getattr(cfg, name)
+        hi = _INT_MAX.get(name, 2**62)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise bad(name, v, f"an integer in [{lo}, {hi}]" if name in _INT_MAX else f"an integer >= {lo}")
+    for name, (lo, open_lo) in _FLOAT_MIN.items():
+        v = getattr(cfg, name)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > lo if open_lo else v >= lo)
+        if not ok:
+            raise bad(name, v, f"a finite number {'>' if open_lo else '>='} {lo}")
+    for name in _PROBS:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise bad(name, v, "a number in [0, 1]")
+    for name in _RATIOS:
+        v = getattr(cfg, name)
+        ok = (isinstance(v, (tuple, list)) and len(v) == 2
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in v)
+              and v[0] <= v[1])
+        if not ok:
+            raise bad(name, v, "a pair [low, high] with 0 <= low <= high <= 1")
+    if cfg.lr_min > cfg.lr:
+        raise bad("lr_min", cfg.lr_min, f"at most lr ({cfg.lr})")
+    if cfg.mask_mode not in ("entity", "gene", "none"):
+        raise bad("mask_mode", cfg.mask_mode, "'entity', 'gene' or 'none'")
+    if not isinstance(cfg.device, str):
+        raise bad("device", cfg.device, "'cpu', 'cuda', 'cuda:N' or 'auto'")

@@ -53,6 +53,7 @@ import os
 import socket
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -103,10 +104,73 @@ def init_from_env(backend: str = "gloo", timeout_s: float = 1800.0) -> tuple[int
     return dist.get_rank(), dist.get_world_size()
 
 
+_TENSOR_MARK = "__bioworld_tensor__"
+
+
+def _encode_result(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """``obj`` with every array / tensor replaced by a reference into ``tensors`` (JSON-able rest)."""
+    import numpy as np
+
+    if isinstance(obj, torch.Tensor) or isinstance(obj, np.ndarray):
+        key = f"t{len(tensors)}"
+        is_numpy = isinstance(obj, np.ndarray)
+        tensors[key] = (torch.from_numpy(np.ascontiguousarray(obj)) if is_numpy else obj.detach().cpu()).contiguous()
+        return {_TENSOR_MARK: key, "numpy": is_numpy}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) for k in obj):
+            raise BioworldError(f"a distributed result holds a dict with non-string keys {list(obj)[:3]}; expected "
+                                "JSON-like results (str keys, lists, numbers, strings, arrays / tensors)")
+        return {k: _encode_result(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode_result(v, tensors) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise BioworldError(f"a distributed result holds a {type(obj).__name__}; expected JSON-like results (dicts with "
+                        "str keys, lists, numbers, strings) and numpy arrays / torch tensors (exchanged as safetensors)")
+
+
+def _decode_result(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR_MARK, "numpy"}:
+            t = tensors[obj[_TENSOR_MARK]]
+            return t.numpy() if obj["numpy"] else t
+        return {k: _decode_result(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode_result(v, tensors) for v in obj]
+    return obj
+
+
+def _write_result(result_dir: str, rank: int, out: Any) -> None:
+    """A rank's return value as ``rank<r>.safetensors`` (arrays) + ``rank<r>.json`` (the rest); no pickle."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from bioworld._atomic import write_files
+
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _encode_result(out, tensors)
+    base = os.path.join(result_dir, f"rank{rank}")
+    write_files([(base + ".safetensors", lambda tmp: save_file(tensors, tmp)),
+                 (base + ".json", lambda tmp: Path(tmp).write_text(json.dumps(tree)))])
+
+
+def _read_result(result_dir: str, rank: int) -> Any:
+    import json
+
+    from safetensors.torch import load_file
+
+    base = os.path.join(result_dir, f"rank{rank}")
+    if not os.path.exists(base + ".json"):
+        raise RuntimeError(f"distributed training: rank {rank} exited without a result")
+    tensors = load_file(base + ".safetensors")
+    return _decode_result(json.loads(Path(base + ".json").read_text()), tensors)
+
+
 def _worker(rank: int, world: int, port: int, backend: str, fn: Callable[..., Any], args: tuple,
             result_dir: str, threads: int | None) -> None:
-    import pickle
-
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"] = str(rank), str(world), str(rank)
@@ -118,10 +182,7 @@ def _worker(rank: int, world: int, port: int, backend: str, fn: Callable[..., An
         out = fn(rank, world, *args)
     finally:
         dist.destroy_process_group()
-    tmp = os.path.join(result_dir, f"rank{rank}.pkl.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(out, f)
-    os.replace(tmp, os.path.join(result_dir, f"rank{rank}.pkl"))
+    _write_result(result_dir, rank, out)
 
 
 def train_distributed(world_size: int, fn: Callable[..., Any], *args: Any, backend: str = "gloo",
@@ -129,11 +190,13 @@ def train_distributed(world_size: int, fn: Callable[..., Any], *args: Any, backe
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` local processes sharing a process group.
 
     ``fn`` must be importable (a module-level function) and build its own model/data; its return
-    values must be picklable and are returned in rank order. Inside ``fn``, ``bw.WorldModel.train()``
+    values are returned in rank order and must be JSON-like (dicts with str keys, lists, numbers,
+    strings) with numpy arrays / torch tensors anywhere inside: they come back through
+    ``rank<r>.safetensors`` + ``rank<r>.json`` files, never pickle (the spawn start method itself
+    passes ``fn`` and ``args`` to the children, which are this process's own). Inside ``fn``, ``bw.WorldModel.train()``
     / :func:`bioworld.train.fit` train data-parallel automatically. ``threads`` sets torch threads
     per process before ``fn`` runs (``fit`` then applies ``TrainConfig.num_threads``).
     """
-    import pickle
     import tempfile
 
     import torch.multiprocessing as mp
@@ -146,13 +209,7 @@ def train_distributed(world_size: int, fn: Callable[..., Any], *args: Any, backe
         # a rank that raises makes start_processes raise ProcessRaisedException with its traceback
         mp.start_processes(_worker, args=(world_size, port, backend, fn, args, result_dir, threads),
                            nprocs=world_size, join=True, start_method="spawn")
-        out = []
-        for r in range(world_size):
-            path = os.path.join(result_dir, f"rank{r}.pkl")
-            if not os.path.exists(path):
-                raise RuntimeError(f"distributed training: rank {r} exited without a result")
-            with open(path, "rb") as f:
-                out.append(pickle.load(f))
+        out = [_read_result(result_dir, r) for r in range(world_size)]
     return out
 
 
