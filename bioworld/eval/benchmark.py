@@ -42,6 +42,7 @@ from bioworld.eval.baselines import (
     FitContext,
     LinearEmbedding,
     MeanOfTrain,
+    KnowledgeNeighbours,
     NearestCompound,
     NoChange,
     TargetEmbedding,
@@ -114,6 +115,13 @@ def _knowledge_embedding() -> TargetEmbedding:
     from bioworld.entities import load_bundled
 
     return knowledge_embedding([load_bundled(n) for n in KNOWLEDGE], dim=32, seed=0)
+
+
+@lru_cache(maxsize=1)
+def _knowledge_base() -> Any:
+    from bioworld.knowledge import KnowledgeBase
+
+    return KnowledgeBase()
 
 
 def _train_expression(X: np.ndarray, labels: np.ndarray, train: Sequence[str], seed: int) -> np.ndarray:
@@ -311,7 +319,7 @@ def run_papalexi_lto(
     if world_model and ablations:
         variants.update(ABLATIONS)
     splits_by_seed = {s: leave_targets_out(labels, n_folds=n_folds, seed=s) for s in seeds}
-    total = sum(len(v) for v in splits_by_seed.values()) * (3 + len(variants))
+    total = sum(len(v) for v in splits_by_seed.values()) * (4 + len(variants))
     bar = _progress(total, "papalexi LTO", progress)
     for seed, splits in splits_by_seed.items():
         t = time.perf_counter()
@@ -325,8 +333,8 @@ def run_papalexi_lto(
                                     fold=sp.fold, seed=seed))
             col.walls[CEILING] = col.walls.get(CEILING, 0.0) + ceiling_wall / len(splits)
             ctx = FitContext(control="control", target_embedding=emb,
-                             expression=_train_expression(X, labels, sp.train, seed))
-            for base in (NoChange(), MeanOfTrain(), LinearEmbedding()):
+                             expression=_train_expression(X, labels, sp.train, seed), knowledge=_knowledge_base())
+            for base in (NoChange(), MeanOfTrain(), LinearEmbedding(), KnowledgeNeighbours()):
                 pred, wall = _fit_predict(base, train, ctx, test)
                 col.add(base.name, "leave_targets_out", sp.fold, seed, pred, obs, k=k, reference=reference,
                         candidates=obs, wall_s=wall)
@@ -415,12 +423,12 @@ def run_l1000(
     for s in seeds:
         splits.append(unseen_compounds(labels, frac=frac_compounds, seed=s))
         splits.append(unseen_doses(labels, doses_to_hold=1, seed=s))
-    bar = _progress(len(splits) * (3 + int(world_model)), "l1000", progress)
+    bar = _progress(len(splits) * (4 + int(world_model)), "l1000", progress)
     for sp in splits:
         test = [lab for lab in sp.test if lab in obs]
         train = {lab: obs[lab] for lab in sp.train if lab in obs}
-        ctx = FitContext(control="control", smiles=smiles)
-        for base in (NoChange(), MeanOfTrain(), NearestCompound()):
+        ctx = FitContext(control="control", smiles=smiles, knowledge=_knowledge_base())
+        for base in (NoChange(), MeanOfTrain(), NearestCompound(), KnowledgeNeighbours()):
             pred, wall = _fit_predict(base, train, ctx, test)
             col.add(base.name, sp.kind, 0, sp.seed, pred, obs, k=k, reference=reference, candidates=obs, wall_s=wall)
             bar.update(1)

@@ -1,0 +1,145 @@
+"""Gene networks (STRING, OmniPath) and neighbourhood embeddings of genes.
+
+A gene's *neighbourhood profile* is its row of ``I + W`` (itself plus its weighted neighbours,
+rows L2-normalised); two genes are close when they share interaction partners. A deterministic
+truncated SVD reduces the profiles to ``dim`` columns, so every gene in the network has a vector
+whether or not anyone perturbed it. OmniPath's signed, directed edges give two profiles per gene
+(what it regulates, signed; what regulates it, signed), embedded the same way.
+
+Sources and licences: STRING v12 (CC BY 4.0), OmniPath via cosmosR (GPL-3; some constituent
+resources non-commercial); see :mod:`bioworld.knowledge._sources`.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+
+__all__ = ["GeneEmbedding", "load_omnipath", "load_string", "network_embedding", "signed_embedding"]
+
+_CACHE: dict[tuple, "GeneEmbedding"] = {}
+
+
+@dataclass
+class GeneEmbedding:
+    """``[n_genes, dim]`` vectors (rows L2-normalised; zero rows are genes without information)."""
+
+    genes: list[str]
+    table: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        self.pos = {g: i for i, g in enumerate(self.genes)}
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.shape[1])
+
+    def knows(self, gene: str) -> bool:
+        return gene in self.pos
+
+    def lookup(self, genes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``([n, dim] vectors, [n] known mask)``; unknown genes get zero rows and mask False."""
+        out = np.zeros((len(genes), self.dim), np.float32)
+        known = np.zeros(len(genes), bool)
+        for i, g in enumerate(genes):
+            j = self.pos.get(g)
+            if j is not None:
+                out[i] = self.table[j]
+                known[i] = True
+        return out, known
+
+    def shuffled(self, seed: int) -> "GeneEmbedding":
+        """Ablation: the same vectors assigned to permuted gene labels."""
+        perm = np.random.default_rng(seed).permutation(len(self.genes))
+        return GeneEmbedding([self.genes[i] for i in perm], self.table, self.source + " (labels shuffled)")
+
+
+def _read_edges(name: str, cols: tuple[str, str, str]) -> tuple[list[str], list[str], np.ndarray]:
+    from bioworld.data import bundled_path
+
+    a, b, w = [], [], []
+    with gzip.open(bundled_path(name), "rt") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        idx = [header.index(c) for c in cols]
+        for line in fh:
+            parts = line.rstrip("\n").split("\t")
+            a.append(parts[idx[0]])
+            b.append(parts[idx[1]])
+            w.append(float(parts[idx[2]]))
+    return a, b, np.asarray(w, np.float64)
+
+
+def load_string() -> tuple[list[str], sparse.csr_matrix]:
+    """STRING v12 (score >= 700, no text-mining): ``(genes, symmetric [n, n] weights in (0.7, 1])``."""
+    a, b, w = _read_edges("networks/string_v12_human_ge700.tsv.gz", ("gene_a", "gene_b", "combined_score"))
+    genes = sorted(set(a) | set(b))
+    pos = {g: i for i, g in enumerate(genes)}
+    i, j = np.array([pos[x] for x in a]), np.array([pos[x] for x in b])
+    m = sparse.coo_matrix((w / 1000.0, (i, j)), shape=(len(genes), len(genes))).tocsr()
+    return genes, (m + m.T).tocsr()
+
+
+def load_omnipath() -> tuple[list[str], sparse.csr_matrix]:
+    """OmniPath signed directed edges: ``(genes, [n, n] source -> target sign matrix)``.
+
+    Complex nodes (``A_B_C``) are expanded to their member genes; a pair listed with both signs
+    sums to 0."""
+    a, b, s = _read_edges("networks/omnipath_signed_directed.tsv.gz", ("source", "target", "sign"))
+    src, dst, sign = [], [], []
+    for x, y, v in zip(a, b, s):
+        for xi in x.split("_"):
+            for yi in y.split("_"):
+                if xi != yi:
+                    src.append(xi)
+                    dst.append(yi)
+                    sign.append(v)
+    genes = sorted(set(src) | set(dst))
+    pos = {g: i for i, g in enumerate(genes)}
+    m = sparse.coo_matrix((np.asarray(sign), ([pos[x] for x in src], [pos[y] for y in dst])),
+                          shape=(len(genes), len(genes))).tocsr()
+    m.sum_duplicates()
+    m.data = np.clip(m.data, -1, 1)
+    return genes, m
+
+
+def _svd_rows(profiles: sparse.csr_matrix, dim: int, seed: int) -> np.ndarray:
+    from sklearn.utils.extmath import randomized_svd
+
+    k = min(dim, min(profiles.shape) - 1)
+    u, s, vt = randomized_svd(profiles.astype(np.float64), k, n_iter=6, random_state=seed)
+    signs = np.sign(vt[np.arange(k), np.abs(vt).argmax(axis=1)])
+    signs[signs == 0] = 1.0
+    emb = np.zeros((profiles.shape[0], dim))
+    emb[:, :k] = u * (s * signs)[None, :]
+    norm = np.linalg.norm(emb, axis=1, keepdims=True)
+    return (emb / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def _row_normalise(m: sparse.csr_matrix) -> sparse.csr_matrix:
+    norm = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+    return sparse.diags(1.0 / np.where(norm > 0, norm, 1.0)) @ m
+
+
+def network_embedding(dim: int = 64, *, seed: int = 0) -> GeneEmbedding:
+    """STRING neighbourhood embedding: SVD of the L2-normalised rows of ``I + W`` (cached per process)."""
+    key = ("string", dim, seed)
+    if key not in _CACHE:
+        genes, w = load_string()
+        prof = _row_normalise((sparse.identity(len(genes), format="csr") + w).tocsr())
+        _CACHE[key] = GeneEmbedding(genes, _svd_rows(prof, dim, seed), "string")
+    return _CACHE[key]
+
+
+def signed_embedding(dim: int = 32, *, seed: int = 0) -> GeneEmbedding:
+    """OmniPath embedding: SVD of ``[out-profile | in-profile]`` (signed edges, plus the gene itself)."""
+    key = ("omnipath", dim, seed)
+    if key not in _CACHE:
+        genes, m = load_omnipath()
+        eye = sparse.identity(len(genes), format="csr")
+        prof = _row_normalise(sparse.hstack([eye + m, eye + m.T]).tocsr())
+        _CACHE[key] = GeneEmbedding(genes, _svd_rows(prof, dim, seed), "omnipath")
+    return _CACHE[key]

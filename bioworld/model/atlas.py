@@ -1,0 +1,123 @@
+"""The atlas module: how a perturbation moves a context's signature (pure torch, no data access).
+
+A signature of perturbation ``p`` in context ``k`` is predicted from what the world already shows:
+
+- ``zc`` ``[B, G]``: p's mean (z-scored) signature over the *other* contexts where it was measured
+  (zeros and ``has_c = 0`` when it was measured nowhere else: then only knowledge speaks for it);
+- ``zk`` ``[B, G]``: the mean signature of the *other* perturbations in context ``k`` (what any
+  perturbation does there: the context's own response);
+- ``ctx`` ``[B]``: the context's learned embedding (``-1`` = a context the module never saw: it is then
+  inferred from ``zk`` alone);
+- ``kfeat`` ``[B, F]``: knowledge features of ``p`` (:class:`bioworld.knowledge.KnowledgeBase`: network
+  neighbourhoods, targets, signatures; one space for genes and compounds).
+
+Both inputs are projected on a gene basis ``W`` ``[G, S]`` (initialised from the atlas' principal
+axes, learned); an MLP over ``[Pzc, has_c, context embedding, knowledge]`` gives two mixing gains
+and a residual in basis space::
+
+    pred = (1 + a) * zc + (1 + b) * zk + c * zn + r @ W.T          # [B, G]
+
+where ``zn`` ``[B, G]`` is, in context ``k``, the signature of the perturbations that behave most like
+``p`` elsewhere (a retrieval input: how p's look-alikes respond *here*),
+
+so the baseline "compound mean + context mean" is the starting point and the module learns when
+to trust which, and the context-specific part of the response. The loss is ``1 - Pearson`` per row:
+atlas values are rank scores, so only the ordering and shape of a signature carry information.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["AtlasBatch", "AtlasConfig", "AtlasNet", "row_pearson"]
+
+
+@dataclass(frozen=True)
+class AtlasConfig:
+    """Architecture of :class:`AtlasNet` (stored in every checkpoint; rebuilds the module exactly)."""
+
+    n_genes: int  # G: genes of the atlas gene space
+    n_contexts: int  # contexts with a learned embedding
+    knowledge_dim: int  # F: knowledge feature width (0 = no knowledge)
+    basis_dim: int = 64  # S: width of the gene basis the inputs are projected on
+    context_dim: int = 32  # width of a context embedding
+    hidden: int = 256  # MLP hidden width
+    dropout: float = 0.1  # dropout in the MLP
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AtlasConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            from bioworld.errors import CheckpointError
+
+            raise CheckpointError(
+                f"atlas config has unknown fields {sorted(unknown)}; expected only {sorted(known)}. "
+                "The checkpoint was probably written by a different bioworld version."
+            )
+        return cls(**d)
+
+
+@dataclass
+class AtlasBatch:
+    zc: Tensor  # [B, G] perturbation's mean signature elsewhere (z-scored; 0 if none)
+    has_c: Tensor  # [B] 1.0 when zc carries a signature
+    zk: Tensor  # [B, G] context's mean signature over other perturbations (z-scored)
+    zn: Tensor  # [B, G] in this context, perturbations that behave like p elsewhere (z-scored; 0 if none)
+    ctx: Tensor  # [B] long, context index (-1 = unseen context)
+    kfeat: Tensor  # [B, F] knowledge features (F may be 0)
+
+
+def row_pearson(pred: Tensor, target: Tensor) -> Tensor:
+    """``[B]`` Pearson correlation of each row of ``pred`` with the same row of ``target``."""
+    p = pred - pred.mean(dim=1, keepdim=True)
+    t = target - target.mean(dim=1, keepdim=True)
+    return (p * t).sum(1) / (p.norm(dim=1) * t.norm(dim=1) + 1e-8)
+
+
+class AtlasNet(nn.Module):
+    """Signature of a perturbation in a context from its signatures elsewhere, the context and knowledge."""
+
+    def __init__(self, cfg: AtlasConfig, basis: Tensor | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        G, S = cfg.n_genes, cfg.basis_dim
+        self.W = nn.Parameter(basis.clone().float() if basis is not None else torch.randn(G, S) / G ** 0.5)
+        if tuple(self.W.shape) != (G, S):
+            raise ValueError(f"basis has shape {tuple(self.W.shape)}, expected ({G}, {S})")
+        self.ctx_emb = nn.Embedding(cfg.n_contexts + 1, cfg.context_dim)  # last row: unseen context
+        nn.init.normal_(self.ctx_emb.weight, std=0.02)
+        self.ctx_from_zk = nn.Linear(S, cfg.context_dim)
+        self.knowledge = nn.Linear(cfg.knowledge_dim, cfg.context_dim) if cfg.knowledge_dim else None
+        width = 2 * S + 1 + cfg.context_dim + (cfg.context_dim if cfg.knowledge_dim else 0)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, S + 3),
+        )
+        nn.init.zeros_(self.mlp[-1].weight)  # start exactly at zc + zk
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def context_embedding(self, ctx: Tensor, zk: Tensor) -> Tensor:
+        """``[B, C]``: learned embedding of a seen context plus what its own response (``zk``) says."""
+        idx = torch.where(ctx >= 0, ctx, torch.full_like(ctx, self.cfg.n_contexts))
+        return self.ctx_emb(idx) + self.ctx_from_zk(zk @ self.W)
+
+    def forward(self, b: AtlasBatch) -> Tensor:
+        """Predicted signature ``[B, G]`` (z-score-like scale; compare by correlation)."""
+        pc, pn = b.zc @ self.W, b.zn @ self.W  # [B, S] each
+        parts = [pc, pn, b.has_c.unsqueeze(1), self.context_embedding(b.ctx, b.zk)]
+        if self.knowledge is not None:
+            parts.append(self.knowledge(b.kfeat))
+        h = self.mlp(torch.cat(parts, dim=1))  # [B, S + 3]
+        gain_c, gain_k, gain_n, r = h[:, :1], h[:, 1:2], h[:, 2:3], h[:, 3:]
+        has = b.has_c.unsqueeze(1)
+        return (1 + gain_c) * b.zc * has + (1 + gain_k) * b.zk + gain_n * b.zn * has + r @ self.W.T
+
+    def loss(self, b: AtlasBatch, target: Tensor) -> Tensor:
+        return (1 - row_pearson(self(b), target)).mean()

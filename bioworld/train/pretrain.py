@@ -1,0 +1,417 @@
+"""Atlas pretraining: fit :class:`bioworld.model.atlas.AtlasNet` on the bundled signature atlas.
+
+``pretrain_atlas`` builds, for every training signature (perturbation ``p`` in context ``k``), the
+leave-one-out inputs the module reads — p's mean signature over its *other* training contexts and
+k's mean over its *other* training signatures — plus p's knowledge features, and minimises
+``1 - Pearson`` with AdamW. ``AtlasModel`` bundles the fitted module with what it needs to answer
+(the atlas rows it was trained on, the gene space, the contexts, the knowledge configuration) and
+saves as safetensors + JSON (no pickle), atomically; loading re-reads the checksum-verified bundled
+atlas and refuses a mismatch.
+
+CLI: ``bioworld pretrain --out DIR [--seed N] [--steps N]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bioworld.errors import BioworldError, CheckpointError
+
+__all__ = ["AtlasModel", "PretrainConfig", "pretrain_atlas"]
+
+FORMAT = "bioworld-atlas/1"
+NEIGHBOUR_K = 20  # perturbations mixed into the in-context neighbour signature
+NEIGHBOUR_T = 0.1  # softmax temperature over cosine similarity
+WEIGHTS = "atlas.safetensors"
+META = "atlas.json"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Training settings of the atlas module (stored with it)."""
+
+    steps: int = 1500  # optimiser steps
+    batch_size: int = 128  # signatures per step
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    drop_signature: float = 0.2  # P(hide a perturbation's other-context signatures): learn the knowledge path
+    basis_dim: int = 64  # atlas principal axes the module starts from
+    hidden: int = 256  # MLP width
+    seed: int = 0  # seed of initialisation, batches and the basis
+    num_threads: int = 1  # torch intra-op threads (fixed for reproducibility)
+    use_knowledge: bool = True  # False: the knowledge features are left out (ablation)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "basis_dim", "hidden", "num_threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise BioworldError(f"PretrainConfig.{name}={v!r}; expected a positive int.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise BioworldError(f"PretrainConfig.seed={self.seed!r}; expected an int >= 0.")
+        if not 0.0 <= float(self.drop_signature) < 1.0:
+            raise BioworldError(f"PretrainConfig.drop_signature={self.drop_signature!r}; expected a value in [0, 1).")
+        if not float(self.lr) > 0:
+            raise BioworldError(f"PretrainConfig.lr={self.lr!r}; expected a positive float.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            raise CheckpointError(f"pretrain config has unknown fields {sorted(set(d) - known)}; expected {sorted(known)}.")
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------- inputs
+class _Inputs:
+    """Leave-one-out inputs over an atlas restricted to ``train_rows`` (sums kept, so any row is cheap)."""
+
+    def __init__(self, atlas: Any, train_rows: np.ndarray, basis: np.ndarray) -> None:
+        from bioworld.knowledge import zscore_rows
+
+        self.atlas = atlas
+        self.Z = zscore_rows(atlas.X)  # [N, G]
+        self.train = np.zeros(len(atlas.obs), bool)
+        self.train[np.asarray(train_rows, int)] = True
+        self.keys = sorted(atlas.obs["key"].unique())
+        self.contexts = sorted(atlas.obs["context"].unique())
+        self.key_id = atlas.obs["key"].map({k: i for i, k in enumerate(self.keys)}).to_numpy()
+        self.ctx_id = atlas.obs["context"].map({c: i for i, c in enumerate(self.contexts)}).to_numpy()
+        from scipy import sparse
+
+        tr = np.flatnonzero(self.train)
+        ones = np.ones(len(tr))
+        by_key = sparse.csr_matrix((ones, (self.key_id[tr], np.arange(len(tr)))), shape=(len(self.keys), len(tr)))
+        by_ctx = sparse.csr_matrix((ones, (self.ctx_id[tr], np.arange(len(tr)))), shape=(len(self.contexts), len(tr)))
+        Ztr = self.Z[tr]
+        self.key_sum = np.asarray(by_key @ Ztr, np.float64)  # [n_keys, G]
+        self.key_n = np.asarray(by_key.sum(axis=1)).ravel()
+        self.ctx_sum = np.asarray(by_ctx @ Ztr, np.float64)  # [n_contexts, G]
+        self.ctx_n = np.asarray(by_ctx.sum(axis=1)).ravel()
+        # neighbours: each key's training mean signature in basis space, unit-normalised ("who behaves like p")
+        self.basis = np.asarray(basis, np.float32)  # [G, S]
+        mean = (self.key_sum / np.maximum(self.key_n, 1)[:, None]).astype(np.float32) @ self.basis
+        self.key_unit = (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-9)).astype(np.float32)
+        self.ctx_rows = {c: tr[self.ctx_id[tr] == c] for c in range(len(self.contexts))}
+
+    def neighbours(self, zc: np.ndarray, has_c: np.ndarray, key_ids: np.ndarray, ctx_ids: np.ndarray) -> np.ndarray:
+        """``[n, G]``: in each row's context, the mean of the training signatures of the perturbations whose
+        signatures elsewhere look most like ``zc`` (softmax over cosine, temperature ``NEIGHBOUR_T``,
+        top ``NEIGHBOUR_K``; the perturbation itself excluded). Zero where ``has_c`` is 0."""
+        from bioworld.knowledge import zscore_rows
+
+        out = np.zeros_like(zc)
+        q = zc @ self.basis  # [n, S]
+        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-9)
+        for i in np.flatnonzero(has_c > 0):
+            cand = self.ctx_rows.get(int(ctx_ids[i]), np.zeros(0, int))
+            cand = cand[self.key_id[cand] != key_ids[i]]
+            if len(cand) == 0:
+                continue
+            sims = self.key_unit[self.key_id[cand]] @ q[i]
+            top = np.argsort(-sims)[:NEIGHBOUR_K]
+            w = np.exp((sims[top] - sims[top].max()) / NEIGHBOUR_T)
+            out[i] = (w / w.sum()) @ self.Z[cand[top]]
+        return zscore_rows(out) * (has_c[:, None] > 0)
+
+    def for_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(zc [n, G], has_c [n], zk [n, G])`` for atlas rows, each leaving itself out."""
+        from bioworld.knowledge import zscore_rows
+
+        rows = np.asarray(rows, int)
+        own = self.train[rows].astype(np.float64)[:, None]
+        kn = self.key_n[self.key_id[rows]] - own[:, 0]
+        zc = (self.key_sum[self.key_id[rows]] - own * self.Z[rows]) / np.maximum(kn, 1)[:, None]
+        cn = self.ctx_n[self.ctx_id[rows]] - own[:, 0]
+        zk = (self.ctx_sum[self.ctx_id[rows]] - own * self.Z[rows]) / np.maximum(cn, 1)[:, None]
+        has_c = (kn > 0).astype(np.float32)
+        zc = (zscore_rows(zc) * has_c[:, None]).astype(np.float32)
+        zn = self.neighbours(zc, has_c, self.key_id[rows], self.ctx_id[rows])
+        return zc, has_c, zscore_rows(zk), zn
+
+    def for_query(self, key: str | None, context: str) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, int]:
+        """Inputs for perturbation ``key`` in ``context`` from the training rows (no row left out)."""
+        from bioworld.knowledge import zscore_rows
+
+        ci = self.contexts.index(context)
+        zk = zscore_rows(self.ctx_sum[ci] / max(self.ctx_n[ci], 1))
+        if key in self.keys and self.key_n[self.keys.index(key)] > 0:
+            ki = self.keys.index(key)
+            zc = zscore_rows(self.key_sum[ki] / self.key_n[ki]).astype(np.float32)
+            zn = self.neighbours(zc[None], np.ones(1, np.float32), np.array([ki]), np.array([ci]))[0]
+            return zc, 1.0, zk, zn, ci
+        return np.zeros_like(zk), 0.0, zk, np.zeros_like(zk), ci
+
+
+def _knowledge_table(kb: Any, keys: Sequence[str]) -> np.ndarray:
+    """``[len(keys), F]`` knowledge features of atlas keys (``cmp:x`` compounds, ``kd:G`` genes)."""
+    genes = [k[3:] for k in keys if k.startswith("kd:")]
+    cmps = [k[4:] for k in keys if k.startswith("cmp:")]
+    out = np.zeros((len(keys), kb.dim), np.float32)
+    gf = dict(zip(genes, kb.gene_features(genes)[0])) if genes else {}
+    cf = dict(zip(cmps, kb.compound_features(cmps)[0])) if cmps else {}
+    for i, k in enumerate(keys):
+        out[i] = gf[k[3:]] if k.startswith("kd:") else cf[k[4:]]
+    return out
+
+
+# ------------------------------------------------------------------------------- model
+class AtlasModel:
+    """A fitted :class:`~bioworld.model.atlas.AtlasNet` with the atlas rows and knowledge it used."""
+
+    def __init__(self, module: Any, inputs: _Inputs, kfeat: np.ndarray, knowledge: Any, config: PretrainConfig,
+                 meta: dict[str, Any]) -> None:
+        self.module = module
+        self.inputs = inputs
+        self.kfeat = kfeat  # [n_keys, F]
+        self.knowledge = knowledge  # KnowledgeBase or None (built lazily for unseen perturbations)
+        self.config = config
+        self.meta = meta
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.inputs.atlas.genes)
+
+    @property
+    def contexts(self) -> list[str]:
+        return list(self.inputs.contexts)
+
+    def _kb(self) -> Any:
+        if self.knowledge is None:
+            from bioworld.knowledge import KnowledgeBase, KnowledgeConfig
+
+            self.knowledge = KnowledgeBase(KnowledgeConfig.from_dict(self.meta["knowledge_config"]))
+        return self.knowledge
+
+    def knowledge_features(self, keys: Sequence[str]) -> np.ndarray:
+        """``[n, F]`` knowledge features (stored for atlas keys, computed for others)."""
+        pos = {k: i for i, k in enumerate(self.inputs.keys)}
+        out = np.zeros((len(keys), self.kfeat.shape[1]), np.float32)
+        missing = [k for k in keys if k not in pos]
+        extra = dict(zip(missing, _knowledge_table(self._kb(), missing))) if missing and self.kfeat.shape[1] else {}
+        for i, k in enumerate(keys):
+            if k in pos:
+                out[i] = self.kfeat[pos[k]]
+            elif k in extra:
+                out[i] = extra[k]
+        return out
+
+    @torch.no_grad()
+    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Predicted signatures ``[n, G]`` for atlas rows (each row's own signature left out)."""
+        from bioworld.model.atlas import AtlasBatch
+
+        rows = np.asarray(rows, int)
+        zc, has_c, zk, zn = self.inputs.for_rows(rows)
+        ctx = self.inputs.ctx_id[rows].astype(np.int64)
+        kf = self.kfeat[self.inputs.key_id[rows]] if self.kfeat.shape[1] else np.zeros((len(rows), 0), np.float32)
+        self.module.eval()
+        b = AtlasBatch(*map(torch.from_numpy, (zc, has_c, zk, zn, ctx, kf)))
+        return self.module(b).numpy()
+
+    @torch.no_grad()
+    def predict(self, keys: Sequence[str], context: str) -> np.ndarray:
+        """Predicted signatures ``[n, G]`` of perturbation keys (``cmp:x`` / ``kd:G``) in an atlas context."""
+        from bioworld.model.atlas import AtlasBatch
+
+        self.inputs.atlas.check_context(context)
+        parts = [self.inputs.for_query(k, context) for k in keys]
+        zc = np.stack([p[0] for p in parts]).astype(np.float32)
+        has_c = np.array([p[1] for p in parts], np.float32)
+        zk = np.stack([p[2] for p in parts]).astype(np.float32)
+        zn = np.stack([p[3] for p in parts]).astype(np.float32)
+        ctx = np.array([p[4] for p in parts], np.int64)
+        kf = self.knowledge_features(keys) if self.kfeat.shape[1] else np.zeros((len(keys), 0), np.float32)
+        self.module.eval()
+        return self.module(AtlasBatch(*map(torch.from_numpy, (zc, has_c, zk, zn, ctx, kf)))).numpy()
+
+    # --------------------------------------------------------------------------- save / load
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``atlas.safetensors`` + ``atlas.json`` into ``directory`` atomically (created if needed)."""
+        from safetensors.torch import save_file
+
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        tensors["kfeat"] = torch.from_numpy(np.ascontiguousarray(self.kfeat))
+        tensors["basis0"] = torch.from_numpy(np.ascontiguousarray(self.inputs.basis))
+        tmp_w = folder / f".{WEIGHTS}.tmp"
+        save_file(tensors, str(tmp_w))
+        digest = hashlib.sha256(tmp_w.read_bytes()).hexdigest()
+        meta = {**self.meta, "format": FORMAT, "weights_sha256": digest, "pretrain_config": self.config.to_dict(),
+                "module_config": self.module.cfg.to_dict()}
+        tmp_m = folder / f".{META}.tmp"
+        tmp_m.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        for tmp in (tmp_w, tmp_m):
+            os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp_w, folder / WEIGHTS)
+        os.replace(tmp_m, folder / META)
+        return folder
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "AtlasModel":
+        """Load a saved atlas model; refuses a changed file, another format or another bundled atlas."""
+        from safetensors.torch import load_file
+
+        from bioworld.knowledge import load_atlas
+        from bioworld.model.atlas import AtlasConfig, AtlasNet
+
+        folder = Path(directory)
+        wpath, mpath = folder / WEIGHTS, folder / META
+        if not wpath.is_file() or not mpath.is_file():
+            raise CheckpointError(
+                f"{folder} holds no atlas model: expected {WEIGHTS} and {META}. Fix: pass the folder written by "
+                "'bioworld pretrain --out DIR'."
+            )
+        try:
+            meta = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise CheckpointError(f"{mpath} is not valid JSON ({exc.__class__.__name__}); re-run 'bioworld pretrain'.") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{mpath}: format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r}.")
+        digest = hashlib.sha256(wpath.read_bytes()).hexdigest()
+        if digest != meta.get("weights_sha256"):
+            raise CheckpointError(
+                f"{wpath} has SHA-256 {digest}, but {META} expects {meta.get('weights_sha256')}: the weights were "
+                "changed after saving. Fix: re-run 'bioworld pretrain'."
+            )
+        atlas = load_atlas(min_signatures=int(meta["min_signatures"]))
+        if atlas.genes[:5] != meta["genes_head"] or len(atlas.genes) != int(meta["n_genes"]):
+            raise CheckpointError(f"{folder}: the bundled atlas' gene space differs from the one this model was trained on.")
+        names = atlas.obs["signature"].tolist()
+        pos = {n: i for i, n in enumerate(names)}
+        missing = [n for n in meta["train_signatures"] if n not in pos]
+        if missing:
+            raise CheckpointError(f"{folder}: {len(missing)} training signatures are not in the bundled atlas (e.g. {missing[:2]}).")
+        tensors = load_file(str(wpath))
+        if "basis0" not in tensors:
+            raise CheckpointError(f"{wpath} lacks the tensor 'basis0'; re-run 'bioworld pretrain'.")
+        inputs = _Inputs(atlas, np.array([pos[n] for n in meta["train_signatures"]]), tensors["basis0"].numpy())
+        cfg = AtlasConfig.from_dict(meta["module_config"])
+        module = AtlasNet(cfg)
+        state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{wpath} does not fit its config: {str(exc).splitlines()[0]}") from None
+        return cls(module, inputs, tensors["kfeat"].numpy(), None, PretrainConfig.from_dict(meta["pretrain_config"]), meta)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ------------------------------------------------------------------------------- training
+def pretrain_atlas(
+    *,
+    atlas: Any = None,
+    train_rows: np.ndarray | None = None,
+    knowledge: Any = None,
+    config: PretrainConfig | None = None,
+    progress: bool = True,
+) -> AtlasModel:
+    """Fit the atlas module.
+
+    Parameters
+    ----------
+    atlas
+        A :class:`~bioworld.knowledge.SignatureAtlas` (default: the bundled one).
+    train_rows
+        Atlas rows to learn from (default: all). Benchmarks pass their training split.
+    knowledge
+        A :class:`~bioworld.knowledge.KnowledgeBase`; default: built from the bundled sources over the
+        training rows only (so held-out signatures never reach the features). Ignored when
+        ``config.use_knowledge`` is False.
+    config
+        :class:`PretrainConfig`.
+    """
+    from bioworld.knowledge import KnowledgeBase, SignatureAtlas, load_atlas
+    from bioworld.model.atlas import AtlasBatch, AtlasConfig, AtlasNet
+
+    cfg = config or PretrainConfig()
+    t0 = time.perf_counter()
+    atlas = atlas or load_atlas()
+    rows = np.arange(len(atlas.obs)) if train_rows is None else np.unique(np.asarray(train_rows, int))
+    if len(rows) < 2:
+        raise BioworldError(f"pretraining needs at least 2 training signatures; got {len(rows)}.")
+    basis0 = atlas.basis(cfg.basis_dim, rows=rows, seed=cfg.seed)  # [G, S] principal axes of the training rows
+    inputs = _Inputs(atlas, rows, basis0)
+    if cfg.use_knowledge:
+        if knowledge is None:
+            seen = SignatureAtlas(atlas.X[rows], atlas.obs.iloc[rows].reset_index(drop=True), atlas.genes)
+            knowledge = KnowledgeBase(atlas=seen)
+        kfeat = _knowledge_table(knowledge, inputs.keys)
+    else:
+        knowledge, kfeat = None, np.zeros((len(inputs.keys), 0), np.float32)
+    torch.manual_seed(cfg.seed)
+    basis = torch.from_numpy(basis0)
+    mcfg = AtlasConfig(n_genes=len(atlas.genes), n_contexts=len(inputs.contexts), knowledge_dim=kfeat.shape[1],
+                       basis_dim=cfg.basis_dim, hidden=cfg.hidden)
+    module = AtlasNet(mcfg, basis)
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.num_threads)
+    try:
+        module.train()
+        bar = _bar(cfg.steps, progress)
+        for step in range(cfg.steps):
+            b = rng.choice(rows, size=min(cfg.batch_size, len(rows)), replace=False)
+            zc, has_c, zk, zn = inputs.for_rows(b)
+            drop = rng.random(len(b)) < cfg.drop_signature
+            zc[drop] = 0.0
+            zn[drop] = 0.0
+            has_c[drop] = 0.0
+            ctx = inputs.ctx_id[b].astype(np.int64)
+            ctx[rng.random(len(b)) < 0.1] = -1  # sometimes answer as for an unseen context
+            kf = kfeat[inputs.key_id[b]]
+            batch = AtlasBatch(*map(torch.from_numpy, (zc, has_c, zk, zn, ctx, kf)))
+            loss = module.loss(batch, torch.from_numpy(inputs.Z[b]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if bar is not None:
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+        if bar is not None:
+            bar.close()
+    finally:
+        torch.set_num_threads(threads)
+    from bioworld.data import bundled_path
+    from bioworld.knowledge import source_records
+    from bioworld.knowledge.atlas import ATLAS_FILE, MIN_SIGNATURES_PER_GENE
+
+    meta = {
+        "min_signatures": MIN_SIGNATURES_PER_GENE, "n_genes": len(atlas.genes), "genes_head": atlas.genes[:5],
+        "contexts": inputs.contexts, "train_signatures": atlas.obs["signature"].iloc[rows].tolist(),
+        "atlas_sha256": hashlib.sha256(bundled_path(ATLAS_FILE).read_bytes()).hexdigest(),
+        "knowledge_config": knowledge.config.to_dict() if knowledge is not None else None,
+        "knowledge_sources": knowledge.describe()["sources"] if knowledge is not None else
+        source_records(["signature_atlas"]),
+        "train_seconds": round(time.perf_counter() - t0, 1), "final_loss": float(loss.item()),
+    }
+    module.eval()
+    return AtlasModel(module, inputs, kfeat, knowledge, cfg, meta)
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="atlas pretraining", unit="step", leave=False)

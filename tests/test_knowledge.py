@@ -1,0 +1,161 @@
+"""The knowledge layer: compounds by name, networks, atlas, one feature space, shuffles for ablations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import ndtri
+
+from bioworld.errors import BioworldError, DataValidationError, UnknownPerturbationError
+from bioworld.knowledge import (
+    SOURCES,
+    CompoundKnowledge,
+    KnowledgeBase,
+    KnowledgeConfig,
+    load_atlas,
+    load_omnipath,
+    load_string,
+    network_embedding,
+    normalize_compound_name,
+    rank_scores,
+)
+
+
+@pytest.fixture(scope="module")
+def kb():
+    return KnowledgeBase()
+
+
+# ------------------------------------------------------------------------------------ compounds
+@pytest.mark.parametrize("name, key", [
+    ("Trametinib (GSK1120212)", "trametinib"),
+    ("PD-0325901", "pd0325901"),
+    ("Tofacitinib citrate", "tofacitinib"),
+    ("Almonertinib mesylate", "almonertinib"),
+    ("g(+)-JQ1", "jq1"),
+])
+def test_normalize_compound_name_follows_the_atlas_rules(name, key):
+    assert normalize_compound_name(name) == key
+
+
+def test_compound_names_resolve_to_keys_and_targets():
+    ck = CompoundKnowledge.bundled()
+    assert ck.resolve("NVP-BEZ235") == "dactolisib"  # merged alias, not derivable by normalisation
+    assert ck.resolve("PLX-4720") == "plx4720"
+    assert set(ck.targets("trametinib")) == {"MAP2K1", "MAP2K2"}
+    assert "ruxolitinib" in ck.compounds_targeting("JAK2")
+    assert ck.resolve("not-a-drug-xyz", strict=False) is None
+    with pytest.raises(UnknownPerturbationError, match="close matches.*--compound-targets"):
+        ck.resolve("trametinibb")
+
+
+def test_user_target_table_adds_compounds(tmp_path):
+    table = tmp_path / "t.tsv"
+    table.write_text("compound\ttarget_gene\nMyDrug-1\tJAK2\nMyDrug-1\tTYK2\n")
+    ck = CompoundKnowledge.bundled().with_targets(table)
+    assert ck.targets("MyDrug-1") == ["JAK2", "TYK2"]
+    assert ck.targets("trametinib")  # bundled compounds kept
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("drug\tgene\nX\tY\n")
+    with pytest.raises(DataValidationError, match="expected 'compound' and 'target_gene'"):
+        CompoundKnowledge.bundled().with_targets(bad)
+
+
+def test_shuffled_targets_permute_links_but_keep_set_sizes():
+    ck = CompoundKnowledge.bundled()
+    sh = ck.shuffled(0)
+    keys = [k for k in ck.keys if ck.targets(k)]
+    sizes = sorted(len(ck.targets(k)) for k in keys)
+    assert sorted(len(sh.targets(k)) for k in keys) == sizes
+    changed = sum(set(ck.targets(k)) != set(sh.targets(k)) for k in keys)
+    assert changed > 0.8 * len(keys)
+
+
+def test_every_source_has_a_licence():
+    assert {"signature_atlas", "compound_targets", "string", "omnipath"} <= set(SOURCES)
+    assert all(s.licence for s in SOURCES.values())
+    assert SOURCES["compound_targets"].non_commercial
+
+
+# ------------------------------------------------------------------------------------- networks
+def test_networks_load_with_expected_shape():
+    genes, w = load_string()
+    assert len(genes) == 12393 and (w != w.T).nnz == 0 and w.max() <= 1.0
+    g2, m = load_omnipath()
+    assert set(np.unique(m.data)) <= {-1.0, 0.0, 1.0} and len(g2) > 6000
+
+
+def test_network_embedding_places_partners_close_and_shuffle_breaks_it():
+    emb = network_embedding(64)
+    v, known = emb.lookup(["IFNGR1", "JAK2", "ALB", "NOT_A_GENE"])
+    assert known.tolist() == [True, True, True, False]
+    assert not v[3].any()
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # IFNGR1 signals through JAK2; albumin is elsewhere
+    sh = emb.shuffled(0)
+    vs, _ = sh.lookup(["IFNGR1", "JAK2"])
+    assert not np.allclose(vs, v[:2])
+
+
+# ---------------------------------------------------------------------------------------- atlas
+def test_atlas_loads_with_keys_and_contexts():
+    atlas = load_atlas()
+    assert atlas.X.shape == (6385, len(atlas.genes)) and len(atlas.genes) > 5000
+    assert {"cmp:trametinib", "kd:MYC"} & set(atlas.keys)
+    assert {"A498", "myeloid", "K562"} <= set(atlas.contexts)
+    assert atlas.key_of("Trametinib") == "cmp:trametinib"
+    with pytest.raises(UnknownPerturbationError, match="not in the atlas"):
+        atlas.check_context("A499x")
+
+
+def test_rank_scores_is_the_atlas_transform():
+    v = np.array([5.0, 1.0, 3.0, -2.0, 0.0, 4.0])
+    out = rank_scores(v, n_ranked=6, k=2)
+    n = 6
+    expected = np.zeros(6)
+    expected[0] = ndtri(1 - 0.5 / n)  # rank 0
+    expected[5] = ndtri(1 - 1.5 / n)  # rank 1
+    expected[3] = ndtri(1 - 5.5 / n)  # last
+    expected[4] = ndtri(1 - 4.5 / n)  # second to last
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert (rank_scores(v, n_ranked=6, k=2, up_only=True) >= 0).all()
+
+
+def test_shuffled_atlas_moves_signatures_between_perturbations():
+    atlas = load_atlas()
+    sh = atlas.shuffled(0)
+    assert (sh.obs["key"] != atlas.obs["key"]).mean() > 0.8
+    assert sorted(sh.obs["key"].unique()) == sorted(atlas.obs["key"].unique())
+
+
+# --------------------------------------------------------------------------------- feature space
+def test_genes_and_compounds_share_one_feature_space(kb):
+    g, gk = kb.gene_features(["MAP2K1", "MAP2K2", "NOT_A_GENE"])
+    c, ck = kb.compound_features(["trametinib"])
+    assert g.shape[1] == c.shape[1] == kb.dim
+    assert gk[2].sum() == 0 and not g[2].any()  # no knowledge: visibly unknown, not a silent look-alike
+    cfg = kb.config
+    a = cfg.network_dim
+    # a MEK inhibitor's network block is the mean of its targets' (MAP2K1, MAP2K2), renormalised
+    mean = g[:2, :a].mean(0)
+    np.testing.assert_allclose(c[0, :a] / np.linalg.norm(c[0, :a]), mean / np.linalg.norm(mean), atol=1e-5)
+    assert ck[0].all()
+
+
+def test_knowledge_shuffles_change_what_they_name(kb):
+    a = kb.config.network_dim
+    sh = KnowledgeBase(KnowledgeConfig(shuffle=("targets",)))
+    assert sh.compounds.targets("trametinib") != kb.compounds.targets("trametinib")
+    g1, _ = kb.gene_features(["STAT1"])
+    g2, _ = sh.gene_features(["STAT1"])
+    np.testing.assert_array_equal(g1[:, :a], g2[:, :a])  # network untouched by a target shuffle
+    shn = KnowledgeBase(KnowledgeConfig(shuffle=("network",)))
+    g3, _ = shn.gene_features(["STAT1"])
+    assert not np.allclose(g1[:, :a], g3[:, :a])
+
+
+def test_knowledge_config_is_validated():
+    with pytest.raises(BioworldError, match="shuffle"):
+        KnowledgeConfig(shuffle=("everything",))
+    with pytest.raises(BioworldError, match="network_dim"):
+        KnowledgeConfig(network_dim=0)
+    assert KnowledgeConfig.from_dict(KnowledgeConfig(shuffle=("targets",)).to_dict()) == KnowledgeConfig(shuffle=("targets",))
