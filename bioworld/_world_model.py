@@ -54,14 +54,15 @@ def _as_entity_set(entities: Any):
             sets.append(item)
             continue
         p = Path(item)
-        if p.suffix.lower() == ".gmt":
+        kind = Path(p.name.lower().removesuffix(".gz")).suffix  # x.gmt.gz / x.tsv.gz are read decompressed
+        if kind == ".gmt":
             sets.append(EntitySet.from_gmt(p))
-        elif p.suffix.lower() in (".tsv", ".txt", ".csv") or p.name.endswith(".tsv.gz"):
+        elif kind in (".tsv", ".txt", ".csv"):
             sets.append(EntitySet.from_weight_table(p))
         else:
             raise BioworldError(
                 f"entities file {str(p)!r} has an unknown type; expected a .gmt gene-set file or a "
-                ".tsv weight table with columns gene, pathway, weight"
+                ".tsv weight table with columns gene, pathway, weight (either may be gzip-compressed: .gmt.gz, .tsv.gz)"
             )
     out = sets[0]
     return out.combine(*sets[1:], on_clash="prefix") if len(sets) > 1 else out
@@ -232,6 +233,18 @@ class WorldModel:
             raise DataValidationError(
                 f"holdout labels {unknown} are not perturbations of this data; expected labels from "
                 f"obs[{perturbation_key!r}] such as {uniq[1:4]}"
+            )
+        if control in self.holdout:
+            raise DataValidationError(
+                f"holdout contains the control label {control!r}; expected perturbation labels only (every effect is "
+                "measured against the control cells, so they cannot be held out). Fix: remove it from the holdout "
+                "(CLI: --holdout)."
+            )
+        kept = [lab for lab in uniq[1:] if lab not in reg.dropped]
+        if kept and all(lab in self.holdout for lab in kept):
+            raise DataValidationError(
+                f"holdout contains all {len(kept)} perturbations of the data; expected at least one left to train on. "
+                "Fix: hold out fewer labels (CLI: --holdout)."
             )
         compounds = sorted({p.target for a in self.actions.values() for p in a.components if p.kind == "compound"})
         self.smiles = _read_smiles(smiles, adata, compound_id_key, self.actions)
@@ -568,6 +581,17 @@ class WorldModel:
             raise DataValidationError("cells is empty (0 cells); expected at least one cell")
         cells = self._align_panel(cells)
         _check_matrix(cells, self.registration.input)  # same value checks as at registration
+        if self.registration.input == "log":
+            from bioworld.data._register import _value_stats
+
+            s = _value_stats(cells.X)
+            if s.n_noninteger == 0 and s.maximum >= 1:
+                raise DataValidationError(
+                    f"cells hold only integers (max {s.maximum:g}): they look like raw counts, but this model was "
+                    "trained on log-normalised values (input='log') and would read counts as log values. Fix: "
+                    "normalise and log-transform the cells as the training data were (e.g. sc.pp.normalize_total "
+                    "+ sc.pp.log1p)."
+                )
         reg = replace(self.registration, n_cells=cells.n_obs)
         X = normalize(cells, reg).astype(np.float32)
         if not np.isfinite(X).all():
@@ -781,6 +805,12 @@ class WorldModel:
 
         t0 = time.perf_counter()
         m = self._require_module()
+        for what, given in (("genes", genes), ("entities", entities)):
+            listed = [] if given is None or isinstance(given, str) else [str(v) for v in given]
+            dups = sorted({v for v in listed if listed.count(v) > 1})
+            if dups:
+                raise BioworldError(f"{what} lists {dups[:5]} more than once; expected each candidate once (a repeat "
+                                    f"would be ranked twice). Fix: remove the repeats" + (" (CLI: --genes)." if what == "genes" else "."))
         g = Goal.parse(goal, entity_names=self.entity_names)
         x = self.reference if cells is None else self._cells_to_std(cells)
         n_total = len(x)

@@ -222,6 +222,20 @@ def _value_stats(X: Any) -> _ValueStats:
     return s
 
 
+def _empty_rows(X: Any, rows: np.ndarray, block: int = 8192) -> int:
+    """How many of ``rows`` are all zero (read in blocks, so a backed X is streamed)."""
+    n = 0
+    for start in range(0, len(rows), block):
+        idx = rows[start:start + block]
+        chunk = X[idx[0]:idx[-1] + 1] if len(idx) and idx[-1] - idx[0] + 1 == len(idx) else X[idx]
+        if sp.issparse(chunk):
+            nonzero = np.asarray((abs(chunk) > 0).sum(axis=1)).ravel()
+        else:
+            nonzero = np.count_nonzero(np.asarray(chunk), axis=1)
+        n += int((nonzero == 0).sum())
+    return n
+
+
 def _check_matrix(adata: Any, input: str) -> list[str]:
     X = adata.X
     if X is None:
@@ -559,6 +573,16 @@ def register(
             f"control {control!r} has {control_n} cells; expected at least min_cells_per_group="
             f"{min_cells_per_group}. Fix: check the control label or lower min_cells_per_group."
         )
+    n_empty = _empty_rows(adata.X, np.flatnonzero(np.asarray(labels == control)))
+    if n_empty == control_n:
+        raise DataValidationError(
+            f"all {control_n} control cells ({control!r}) have zero expression in every gene; expected measured "
+            "unperturbed cells (every effect is measured against them). Fix: check that X holds the expression "
+            "(e.g. adata.X = adata.layers['counts']) and that the control label is right."
+        )
+    if n_empty:
+        findings.append(f"{n_empty} of {control_n} control cells have zero expression in every gene (kept; they "
+                        "carry no information: filter empty cells first, e.g. sc.pp.filter_cells(min_counts=1))")
     perturbations: dict[str, int] = {}
     dropped: dict[str, str] = {}
     for label, n in counts.items():
