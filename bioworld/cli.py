@@ -332,6 +332,46 @@ def simulate_cmd(
             typer.echo(f"  {path.name}  ({path.stat().st_size:,} bytes)")
 
 
+@app.command("pretrain")
+@_command
+def pretrain_cmd(
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder to write atlas.safetensors + atlas.json to.")],
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and the gene basis.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (default: PretrainConfig().steps).")] = None,
+    no_knowledge: Annotated[bool, typer.Option("--no-knowledge", help="Leave the knowledge features out (ablation).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an atlas model already in --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Pretrain the atlas model on the bundled perturbation atlas (all contexts, all signatures).
+
+    The model predicts a perturbation's signature in any atlas context (cell line / cell type) from
+    its signatures elsewhere, the context's own response, look-alike perturbations there and curated
+    knowledge (targets, STRING / OmniPath, knockdown signatures). Several knowledge sources are
+    non-commercial: atlas.json lists each with its licence.
+    """
+    from bioworld.errors import BioworldError, OutputError
+    from bioworld.train.pretrain import META, WEIGHTS, PretrainConfig, pretrain_atlas
+
+    if seed < 0:
+        raise BioworldError(f"--seed {seed} is negative; expected an integer >= 0. Fix: pass --seed 0 or another non-negative seed.")
+    if steps is not None and steps < 1:
+        raise BioworldError(f"--steps {steps}; expected a positive number of optimiser steps. Fix: pass e.g. --steps 1000.")
+    if (out / META).exists() and not overwrite:
+        raise OutputError(f"--out {str(out)!r} already holds an atlas model; expected a new folder. Fix: pass --overwrite "
+                          "to replace it, or choose another --out.")
+    _check_out(out, overwrite=True, inputs={}, folder=True, writes=(WEIGHTS, META))
+    cfg = PretrainConfig(seed=seed, use_knowledge=not no_knowledge, **({"steps": steps} if steps else {}))
+    model = pretrain_atlas(config=cfg, progress=not quiet)
+    model.save(out)
+    m = model.meta
+    typer.echo(f"pretrained on {len(m['train_signatures']):,} signatures x {m['n_genes']:,} genes over "
+               f"{len(m['contexts'])} contexts in {m['train_seconds']:.0f} s (final 1 - Pearson {m['final_loss']:.3f}); "
+               f"wrote {out}")
+    nc = [s["name"] for s in m["knowledge_sources"] if s.get("non_commercial")]
+    if nc:
+        typer.echo(f"  knowledge with non-commercial terms: {', '.join(nc)} (see {out / META})")
+
+
 @app.command("train")
 @_command
 def train_cmd(

@@ -136,3 +136,25 @@ def test_scores_use_the_observed_extremes():
     assert perfect["spearman"].iloc[0] == pytest.approx(1.0)  # order of the ranked genes only
     assert perfect["pearson"].iloc[0] < 0.9  # the unranked genes count for Pearson
     json.dumps(perfect.to_dict())
+
+
+# ------------------------------------------------------------------------------------ CLI
+def test_cli_pretrain_writes_a_loadable_model_and_refuses_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from bioworld.cli import app
+    from bioworld.train.pretrain import AtlasModel
+
+    runner = CliRunner()
+    out = tmp_path / "atlas"
+    r = runner.invoke(app, ["pretrain", "--out", str(out), "--steps", "2", "--seed", "1", "--no-knowledge", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "pretrained on" in r.output and (out / "atlas.json").is_file()
+    m = AtlasModel.load(out)
+    assert m.config.seed == 1 and m.config.steps == 2 and not m.config.use_knowledge
+    again = runner.invoke(app, ["pretrain", "--out", str(out), "--steps", "2", "--no-knowledge", "--quiet"])
+    assert again.exit_code == 2 and "already holds an atlas model" in again.output and "--overwrite" in again.output
+    bad = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "b"), "--steps", "0", "--quiet"])
+    assert bad.exit_code == 2 and "--steps 0" in bad.output
+    neg = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "c"), "--seed", "-1", "--quiet"])
+    assert neg.exit_code == 2 and "--seed -1" in neg.output

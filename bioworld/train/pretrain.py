@@ -239,25 +239,21 @@ class AtlasModel:
 
     # --------------------------------------------------------------------------- save / load
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``atlas.safetensors`` + ``atlas.json`` into ``directory`` atomically (created if needed)."""
-        from safetensors.torch import save_file
+        """Write ``atlas.safetensors`` + ``atlas.json`` into ``directory`` all-or-nothing (created if needed)."""
+        from safetensors.torch import save as save_bytes
+
+        from bioworld._atomic import write_files
 
         folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         tensors["kfeat"] = torch.from_numpy(np.ascontiguousarray(self.kfeat))
         tensors["basis0"] = torch.from_numpy(np.ascontiguousarray(self.inputs.basis))
-        tmp_w = folder / f".{WEIGHTS}.tmp"
-        save_file(tensors, str(tmp_w))
-        digest = hashlib.sha256(tmp_w.read_bytes()).hexdigest()
-        meta = {**self.meta, "format": FORMAT, "weights_sha256": digest, "pretrain_config": self.config.to_dict(),
-                "module_config": self.module.cfg.to_dict()}
-        tmp_m = folder / f".{META}.tmp"
-        tmp_m.write_text(json.dumps(meta, indent=1, sort_keys=True))
-        for tmp in (tmp_w, tmp_m):
-            os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp_w, folder / WEIGHTS)
-        os.replace(tmp_m, folder / META)
+        blob = save_bytes(tensors)
+        meta = {**self.meta, "format": FORMAT, "weights_sha256": hashlib.sha256(blob).hexdigest(),
+                "pretrain_config": self.config.to_dict(), "module_config": self.module.cfg.to_dict()}
+        text = json.dumps(meta, indent=1, sort_keys=True)
+        write_files([(folder / WEIGHTS, lambda tmp: Path(tmp).write_bytes(blob)),
+                     (folder / META, lambda tmp: Path(tmp).write_text(text))], what="atlas model")
         return folder
 
     @classmethod
@@ -307,12 +303,6 @@ class AtlasModel:
         except RuntimeError as exc:
             raise CheckpointError(f"{wpath} does not fit its config: {str(exc).splitlines()[0]}") from None
         return cls(module, inputs, tensors["kfeat"].numpy(), None, PretrainConfig.from_dict(meta["pretrain_config"]), meta)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ------------------------------------------------------------------------------- training
