@@ -305,6 +305,7 @@ class WorldModel:
         take = np.sort(rng.choice(ctrl_idx, size=min(N_REFERENCE_CELLS, len(ctrl_idx)), replace=False))
         self.reference = Xs[take]
         self.module = None
+        self.evaluation = None  # held-out summary (bioworld.eval.evaluate), read back by load()
         self.train_result = None
         self.meta: dict[str, Any] = {"perturbation_key": perturbation_key, "replicate_key": replicate_key}
 
@@ -974,6 +975,10 @@ class WorldModel:
         d = Path(directory)
         if not overwrite and (d / META).exists():
             raise CheckpointError(f"{str(d)!r} already holds a model; pass overwrite=True (CLI: --overwrite) to replace it")
+        if "data_hash" not in self.meta and isinstance(getattr(self, "_X", None), np.ndarray):
+            from bioworld.report.card import data_hash
+
+            self.meta["data_hash"] = data_hash(self._X, self._labels)
         tensors = {f"module.{k}": v for k, v in m.state_dict().items()}
         tensors.update({
             "norm.mu": torch.from_numpy(self.mu), "norm.sd": torch.from_numpy(self.sd),
@@ -994,6 +999,9 @@ class WorldModel:
                                                       "cells_per_s": tr.cells_per_s, "history": tr.history},
         }
         save_checkpoint(d, tensors, meta)
+        from bioworld.report.card import write_model_card
+
+        write_model_card(self, d)  # README.md: data hash, config, training fit, held-out metrics, licences
         return d
 
     @classmethod
@@ -1085,6 +1093,9 @@ class WorldModel:
         from bioworld.train import TrainResult
 
         self.train_result = None if tr is None else TrainResult(**tr)
+        from bioworld.eval._evaluate import load_evaluation
+
+        self.evaluation = load_evaluation(directory)  # held-out table of 'bioworld evaluate', or None
         return self
 
     def __repr__(self) -> str:

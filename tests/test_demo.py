@@ -47,12 +47,10 @@ def test_cli_demo_refuses_non_positive_steps(tmp_path):
 def test_demo_end_to_end_then_reuses_cached_model(tmp_path, monkeypatch, capsys):
     import bioworld as bw
     import bioworld._demo as demo
-    import bioworld.report.html as rh
 
     # fewer cells than the real demo keeps this test around a minute; the flow is the same
     monkeypatch.setattr(demo, "N_PRIORITIZE_CELLS", 120)
     monkeypatch.setattr(demo, "N_COUNTERFACTUAL_CELLS", 30)
-    monkeypatch.setattr(rh, "find_benchmark_summary", lambda search=None: None)
     report = demo.run_demo(tmp_path / "d", max_steps=3, progress=False)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == f"Report: {report}" and report.is_absolute() and report.is_file()

@@ -461,7 +461,7 @@ def _safetensors_header(path: Path) -> dict:
 
 def test_model_dir_is_safetensors_and_json_only(model_dir):
     files = sorted(p.name for p in model_dir.iterdir())
-    assert files == ["bioworld.json", "model.safetensors"]
+    assert files == ["README.md", "bioworld.json", "model.safetensors"]  # + the model card
     for p in model_dir.iterdir():
         head = p.read_bytes()[:4]
         assert not head.startswith(b"\x80"), f"{p.name} looks like a pickle"
@@ -692,7 +692,7 @@ def test_cli_predict_bad_labels_write_nothing(model_dir, tmp_path, labels):
     out = tmp_path / "preds" / "p.h5ad"
     _assert_cli_error(_invoke("predict", model_dir, "--perturbations", labels, "--out", out))
     assert not out.parent.exists()
-    assert sorted(p.name for p in model_dir.iterdir()) == ["bioworld.json", "model.safetensors"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["README.md", "bioworld.json", "model.safetensors"]  # + the model card
 
 
 def test_cli_binary_gmt_one_line_error(small_sim, tmp_path):
@@ -769,4 +769,4 @@ def test_cli_train_overwrite_replaces_existing_model(small_sim, tmp_path):
     again = _invoke("train", data, "--out", model, "--seed", 1, "--overwrite", *common)
     assert again.exit_code == 0, again.output
     assert json.loads((model / "bioworld.json").read_text())["train_config"]["seed"] == 1
-    assert sorted(p.name for p in model.iterdir()) == ["bioworld.json", "model.safetensors"]
+    assert sorted(p.name for p in model.iterdir()) == ["README.md", "bioworld.json", "model.safetensors"]  # + the model card

@@ -47,11 +47,9 @@ def counterfactuals(tiny_trained, cells):
 
 
 @pytest.fixture
-def no_benchmark(monkeypatch):
-    """The report must not pick up a benchmark summary lying around in the checkout."""
-    import bioworld.report.html as rh
-
-    monkeypatch.setattr(rh, "find_benchmark_summary", lambda search=None: None)
+def no_benchmark(tiny_trained, monkeypatch):
+    """The trained model has no held-out evaluation of its own."""
+    monkeypatch.setattr(tiny_trained, "evaluation", None, raising=False)
 
 
 def _accuracy() -> pd.DataFrame:
@@ -81,7 +79,7 @@ def test_report_is_self_contained_with_sections_and_csv(prioritized, counterfact
         assert f"<h3>{_html.escape(spec)}</h3>" in text
     # provenance: genes, entities, holdout, seed, version
     assert f"{len(tiny_trained.genes):,}" in text and tiny_trained.holdout[0] in text and "bioworld version" in text
-    assert "ranking is unvalidated" in text and "No held-out benchmark was found" in text
+    assert "ranking is unvalidated" in text and "bioworld evaluate MODEL_DIR --data TEST.h5ad" in text
     csv = pd.read_csv(tmp_path / "rep" / "ranked_interventions.csv")
     assert len(csv) == len(prioritized.table)
     assert list(csv["intervention"]) == list(prioritized.table["intervention"])
@@ -98,19 +96,27 @@ def test_report_shows_held_out_accuracy_next_to_baselines(prioritized, tmp_path)
     assert "No counterfactuals were computed" in text
 
 
-def test_report_reads_benchmark_summary_csv(prioritized, tmp_path, monkeypatch):
-    from bioworld.report import BENCHMARK_SUMMARY, write_report
+def test_report_shows_the_models_own_evaluation_never_a_checkout_file(prioritized, tiny_trained, tmp_path,
+                                                                       monkeypatch):
+    from bioworld.report import load_accuracy, write_report
 
-    summ = _accuracy().rename(columns={"value": "mean"})
-    summ.insert(0, "split", "unseen_singles")
-    summ.insert(0, "benchmark", "papalexi")
-    summ["n"] = 10
-    target = tmp_path / BENCHMARK_SUMMARY
-    target.parent.mkdir(parents=True)
-    summ.to_csv(target, index=False)
+    # a benchmark summary of the repository in the working folder is not this model's accuracy
+    stray = tmp_path / "benchmarks" / "results" / "papalexi_summary.csv"
+    stray.parent.mkdir(parents=True)
+    _accuracy().rename(columns={"value": "mean"}).assign(split="unseen_singles").to_csv(stray, index=False)
     monkeypatch.chdir(tmp_path)
-    text = write_report(prioritized, tmp_path / "out").read_text()
-    assert "papalexi_summary.csv" in text and '<tr class="model">' in text and "unseen_singles" in text
+    monkeypatch.setattr(tiny_trained, "evaluation", None, raising=False)
+    text = write_report(prioritized, tmp_path / "a", model=tiny_trained).read_text()
+    assert "unvalidated" in text and "papalexi_summary" not in text and "unseen_singles" not in text
+    # the model's own held-out table (as bioworld evaluate writes it) is shown
+    own = pd.DataFrame({"split": ["unseen"] * 4, "method": ["WorldModel", "WorldModel", "NoChange", "NoChange"],
+                        "metric": ["mse_top20", "pearson_all"] * 2, "mean": [0.25, 0.61, 0.5, 0.0],
+                        "sd": [0.05, 0.1, 0.1, 0.0], "n": [3] * 4})
+    monkeypatch.setattr(tiny_trained, "evaluation", own, raising=False)
+    text = write_report(prioritized, tmp_path / "b", model=tiny_trained).read_text()
+    assert "unvalidated" not in text and "own evaluation on held-out data" in text
+    assert "0.250 ± 0.050" in text and '<tr class="model">' in text
+    assert list(load_accuracy(own).columns) == ["method", "metric", "value", "sd", "split"]
 
 
 def test_report_escapes_and_refuses_bad_input(prioritized, tmp_path, no_benchmark):

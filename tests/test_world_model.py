@@ -37,7 +37,7 @@ def test_save_load_roundtrip_identical(tiny_trained, tmp_path):
     labels = ["P1_DRV1", "P2_DRV2"]
     assert np.array_equal(tiny_trained.predict(labels).X, wm2.predict(labels).X)
     files = sorted(p.name for p in (tmp_path / "m").iterdir())
-    assert files == ["bioworld.json", "model.safetensors"]  # no pickles, no temp files left
+    assert files == ["README.md", "bioworld.json", "model.safetensors"]  # + the model card; no pickles, no temp files
 
 
 def test_tampered_checkpoints_are_refused(tiny_trained, tmp_path):

@@ -41,5 +41,9 @@ __getattr__, __dir__ = lazy_exports(
         "run_l1000": ".benchmark",
         "run_simulator": ".benchmark",
         "summarize": ".benchmark",
+        # one model on held-out data
+        "evaluate": "._evaluate",
+        "load_evaluation": "._evaluate",
+        "format_evaluation": "._evaluate",
     },
 )

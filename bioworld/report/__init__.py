@@ -17,10 +17,11 @@ __getattr__, __dir__ = lazy_exports(
     {
         "write_report": ".html",
         "load_accuracy": ".html",
-        "find_benchmark_summary": ".html",
+        "model_accuracy": ".html",
         "goal_in_words": ".html",
-        "BENCHMARK_SUMMARY": ".html",
+        "write_model_card": ".card",
+        "model_card": ".card",
     },
 )
 
-__all__ = ["BENCHMARK_SUMMARY", "find_benchmark_summary", "goal_in_words", "load_accuracy", "write_report"]
+__all__ = ["goal_in_words", "load_accuracy", "model_accuracy", "model_card", "write_model_card", "write_report"]

@@ -17,11 +17,8 @@ import pandas as pd
 
 from bioworld.errors import BioworldError
 
-__all__ = ["BENCHMARK_SUMMARY", "find_benchmark_summary", "goal_in_words", "load_accuracy", "write_report"]
+__all__ = ["goal_in_words", "load_accuracy", "model_accuracy", "write_report"]
 
-#: Benchmark summary the report shows when no ``accuracy`` is given (relative to the working
-#: folder or the repository root; written by ``benchmarks/run_benchmarks.py``).
-BENCHMARK_SUMMARY = Path("benchmarks") / "results" / "papalexi_summary.csv"
 #: Method name of the world model in benchmark tables.
 WORLD_MODEL_METHOD = "WorldModel"
 REPORT_NAME = "report.html"
@@ -51,15 +48,16 @@ def goal_in_words(goal: str) -> str:
 
 
 # ----------------------------------------------------------------------------------- accuracy
-def find_benchmark_summary(search: Sequence[str | os.PathLike] | None = None) -> Path | None:
-    """The first existing :data:`BENCHMARK_SUMMARY` under the working folder or the repository root."""
-    if search is None:
-        search = [Path.cwd(), Path(__file__).resolve().parents[2]]
-    for base in search:
-        path = Path(base) / BENCHMARK_SUMMARY
-        if path.is_file():
-            return path
-    return None
+def model_accuracy(model: Any) -> pd.DataFrame | None:
+    """The model's own held-out table (``bioworld evaluate`` / :func:`bioworld.eval.evaluate`), or None.
+
+    ``WorldModel.load`` reads it from the model folder's ``evaluation.csv`` into ``model.evaluation``;
+    nothing else (no benchmark of another model, no file of a checkout) stands in for it.
+    """
+    ev = getattr(model, "evaluation", None) if model is not None else None
+    if ev is None and model is not None and hasattr(model, "members"):
+        ev = getattr(model.members[0], "evaluation", None)
+    return ev if isinstance(ev, pd.DataFrame) and len(ev) else None
 
 
 def load_accuracy(accuracy: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
@@ -313,8 +311,9 @@ def write_report(
         ``{entity, shift, share}``): each intervention's entities ordered by shift.
     accuracy
         Held-out accuracy: a DataFrame ``method, metric, value[, sd]`` (or a benchmark summary /
-        its CSV path). ``None``: :data:`BENCHMARK_SUMMARY` is used when found; otherwise the report
-        says that the ranking is unvalidated.
+        an ``evaluation.csv`` / its CSV path). ``None``: the model's own held-out table
+        (:func:`model_accuracy`: ``model.evaluation``, from ``bioworld evaluate``); without one the
+        report says that the ranking is unvalidated.
     title
         Page title (default: from the goal).
     model
@@ -343,13 +342,13 @@ def write_report(
     # everything is rendered first and written at the end, all-or-nothing: a failure on the way
     # (a plot, the template, a full disk) leaves no half-made report folder
 
-    # ---- held-out accuracy (given, found next to BENCHMARKS.md, or none)
+    # ---- held-out accuracy (given, or the model's own evaluation, or none)
     accuracy_source = "a table given by the caller"
     if accuracy is None:
-        found = find_benchmark_summary()
-        acc = None if found is None else load_accuracy(found)
-        accuracy_source = "" if found is None else (
-            f"{found} (written {_dt.datetime.fromtimestamp(found.stat().st_mtime).strftime('%Y-%m-%d %H:%M')})")
+        own = model_accuracy(model)
+        acc = None if own is None else load_accuracy(own)
+        accuracy_source = "" if own is None else ("this model's own evaluation on held-out data "
+                                                  "(bioworld evaluate; evaluation.csv in the model folder)")
     else:
         if isinstance(accuracy, (str, os.PathLike)):
             accuracy_source = str(accuracy)
@@ -412,7 +411,6 @@ def write_report(
         accuracy=accuracy_view,
         accuracy_fig=accuracy_fig,
         accuracy_source=accuracy_source,
-        benchmark_path=str(BENCHMARK_SUMMARY),
         holdout=list((getattr(result, "provenance", {}) or {}).get("model", {}).get("holdout", [])),
     )
     from bioworld._atomic import write_files
