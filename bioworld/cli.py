@@ -62,10 +62,35 @@ def _one_line(message: str) -> str:
     return re.sub(r"\s*\n\s*", " ", str(message)).strip()
 
 
+#: Python keyword arguments named in error hints -> the CLI flag that sets them.
+_CLI_FLAGS = {
+    "perturbation_key": "--perturbation-key", "control": "--control", "dose_key": "--dose-key",
+    "compound_id_key": "--compound-id-key", "gene_symbols_key": "--gene-symbols-key", "input": "--input",
+    "replicate_key": "--replicate-key", "min_cells_per_group": "--min-cells", "smiles": "--smiles",
+    "holdout": "--holdout", "seed": "--seed", "max_steps": "--max-steps", "device": "--device",
+    "overwrite": "--overwrite", "entities": "--entities", "level": "--level",
+}
+
+
+def cli_hint(message: str) -> str:
+    """An error message with the Python arguments in its hints named as the CLI flags that set them.
+
+    ``pass control=<label>`` -> ``pass --control <label>``; ``input='log'`` -> ``--input log``;
+    ``overwrite=True`` -> ``--overwrite``; ``lower min_cells_per_group`` -> ``lower --min-cells``;
+    ``X (CLI: Y)`` -> ``Y``.
+    """
+    text = re.sub(r"\S+=\S+ \(CLI: ([^)]+)\)", r"\1", str(message))
+    for key, flag in _CLI_FLAGS.items():
+        text = re.sub(rf"(?<![\w.\-\[']){key}=True\b", flag, text)
+        text = re.sub(rf"(?<![\w.\-\[']){key}=(['\"])(.*?)\1", rf"{flag} \2", text)
+        text = re.sub(rf"(?<![\w.\-\[']){key}=", f"{flag} ", text)
+    return re.sub(r"(?<![\w.\-\['])min_cells_per_group\b", "--min-cells", text)
+
+
 def _user_error(exc: BaseException) -> str | None:
     """The one-line message for an error a user caused, or None for a bug (shown with traceback)."""
     if isinstance(exc, BioworldError):
-        return _one_line(str(exc))
+        return _one_line(cli_hint(str(exc)))
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         name = exc.filename if getattr(exc, "filename", None) else ""
         what = exc.strerror or type(exc).__name__
@@ -115,11 +140,21 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
             typer.echo(f"warning: {text}", err=True)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        import bioworld
+
+        typer.echo(f"bioworld {bioworld.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option(
         "--debug", envvar="BIOWORLD_DEBUG",
         help="Show full tracebacks instead of one-line errors (also: BIOWORLD_DEBUG=1).")] = False,
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print the bioworld version and exit.")] = None,
 ) -> None:
     """bioworld: entity-slot, action-conditioned JEPA world model for perturbation screens."""
     _SESSION["debug"] = debug
@@ -173,6 +208,30 @@ def _register_kwargs(adata: Any, given: dict[str, Any]) -> dict[str, Any]:
     merged = {**_REGISTER_DEFAULTS, **_suggested_kwargs(adata)}
     merged.update({k: v for k, v in given.items() if v is not None})
     return merged
+
+
+def _compound_actions(adata: Any, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Optional[str]]:
+    """With ``--dose-key``: compound name + dose -> ``NAME@DOSE`` actions in ``obs['bw_perturbation']``.
+
+    Labels that already hold compound actions (any ``@`` among them, as the bundled ``l1000``
+    loader writes) are used as they are. Returns the register keywords (reading the new column) and
+    a line for the summary, or None when nothing was converted.
+    """
+    dose_key = kwargs.get("dose_key")
+    key = kwargs.get("perturbation_key", "perturbation")
+    if not dose_key or key not in adata.obs.columns:
+        return kwargs, None  # register() reports the missing column
+    control = kwargs.get("control", "control")
+    from bioworld.data import compound_labels, has_bare_names
+
+    if not has_bare_names(adata, key, control):
+        return kwargs, None
+
+    new_key = compound_labels(adata, name_key=key, dose_key=dose_key, control=control)
+    n = adata.obs[new_key].astype(str).nunique() - 1
+    note = (f"compound actions: obs[{key!r}] + obs[{dose_key!r}] -> {n} NAME@DOSE labels in obs[{new_key!r}] "
+            f"(e.g. {sorted(set(adata.obs[new_key].astype(str)) - {control})[:1][0] if n else 'none'})")
+    return {**kwargs, "perturbation_key": new_key}, note
 
 
 def _check_input(value: Optional[str]) -> Optional[str]:
@@ -279,7 +338,7 @@ def inspect_cmd(
     compound_id_key: Annotated[Optional[str], typer.Option(help="obs column with compound ids (e.g. BRD ids).")] = None,
     gene_symbols_key: Annotated[Optional[str], typer.Option(help="var column with gene symbols, if var_names are not symbols.")] = None,
     input: Annotated[Optional[str], typer.Option("--input", help="'counts' or 'log' (default: counts).")] = None,
-    min_cells: Annotated[Optional[int], typer.Option(help="Groups with fewer cells are set aside (default: 3).")] = None,
+    min_cells: Annotated[Optional[int], typer.Option(help="Groups with fewer cells are set aside (default as in training: 3 for counts, 1 for log input).")] = None,
     entities: Annotated[Optional[List[Path]], typer.Option(metavar="FILE", help="GMT or gene/pathway/weight TSV; repeatable, combined.")] = None,
 ) -> None:
     """Validate a dataset and show its perturbations and entity coverage.
@@ -296,6 +355,8 @@ def inspect_cmd(
         "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,
         "input": _check_input(input), "min_cells_per_group": min_cells,
     })
+    kwargs.setdefault("min_cells_per_group", 1 if kwargs.get("input") == "log" else 3)  # = WorldModel's default
+    kwargs, compound_note = _compound_actions(adata, kwargs)
     with warnings.catch_warnings():
         # register() and map_to_panel() warn about what the summary below lists anyway
         warnings.simplefilter("ignore", UserWarning)
@@ -303,6 +364,8 @@ def inspect_cmd(
         entity_set, entity_source = _entity_set(entities)
         panel = map_to_panel(entity_set, reg.genes)
     typer.echo(f"data: {source}")
+    if compound_note:
+        typer.echo(compound_note)
     typer.echo(format_registration(reg))
     n = len(reg.findings)
     typer.echo("validation: passed" + (f" ({n} finding{'s' if n != 1 else ''} above)" if n else ", no findings"))
@@ -396,6 +459,8 @@ def train_cmd(
     members: Annotated[int, typer.Option("--members", min=1, help="Train an ensemble of this many seeds (seed, seed+1, ...) into MODEL_DIR/member_<k>; >= 2 gives prediction intervals.")] = 1,
     calibrate_folds: Annotated[int, typer.Option("--calibrate-folds", min=0, help="With --members >= 2: calibrate the intervals by leave-targets-out over this many folds (one extra training per fold; 0 = uncalibrated).")] = 0,
     restarts: Annotated[int, typer.Option("--restarts", min=0, help="Single model: when the trained model did not learn its strongest training effects (WorldModel.training_fit), train again with the next seed, at most this many times (0 = train once).")] = 2,
+    min_cells: Annotated[Optional[int], typer.Option("--min-cells", help="Perturbation groups with fewer cells are set aside and listed (default: 3; the l1000 loader suggests 1).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to train: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (overrides the config; default: cpu).")] = None,
 ) -> None:
     """Train a world model (or a seed ensemble, --members) on a dataset and save it.
 
@@ -424,17 +489,22 @@ def train_cmd(
         raise BioworldError(f"--max-steps {max_steps}; expected at least 1 optimiser step (0 would save an untrained "
                             "model). Fix: pass --max-steps 1 or more.")
     train_config = TrainConfig.from_file(config) if config is not None else TrainConfig()
-    overrides = {k: v for k, v in {"seed": seed, "max_steps": max_steps}.items() if v is not None}
+    overrides = {k: v for k, v in {"seed": seed, "max_steps": max_steps, "device": device}.items() if v is not None}
     if overrides:
         train_config = replace(train_config, **overrides)
+    train_config.resolved_device()  # an unavailable --device fails before the data is read
 
     def _train_locked() -> None:
         adata, source = _load_data(data, backed=backed)
         kwargs = _register_kwargs(adata, {
             "perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
             "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,
-            "input": _check_input(input), "replicate_key": replicate_key,
+            "input": _check_input(input), "replicate_key": replicate_key, "min_cells_per_group": min_cells,
         })
+        if not backed:
+            kwargs, compound_note = _compound_actions(adata, kwargs)
+            if compound_note and not quiet:
+                typer.echo(compound_note)
         smiles_path = smiles
         if smiles_path is None and kwargs.get("compound_id_key"):
             from bioworld.data import bundled_path
@@ -641,21 +711,85 @@ def demo_cmd(
     run_demo(out, max_steps=max_steps, progress=not quiet)
 
 
-# ---------------------------------------------------------------------------------- entry point
-@app.command("benchmark", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# ------------------------------------------------------------------------------------- evaluate
+@app.command("evaluate")
 @_command
-def benchmark_cmd(ctx: typer.Context) -> None:
+def evaluate_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A model (or ensemble) folder written by 'bioworld train'.")],
+    data: Annotated[Path, typer.Option("--data", metavar="TEST.h5ad", help="Held-out cells: controls and perturbed cells on the model's genes (counts or log as trained).")],
+    perturbation_key: Annotated[Optional[str], typer.Option(help="obs column with perturbation labels (default: the model's).")] = None,
+    control: Annotated[Optional[str], typer.Option(help="Label of unperturbed cells (default: the model's).")] = None,
+    dose_key: Annotated[Optional[str], typer.Option(help="obs column with the dose; with bare compound names, NAME@DOSE labels are built.")] = None,
+    compound_id_key: Annotated[Optional[str], typer.Option(help="obs column with compound ids.")] = None,
+    gene_symbols_key: Annotated[Optional[str], typer.Option(help="var column with gene symbols, if var_names are not symbols.")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", help="'counts' or 'log' (default: as the model was trained).")] = None,
+    min_cells: Annotated[Optional[int], typer.Option("--min-cells", min=1, help="Perturbations with fewer test cells are not scored (default: 1).")] = None,
+    train_data: Annotated[Optional[Path], typer.Option("--train-data", metavar="TRAIN.h5ad", help="The training data: the MeanOfTrain baseline is then the mean of its observed deltas.")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Top-k DE genes for mse_top{k} / pearson_top{k} / direction_top{k}.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the split halves of the noise ceiling.")] = 0,
+) -> None:
+    """Score a model on held-out data: benchmark metrics vs baselines and the split-half noise ceiling.
+
+    Writes evaluation.csv (split, method, metric, mean, sd, n) and evaluation_scores.csv (per
+    perturbation) into MODEL_DIR, where reports and the model card read them, and prints the table.
+    """
+    from bioworld.data import read_h5ad
+    from bioworld.eval._evaluate import EVALUATION, evaluate, format_evaluation
+
+    wm = _load_model(model_dir)
+    test = read_h5ad(data)
+    train = read_h5ad(train_data) if train_data is not None else None
+    summary = evaluate(wm, test, perturbation_key=perturbation_key, control=control, dose_key=dose_key,
+                       compound_id_key=compound_id_key, gene_symbols_key=gene_symbols_key, input=_check_input(input),
+                       min_cells_per_group=min_cells, train_data=train, k=k, seed=seed, out=model_dir)
+    if not _is_ensemble(wm):
+        from bioworld.report.card import write_model_card
+
+        write_model_card(wm, model_dir, evaluation=summary)
+    typer.echo(f"scored {summary.attrs['n_perturbations']} perturbation(s) on {summary.attrs['n_test_cells']:,} test "
+               f"cells of {data}")
+    typer.echo(format_evaluation(summary))
+    for note in summary.attrs["notes"]:
+        typer.echo(f"  {note}")
+    typer.echo(f"wrote {model_dir / EVALUATION}")
+
+
+# ------------------------------------------------------------------------------------ benchmark
+@app.command("benchmark")
+@_command
+def benchmark_cmd(
+    full: Annotated[bool, typer.Option("--full/--quick", help="Full settings (5 folds, 3 seeds, default steps, ablations; hours) or quick ones (default: minutes).")] = False,
+    only: Annotated[str, typer.Option("--only", help="Comma-separated subset of papalexi,l1000,simulator.")] = "papalexi,l1000,simulator",
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the CSVs, plots and pred/real AnnData pairs.")] = Path("benchmarks/results"),
+    report: Annotated[Optional[Path], typer.Option("--report", metavar="FILE.md", help="Markdown report to write (default: OUT/BENCHMARKS.md).")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated model / split seeds, e.g. '0,1' (overrides the mode).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="WorldModel max_steps (overrides the mode).")] = None,
+    folds: Annotated[Optional[int], typer.Option("--folds", min=2, help="Papalexi leave-targets-out folds (overrides the mode).")] = None,
+    ablations: Annotated[Optional[bool], typer.Option("--ablations/--no-ablations", help="Also train the mask_mode ablations on Papalexi (default: only with --full).")] = None,
+    world_model: Annotated[bool, typer.Option("--world-model/--no-world-model", help="--no-world-model: baselines and noise ceilings only.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
     """Regenerate the accuracy benchmark (BENCHMARKS.md, CSVs, plots) against baselines and the noise ceiling.
 
-    Options are those of ``python benchmarks/run_benchmarks.py`` (``--quick``/``--full``,
-    ``--only papalexi,l1000,simulator``, ``--folds``, ``--steps``, ``--seeds``, ``--ablations``,
-    ``--out``, ``--report``); e.g. ``bioworld benchmark --quick --report BENCHMARKS.md``.
+    Same as ``python benchmarks/run_benchmarks.py`` with the same options; e.g.
+    ``bioworld benchmark --quick --only papalexi --report BENCHMARKS.md``.
     """
     from bioworld.eval.benchmark import main as bench_main
 
-    bench_main(list(ctx.args))
+    argv = ["--full" if full else "--quick", "--only", only, "--out", str(out)]
+    for flag, value in (("--report", report), ("--seeds", seeds), ("--steps", steps), ("--folds", folds)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if ablations is not None:
+        argv.append("--ablations" if ablations else "--no-ablations")
+    if not world_model:
+        argv.append("--no-world-model")
+    if not progress:
+        argv.append("--no-progress")
+    bench_main(argv)
 
 
+# ---------------------------------------------------------------------------------- entry point
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point (``bioworld = "bioworld.cli:main"``)."""
     app(args=argv, prog_name="bioworld")

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from bioworld.data._bundled import bundled_path
-from bioworld.data._register import DataWarning, _make_unique
+from bioworld.data._register import DataWarning, _check_control, _make_unique
 from bioworld.errors import DataValidationError
 
-__all__ = ["read_h5ad", "load_papalexi", "load_l1000", "read_gears", "format_dose"]
+__all__ = ["read_h5ad", "load_papalexi", "load_l1000", "read_gears", "format_dose", "compound_labels", "has_bare_names"]
 
 PAPALEXI = "perturbseq/papalexi2021_thp1_ko.h5ad"
 L1000 = "compounds/l1000_a375_lincs_dose_response.h5ad"
@@ -128,6 +128,85 @@ def format_dose(dose: float) -> str:
     if not np.isfinite(value):
         raise DataValidationError(f"dose {dose!r} is not a finite number; expected e.g. 3.33.")
     return np.format_float_positional(value, trim="-")
+
+
+def has_bare_names(adata: Any, perturbation_key: str, control: str) -> bool:
+    """True when no label in ``obs[perturbation_key]`` besides ``control`` is a compound action
+    (``NAME@DOSE``): a dose column then still has to be joined to the names (:func:`compound_labels`)."""
+    labels = adata.obs[perturbation_key].astype(str)
+    return not labels[labels != str(control)].str.contains("@", regex=False).any()
+
+
+def compound_labels(
+    adata: Any,
+    *,
+    name_key: str,
+    dose_key: str,
+    control: str,
+    key_added: str = "bw_perturbation",
+) -> str:
+    """Turn a compound-name column and a dose column into compound actions ``NAME@DOSE``.
+
+    Raw compound screens (the LINCS L1000 plates, sci-Plex) store the compound in one ``obs``
+    column and its dose in another; the action grammar reads ``vemurafenib@3.33`` as "this compound
+    at this dose" and a bare name as a gene knockout. This writes the grammar labels to a new column
+    and leaves the given columns as they are.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes; annotated in place (only ``obs[key_added]`` is written).
+    name_key
+        ``obs`` column with compound names (e.g. ``pert_iname``).
+    dose_key
+        ``obs`` column with numeric doses (µM or the screen's unit; written without trailing zeros).
+    control
+        Label of vehicle / unperturbed cells in ``name_key``; they keep it and need no dose.
+    key_added
+        ``obs`` column to write.
+
+    Returns
+    -------
+    ``key_added``. ``adata.obs[key_added]`` = ``NAME@DOSE`` per treated cell, ``control`` for control
+    cells (categorical); ``adata.uns['bioworld']['loader']['compound_labels']`` records the columns.
+
+    Raises
+    ------
+    DataValidationError
+        A missing column, a compound name with ``+``, ``@``, ``:`` or whitespace (reserved by the
+        grammar), or treated cells without a numeric, finite, non-negative dose.
+    """
+    obs = adata.obs
+    for key, what, flag in ((name_key, "compound names", "--perturbation-key"), (dose_key, "doses", "--dose-key")):
+        if key not in obs.columns:
+            raise DataValidationError(
+                f"obs has no column {key!r} ({what}); found columns {list(obs.columns)[:12]}. "
+                f"Fix: pass the column that holds the {what} ({flag} on the command line)."
+            )
+    name = obs[name_key].astype(str)
+    _check_control(name, str(control), name_key)  # not found: the error lists close / control-like labels
+    is_control = (name == str(control)).to_numpy()
+    bad_names = sorted({n for n in name[~is_control] if _GRAMMAR_RESERVED.search(n) or n == ""})
+    if bad_names:
+        raise DataValidationError(
+            f"compound names {bad_names[:5]} in obs[{name_key!r}] are empty or contain '+', '@', ':' or spaces, "
+            "which the action grammar reserves; expected plain names. Fix: rename them, e.g. "
+            f"adata.obs[{name_key!r}] = adata.obs[{name_key!r}].str.replace(' ', '-')."
+        )
+    dose = pd.to_numeric(obs[dose_key], errors="coerce").to_numpy(dtype=float)
+    bad = ~is_control & ~(np.isfinite(dose) & (dose >= 0))
+    if bad.any():
+        examples = obs[dose_key][bad].astype(str).unique()[:5].tolist()
+        raise DataValidationError(
+            f"{int(bad.sum())} treated cells have a non-numeric, missing, negative or infinite dose in "
+            f"obs[{dose_key!r}] (e.g. {examples}); expected a numeric dose per compound cell. Fix: fill or drop "
+            f"those cells, or convert the column, e.g. adata.obs[{dose_key!r}] = "
+            f"adata.obs[{dose_key!r}].str.replace(' um', '').astype(float)."
+        )
+    labels = [str(control) if ctl else f"{n}@{format_dose(d)}" for n, d, ctl in zip(name, dose, is_control)]
+    obs[key_added] = pd.Categorical(labels)
+    _loader_report(adata, compound_labels={"name_key": name_key, "dose_key": dose_key, "key_added": key_added})
+    return key_added
 
 
 def load_l1000() -> Any:

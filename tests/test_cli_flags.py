@@ -1,0 +1,223 @@
+"""CLI flags do what they say, on raw input files: --dose-key/--compound-id-key, --min-cells,
+--version, --device, hints that name CLI flags, and real help for benchmark / the torchrun entry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from bioworld.cli import cli_hint
+from test_cli import GENES, _small_adata, _write, assert_one_line_error, invoke
+
+REPO = Path(__file__).resolve().parents[1]
+SMILES = {"BRD-K0001": "CC(=O)Oc1ccccc1C(=O)O", "BRD-K0002": "CN1C=NC2=C1C(=O)N(C(=O)N2C)C"}
+#: small batches and one thread keep CLI training fast on a busy 2-core machine
+FAST = {"groups_per_batch": 4, "cells_per_group": 4, "self_pairs": 4, "num_threads": 1}
+
+
+def _raw_compound_plate(n_per_dose: int = 3) -> ad.AnnData:
+    """A raw compound screen as public plates store it: name and dose in separate columns, log input."""
+    rng = np.random.default_rng(0)
+    rows = [("DMSO", 0.0, "DMSO")] * 8
+    for name, cid in (("aspirin", "BRD-K0001"), ("caffeine", "BRD-K0002")):
+        for dose in (0.5, 10.0):
+            rows += [(name, dose, cid)] * n_per_dose
+    obs = pd.DataFrame(rows, columns=["pert_iname", "pert_dose", "pert_id"],
+                       index=[f"w{i}" for i in range(len(rows))])
+    X = rng.normal(5.0, 1.0, size=(len(rows), len(GENES))).astype(np.float32)
+    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(GENES)))
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plate")
+    _write(_raw_compound_plate(), d / "plate.h5ad")
+    (d / "smiles.csv").write_text("".join(f"{k}, {v}\n" for k, v in SMILES.items()))
+    (d / "config.json").write_text(json.dumps(FAST))
+    return d
+
+
+# ------------------------------------------------------------------------ --dose-key: compound actions
+def test_inspect_dose_key_turns_names_and_doses_into_compound_actions(plate):
+    result = invoke("inspect", plate / "plate.h5ad", "--perturbation-key", "pert_iname", "--dose-key", "pert_dose",
+                    "--compound-id-key", "pert_id", "--input", "log", "--control", "DMSO")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "4 NAME@DOSE labels in obs['bw_perturbation']" in out
+    assert "2 compounds x 2 doses" in out and "genetic" not in out
+
+
+def test_train_and_predict_compound_at_dose_from_the_raw_plate(plate, tmp_path):
+    model = tmp_path / "model"
+    result = invoke("train", plate / "plate.h5ad", "--out", model, "--perturbation-key", "pert_iname",
+                    "--dose-key", "pert_dose", "--compound-id-key", "pert_id", "--smiles", plate / "smiles.csv",
+                    "--input", "log", "--control", "DMSO", "--config", plate / "config.json",
+                    "--max-steps", 3, "--restarts", 0, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    meta = json.loads((model / "bioworld.json").read_text())
+    assert sorted(meta["train_labels"]) == ["DMSO", "aspirin@0.5", "aspirin@10", "caffeine@0.5", "caffeine@10"]
+    assert sorted(meta["smiles"]) == ["aspirin", "caffeine"]  # joined through pert_id
+    out = tmp_path / "pred.h5ad"
+    # a dose between the trained ones is a compound action too
+    result = invoke("predict", model, "--perturbations", "DMSO,aspirin@10,caffeine@2", "--out", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    pred = ad.read_h5ad(out)
+    assert list(pred.obs_names) == ["DMSO", "aspirin@10", "caffeine@2"]
+    assert np.abs(np.asarray(pred.layers["delta"])[1:]).max() > 0
+
+
+def test_dose_key_refuses_treated_cells_without_a_dose(plate, tmp_path):
+    a = _raw_compound_plate()
+    dose = a.obs["pert_dose"].astype(str).to_numpy()
+    dose[9] = "n/a"
+    a.obs["pert_dose"] = dose
+    path = _write(a, tmp_path / "nodose.h5ad")
+    result = invoke("inspect", path, "--perturbation-key", "pert_iname", "--dose-key", "pert_dose",
+                    "--compound-id-key", "pert_id", "--input", "log", "--control", "DMSO")
+    assert_one_line_error(result, "1 treated cells", "non-numeric", "pert_dose")
+
+
+def test_dose_key_missing_control_names_the_cli_flag(plate):
+    result = invoke("inspect", plate / "plate.h5ad", "--perturbation-key", "pert_iname", "--dose-key", "pert_dose",
+                    "--input", "log")
+    line = assert_one_line_error(result, "'DMSO' looks like a control label", "--control")
+    assert "control=" not in line
+
+
+def test_labels_already_in_the_grammar_are_kept(tmp_path, l1000):
+    path = _write(l1000, tmp_path / "l1000.h5ad")  # obs['perturbation'] holds NAME@DOSE already
+    result = invoke("inspect", path, "--dose-key", "pert_dose", "--compound-id-key", "pert_id")
+    assert result.exit_code == 0, result.output
+    assert "NAME@DOSE labels" not in result.stdout and "labels in obs['perturbation']" in result.stdout
+
+
+def test_inspect_real_raw_l1000_plate(tmp_path):
+    """The bundled A375 plate written out as a plain h5ad, read as a new user would."""
+    from bioworld.data import bundled_path
+
+    raw = ad.read_h5ad(bundled_path("compounds/l1000_a375_lincs_dose_response.h5ad"))
+    path = _write(raw, tmp_path / "raw.h5ad")
+    result = invoke("inspect", path, "--perturbation-key", "pert_iname", "--dose-key", "pert_dose",
+                    "--compound-id-key", "pert_id", "--input", "log", "--control", "DMSO")
+    assert result.exit_code == 0, result.output
+    assert "315 perturbations + control: 53 compounds x 6 doses" in result.stdout
+    assert "genetic" not in result.stdout
+
+
+@pytest.mark.slow
+def test_train_predict_real_raw_l1000_plate(tmp_path):
+    from bioworld.data import bundled_path
+
+    raw = ad.read_h5ad(bundled_path("compounds/l1000_a375_lincs_dose_response.h5ad"))
+    path = _write(raw, tmp_path / "raw.h5ad")
+    model = tmp_path / "model"
+    result = invoke("train", path, "--out", model, "--perturbation-key", "pert_iname", "--dose-key", "pert_dose",
+                    "--compound-id-key", "pert_id", "--input", "log", "--control", "DMSO",
+                    "--max-steps", 5, "--restarts", 0, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    out = tmp_path / "pred.h5ad"
+    result = invoke("predict", model, "--perturbations", "DMSO,PLX-4720@3.33,neratinib@10", "--out", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert list(ad.read_h5ad(out).obs_names) == ["DMSO", "PLX-4720@3.33", "neratinib@10"]
+
+
+# --------------------------------------------------------------------------------- train --min-cells
+def test_train_min_cells_keeps_or_sets_aside_small_groups(tmp_path):
+    a = _small_adata()
+    a.obs["perturbation"] = a.obs["perturbation"].astype(str)
+    a.obs.iloc[-4:, 0] = "JAK2"  # 4 JAK2 cells, IRF1 left with 2
+    path = _write(a, tmp_path / "d.h5ad")
+    (tmp_path / "c.json").write_text(json.dumps(FAST))
+    labels = {}
+    for n in (2, 3):
+        model = tmp_path / f"m{n}"
+        result = invoke("train", path, "--out", model, "--min-cells", n, "--config", tmp_path / "c.json",
+                        "--max-steps", 2, "--restarts", 0, "--quiet")
+        assert result.exit_code == 0, (result.output, result.exception)
+        meta = json.loads((model / "bioworld.json").read_text())
+        assert meta["registration"]["min_cells_per_group"] == n
+        labels[n] = sorted(meta["train_labels"])
+    assert labels[2] == ["IRF1", "JAK2", "STAT1", "control"]
+    assert labels[3] == ["JAK2", "STAT1", "control"]
+
+
+# ------------------------------------------------------------------------------- --version, --device
+def test_version():
+    import bioworld
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"bioworld {bioworld.__version__}"
+
+
+def test_train_device_cpu_and_unavailable_cuda(tmp_path):
+    import torch
+
+    path = _write(_small_adata(), tmp_path / "d.h5ad")
+    (tmp_path / "c.json").write_text(json.dumps(FAST))
+    model = tmp_path / "m"
+    result = invoke("train", path, "--out", model, "--device", "cpu", "--config", tmp_path / "c.json",
+                    "--max-steps", 2, "--restarts", 0, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads((model / "bioworld.json").read_text())["train_config"]["device"] == "cpu"
+    bad = invoke("train", path, "--out", tmp_path / "m2", "--device", "tpu", "--max-steps", 2)
+    assert_one_line_error(bad, "--device tpu", "'cpu', 'cuda'")
+    if not torch.cuda.is_available():
+        result = invoke("train", path, "--out", tmp_path / "m3", "--device", "cuda", "--max-steps", 2)
+        line = assert_one_line_error(result, "no CUDA GPU", "--device cpu")
+        assert "device=" not in line
+        assert not (tmp_path / "m3").exists()
+
+
+# ---------------------------------------------------------------------------------------- hints
+@pytest.mark.parametrize(("python", "cli"), [
+    ("Fix: pass control=<the label of unperturbed cells>.", "Fix: pass --control <the label of unperturbed cells>."),
+    ("Fix: pass input='log'.", "Fix: pass --input log."),
+    ("pass overwrite=True (CLI: --overwrite) to replace it", "pass --overwrite to replace it"),
+    ("Lower min_cells_per_group to keep them.", "Lower --min-cells to keep them."),
+    ("use device='cpu' (or 'auto')", "use --device cpu (or 'auto')"),
+    ("adata.obs['control'] and compound_id_key='pert_id'", "adata.obs['control'] and --compound-id-key pert_id"),
+])
+def test_cli_hint_names_flags(python, cli):
+    assert cli_hint(python) == cli
+
+
+# ---------------------------------------------------------------------------- help that lists options
+def test_benchmark_help_lists_its_options():
+    result = invoke("benchmark", "-h")
+    assert result.exit_code == 0
+    for flag in ("--quick", "--full", "--only", "--out", "--report", "--seeds", "--steps", "--folds", "--ablations",
+                 "--no-world-model"):
+        assert flag in result.stdout, flag
+
+
+def test_benchmark_passes_its_options_on(monkeypatch):
+    import bioworld.eval.benchmark as B
+
+    seen = {}
+    monkeypatch.setattr(B, "main", lambda argv: seen.setdefault("argv", list(argv)) and 0)
+    result = invoke("benchmark", "--only", "simulator", "--steps", 7, "--seeds", "0,1", "--no-world-model",
+                    "--no-progress", "--out", "res")
+    assert result.exit_code == 0, result.output
+    assert seen["argv"] == ["--quick", "--only", "simulator", "--out", "res", "--seeds", "0,1", "--steps", "7",
+                            "--no-world-model", "--no-progress"]
+    # and they are options the benchmark's own parser accepts
+    args = B._parser().parse_args(seen["argv"])
+    assert args.steps == 7 and args.no_world_model and args.only == "simulator"
+
+
+def test_torchrun_entry_help_lists_its_options():
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "bioworld.train.distributed", "-h"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--out", "--entities", "--perturbation-key", "--holdout", "--backend", "--device", "--threads",
+                 "--backed", "--overwrite"):
+        assert flag in proc.stdout, flag
