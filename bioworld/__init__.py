@@ -26,7 +26,7 @@ _getattr, __dir__ = lazy_exports(
     },
 )
 
-_SUBPACKAGES = {"data", "entities", "actions", "model", "train", "query", "eval", "report"}
+_SUBPACKAGES = {"data", "entities", "actions", "model", "train", "query", "eval", "report", "pl", "tl"}
 
 
 def __getattr__(name: str):

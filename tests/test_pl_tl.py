@@ -1,0 +1,142 @@
+"""``bw.tl`` (latents, cell-eval export) and ``bw.pl`` (predicted vs observed, latent UMAP, effect bars)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import anndata as ad  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import bioworld as bw  # noqa: E402
+from bioworld.errors import BioworldError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cells(small_sim):
+    a = small_sim.adata
+    return a[a.obs["perturbation"] == "control"][:40].copy()
+
+
+@pytest.fixture(scope="module")
+def test_data(small_sim):
+    """Held-out cells: same simulated screen, other cell draws; 3 perturbations + controls."""
+    from _helpers import small_simulation
+
+    a = small_simulation(seed=0, cells_seed=11).adata
+    keep = a.obs["perturbation"].astype(str).isin(["control", "P1_DRV1", "P2_DRV1", "P3_DRV2"]).to_numpy()
+    return a[keep].copy()
+
+
+# ------------------------------------------------------------------------------------------ tl
+def test_latents_in_obsm_with_key_added_and_copy(tiny_trained, cells, tmp_path):
+    a = cells.copy()
+    assert bw.tl.latents(a, model=tiny_trained) is None
+    z = tiny_trained.get_entity_latents(cells)
+    E, D = z.shape[1:]
+    np.testing.assert_allclose(a.obsm["X_bw"], z.reshape(len(z), -1), rtol=1e-6)
+    assert a.uns["bioworld"]["X_bw"]["entity_names"] == list(tiny_trained.entity_names)
+    b = bw.tl.latents(cells, model=tiny_trained, key_added="X_lat", copy=True)
+    assert "X_lat" in b.obsm and "X_lat" not in cells.obsm and b.obsm["X_lat"].shape == (cells.n_obs, E * D)
+    a.write_h5ad(tmp_path / "lat.h5ad")
+    back = ad.read_h5ad(tmp_path / "lat.h5ad")
+    np.testing.assert_array_equal(back.obsm["X_bw"], a.obsm["X_bw"])
+
+
+def _check_cell_eval_layout(pred, real, pert_col="target_gene", control="non-targeting"):
+    assert list(pred.var_names) == list(real.var_names)
+    assert pred.X.dtype == np.float32 and real.X.dtype == np.float32 and np.isfinite(pred.X).all()
+    cp = pred.obs[pert_col].astype(str).value_counts().sort_index()
+    cr = real.obs[pert_col].astype(str).value_counts().sort_index()
+    assert cp.equals(cr) and control in cp.index
+    assert pred.obs_names.is_unique and real.obs_names.is_unique
+
+
+def test_to_cell_eval_layout_and_round_trip(tiny_trained, test_data, tmp_path):
+    pred, real = bw.tl.to_cell_eval(tiny_trained, test_data, out_dir=tmp_path)
+    _check_cell_eval_layout(pred, real)
+    assert set(real.obs["target_gene"].astype(str)) == {"non-targeting", "P1_DRV1", "P2_DRV1", "P3_DRV2"}
+    # real = the observed cells on the model's scale (log1p CP10k of the counts)
+    from bioworld.data import normalize, register
+
+    t = test_data.copy()
+    reg = register(t, input="counts")
+    X = normalize(t, reg)
+    first = real.obs_names[0]
+    np.testing.assert_allclose(real.X[0], X[list(t.obs_names).index(first)], rtol=1e-5)
+    # control groups are the same cells in both; predictions differ from them
+    ctrl = (pred.obs["target_gene"] == "non-targeting").to_numpy()
+    np.testing.assert_array_equal(pred.X[ctrl], real.X[(real.obs["target_gene"] == "non-targeting").to_numpy()])
+    for kind, a in (("pred", pred), ("real", real)):
+        back = ad.read_h5ad(tmp_path / f"{kind}.h5ad")
+        np.testing.assert_array_equal(back.X, a.X)
+        assert back.uns["bioworld"]["cell_eval"]["kind"] == kind
+
+
+def test_to_cell_eval_is_read_by_cell_eval(tiny_trained, test_data, tmp_path):
+    cell_eval = pytest.importorskip("cell_eval")
+    pred, real = bw.tl.to_cell_eval(tiny_trained, test_data, pert_col="target", control_pert="non-targeting")
+    ev = cell_eval.MetricsEvaluator(adata_pred=pred, adata_real=real, control_pert="non-targeting", pert_col="target",
+                                    num_threads=1, outdir=str(tmp_path / "ce"), skip_de=True)
+    results, _ = ev.compute(profile="anndata", write_csv=False, skip_metrics=["clustering_agreement"])
+    got = dict(zip(results["perturbation"].to_list(), results["pearson_delta"].to_list()))
+    assert set(got) == {"P1_DRV1", "P2_DRV1", "P3_DRV2"}, results
+    # cell-eval read our layout as meant: its pearson_delta is the Pearson of the mean deltas vs control
+    lab = "P1_DRV1"
+
+    def mean_delta(a):
+        g = a.obs["target"].astype(str).to_numpy()
+        return np.asarray(a.X[g == lab]).mean(0) - np.asarray(a.X[g == "non-targeting"]).mean(0)
+
+    expected = np.corrcoef(mean_delta(pred), mean_delta(real))[0, 1]
+    assert got[lab] == pytest.approx(expected, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ pl
+def test_predicted_vs_observed_draws_each_label_with_its_r(tiny_trained):
+    labels = ["P1_DRV1", "P2_DRV1"]
+    pred = tiny_trained.predict(labels)
+    rng = np.random.default_rng(0)
+    obs = {lab: np.asarray(pred.layers["delta"][i]) + rng.normal(0, 0.05, pred.n_vars) for i, lab in enumerate(labels)}
+    fig, ax = plt.subplots()
+    assert bw.pl.predicted_vs_observed(pred, obs, ax=ax) is ax
+    assert len(ax.collections) == 2
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    r0 = np.corrcoef(np.asarray(pred.layers["delta"][0]), obs["P1_DRV1"])[0, 1]
+    assert texts[0] == f"P1_DRV1 (r = {r0:.2f})"
+    ax2 = bw.pl.predicted_vs_observed(pred, obs, labels=["P2_DRV1"], top_k=10)
+    assert ax2.collections[0].get_offsets().shape == (10, 2)
+    with pytest.raises(BioworldError, match="not in both"):
+        bw.pl.predicted_vs_observed(pred, obs, labels=["NOPE"])
+    plt.close("all")
+
+
+def test_latent_umap_scanpy_neighbours(tiny_trained, small_sim):
+    a = small_sim.adata[::8].copy()
+    fig, ax = plt.subplots()
+    assert bw.pl.latent_umap(a, model=tiny_trained, color="perturbation", ax=ax) is ax
+    assert a.obsm["X_bw_umap"].shape == (a.n_obs, 2) and "X_bw" in a.obsm
+    assert len(ax.get_legend().get_texts()) == a.obs["perturbation"].nunique()
+    with pytest.raises(BioworldError, match="no obsm"):
+        bw.pl.latent_umap(small_sim.adata[:10].copy())
+    plt.close("all")
+
+
+def test_effect_bars_predict_and_counterfactual(tiny_trained, cells):
+    pred = tiny_trained.predict(["P1_DRV1"])
+    fig, ax = plt.subplots()
+    bw.pl.effect_bars(pred, "P1_DRV1", n_genes=5, ax=ax)
+    widths = sorted(abs(p.get_width()) for p in ax.patches)
+    top = sorted(np.sort(np.abs(np.asarray(pred.layers["delta"][0])))[-5:])
+    np.testing.assert_allclose(widths, top, rtol=1e-5)
+    cf = tiny_trained.counterfactual(cells[:10].copy(), ["P2_DRV1"])
+    ax2 = bw.pl.effect_bars(cf, "P2_DRV1", n_genes=4)
+    d = np.asarray(cf.layers["delta"]).mean(0)
+    np.testing.assert_allclose(sorted(abs(p.get_width()) for p in ax2.patches), sorted(np.sort(np.abs(d))[-4:]),
+                               rtol=1e-5)
+    with pytest.raises(BioworldError, match="no rows"):
+        bw.pl.effect_bars(cf, "P9_DRV9")
+    plt.close("all")
