@@ -174,6 +174,8 @@ def to_cell_eval(
     if out_dir is not None:
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
-        pred_out.write_h5ad(d / "pred.h5ad")
-        real_out.write_h5ad(d / "real.h5ad")
+        from bioworld.report._h5ad import write_h5ad_atomic
+
+        write_h5ad_atomic(pred_out, d / "pred.h5ad")
+        write_h5ad_atomic(real_out, d / "real.h5ad")
     return pred_out, real_out

@@ -45,13 +45,9 @@ def _base_model(model: Any) -> Any:
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from bioworld._atomic import write_text
+
+    write_text(path, df.to_csv(index=False), what="evaluation table")
 
 
 def _test_registration(adata: Any, model: Any, given: Mapping[str, Any]) -> tuple[Any, str]:

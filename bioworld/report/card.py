@@ -189,12 +189,6 @@ def write_model_card(model: Any, directory: str | os.PathLike, *, evaluation: pd
 
         evaluation = load_evaluation(d)
     text = model_card(model, evaluation=evaluation)
-    path = d / CARD
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    from bioworld._atomic import write_text
+
+    return write_text(d / CARD, text, what="model card")
