@@ -140,3 +140,36 @@ def test_effect_bars_predict_and_counterfactual(tiny_trained, cells):
     with pytest.raises(BioworldError, match="no rows"):
         bw.pl.effect_bars(cf, "P9_DRV9")
     plt.close("all")
+
+
+# ---------------------------------------------------------------------------------- enrichment
+def _fake_prediction():
+    """A predict-like AnnData over 4 Hallmark sets' genes where only IFN-gamma response genes go up."""
+    from bioworld.entities import load_bundled
+
+    sets = {e.name: list(e.genes) for e in load_bundled("hallmark")}
+    names = ["HALLMARK_INTERFERON_GAMMA_RESPONSE", "HALLMARK_HYPOXIA", "HALLMARK_MYC_TARGETS_V1", "HALLMARK_APOPTOSIS"]
+    genes = list(dict.fromkeys(g for n in names for g in sets[n]))
+    rng = np.random.default_rng(0)
+    delta = rng.normal(0, 0.1, len(genes))
+    up = np.isin(genes, sets[names[0]])
+    delta[up] += 1.0
+    a = ad.AnnData(X=delta[None].astype(np.float32), var=__import__("pandas").DataFrame(index=genes))
+    a.obs_names = ["DRUG@1"]
+    a.layers["delta"] = a.X.copy()
+    return a
+
+
+def test_enrichment_finds_the_moved_pathway_and_is_seeded():
+    a = _fake_prediction()
+    res = bw.tl.enrichment(a, "DRUG@1", permutations=200, seed=1)
+    assert list(res.columns) == ["term", "nes", "pval", "fdr", "n_genes", "lead_genes"]
+    top = res.iloc[0]
+    assert top["term"] == "HALLMARK_INTERFERON_GAMMA_RESPONSE" and top["nes"] > 0 and top["fdr"] < 0.05
+    assert res.attrs["gene_sets"] == "bundled hallmark"
+    again = bw.tl.enrichment(a, "DRUG@1", permutations=200, seed=1)
+    assert res.equals(again)
+    # sets with too few genes on the panel are not tested
+    assert bw.tl.enrichment(a[:, :3].copy(), "DRUG@1", permutations=50).empty
+    with pytest.raises(BioworldError, match="not a row"):
+        bw.tl.enrichment(a, "NOPE")

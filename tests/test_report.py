@@ -77,6 +77,8 @@ def test_report_is_self_contained_with_sections_and_csv(prioritized, counterfact
         assert _html.escape(name) in plain, name
     for spec in counterfactuals.obs["bw_intervention"].unique():  # counterfactual tables
         assert f"<h3>{_html.escape(spec)}</h3>" in text
+    # pathway enrichment of each counterfactual (simulated genes: no Hallmark set is on the panel)
+    assert text.count("enriched pathways:") == counterfactuals.obs["bw_intervention"].nunique()
     # provenance: genes, entities, holdout, seed, version
     assert f"{len(tiny_trained.genes):,}" in text and tiny_trained.holdout[0] in text and "bioworld version" in text
     assert "ranking is unvalidated" in text and "bioworld evaluate MODEL_DIR --data TEST.h5ad" in text
