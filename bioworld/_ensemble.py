@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
 from bioworld._world_model import WorldModel
 from bioworld.errors import BioworldError, CheckpointError
@@ -200,8 +201,10 @@ class Ensemble:
     def counterfactual(self, cells: ad.AnnData, interventions: Sequence[str] | str, *, level: float = 0.9) -> ad.AnnData:
         """:meth:`WorldModel.counterfactual` averaged over members, with the members' spread.
 
-        Per cell: ``X`` / ``layers['bw_delta']`` (= ``'delta'``) mean over members,
-        ``layers['bw_delta_sd']`` spread over members. Per intervention, the mean delta over the
+        Per cell: ``X`` / ``layers['delta']`` mean over members, ``layers['delta_sd']`` spread over
+        members (the same keys as :meth:`predict`); ``obs`` / ``obsm`` as in
+        :meth:`WorldModel.counterfactual` (the cells' annotations kept, ``obsm['bw_entity_shift']``
+        the members' mean shift). Per intervention, the mean delta over the
         cells and its interval are in ``uns['bioworld']['population']`` ``{spec: {mean, lo, hi, sd}}``
         (``[G]`` arrays). Calibration was measured on held-out genetic / compound perturbations; for
         ``silence:`` it is a transfer, not a measurement (``uns['bioworld']['interval']`` says so).
@@ -209,15 +212,15 @@ class Ensemble:
         from bioworld.query._counterfactual import explain_shifts
 
         outs = [m.counterfactual(cells, interventions) for m in self.members]
-        D = np.stack([np.asarray(o.layers["bw_delta"], dtype=np.float64) for o in outs])  # [M, rows, G]
+        from bioworld.query._anndata import ENTITY_SHIFT, effects_frame
+
+        D = np.stack([np.asarray(o.layers["delta"], dtype=np.float64) for o in outs])  # [M, rows, G]
         out = outs[0].copy()
         out.X = np.mean([np.asarray(o.X, dtype=np.float64) for o in outs], axis=0).astype(np.float32)
-        mean = D.mean(0).astype(np.float32)
-        out.layers["bw_delta"] = mean
-        out.layers["delta"] = mean
-        out.layers["bw_delta_sd"] = D.std(0, ddof=1).astype(np.float32)
-        shift = np.mean([o.obsm["bw_entity_shift"] for o in outs], axis=0).astype(np.float32)
-        out.obsm["bw_entity_shift"] = shift
+        out.layers["delta"] = D.mean(0).astype(np.float32)
+        out.layers["delta_sd"] = D.std(0, ddof=1).astype(np.float32)
+        shift = np.mean([np.asarray(o.obsm[ENTITY_SHIFT]) for o in outs], axis=0).astype(np.float32)
+        out.obsm[ENTITY_SHIFT] = pd.DataFrame(shift, index=out.obs_names, columns=outs[0].obsm[ENTITY_SHIFT].columns)
         names = list(self.members[0].entity_names)
         spec_col = out.obs["bw_intervention"].to_numpy()
         population, effects = {}, {}
@@ -229,7 +232,7 @@ class Ensemble:
             lo, hi, info = self._interval(pm, ps, level)
             population[spec] = {"mean": pm.astype(np.float32), "sd": ps.astype(np.float32),
                                 "lo": lo.astype(np.float32), "hi": hi.astype(np.float32)}
-            effects[spec] = explain_shifts(shift[rows], names)
+            effects[spec] = effects_frame(explain_shifts(shift[rows], names))
         if any(str(s).startswith("silence:") for s in population) and info.get("calibrated"):
             info = {**info, "note": "calibrated on held-out genetic/compound perturbations; for silence: a transfer"}
         out.uns["bioworld"] = {**out.uns["bioworld"], "entity_effects": effects, "population": population,

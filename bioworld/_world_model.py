@@ -686,13 +686,14 @@ class WorldModel:
 
         Returns
         -------
-        AnnData with one row per (intervention, cell), intervention-major: ``X`` predicted
-        expression on the model's scale, ``layers['bw_delta']`` (= ``layers['delta']``) vs the same
-        cells' predicted unperturbed state, ``obs['bw_intervention']``, ``obs['bw_cell']``,
-        ``obsm['bw_entity_shift']`` ``[rows, E]`` latent shift per entity (units of slot spread),
-        ``uns['bioworld']['entity_effects']`` (per intervention, a list of ``{entity, shift, share}``
-        ordered by shift; ``bioworld.report._h5ad.write_h5ad_atomic`` stores it in h5ad) and
-        ``uns['bioworld']['entity_names']``.
+        AnnData with one row per (intervention, cell), intervention-major
+        (:func:`bioworld.query._anndata.counterfactual_adata`): ``X`` predicted expression on the
+        model's scale, ``layers['delta']`` vs the same cells' predicted unperturbed state; ``obs`` =
+        the cells' own columns (cell types, ...) plus ``bw_intervention`` and ``bw_cell``; ``obsm`` =
+        the cells' embeddings (``X_umap``, ...) plus ``obsm['bw_entity_shift']``, a DataFrame
+        (columns = entity names) of latent shifts in units of slot spread;
+        ``uns['bioworld']['entity_effects'][SPEC]`` a DataFrame ``entity, shift, share`` ordered by
+        shift, and ``uns['bioworld']['entity_names']``. Writable with plain ``write_h5ad``.
         """
         from bioworld.query._counterfactual import explain_shifts
 
@@ -711,20 +712,11 @@ class WorldModel:
             pred, base = self._to_scale(r.x_pred), self._to_scale(r.x_base)
             Xs.append(pred); D.append(pred - base); shifts.append(r.slot_shift)
             effects[spec] = explain_shifts(r.slot_shift, self.entity_names)
-        cell_names = [str(c) for c in cells.obs_names]
-        obs = pd.DataFrame({
-            "bw_intervention": np.repeat(specs, len(x)),
-            "bw_cell": np.tile(cell_names, len(specs)),
-        })
-        obs.index = [f"{i}|{c}" for i, c in zip(obs["bw_intervention"], obs["bw_cell"])]
-        out = ad.AnnData(X=np.concatenate(Xs).astype(np.float32), obs=obs,
-                         var=pd.DataFrame(index=pd.Index(self.var_names, dtype=str)))
-        delta = np.concatenate(D).astype(np.float32)
-        out.layers["bw_delta"] = delta
-        out.layers["delta"] = delta
-        out.obsm["bw_entity_shift"] = np.concatenate(shifts).astype(np.float32)
-        out.uns["bioworld"] = {"entity_effects": effects, "entity_names": list(self.entity_names),
-                               "scale": self.scale_name, "model": self.describe()}
+        from bioworld.query._anndata import counterfactual_adata
+
+        out = counterfactual_adata(cells, specs, Xs, D, shifts, var_names=self.var_names,
+                                   entity_names=self.entity_names, effects=effects,
+                                   uns={"scale": self.scale_name, "model": self.describe()})
         return out
 
     def prioritize(

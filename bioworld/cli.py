@@ -640,9 +640,10 @@ def counterfactual_cmd(
     """Predict each cell's state under each intervention and write it as an h5ad.
 
     X = predicted expression on the model's scale; layers['delta'] = X minus the same cells'
-    predicted unperturbed state; obs['bw_intervention'], obs['bw_cell']; obsm['bw_entity_shift'];
+    predicted unperturbed state; obs = the cells' own columns + bw_intervention, bw_cell; obsm = the
+    cells' embeddings + obsm['bw_entity_shift'] (a table, columns = entities);
     uns['bioworld']['entity_effects'][SPEC] = entities ordered by latent shift (columns entity,
-    shift, share). For an ensemble folder: the members' mean, layers['bw_delta_sd'] and
+    shift, share). For an ensemble folder: the members' mean, layers['delta_sd'] and
     uns['bioworld']['population'][SPEC] = {mean, sd, lo, hi} of the cells' mean delta.
     """
     from bioworld.data import read_h5ad
@@ -656,8 +657,10 @@ def counterfactual_cmd(
     write_h5ad_atomic(cf, out)
     typer.echo(f"counterfactuals: {len(intervention)} intervention(s) x {adata.n_obs:,} cells = {cf.n_obs:,} rows "
                f"x {cf.n_vars:,} genes; wrote {out}")
+    from bioworld.report._h5ad import effect_records
+
     for spec, effects in cf.uns["bioworld"]["entity_effects"].items():
-        top = ", ".join(f"{e['entity']} ({e['shift']:.2f})" for e in list(effects)[:3])
+        top = ", ".join(f"{e['entity']} ({e['shift']:.2f})" for e in effect_records(effects)[:3])
         typer.echo(f"  {spec}: moves {top}")
 
 

@@ -350,7 +350,7 @@ def test_train_ensemble_calibrate_predict_and_counterfactual(trained, tmp_path):
     assert result.exit_code == 0, (result.output, result.exception)
     cf = ad.read_h5ad(cf_out)
     pop = cf.uns["bioworld"]["population"]["P1_DRV1"]
-    assert np.asarray(pop["hi"]).shape == (cf.n_vars,) and "bw_delta_sd" in cf.layers
+    assert np.asarray(pop["hi"]).shape == (cf.n_vars,) and "delta_sd" in cf.layers and "bw_delta_sd" not in cf.layers
     # prioritize takes one model, not an ensemble
     result = invoke("prioritize", ens, "--cells", cells, "--goal", "toward:control", "--out", tmp_path / "rep")
     assert_one_line_error(result, "is an ensemble", "member_0")

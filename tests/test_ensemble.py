@@ -90,7 +90,7 @@ def test_calibrate_then_intervals_are_the_conformal_widths_and_survive_save_load
     cells = small_sim.adata[small_sim.adata.obs["perturbation"] == "control"][:10].copy()
     cf = back.counterfactual(cells, labs)
     pop = cf.uns["bioworld"]["population"][labs[0]]
-    np.testing.assert_allclose(pop["mean"], np.asarray(cf.layers["bw_delta"]).mean(0), atol=1e-5)
+    np.testing.assert_allclose(pop["mean"], np.asarray(cf.layers["delta"]).mean(0), atol=1e-5)
     assert (pop["lo"] <= pop["mean"]).all() and (pop["mean"] <= pop["hi"]).all()
 
 

@@ -715,8 +715,8 @@ def test_same_seed_bit_identical_counterfactual_and_prioritize(small_sim):
 
     (cf_a, pr_a), (cf_b, pr_b), (cf_c, _) = run(0), run(0), run(1)
     assert np.array_equal(cf_a.X, cf_b.X)
-    assert np.array_equal(cf_a.layers["bw_delta"], cf_b.layers["bw_delta"])
-    assert np.array_equal(cf_a.obsm["bw_entity_shift"], cf_b.obsm["bw_entity_shift"])
+    assert np.array_equal(cf_a.layers["delta"], cf_b.layers["delta"])
+    assert cf_a.obsm["bw_entity_shift"].equals(cf_b.obsm["bw_entity_shift"])
     assert cf_a.uns["bioworld"]["entity_effects"] == cf_b.uns["bioworld"]["entity_effects"]
     pd.testing.assert_frame_equal(pr_a.table, pr_b.table, check_exact=True)
     pd.testing.assert_frame_equal(pr_a.entity_shift, pr_b.entity_shift, check_exact=True)

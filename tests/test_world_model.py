@@ -94,7 +94,7 @@ def test_counterfactual_contract_and_panel_checks(tiny_trained, small_sim):
     cf = tiny_trained.counterfactual(cells, ["silence:SIM_P1", "P2_DRV1"])
     assert cf.n_obs == 14
     assert list(cf.obs["bw_intervention"].unique()) == ["silence:SIM_P1", "P2_DRV1"]
-    assert cf.layers["bw_delta"].shape == cf.shape
+    assert cf.layers["delta"].shape == cf.shape
     eff = cf.uns["bioworld"]["entity_effects"]["silence:SIM_P1"]
     assert {e["entity"] for e in eff} == set(tiny_trained.entity_names)
     assert eff == sorted(eff, key=lambda e: -e["shift"])

@@ -39,9 +39,12 @@ def h5ad_safe(value: Any) -> Any:
 def effect_records(effects: Any) -> list[dict[str, Any]]:
     """Entity effects of one intervention as records ``[{entity, shift, share}, ...]``.
 
-    Accepts the records themselves (``WorldModel.counterfactual``) or their column form (after
-    :func:`h5ad_safe` and an h5ad round trip).
+    Accepts a DataFrame ``entity, shift, share`` (``WorldModel.counterfactual``), records, or their
+    column form (after :func:`h5ad_safe` and an h5ad round trip).
     """
+    if hasattr(effects, "to_dict") and hasattr(effects, "columns"):  # a DataFrame (WorldModel.counterfactual)
+        return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+                for r in effects.to_dict("records")]
     if isinstance(effects, Mapping):
         keys = list(effects)
         n = len(effects[keys[0]]) if keys else 0

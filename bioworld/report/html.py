@@ -178,7 +178,7 @@ def _counterfactual_view(counterfactuals: Any, top: int = 10) -> list[dict[str, 
                 "counterfactuals has no uns['bioworld']['entity_effects']; expected the AnnData returned by "
                 "WorldModel.counterfactual (or a dict intervention -> list of {entity, shift, share})"
             )
-        layer = "delta" if "delta" in cf.layers else ("bw_delta" if "bw_delta" in cf.layers else None)
+        layer = "delta" if "delta" in cf.layers else None
         labels = cf.obs["bw_intervention"].astype(str).to_numpy() if "bw_intervention" in cf.obs else None
         if layer is not None and labels is not None:
             delta = np.asarray(cf.layers[layer])

@@ -1,0 +1,116 @@
+"""Query answers as AnnData, in scanpy / scvi-tools conventions (one place for every key).
+
+Keys written (documented once, used by ``WorldModel`` and ``Ensemble``):
+
+- ``X``: predicted expression on the model's scale;
+- ``layers['delta']``: X minus the same cells' (or the control's) predicted unperturbed state;
+  ``layers['delta_sd']`` (ensembles): the members' spread of that delta;
+- ``obs``: a counterfactual keeps every column of the given cells, plus ``bw_intervention`` and
+  ``bw_cell``; ``obsm``: the cells' embeddings (``X_umap``, ...) are kept, plus
+  ``obsm['bw_entity_shift']``, a DataFrame (columns = entity names) of how far each entity latent
+  moved, in units of the slot's spread over control cells;
+- ``uns['bioworld']['entity_effects'][SPEC]``: a DataFrame ``entity, shift, share`` ordered by shift.
+
+Everything written here is storable by plain ``AnnData.write_h5ad`` (no lists of dicts, no None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["ENTITY_SHIFT", "counterfactual_adata", "effects_frame"]
+
+ENTITY_SHIFT = "bw_entity_shift"
+_OWN_OBS = ("bw_intervention", "bw_cell")
+
+
+def effects_frame(effects: Any) -> pd.DataFrame:
+    """Entity effects of one intervention as a DataFrame ``entity, shift, share`` (ordered as given).
+
+    Accepts records ``[{entity, shift, share}, ...]`` (:func:`bioworld.query.explain_shifts`), a dict
+    of columns, or a DataFrame.
+    """
+    if isinstance(effects, pd.DataFrame):
+        df = effects.copy()
+    elif isinstance(effects, Mapping):
+        df = pd.DataFrame({k: list(v) for k, v in effects.items()})
+    else:
+        df = pd.DataFrame.from_records(list(effects), columns=["entity", "shift", "share"])
+    df = df[["entity", "shift", "share"]].reset_index(drop=True)
+    df["entity"] = df["entity"].astype(str)
+    df[["shift", "share"]] = df[["shift", "share"]].astype(np.float64)
+    df.index = df.index.astype(str)
+    return df
+
+
+def _tile_obsm(value: Any, n_reps: int, index: pd.Index) -> Any:
+    if isinstance(value, pd.DataFrame):
+        out = pd.concat([value] * n_reps, ignore_index=True)
+        out.index = index
+        return out
+    if hasattr(value, "tocsr"):  # sparse
+        import scipy.sparse as sp
+
+        return sp.vstack([value] * n_reps).tocsr()
+    arr = np.asarray(value)
+    return np.concatenate([arr] * n_reps, axis=0)
+
+
+def counterfactual_adata(
+    cells: Any,
+    specs: Sequence[str],
+    X: Sequence[np.ndarray],
+    delta: Sequence[np.ndarray],
+    shifts: Sequence[np.ndarray],
+    *,
+    var_names: Sequence[str],
+    entity_names: Sequence[str],
+    effects: Mapping[str, Any],
+    uns: Mapping[str, Any] | None = None,
+) -> Any:
+    """One row per (intervention, cell), intervention-major, keeping the cells' ``obs`` and ``obsm``.
+
+    Parameters
+    ----------
+    cells
+        The AnnData the counterfactual was asked on (its ``obs`` columns and ``obsm`` entries are kept).
+    specs
+        Interventions, in order.
+    X, delta, shifts
+        Per intervention: ``[cells, G]`` predicted expression, ``[cells, G]`` delta, ``[cells, E]`` shift.
+    var_names, entity_names
+        Genes (columns of ``X``) and entities (columns of ``obsm['bw_entity_shift']``).
+    effects
+        Per intervention, its entity effects (:func:`effects_frame` input).
+    uns
+        Extra entries for ``uns['bioworld']``.
+
+    Returns
+    -------
+    The AnnData described in this module's docstring.
+    """
+    import anndata as ad
+
+    n = cells.n_obs
+    specs = [str(s) for s in specs]
+    cell_names = [str(c) for c in cells.obs_names]
+    obs = pd.concat([cells.obs.drop(columns=[c for c in _OWN_OBS if c in cells.obs.columns])] * len(specs),
+                    ignore_index=True)
+    obs["bw_intervention"] = pd.Categorical(np.repeat(specs, n), categories=list(dict.fromkeys(specs)))
+    obs["bw_cell"] = np.tile(cell_names, len(specs))
+    obs.index = pd.Index([f"{s}|{c}" for s, c in zip(np.repeat(specs, n), obs["bw_cell"])], dtype=str)
+    out = ad.AnnData(X=np.concatenate(X).astype(np.float32), obs=obs,
+                     var=pd.DataFrame(index=pd.Index([str(g) for g in var_names], dtype=str)))
+    out.layers["delta"] = np.concatenate(delta).astype(np.float32)
+    for key, value in cells.obsm.items():
+        if key != ENTITY_SHIFT:
+            out.obsm[key] = _tile_obsm(value, len(specs), out.obs_names)
+    out.obsm[ENTITY_SHIFT] = pd.DataFrame(np.concatenate(shifts).astype(np.float32), index=out.obs_names,
+                                          columns=pd.Index([str(e) for e in entity_names], dtype=str))
+    out.uns["bioworld"] = {"entity_effects": {s: effects_frame(effects[s]) for s in specs},
+                           "entity_names": [str(e) for e in entity_names], **dict(uns or {})}
+    return out
