@@ -50,7 +50,8 @@ EOF
 
 step "bioworld --version / inspect l1000"
 "$BW" --version
-"$BW" inspect l1000 | head -n 4
+"$BW" inspect l1000 > inspect.txt  # (not piped into head: pipefail would see SIGPIPE)
+head -n 4 inspect.txt
 
 step "bioworld simulate"
 "$BW" simulate --out sim --n-cells-per-condition 20

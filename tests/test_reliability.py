@@ -717,7 +717,8 @@ def test_same_seed_bit_identical_counterfactual_and_prioritize(small_sim):
     assert np.array_equal(cf_a.X, cf_b.X)
     assert np.array_equal(cf_a.layers["delta"], cf_b.layers["delta"])
     assert cf_a.obsm["bw_entity_shift"].equals(cf_b.obsm["bw_entity_shift"])
-    assert cf_a.uns["bioworld"]["entity_effects"] == cf_b.uns["bioworld"]["entity_effects"]
+    ea, eb = cf_a.uns["bioworld"]["entity_effects"], cf_b.uns["bioworld"]["entity_effects"]
+    assert list(ea) == list(eb) and all(ea[k].equals(eb[k]) for k in ea)
     pd.testing.assert_frame_equal(pr_a.table, pr_b.table, check_exact=True)
     pd.testing.assert_frame_equal(pr_a.entity_shift, pr_b.entity_shift, check_exact=True)
     pd.testing.assert_frame_equal(pr_a.pair_synergy, pr_b.pair_synergy, check_exact=True)

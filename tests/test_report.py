@@ -142,7 +142,8 @@ def test_counterfactuals_survive_h5ad_round_trip(counterfactuals, prioritized, t
     back = ad.read_h5ad(path)
     assert back.shape == counterfactuals.shape
     np.testing.assert_allclose(back.layers["delta"], counterfactuals.layers["delta"])
-    for spec, records in counterfactuals.uns["bioworld"]["entity_effects"].items():
+    for spec, table in counterfactuals.uns["bioworld"]["entity_effects"].items():
+        records = effect_records(table)
         got = effect_records(back.uns["bioworld"]["entity_effects"][spec])
         assert [r["entity"] for r in got] == [r["entity"] for r in records]
         np.testing.assert_allclose([r["shift"] for r in got], [r["shift"] for r in records], rtol=1e-6)

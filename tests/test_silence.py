@@ -61,7 +61,7 @@ def test_trained_silence_is_the_learned_action_untrained_is_a_do_operation(small
     # the do-operation answer moves the silenced slot the most
     cf = wm.counterfactual(small_sim.adata[small_sim.adata.obs["perturbation"] == "control"][:30].copy(), [held])
     effects = cf.uns["bioworld"]["entity_effects"][held]
-    assert effects[0]["entity"] == held[len("silence:"):]
+    assert effects["entity"].iloc[0] == held[len("silence:"):]
 
 
 def test_do_operation_adds_what_the_other_slots_read_from_the_moved_genes(tiny_trained, small_sim):
