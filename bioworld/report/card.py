@@ -77,7 +77,13 @@ def knowledge_licences(model: Any) -> list[dict[str, str]]:
     meta = getattr(model, "meta", {}) or {}
     for k in meta.get("knowledge_sources", []) or []:
         if isinstance(k, Mapping):
-            add(str(k.get("name", "")), str(k.get("source", "")), str(k.get("licence", k.get("license", "not stated"))))
+            what = k.get("source") or k.get("description") or k.get("file") or ""
+            if k.get("version"):
+                what = f"{what} ({k['version']})"
+            lic = str(k.get("licence", k.get("license", "not stated")))
+            if k.get("non_commercial"):
+                lic += " — non-commercial use only"
+            add(str(k.get("name", "")), str(what), lic)
     if getattr(model, "smiles", None):
         add("compound structures", "SMILES table joined on compound ids (e.g. the bundled LINCS table, chemCPA)",
             "MIT (bundled table); your own table: its terms")
