@@ -163,6 +163,9 @@ class WorldModel:
         from bioworld.entities import EntitySet, map_to_panel
 
         self.train_config = _train_config(config)
+        from bioworld.train._threads import pin_threads
+
+        pin_threads(self.train_config.resolved_threads())  # setup numerics (features, NMF) too
         if min_cells_per_group is None:
             min_cells_per_group = 1 if input == "log" else 3
         if replicate_key is None:
@@ -416,7 +419,9 @@ class WorldModel:
 
             self.train_config = TrainConfig.from_dict({**self.train_config.to_dict(), **overrides})
         cfg = self.train_config
-        torch.set_num_threads(cfg.resolved_threads())
+        from bioworld.train._threads import pin_threads
+
+        pin_threads(cfg.resolved_threads())
         labels = list(self.actions)
         table = self._encode([self.actions[lab] for lab in labels])
         row_of = {lab: i for i, lab in enumerate(labels)}
@@ -504,7 +509,9 @@ class WorldModel:
 
     # ---------------------------------------------------------------- queries
     def _require_module(self):
-        torch.set_num_threads(self.train_config.resolved_threads())
+        from bioworld.train._threads import pin_threads
+
+        pin_threads(self.train_config.resolved_threads())
         if self.module is None:
             raise BioworldError("the model is not trained yet; call wm.train() or load a trained model directory")
         return self.module

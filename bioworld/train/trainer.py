@@ -110,7 +110,9 @@ def fit(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``module`` in place. With ``state_dir``, resumes from and writes resumable state."""
-    torch.set_num_threads(cfg.resolved_threads())
+    from bioworld.train._threads import pin_threads
+
+    pin_threads(cfg.resolved_threads())  # torch and every BLAS / OpenMP pool: results depend on num_threads only
     device = cfg.resolved_device()
     module.to(device)
     distributed = dist.is_available() and dist.is_initialized()
