@@ -8,15 +8,9 @@ actions; an entity-masked, action-conditioned JEPA learns how actions move the e
 >>> wm = bw.WorldModel(adata, perturbation_key="perturbation", control="control")
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-from bioworld import errors
+from bioworld import errors as errors
 from bioworld._lazy import lazy_exports
-
-try:
-    __version__ = version("bioworld")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+from bioworld._version import __version__ as __version__
 
 _getattr, __dir__ = lazy_exports(
     __name__,

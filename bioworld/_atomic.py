@@ -201,7 +201,7 @@ def write_files(targets: Sequence[tuple[str | os.PathLike, Callable[[str], Any]]
     mode = file_mode()
     current = paths[0] if paths else None
     try:
-        for (path, writer), p in zip(targets, paths):
+        for (_path, writer), p in zip(targets, paths):
             current = p
             fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
             os.close(fd)

@@ -129,7 +129,7 @@ def run_demo(out_dir: str | os.PathLike = "bioworld-demo", *, max_steps: int | N
         wm = _cached_model(model_dir, key, log)
         stage(1, "loading the cached world model" if wm is not None else None)
         if wm is None:
-            from bioworld._world_model import train_until_fit
+            from bioworld.train.fit_check import train_until_fit
 
             wm = train_until_fit(lambda cfg: bw.WorldModel(adata, perturbation_key="perturbation", control="control",
                                                            config=cfg),

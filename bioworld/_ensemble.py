@@ -107,7 +107,7 @@ class Ensemble:
         ``n_folds x members_per_fold`` trainings. Sets and returns ``self.calibration``.
         """
         from bioworld.data import leave_targets_out, normalize
-        from bioworld.eval.benchmark import mean_deltas
+        from bioworld.data import mean_deltas
 
         ref = self.members[0]
         if [str(v) for v in adata.var_names] != ref.var_names:

@@ -245,11 +245,11 @@ def _check_input(value: Optional[str]) -> Optional[str]:
 
 def _entity_set(paths: Optional[List[Path]]) -> tuple[Any, str]:
     """Entity files (GMT / weight tables, combined) or the bundled defaults; same reader as training."""
-    from bioworld._world_model import _as_entity_set
+    from bioworld.entities import resolve_entities
 
     if not paths:
-        return _as_entity_set(None), "default: MSigDB Hallmark + PROGENy"
-    return _as_entity_set([str(p) for p in paths]), ", ".join(str(p) for p in paths)
+        return resolve_entities(None), "default: MSigDB Hallmark + PROGENy"
+    return resolve_entities([str(p) for p in paths]), ", ".join(str(p) for p in paths)
 
 
 def _split_labels(text: str, option: str) -> list[str]:
@@ -533,7 +533,7 @@ def train_cmd(
             typer.echo(f"trained {members} members in {time.perf_counter() - t0:.1f} s (wall time, including setup)")
             typer.echo(f"ensemble saved to {out}")
             return
-        from bioworld._world_model import train_until_fit
+        from bioworld.train.fit_check import train_until_fit
 
         shown = []
 

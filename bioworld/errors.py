@@ -6,6 +6,9 @@ what was found, what was expected and how to fix it; the CLI prints them on one 
 
 from __future__ import annotations
 
+import difflib
+from typing import Sequence
+
 
 class BioworldError(ValueError):
     """Base class for all user-facing bioworld errors."""
@@ -39,3 +42,30 @@ class OutputError(BioworldError):
     """An output cannot be written: it exists (and may not be replaced), would destroy an input or a
     model folder, the folder is not writable or another job holds it, or the write failed (disk
     full); nothing was written in its place."""
+
+
+def preview(items, n: int = 5) -> str:
+    """``'a', 'b', ... (12 in total)``: the first ``n`` items for an error or summary message."""
+    items = list(items)
+    shown = ", ".join(repr(i) for i in items[:n])
+    return shown + (f", ... ({len(items)} in total)" if len(items) > n else "")
+
+
+def close_matches(
+    name: str, known: Sequence[str], *, n: int = 3, lower_index: dict[str, list[str]] | None = None
+) -> list[str]:
+    """Known names that differ from ``name`` only by case, then difflib close matches (at most ``n``)."""
+    if lower_index is None:
+        lower_index = {}
+        for k in known:
+            lower_index.setdefault(k.lower(), []).append(k)
+    out = [k for k in lower_index.get(name.lower(), []) if k != name]
+    for k in difflib.get_close_matches(name, known, n=n, cutoff=0.75):
+        if k not in out and k != name:
+            out.append(k)
+    if len(out) < n:  # case-insensitive fuzzy pass (stat1 -> STAT1, STAT2)
+        for low in difflib.get_close_matches(name.lower(), list(lower_index), n=n, cutoff=0.75):
+            for k in lower_index[low]:
+                if k not in out and k != name:
+                    out.append(k)
+    return out[:n]

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bioworld.errors import BioworldError, DataValidationError
+from bioworld.report._enrichment import enrichment
 
 __all__ = ["enrichment", "latents", "to_cell_eval"]
 
@@ -181,105 +182,3 @@ def to_cell_eval(
         write_h5ad_atomic(pred_out, d / "pred.h5ad")
         write_h5ad_atomic(real_out, d / "real.h5ad")
     return pred_out, real_out
-
-
-def _gene_sets(gene_sets: Any) -> tuple[dict[str, list[str]], str]:
-    """``{set: genes}`` and a description from a bundled name, a GMT / weight-table path, a dict or an EntitySet."""
-    from bioworld.entities import BUNDLED, EntitySet, load_bundled
-
-    if isinstance(gene_sets, str) and gene_sets in BUNDLED:
-        es, what = load_bundled(gene_sets), f"bundled {gene_sets}"
-    elif isinstance(gene_sets, (str, os.PathLike)):
-        from bioworld._world_model import _as_entity_set
-
-        es, what = _as_entity_set([str(gene_sets)]), str(gene_sets)
-    elif isinstance(gene_sets, EntitySet):
-        es, what = gene_sets, "the given EntitySet"
-    elif isinstance(gene_sets, dict):
-        return {str(k): [str(g) for g in v] for k, v in gene_sets.items()}, "the given gene sets"
-    else:
-        raise BioworldError(f"gene_sets is a {type(gene_sets).__name__}; expected a bundled name "
-                            f"({', '.join(sorted(BUNDLED))}), a GMT / weight-table path, a dict or an EntitySet")
-    return {e.name: [str(g) for g in e.genes] for e in es}, what
-
-
-def enrichment(
-    adata: Any,
-    label: str,
-    *,
-    gene_sets: Any = "hallmark",
-    layer: str = "delta",
-    permutations: int = 1000,
-    min_size: int = 5,
-    max_size: int = 500,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Pathways a predicted change enriches: preranked GSEA (gseapy ``prerank``, offline) of one delta.
-
-    Parameters
-    ----------
-    adata
-        The AnnData of ``WorldModel.predict`` (row ``label``) or ``counterfactual`` (mean of the rows
-        with ``obs['bw_intervention'] == label``).
-    label
-        The perturbation / intervention.
-    gene_sets
-        ``"hallmark"`` (default), ``"reactome"``, ``"go_bp"``, ``"progeny"``, ``"dorothea"`` (bundled,
-        no download), a GMT / weight-table path, a dict ``{set: genes}`` or an EntitySet.
-    layer
-        Layer with the deltas.
-    permutations, seed
-        Gene-set permutations of the null distribution and their seed (same seed, same answer).
-    min_size, max_size
-        Sets with fewer / more genes on the panel are not tested.
-
-    Returns
-    -------
-    DataFrame ``term, nes, pval, fdr, n_genes, lead_genes`` (one row per tested set), most
-    significant first (FDR, then |NES|); ``attrs['gene_sets']`` names the collection. Empty when no
-    set has ``min_size`` genes on the panel.
-    """
-    import gseapy
-
-    if layer not in adata.layers:
-        raise BioworldError(f"adata has no layers[{layer!r}] (found {list(adata.layers)}); expected the AnnData of "
-                            "WorldModel.predict or .counterfactual")
-    D = np.asarray(adata.layers[layer], dtype=np.float64)
-    if "bw_intervention" in adata.obs.columns:
-        rows = (adata.obs["bw_intervention"].astype(str) == str(label)).to_numpy()
-        if not rows.any():
-            raise BioworldError(f"no rows with obs['bw_intervention'] == {label!r}")
-        delta = D[rows].mean(0)
-    else:
-        names = [str(x) for x in adata.obs_names]
-        if str(label) not in names:
-            raise BioworldError(f"{label!r} is not a row of adata; found {names[:6]}")
-        delta = D[names.index(str(label))]
-    sets, what = _gene_sets(gene_sets)
-    genes = [str(g) for g in adata.var_names]
-    panel = set(genes)
-    sizes = {k: len(set(v) & panel) for k, v in sets.items()}
-    tested = {k: v for k, v in sets.items() if min_size <= sizes[k] <= max_size}
-    cols = ["term", "nes", "pval", "fdr", "n_genes", "lead_genes"]
-    if not tested:
-        out = pd.DataFrame(columns=cols)
-        out.attrs["gene_sets"] = what
-        return out
-    rnk = pd.Series(delta, index=genes)
-    rnk = rnk[~rnk.index.duplicated()].sort_values(ascending=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = gseapy.prerank(rnk=rnk, gene_sets=tested, permutation_num=int(permutations), min_size=min_size,
-                             max_size=max_size, outdir=None, seed=int(seed), threads=1, verbose=False).res2d
-    out = pd.DataFrame({
-        "term": res["Term"].astype(str),
-        "nes": pd.to_numeric(res["NES"], errors="coerce"),
-        "pval": pd.to_numeric(res["NOM p-val"], errors="coerce"),
-        "fdr": pd.to_numeric(res["FDR q-val"], errors="coerce"),
-        "lead_genes": res["Lead_genes"].astype(str),
-    })
-    out["n_genes"] = out["term"].map(sizes).astype(int)
-    out = out.assign(_abs=out["nes"].abs()).sort_values(["fdr", "_abs"], ascending=[True, False])
-    out = out.drop(columns="_abs")[cols].reset_index(drop=True)
-    out.attrs["gene_sets"] = what
-    return out

@@ -64,7 +64,7 @@ def small_model():
 
 def test_pretraining_is_deterministic_and_learns(small_model):
     from bioworld.knowledge import load_atlas
-    from bioworld.train.pretrain import PretrainConfig, pretrain_atlas
+    from bioworld.train.pretrain import pretrain_atlas
 
     model, test = small_model
     atlas = load_atlas()

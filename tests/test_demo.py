@@ -72,7 +72,7 @@ def test_demo_end_to_end_then_reuses_cached_model(tmp_path, monkeypatch, capsys)
 
 
 def test_training_retries_with_the_next_seed_when_a_run_did_not_learn_the_strong_effects():
-    from bioworld._world_model import train_until_fit
+    from bioworld.train.fit_check import train_until_fit
     from bioworld.train import TrainConfig
 
     ratios = {0: 0.05, 1: 0.6, 2: 0.9}  # seed -> how much of the strong training effects the run reproduced

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bioworld.data.collate import ActionArrays, EntityMaskCollator, MaskingConfig, TransitionSampler
+from bioworld.actions import ActionArrays, Kind
+from bioworld.data.collate import EntityMaskCollator, MaskingConfig, TransitionSampler
 from bioworld.model import JEPA, JEPAConfig
-from bioworld.model.jepa import KIND_KO, ActionBatch, JEPABatch, energy_distance
+from bioworld.model.jepa import ActionBatch, JEPABatch, energy_distance
 
 G, E, F, A = 30, 6, 8, 2
 
@@ -24,7 +25,7 @@ def _module(seed=0):
 
 def _actions(B, gene=None):
     kind = torch.zeros(B, A, dtype=torch.long)
-    kind[:, 0] = KIND_KO
+    kind[:, 0] = Kind.KO
     return ActionBatch(
         kind=kind, strength=torch.ones(B, A), gene_feat=torch.randn(B, A, F), cmp_feat=torch.zeros(B, A, 0),
         log_dose=torch.zeros(B, A), entity_idx=torch.full((B, A), -1), touch=torch.rand(B, A, E),
@@ -81,7 +82,7 @@ def test_ema_update_moves_target_towards_online():
 def test_cis_effect_is_multiplicative_on_the_target_column_only():
     m = _module()
     with torch.no_grad():
-        m.cis_effect[KIND_KO] = float(np.log(0.25 / 0.75)) / 10.0  # keep 25 % of the transcript
+        m.cis_effect[Kind.KO] = float(np.log(0.25 / 0.75)) / 10.0  # keep 25 % of the transcript
     x = torch.zeros(2, G)
     x[0, 7], x[1, 7] = float(np.log1p(8.0)), 0.0  # 8 molecules vs none (gene_mean 0, sd 1)
     out = m.cis(_actions(2, gene=7), x)
@@ -115,7 +116,7 @@ def test_energy_distance_zero_for_identical_sets_and_positive_for_shifted():
 
 def _table(n_actions, rng):
     kind = np.zeros((n_actions, A), np.int64)
-    kind[1:, 0] = KIND_KO
+    kind[1:, 0] = Kind.KO
     touch = np.zeros((n_actions, A, E), np.float32)
     touch[1:, 0, 1] = 1.0
     return ActionArrays(kind=kind, strength=np.ones((n_actions, A), np.float32),
@@ -151,7 +152,7 @@ def test_sampler_pairs_controls_within_replicate_and_respects_holdout():
                           groups_per_batch=3, cells_per_group=5, self_pairs=4)
     for _ in range(5):
         b = s.sample(rng)
-        kinds = b["action"]["kind"][:, 0].numpy()
+        kinds = b["action"].kind[:, 0].numpy()
         # action row 3 is held out: its cells never appear as targets
         tgt = b["x_tgt"].numpy()
         held = X[rows == 3]
@@ -196,10 +197,10 @@ def test_do_transitions_clamp_touched_slots_and_withhold_the_action():
     cell = [int(np.flatnonzero((X == t).all(1))[0]) for t in b["x_tgt"].numpy()]
     perturbed = rows[cell] != 0
     assert (cm[:, 1] == (perturbed & ~is_self)).all()
-    assert (b["action"]["kind"][:, 0].numpy() == 0).all()  # the action is withheld (control)
+    assert (b["action"].kind[:, 0].numpy() == 0).all()  # the action is withheld (control)
     # the clamped slot carries the target latent exactly and is not scored by the latent loss
     m = _module()
-    batch = JEPABatch(x_src=b["x_src"], x_tgt=b["x_tgt"], action=ActionBatch(**b["action"]),
+    batch = JEPABatch(x_src=b["x_src"], x_tgt=b["x_tgt"], action=b["action"],
                       context_mask=b["context_mask"], target_mask=b["target_mask"], gene_mask=b["gene_mask"],
                       group=b["group"], clamp_mask=b["clamp_mask"])
     out = m.loss(batch)

@@ -4,7 +4,6 @@ with normal modes, failed writes are one-line errors that leave nothing half-mad
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import signal
@@ -23,7 +22,6 @@ from typer.testing import CliRunner
 
 import bioworld as bw
 from bioworld.cli import app
-from bioworld.errors import OutputError
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"num_threads": 1, "groups_per_batch": 4, "cells_per_group": 6, "self_pairs": 8, "warmup_steps": 2}

@@ -1,8 +1,8 @@
 """The fast planner (issue #4): cells encoded once, screening on latent prototypes, exact refinement.
 
 Correctness only (no timings): refined rows must equal an exhaustive scoring of every candidate
-on every cell, and the batched scorer must equal the one-intervention rollout behind
-``counterfactual``.
+on every cell, and the planner's scores must be the goal applied to the engine's per-cell answers
+(the same ones ``counterfactual`` returns).
 """
 
 from __future__ import annotations
@@ -80,44 +80,53 @@ def test_fast_table_keeps_columns_and_intervals(fast_and_exact):
     assert fast.entity_shift.shape == (len(t), exact.entity_shift.shape[1])
 
 
-def test_batched_scorer_equals_counterfactual_rollout(tiny_trained, cells):
-    from bioworld.query import rollout
-    from bioworld.query._planner import encode_cells, inactive_latents, score_interventions
+def test_engine_scores_equal_the_goal_on_its_per_cell_answers(tiny_trained, cells):
+    """The planner's scores are the goal applied to the same rollouts counterfactual returns, and
+    chunking / grouping of the passes does not change them."""
+    from bioworld.query import Candidates, Goal
+    from bioworld.query.engine import goal_function
 
-    wm, m = tiny_trained, tiny_trained.module
-    x = wm._cells_to_std(cells[:20])
-    ctrl = wm._action_row(wm.parse("control"))
-    gene = min({p.target for a in wm.actions.values() for p in a.components if p.kind == "ko"})
-    ko = wm._action_row(wm.parse(f"ko:{gene}"))
-    cands = [("silence:0", ctrl, [0]), (gene, ko, []), ("silence:0+1", ctrl, [0, 1]), ("silence:2", ctrl, [2])]
-    w = m.encoder.score_w[1]
-    center = torch.from_numpy(wm.reference.mean(0))
-    goals = {  # a change-based goal (down:) and one on the absolute prediction (toward:control)
-        "down": lambda x_new, x_base: -((x_new - x_base) @ w),
-        "toward": lambda x_new, x_base: (x_base - center).norm(dim=1) - (x_new - center).norm(dim=1),
-    }
-    def off(xc, e):  # any "inactive" input works here: both paths get the same one
-        out = xc.copy()
-        out[:, wm.membership[e] != 0] = -1.0
-        return out
+    wm = tiny_trained
+    eng = wm.engine
+    cache = eng.encode(wm._cells_to_std(cells[:20]))
+    gene, gene2 = sorted({p.target for a in wm.actions.values() for p in a.components if p.kind == "ko"})[:2]
+    silence = sorted(lab for lab in wm.train_labels if lab.startswith("silence:"))[0]
+    labels = [silence, f"ko:{gene}", f"ko:{gene}+ko:{gene2}"]
+    cands = eng.candidates([wm.parse(lab) for lab in labels])
+    clamp = np.zeros((2, len(wm.entity_names)), bool)
+    clamp[0, 0] = clamp[1, [0, 1]] = True  # do() on slot 0, and on slots 0 and 1 together
+    cands = cands + Candidates(["do0", "do01"], wm.space.encode(["control", "control"]), clamp)
+    per_cell = eng.run(cache, cands)  # [C, n, G]
+    for spec in (f"down:{wm.entity_names[1]}", "toward:control"):
+        goal = goal_function(Goal.parse(spec, entity_names=wm.entity_names), wm.module, wm.entity_names,
+                             wm.reference.mean(0))
+        fast = eng.run(cache, cands, goal=goal)
+        tiny = eng.run(cache, cands, goal=goal, rows_per_pass=7)
+        np.testing.assert_allclose(fast.scores, tiny.scores, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(fast.shift, tiny.shift, atol=1e-5, rtol=0)
+        for i in range(len(cands)):
+            ref = goal(torch.from_numpy(per_cell.x_pred[i]), cache.x_base).numpy()
+            np.testing.assert_allclose(fast.scores[i], ref, atol=1e-5, rtol=0, err_msg=f"{spec} {cands.labels[i]}")
+            np.testing.assert_allclose(fast.shift[i], per_cell.shift[i].mean(0), atol=1e-5, rtol=0)
 
-    scale = wm._slot_scale()
-    inact = inactive_latents(m, x, [0, 1, 2], off)
-    cache = encode_cells(m, x, ctrl)
-    for name, goal_fn in goals.items():
-        fast, shifts = score_interventions(m, None, cands, ctrl, inact.__getitem__, goal_fn, scale, cache=cache)
-        tiny, tiny_shifts = score_interventions(m, x, cands, ctrl, inact.__getitem__, goal_fn, scale, rows_per_pass=7)
-        np.testing.assert_allclose(fast, tiny, atol=1e-5, rtol=0)  # chunking and grouping do not change results
-        np.testing.assert_allclose(shifts, tiny_shifts, atol=1e-5, rtol=0)
-        for i, (row, ce) in enumerate([(ctrl, 0), (ko, None), (None, None), (ctrl, 2)]):
-            if row is None:  # a pair of clamps has no single-rollout equivalent
-                continue
-            r = rollout(m, x, row, ctrl, clamp_entity=ce, slot_scale=scale,
-                        x_inactive=None if ce is None else off(x, ce))
-            np.testing.assert_allclose(cache.x_base.numpy(), r.x_base, atol=1e-5, rtol=0)
-            ref = goal_fn(torch.from_numpy(r.x_pred), torch.from_numpy(r.x_base)).numpy()
-            np.testing.assert_allclose(fast[i], ref, atol=1e-5, rtol=0, err_msg=f"{name} {cands[i][0]}")
-            np.testing.assert_allclose(shifts[i], r.slot_shift.mean(0), atol=1e-5, rtol=0)
+
+def test_trained_silence_gives_the_same_answer_in_predict_counterfactual_and_prioritize(tiny_trained, cells):
+    """A trained silence: is its learned action everywhere, an untrained one the do-operation everywhere."""
+    wm = tiny_trained
+    x_cells = cells[:10]  # <= screen_cells: every prioritize row is exact
+    trained = sorted(lab for lab in wm.train_labels if lab.startswith("silence:"))[0]
+    ent = trained[len("silence:"):]
+    assert wm.engine.candidates([wm.parse(trained)]).clamp.sum() == 0  # the learned action, no do()
+    cf = wm.counterfactual(x_cells, [trained])
+    pred = wm.predict([trained], cells=x_cells)
+    np.testing.assert_allclose(pred.layers["delta"][0], cf.layers["delta"].mean(0), atol=1e-5)
+    pr = wm.prioritize(x_cells, f"down:{ent}", entities=[ent], genes=[], pairs=False, n_boot=10)
+    w = wm.module.encoder.score_w[wm.entity_names.index(ent)].detach().numpy()
+    expected = -((np.asarray(cf.layers["delta"]) / wm.sd) @ w)  # the goal on counterfactual's per-cell answer
+    np.testing.assert_allclose(pr.per_cell_scores[trained], expected, atol=1e-4)
+    np.testing.assert_allclose(pr.table.set_index("intervention").loc[trained, "score"], expected.mean(), atol=1e-4)
+    shift = np.asarray(cf.obsm["bw_entity_shift"]).mean(0)
+    np.testing.assert_allclose(pr.entity_shift.loc[trained].to_numpy(), shift, atol=1e-5)
 
 
 def test_latent_prototypes_are_seeded_medoids():
@@ -160,20 +169,20 @@ def test_prioritize_is_deterministic(tiny_trained, cells):
 
 
 def test_planner_pair_of_silences_sets_both_entities_genes(tiny_trained, cells):
-    from bioworld.query._planner import encode_cells, inactive_latents, score_interventions
+    from bioworld.query import Candidates
 
-    wm, m = tiny_trained, tiny_trained.module
+    wm = tiny_trained
+    eng = wm.engine
     x = wm._cells_to_std(cells[:15])
-    ctrl = wm._action_row(wm.parse("control"))
-    axes = wm._activity_axes()
+    axes = eng.axes
     only0 = np.flatnonzero((axes.axis[0] != 0) & (axes.axis[1] == 0))
     only1 = np.flatnonzero((axes.axis[1] != 0) & (axes.axis[0] == 0))
     assert len(only0) and len(only1)
-    off = lambda xc, e: axes.inactive(xc, e)  # noqa: E731
-    inact = inactive_latents(m, x, [0, 1], off)
-    cache = encode_cells(m, x, ctrl)
+    clamp = np.zeros((1, len(wm.entity_names)), bool)
+    clamp[0, [0, 1]] = True
+    pair = Candidates(["pair"], wm.space.encode(["control"]), clamp)
+    cache = eng.encode(x)
     for genes, e in ((only0, 0), (only1, 1)):
         g = int(genes[0])
-        scores, _ = score_interventions(m, None, [("pair", ctrl, [0, 1])], ctrl, inact.__getitem__,
-                                        lambda x_new, x_base: x_new[:, g] - x_base[:, g], wm._slot_scale(), cache=cache)
-        np.testing.assert_allclose(scores[0], (off(x, e) - x)[:, g], atol=1e-5)  # the do() itself, per cell
+        r = eng.run(cache, pair, goal=lambda x_new, x_base: x_new[:, g] - x_base[:, g])  # noqa: B023
+        np.testing.assert_allclose(r.scores[0], (axes.inactive(x, e) - x)[:, g], atol=1e-5)  # the do() itself, per cell

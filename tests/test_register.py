@@ -13,7 +13,8 @@ import pytest
 import scipy.sparse as sp
 
 from bioworld.data import Registration, get_registration, normalize, register
-from bioworld.data._register import DataWarning, format_registration
+from bioworld.actions import format_registration
+from bioworld.data._register import DataWarning
 from bioworld.errors import BioworldError, DataValidationError
 
 

@@ -742,7 +742,7 @@ def test_two_concurrent_predicts_on_one_model_dir(model_dir, tiny_trained, tmp_p
     outs = [tmp_path / f"p{i}.h5ad" for i in range(2)]
     procs = [_cli_proc("predict", model_dir, "--perturbations", labels, "--out", o, cwd=tmp_path) for o in outs]
     results = [p.communicate(timeout=300) for p in procs]
-    for proc, (stdout, stderr) in zip(procs, results):
+    for proc, (_stdout, stderr) in zip(procs, results):
         assert proc.returncode == 0, stderr
         assert "Traceback" not in stderr
     a, b = (ad.read_h5ad(o) for o in outs)

@@ -56,8 +56,9 @@ def test_trained_silence_is_the_learned_action_untrained_is_a_do_operation(small
                        holdout=[held], nmf_programs=0, config={"max_steps": 3, "warmup_steps": 1})
     wm.train(progress=False)
     acts = [wm.parse(held), wm.parse(sil[1])]
-    _, clamps = wm._intervention_rows(acts)
-    assert clamps == [wm.entity_names.index(held[len("silence:"):]), None]
+    clamp = wm.engine.candidates(acts).clamp
+    assert np.flatnonzero(clamp[0]).tolist() == [wm.entity_names.index(held[len("silence:"):])]
+    assert not clamp[1].any()
     # the do-operation answer moves the silenced slot the most
     cf = wm.counterfactual(small_sim.adata[small_sim.adata.obs["perturbation"] == "control"][:30].copy(), [held])
     effects = cf.uns["bioworld"]["entity_effects"][held]
@@ -67,10 +68,11 @@ def test_trained_silence_is_the_learned_action_untrained_is_a_do_operation(small
 def test_do_operation_adds_what_the_other_slots_read_from_the_moved_genes(tiny_trained, small_sim):
     import torch
 
-    from bioworld.query import rollout
+    from bioworld.query import Candidates
     from bioworld.query._counterfactual import silence_terms
 
     wm, m = tiny_trained, tiny_trained.module
+    eng = wm.engine
     x = wm.reference[:25]
     with torch.no_grad():
         z = m.encode(torch.from_numpy(x))
@@ -80,25 +82,25 @@ def test_do_operation_adds_what_the_other_slots_read_from_the_moved_genes(tiny_t
         xt = torch.from_numpy(x)
         t0 = silence_terms(m, z, z_only, 0, xt, xt)
         assert float(t0.dz.abs().max()) == 0.0 and float(t0.dx.abs().max()) == 0.0
-        xi = inactive_inputs(x, wm._activity_axes(), 1)
+        xi = inactive_inputs(x, eng.axes, 1)
         zi = m.encode(torch.from_numpy(xi))
         t = silence_terms(m, z, zi, 1, xt, torch.from_numpy(xi))
         assert float(t.dz[:, 1].abs().max()) == 0.0  # the clamped slot itself is not double counted
-        members = wm._activity_axes().axis[1] != 0
+        members = eng.axes.axis[1] != 0
         np.testing.assert_array_equal(t.pinned.numpy(), members)  # the do() touches exactly the members
         assert float(t.dz.abs().max()) > 0.0  # the encoder reads the other slots in context
-    ctrl = wm._action_row(wm.parse("control"))
-    r = rollout(m, x, ctrl, ctrl, clamp_entity=1, x_inactive=xi)
-    plain = rollout(m, x, ctrl, ctrl)
+    clamp = np.zeros((2, len(wm.entity_names)), bool)
+    clamp[0, 1] = True
+    cache = eng.encode(x)
+    r = eng.run(cache, Candidates(["do1", "control"], wm.space.encode(["control", "control"]), clamp))
     with torch.no_grad():
         slots = torch.zeros(len(x), len(wm.entity_names), dtype=torch.bool)
         slots[:, 1] = True
-        from bioworld.model.jepa import ActionBatch
-
-        a = ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], len(x), 0)) for k, v in ctrl.items()})
+        a = wm.space.encode(["control"]).take(np.zeros(len(x), dtype=np.int64))
         xb = torch.from_numpy(x)
         clamped = m.expression_from(m.next(z, a, clamp=(slots, zi)), a, xb, m.encode_target(xb)).numpy()
-    np.testing.assert_allclose(r.x_pred[:, ~members], (clamped + t.dx.numpy())[:, ~members], atol=1e-5)
-    np.testing.assert_allclose(r.x_base, plain.x_pred, atol=1e-6)
+    x_base = cache.x_base.numpy()
+    np.testing.assert_allclose(r.x_pred[0][:, ~members], (clamped + t.dx.numpy())[:, ~members], atol=1e-5)
+    np.testing.assert_allclose(x_base, r.x_pred[1], atol=1e-6)
     # the intervened genes are set by the do(), not predicted: their change is exactly the move
-    np.testing.assert_allclose((r.x_pred - r.x_base)[:, members], (xi - x)[:, members], atol=1e-5)
+    np.testing.assert_allclose((r.x_pred[0] - x_base)[:, members], (xi - x)[:, members], atol=1e-5)

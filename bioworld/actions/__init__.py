@@ -21,6 +21,7 @@ from bioworld.actions._parse import (
     parse_action,
     parse_actions,
 )
+from bioworld.actions._contract import ActionArrays, ActionBatch, Kind
 from bioworld.actions._vocab import ActionVocabulary
 
 __all__ = [
@@ -31,10 +32,21 @@ __all__ = [
     "Action",
     "ActionVocabulary",
     "CompoundFeaturizer",
+    "Split",
+    "format_registration",
+    "leave_targets_out",
+    "unseen_combinations",
+    "unseen_compounds",
+    "unseen_doses",
     "GeneFeaturizer",
     "Perturbation",
     "compound_key",
-    "encode_actions",
+    "ActionArrays",
+    "ActionBatch",
+    "ActionSpace",
+    "CompoundFeatures",
+    "GeneFeatureTable",
+    "Kind",
     "gene_touch_matrix",
     "load_smiles_table",
     "parse_action",
@@ -50,8 +62,16 @@ _getattr, _dir = lazy_exports(
         "compound_key": "._features",
         "load_smiles_table": "._features",
         "smiles_for": "._features",
-        "encode_actions": "._encode",
+        "ActionSpace": "._space",
+        "CompoundFeatures": "._space",
+        "GeneFeatureTable": "._space",
         "gene_touch_matrix": "._encode",
+        "Split": "._splits",
+        "leave_targets_out": "._splits",
+        "unseen_combinations": "._splits",
+        "unseen_compounds": "._splits",
+        "unseen_doses": "._splits",
+        "format_registration": "._summary",
     },
 )
 

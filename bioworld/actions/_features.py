@@ -16,7 +16,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import numpy as np
 from scipy import sparse
 
-from bioworld.actions._vocab import close_matches
+from bioworld.errors import close_matches
 from bioworld.errors import BioworldError, CheckpointError, EntityError, UnknownPerturbationError
 
 REGULON_PREFIX = "REGULON_"

@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from bioworld.actions._parse import Action, parse_action
-from bioworld.errors import BioworldError, CheckpointError, UnknownPerturbationError
+from bioworld.errors import BioworldError, CheckpointError, UnknownPerturbationError, close_matches  # noqa: F401 (re-exported)
 
 _VOCAB_VERSION = 1
-
-
-def close_matches(
-    name: str, known: Sequence[str], *, n: int = 3, lower_index: dict[str, list[str]] | None = None
-) -> list[str]:
-    """Known names that differ from ``name`` only by case, then difflib close matches (at most ``n``)."""
-    if lower_index is None:
-        lower_index = {}
-        for k in known:
-            lower_index.setdefault(k.lower(), []).append(k)
-    out = [k for k in lower_index.get(name.lower(), []) if k != name]
-    for k in difflib.get_close_matches(name, known, n=n, cutoff=0.75):
-        if k not in out and k != name:
-            out.append(k)
-    if len(out) < n:  # case-insensitive fuzzy pass (stat1 -> STAT1, STAT2)
-        for low in difflib.get_close_matches(name.lower(), list(lower_index), n=n, cutoff=0.75):
-            for k in lower_index[low]:
-                if k not in out and k != name:
-                    out.append(k)
-    return out[:n]
 
 
 def _clean_names(names: Iterable[str], what: str) -> tuple[str, ...]:

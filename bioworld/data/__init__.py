@@ -1,4 +1,4 @@
-"""Data layer: bundled datasets, loaders, registration + validation, splits, simulator, collator.
+"""Data layer: bundled datasets, loaders, registration + validation, simulator, collator.
 
 Imports nothing from ``bioworld.model``; exported names are imported lazily.
 """
@@ -25,14 +25,17 @@ __getattr__, __dir__ = lazy_exports(
         "Registration": "._register",
         "normalize": "._register",
         "get_registration": "._register",
-        "format_registration": "._register",
+        "format_registration": "bioworld.actions._summary",  # compatibility alias (needs the action grammar)
         "DataWarning": "._register",
-        # splits
-        "Split": "._splits",
-        "leave_targets_out": "._splits",
-        "unseen_combinations": "._splits",
-        "unseen_compounds": "._splits",
-        "unseen_doses": "._splits",
+        # splits: compatibility aliases of bioworld.actions (splitting by target needs the action grammar)
+        "Split": "bioworld.actions._splits",
+        "leave_targets_out": "bioworld.actions._splits",
+        "unseen_combinations": "bioworld.actions._splits",
+        "unseen_compounds": "bioworld.actions._splits",
+        "unseen_doses": "bioworld.actions._splits",
+        # observed effects
+        "mean_deltas": "._deltas",
+        "top_de_genes": "._deltas",
         # simulator
         "simulate": "._simulate",
         "SimulationResult": "._simulate",

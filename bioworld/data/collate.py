@@ -10,12 +10,20 @@ Imports torch (to hand out tensors) but nothing from :mod:`bioworld.model`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
 MaskMode = Literal["entity", "gene", "none"]
+
+
+class ActionTable(Protocol):
+    """What the samplers need of an action table (:class:`bioworld.actions.ActionArrays`)."""
+
+    touch: np.ndarray  # [n, A, E]
+
+    def take(self, rows: np.ndarray) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -26,24 +34,6 @@ class MaskingConfig:
     self_ratio: tuple[float, float] = (0.15, 0.5)  # fraction of slots hidden in self (control) pairs
     transition_ratio: tuple[float, float] = (0.0, 0.25)  # fraction hidden in perturbation pairs
     structured_prob: float = 0.5  # P(hide every slot the action touches) in perturbation pairs
-
-
-@dataclass(frozen=True)
-class ActionArrays:
-    """Tensorisable action table, one row per action label (see ``bioworld.actions.encode_actions``)."""
-
-    kind: np.ndarray  # [n, A] int64
-    strength: np.ndarray  # [n, A] float32
-    gene_feat: np.ndarray  # [n, A, F_g] float32
-    cmp_feat: np.ndarray  # [n, A, F_c] float32
-    log_dose: np.ndarray  # [n, A] float32
-    entity_idx: np.ndarray  # [n, A] int64
-    touch: np.ndarray  # [n, A, E] float32
-    target_gene: np.ndarray  # [n, A] int64, panel column of a genetic target (-1 = not measured)
-    bank_idx: np.ndarray  # [n, A] int64, row of a genetic target in the model's retrieval bank (-1 = unseen)
-
-    def take(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k)[rows])) for k in self.__dataclass_fields__}
 
 
 class EntityMaskCollator:
@@ -118,7 +108,7 @@ class TransitionSampler:
         action_row: np.ndarray,
         control_row: int,
         replicate: np.ndarray,
-        actions: ActionArrays,
+        actions: ActionTable,
         train_rows: list[int],
         collator: EntityMaskCollator,
         *,
@@ -220,7 +210,7 @@ class BlockBufferSampler:
         action_row: np.ndarray,
         control_row: int,
         replicate: np.ndarray,
-        actions: ActionArrays,
+        actions: ActionTable,
         train_rows: list[int],
         collator: EntityMaskCollator,
         *,

@@ -5,7 +5,7 @@
 >>> scores = entity_scores(X, pm)                                          # [cells, E]  # doctest: +SKIP
 """
 
-from bioworld.entities._bundled import BUNDLED, default_entities, load_bundled
+from bioworld.entities._bundled import BUNDLED, default_entities, load_bundled, resolve_entities
 from bioworld.entities._entity import ENTITY_SET_FORMAT, REGULON_PREFIX, Entity, EntitySet, combine, regulon_tf
 from bioworld.entities._features import TF_FEATURE_SUFFIX, gene_membership_features
 from bioworld.entities._panel import DroppedEntity, EntityWarning, PanelMap, entity_scores, map_to_panel
@@ -27,4 +27,5 @@ __all__ = [
     "load_bundled",
     "map_to_panel",
     "regulon_tf",
+    "resolve_entities",
 ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from pathlib import Path
+from typing import Any, Literal
 
 from bioworld.entities._entity import EntitySet
+from bioworld.errors import BioworldError
 
 #: Bundled collection name -> (file under data/, source label).
 BUNDLED = {
@@ -60,3 +63,36 @@ def default_entities() -> EntitySet:
     EntitySet of 64 entities (sources ``"hallmark"`` and ``"progeny"``).
     """
     return load_bundled("hallmark").combine(load_bundled("progeny"))
+
+
+def resolve_entities(entities: Any) -> EntitySet:
+    """An :class:`EntitySet` from what a user passes as ``entities``.
+
+    ``None`` = :func:`default_entities` (bundled Hallmark + PROGENy); an ``EntitySet`` as is; a
+    ``.gmt`` path or a ``.tsv`` / ``.txt`` / ``.csv`` (``.tsv.gz``) weight table (gene, pathway,
+    weight); or a list of those, combined (clashing names prefixed).
+    """
+    if entities is None:
+        return default_entities()
+    if isinstance(entities, EntitySet):
+        return entities
+    if isinstance(entities, (str, os.PathLike)):
+        entities = [entities]
+    sets = []
+    for item in entities:
+        if isinstance(item, EntitySet):
+            sets.append(item)
+            continue
+        p = Path(item)
+        kind = Path(p.name.lower().removesuffix(".gz")).suffix  # x.gmt.gz / x.tsv.gz are read decompressed
+        if kind == ".gmt":
+            sets.append(EntitySet.from_gmt(p))
+        elif kind in (".tsv", ".txt", ".csv"):
+            sets.append(EntitySet.from_weight_table(p))
+        else:
+            raise BioworldError(
+                f"entities file {str(p)!r} has an unknown type; expected a .gmt gene-set file or a "
+                ".tsv weight table with columns gene, pathway, weight (either may be gzip-compressed: .gmt.gz, .tsv.gz)"
+            )
+    out = sets[0]
+    return out.combine(*sets[1:], on_clash="prefix") if len(sets) > 1 else out

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bioworld.report._evaluation import EVALUATION, load_evaluation  # noqa: F401 (re-exported)
 from bioworld.errors import BioworldError, DataValidationError
 from bioworld.eval.baselines import FitContext, MeanOfTrain, NoChange, split_half_ceiling
 from bioworld.eval.benchmark import CEILING, mean_deltas
@@ -30,7 +31,6 @@ from bioworld.eval.metrics import score_deltas
 __all__ = ["EVALUATION", "EVALUATION_SCORES", "MODEL_METHOD", "evaluate", "format_evaluation", "load_evaluation"]
 
 #: Summary table written into the model folder (split, method, metric, mean, sd, n).
-EVALUATION = "evaluation.csv"
 #: Per-perturbation scores written next to it (split, method, perturbation, metric, value).
 EVALUATION_SCORES = "evaluation_scores.csv"
 #: Method name of the evaluated model (as in the benchmark tables).
@@ -257,19 +257,6 @@ def evaluate(
         _atomic_csv(summary, d / EVALUATION)
         _atomic_csv(scores, d / EVALUATION_SCORES)
     return summary
-
-
-def load_evaluation(model_dir: str | os.PathLike) -> pd.DataFrame | None:
-    """The summary written by :func:`evaluate` into a model folder, or None when it was never evaluated."""
-    path = Path(model_dir) / EVALUATION
-    if not path.is_file():
-        return None
-    df = pd.read_csv(path)
-    need = {"split", "method", "metric", "mean", "sd", "n"}
-    if not need <= set(df.columns):
-        raise BioworldError(f"{path} has columns {list(df.columns)}; expected {sorted(need)} as written by evaluate(). "
-                            "Fix: run 'bioworld evaluate' again.")
-    return df
 
 
 def format_evaluation(summary: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:

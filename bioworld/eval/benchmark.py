@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bioworld.data._deltas import mean_deltas
 from bioworld.errors import BioworldError
 from bioworld.eval.baselines import (
     Additive,
@@ -97,19 +98,6 @@ SETTINGS = {
 
 
 # ------------------------------------------------------------------------------------ helpers
-def mean_deltas(X: np.ndarray, labels: Sequence[str], control: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``({label: mean(X[label]) - mean(X[control])}, control mean)`` for every non-control label."""
-    lab = np.asarray([str(x) for x in labels])
-    ctrl = lab == control
-    if not ctrl.any():
-        raise BioworldError(f"no cells labelled {control!r}; expected control cells to compute deltas against")
-    mu = X[ctrl].mean(0).astype(np.float64)
-    out = {}
-    for name in sorted(set(lab) - {control}):
-        out[name] = X[lab == name].mean(0).astype(np.float64) - mu
-    return out, mu
-
-
 @lru_cache(maxsize=1)
 def _knowledge_embedding() -> TargetEmbedding:
     from bioworld.entities import load_bundled
@@ -214,12 +202,12 @@ def _fit_predict(baseline: Baseline, train: Mapping[str, np.ndarray], ctx: FitCo
 
 def _world_model(adata: Any, *, holdout: Sequence[str], predict: Sequence[str], config: Mapping[str, Any],
                  **kwargs: Any) -> tuple[dict[str, np.ndarray], float]:
-    import bioworld as bw
+    from bioworld._world_model import WorldModel
 
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        wm = bw.WorldModel(adata, holdout=list(holdout), config=dict(config), **kwargs)
+        wm = WorldModel(adata, holdout=list(holdout), config=dict(config), **kwargs)
         wm.train(progress=False)
         pred = wm.predict(list(predict))
     delta = np.asarray(pred.layers["delta"], dtype=np.float64)

@@ -260,7 +260,7 @@ def run_simulator_causal(
     variant one world model (entities = the simulator's GMT, ``nmf_programs=0``):
     ``partial`` holds out ``n_holdout`` silences drawn with the seed (the others are trained as
     actions); ``none`` holds out every silence. Held-out silences are answered by the latent
-    do-operation (an untrained ``silence:`` label, see ``WorldModel._intervention_rows``) two ways:
+    do-operation (an untrained ``silence:`` label, see :mod:`bioworld.query.engine`) two ways:
     ``WorldModel predict`` (``wm.predict``, mean over the model's reference control cells) and
     ``WorldModel counterfactual`` (``wm.counterfactual`` on ``n_cf_cells`` control cells,
     averaged). Beside them:
@@ -268,7 +268,7 @@ def run_simulator_causal(
     training labels), ``Observed cells (ceiling)`` (the held-out label's own sampled cells) and
     ``Truth`` (the truth itself: its leak ratio is the reference).
     """
-    import bioworld as bw
+    from bioworld._world_model import WorldModel
     from bioworld.data import normalize, register, simulate
     from bioworld.eval.benchmark import _sim_entities, mean_deltas
 
@@ -300,7 +300,7 @@ def run_simulator_causal(
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                wm = bw.WorldModel(adata, entities=entities, replicate_key="replicate", nmf_programs=0,
+                wm = WorldModel(adata, entities=entities, replicate_key="replicate", nmf_programs=0,
                                    holdout=held, config=_wm_config(steps, seed, threads))
                 wm.train(progress=progress)
                 preds = {"WorldModel predict": _predict(wm, held),
@@ -364,7 +364,7 @@ def run_papalexi_causal(
     ``Footprint <E>`` (:func:`footprint_delta`: minus the entity's own weights), ``MeanOfTrain``,
     and for reference the world model's own prediction of the held-out knockout label.
     """
-    import bioworld as bw
+    from bioworld._world_model import WorldModel
     from bioworld.data import load_papalexi, normalize, register
     from bioworld.eval.benchmark import mean_deltas
 
@@ -379,7 +379,7 @@ def run_papalexi_causal(
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        wm = bw.WorldModel(adata, perturbation_key="perturbation", control="control", holdout=held,
+        wm = WorldModel(adata, perturbation_key="perturbation", control="control", holdout=held,
                            config=_wm_config(steps, seed, threads))
         wm.train(progress=progress)
         specs = [f"silence:{e}" for e in silences]
@@ -430,7 +430,7 @@ def run_l1000_causal(
     training compounds) and, for reference, the world model's prediction of the held-out
     compound labels themselves (from their structure).
     """
-    import bioworld as bw
+    from bioworld._world_model import WorldModel
     from bioworld.actions import parse_action
     from bioworld.data import bundled_path, load_l1000, normalize, register
     from bioworld.eval.benchmark import mean_deltas
@@ -453,7 +453,7 @@ def run_l1000_causal(
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        wm = bw.WorldModel(adata, holdout=held, smiles=bundled_path("compounds/lincs_drugs_smiles.csv"),
+        wm = WorldModel(adata, holdout=held, smiles=bundled_path("compounds/lincs_drugs_smiles.csv"),
                            config=_wm_config(steps, seed, threads), **kw)
         wm.train(progress=progress)
         pred = _predict(wm, ["silence:MAPK"] + held)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from bioworld.data._deltas import top_de_genes
 from bioworld.errors import BioworldError
 
 __all__ = [
@@ -82,16 +83,6 @@ def _check_k(k: int, n_genes: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise BioworldError(f"k={k!r}; expected a positive integer number of top DE genes")
     return int(min(k, n_genes))
-
-
-def top_de_genes(obs_delta: Any, k: int) -> np.ndarray:
-    """Indices of the ``k`` genes with the largest ``|obs_delta|`` (descending; ties by gene order).
-
-    ``k`` larger than the panel returns all genes.
-    """
-    o = _vec(obs_delta, "obs_delta")
-    k = _check_k(k, len(o))
-    return np.argsort(-np.abs(o), kind="stable")[:k]
 
 
 def mse_top_de(pred: Any, obs: Any, k: int = 20) -> float:

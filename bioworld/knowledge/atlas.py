@@ -106,7 +106,7 @@ class SignatureAtlas:
         ck = CompoundKnowledge.bundled().resolve(text, strict=False)
         if ck and f"cmp:{ck}" in set(self.obs["key"]):
             return f"cmp:{ck}"
-        from bioworld.actions._vocab import close_matches
+        from bioworld.errors import close_matches
 
         raise UnknownPerturbationError(
             f"{text!r} is not a perturbation of the atlas (no signature for it in any context); close "
@@ -116,7 +116,7 @@ class SignatureAtlas:
 
     def check_context(self, context: str) -> str:
         if context not in set(self.obs["context"]):
-            from bioworld.actions._vocab import close_matches
+            from bioworld.errors import close_matches
 
             raise UnknownPerturbationError(
                 f"context {context!r} is not in the atlas; expected one of its {len(self.contexts)} contexts "

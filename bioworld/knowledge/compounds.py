@@ -139,7 +139,7 @@ class CompoundKnowledge:
             norm = normalize_compound_name(text)
             key = norm if norm in self._targets or norm in self._alias.values() else self._norm_alias.get(norm)
         if key is None and strict:
-            from bioworld.actions._vocab import close_matches
+            from bioworld.errors import close_matches
 
             near = close_matches(text, sorted(self._alias))[:5]
             raise UnknownPerturbationError(

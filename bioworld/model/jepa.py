@@ -18,33 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bioworld.actions._contract import N_KINDS, ActionBatch, Kind
 from bioworld.model.config import JEPAConfig
 
-# Component kinds as integers (0 = padding). Kept in sync with bioworld.actions' encoder.
-KIND_PAD, KIND_KO, KIND_KD, KIND_ACT, KIND_COMPOUND, KIND_SILENCE = range(6)
-N_KINDS = 6
+# Component kinds and the action batch are the action contract (bioworld.actions._contract)
 CIS_SCALE = 10.0  # cis log-ratio parameter multiplier (see JEPA.cis)
-
-
-@dataclass
-class ActionBatch:
-    """Tensorised actions; one row per cell, ``A`` component slots (padded with kind 0)."""
-
-    kind: Tensor  # [B, A] long
-    strength: Tensor  # [B, A] float, 1 = full knockout/activation
-    gene_feat: Tensor  # [B, A, F_g] features of genetic targets (zeros otherwise)
-    cmp_feat: Tensor  # [B, A, F_c] compound fingerprints (zeros otherwise)
-    log_dose: Tensor  # [B, A] log10 dose (0 otherwise)
-    entity_idx: Tensor  # [B, A] long, silenced entity (-1 otherwise)
-    touch: Tensor  # [B, A, E] how strongly each component touches each slot (membership)
-    target_gene: Tensor  # [B, A] long, panel column of a genetic target (-1 = not measured)
-    bank_idx: Tensor  # [B, A] long, row of a genetic target in the retrieval bank (-1 = unseen)
-
-    def index(self, idx: Tensor) -> "ActionBatch":
-        return ActionBatch(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
-
-    def to(self, device: torch.device | str) -> "ActionBatch":
-        return ActionBatch(**{k: getattr(self, k).to(device) for k in self.__dataclass_fields__})
 
 
 @dataclass
@@ -181,7 +159,7 @@ class ActionEncoder(nn.Module):
     def forward(self, act: ActionBatch) -> Tensor:
         kind = act.kind
         u = self.kind_emb(kind)  # [B, A, D]
-        is_gene = ((kind == KIND_KO) | (kind == KIND_KD) | (kind == KIND_ACT)).unsqueeze(-1).float()
+        is_gene = ((kind == Kind.KO) | (kind == Kind.KD) | (kind == Kind.ACT)).unsqueeze(-1).float()
         has_feat = (act.gene_feat != 0).any(-1, keepdim=True)  # [B, A, 1]
         g = self.retrieve(act.gene_feat, act.bank_idx) * has_feat.float()
         if self.cfg.use_gene_mlp:
@@ -194,12 +172,12 @@ class ActionEncoder(nn.Module):
             g = g + seen * self.own_emb[act.bank_idx.clamp_min(0)]
         u = u + is_gene * g * act.strength.unsqueeze(-1)
         if self.has_compounds:
-            is_cmp = (kind == KIND_COMPOUND).unsqueeze(-1).float()
+            is_cmp = (kind == Kind.COMPOUND).unsqueeze(-1).float()
             c_in = torch.cat([act.cmp_feat, act.log_dose.unsqueeze(-1)], dim=-1)
             u = u + is_cmp * self.cmp_mlp(c_in)
         # silence: the kind embedding plus its touch on the silenced slot (no per-entity identity,
         # so the learned "silence a slot" behaviour transfers to entities never silenced in training)
-        return u * (kind != KIND_PAD).unsqueeze(-1).float()
+        return u * (kind != Kind.PAD).unsqueeze(-1).float()
 
 
 class Predictor(nn.Module):
@@ -244,7 +222,7 @@ class Predictor(nn.Module):
         h = torch.where(context_mask.unsqueeze(-1), self.proj_in(z), self.mask_token) + self.pos
         h = h + torch.einsum("bae,bad->bed", act.touch, self.touch_proj(u))  # [B, E, D]
         comp = u + self.comp_type  # [B, A, D]
-        comp_pad = act.kind == 0  # [B, A]
+        comp_pad = act.kind == Kind.PAD  # [B, A]
         used = ~comp_pad.all(0)  # component columns padded in every row carry nothing: drop them
         comp, comp_pad = comp[:, used], comp_pad[:, used]
         seq = torch.cat([h, comp], dim=1)
@@ -378,7 +356,7 @@ class JEPA(nn.Module):
         """
         B, A = act.kind.shape
         G = self.cfg.n_genes
-        is_gene = (act.kind == KIND_KO) | (act.kind == KIND_KD) | (act.kind == KIND_ACT)
+        is_gene = (act.kind == Kind.KO) | (act.kind == Kind.KD) | (act.kind == Kind.ACT)
         measured = (act.target_gene >= 0) & is_gene
         if not bool(measured.any()):
             return x_std.new_zeros(B, G)
@@ -386,31 +364,31 @@ class JEPA(nn.Module):
         x_log = (x_std * self.gene_sd + self.gene_mean).gather(1, idx).clamp_min(0.0)  # [B, A]
         p = self.cis_effect[act.kind] * CIS_SCALE
         keep = torch.sigmoid(p)
-        ratio = torch.where(act.kind == KIND_ACT, 1.0 + F.softplus(p), 1.0 - act.strength * (1.0 - keep))
+        ratio = torch.where(act.kind == Kind.ACT, 1.0 + F.softplus(p), 1.0 - act.strength * (1.0 - keep))
         new = torch.log1p(torch.expm1(x_log) * ratio)
         eff = (new - x_log) / self.gene_sd[idx] * measured.float()  # [B, A]
         out = x_std.new_zeros(B, G + 1)
         out = out.scatter_add(1, torch.where(measured, idx, torch.full_like(idx, G)), eff)
         return out[:, :G]
 
-    def expression_from(self, z_next: Tensor, act: ActionBatch, x_src: Tensor, z_ref: Tensor | None = None) -> Tensor:
-        """Predicted standardised expression ``[B, G]`` of the source cells after ``act``.
+    def expression_from(self, z_next: Tensor, act: ActionBatch, x_src: Tensor, z_ref: Tensor | None = None,
+                        *, r_ref: Tensor | None = None) -> Tensor:
+        """Expression ``[B, G]`` of the cells ``x_src`` moved to the latents ``z_next`` by ``act``.
 
         With ``residual_readout`` the readout predicts a *change*: x_src + R(z_next) - R(z_ref),
         where z_ref is the target encoding of the source cells, so readout error common to both
         cancels and the control action returns the cells themselves. Plus the cis effect.
+        ``r_ref`` = R(z_ref) when the caller has it already (queries encode the cells once).
         """
-        if self.cfg.residual_readout:
+        if self.cfg.residual_readout and r_ref is not None:
+            base = x_src + self.readout(z_next) - r_ref
+        elif self.cfg.residual_readout:  # (this order of readouts keeps training's gradient sums as they were)
             if z_ref is None:
                 z_ref = self.encode_target(x_src)
             base = x_src + self.readout(z_next) - self.readout(z_ref)
         else:
             base = self.readout(z_next)
         return base + self.cis(act, x_src)
-
-    def predict_expression(self, z: Tensor, act: ActionBatch, x_std: Tensor, clamp: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Predicted expression ``[B, G]`` (standardised) of cells ``x_std`` (latents ``z``) under ``act``."""
-        return self.expression_from(self.next(z, act, clamp=clamp), act, x_std)
 
     @torch.no_grad()
     def ema_update(self, momentum: float) -> None:

@@ -1,11 +1,14 @@
-"""Queries on a trained world model: counterfactuals and target prioritisation (no training state)."""
+"""Queries on a trained world model: one engine under predict, counterfactuals and target
+prioritisation (no training state)."""
 
-from bioworld.query._counterfactual import ActivityAxes, CounterfactualResult, explain_shifts, inactive_inputs, rollout
-from bioworld.query._planner import Goal, PrioritizationResult, bootstrap_interval, score_interventions
+from bioworld.query._counterfactual import ActivityAxes, explain_shifts, inactive_inputs
+from bioworld.query._planner import Goal, PrioritizationResult, bootstrap_interval, prioritize
 from bioworld.query._uncertainty import Calibration, conformal_quantile, coverage, gene_scale
+from bioworld.query.engine import Candidates, CellCache, Engine, RunResult
 
 __all__ = [
-    "CounterfactualResult", "Goal", "PrioritizationResult", "bootstrap_interval", "explain_shifts",
-    "ActivityAxes", "inactive_inputs", "rollout", "score_interventions",
+    "Candidates", "CellCache", "Engine", "RunResult",
+    "Goal", "PrioritizationResult", "bootstrap_interval", "explain_shifts", "prioritize",
+    "ActivityAxes", "inactive_inputs",
     "Calibration", "conformal_quantile", "coverage", "gene_scale",
 ]

@@ -1,12 +1,9 @@
-"""Counterfactual algorithms on the pure JEPA module (no AnnData; ``WorldModel`` wraps them).
+"""The do-operation behind an untrained ``silence:ENTITY`` (used by :mod:`bioworld.query.engine`).
 
-An intervention is answered in latent space: encode the cells once (f_theta), roll the
-action-conditioned predictor g_phi forward under the intervention, read out expression, and
-compare with the same cells rolled forward under the control action. ``silence:ENTITY`` is a
-do-operation on one slot: the cells are moved along the entity's activity axis to a low level
-(:class:`ActivityAxes`); the entity's latent is clamped to its encoding and the predictor
-propagates the change to the other slots, and what the other slots read differently from the moved
-genes is added (:class:`SilenceTerms`).
+The cells are moved along the entity's activity axis to a low level (:class:`ActivityAxes`); the
+entity's latent is clamped to its encoding and the predictor propagates the change to the other
+slots, and what the other slots read differently from the moved genes is added
+(:class:`SilenceTerms`); the moved genes themselves are set (:func:`pin_members`).
 """
 
 from __future__ import annotations
@@ -16,16 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bioworld.model.jepa import JEPA, ActionBatch
-
-
-@dataclass(frozen=True)
-class CounterfactualResult:
-    """Per-cell answers for one intervention (standardised scale)."""
-
-    x_pred: np.ndarray  # [cells, G] predicted expression under the intervention
-    x_base: np.ndarray  # [cells, G] the same cells under the control action
-    slot_shift: np.ndarray  # [cells, E] how far each entity latent moved (in units of its spread)
+from bioworld.model.jepa import JEPA
 
 
 PC1_DOMINANCE = 1.5  # an unsigned set's first PC is its axis only when its variance is >= this x the second's
@@ -150,55 +138,6 @@ def pin_members(x_new: torch.Tensor, x_base: torch.Tensor, move: torch.Tensor, p
     ``silence:JAK-STAT`` vs the held-out IFNGR1 / STAT1 knockouts 0.44 / 0.49 -> 0.51 / 0.65.
     """
     return torch.where(pinned, x_base + move, x_new)
-
-
-@torch.no_grad()
-def rollout(
-    module: JEPA,
-    x_std: np.ndarray,
-    act: dict[str, np.ndarray],
-    control: dict[str, np.ndarray],
-    *,
-    clamp_entity: int | None = None,
-    x_inactive: np.ndarray | None = None,
-    slot_scale: np.ndarray | None = None,
-    batch_size: int = 2048,
-) -> CounterfactualResult:
-    """Predict cells under one intervention (``act``: one row of an action table, broadcast)."""
-    module.eval()
-    E = module.cfg.n_entities
-    preds, bases, shifts = [], [], []
-    for s in range(0, len(x_std), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x_std[s:s + batch_size], dtype=np.float32))
-        n = xb.shape[0]
-        a = ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], n, 0)) for k, v in act.items()})
-        c = ActionBatch(**{k: torch.from_numpy(np.repeat(v[None], n, 0)) for k, v in control.items()})
-        z = module.encode(xb)
-        clamp, terms = None, None
-        if clamp_entity is not None:
-            xi = torch.from_numpy(np.ascontiguousarray(x_inactive[s:s + batch_size], dtype=np.float32))
-            zi = module.encode(xi)
-            terms = silence_terms(module, z, zi, clamp_entity, xb, xi)
-            slots = torch.zeros(n, E, dtype=torch.bool)
-            slots[:, clamp_entity] = True
-            clamp = (slots, zi)
-        z_ref = module.encode_target(xb)
-        z_base = module.next(z, c)
-        z_new = module.next(z, a, clamp=clamp)
-        x_new = module.expression_from(z_new, a, xb, z_ref)
-        if terms is not None:  # the measurement consequences of the do() on the other slots
-            x_new = x_new + terms.dx
-            z_new = z_new + terms.dz
-        x_b = module.expression_from(z_base, c, xb, z_ref)
-        if terms is not None:  # the do() sets the intervened genes; the model answers for the rest
-            x_new = pin_members(x_new, x_b, terms.move, terms.pinned)
-        preds.append(x_new.numpy())
-        bases.append(x_b.numpy())
-        shift = (z_new - z_base).norm(dim=-1).numpy()  # [n, E]
-        if slot_scale is not None:
-            shift = shift / slot_scale[None]
-        shifts.append(shift)
-    return CounterfactualResult(np.concatenate(preds), np.concatenate(bases), np.concatenate(shifts))
 
 
 def explain_shifts(slot_shift: np.ndarray, entity_names: list[str]) -> list[dict[str, float | str]]:

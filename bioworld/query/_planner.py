@@ -1,15 +1,15 @@
 """Target prioritisation: search single and paired interventions in latent space.
 
-Cells are encoded once (f_theta) into a :class:`CellCache` (latents, the readout of the source
-cells, the unperturbed prediction); every candidate intervention is then a predictor rollout g_phi
-on those latents, scored against a goal on the readout. Entity silencing is a do-operation on the
-slot latents (the slot is clamped to its "inactive" latent, encoded for all entities in shared
-encoder batches), so all singles and pairs over E entities cost E + E(E-1)/2 predictor rows per
-cell and never touch optimiser state. Many candidates share one predictor pass.
+The planner calls only the query engine's verbs (:class:`~bioworld.query.engine.Engine`): the
+cells are encoded once (:meth:`Engine.encode`), candidate labels become action rows with the same
+meaning as in ``predict`` and ``counterfactual`` (:meth:`Engine.candidates`: a trained ``silence:``
+is its learned action, an untrained one a do-operation on its slot), and every candidate is a
+predictor rollout g_phi on the cached latents, scored against a goal on the readout
+(:meth:`Engine.run`). It never touches optimiser state.
 
-The cost is the number of (candidate, cell) predictor rows, so ``WorldModel.prioritize`` screens
-every candidate on a few prototype cells (:func:`latent_prototypes`: k-means medoids of the
-latents, weighted by cluster size; approximate) and re-scores only the best on all cells (exact).
+The cost is the number of (candidate, cell) predictor rows, so :func:`prioritize` screens every
+candidate on a few prototype cells (:func:`latent_prototypes`: k-means medoids of the latents,
+weighted by cluster size; approximate) and re-scores only the best on all cells (exact).
 
 Goals
 -----
@@ -24,16 +24,16 @@ Goals
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from bioworld.errors import BioworldError
-from bioworld.model.jepa import JEPA, ActionBatch
-from bioworld.query._counterfactual import SilenceTerms, pin_members, silence_terms
+from bioworld.errors import BioworldError, UnknownPerturbationError
+from bioworld.query.engine import CellCache, Engine, goal_function
 
 
 @dataclass
@@ -76,173 +76,6 @@ class PrioritizationResult:
     pair_synergy: pd.DataFrame  # [entities x entities] pair score minus the sum of the two singles
     provenance: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
-
-
-@dataclass
-class CellCache:
-    """Everything about a set of starting cells that does not depend on the candidate.
-
-    Built once by :func:`encode_cells`; the planner then runs only the predictor g_phi and the
-    readout per (candidate, cell).
-    """
-
-    x: torch.Tensor  # [n, G] standardised expression
-    z: torch.Tensor  # [n, E, D] context latents f_theta(x), encoded once
-    r_src: torch.Tensor  # [n, G] candidate-independent part of the predicted expression (x - R(z_ref) with a residual readout, else 0)
-    z_base: torch.Tensor  # [n, E, D] latents under the control action
-    x_base: torch.Tensor  # [n, G] predicted unperturbed expression
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def subset(self, idx: np.ndarray) -> "CellCache":
-        """The cache of cells ``idx`` (rows are independent, so nothing is recomputed)."""
-        t = torch.as_tensor(np.asarray(idx, dtype=np.int64))
-        return CellCache(self.x[t], self.z[t], self.r_src[t], self.z_base[t], self.x_base[t])
-
-
-def _action_batch(rows: dict[str, torch.Tensor], idx: torch.Tensor) -> ActionBatch:
-    return ActionBatch(**{k: v[idx] for k, v in rows.items()})
-
-
-def _expression(module: JEPA, z_new: torch.Tensor, act: ActionBatch, x: torch.Tensor, r_src: torch.Tensor) -> torch.Tensor:
-    """``module.expression_from`` with the readout of the source cells precomputed in ``r_src``."""
-    return r_src + module.readout(z_new) + module.cis(act, x)
-
-
-@torch.inference_mode()
-def encode_cells(module: JEPA, x_std: np.ndarray, control_row: dict[str, np.ndarray], *, rows_per_pass: int = 1024) -> CellCache:
-    """Encode cells once: context latents, the target-encoder readout and the unperturbed prediction."""
-    module.eval()
-    x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32))
-    ctrl = {k: torch.from_numpy(np.asarray(v)[None]) for k, v in control_row.items()}
-    parts: list[tuple[torch.Tensor, ...]] = []
-    for s in range(0, len(x), rows_per_pass):
-        xb = x[s:s + rows_per_pass]
-        act = _action_batch(ctrl, torch.zeros(len(xb), dtype=torch.long))
-        z = module.encode(xb)  # [b, E, D]
-        r_src = xb - module.readout(module.encode_target(xb)) if module.cfg.residual_readout else torch.zeros_like(xb)
-        z_base = module.next(z, act)
-        parts.append((z, r_src, z_base, _expression(module, z_base, act, xb, r_src)))
-    z, r_src, z_base, x_base = (torch.cat(p) for p in zip(*parts))
-    return CellCache(x, z, r_src, z_base, x_base)
-
-
-@torch.inference_mode()
-def inactive_latents(
-    module: JEPA,
-    x_std: np.ndarray,
-    entities: list[int],
-    inactive_fn: Callable[[np.ndarray, int], np.ndarray],
-    *,
-    z: torch.Tensor | None = None,
-    rows_per_pass: int = 1024,
-) -> dict[int, SilenceTerms]:
-    """Each entity's do(off) terms per cell: ``{e: SilenceTerms}`` from f_theta on
-    ``inactive_fn(x_std, e)`` (the cells with entity ``e`` driven to its inactive state) and the
-    cells' own latents ``z`` (encoded here when not given).
-
-    All entities go through the encoder in shared batches (entity-major rows), instead of one
-    encoder call per entity.
-    """
-    module.eval()
-    x_std = np.ascontiguousarray(x_std, dtype=np.float32)
-    n = len(x_std)
-    if z is None:
-        z = torch.cat([module.encode(torch.from_numpy(x_std[r:r + rows_per_pass])) for r in range(0, n, rows_per_pass)])
-    out: dict[int, SilenceTerms] = {}
-    per_pass = max(1, rows_per_pass // max(n, 1))
-    for s in range(0, len(entities), per_pass):
-        group = entities[s:s + per_pass]
-        xi = np.ascontiguousarray(np.concatenate([inactive_fn(x_std, e) for e in group]), dtype=np.float32)  # [len(group) * n, G]
-        zi = torch.cat([module.encode(torch.from_numpy(xi[r:r + rows_per_pass]))
-                        for r in range(0, len(xi), rows_per_pass)])  # [len(group) * n, E, D]
-        x_t = torch.from_numpy(x_std)
-        for j, e in enumerate(group):
-            out[e] = silence_terms(module, z, zi[j * n:(j + 1) * n], e, x_t, torch.from_numpy(xi[j * n:(j + 1) * n]))
-    return out
-
-
-@torch.inference_mode()
-def score_interventions(
-    module: JEPA,
-    x_std: np.ndarray | None,
-    candidates: list[tuple[str, dict[str, np.ndarray], list[int]]],
-    control_row: dict[str, np.ndarray],
-    x_inactive_latents: Callable[[int], torch.Tensor],
-    goal_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    slot_scale: np.ndarray,
-    rows_per_pass: int = 512,
-    *,
-    cache: CellCache | None = None,
-    weights: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cell goal scores ``[n_candidates, cells]`` and mean slot shifts ``[n_candidates, E]``.
-
-    ``candidates``: (label, action-table row, entities to clamp to their inactive latent).
-    ``x_inactive_latents(e) -> SilenceTerms``: entity ``e``'s do(off) terms per cell (asked once
-    per clamped entity; a pair of silences adds both entities' measurement terms). ``goal_fn(x_pred, x_base) -> [cells]`` scores predicted vs baseline
-    standardised expression. ``cache`` (from :func:`encode_cells`) replaces ``x_std``: the cells are
-    then not encoded again. ``weights`` ``[cells]`` weight the mean slot shift (default: equal).
-
-    Every (candidate, cell) pair is one predictor row; candidates with the same number of action
-    components share passes of about ``rows_per_pass`` rows (no padding mask needed).
-    """
-    module.eval()
-    if cache is None:
-        if x_std is None:
-            raise BioworldError("score_interventions needs the cells: pass x_std or a CellCache from encode_cells")
-        cache = encode_cells(module, x_std, control_row)
-    n, E = len(cache), module.cfg.n_entities
-    C = len(candidates)
-    scores = np.empty((C, n), np.float32)
-    shifts = np.empty((C, E), np.float32)
-    if C == 0:
-        return scores, shifts
-    keys = list(control_row)
-    table = {k: torch.from_numpy(np.stack([np.asarray(row[k]) for _, row, _ in candidates])) for k in keys}  # [C, ...]
-    clamp_mask = torch.zeros(C, E, dtype=torch.bool)
-    for i, (_, _, ents) in enumerate(candidates):
-        clamp_mask[i, list(ents)] = True
-    inact = cache.z.clone()  # [n, E, D]; only clamped slots are read
-    used = torch.nonzero(clamp_mask.any(0)).flatten().tolist()
-    terms = [x_inactive_latents(e) for e in used]
-    for e, t in zip(used, terms):
-        inact[:, e] = t.slot
-    if used:  # measurement terms of each clamped entity, summed per candidate (SilenceTerms)
-        sel = clamp_mask[:, used].float()  # [C, U]
-        DX = torch.stack([t.dx for t in terms])  # [U, n, G]
-        DZ = torch.stack([t.dz for t in terms])  # [U, n, E, D]
-        MOVE = torch.stack([t.move for t in terms])  # [U, n, G]
-        PIN = torch.stack([t.pinned for t in terms]).float()  # [U, G]
-    scale = torch.from_numpy(np.asarray(slot_scale, dtype=np.float32))
-    w = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32))
-    # group candidates by number of action components so a pass needs no padding mask
-    n_comp = (table["kind"] > 0).sum(1).numpy()
-    k = max(1, rows_per_pass // n)
-    for c in np.unique(n_comp):
-        members = np.flatnonzero(n_comp == c)
-        for s in range(0, len(members), k):
-            idx = members[s:s + k]
-            m = len(idx)
-            rows = torch.from_numpy(idx).repeat_interleave(n)  # [m*n] candidate of each row
-            act = _action_batch(table, rows)
-            slots = clamp_mask[rows]  # [m*n, E]
-            clamp = (slots, inact.repeat(m, 1, 1)) if bool(slots.any()) else None
-            z_new = module.next(cache.z.repeat(m, 1, 1), act, clamp=clamp)  # [m*n, E, D]
-            x_new = _expression(module, z_new, act, cache.x.repeat(m, 1), cache.r_src.repeat(m, 1))
-            if clamp is not None:
-                w_sel = sel[torch.from_numpy(idx)]  # [m, U]
-                x_new = x_new + torch.einsum("mu,ung->mng", w_sel, DX).reshape(m * n, -1)
-                z_new = z_new + torch.einsum("mu,uned->mned", w_sel, DZ).reshape(m * n, E, -1)
-                # the do() sets the silenced entities' genes (a gene in two silenced entities: both moves)
-                move = torch.einsum("mu,ung->mng", w_sel, MOVE).reshape(m * n, -1)
-                pinned = (w_sel @ PIN > 0).repeat_interleave(n, 0)  # [m*n, G]
-                x_new = pin_members(x_new, cache.x_base.repeat(m, 1), move, pinned)
-            scores[idx] = goal_fn(x_new, cache.x_base.repeat(m, 1)).reshape(m, n).numpy()
-            shift = ((z_new - cache.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E)
-            shifts[idx] = (shift.mean(1) if w is None else torch.einsum("mne,n->me", shift, w)).numpy()
-    return scores, shifts
 
 
 def latent_prototypes(z: np.ndarray | torch.Tensor, k: int, *, seed: int, n_iter: int = 30) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +158,152 @@ def bootstrap_interval(
     return lo, hi
 
 
-def pair_candidates(singles: list[tuple[str, dict[str, np.ndarray], list[int]]]) -> list[tuple[str, tuple[int, int]]]:
-    """Index pairs of entity-silencing singles (clamping both slots)."""
-    ent = [i for i, (_, _, c) in enumerate(singles) if c]
-    return [(f"{singles[a][0]}+{singles[b][0]}", (a, b)) for a, b in itertools.combinations(ent, 2)]
+# ---------------------------------------------------------------------------------------- search
+@dataclass
+class _Search:
+    """Candidates and their scores through the screen and refine stages."""
+
+    engine: Engine
+    goal: Any  # goal(x_pred, x_base) -> [rows]
+    labels: list[str]
+    pair_idx: list[tuple[int, int]]  # rows of the singles behind each pair (pairs follow the singles)
+    n_single: int
+
+
+def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str], entities: Sequence[str],
+               pairs: bool = True, gene_pairs_top: int = 8, n_boot: int = 200, screen_cells: int = 16,
+               refine_top: int = 20, seed: int = 0, provenance: dict[str, Any] | None = None) -> PrioritizationResult:
+    """Rank single and paired interventions by how well they move cells ``x`` towards ``goal``.
+
+    ``x`` ``[n, G]`` standardised cells; ``genes`` candidate knockouts, ``entities`` entities to
+    silence. See :meth:`bioworld.WorldModel.prioritize` for the search (screen on ``screen_cells``
+    latent prototypes, refine the ``refine_top`` best on all cells) and what is exact.
+    """
+    t0 = time.perf_counter()
+    names = engine.space.entity_names
+    g = Goal.parse(goal, entity_names=names)
+    for e in entities:
+        if e not in names:
+            raise UnknownPerturbationError(f"entity {e!r} is not one of the model's slots")
+    singles = [f"silence:{e}" for e in entities] + [engine.space.parse(f"ko:{gn}").label for gn in genes]
+    search = _Search(engine, goal_function(g, engine.module, names, engine.reference.mean(0)), list(singles), [], len(singles))
+    if pairs:  # every pair of silenced entities
+        for a, b in itertools.combinations(range(len(entities)), 2):
+            search.labels.append(f"{singles[a]}+{singles[b]}")
+            search.pair_idx.append((a, b))
+    cache = engine.encode(x)
+    n = len(cache)
+    exact = n <= screen_cells
+    proto, pw = (np.arange(n), None) if exact else latent_prototypes(cache.z, screen_cells, seed=seed)
+    pcache = cache.subset(proto)
+    scores, shifts = _score(search, pcache, search.labels, pw)  # stage 1: screen every candidate
+    if pairs and genes and gene_pairs_top > 1:
+        scores, shifts = _add_gene_pairs(search, pcache, pw, scores, shifts, len(entities), gene_pairs_top)
+    screened = _weighted_mean(scores, pw)
+    refined, per_cell, mean = _refine(search, cache, screened, scores, shifts, exact, refine_top)
+    lo, hi = _intervals(scores, per_cell, refined, pw, n_boot=n_boot, seed=seed)
+    synergy = np.full(len(search.labels), np.nan)
+    for k, (a, b) in enumerate(search.pair_idx):
+        p = search.n_single + k
+        src = mean if refined[p] else screened  # a refined pair has refined singles: same cells
+        synergy[p] = src[p] - (src[a] + src[b])
+    table = _table(search, mean, lo, hi, synergy, shifts, refined, n, len(proto))
+    ents = list(entities)
+    syn_m = np.full((len(ents), len(ents)), np.nan)
+    for k, (a, b) in enumerate(search.pair_idx):
+        if a < len(ents) and b < len(ents):  # both silences (singles list the entities first)
+            syn_m[a, b] = syn_m[b, a] = synergy[search.n_single + k]
+    order = {lab: i for i, lab in enumerate(search.labels)}
+    return PrioritizationResult(
+        goal=g.spec, table=table,
+        entity_shift=pd.DataFrame(shifts, index=search.labels, columns=names),
+        per_cell_scores={lab: per_cell[order[lab]] for lab in table["intervention"][:12]},
+        pair_synergy=pd.DataFrame(syn_m, index=ents, columns=ents),
+        provenance={**(provenance or {}), "n_cells_used": n, "n_candidates": len(search.labels),
+                    "n_screen_cells": len(proto), "n_refined": int(refined.sum()),
+                    "screen": "all cells (exact)" if exact else
+                              f"{len(proto)} k-means prototype cells of the latents, weighted by cluster size",
+                    "interval": f"bootstrap {n_boot}x over cells, 95% percentile interval of the mean score"},
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def _score(search: _Search, cache: CellCache, labels: list[str], weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell scores ``[C, n]`` and (weighted) mean entity shifts ``[C, E]`` of ``labels`` on ``cache``."""
+    eng = search.engine
+    cands = eng.candidates([eng.space.parse(lab) for lab in labels], labels=labels)
+    r = eng.run(cache, cands, goal=search.goal, weights=weights)
+    return r.scores, r.shift
+
+
+def _weighted_mean(scores: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """``[rows]`` float32 mean of per-cell scores (weighted on prototypes), as the per-cell scores."""
+    return (scores.mean(1) if weights is None else scores @ weights).astype(np.float32)
+
+
+def _add_gene_pairs(search: _Search, pcache: CellCache, pw: np.ndarray | None, scores: np.ndarray,
+                    shifts: np.ndarray, n_ent: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs among the ``top`` best screened gene knockouts, screened and appended."""
+    best = np.argsort(-_weighted_mean(scores[n_ent:search.n_single], pw), kind="stable")[:top] + n_ent
+    combos = list(itertools.combinations(sorted(best), 2))
+    if not combos:
+        return scores, shifts
+    labels = [search.engine.space.parse(f"{search.labels[a]}+{search.labels[b]}").label for a, b in combos]
+    s2, sh2 = _score(search, pcache, labels, pw)
+    search.labels += labels
+    search.pair_idx += combos
+    return np.concatenate([scores, s2]), np.concatenate([shifts, sh2])
+
+
+def _refine(search: _Search, cache: CellCache, screened: np.ndarray, scores: np.ndarray, shifts: np.ndarray,
+            exact: bool, refine_top: int) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
+    """Stage 2: re-score the best screened candidates (and the singles of refined pairs) on all cells.
+
+    Returns which rows are refined, the per-cell scores of every row and the mean scores; ``shifts``
+    is updated in place for the refined rows."""
+    C = len(search.labels)
+    refined = np.full(C, exact)
+    per_cell: dict[int, np.ndarray] = {i: scores[i] for i in range(C)}
+    mean = screened.copy()
+    if exact:
+        return refined, per_cell, mean
+    best = set(np.argsort(-screened, kind="stable")[:refine_top].tolist())
+    best |= {s for k, ab in enumerate(search.pair_idx) if search.n_single + k in best for s in ab}
+    idx = sorted(best)
+    s3, sh3 = _score(search, cache, [search.labels[i] for i in idx], None)
+    for j, i in enumerate(idx):
+        per_cell[i] = s3[j]
+        shifts[i] = sh3[j]
+        mean[i] = s3[j].mean()
+    refined[idx] = True
+    return refined, per_cell, mean
+
+
+def _intervals(scores: np.ndarray, per_cell: dict[int, np.ndarray], refined: np.ndarray, pw: np.ndarray | None,
+               *, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap 95% intervals: refined rows over all cells, screened rows over the weighted prototypes."""
+    lo, hi = np.empty(len(refined)), np.empty(len(refined))
+    rows = np.flatnonzero(refined)
+    if len(rows):
+        lo[rows], hi[rows] = bootstrap_interval(np.stack([per_cell[i] for i in rows]), n_boot=n_boot, seed=seed)
+    rows = np.flatnonzero(~refined)
+    if len(rows):
+        lo[rows], hi[rows] = bootstrap_interval(scores[rows], n_boot=n_boot, seed=seed, weights=pw)
+    return lo, hi
+
+
+def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, synergy: np.ndarray,
+           shifts: np.ndarray, refined: np.ndarray, n: int, n_proto: int) -> pd.DataFrame:
+    """The ranked table: exact (refined) rows first by score, then screened-only rows by their prototype score."""
+    names = search.engine.space.entity_names
+    C = len(search.labels)
+    table = pd.DataFrame({
+        "intervention": search.labels,
+        "kind": ["single"] * search.n_single + ["pair"] * (C - search.n_single),
+        "score": mean, "score_lo": lo, "score_hi": hi, "synergy": synergy,
+        "top_entities": [", ".join(names[j] for j in np.argsort(-row)[:3]) for row in shifts],
+        "n_cells": np.where(refined, n, n_proto),
+    })
+    table = table.iloc[np.lexsort((-mean, ~refined))].reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table

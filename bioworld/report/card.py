@@ -117,7 +117,7 @@ def _evaluation_table(ev: pd.DataFrame) -> list[str]:
 
 def model_card(model: Any, *, evaluation: pd.DataFrame | None = None) -> str:
     """The model card's markdown for a trained :class:`bioworld.WorldModel`."""
-    import bioworld
+    from bioworld._version import __version__
 
     reg = model.registration
     meta = dict(getattr(model, "meta", {}) or {})
@@ -126,7 +126,7 @@ def model_card(model: Any, *, evaluation: pd.DataFrame | None = None) -> str:
     lines = [
         "# bioworld model card",
         "",
-        f"Written by bioworld {bioworld.__version__} on "
+        f"Written by bioworld {__version__} on "
         f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Load with "
         "`bioworld.WorldModel.load(<this folder>)`; weights in `model.safetensors`, everything else in "
         "`bioworld.json` (no pickled code).",
@@ -191,7 +191,7 @@ def write_model_card(model: Any, directory: str | os.PathLike, *, evaluation: pd
     ``evaluation.csv`` when there is one."""
     d = Path(directory)
     if evaluation is None:
-        from bioworld.eval._evaluate import load_evaluation
+        from bioworld.report._evaluation import load_evaluation
 
         evaluation = load_evaluation(d)
     text = model_card(model, evaluation=evaluation)

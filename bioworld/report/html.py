@@ -8,7 +8,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +223,7 @@ ENRICH_SETS, ENRICH_FDR, ENRICH_TOP, ENRICH_PERMUTATIONS = "hallmark", 0.25, 4, 
 
 def _enriched(cf: Any, spec: str, layer: str) -> list[tuple[str, str, str]]:
     """``(term, NES, FDR)`` of the Hallmark sets the mean predicted change of ``spec`` enriches (FDR < 0.25)."""
-    from bioworld.tl import enrichment
+    from bioworld.report._enrichment import enrichment
 
     res = enrichment(cf, spec, gene_sets=ENRICH_SETS, layer=layer, permutations=ENRICH_PERMUTATIONS, seed=0)
     res = res[res["fdr"] < ENRICH_FDR].head(ENRICH_TOP)
@@ -231,7 +231,7 @@ def _enriched(cf: Any, spec: str, layer: str) -> list[tuple[str, str, str]]:
 
 
 def _provenance(result: Any, model: Any) -> list[tuple[str, str]]:
-    import bioworld
+    from bioworld._version import __version__
 
     prov = dict(getattr(result, "provenance", {}) or {})
     desc = dict(prov.get("model") or {})
@@ -273,7 +273,7 @@ def _provenance(result: Any, model: Any) -> list[tuple[str, str]]:
     findings = list(getattr(model, "findings", []) or []) if model is not None else []
     for f in findings[:5]:
         rows.append(("data finding", str(f)))
-    rows.append(("bioworld version", str(getattr(bioworld, "__version__", "unknown"))))
+    rows.append(("bioworld version", str(__version__)))
     rows.append(("report date", _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")))
     return rows
 

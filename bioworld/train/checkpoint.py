@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -108,7 +107,7 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], met
     in ``directory`` intact; only a hard kill between the two renames can leave new weights beside
     old metadata, which :func:`load_checkpoint` refuses (hash mismatch).
     """
-    from bioworld import __version__
+    from bioworld._version import __version__
 
     d = Path(directory)
     written: dict[str, str] = {}
@@ -135,7 +134,7 @@ def save_checkpoint(directory: str | Path, tensors: dict[str, torch.Tensor], met
 
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a model directory; :class:`CheckpointError` says what is wrong."""
-    from bioworld import __version__
+    from bioworld._version import __version__
 
     d = Path(directory)
     if not d.is_dir():

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from bioworld.data.collate import BlockBufferSampler, TransitionSampler
 from bioworld.errors import TrainingError
-from bioworld.model.jepa import JEPA, ActionBatch, JEPABatch, LossWeights
+from bioworld.model.jepa import JEPA, JEPABatch, LossWeights
 from bioworld.train.checkpoint import clear_train_state, load_train_state, save_train_state
 from bioworld.train.config import TrainConfig
 
@@ -57,7 +57,11 @@ def _to_batch(d: dict[str, Any], keep: np.ndarray | None = None, device: str = "
         t = t if keep is None else t[torch.from_numpy(keep)]
         return t if device == "cpu" else t.to(device, non_blocking=True)
 
-    act = ActionBatch(**{k: sel(v) for k, v in d["action"].items()})
+    act = d["action"]
+    if keep is not None:
+        act = act.index(torch.from_numpy(keep))
+    if device != "cpu":
+        act = act.to(device, non_blocking=True)
     return JEPABatch(
         x_src=sel(d["x_src"]), x_tgt=sel(d["x_tgt"]), action=act,
         context_mask=sel(d["context_mask"]), target_mask=sel(d["target_mask"]),

@@ -2,8 +2,8 @@
 
 Every splitter takes the labels of a dataset (duplicates are fine, e.g. a whole ``obs`` column),
 keeps the control in ``train``, and returns sorted, disjoint ``train`` / ``test`` label lists.
-Labels are interpreted only through :func:`bioworld.actions.parse_action` (imported lazily, so this
-module imports on its own). Results depend only on the set of labels and ``seed``.
+Labels are interpreted only through :func:`bioworld.actions.parse_action` (so splits live with the
+action grammar; ``bw.data.leave_targets_out`` etc. remain as aliases). Results depend only on the set of labels and ``seed``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bioworld.actions._parse import parse_action
 from bioworld.errors import DataValidationError
 
 __all__ = ["Split", "leave_targets_out", "unseen_combinations", "unseen_compounds", "unseen_doses"]
@@ -83,8 +84,6 @@ class Split:
 
 def _parse_all(labels: Iterable[Any], control: str) -> tuple[list[str], dict[str, Any]]:
     """Unique labels (sorted) split into controls and ``{label: Action}`` for the rest."""
-    from bioworld.actions import parse_action  # lazy: bioworld.actions is written independently
-
     if isinstance(labels, str):
         raise DataValidationError(
             f"labels={labels!r} is a single string; expected a list of perturbation labels "

@@ -1,0 +1,297 @@
+"""The query engine: batched rollouts of a trained JEPA, the one path under predict, counterfactual
+and prioritize.
+
+Cells are encoded once (f_theta, :meth:`Engine.encode` -> :class:`CellCache`): their latents, the
+readout of their target latents and their predicted unperturbed state. A batch of interventions
+(:class:`Candidates`, built by :meth:`Engine.candidates`, the one place that decides what a label
+means) is then answered by :meth:`Engine.run`: one predictor pass g_phi + readout per (candidate,
+cell) row, many candidates per pass.
+
+What a label means
+------------------
+- a label the model was trained on (including a ``silence:`` label) is its learned action;
+- an untrained single ``silence:ENTITY`` is a do-operation: the cells are moved along the entity's
+  activity axis to its "off" level (:class:`~bioworld.query.ActivityAxes`), the slot is clamped to
+  the moved cells' encoding under the control action, the predictor propagates the change to the
+  other slots, what the other slots read differently from the moved genes is added and the
+  silenced genes are set to their move (:class:`~bioworld.query._counterfactual.SilenceTerms`);
+- an untrained combination containing a silence is the learned action when the model learned any
+  silence; otherwise a combination of silences only is the do-operation on all of them, and a
+  silence combined with another perturbation is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from bioworld.actions import Action, ActionArrays
+from bioworld.errors import UnknownPerturbationError
+from bioworld.model.jepa import JEPA
+from bioworld.query._counterfactual import ActivityAxes, SilenceTerms, pin_members, silence_terms
+
+ROWS_PER_PASS = 2048  # predictor rows per pass (candidates x cells); cells encoded per pass
+
+
+@dataclass
+class CellCache:
+    """Everything about a set of starting cells that does not depend on the intervention."""
+
+    x: torch.Tensor  # [n, G] standardised expression
+    z: torch.Tensor  # [n, E, D] context latents f_theta(x)
+    r_ref: torch.Tensor | None  # [n, G] readout of the target latents (residual readout), else None
+    z_base: torch.Tensor  # [n, E, D] latents under the control action
+    x_base: torch.Tensor  # [n, G] predicted unperturbed expression
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, idx: np.ndarray) -> "CellCache":
+        """The cache of cells ``idx`` (rows are independent, so nothing is recomputed)."""
+        t = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return CellCache(self.x[t], self.z[t], None if self.r_ref is None else self.r_ref[t], self.z_base[t], self.x_base[t])
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Interventions ready to run: their labels, action-table rows and the slots under do()."""
+
+    labels: list[str]
+    table: ActionArrays  # [C] rows (the control action for do-operations)
+    clamp: np.ndarray  # [C, E] bool, entities silenced by a do-operation
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __add__(self, other: "Candidates") -> "Candidates":
+        return Candidates(self.labels + other.labels, ActionArrays.concat([self.table, other.table]),
+                          np.concatenate([self.clamp, other.clamp]))
+
+
+@dataclass
+class RunResult:
+    """Answers of :meth:`Engine.run` (standardised scale). Per-cell arrays are candidate-major."""
+
+    x_pred: np.ndarray | None  # [C, n, G] predicted expression (None when a goal was scored)
+    scores: np.ndarray | None  # [C, n] goal scores (None without a goal)
+    shift: np.ndarray  # [C, n, E] per-cell latent shift, or [C, E] its (weighted) mean with a goal
+
+
+class Engine:
+    """Batched world-model queries on one trained module (no optimiser state, no AnnData).
+
+    Parameters
+    ----------
+    module
+        The trained :class:`~bioworld.model.JEPA` (used in eval mode, under ``inference_mode``).
+    space
+        The model's :class:`~bioworld.actions.ActionSpace` (checks + encodes every label once).
+    reference
+        ``[cells, G]`` standardised reference control cells: they define the slot spread the shifts
+        are measured in and the activity axes of the do-operation.
+    membership
+        ``[E, G]`` entity weights of the slots (the activity axes follow signed weights).
+    trained
+        The labels the model was trained on (their learned action answers them).
+    inactive_quantile
+        The "off" level of an entity: this quantile of the reference cells' activity.
+    """
+
+    def __init__(self, module: JEPA, space: Any, reference: np.ndarray, membership: np.ndarray,
+                 trained: Iterable[str], *, inactive_quantile: float) -> None:
+        self.module = module
+        self.space = space
+        self.reference = reference
+        self.membership = membership
+        self.trained = {space.actions[lab].label if lab in space.actions else lab for lab in trained}
+        self.learned_silence = any(p.kind == "silence" for lab in self.trained for p in space.parse(lab).components)
+        self.inactive_quantile = inactive_quantile
+        self._axes: ActivityAxes | None = None
+        self._slot_scale: np.ndarray | None = None
+        self._control = space.encode([space.parse("control")])
+
+    # ---------------------------------------------------------------- cached per model
+    @property
+    def axes(self) -> ActivityAxes:
+        """Per-entity activity axes and "off" levels over the reference cells (see :class:`ActivityAxes`)."""
+        if self._axes is None:
+            self._axes = ActivityAxes.fit(self.reference, self.membership, quantile=self.inactive_quantile)
+        return self._axes
+
+    @property
+    def slot_scale(self) -> np.ndarray:
+        """Per-slot spread of the reference cells' latents ``[E]`` (shifts are in these units)."""
+        if self._slot_scale is None:
+            z = self.encode(self.reference).z.numpy()  # [n, E, D]
+            self._slot_scale = np.sqrt(z.var(0).sum(-1)).clip(1e-6)
+        return self._slot_scale
+
+    # ---------------------------------------------------------------- labels -> candidates
+    def candidates(self, actions: Sequence[Action], labels: Sequence[str] | None = None) -> Candidates:
+        """Route every action (see the module docstring) and encode the rows, checking each once.
+
+        ``labels`` name the candidates (default: the actions' canonical labels)."""
+        E = len(self.space.entity_names)
+        rows: list[Action] = []
+        clamp = np.zeros((len(actions), E), dtype=bool)
+        control = self.space.parse("control")
+        for i, a in enumerate(actions):
+            ents = self._do_entities(a)
+            if ents is None:
+                rows.append(a)
+                continue
+            self.space.check(a)  # the row is the control action: check the silence itself
+            rows.append(control)
+            clamp[i, ents] = True
+        return Candidates([a.label for a in actions] if labels is None else list(labels), self.space.encode(rows), clamp)
+
+    def _do_entities(self, a: Action) -> list[int] | None:
+        """The entities a do-operation silences for ``a``, or ``None`` when ``a`` is its learned action."""
+        sil = [p for p in a.components if p.kind == "silence"]
+        if not sil or a.label in self.trained or (self.learned_silence and len(a.components) > 1):
+            return None
+        if len(sil) < len(a.components):
+            raise UnknownPerturbationError(
+                f"{a.label!r}: this model never saw a silence: action in training, so silence: is a "
+                "do-operation on slots and cannot be combined with other perturbations; query them separately"
+            )
+        pos = {n: i for i, n in enumerate(self.space.entity_names)}
+        for p in sil:
+            if p.target not in pos:
+                self.space.check(a)  # raises with the close matches
+        return [pos[p.target] for p in sil]
+
+    # ---------------------------------------------------------------- cells
+    @torch.inference_mode()
+    def encode(self, x_std: np.ndarray) -> CellCache:
+        """Encode cells once: latents, the readout of their target latents, the unperturbed prediction."""
+        m = self.module
+        m.eval()
+        x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32))
+        parts = []
+        for s in range(0, len(x), ROWS_PER_PASS):
+            xb = x[s:s + ROWS_PER_PASS]
+            ctrl = self._control.take(np.zeros(len(xb), dtype=np.int64))
+            z = m.encode(xb)  # [b, E, D]
+            r_ref = m.readout(m.encode_target(xb)) if m.cfg.residual_readout else None
+            z_base = m.next(z, ctrl)
+            parts.append((z, r_ref, z_base, m.expression_from(z_base, ctrl, xb, r_ref=r_ref)))
+        z, r_ref, z_base, x_base = zip(*parts)
+        return CellCache(x, torch.cat(z), None if r_ref[0] is None else torch.cat(r_ref), torch.cat(z_base), torch.cat(x_base))
+
+    @torch.inference_mode()
+    def silence_terms(self, cache: CellCache, entities: Iterable[int]) -> dict[int, SilenceTerms]:
+        """Each entity's do(off) terms on the cells (:class:`SilenceTerms`), the moved cells encoded per entity."""
+        x_np = cache.x.numpy()
+        out = {}
+        for e in entities:
+            x_off = torch.from_numpy(self.axes.inactive(x_np, e))
+            z_off = torch.cat([self.module.encode(x_off[s:s + ROWS_PER_PASS]) for s in range(0, len(x_off), ROWS_PER_PASS)])
+            out[e] = silence_terms(self.module, cache.z, z_off, e, cache.x, x_off)
+        return out
+
+    # ---------------------------------------------------------------- rollouts
+    @torch.inference_mode()
+    def run(self, cache: CellCache, cands: Candidates, *,
+            goal: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+            weights: np.ndarray | None = None, rows_per_pass: int = ROWS_PER_PASS) -> RunResult:
+        """Answer every candidate on every cached cell.
+
+        Without ``goal``: predicted expression ``[C, n, G]`` and per-cell latent shifts ``[C, n, E]``
+        (units of slot spread). With ``goal(x_pred, x_base) -> [rows]``: its per-cell scores
+        ``[C, n]`` and the mean shift ``[C, E]`` (weighted by ``weights`` ``[n]``, default equal).
+        Candidates with the same number of action components share passes of about
+        ``rows_per_pass`` rows, so no padding mask is needed.
+        """
+        n, C = len(cache), len(cands)
+        E = len(self.space.entity_names)
+        terms = self.silence_terms(cache, np.flatnonzero(cands.clamp.any(0)).tolist())
+        out = RunResult(
+            x_pred=None if goal is not None else np.empty((C, n, cache.x.shape[1]), np.float32),
+            scores=None if goal is None else np.empty((C, n), np.float32),
+            shift=np.empty((C, n, E) if goal is None else (C, E), np.float32),
+        )
+        w = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32))
+        scale = torch.from_numpy(np.asarray(self.slot_scale, dtype=np.float32))
+        n_comp = cands.table.n_components()
+        per = max(1, rows_per_pass // max(n, 1))
+        for c in np.unique(n_comp):
+            members = np.flatnonzero(n_comp == c)
+            for s in range(0, len(members), per):
+                idx = members[s:s + per]
+                x_new, z_new = self._pass(cache, cands, idx, terms)
+                m = len(idx)
+                shift = ((z_new - cache.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E)
+                if goal is None:
+                    out.x_pred[idx] = x_new.reshape(m, n, -1).numpy()
+                    out.shift[idx] = shift.numpy()
+                else:
+                    out.scores[idx] = goal(x_new, cache.x_base.repeat(m, 1)).reshape(m, n).numpy()
+                    out.shift[idx] = (shift.mean(1) if w is None else torch.einsum("mne,n->me", shift, w)).numpy()
+        return out
+
+    def _pass(self, cache: CellCache, cands: Candidates, idx: np.ndarray,
+              terms: dict[int, SilenceTerms]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted expression and latents ``[m*n, G]``, ``[m*n, E, D]`` of candidates ``idx`` on all cells."""
+        m, n = len(idx), len(cache)
+        rows = np.repeat(idx, n)  # [m*n] candidate of each row
+        act = cands.table.take(rows)
+        x = cache.x.repeat(m, 1)
+        clamp = None
+        ents = [np.flatnonzero(cands.clamp[i]).tolist() for i in idx]
+        if any(ents):
+            inact = cache.z.clone()  # [n, E, D]; only the clamped slots are read
+            for e, t in terms.items():
+                inact[:, e] = t.slot
+            clamp = (torch.from_numpy(cands.clamp[rows]), inact.repeat(m, 1, 1))
+        z_new = self.module.next(cache.z.repeat(m, 1, 1), act, clamp=clamp)
+        x_new = self.module.expression_from(z_new, act, x, r_ref=None if cache.r_ref is None else cache.r_ref.repeat(m, 1))
+        if clamp is None:
+            return x_new, z_new
+        # the do() of each candidate: the sum of its silenced entities' terms (none for learned actions)
+        no_x, no_z = torch.zeros_like(cache.x), torch.zeros_like(cache.z)
+        dx = torch.cat([_sum([terms[e].dx for e in es], no_x) for es in ents])  # [m*n, G]
+        dz = torch.cat([_sum([terms[e].dz for e in es], no_z) for es in ents])  # [m*n, E, D]
+        move = torch.cat([_sum([terms[e].move for e in es], no_x) for es in ents])  # [m*n, G]
+        no_pin = torch.zeros(cache.x.shape[1], dtype=torch.bool)
+        pinned = torch.stack([torch.stack([terms[e].pinned for e in es]).any(0) if es else no_pin for es in ents])
+        # the do() sets the silenced entities' genes (a gene in two silenced entities: both moves)
+        x_new = pin_members(x_new + dx, cache.x_base.repeat(m, 1), move, pinned.repeat_interleave(n, 0))
+        return x_new, z_new + dz
+
+
+def _sum(tensors: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    """``t0 + t1 + ...`` in order (one term: that tensor itself); ``empty`` for no terms."""
+    if not tensors:
+        return empty
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = out + t
+    return out
+
+
+def goal_function(goal: Any, module: JEPA, entity_names: Sequence[str], center: np.ndarray
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-cell score of a parsed :class:`~bioworld.query.Goal` from predicted vs baseline expression.
+
+    ``down:E`` / ``up:E``: minus / plus the change of entity E's score (its readout weights on the
+    standardised genes); ``toward:control``: reduction of the distance to ``center`` (reference mean).
+    """
+    if goal.direction == "toward":
+        c = torch.from_numpy(np.asarray(center, dtype=np.float32))
+
+        def toward(x_new: torch.Tensor, x_base: torch.Tensor) -> torch.Tensor:
+            return (x_base - c).norm(dim=1) - (x_new - c).norm(dim=1)
+
+        return toward
+    w = module.encoder.score_w[list(entity_names).index(goal.target)]
+    sign = -1.0 if goal.direction == "down" else 1.0
+
+    def shift(x_new: torch.Tensor, x_base: torch.Tensor) -> torch.Tensor:
+        return sign * ((x_new - x_base) @ w)
+
+    return shift
+
