@@ -137,7 +137,7 @@ def test_train_checks_writability_before_reading_data(tmp_path):
 
 
 def test_train_does_not_overwrite_a_model_that_appeared_meanwhile(world, small_sim, tmp_path, monkeypatch):
-    import bioworld._world_model as wmod
+    import bioworld.train.fit_check as wmod
 
     out = tmp_path / "model"
 
@@ -161,7 +161,7 @@ def _enospc(*args, **kwargs):
 def test_train_disk_full_is_one_line_and_leaves_no_folder(tiny_trained, small_sim, tmp_path, monkeypatch):
     import copy
 
-    import bioworld._world_model as wmod
+    import bioworld.train.fit_check as wmod
     import bioworld.train.checkpoint as ckpt
     from safetensors import SafetensorError
 
