@@ -305,10 +305,32 @@ class WorldModel:
                 refresh_every=cfg.buffer_refresh, resident_controls=cfg.resident_controls, **sizes,
             )
         self.module = self._new_module()
-        self.train_result = fit(self.module, sampler, cfg, state_dir=state_dir, progress=progress)
+        data_key = self._data_key(action_row) if state_dir is not None else None
+        self.train_result = fit(self.module, sampler, cfg, state_dir=state_dir, progress=progress, data_key=data_key)
         if isinstance(self._X, np.ndarray):
             self._check_training_fit()
         return self
+
+    def _data_key(self, action_row: np.ndarray) -> dict[str, Any]:
+        """What a resumed training must share with the interrupted one (hashes, JSON-able)."""
+        import hashlib
+
+        def digest(*arrays: Any) -> str:
+            h = hashlib.sha256()
+            for a in arrays:
+                h.update(np.ascontiguousarray(a).tobytes())
+            return h.hexdigest()
+
+        key = {
+            "genes": digest(np.asarray(self.genes, dtype=object).astype(str)),
+            "entities": self.entity_set.hash(),
+            "train_labels": digest(np.asarray(sorted(self.train_labels), dtype=str)),
+            "statistics": digest(self.mu, self.sd, self.membership),
+            "cells": digest(action_row, self._replicate),
+        }
+        if isinstance(self._X, np.ndarray):  # in memory: the data themselves (backed: their statistics above)
+            key["data"] = digest(self._X)
+        return key
 
     def training_fit(self, max_perturbations: int = FIT_CHECK_PERTURBATIONS) -> pd.DataFrame:
         """How well the trained model reproduces perturbations it was trained on.
@@ -621,7 +643,8 @@ class WorldModel:
             "train_labels": self.train_labels, "holdout": self.holdout,
             "findings": self.findings, "meta": self.meta,
             "train_result": None if tr is None else {"steps": tr.steps, "wall_s": tr.wall_s,
-                                                      "cells_per_s": tr.cells_per_s, "history": tr.history},
+                                                      "cells_per_s": tr.cells_per_s, "history": tr.history,
+                                                      "resumed_from": tr.resumed_from},
         }
         save_checkpoint(d, tensors, meta)
         from bioworld.report.card import write_model_card

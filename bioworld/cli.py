@@ -12,6 +12,7 @@ Commands: ``inspect``, ``simulate``, ``train``, ``predict``. ``counterfactual``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -458,6 +459,7 @@ def train_cmd(
     backed: Annotated[bool, typer.Option("--backed", help="Leave X on disk and train out of core from blocks of the file (for data larger than memory).")] = False,
     members: Annotated[int, typer.Option("--members", min=1, help="Train an ensemble of this many seeds (seed, seed+1, ...) into MODEL_DIR/member_<k>; >= 2 gives prediction intervals.")] = 1,
     calibrate_folds: Annotated[int, typer.Option("--calibrate-folds", min=0, help="With --members >= 2: calibrate the intervals by leave-targets-out over this many folds (one extra training per fold; 0 = uncalibrated).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted training whose state is in --out (saved every checkpoint_every steps); refused when the data, entities or config differ.")] = False,
     restarts: Annotated[int, typer.Option("--restarts", min=0, help="Single model: when the trained model did not learn its strongest training effects (WorldModel.training_fit), train again with the next seed, at most this many times (0 = train once).")] = 2,
     min_cells: Annotated[Optional[int], typer.Option("--min-cells", help="Perturbation groups with fewer cells are set aside and listed (default: 3; the l1000 loader suggests 1).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to train: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (overrides the config; default: cpu).")] = None,
@@ -476,6 +478,9 @@ def train_cmd(
         raise CheckpointError(f"--out {str(out)!r} is a file; expected a folder for the model. Fix: choose another path.")
     if members == 1 and calibrate_folds:
         raise BioworldError("--calibrate-folds needs an ensemble; pass --members 2 or more (intervals come from held-out error of the ensemble)")
+    if members > 1 and resume:
+        raise BioworldError("--resume with --members is not supported (ensembles keep no training state); train "
+                            "again without --resume, or train the members one by one with --seed")
     if members > 1 and backed:
         raise BioworldError("--members with --backed is not supported; train the members one by one with --seed and --backed")
     if (_is_model_dir(out) or _is_ensemble_dir(out)) and not overwrite:
@@ -547,8 +552,10 @@ def train_cmd(
                 shown.append(True)
             return model
 
-        wm = train_until_fit(build, train_config, restarts=restarts if not backed else 0, progress=not quiet,
-                             log=lambda m: typer.echo(m, err=True))
+        config_now, restarts_left = _train_state_plan(out, train_config, restarts if not backed else 0,
+                                                      resume=resume, overwrite=overwrite)
+        wm = train_until_fit(build, config_now, restarts=restarts_left, progress=not quiet,
+                             log=lambda m: typer.echo(m, err=True), state_dir=out / TRAIN_STATE_DIR)
         if wm.train_config.seed != train_config.seed:
             typer.echo(f"kept the run with seed {wm.train_config.seed} (seed {train_config.seed} did not learn the strong effects)")
         wall = time.perf_counter() - t0
@@ -558,6 +565,8 @@ def train_cmd(
                 "expected the folder to stay free of models. Fix: pass --overwrite to replace it, or choose another --out."
             )
         wm.save(out, overwrite=True)
+        with contextlib.suppress(OSError):
+            (out / TRAIN_STATE_DIR).rmdir()  # cleared by the finished run
         steps = wm.train_result.steps if wm.train_result is not None else train_config.max_steps
         typer.echo(f"trained {steps} steps in {wall:.1f} s (wall time, including setup)")
         typer.echo(f"model saved to {out}")
@@ -575,6 +584,44 @@ def train_cmd(
     finally:
         if not done:
             remove_created(created)
+
+
+#: Hidden folder in ``train --out`` holding the resumable state of a running training.
+TRAIN_STATE_DIR = ".bioworld-train-state"
+
+
+def _train_state_plan(out: Path, config: Any, restarts: int, *, resume: bool, overwrite: bool) -> tuple[Any, int]:
+    """The config and restarts to train with, given an interrupted run's state in ``out`` (if any)."""
+    from dataclasses import replace
+
+    from bioworld.train.checkpoint import STATE_META, clear_train_state, read_json
+
+    state_dir = out / TRAIN_STATE_DIR
+    pending = (state_dir / STATE_META).is_file()
+    if not pending:
+        if resume:
+            raise CheckpointError(f"--resume but --out {str(out)!r} holds no interrupted training; expected the --out "
+                                  "of a training that was stopped. Fix: drop --resume to train from scratch.")
+        return config, restarts
+    state = read_json(state_dir / STATE_META, "training state")
+    step = state.get("step") if isinstance(state, dict) else None
+    saved_seed = (state.get("config") or {}).get("seed") if isinstance(state, dict) and isinstance(state.get("config"), dict) else None
+    if not resume:
+        if not overwrite:
+            raise CheckpointError(
+                f"--out {str(out)!r} holds the state of an interrupted training (step {step}); expected a folder without "
+                "one. Fix: pass --resume to continue it, or --overwrite to discard it and train from scratch."
+            )
+        clear_train_state(state_dir)
+        return config, restarts
+    k = saved_seed - config.seed if isinstance(saved_seed, int) and not isinstance(saved_seed, bool) else -1
+    if not 0 <= k <= restarts:
+        raise CheckpointError(
+            f"--resume: the interrupted training in {str(out)!r} used seed {saved_seed!r}, this run trains seed "
+            f"{config.seed} with up to {restarts} restart(s); expected the options of the interrupted run. Fix: pass "
+            "the same --seed, --config and --restarts as it had, or --overwrite without --resume to start over."
+        )
+    return replace(config, seed=saved_seed), restarts - k  # the remaining restarts continue after it
 
 
 @app.command("predict")

@@ -186,3 +186,80 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(small_sim, tmp_p
     reference = _wm(small_sim, max_steps=60).train(progress=False)
     _assert_same_model(resumed, reference)
     assert list(state_dir.iterdir()) == []  # state and any temp file a killed save left are cleared
+
+
+# ================================================= issue 17 item 6: data check and CLI --resume
+def test_resume_refuses_other_data_and_another_panel(small_sim, tmp_path, monkeypatch):
+    from _helpers import sim_entities
+
+    state_dir = tmp_path / "state"
+    _interrupt_after_save(monkeypatch, 1)
+    with pytest.raises(_Interrupt):
+        _wm(small_sim).train(progress=False, state_dir=state_dir)
+    monkeypatch.undo()
+    saved = {p.name: p.read_bytes() for p in state_dir.iterdir()}
+
+    other = small_sim.adata.copy()  # same panel, same labels, other values
+    X = np.asarray(other.X.toarray() if hasattr(other.X, "toarray") else other.X).copy()
+    X[:20] = X[:20][::-1]
+    other.X = X
+    wm = bw.WorldModel(other, entities=sim_entities(small_sim), replicate_key="replicate", nmf_programs=0,
+                       config=dict(CONFIG))
+    with pytest.raises(TrainingError, match=r"other data.*'data'"):
+        wm.train(progress=False, state_dir=state_dir)
+
+    fewer = small_sim.adata[:, small_sim.adata.var_names[:-5]].copy()  # another gene panel
+    wm = bw.WorldModel(fewer, entities=sim_entities(small_sim), replicate_key="replicate", nmf_programs=0,
+                       config=dict(CONFIG))
+    with pytest.raises(TrainingError, match="other data"):
+        wm.train(progress=False, state_dir=state_dir)
+    assert {p.name: p.read_bytes() for p in state_dir.iterdir()} == saved  # refusing touches nothing
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from bioworld.cli import app
+
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        runner = CliRunner()
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_cli_train_resume_after_interruption_matches_uninterrupted(small_sim, tmp_path, monkeypatch):
+    data = tmp_path / "data.h5ad"
+    small_sim.adata.write_h5ad(data)
+    gmt = tmp_path / "s.gmt"
+    gmt.write_text("".join(f"{k}\tsim\t" + "\t".join(v) + "\n" for k, v in small_sim.gmt.items()))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({k: v for k, v in CONFIG.items() if k not in ("seed", "max_steps")}))
+    common = ["--entities", gmt, "--config", cfg, "--max-steps", 30, "--seed", 3, "--restarts", 0, "--quiet"]
+
+    whole = _cli("train", data, "--out", tmp_path / "whole", *common)
+    assert whole.exit_code == 0, whole.output
+
+    _interrupt_after_save(monkeypatch, 2)
+    with pytest.raises(_Interrupt):  # the process "dies" after the 2nd state save
+        _cli("train", data, "--out", tmp_path / "m", *common)
+    monkeypatch.undo()
+    state = tmp_path / "m" / ".bioworld-train-state"
+    assert json.loads((state / "train_state.json").read_text())["step"] == 20
+    assert not (tmp_path / "m" / "bioworld.json").exists()
+
+    again = _cli("train", data, "--out", tmp_path / "m", *common)  # neither --resume nor --overwrite
+    assert again.exit_code == 2 and "--resume" in again.stderr and "step 20" in again.stderr, again.output
+    other_seed = _cli("train", data, "--out", tmp_path / "m", *common[:-5], "--seed", 9, "--restarts", 0,
+                      "--quiet", "--resume")
+    assert other_seed.exit_code == 2 and "seed 3" in other_seed.stderr, other_seed.output
+
+    resumed = _cli("train", data, "--out", tmp_path / "m", *common, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    left = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert {"bioworld.json", "model.safetensors"} <= set(left) and not [n for n in left if n.startswith(".")], left
+    a = bw.WorldModel.load(tmp_path / "whole")
+    b = bw.WorldModel.load(tmp_path / "m")
+    _assert_same_model(a, b)
+    assert b.train_result.resumed_from == 20

@@ -83,12 +83,13 @@ def summarize_fit(fit_df: pd.DataFrame) -> tuple[dict[str, Any] | None, str | No
 
 
 def train_until_fit(build: Callable[[Any], Any], config: Any, *, restarts: int = 2, progress: bool = True,
-                    log: Callable[[str], None] | None = None) -> Any:
+                    log: Callable[[str], None] | None = None, state_dir: Any = None) -> Any:
     """Train ``build(config)``; when the run did not learn its strong training effects
     (``meta['training_fit']['strong_median_magnitude_ratio'] < WEAK_FIT_RATIO``, see
     :func:`training_fit`), train ``build`` again with the next seed, at most ``restarts``
     times, and return the best run. Deterministic: the same config gives the same sequence of seeds.
-    The CLI's ``train`` and the demo use it; ``WorldModel.train`` itself trains once.
+    The CLI's ``train`` and the demo use it; ``WorldModel.train`` itself trains once. ``state_dir``:
+    each run keeps its resumable state there (cleared when it finishes; see ``WorldModel.train``).
     """
     best = None
     for k in range(int(restarts) + 1):
@@ -96,7 +97,7 @@ def train_until_fit(build: Callable[[Any], Any], config: Any, *, restarts: int =
         wm = build(cfg)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the weak-fit warning is reported through ``log`` instead
-            wm.train(progress=progress)
+            wm.train(progress=progress, state_dir=state_dir) if state_dir is not None else wm.train(progress=progress)
         ratio = wm.meta.get("training_fit", {}).get("strong_median_magnitude_ratio", 1.0)
         if best is None or ratio > best[0]:
             best = (ratio, wm)

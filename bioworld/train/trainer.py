@@ -7,6 +7,7 @@ with all-reduce, so N processes follow the single-process trajectory up to batch
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -112,8 +113,14 @@ def fit(
     state_dir: str | Path | None = None,
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    data_key: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``module`` in place. With ``state_dir``, resumes from and writes resumable state."""
+    """Train ``module`` in place. With ``state_dir``, resumes from and writes resumable state.
+
+    ``data_key``: a JSON-able fingerprint of what is trained on (data hash, gene panel, entities,
+    action table); stored with the state, and a state written for another fingerprint is refused
+    instead of resumed on other data.
+    """
     from bioworld.train._threads import pin_threads
 
     pin_threads(cfg.resolved_threads())  # torch and every BLAS / OpenMP pool: results depend on num_threads only
@@ -140,8 +147,23 @@ def fit(
                     "resume with the same config, or delete train_state.json and train_state.safetensors "
                     "there (or pass another state_dir) to train from scratch"
                 )
-            module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-            _load_optimizer(opt, tensors)
+            saved_key = state.get("data")
+            if data_key is not None and saved_key != json.loads(json.dumps(data_key)):
+                what = sorted(k for k in set(data_key) | set(saved_key or {})
+                              if (saved_key or {}).get(k) != json.loads(json.dumps(data_key)).get(k))
+                raise TrainingError(
+                    f"{state_dir} holds a training state for other data or another setup (differs in {what}); "
+                    "expected the data, entities and holdout of the interrupted run. Resume with those, or delete "
+                    "train_state.json and train_state.safetensors there to train from scratch"
+                )
+            try:
+                module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+                _load_optimizer(opt, tensors)
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise TrainingError(
+                    f"{state_dir} holds a training state that does not fit this model ({str(e).splitlines()[0][:200]}); "
+                    "delete train_state.json and train_state.safetensors there to train from scratch"
+                ) from None
             torch.set_rng_state(tensors["torch_rng"])
             if device != "cpu" and "cuda_rng" in tensors:
                 torch.cuda.set_rng_state(tensors["cuda_rng"], device)
@@ -210,7 +232,7 @@ def fit(
                 tensors["cuda_rng"] = torch.cuda.get_rng_state(device)
             save_train_state(state_dir, tensors, {
                 "step": step + 1, "history": history, "config": cfg.to_dict(),
-                "numpy_rng": rng.bit_generator.state,
+                "numpy_rng": rng.bit_generator.state, "data": data_key,
             })
     bar.close()
     module.cpu()  # queries, checkpoints and the AnnData API work on CPU tensors
