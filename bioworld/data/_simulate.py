@@ -223,22 +223,24 @@ class SimulationResult:
         -------
         The directory path.
         """
+        from bioworld._atomic import write_files
+
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        self.adata.write_h5ad(out / "train.h5ad")
-        with open(out / "pathways.gmt", "w", encoding="utf-8") as fh:
-            for name, genes in self.gmt.items():
-                fh.write("\t".join([name, "bioworld simulated pathway", *genes]) + "\n")
-        self.truth_delta.to_csv(out / "truth_delta.csv", index_label="perturbation")
-        self.truth_entity_delta.to_csv(out / "truth_entity_delta.csv", index_label="perturbation")
+        gmt = "".join("\t".join([name, "bioworld simulated pathway", *genes]) + "\n" for name, genes in self.gmt.items())
         payload = {
             "pathways": self.pathways,
             "edges": [{"parent": p, "child": c, "weight": w} for p, c, w in self.dag],
             "drivers": {name: self.driver_genes(name) for name in self.pathways},
             "params": self.params,
         }
-        with open(out / "dag.json", "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
+        # one writer for the package: each file complete or absent, all written before any is renamed
+        write_files([
+            (out / "train.h5ad", self.adata.write_h5ad),
+            (out / "pathways.gmt", lambda tmp: Path(tmp).write_text(gmt, encoding="utf-8")),
+            (out / "truth_delta.csv", lambda tmp: self.truth_delta.to_csv(tmp, index_label="perturbation")),
+            (out / "truth_entity_delta.csv", lambda tmp: self.truth_entity_delta.to_csv(tmp, index_label="perturbation")),
+            (out / "dag.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2), encoding="utf-8")),
+        ], what="simulated data file")
         return out
 
     @classmethod
