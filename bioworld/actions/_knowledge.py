@@ -1,0 +1,184 @@
+"""Knowledge-grounded action features: genes and compounds in one space (:mod:`bioworld.knowledge`).
+
+A genetic target's feature row is its gene-set membership features (the model's entities, Hallmark,
+PROGENy, DoRothEA, GO) joined with its knowledge features (STRING / OmniPath neighbourhoods, atlas
+knockdown signatures and the signatures of compounds that hit it), so a gene in no gene set but in
+the networks has a representation, and genes that interact sit close together in the retrieval
+over training targets. A compound's feature row is its knowledge features (its targets'
+neighbourhoods, its own atlas signatures) joined with its Morgan fingerprint when a SMILES is
+known: drugs and knock-outs of their targets are described by the same coordinates.
+
+Missing knowledge is explicit: each knowledge block has a *known* bit (scaled down so it does not
+dominate cosine similarity); a gene or compound without any knowledge is refused, not zero-filled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["KNOWN_BIT_SCALE", "KnowledgeCompoundFeatures", "joint_gene_table"]
+
+KNOWN_BIT_SCALE = 0.05  # weight of a block's known bit inside the (unit-norm) feature row
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.where(n > 0, n, 1.0)).astype(np.float32)
+
+
+def joint_gene_table(base_genes: Sequence[str], base_table: np.ndarray, kb: Any,
+                     extra_genes: Iterable[str] = ()) -> tuple[list[str], np.ndarray]:
+    """``(genes, [n, F_base + F_kb] table)``: every gene the gene sets or the knowledge know.
+
+    Rows are ``[base / sqrt(2) | knowledge blocks / sqrt(2) | known bits * KNOWN_BIT_SCALE]``,
+    renormalised to unit length; genes only one side knows have zeros (and known bits 0) on the other.
+    """
+    from bioworld.knowledge import BLOCKS
+
+    known_kb = set(kb._net.genes) | set(kb._signed.genes) | set(kb.atlas.obs.loc[kb.atlas.obs["kind"] == "crispri", "target_gene"])
+    genes = sorted(set(base_genes) | known_kb | set(extra_genes))
+    pos = {g: i for i, g in enumerate(base_genes)}
+    base = np.zeros((len(genes), base_table.shape[1]), np.float32)
+    for i, g in enumerate(genes):
+        j = pos.get(g)
+        if j is not None:
+            base[i] = base_table[j]
+    feats, known = kb.gene_features(genes)
+    nb = len(BLOCKS)
+    body = feats[:, :-nb]
+    table = np.concatenate([_unit_rows(base) / np.sqrt(2), body / np.sqrt(2),
+                            known.astype(np.float32) * KNOWN_BIT_SCALE], axis=1)
+    keep = (np.abs(base).sum(1) > 0) | known.any(1)
+    genes = [g for g, k in zip(genes, keep) if k]
+    return genes, _unit_rows(table[keep])
+
+
+class KnowledgeCompoundFeatures:
+    """Compound features ``[knowledge (F_kb) | Morgan bits (1024, zero without SMILES)]``.
+
+    A compound is known when it has a SMILES, has knowledge (targets or atlas signatures, resolved by
+    any spelling in the bundled alias table or a user target table), or was seen in training.
+    ``features`` of a compound known only by name uses the stored knowledge rows, so a loaded model
+    answers without rebuilding the knowledge base; a compound added after training with
+    ``extra_targets`` is described from the stored *gene* rows of its targets.
+    """
+
+    def __init__(self, smiles: Mapping[str, str], knowledge_rows: Mapping[str, np.ndarray], *, kb_dim: int,
+                 seen: Iterable[str] = (), user_targets: Mapping[str, Sequence[str]] | None = None,
+                 n_bits: int = 1024) -> None:
+        from bioworld.actions._features import CompoundFeaturizer
+
+        self.smiles = dict(smiles)
+        self.rows = {str(k): np.asarray(v, np.float32) for k, v in knowledge_rows.items()}
+        self.kb_dim = int(kb_dim)
+        self.n_bits = int(n_bits)
+        self.seen = set(seen)
+        self.user_targets = {str(k): list(v) for k, v in (user_targets or {}).items()}
+        self.dim = self.kb_dim + self.n_bits
+        self._fp = CompoundFeaturizer(self.smiles, n_bits=self.n_bits) if self.smiles else None
+
+    # --------------------------------------------------------------------------- construction
+    @classmethod
+    def build(cls, names: Iterable[str], kb: Any, *, smiles: Mapping[str, str] | None = None,
+              seen: Iterable[str] = (), user_targets: Mapping[str, Sequence[str]] | None = None) -> "KnowledgeCompoundFeatures":
+        """Knowledge rows for ``names`` plus every compound the bundled knowledge resolves."""
+        from bioworld.knowledge import BLOCKS
+
+        ck = kb.compounds
+        if user_targets:
+            ck = ck.with_targets(user_targets)
+            kb = _with_compounds(kb, ck)
+        wanted = sorted(set(names) | set(ck.keys))
+        feats, known = kb.compound_features(wanted)
+        nb = len(BLOCKS)
+        rows = {}
+        for n, f, k in zip(wanted, feats, known):
+            if k.any():
+                rows[n] = np.concatenate([f[:-nb], k.astype(np.float32) * KNOWN_BIT_SCALE])
+        return cls(smiles or {}, rows, kb_dim=kb.dim, seen=seen, user_targets=user_targets)
+
+    def resolve(self, name: str) -> str | None:
+        """The stored row name for ``name``: itself, or its compound key (any spelling)."""
+        if name in self.rows:
+            return name
+        from bioworld.knowledge import CompoundKnowledge
+
+        key = CompoundKnowledge.bundled().resolve(name, strict=False)
+        return key if key in self.rows else None
+
+    def knows(self, name: str) -> bool:
+        return name in self.smiles or name in self.seen or self.resolve(name) is not None
+
+    def knows_structure(self, name: str) -> bool:
+        return name in self.smiles
+
+    def features(self, names: Sequence[str]) -> np.ndarray:
+        """``[len(names), dim]`` float32: knowledge row (zeros when unknown) | fingerprint (zeros without SMILES)."""
+        out = np.zeros((len(names), self.dim), np.float32)
+        for i, n in enumerate(names):
+            key = self.resolve(n)
+            if key is not None:
+                out[i, :self.kb_dim] = self.rows[key]
+            if self._fp is not None and n in self.smiles:
+                out[i, self.kb_dim:] = self._fp.fingerprint(n)
+        return out
+
+    def validate(self) -> None:
+        if self._fp is not None:
+            self._fp.validate()
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        names = sorted(self.rows)
+        table = np.stack([self.rows[n] for n in names]) if names else np.zeros((0, self.kb_dim), np.float32)
+        return ({"compound_knowledge": table},
+                {"smiles": dict(self.smiles), "compound_knowledge_names": names, "compound_kb_dim": self.kb_dim,
+                 "compound_seen": sorted(self.seen), "compound_user_targets": self.user_targets})
+
+    @classmethod
+    def from_state(cls, tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> "KnowledgeCompoundFeatures":
+        table = np.asarray(tensors["compound_knowledge"])
+        names = list(meta["compound_knowledge_names"])
+        return cls(dict(meta["smiles"]), dict(zip(names, table)), kb_dim=int(meta["compound_kb_dim"]),
+                   seen=meta.get("compound_seen", ()), user_targets=meta.get("compound_user_targets") or {})
+
+    def with_new(self, *, smiles: Mapping[str, str] | None = None, targets: Mapping[str, Sequence[str]] | None = None,
+                 gene_rows: Any = None) -> "KnowledgeCompoundFeatures":
+        """A copy that also knows compounds given at query time: ``smiles`` (name -> SMILES) and/or
+        ``targets`` (name -> target genes, described by the mean of the targets' stored gene rows)."""
+        rows = dict(self.rows)
+        for name, genes in (targets or {}).items():
+            known = [g for g in genes if gene_rows is not None and gene_rows.knows(g)]
+            if not known:
+                from bioworld.errors import UnknownPerturbationError
+
+                raise UnknownPerturbationError(
+                    f"compound {name!r}: none of its targets {list(genes)} is a gene the model knows; expected HGNC "
+                    "symbols present in STRING / OmniPath / the gene sets. Fix: check the target symbols."
+                )
+            g = gene_rows.features(known)  # [k, F_g] = [base | knowledge | bits]
+            rows[name] = _kb_part_of_gene_rows(g, self.kb_dim).mean(0)
+        return KnowledgeCompoundFeatures({**self.smiles, **(smiles or {})}, rows, kb_dim=self.kb_dim, seen=self.seen,
+                                         user_targets={**self.user_targets, **{k: list(v) for k, v in (targets or {}).items()}},
+                                         n_bits=self.n_bits)
+
+
+def _kb_part_of_gene_rows(rows: np.ndarray, kb_dim: int) -> np.ndarray:
+    """The knowledge part (body + known bits) of joint gene rows, rescaled like a compound row."""
+    from bioworld.knowledge import BLOCKS
+
+    nb = len(BLOCKS)
+    body = rows[:, -kb_dim:-nb] * np.sqrt(2)
+    bits = rows[:, -nb:]
+    return np.concatenate([body, bits], axis=1)
+
+
+def _with_compounds(kb: Any, compounds: Any) -> Any:
+    """The same knowledge base reading another compound table (no rebuild of networks or atlas axes)."""
+    import copy
+
+    out = copy.copy(kb)
+    out.compounds = compounds
+    return out
