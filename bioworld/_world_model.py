@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import anndata as ad
 import numpy as np
@@ -91,6 +91,8 @@ class WorldModel:
         holdout: Iterable[str] | Any = (),
         config: Any = None,
         model_config: dict[str, Any] | None = None,
+        knowledge: Any = True,
+        compound_targets: Any = None,
     ) -> None:
         from bioworld.actions import parse_action
         from bioworld.actions._space import ActionSpace, GeneFeatureTable, compound_features_for
@@ -185,14 +187,26 @@ class WorldModel:
                 f"holdout contains all {len(kept)} perturbations of the data; expected at least one left to train on. "
                 "Fix: hold out fewer labels (CLI: --holdout)."
             )
-        compounds, found = compound_features_for(actions, smiles, adata, compound_id_key)
+        genes_src = GeneFeatureTable.from_entities(self.entity_set)
+        self.meta: dict[str, Any] = {"perturbation_key": perturbation_key, "replicate_key": replicate_key}
+        if knowledge is not False and knowledge is not None:  # genes and compounds grounded in curated knowledge
+            from bioworld.actions._knowledge import knowledge_sources
+            from bioworld.actions._space import _compound_targets, read_smiles
+
+            table = read_smiles(smiles, adata, compound_id_key, sorted(_compound_targets(actions)))
+            genes_src, compounds, found, kmeta = knowledge_sources(
+                genes_src, actions, config=None if knowledge is True else knowledge, smiles=table,
+                compound_targets=compound_targets)
+            self.meta.update(kmeta)
+        else:
+            compounds, found = compound_features_for(actions, smiles, adata, compound_id_key)
         self.findings += found
         self.train_labels = [lab for lab in uniq if lab not in self.holdout and lab not in reg.dropped]
         gene_bank = sorted({p.target for lab in self.train_labels for p in actions[lab].components
                             if p.kind in ("ko", "kd", "act")})
         self.space = ActionSpace(
             control=control, actions=actions, entity_set=self.entity_set, entity_names=self.entity_names,
-            panel_genes=self.genes, gene_bank=gene_bank, genes=GeneFeatureTable.from_entities(self.entity_set),
+            panel_genes=self.genes, gene_bank=gene_bank, genes=genes_src,
             compounds=compounds, max_components=max(2, max(len(a) for a in actions.values())),
         )
         unknowable = self.space.featureless_targets()
@@ -232,7 +246,6 @@ class WorldModel:
         self.evaluation = None  # held-out summary (bioworld.eval.evaluate), read back by load()
         self._engine = None
         self.train_result = None
-        self.meta: dict[str, Any] = {"perturbation_key": perturbation_key, "replicate_key": replicate_key}
 
     # ------------------------------------------------------------ actions
     @property
@@ -389,8 +402,16 @@ class WorldModel:
     def _to_scale(self, x_std: np.ndarray) -> np.ndarray:
         return x_std * self.sd + self.mu
 
-    def predict(self, perturbations: Sequence[str] | str, *, cells: ad.AnnData | None = None) -> ad.AnnData:
+    def predict(self, perturbations: Sequence[str] | str, *, cells: ad.AnnData | None = None,
+                context: str | None = None, compounds: Mapping[str, str] | None = None,
+                compound_targets: Any = None) -> ad.AnnData:
         """Predicted mean expression per perturbation.
+
+        ``compounds`` (name -> SMILES) and ``compound_targets`` (a TSV/CSV path with columns
+        ``compound, target_gene`` or a dict name -> genes) describe compounds the model has not met;
+        any compound the bundled knowledge resolves by name needs neither. ``context`` (an atlas
+        cell line / cell type, e.g. ``'A498'``, ``'myeloid'``) answers instead with the pretrained
+        atlas model: see :func:`bioworld.query.predict_in_context` for the fields it returns.
 
         Returns
         -------
@@ -404,7 +425,16 @@ class WorldModel:
         labels = [str(p) for p in perturbations]
         if not labels:
             raise BioworldError("no perturbations given; expected at least one label such as 'control' or 'STAT1'")
+        if context is not None:
+            from bioworld.query._atlas import predict_in_context
+            from bioworld.train.pretrain import load_pretrained
+
+            return predict_in_context(load_pretrained(), labels, context)
         eng = self.engine
+        if compounds or compound_targets is not None:
+            from bioworld.query._atlas import engine_with_compounds
+
+            eng = engine_with_compounds(eng, compounds, compound_targets)
         cands = eng.candidates([self.parse(lab) for lab in labels])
         x0 = self.reference if cells is None else self._cells_to_std(cells)
         cache = eng.encode(x0)
@@ -678,7 +708,9 @@ class WorldModel:
             self.train_labels, self.holdout = list(meta["train_labels"]), list(meta["holdout"])
             self.findings, self.meta = list(meta["findings"]), dict(meta["meta"])
             gene_genes = list(meta["gene_feature_genes"])
-            space_meta = {k: meta[k] for k in ("actions", "gene_bank", "gene_feature_genes", "smiles")}
+            space_meta = {k: meta[k] for k in ("actions", "gene_bank", "gene_feature_genes", "smiles",
+                                               "compound_knowledge_names", "compound_kb_dim", "compound_seen",
+                                               "compound_user_targets") if k in meta}
         except (KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{directory}: bioworld.json lacks or mangles field {e}; the checkpoint is incomplete") from None
         except (BioworldError, ValueError) as e:
@@ -719,7 +751,8 @@ class WorldModel:
         self.reference = tensors["reference"].numpy()
         try:
             self.space = ActionSpace.from_state(
-                {"gene_features": tensors["gene_features"].numpy()}, space_meta, control=self.control,
+                {k: tensors[k].numpy() for k in ("gene_features", "compound_knowledge") if k in tensors}, space_meta,
+                control=self.control,
                 entity_set=self.entity_set, entity_names=self.entity_names, panel_genes=self.genes,
                 max_components=self.model_config.max_components)
         except BioworldError as e:

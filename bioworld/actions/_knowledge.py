@@ -182,3 +182,59 @@ def _with_compounds(kb: Any, compounds: Any) -> Any:
     out = copy.copy(kb)
     out.compounds = compounds
     return out
+
+
+_KB_CACHE: dict[str, Any] = {}
+
+
+def knowledge_base(config: Any = None) -> Any:
+    """The shared :class:`~bioworld.knowledge.KnowledgeBase` of a config (built once per process)."""
+    import json
+
+    from bioworld.knowledge import KnowledgeBase, KnowledgeConfig
+
+    cfg = config if isinstance(config, KnowledgeConfig) else KnowledgeConfig.from_dict(dict(config or {}))
+    key = json.dumps(cfg.to_dict(), sort_keys=True)
+    if key not in _KB_CACHE:
+        _KB_CACHE.clear()
+        _KB_CACHE[key] = KnowledgeBase(cfg)
+    return _KB_CACHE[key]
+
+
+def knowledge_sources(base: Any, actions: Mapping[str, Any], *, config: Any, smiles: Mapping[str, str],
+                      compound_targets: Any = None) -> tuple[Any, Any, list[str], dict[str, Any]]:
+    """Gene and compound feature sources grounded in knowledge, for an :class:`ActionSpace`.
+
+    ``base``: the gene-set :class:`GeneFeatureTable`; ``actions``: the data's label -> Action;
+    ``smiles``: name -> SMILES found for the data's compounds (may be empty: knowledge suffices);
+    ``compound_targets``: a user table (path or name -> genes) for compounds the bundled knowledge lacks.
+    Returns ``(genes, compounds or None, findings, meta)`` with ``meta`` = ``knowledge_config`` and
+    ``knowledge_sources`` (each source with its licence).
+    """
+    from bioworld.actions._space import GeneFeatureTable
+    from bioworld.knowledge.compounds import _read_target_table
+
+    kb = knowledge_base(config)
+    targets = sorted({p.target for a in actions.values() for p in a.components if p.kind in ("ko", "kd", "act")})
+    genes, table = joint_gene_table(base.genes, base.table, kb, extra_genes=())
+    gene_source = GeneFeatureTable(genes, table)
+    compounds = sorted({p.target for a in actions.values() for p in a.components if p.kind == "compound"})
+    findings: list[str] = []
+    cmp_source = None
+    user = None
+    if compound_targets is not None:
+        user = dict(compound_targets) if isinstance(compound_targets, Mapping) else _read_target_table(compound_targets)
+    if compounds:
+        cmp_source = KnowledgeCompoundFeatures.build(compounds, kb, smiles=smiles, seen=compounds, user_targets=user)
+        blind = [c for c in compounds if cmp_source.resolve(c) is None and c not in smiles]
+        if blind:
+            findings.append(
+                f"{len(blind)} compounds have neither a SMILES nor knowledge (targets, atlas signatures): "
+                f"{', '.join(blind[:6])}; seen ones are learned from their dose alone, unseen ones cannot be predicted")
+        cmp_source.validate()
+    unknown = [g for g in targets if g not in gene_source.pos]
+    if unknown:
+        findings.append(f"{len(unknown)} genetic targets have no knowledge (gene sets, STRING, OmniPath, atlas): "
+                        f"{', '.join(unknown[:6])}")
+    meta = {"knowledge_config": kb.config.to_dict(), "knowledge_sources": kb.describe()["sources"]}
+    return gene_source, cmp_source, findings, meta

@@ -221,8 +221,10 @@ class ActionSpace:
             )
         if not self.compounds.knows(p.target):
             raise UnknownPerturbationError(
-                f"compound {p.target!r} has no SMILES in this model; known: {sorted(self.compounds.smiles)[:5]}… "
-                "Provide its SMILES (smiles=...) to predict it."
+                f"compound {p.target!r} is unknown to this model: no SMILES and no knowledge (targets, atlas "
+                f"signatures) resolve it; known with structures: {sorted(self.compounds.smiles)[:5]}… Fix: give its "
+                "structure (--compound NAME=SMILES / compounds={name: smiles}) or its targets (--compound-targets "
+                "TABLE / compound_targets=...)."
             )
         dose = p.dose
         if dose is None or not math.isfinite(float(dose)) or dose < 0:
@@ -282,11 +284,16 @@ class ActionSpace:
                    entity_names: Sequence[str], panel_genes: Sequence[str], max_components: int) -> "ActionSpace":
         actions = {lab: parse_action(lab, control_labels=(control, "control")) for lab in meta["actions"]}
         smiles = dict(meta["smiles"])
+        if "compound_knowledge" in tensors:  # compounds grounded in knowledge (+ fingerprints where SMILES exist)
+            from bioworld.actions._knowledge import KnowledgeCompoundFeatures
+
+            compounds: Any = KnowledgeCompoundFeatures.from_state(tensors, meta)
+        else:
+            compounds = CompoundFeatures(smiles, _compound_targets(actions)) if smiles else None
         return cls(control=control, actions=actions, entity_set=entity_set, entity_names=entity_names,
                    panel_genes=panel_genes, gene_bank=list(meta["gene_bank"]),
                    genes=GeneFeatureTable(list(meta["gene_feature_genes"]), np.asarray(tensors["gene_features"])),
-                   compounds=CompoundFeatures(smiles, _compound_targets(actions)) if smiles else None,
-                   max_components=max_components)
+                   compounds=compounds, max_components=max_components)
 
 
 def _compound_targets(actions: Mapping[str, Action]) -> set[str]:

@@ -79,6 +79,10 @@ class CompoundKnowledge:
         self._alias = {str(n).strip().lower(): k for n, k in aliases.items()}
         self._norm_alias = {normalize_compound_name(n): k for n, k in aliases.items()}
         self.keys = sorted(keys | set(self._alias.values()))
+        self._by_gene: dict[str, list[str]] = {}
+        for k in sorted(self._targets):
+            for g in self._targets[k]:
+                self._by_gene.setdefault(g, []).append(k)
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
@@ -160,7 +164,7 @@ class CompoundKnowledge:
 
     def compounds_targeting(self, gene: str) -> list[str]:
         """Compound keys with ``gene`` among their targets (druggability)."""
-        return sorted(k for k, genes in self._targets.items() if gene in genes)
+        return list(self._by_gene.get(gene, ()))
 
     def __contains__(self, name: str) -> bool:
         return self.resolve(name, strict=False) is not None

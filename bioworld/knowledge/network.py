@@ -124,22 +124,73 @@ def _row_normalise(m: sparse.csr_matrix) -> sparse.csr_matrix:
     return sparse.diags(1.0 / np.where(norm > 0, norm, 1.0)) @ m
 
 
+def compute_network_embedding(dim: int = 64, *, seed: int = 0) -> GeneEmbedding:
+    """STRING neighbourhood embedding: SVD of the L2-normalised rows of ``I + W`` (computed now)."""
+    genes, w = load_string()
+    prof = _row_normalise((sparse.identity(len(genes), format="csr") + w).tocsr())
+    return GeneEmbedding(genes, _svd_rows(prof, dim, seed), "string")
+
+
+def compute_signed_embedding(dim: int = 32, *, seed: int = 0) -> GeneEmbedding:
+    """OmniPath embedding: SVD of ``[out-profile | in-profile]`` (signed edges, plus the gene itself)."""
+    genes, m = load_omnipath()
+    eye = sparse.identity(len(genes), format="csr")
+    prof = _row_normalise(sparse.hstack([eye + m, eye + m.T]).tocsr())
+    return GeneEmbedding(genes, _svd_rows(prof, dim, seed), "omnipath")
+
+
+def _shipped(name: str, dim: int, seed: int) -> GeneEmbedding | None:
+    """The embedding precomputed by :func:`write_shipped_embeddings` (bundled, checksum-verified), if
+    ``(dim, seed)`` are the shipped ones."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from bioworld.data import bundled_path
+
+    if (name, dim, seed) not in (("string", 64, 0), ("omnipath", 32, 0)):
+        return None
+    tensors = load_file(str(bundled_path(EMBEDDINGS_FILE)))
+    genes = json.loads(bundled_path(EMBEDDINGS_GENES).read_text())[name]
+    return GeneEmbedding(list(genes), tensors[name], name)
+
+
 def network_embedding(dim: int = 64, *, seed: int = 0) -> GeneEmbedding:
-    """STRING neighbourhood embedding: SVD of the L2-normalised rows of ``I + W`` (cached per process)."""
+    """STRING neighbourhood embedding (the shipped table for the defaults, else computed; cached per process)."""
     key = ("string", dim, seed)
     if key not in _CACHE:
-        genes, w = load_string()
-        prof = _row_normalise((sparse.identity(len(genes), format="csr") + w).tocsr())
-        _CACHE[key] = GeneEmbedding(genes, _svd_rows(prof, dim, seed), "string")
+        _CACHE[key] = _shipped("string", dim, seed) or compute_network_embedding(dim, seed=seed)
     return _CACHE[key]
 
 
 def signed_embedding(dim: int = 32, *, seed: int = 0) -> GeneEmbedding:
-    """OmniPath embedding: SVD of ``[out-profile | in-profile]`` (signed edges, plus the gene itself)."""
+    """OmniPath signed embedding (the shipped table for the defaults, else computed; cached per process)."""
     key = ("omnipath", dim, seed)
     if key not in _CACHE:
-        genes, m = load_omnipath()
-        eye = sparse.identity(len(genes), format="csr")
-        prof = _row_normalise(sparse.hstack([eye + m, eye + m.T]).tocsr())
-        _CACHE[key] = GeneEmbedding(genes, _svd_rows(prof, dim, seed), "omnipath")
+        _CACHE[key] = _shipped("omnipath", dim, seed) or compute_signed_embedding(dim, seed=seed)
     return _CACHE[key]
+
+
+EMBEDDINGS_FILE = "knowledge/network_embeddings.safetensors"
+EMBEDDINGS_GENES = "knowledge/network_embeddings_genes.json"
+
+
+def write_shipped_embeddings(folder: str) -> None:
+    """Recompute the default embeddings (STRING 64, OmniPath 32, seed 0) and write them into ``folder``
+    (``python -m bioworld.knowledge.network DIR``; then update ``SHA256SUMS``)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.numpy import save_file
+
+    s, o = compute_network_embedding(64, seed=0), compute_signed_embedding(32, seed=0)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"string": s.table, "omnipath": o.table}, str(out / Path(EMBEDDINGS_FILE).name))
+    (out / Path(EMBEDDINGS_GENES).name).write_text(json.dumps({"string": s.genes, "omnipath": o.genes}))
+
+
+if __name__ == "__main__":
+    import sys
+
+    write_shipped_embeddings(sys.argv[1])

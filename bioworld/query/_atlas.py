@@ -98,3 +98,26 @@ def predict_in_context(model: Any, labels: Sequence[str] | str, context: str) ->
                            "n_ranked": n_ranked, "atlas_model_seed": int(model.config.seed),
                            "atlas_sha256": str(model.meta.get("atlas_sha256", ""))}
     return out
+
+
+def engine_with_compounds(engine: Any, smiles: Any = None, targets: Any = None) -> Any:
+    """A copy of a query engine whose action space also knows compounds given at query time
+    (``smiles``: name -> SMILES; ``targets``: a ``compound, target_gene`` table path or name -> genes)."""
+    import copy
+
+    from bioworld.knowledge.compounds import _read_target_table
+
+    space = engine.space
+    src = space.compounds
+    if src is None or not hasattr(src, "with_new"):
+        raise UnknownPerturbationError(
+            "this model was trained without knowledge-grounded compound features, so it cannot take new compounds "
+            "at query time. Fix: retrain with knowledge on (the default) on data with compounds."
+        )
+    if targets is not None and not isinstance(targets, dict):
+        targets = _read_target_table(targets)
+    new_space = copy.copy(space)
+    new_space.compounds = src.with_new(smiles=smiles, targets=targets, gene_rows=space.genes)
+    new_engine = copy.copy(engine)
+    new_engine.space = new_space
+    return new_engine

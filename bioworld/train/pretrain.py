@@ -405,3 +405,19 @@ def _bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="atlas pretraining", unit="step", leave=False)
+
+
+PRETRAINED = "pretrained/atlas"  # bundled folder (under bioworld/_data) of the shipped atlas model
+_PRETRAINED_CACHE: dict[str, AtlasModel] = {}
+
+
+def load_pretrained() -> AtlasModel:
+    """The atlas model shipped with the package (``bioworld pretrain --seed 0`` on the whole bundled atlas),
+    checksum-verified like every bundled file; loaded once per process."""
+    from bioworld.data import bundled_path
+
+    if "default" not in _PRETRAINED_CACHE:
+        folder = bundled_path(f"{PRETRAINED}/{META}").parent
+        bundled_path(f"{PRETRAINED}/{WEIGHTS}")  # checks the weights against SHA256SUMS too
+        _PRETRAINED_CACHE["default"] = AtlasModel.load(folder)
+    return _PRETRAINED_CACHE["default"]
