@@ -69,6 +69,19 @@ COLUMNS = ["benchmark", "method", "split", "fold", "seed", "perturbation", "metr
 KNOWLEDGE = ("hallmark", "progeny", "dorothea", "go_bp")
 #: Ablations of the world model: name -> TrainConfig overrides.
 ABLATIONS = {"WorldModel[mask=none]": {"mask_mode": "none"}, "WorldModel[mask=gene]": {"mask_mode": "gene"}}
+#: Knowledge ablations (the "knowledge" entry is a WorldModel argument, not a TrainConfig field).
+KNOWLEDGE_ABLATIONS = {
+    "WorldModel[no knowledge]": {"knowledge": False},
+    "WorldModel[shuffled targets]": {"knowledge": {"shuffle": ["targets"]}},
+    "WorldModel[shuffled network]": {"knowledge": {"shuffle": ["network"]}},
+    "WorldModel[shuffled signatures]": {"knowledge": {"shuffle": ["signatures"]}},
+}
+
+
+def _split_extra(extra: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(TrainConfig overrides, the WorldModel ``knowledge`` argument) of a variant."""
+    extra = dict(extra)
+    return extra, extra.pop("knowledge", True)
 CEILING = "Ceiling (split-half)"
 #: Training cells used for LinearEmbedding's gene PCA (a random subsample keeps the SVD cheap).
 MAX_PCA_CELLS = 5000
@@ -259,6 +272,7 @@ def run_papalexi_lto(
     ablations: bool | None = None,
     world_model: bool = True,
     wm_config: Mapping[str, Any] | None = None,
+    knowledge_ablations: bool = False,
     k: int = 20,
     out: str | os.PathLike | None = None,
     progress: bool = True,
@@ -306,6 +320,8 @@ def run_papalexi_lto(
     variants = {"WorldModel": {}} if world_model else {}
     if world_model and ablations:
         variants.update(ABLATIONS)
+    if world_model and knowledge_ablations:
+        variants.update(KNOWLEDGE_ABLATIONS)
     splits_by_seed = {s: leave_targets_out(labels, n_folds=n_folds, seed=s) for s in seeds}
     total = sum(len(v) for v in splits_by_seed.values()) * (4 + len(variants))
     bar = _progress(total, "papalexi LTO", progress)
@@ -329,8 +345,9 @@ def run_papalexi_lto(
                 bar.update(1)
             for name, extra in variants.items():
                 bar.set_postfix_str(f"{name} fold {sp.fold} seed {seed}")
-                cfg = _wm_config(steps, seed, {**(wm_config or {}), **extra})
-                pred, wall = _world_model(adata, holdout=sp.test, predict=test, config=cfg,
+                over, knowledge = _split_extra(extra)
+                cfg = _wm_config(steps, seed, {**(wm_config or {}), **over})
+                pred, wall = _world_model(adata, holdout=sp.test, predict=test, config=cfg, knowledge=knowledge,
                                           perturbation_key="perturbation", control="control", replicate_key="bio_rep")
                 col.add(name, "leave_targets_out", sp.fold, seed, pred, obs, k=k, reference=reference,
                         candidates=obs, wall_s=wall)
@@ -366,6 +383,7 @@ def run_l1000(
     frac_compounds: float = 0.2,
     world_model: bool = True,
     wm_config: Mapping[str, Any] | None = None,
+    knowledge_ablations: bool = False,
     k: int = 50,
     out: str | os.PathLike | None = None,
     progress: bool = True,
@@ -411,7 +429,8 @@ def run_l1000(
     for s in seeds:
         splits.append(unseen_compounds(labels, frac=frac_compounds, seed=s))
         splits.append(unseen_doses(labels, doses_to_hold=1, seed=s))
-    bar = _progress(len(splits) * (4 + int(world_model)), "l1000", progress)
+    n_wm = int(world_model) * (1 + len(KNOWLEDGE_ABLATIONS) * int(knowledge_ablations))
+    bar = _progress(len(splits) * (4 + n_wm), "l1000", progress)
     for sp in splits:
         test = [lab for lab in sp.test if lab in obs]
         train = {lab: obs[lab] for lab in sp.train if lab in obs}
@@ -420,11 +439,16 @@ def run_l1000(
             pred, wall = _fit_predict(base, train, ctx, test)
             col.add(base.name, sp.kind, 0, sp.seed, pred, obs, k=k, reference=reference, candidates=obs, wall_s=wall)
             bar.update(1)
-        if world_model:
-            bar.set_postfix_str(f"WorldModel {sp.kind} seed {sp.seed}")
-            cfg = _wm_config(steps, sp.seed, wm_config)
-            pred, wall = _world_model(adata, holdout=sp.test, predict=test, config=cfg, smiles=smiles_path, **kw)
-            col.add("WorldModel", sp.kind, 0, sp.seed, pred, obs, k=k, reference=reference, candidates=obs, wall_s=wall)
+        variants = {"WorldModel": {}} if world_model else {}
+        if world_model and knowledge_ablations:
+            variants.update(KNOWLEDGE_ABLATIONS)
+        for name, extra in variants.items():
+            bar.set_postfix_str(f"{name} {sp.kind} seed {sp.seed}")
+            over, knowledge = _split_extra(extra)
+            cfg = _wm_config(steps, sp.seed, {**(wm_config or {}), **over})
+            pred, wall = _world_model(adata, holdout=sp.test, predict=test, config=cfg, smiles=smiles_path,
+                                      knowledge=knowledge, **kw)
+            col.add(name, sp.kind, 0, sp.seed, pred, obs, k=k, reference=reference, candidates=obs, wall_s=wall)
             bar.update(1)
     bar.close()
     if out is not None:
