@@ -30,19 +30,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "atlas")
     args = ap.parse_args(argv)
 
-    from bioworld.eval.atlas import run_atlas_transfer, summarize_atlas
-    from bioworld.train.pretrain import PretrainConfig
+    import pandas as pd
+
+    from bioworld.eval.atlas import VARIANTS, run_atlas_transfer
 
     warnings.simplefilter("ignore")
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    df = run_atlas_transfer(seeds=args.seeds, steps=args.steps, ablations=not args.no_ablations, progress=False)
-    wall = time.perf_counter() - t0
+    # stages: the full model on every seed first, then the ablations seed by seed; the report is
+    # rewritten after each stage, so an interrupted run still reports what it measured
+    stages = [(s, ["AtlasModel"], True) for s in args.seeds]
+    if not args.no_ablations:
+        stages += [(s, [v for v in VARIANTS if v != "AtlasModel"], False) for s in args.seeds]
+    frames, walls = [], {}
+    for seed, variants, baselines in stages:
+        part = run_atlas_transfer(seeds=[seed], steps=args.steps, variants=variants, baselines=baselines,
+                                  progress=False)
+        frames.append(part)
+        walls.update(part.attrs["wall_s"])
+        df = pd.concat(frames, ignore_index=True)
+        df.attrs["wall_s"] = walls
+        _report(df, args, load0, time.perf_counter() - t0)
+        print(f"stage seed {seed} {variants} done after {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    return 0
+
+
+def _report(df, args, load0, wall) -> None:
+    from bioworld.eval.atlas import summarize_atlas
+    from bioworld.train.pretrain import PretrainConfig
+
     load1 = os.getloadavg()
     summ = summarize_atlas(df)
-    args.out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out / "atlas_transfer_scores.csv", index=False)
     steps = args.steps or PretrainConfig().steps
+    n_seeds = df.groupby("method")["seed"].nunique()
     lines = [
         "# Atlas context transfer",
         "",
@@ -51,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Task: predict a compound's signature in a context (cell line / cell type) where it was measured, withheld. "
         "Per seed, 10% of the compound signatures whose compound has >= 3 contexts are withheld "
-        f"({df.groupby('seed').size().iloc[0] // df['method'].nunique()} signatures per seed); every method sees only "
+        f"({df[df['method'] == 'AtlasModel'].groupby('seed').size().iloc[0]} signatures per seed); every method sees only "
         "the rest, and the knowledge features are rebuilt from the training signatures. Spearman: over the genes the "
         "observed signature ranks (its 500 most up and 500 most down); Pearson: over the whole gene space "
         f"({len(__import__('bioworld.knowledge', fromlist=['load_atlas']).load_atlas().genes):,} genes). "
@@ -59,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Best baseline: **{summ.attrs['best_baseline']}**.",
         "",
-        "| method | Spearman | Pearson | Spearman vs best baseline |",
-        "|---|---:|---:|---:|",
+        "| method | seeds | Spearman | Pearson | Spearman vs best baseline |",
+        "|---|---:|---:|---:|---:|",
     ]
     for m, r in summ.iterrows():
         sd_s = "" if r["spearman_std"] != r["spearman_std"] else f" +- {r['spearman_std']:.3f}"
         sd_p = "" if r["pearson_std"] != r["pearson_std"] else f" +- {r['pearson_std']:.3f}"
-        lines.append(f"| {m} | {r['spearman_mean']:.3f}{sd_s} | {r['pearson_mean']:.3f}{sd_p} | "
+        lines.append(f"| {m} | {n_seeds[m]} | {r['spearman_mean']:.3f}{sd_s} | {r['pearson_mean']:.3f}{sd_p} | "
                      f"{r['spearman_vs_best_baseline']:+.3f} |")
     walls = df.attrs.get("wall_s", {})
     lines += [
@@ -80,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average {load0[0]:.1f} at start / "
         f"{load1[0]:.1f} at end (shared machine: other jobs were running), 1 torch thread.",
     ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out / "atlas_transfer_scores.csv", index=False)
     (args.out / "ATLAS.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from scipy import stats
 
 __all__ = ["atlas_split", "run_atlas_transfer", "score_signatures"]
 
-ABLATIONS = ("no knowledge", "shuffled targets", "shuffled network", "shuffled signatures")
 
 
 def atlas_split(atlas: Any, *, frac: float = 0.1, min_contexts: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,46 +59,49 @@ def _baselines(inputs: Any, test: np.ndarray) -> dict[str, np.ndarray]:
             "CompoundPlusContext": zscore_rows(zc) + zk}
 
 
+VARIANTS = {
+    "AtlasModel": ({}, ()),
+    "AtlasModel (no knowledge)": ({"use_knowledge": False}, ()),
+    "AtlasModel (shuffled targets)": ({}, ("targets",)),
+    "AtlasModel (shuffled network)": ({}, ("network",)),
+    "AtlasModel (shuffled signatures)": ({}, ("signatures",)),
+}
+
+
 def run_atlas_transfer(
     *,
     seeds: Sequence[int] = (0, 1, 2),
     steps: int | None = None,
     ablations: bool = True,
+    variants: Sequence[str] | None = None,
+    baselines: bool = True,
     frac: float = 0.1,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Scores of every method on withheld (compound, context) signatures; one row per (method, seed,
-    signature), with ``attrs['wall_s']`` (training seconds per method and seed)."""
+    signature), with ``attrs['wall_s']`` (training seconds per method and seed). ``variants`` picks
+    among :data:`VARIANTS` (default: all with ``ablations``, else only ``AtlasModel``)."""
     from bioworld.knowledge import KnowledgeBase, KnowledgeConfig, SignatureAtlas, load_atlas
     from bioworld.train.pretrain import PretrainConfig, _Inputs, pretrain_atlas
 
     atlas = load_atlas()
+    names = list(variants) if variants is not None else (list(VARIANTS) if ablations else ["AtlasModel"])
     frames, walls = [], {}
     for seed in seeds:
         train, test = atlas_split(atlas, frac=frac, seed=seed)
         inputs = _Inputs(atlas, train, atlas.basis(64, rows=train, seed=seed))
         observed = atlas.X[test]
         meta = atlas.obs.iloc[test][["signature", "source", "context", "key"]].reset_index(drop=True)
-        preds = _baselines(inputs, test)
+        preds = _baselines(inputs, test) if baselines else {}
         seen = SignatureAtlas(atlas.X[train], atlas.obs.iloc[train].reset_index(drop=True), atlas.genes)
-        variants: dict[str, tuple[dict, Any]] = {"AtlasModel": ({}, None)}
-        if ablations:
-            variants["AtlasModel (no knowledge)"] = ({"use_knowledge": False}, None)
-            variants["AtlasModel (shuffled targets)"] = ({}, ("targets",))
-            variants["AtlasModel (shuffled network)"] = ({}, ("network",))
-            variants["AtlasModel (shuffled signatures)"] = ({}, ("signatures",))
-        for name, (over, shuffle) in variants.items():
+        for name in names:
+            over, shuffle = VARIANTS[name]
             cfg = PretrainConfig(seed=seed, **({"steps": steps} if steps else {}), **over)
-            kb = None
-            if cfg.use_knowledge:
-                kb = KnowledgeBase(KnowledgeConfig(seed=seed, shuffle=shuffle or ()), atlas=seen)
+            kb = KnowledgeBase(KnowledgeConfig(seed=seed, shuffle=shuffle), atlas=seen) if cfg.use_knowledge else None
             t = time.perf_counter()
-            if shuffle == ("signatures",):
-                # the compound's own cross-context signatures come from another compound
-                model = pretrain_atlas(atlas=atlas.shuffled(seed), train_rows=train, knowledge=kb, config=cfg,
-                                       progress=progress)
-            else:
-                model = pretrain_atlas(atlas=atlas, train_rows=train, knowledge=kb, config=cfg, progress=progress)
+            # shuffled signatures: the compound's own cross-context signatures come from another compound
+            source = atlas.shuffled(seed) if shuffle == ("signatures",) else atlas
+            model = pretrain_atlas(atlas=source, train_rows=train, knowledge=kb, config=cfg, progress=progress)
             walls[(name, seed)] = time.perf_counter() - t
             preds[name] = model.predict_rows(test)
         for name, p in preds.items():

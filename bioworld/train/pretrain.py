@@ -40,7 +40,7 @@ META = "atlas.json"
 class PretrainConfig:
     """Training settings of the atlas module (stored with it)."""
 
-    steps: int = 1500  # optimiser steps
+    steps: int = 1000  # optimiser steps
     batch_size: int = 128  # signatures per step
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 1e-4  # AdamW weight decay
