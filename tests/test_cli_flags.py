@@ -55,13 +55,19 @@ def test_inspect_dose_key_turns_names_and_doses_into_compound_actions(plate):
     assert "2 compounds x 2 doses" in out and "genetic" not in out
 
 
-def test_train_and_predict_compound_at_dose_from_the_raw_plate(plate, tmp_path):
-    model = tmp_path / "model"
+@pytest.fixture(scope="module")
+def plate_model(plate):
+    model = plate / "model"
     result = invoke("train", plate / "plate.h5ad", "--out", model, "--perturbation-key", "pert_iname",
                     "--dose-key", "pert_dose", "--compound-id-key", "pert_id", "--smiles", plate / "smiles.csv",
                     "--input", "log", "--control", "DMSO", "--config", plate / "config.json",
                     "--max-steps", 3, "--restarts", 0, "--quiet")
     assert result.exit_code == 0, (result.output, result.exception)
+    return model
+
+
+def test_train_and_predict_compound_at_dose_from_the_raw_plate(plate_model, tmp_path):
+    model = plate_model
     meta = json.loads((model / "bioworld.json").read_text())
     assert sorted(meta["train_labels"]) == ["DMSO", "aspirin@0.5", "aspirin@10", "caffeine@0.5", "caffeine@10"]
     assert sorted(meta["smiles"]) == ["aspirin", "caffeine"]  # joined through pert_id
@@ -72,6 +78,31 @@ def test_train_and_predict_compound_at_dose_from_the_raw_plate(plate, tmp_path):
     pred = ad.read_h5ad(out)
     assert list(pred.obs_names) == ["DMSO", "aspirin@10", "caffeine@2"]
     assert np.abs(np.asarray(pred.layers["delta"])[1:]).max() > 0
+
+
+def test_evaluate_raw_plate_with_its_flags(plate, plate_model, tmp_path):
+    """evaluate's flags on a raw held-out plate: name + dose joined, log input, --min-cells, --k, --train-data."""
+    test = _raw_compound_plate(n_per_dose=2)
+    test.X = test.X + np.float32(0.3)  # another plate of the same design
+    test.obs_names = [f"t{i}" for i in range(test.n_obs)]
+    keep = ~((test.obs["pert_iname"] == "caffeine") & (test.obs["pert_dose"] == 0.5)).to_numpy()
+    path = _write(test[keep].copy(), tmp_path / "test_plate.h5ad")
+    model = tmp_path / "m"
+    import shutil
+
+    shutil.copytree(plate_model, model)
+    result = invoke("evaluate", model, "--data", path, "--perturbation-key", "pert_iname", "--dose-key", "pert_dose",
+                    "--compound-id-key", "pert_id", "--control", "DMSO", "--input", "log", "--min-cells", 2,
+                    "--k", 3, "--train-data", plate / "plate.h5ad", "--seed", 1)
+    assert result.exit_code == 0, (result.output, result.exception)
+    table = pd.read_csv(model / "evaluation.csv")
+    assert set(table["metric"]) >= {"mse_top3", "pearson_top3", "direction_top3"}
+    wm = table[(table["method"] == "WorldModel") & (table["metric"] == "mse_top3")]
+    assert wm["split"].tolist() == ["seen"] and int(wm["n"].iloc[0]) == 3  # 3 compound@dose groups
+    assert "mean of the observed deltas of 4 training perturbations in the given training data" in result.stdout
+    bad = invoke("evaluate", model, "--data", path, "--perturbation-key", "pert_iname", "--dose-key", "pert_dose",
+                 "--input", "tpm")
+    assert_one_line_error(bad, "--input 'tpm'")
 
 
 def test_dose_key_refuses_treated_cells_without_a_dose(plate, tmp_path):

@@ -200,7 +200,8 @@ def evaluate(
 
     # ---- baselines
     if train_data is not None:
-        treg, tkey = _test_registration(train_data.copy(), model, {**given, "min_cells_per_group": 1})
+        train_data = train_data.copy()  # name + dose columns may get their NAME@DOSE column
+        treg, tkey = _test_registration(train_data, model, {**given, "min_cells_per_group": 1})
         tdata = _on_panel(train_data[treg.keep_mask(train_data)].copy(), model, treg)
         TX = normalize(tdata, replace(treg, n_genes=tdata.n_vars, n_cells=tdata.n_obs)).astype(np.float64)
         train_deltas, _ = mean_deltas(TX, tdata.obs[tkey].astype(str).to_numpy(), treg.control)
