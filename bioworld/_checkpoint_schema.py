@@ -121,7 +121,7 @@ def _model_config(c: _Check, meta: Mapping[str, Any], n_genes: int, n_entities: 
                                            ("own_embedding_dropout", 0.0, 1.0, False, False)):
         if name in cfg:
             c.number(cfg, name, lo, hi, p, lo_open=lo_open, hi_open=hi_open)
-    for name in ("residual_readout", "use_gene_mlp"):
+    for name in ("residual_readout", "use_gene_mlp", "additive_combinations"):
         if name in cfg:
             c.boolean(cfg, name, p)
     for name, want, what in (("n_genes", n_genes, "the number of 'genes'"),
@@ -180,6 +180,13 @@ def _train_result(c: _Check, meta: Mapping[str, Any]) -> None:
         for k, v in h.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise c.fail(f"train_result.history[].{k}", c._show(v), "a number")
+    val = tr.get("validation", [])
+    if not isinstance(val, list) or not all(isinstance(h, dict) for h in val):
+        raise c.fail("train_result.validation", c._show(val), "a list of objects {step, val} (one per validation pass)")
+    for h in val:
+        for k, v in h.items():
+            if k not in ("step", "val") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise c.fail(f"train_result.validation[].{k}", c._show(v), "step and val, numbers")
 
 
 def validate_model_meta(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], directory: str | Path) -> None:
@@ -206,6 +213,15 @@ def validate_model_meta(meta: Mapping[str, Any], tensors: Mapping[str, torch.Ten
     c.strings(meta, "train_labels", unique=True, nonempty=True)
     c.strings(meta, "holdout", unique=True)
     c.strings(meta, "findings")
+    if "single_effect_labels" in meta:  # observed single effects the combinations are anchored on
+        eff = c.strings(meta, "single_effect_labels", unique=True)
+        outside = [lab for lab in eff if lab not in set(meta["train_labels"])]
+        if outside:
+            raise c.fail("single_effect_labels", f"a list with {outside[:3]}", "training labels only")
+        t = tensors.get("single_effects")
+        if (t is None) != (not eff) or (t is not None and tuple(t.shape) != (len(eff), len(meta["genes"]))):
+            raise c.fail("single_effect_labels", f"{len(eff)} labels with tensor 'single_effects' of shape "
+                         f"{None if t is None else tuple(t.shape)}", "one row of 'single_effects' per label, one column per gene")
     if not isinstance(meta["control"], str) or not meta["control"]:
         raise c.fail("control", c._show(meta["control"]), "the non-empty control label")
     if not isinstance(meta["entity_hash"], str):

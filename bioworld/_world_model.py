@@ -29,6 +29,7 @@ REPLICATE_CANDIDATES = ("replicate", "bio_rep", "batch", "gem_group", "plate", "
 #: Number of control cells kept in the model directory as the default starting population.
 N_REFERENCE_CELLS = 512
 INACTIVE_QUANTILE = 0.01  # "off" = the entity's activity in the lowest 1% of reference cells
+VALIDATION_SOURCE_CELLS = 32  # control cells the held-in validation predicts from (early stopping)
 BACKED_SUBSAMPLE = 20000  # cells read from a backed AnnData to fit the NMF programs
 class WorldModel:
     """An entity-slot, action-conditioned JEPA fitted to one AnnData.
@@ -301,6 +302,7 @@ class WorldModel:
         row_of = {lab: i for i, lab in enumerate(labels)}
         action_row = np.array([row_of.get(lab, -1) for lab in self._labels])
         train_rows = [row_of[lab] for lab in self.train_labels if lab != self.control]
+        cfg, validate, action_row = self._size_training(cfg, table, action_row, train_rows, row_of[self.control])
         collator = EntityMaskCollator(
             len(self.entity_names), len(self.genes),
             MaskingConfig(mode=cfg.mask_mode, self_ratio=tuple(cfg.self_mask_ratio),
@@ -319,9 +321,12 @@ class WorldModel:
             )
         self.module = self._new_module()
         data_key = self._data_key(action_row) if state_dir is not None else None
-        self.train_result = fit(self.module, sampler, cfg, state_dir=state_dir, progress=progress, data_key=data_key)
+        self.train_result = fit(self.module, sampler, cfg, state_dir=state_dir, progress=progress, data_key=data_key,
+                                validate=None if validate is None else validate(self.module))
+        self.single_effects = {}
         if isinstance(self._X, np.ndarray):
-            self._check_training_fit()
+            self._check_training_fit()  # the model's own answers, before combinations are anchored
+            self._store_single_effects()
         return self
 
     def _data_key(self, action_row: np.ndarray) -> dict[str, Any]:
@@ -344,6 +349,46 @@ class WorldModel:
         if isinstance(self._X, np.ndarray):  # in memory: the data themselves (backed: their statistics above)
             key["data"] = digest(self._X)
         return key
+
+    def _size_training(self, cfg, table, action_row: np.ndarray, train_rows: list[int], control_row: int):
+        """With ``max_steps=0``: the data-sized number of steps and the held-in validation.
+
+        Returns the config ``fit`` runs with (``max_steps`` resolved; warmup at most a fifth of it),
+        a ``module -> HeldInValidation`` factory or None, and the action rows the sampler draws from
+        (held-in cells set to -1, so batches never contain them). An explicit ``max_steps`` trains
+        exactly that many steps on every cell, without early stopping.
+        """
+        from bioworld.train.validation import HeldInValidation, auto_steps, split_held_in
+
+        if cfg.max_steps > 0:
+            return cfg, None, action_row
+        in_memory = isinstance(self._X, np.ndarray)
+        val = split_held_in(action_row, train_rows, fraction=cfg.val_fraction, min_cells=cfg.val_min_cells,
+                            seed=cfg.seed) if in_memory else np.zeros(len(action_row), bool)
+        n_train = int(np.isin(action_row, train_rows).sum() - val.sum())
+        steps = auto_steps(n_train, cfg.groups_per_batch * cfg.cells_per_group, epochs=cfg.auto_epochs,
+                           min_steps=cfg.min_steps, cap=cfg.step_cap)
+        cfg = replace(cfg, max_steps=steps, warmup_steps=min(cfg.warmup_steps, max(1, steps // 5)))
+        groups = [r for r in train_rows if val[action_row == r].any()]
+        if not groups:
+            return cfg, None, action_row
+        ctrl = np.flatnonzero(action_row == control_row)
+        rng = np.random.default_rng([cfg.seed, 1213])
+        src = np.sort(rng.choice(ctrl, size=min(VALIDATION_SOURCE_CELLS, len(ctrl)), replace=False))
+        mu_c = self._X[ctrl].mean(0)
+        obs = np.stack([self._X[val & (action_row == r)].mean(0) - mu_c for r in groups]).astype(np.float32)
+        weight = np.array([(val & (action_row == r)).sum() for r in groups], np.float32)
+        from bioworld.model.jepa import ActionBatch
+
+        def rows_of(ids: list[int]) -> ActionBatch:
+            return ActionBatch(**table.take(np.asarray(ids)))
+
+        def factory(module):
+            return HeldInValidation(torch.from_numpy(self._X[src]), rows_of(groups), rows_of([control_row]),
+                                    torch.from_numpy(obs), torch.from_numpy(weight))
+
+        action_row = np.where(val, -1, action_row)
+        return cfg, factory, action_row
 
     def training_fit(self, max_perturbations: int = FIT_CHECK_PERTURBATIONS) -> pd.DataFrame:
         """How well the trained model reproduces perturbations it was trained on.
@@ -396,8 +441,23 @@ class WorldModel:
             from bioworld.query.engine import Engine
 
             self._engine = Engine(m, self.space, self.reference, self.membership, self.train_labels,
-                                  inactive_quantile=INACTIVE_QUANTILE)
+                                  inactive_quantile=INACTIVE_QUANTILE,
+                                  single_effects={c: row for c, (_, row) in (getattr(self, "single_effects", None) or {}).items()})
         return self._engine
+
+    def _store_single_effects(self) -> None:
+        """Observed mean effect (standardised, vs control) of every trained single perturbation."""
+        ctrl_mean = self._X[self._labels == self.control].mean(0)
+        out = {}
+        for lab in self.train_labels:
+            a = self.actions[lab]
+            if lab == self.control or len(a.components) != 1:
+                continue
+            cells = self._labels == lab
+            if cells.any():
+                out[a.components[0]] = (lab, (self._X[cells].mean(0) - ctrl_mean).astype(np.float32))
+        self.single_effects = out
+        self._engine = None  # the query engine is rebuilt with them
 
     def _to_scale(self, x_std: np.ndarray) -> np.ndarray:
         return x_std * self.sd + self.mu
@@ -664,17 +724,21 @@ class WorldModel:
         })
         space_tensors, space_meta = self.space.state()  # gene_features; actions, gene_bank, gene_feature_genes, smiles
         tensors.update({k: torch.from_numpy(v) for k, v in space_tensors.items()})
+        effects = getattr(self, "single_effects", None) or {}
+        if effects:
+            tensors["single_effects"] = torch.from_numpy(np.stack([v[1] for v in effects.values()]))
         tr = self.train_result
         meta = {
             "model_config": self.model_config.to_dict(), "train_config": self.train_config.to_dict(),
             "registration": self.registration.to_dict(), "var_names": self.var_names, "genes": self.genes,
             "entities": self.entity_set.to_dict(), "entity_hash": self.entity_set.hash(),
             "entity_names": self.entity_names, "control": self.control, **space_meta,
+            "single_effect_labels": [v[0] for v in effects.values()],
             "train_labels": self.train_labels, "holdout": self.holdout,
             "findings": self.findings, "meta": self.meta,
             "train_result": None if tr is None else {"steps": tr.steps, "wall_s": tr.wall_s,
                                                       "cells_per_s": tr.cells_per_s, "history": tr.history,
-                                                      "resumed_from": tr.resumed_from},
+                                                      "resumed_from": tr.resumed_from, "validation": tr.validation},
         }
         save_checkpoint(d, tensors, meta)
         from bioworld.report.card import write_model_card
@@ -758,6 +822,21 @@ class WorldModel:
         except BioworldError as e:
             raise CheckpointError(f"{directory}: bioworld.json holds an action the parser refuses ({e}); the checkpoint "
                                   "is corrupt or was edited") from None
+        eff_labels = list(meta.get("single_effect_labels", []))
+        eff = tensors.get("single_effects")
+        if eff_labels and (eff is None or tuple(eff.shape) != (len(eff_labels), G)) or (eff is not None and not eff_labels):
+            raise CheckpointError(
+                f"{directory}: tensor 'single_effects' has shape {None if eff is None else tuple(eff.shape)}, expected "
+                f"({len(eff_labels)}, {G}) for the {len(eff_labels)} labels in bioworld.json; the checkpoint is corrupt"
+            )
+        self.single_effects = {}
+        for lab, row in zip(eff_labels, [] if eff is None else eff.numpy()):
+            if lab not in self.train_labels:
+                raise CheckpointError(f"{directory}: single effect {lab!r} is not a training label; the checkpoint is corrupt")
+            comps = self.actions[lab].components
+            if len(comps) != 1:
+                raise CheckpointError(f"{directory}: single effect {lab!r} is not a single perturbation; the checkpoint is corrupt")
+            self.single_effects[comps[0]] = (lab, row)
         module = JEPA(self.model_config, torch.from_numpy(self.membership))
         state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
         own = module.state_dict()

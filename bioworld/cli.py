@@ -460,7 +460,7 @@ def train_cmd(
     members: Annotated[int, typer.Option("--members", min=1, help="Train an ensemble of this many seeds (seed, seed+1, ...) into MODEL_DIR/member_<k>; >= 2 gives prediction intervals.")] = 1,
     calibrate_folds: Annotated[int, typer.Option("--calibrate-folds", min=0, help="With --members >= 2: calibrate the intervals by leave-targets-out over this many folds (one extra training per fold; 0 = uncalibrated).")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted training whose state is in --out (saved every checkpoint_every steps); refused when the data, entities or config differ.")] = False,
-    restarts: Annotated[int, typer.Option("--restarts", min=0, help="Single model: when the trained model did not learn its strongest training effects (WorldModel.training_fit), train again with the next seed, at most this many times (0 = train once).")] = 2,
+    restarts: Annotated[int, typer.Option("--restarts", min=0, help="Single model: when the trained model did not learn its strongest training effects (WorldModel.training_fit, checked after every run), train again with the next seed, at most this many times (default 0: train once and report a failed check).")] = 0,
     min_cells: Annotated[Optional[int], typer.Option("--min-cells", help="Perturbation groups with fewer cells are set aside and listed (default: 3; the l1000 loader suggests 1).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to train: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (overrides the config; default: cpu).")] = None,
 ) -> None:
@@ -491,8 +491,8 @@ def train_cmd(
     if seed is not None and seed < 0:
         raise BioworldError(f"--seed {seed}; expected a non-negative integer. Fix: pass --seed 0 (or another integer >= 0).")
     if max_steps is not None and max_steps < 1:
-        raise BioworldError(f"--max-steps {max_steps}; expected at least 1 optimiser step (0 would save an untrained "
-                            "model). Fix: pass --max-steps 1 or more.")
+        raise BioworldError(f"--max-steps {max_steps}; expected at least 1 optimiser step. Fix: pass --max-steps 1 or "
+                            "more, or leave it out to size training to the data (with early stopping).")
     train_config = TrainConfig.from_file(config) if config is not None else TrainConfig()
     overrides = {k: v for k, v in {"seed": seed, "max_steps": max_steps, "device": device}.items() if v is not None}
     if overrides:

@@ -33,7 +33,7 @@ def _one_line(res, *facts):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_steps", "abc"), ("max_steps", 0), ("max_steps", 2.5), ("num_threads", -1), ("groups_per_batch", 0),
+    [("max_steps", "abc"), ("max_steps", -1), ("max_steps", 2.5), ("val_fraction", 1.5), ("patience", 0), ("min_steps", 900), ("num_threads", -1), ("groups_per_batch", 0),
      ("seed", -1), ("seed", True), ("lr", float("nan")), ("lr", 0), ("lr_min", 1.0), ("ema_start", 1.5),
      ("self_mask_ratio", [0.5, 0.1]), ("transition_mask_ratio", [0.1]), ("w_expr", -1.0), ("mask_mode", "patch"),
      ("checkpoint_every", -5), ("cells_per_group", None), ("device", 0)],

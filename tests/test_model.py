@@ -210,3 +210,33 @@ def test_do_transitions_clamp_touched_slots_and_withhold_the_action():
         z_hat = m.next(m.encode(batch.x_src), batch.action, clamp=(batch.clamp_mask, z_tgt))
     c = torch.from_numpy(cm[:, 1])
     torch.testing.assert_close(z_hat[c, 1], z_tgt[c, 1])
+
+
+def test_combinations_start_additive_in_latent_slots_and_the_interaction_term_departs():
+    m = _module()
+    torch.nn.init.normal_(m.predictor.head.weight, std=0.3)  # a predictor that moves latents
+    B = 3
+    z = m.encode(torch.randn(B, G))
+    ab = _actions(B)
+    ab.kind[:, 1] = KIND_KO
+    ab.gene_feat[:, 1] = torch.randn(B, F)
+    only = []
+    for j in range(2):
+        a = ActionBatch(**{k: getattr(ab, k).clone() for k in ab.__dataclass_fields__})
+        a.kind[:, 1 - j] = 0
+        a.touch[:, 1 - j] = 0
+        only.append(a)
+    ctrl = ActionBatch(**{k: getattr(ab, k).clone() for k in ab.__dataclass_fields__})
+    ctrl.kind[:] = 0
+    ctrl.touch[:] = 0
+    with torch.no_grad():
+        base = m.next(z, ctrl)
+        za, zb, zab = m.next(z, only[0]), m.next(z, only[1]), m.next(z, ab)
+        assert (za - base).abs().max() > 1e-2 and (zb - base).abs().max() > 1e-2
+        assert torch.allclose(zab, base + (za - base) + (zb - base), atol=1e-5)  # additive by construction
+        torch.nn.init.normal_(m.predictor.interaction_head.weight, std=0.3)  # a learned interaction
+        zab2 = m.next(z, ab)
+        assert (zab2 - zab).abs().max() > 1e-2
+        assert torch.allclose(m.next(z, only[0]), za)  # singles never use the interaction term
+        m.cfg = m.cfg.__class__(**{**m.cfg.to_dict(), "additive_combinations": False})
+        assert not torch.allclose(m.next(z, ab), base + (za - base) + (zb - base), atol=1e-3)  # joint pass only

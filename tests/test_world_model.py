@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 
 import bioworld as bw
@@ -211,3 +212,77 @@ def test_training_targets_in_no_entity_are_learned_unseen_ones_without_knowledge
     assert np.isfinite(pred.X).all() and np.abs(pred.layers["delta"]).max() > 0
     with pytest.raises(UnknownPerturbationError, match="was not a training target and is in no entity"):
         wm.predict(["NOTAGENE"])
+
+
+def test_training_is_sized_to_the_data_and_stops_early_on_held_in_cells(small_sim, monkeypatch):
+    from bioworld.train import validation as V
+
+    # steps: epochs over the perturbed training cells, clamped
+    assert V.auto_steps(14_000, 96, epochs=3, min_steps=150, cap=800) == 438
+    assert V.auto_steps(341, 96, epochs=3, min_steps=150, cap=800) == 150
+    assert V.auto_steps(10**6, 96, epochs=3, min_steps=150, cap=800) == 800
+    # held-in cells: a share of each perturbation with enough cells, none from small ones
+    rows = np.repeat([0, 1, 2], [40, 30, 5])
+    val = V.split_held_in(rows, [1, 2], fraction=0.1, min_cells=20, seed=0)
+    assert val[rows == 1].sum() == 3 and not val[rows == 0].any() and not val[rows == 2].any()
+    assert np.array_equal(val, V.split_held_in(rows, [1, 2], fraction=0.1, min_cells=20, seed=0))
+
+    calls, states = [], []
+
+    def flat(module):  # validation error never improves after the first pass -> stop after `patience` more
+        calls.append(1)
+        states.append({k: v.clone() for k, v in module.state_dict().items()})
+        return 1.0
+
+    monkeypatch.setattr(V.HeldInValidation, "__call__", lambda self, module: flat(module))
+    from _helpers import sim_entities
+
+    wm = bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), replicate_key="replicate", nmf_programs=0,
+                       config={"seed": 0, "min_steps": 20, "eval_every": 5, "patience": 3})
+    assert wm.train_config.max_steps == 0  # default: sized to the data
+    wm.train(progress=False)
+    assert wm.train_result.steps == 20 and len(calls) == 4  # best at step 5, three passes without improvement
+    got = wm.module.state_dict()
+    assert all(torch.equal(got[k], states[0][k]) for k in got)  # the best pass's weights are kept
+    exact = bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), replicate_key="replicate",
+                          nmf_programs=0, config={"seed": 0, "max_steps": 30, "eval_every": 5, "patience": 1})
+    calls.clear()
+    exact.train(progress=False)
+    assert exact.train_result.steps == 30 and not calls  # an explicit max_steps: exactly that, no early stop
+
+
+def test_combinations_are_anchored_on_the_observed_single_effects(tiny_trained, tmp_path):
+    wm = tiny_trained
+    pair = next(lab for lab in wm.train_labels if "+" in lab)
+    a, b = pair.split("+")
+    anchored = wm.predict([pair, a, b]).layers["delta"]
+    effects = wm.single_effects
+    try:
+        wm.single_effects = {}
+        raw = wm.predict([pair, a, b]).layers["delta"]  # the model alone
+    finally:
+        wm.single_effects = effects
+    assert np.allclose(anchored[1:], raw[1:])  # singles stay the model's own answer
+    obs = {lab: row * wm.sd for lab, row in effects.values()}
+    wm.module.use_interaction = False
+    try:
+        plain = wm.predict([pair]).layers["delta"][0]  # anchored, additive latent slots: exactly additive
+    finally:
+        wm.module.use_interaction = True
+    assert np.allclose(plain, obs[a] + obs[b], atol=1e-4)
+    assert np.allclose(anchored[0], obs[a] + obs[b] + (raw[0] - _raw_plain(wm, pair)), atol=1e-4)
+    assert not np.allclose(anchored[0], raw[0], atol=1e-3)
+    wm.save(tmp_path / "m")
+    back = bw.WorldModel.load(tmp_path / "m")
+    assert np.allclose(back.predict([pair]).layers["delta"], anchored[:1], atol=1e-6)
+
+
+def _raw_plain(wm, label):
+    """The model's own mean change for ``label`` with the interaction term off, not anchored."""
+    effects, wm.single_effects = wm.single_effects, {}
+    wm.module.use_interaction = False
+    try:
+        return wm.predict([label]).layers["delta"][0]
+    finally:
+        wm.single_effects = effects
+        wm.module.use_interaction = True

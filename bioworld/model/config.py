@@ -31,6 +31,7 @@ class JEPAConfig:
     retrieval_temperature: float = 0.1  # softmax temperature over feature cosine similarity
     own_embedding_dropout: float = 0.5  # P(drop a seen target's own embedding) while training
     residual_readout: bool = True  # expression = source cell + R(z_next) - R(z_source): readout errors cancel
+    additive_combinations: bool = True  # A+B = control + (A - control) + (B - control) + learned interaction (latent slots)
     use_gene_mlp: bool = False  # also map target features through an MLP (LTO on Papalexi: no gain over retrieval alone)
 
     def to_dict(self) -> dict[str, Any]:

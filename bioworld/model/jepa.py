@@ -136,12 +136,13 @@ class ActionEncoder(nn.Module):
         D = cfg.latent_dim
         self.cfg = cfg
         self.kind_emb = nn.Embedding(N_KINDS, D)
+        nn.init.normal_(self.kind_emb.weight, std=D**-0.5)  # unit norm: the kind must not drown the target's identity
         if cfg.use_gene_mlp:
             self.gene_mlp = nn.Sequential(nn.Linear(cfg.gene_feature_dim + 1, D), nn.GELU(), nn.Linear(D, D))
         n_bank = cfg.gene_bank_size
         self.register_buffer("bank_feat", torch.zeros(n_bank, cfg.gene_feature_dim))
-        self.bank_emb = nn.Parameter(torch.randn(n_bank, D) * 0.1)
-        self.own_emb = nn.Parameter(torch.zeros(n_bank, D))
+        self.bank_emb = nn.Parameter(torch.randn(n_bank, D) * D**-0.5)
+        self.own_emb = nn.Parameter(torch.randn(n_bank, D) * D**-0.5)  # distinct codes from step 0
         self.has_compounds = cfg.compound_feature_dim > 0
         if self.has_compounds:
             self.cmp_mlp = nn.Sequential(nn.Linear(cfg.compound_feature_dim + 1, D), nn.GELU(), nn.Linear(D, D))
@@ -195,6 +196,7 @@ class Predictor(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(D))
         self.pos = nn.Parameter(torch.randn(cfg.n_entities, D) * 0.02)
         self.touch_proj = nn.Linear(D, D)
+        self.action_proj = nn.Linear(D, D)  # the whole action, given to every slot (not only touched ones)
         self.comp_type = nn.Parameter(torch.randn(D) * 0.02)
         self.blocks = nn.ModuleList(
             _Block(D, cfg.n_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.predictor_depth)
@@ -203,6 +205,9 @@ class Predictor(nn.Module):
         self.head = nn.Linear(D, D)
         nn.init.zeros_(self.head.weight)  # start as "no change" on visible slots
         nn.init.zeros_(self.head.bias)
+        self.interaction_head = nn.Linear(D, D)  # combinations: departure from additivity, per slot
+        nn.init.zeros_(self.interaction_head.weight)  # start additive
+        nn.init.zeros_(self.interaction_head.bias)
 
     def forward(
         self,
@@ -211,7 +216,9 @@ class Predictor(nn.Module):
         act: ActionBatch,
         context_mask: Tensor | None = None,
         clamp: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
+        interaction: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Next latents ``[B, E, D]``; with ``interaction`` also the interaction term ``[B, E, D]``."""
         B, E, D = z.shape
         if context_mask is None:
             context_mask = torch.ones(B, E, dtype=torch.bool, device=z.device)
@@ -221,6 +228,7 @@ class Predictor(nn.Module):
             context_mask = context_mask | slots
         h = torch.where(context_mask.unsqueeze(-1), self.proj_in(z), self.mask_token) + self.pos
         h = h + torch.einsum("bae,bad->bed", act.touch, self.touch_proj(u))  # [B, E, D]
+        h = h + self.action_proj(u.sum(1)).unsqueeze(1)  # every slot sees the action from the first layer
         comp = u + self.comp_type  # [B, A, D]
         comp_pad = act.kind == Kind.PAD  # [B, A]
         used = ~comp_pad.all(0)  # component columns padded in every row carry nothing: drop them
@@ -231,10 +239,13 @@ class Predictor(nn.Module):
             pad = torch.cat([torch.zeros(B, E, dtype=torch.bool, device=z.device), comp_pad], dim=1)
         for blk in self.blocks:
             seq = blk(seq, key_padding_mask=pad)
-        out = self.head(self.norm(seq[:, :E]))
+        feat = self.norm(seq[:, :E])
+        out = self.head(feat)
         z_next = torch.where(context_mask.unsqueeze(-1), z, torch.zeros_like(z)) + out
         if clamp is not None:
             z_next = torch.where(clamp[0].unsqueeze(-1), clamp[1], z_next)
+        if interaction:
+            return z_next, self.interaction_head(feat)
         return z_next  # [B, E, D]
 
 
@@ -310,6 +321,7 @@ class JEPA(nn.Module):
         # change of the cell's own level, learned per kind as a log-ratio (x CIS_SCALE so the
         # optimiser can reach a strong knockout quickly). Trans effects go through the slots.
         self.cis_effect = nn.Parameter(torch.zeros(N_KINDS))
+        self.use_interaction = True  # False: combinations purely additive in latent slots (queries compare both)
         self.register_buffer("gene_mean", torch.zeros(cfg.n_genes))  # log-scale centre (standardisation)
         self.register_buffer("gene_sd", torch.ones(cfg.n_genes))  # log-scale spread (standardisation)
 
@@ -330,9 +342,44 @@ class JEPA(nn.Module):
         context_mask: Tensor | None = None,
         clamp: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Predicted next latents under ``act``; ``clamp`` = (slots [B,E] bool, values [B,E,D])."""
+        """Predicted next latents under ``act``; ``clamp`` = (slots [B,E] bool, values [B,E,D]).
+
+        A combination (two or more components) is built on additivity: the control prediction plus
+        each component's own change (its single-component prediction minus the control one) plus
+        a learned interaction term, read from the joint pass over all components and initialised
+        to zero, so combinations start additive in latent slots and depart from it only where
+        training combinations show an interaction (``JEPAConfig.additive_combinations``).
+        """
         u = self.action_encoder(act)
-        return self.predictor(z, u, act, context_mask=context_mask, clamp=clamp)
+        multi = (act.kind != KIND_PAD).sum(1) >= 2  # [B]
+        if not self.cfg.additive_combinations or not bool(multi.any()):
+            return self.predictor(z, u, act, context_mask=context_mask, clamp=clamp)
+        z_next, inter = self.predictor(z, u, act, context_mask=context_mask, clamp=clamp, interaction=True)
+        idx = multi.nonzero().squeeze(1)
+        sub = act.index(idx)
+        zs, us = z[idx], u[idx]
+        cms = None if context_mask is None else context_mask[idx]
+        cls = None if clamp is None else (clamp[0][idx], clamp[1][idx])
+
+        def alone(keep: Tensor) -> Tensor:  # the rows' prediction with only the components in ``keep`` [n, A]
+            a = ActionBatch(**{k: getattr(sub, k) for k in sub.__dataclass_fields__})
+            a.kind = sub.kind * keep
+            a.touch = sub.touch * keep.unsqueeze(-1)
+            return self.predictor(zs, us * keep.unsqueeze(-1), a, context_mask=cms, clamp=cls)
+
+        cols = torch.zeros_like(sub.kind)
+        base = alone(cols)
+        comp = base.clone()
+        for j in range(sub.kind.shape[1]):
+            if bool((sub.kind[:, j] != KIND_PAD).any()):
+                keep = cols.clone()
+                keep[:, j] = 1
+                comp = comp + alone(keep) - base
+        if self.use_interaction:
+            comp = comp + inter[idx]
+        if cls is not None:
+            comp = torch.where(cls[0].unsqueeze(-1), cls[1], comp)
+        return z_next.index_copy(0, idx, comp)
 
     def readout(self, z: Tensor) -> Tensor:
         """Standardised expression ``[B, G]`` from latents."""

@@ -62,13 +62,15 @@ class Candidates:
     labels: list[str]
     table: ActionArrays  # [C] rows (the control action for do-operations)
     clamp: np.ndarray  # [C, E] bool, entities silenced by a do-operation
+    anchor: dict[int, np.ndarray] | None = None  # candidate -> summed observed single effects [G] (combinations)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __add__(self, other: "Candidates") -> "Candidates":
+        anchor = {**(self.anchor or {}), **{len(self) + i: v for i, v in (other.anchor or {}).items()}}
         return Candidates(self.labels + other.labels, ActionArrays.concat([self.table, other.table]),
-                          np.concatenate([self.clamp, other.clamp]))
+                          np.concatenate([self.clamp, other.clamp]), anchor or None)
 
 
 @dataclass
@@ -101,8 +103,10 @@ class Engine:
     """
 
     def __init__(self, module: JEPA, space: Any, reference: np.ndarray, membership: np.ndarray,
-                 trained: Iterable[str], *, inactive_quantile: float) -> None:
+                 trained: Iterable[str], *, inactive_quantile: float,
+                 single_effects: dict[Any, np.ndarray] | None = None) -> None:
         self.module = module
+        self.single_effects = dict(single_effects or {})  # trained single component -> observed effect [G]
         self.space = space
         self.reference = reference
         self.membership = membership
@@ -146,7 +150,11 @@ class Engine:
             self.space.check(a)  # the row is the control action: check the silence itself
             rows.append(control)
             clamp[i, ents] = True
-        return Candidates([a.label for a in actions] if labels is None else list(labels), self.space.encode(rows), clamp)
+        anchor = {i: np.sum([self.single_effects[c] for c in a.components], axis=0)
+                  for i, a in enumerate(actions)
+                  if len(a.components) >= 2 and not clamp[i].any() and all(c in self.single_effects for c in a.components)}
+        return Candidates([a.label for a in actions] if labels is None else list(labels), self.space.encode(rows), clamp,
+                          anchor or None)
 
     def _do_entities(self, a: Action) -> list[int] | None:
         """The entities a do-operation silences for ``a``, or ``None`` when ``a`` is its learned action."""
@@ -218,12 +226,16 @@ class Engine:
         scale = torch.from_numpy(np.asarray(self.slot_scale, dtype=np.float32))
         n_comp = cands.table.n_components()
         per = max(1, rows_per_pass // max(n, 1))
+        offsets = self._anchor_offsets(cache, cands, terms, per)
         for c in np.unique(n_comp):
             members = np.flatnonzero(n_comp == c)
             for s in range(0, len(members), per):
                 idx = members[s:s + per]
                 x_new, z_new = self._pass(cache, cands, idx, terms)
                 m = len(idx)
+                if offsets:
+                    off = torch.stack([offsets.get(int(i), torch.zeros(cache.x.shape[1])) for i in idx])
+                    x_new = x_new + off.repeat_interleave(n, 0)
                 shift = ((z_new - cache.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E)
                 if goal is None:
                     out.x_pred[idx] = x_new.reshape(m, n, -1).numpy()
@@ -231,6 +243,30 @@ class Engine:
                 else:
                     out.scores[idx] = goal(x_new, cache.x_base.repeat(m, 1)).reshape(m, n).numpy()
                     out.shift[idx] = (shift.mean(1) if w is None else torch.einsum("mne,n->me", shift, w)).numpy()
+        return out
+
+    def _anchor_offsets(self, cache: CellCache, cands: Candidates, terms: dict, per: int) -> dict[int, torch.Tensor]:
+        """Combinations built on the observed effects of their components: per anchored candidate, the
+        shift ``[G]`` that makes its mean predicted change = the sum of its components' observed
+        single effects + the learned interaction term (the model's mean change minus the same with
+        the interaction term off, i.e. purely additive latent slots). Without a learned interaction
+        the answer is the additive composition of the known effects. Simulator unseen doubles:
+        benchmarks/results/doubles/DOUBLES.md."""
+        if not cands.anchor:
+            return {}
+        idx = np.array(sorted(cands.anchor))
+        n = len(cache)
+        out = {}
+        self.module.use_interaction = False
+        try:
+            for s in range(0, len(idx), per):
+                part = idx[s:s + per]
+                x_plain, _ = self._pass(cache, cands, part, terms)
+                mean_plain = (x_plain.reshape(len(part), n, -1) - cache.x_base[None]).mean(1)
+                for k, i in enumerate(part):
+                    out[int(i)] = torch.from_numpy(np.asarray(cands.anchor[int(i)], dtype=np.float32)) - mean_plain[k]
+        finally:
+            self.module.use_interaction = True
         return out
 
     def _pass(self, cache: CellCache, cands: Candidates, idx: np.ndarray,

@@ -15,7 +15,16 @@ class TrainConfig:
     """Everything that decides how a world model is trained (defaults fit Papalexi on 2 CPU cores)."""
 
     seed: int = 0  # one seed drives parameter init, batch sampling and masking
-    max_steps: int = 800  # optimiser steps (Papalexi leave-targets-out, seed 0: top-20 MSE 0.202 / 0.199 / 0.203 at 400 / 800 / 1200)
+    # optimiser steps; 0 = sized to the data: auto_epochs passes over the perturbed training cells, clamped to
+    # [min_steps, step_cap], with early stopping on held-in validation cells (Papalexi: 442 steps at most)
+    max_steps: int = 0
+    auto_epochs: float = 3.0  # max_steps=0: passes over the perturbed training cells
+    min_steps: int = 150  # max_steps=0: fewest steps (also the earliest early stop)
+    step_cap: int = 800  # max_steps=0: most steps
+    val_fraction: float = 0.1  # max_steps=0: share of each training perturbation's cells held in for early stopping
+    val_min_cells: int = 20  # perturbations with fewer cells keep all theirs for training (no validation from them)
+    eval_every: int = 25  # steps between validation passes
+    patience: int = 4  # validation passes without a 1% lower error before training stops (best weights kept)
     lr: float = 1e-3  # peak AdamW learning rate (after warmup, cosine to lr_min)
     lr_min: float = 1e-5  # final learning rate
     warmup_steps: int = 100  # linear warmup
@@ -120,15 +129,15 @@ class TrainConfig:
 
 
 #: Allowed values of each field: (kind, low, high); kind "int" (not bool), "float" (finite), "prob" ([0, 1]).
-_INT_MIN = {"seed": 0, "max_steps": 1, "warmup_steps": 0, "groups_per_batch": 1, "cells_per_group": 1, "self_pairs": 0,
+_INT_MIN = {"seed": 0, "max_steps": 0, "min_steps": 1, "step_cap": 1, "val_min_cells": 2, "eval_every": 1, "patience": 1, "warmup_steps": 0, "groups_per_batch": 1, "cells_per_group": 1, "self_pairs": 0,
             "collapse_patience": 1, "checkpoint_every": 0, "log_every": 1, "block_size": 1, "buffer_blocks": 1,
             "buffer_refresh": 1, "resident_controls": 0, "num_threads": 0}
 _INT_MAX = {"seed": 2**63 - 1, "num_threads": 1024}
 _FLOAT_MIN = {"lr": (0.0, True), "lr_min": (0.0, False), "weight_decay": (0.0, False), "grad_clip": (0.0, True),
               "w_latent": (0.0, False), "w_expr": (0.0, False), "w_energy": (0.0, False), "w_recon": (0.0, False),
               "w_score": (0.0, False), "w_variance": (0.0, False), "w_covariance": (0.0, False),
-              "collapse_std": (0.0, False)}
-_PROBS = ("ema_start", "ema_end", "structured_mask_prob", "clamp_prob")
+              "collapse_std": (0.0, False), "auto_epochs": (0.0, True)}
+_PROBS = ("ema_start", "ema_end", "structured_mask_prob", "clamp_prob", "val_fraction")
 _RATIOS = ("self_mask_ratio", "transition_mask_ratio")
 
 
@@ -161,6 +170,8 @@ def _check_values(cfg: "TrainConfig") -> None:
               and v[0] <= v[1])
         if not ok:
             raise bad(name, v, "a pair [low, high] with 0 <= low <= high <= 1")
+    if cfg.min_steps > cfg.step_cap:
+        raise bad("min_steps", cfg.min_steps, f"at most step_cap ({cfg.step_cap})")
     if cfg.lr_min > cfg.lr:
         raise bad("lr_min", cfg.lr_min, f"at most lr ({cfg.lr})")
     if cfg.mask_mode not in ("entity", "gene", "none"):

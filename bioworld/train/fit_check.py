@@ -82,7 +82,7 @@ def summarize_fit(fit_df: pd.DataFrame) -> tuple[dict[str, Any] | None, str | No
     return summary, msg
 
 
-def train_until_fit(build: Callable[[Any], Any], config: Any, *, restarts: int = 2, progress: bool = True,
+def train_until_fit(build: Callable[[Any], Any], config: Any, *, restarts: int = 0, progress: bool = True,
                     log: Callable[[str], None] | None = None, state_dir: Any = None) -> Any:
     """Train ``build(config)``; when the run did not learn its strong training effects
     (``meta['training_fit']['strong_median_magnitude_ratio'] < WEAK_FIT_RATIO``, see
@@ -105,5 +105,7 @@ def train_until_fit(build: Callable[[Any], Any], config: Any, *, restarts: int =
             break
         if log is not None:
             log(f"training seed {cfg.seed} reproduced the strongest training effects at only {ratio:.2f} of their size"
-                + (f"; training again with seed {cfg.seed + 1}" if k < restarts else "; keeping the best run"))
+                + (f"; training again with seed {cfg.seed + 1}" if k < restarts else
+                   ("; keeping the best run" if restarts else "; the fit check failed (see wm.training_fit()): train "
+                    "again with another --seed, or pass --restarts N to retry with the next seeds")))
     return best[1]

@@ -33,6 +33,7 @@ class TrainResult:
     cells_per_s: float
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
+    validation: list[dict[str, float]] = field(default_factory=list)  # held-in validation error per pass
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -114,12 +115,18 @@ def fit(
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     data_key: dict[str, Any] | None = None,
+    validate: Callable[[JEPA], float] | None = None,
 ) -> TrainResult:
     """Train ``module`` in place. With ``state_dir``, resumes from and writes resumable state.
 
     ``data_key``: a JSON-able fingerprint of what is trained on (data hash, gene panel, entities,
     action table); stored with the state, and a state written for another fingerprint is refused
     instead of resumed on other data.
+
+    ``validate(module) -> error`` (single process only): called every ``cfg.eval_every`` steps;
+    training stops once ``cfg.patience`` calls in a row brought no 1% lower error (not before
+    ``cfg.min_steps``) and the weights of the best call are kept. A resumed run starts the
+    early-stopping record afresh.
     """
     from bioworld.train._threads import pin_threads
 
@@ -173,6 +180,10 @@ def fit(
     if hasattr(sampler, "set_step"):  # buffered (out-of-core) samplers pick their buffer from the step
         sampler.set_step(start)
     module.train()
+    best_val, best_state, bad_evals, val_history = math.inf, None, 0, []
+    if world > 1:
+        validate = None
+    last = start
     low_std_steps = 0
     n_cells = 0
     t0 = time.perf_counter()
@@ -222,6 +233,17 @@ def fit(
             if on_step is not None:
                 on_step(step + 1, rec)
         bar.update(1)
+        last = step + 1
+        if validate is not None and (step + 1) % max(1, cfg.eval_every) == 0:
+            err = validate(module)
+            val_history.append({"step": step + 1, "val": err})
+            if err < best_val * 0.99:
+                best_val, bad_evals = err, 0
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            else:
+                bad_evals += 1
+            if bad_evals >= cfg.patience and step + 1 >= cfg.min_steps and step + 1 < cfg.max_steps:
+                break
         if state_dir is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < cfg.max_steps and rank == 0:
             tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
@@ -235,10 +257,12 @@ def fit(
                 "numpy_rng": rng.bit_generator.state, "data": data_key,
             })
     bar.close()
+    if best_state is not None and bad_evals > 0:  # the last validation was not the best: keep the best weights
+        module.load_state_dict(best_state)
     module.cpu()  # queries, checkpoints and the AnnData API work on CPU tensors
     module.eval()
     wall = time.perf_counter() - t0
     if state_dir is not None and rank == 0:
         clear_train_state(state_dir)
-    return TrainResult(steps=cfg.max_steps, wall_s=wall, cells_per_s=n_cells / max(wall, 1e-9),
-                       history=history, resumed_from=resumed)
+    return TrainResult(steps=last, wall_s=wall, cells_per_s=n_cells / max(wall, 1e-9),
+                       history=history, resumed_from=resumed, validation=val_history)
