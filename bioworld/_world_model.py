@@ -378,10 +378,8 @@ class WorldModel:
         mu_c = self._X[ctrl].mean(0)
         obs = np.stack([self._X[val & (action_row == r)].mean(0) - mu_c for r in groups]).astype(np.float32)
         weight = np.array([(val & (action_row == r)).sum() for r in groups], np.float32)
-        from bioworld.model.jepa import ActionBatch
-
-        def rows_of(ids: list[int]) -> ActionBatch:
-            return ActionBatch(**table.take(np.asarray(ids)))
+        def rows_of(ids: list[int]):
+            return table.take(np.asarray(ids))
 
         def factory(module):
             return HeldInValidation(torch.from_numpy(self._X[src]), rows_of(groups), rows_of([control_row]),

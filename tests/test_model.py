@@ -218,7 +218,7 @@ def test_combinations_start_additive_in_latent_slots_and_the_interaction_term_de
     B = 3
     z = m.encode(torch.randn(B, G))
     ab = _actions(B)
-    ab.kind[:, 1] = KIND_KO
+    ab.kind[:, 1] = Kind.KO
     ab.gene_feat[:, 1] = torch.randn(B, F)
     only = []
     for j in range(2):

@@ -258,10 +258,10 @@ def test_combinations_are_anchored_on_the_observed_single_effects(tiny_trained, 
     anchored = wm.predict([pair, a, b]).layers["delta"]
     effects = wm.single_effects
     try:
-        wm.single_effects = {}
+        wm.single_effects, wm._engine = {}, None
         raw = wm.predict([pair, a, b]).layers["delta"]  # the model alone
     finally:
-        wm.single_effects = effects
+        wm.single_effects, wm._engine = effects, None
     assert np.allclose(anchored[1:], raw[1:])  # singles stay the model's own answer
     obs = {lab: row * wm.sd for lab, row in effects.values()}
     wm.module.use_interaction = False
@@ -279,10 +279,10 @@ def test_combinations_are_anchored_on_the_observed_single_effects(tiny_trained, 
 
 def _raw_plain(wm, label):
     """The model's own mean change for ``label`` with the interaction term off, not anchored."""
-    effects, wm.single_effects = wm.single_effects, {}
+    effects, wm.single_effects, wm._engine = wm.single_effects, {}, None
     wm.module.use_interaction = False
     try:
         return wm.predict([label]).layers["delta"][0]
     finally:
-        wm.single_effects = effects
+        wm.single_effects, wm._engine = effects, None
         wm.module.use_interaction = True

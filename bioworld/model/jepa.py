@@ -351,7 +351,7 @@ class JEPA(nn.Module):
         training combinations show an interaction (``JEPAConfig.additive_combinations``).
         """
         u = self.action_encoder(act)
-        multi = (act.kind != KIND_PAD).sum(1) >= 2  # [B]
+        multi = (act.kind != Kind.PAD).sum(1) >= 2  # [B]
         if not self.cfg.additive_combinations or not bool(multi.any()):
             return self.predictor(z, u, act, context_mask=context_mask, clamp=clamp)
         z_next, inter = self.predictor(z, u, act, context_mask=context_mask, clamp=clamp, interaction=True)
@@ -371,7 +371,7 @@ class JEPA(nn.Module):
         base = alone(cols)
         comp = base.clone()
         for j in range(sub.kind.shape[1]):
-            if bool((sub.kind[:, j] != KIND_PAD).any()):
+            if bool((sub.kind[:, j] != Kind.PAD).any()):
                 keep = cols.clone()
                 keep[:, j] = 1
                 comp = comp + alone(keep) - base

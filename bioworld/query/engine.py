@@ -257,7 +257,7 @@ class Engine:
         idx = np.array(sorted(cands.anchor))
         n = len(cache)
         out = {}
-        self.module.use_interaction = False
+        before, self.module.use_interaction = self.module.use_interaction, False
         try:
             for s in range(0, len(idx), per):
                 part = idx[s:s + per]
@@ -266,7 +266,7 @@ class Engine:
                 for k, i in enumerate(part):
                     out[int(i)] = torch.from_numpy(np.asarray(cands.anchor[int(i)], dtype=np.float32)) - mean_plain[k]
         finally:
-            self.module.use_interaction = True
+            self.module.use_interaction = before
         return out
 
     def _pass(self, cache: CellCache, cands: Candidates, idx: np.ndarray,
