@@ -544,6 +544,7 @@ def train_cmd(
 
         def build(cfg: Any) -> Any:
             model = bw.WorldModel(adata, config=cfg, **wm_kwargs)
+            _check_free_space(out, model)  # before training, not after it
             if not quiet and not shown:
                 typer.echo(f"data: {source}")
                 typer.echo(repr(model))
@@ -584,6 +585,29 @@ def train_cmd(
     finally:
         if not done:
             remove_created(created)
+
+
+def _check_free_space(out: Path, model: Any) -> None:
+    """Refuse before training when ``out``'s filesystem cannot hold the model and its training state."""
+    import shutil
+
+    import torch
+
+    from bioworld.errors import OutputError
+    from bioworld.model import JEPA
+
+    E, G = model.membership.shape
+    with torch.device("meta"):  # sizes only: nothing is allocated
+        n_params = sum(t.numel() for t in JEPA(model.model_config, torch.empty(E, G)).state_dict().values())
+    # model + training state (weights and two AdamW moments) side by side, the arrays stored beside
+    # the weights, and room for bioworld.json
+    need = 4 * 4 * n_params + model.reference.nbytes + 3 * model.membership.nbytes + (4 << 20)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise OutputError(
+            f"--out {str(out)!r} is on a filesystem with {free / 2**20:.1f} MB free; expected about "
+            f"{need / 2**20:.1f} MB for the model and its training state. Fix: free space there or choose another --out."
+        )
 
 
 #: Hidden folder in ``train --out`` holding the resumable state of a running training.

@@ -308,3 +308,34 @@ def test_report_shows_dollar_names_and_defuses_formula_cells(tiny_trained, world
     assert got == ["silence:P$\\foo{$"] + ["'" + s for s in nasty[1:]]
     assert np.allclose(csv["score"].to_numpy(), table["score"].to_numpy(), rtol=1e-6)  # numbers untouched
     assert (csv["score"] < 0).any() == (table["score"] < 0).any()  # negative numbers are not quoted
+
+
+def test_train_refuses_a_full_disk_before_training(small_sim, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import bioworld.train.fit_check as fit_check
+
+    real = shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+
+    def tiny(path):  # a filesystem with 1 MB free, like the issue's
+        return usage(real(path).total, real(path).used, 1 << 20) if str(path).startswith(str(tmp_path)) else real(path)
+
+    trained = []
+    real_fit = fit_check.train_until_fit
+
+    def spy(*a, **k):
+        trained.append(True)
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(shutil, "disk_usage", tiny)
+    monkeypatch.setattr(fit_check, "train_until_fit", spy)
+    data = tmp_path / "data.h5ad"
+    small_sim.adata.write_h5ad(data)
+    gmt = tmp_path / "s.gmt"
+    gmt.write_text("".join(f"{k}\tsim\t" + "\t".join(v) + "\n" for k, v in small_sim.gmt.items()))
+    res = _invoke("train", data, "--out", tmp_path / "m", "--entities", gmt, "--max-steps", 2, "--quiet")
+    _error_line(res, "1.0 MB free", "--out")
+    assert trained  # refused inside the build step, before any optimiser step
+    assert not (tmp_path / "m").exists()
