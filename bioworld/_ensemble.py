@@ -240,6 +240,12 @@ class Ensemble:
         return out
 
     # ------------------------------------------------------------------ persistence
+    def to(self, device: str) -> "Ensemble":
+        """Answer queries on ``device`` (every member; see :meth:`WorldModel.to`). Returns the ensemble."""
+        for m in self.members:
+            m.to(device)
+        return self
+
     def save(self, directory: str | os.PathLike, *, overwrite: bool = True) -> Path:
         """Members in ``member_<k>/`` (each a normal model folder) and ``ensemble.json`` (atomic)."""
         from bioworld._atomic import write_text

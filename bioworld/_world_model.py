@@ -431,6 +431,15 @@ class WorldModel:
         """Parse a perturbation / intervention label with the project's one parser."""
         return self.space.parse(label)
 
+    def to(self, device: str) -> "WorldModel":
+        """Answer queries on ``device`` (``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'auto'``: a GPU when torch
+        sees one); an unavailable device is refused with the reason. Returns the model."""
+        from dataclasses import replace as _replace
+
+        dev = _replace(self.train_config, device=str(device)).resolved_device()
+        self._require_module().to(dev)
+        return self
+
     @property
     def engine(self):
         """The query engine of the trained module (:class:`bioworld.query.engine.Engine`), built on first use."""
@@ -497,7 +506,7 @@ class WorldModel:
         x0 = self.reference if cells is None else self._cells_to_std(cells)
         cache = eng.encode(x0)
         r = eng.run(cache, cands)
-        pred = np.stack([r.x_pred[i].mean(0) for i in range(len(labels))] + [cache.x_base.numpy().mean(0)])  # [n + 1 (control), G]
+        pred = np.stack([r.x_pred[i].mean(0) for i in range(len(labels))] + [cache.x_base.cpu().numpy().mean(0)])  # [n + 1 (control), G]
         X = self._to_scale(pred)
         out = ad.AnnData(
             X=X[:-1].astype(np.float32),
@@ -587,7 +596,7 @@ class WorldModel:
         x = self._cells_to_std(cells)
         cache = eng.encode(x)
         r = eng.run(cache, cands)
-        base = self._to_scale(cache.x_base.numpy())
+        base = self._to_scale(cache.x_base.cpu().numpy())
         Xs, D, shifts, effects = [], [], [], {}
         for i, spec in enumerate(specs):
             pred = self._to_scale(r.x_pred[i])
@@ -689,8 +698,9 @@ class WorldModel:
     def get_entity_latents(self, adata: ad.AnnData) -> np.ndarray:
         """Entity latents ``[cells, E, D]`` of the (context) encoder for ``adata``'s cells."""
         m = self._require_module()
+        dev = next(m.parameters()).device
         x = torch.from_numpy(self._cells_to_std(adata))
-        return np.concatenate([m.encode(x[s:s + 2048]).numpy() for s in range(0, len(x), 2048)])
+        return np.concatenate([m.encode(x[s:s + 2048].to(dev)).cpu().numpy() for s in range(0, len(x), 2048)])
 
     def describe(self) -> dict[str, Any]:
         tr = self.train_result
@@ -715,7 +725,7 @@ class WorldModel:
             from bioworld.report.card import data_hash
 
             self.meta["data_hash"] = data_hash(self._X, self._labels)
-        tensors = {f"module.{k}": v for k, v in m.state_dict().items()}
+        tensors = {f"module.{k}": v.detach().cpu() for k, v in m.state_dict().items()}
         tensors.update({
             "norm.mu": torch.from_numpy(self.mu), "norm.sd": torch.from_numpy(self.sd),
             "reference": torch.from_numpy(self.reference), "membership": torch.from_numpy(self.membership),

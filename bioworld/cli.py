@@ -656,6 +656,7 @@ def predict_cmd(
     out: Annotated[Path, typer.Option("--out", metavar="PRED.h5ad", help="AnnData (.h5ad) to write: X = predicted mean, layers['delta'].")],
     level: Annotated[float, typer.Option("--level", help="Ensembles only: interval level for layers['delta_lo'] / ['delta_hi'].")] = 0.9,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (never an input or a model folder).")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to run the model: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (default: cpu).")] = None,
 ) -> None:
     """Predict the mean expression under perturbations and write it as an h5ad.
 
@@ -667,7 +668,7 @@ def predict_cmd(
 
     labels = _split_labels(perturbations, "--perturbations")
     _check_out(out, overwrite=overwrite, inputs={"MODEL_DIR": model_dir})
-    wm = _load_model(model_dir)
+    wm = _load_model(model_dir, device=device)
     pred = wm.predict(labels) if not _is_ensemble(wm) else wm.predict(labels, level=level)
     write_h5ad_atomic(pred, out)
     typer.echo(f"predicted {pred.n_obs} perturbation(s) x {pred.n_vars:,} genes; wrote {out}")
@@ -677,8 +678,14 @@ def predict_cmd(
 
 
 # ------------------------------------------------------- counterfactual, prioritize, demo commands
-def _load_model(model_dir: Path, *, ensemble_ok: bool = True) -> Any:
-    """``bw.WorldModel.load`` (or ``bw.Ensemble.load`` for an ensemble folder) with one-line errors."""
+def _load_model(model_dir: Path, *, ensemble_ok: bool = True, device: Optional[str] = None) -> Any:
+    """``bw.WorldModel.load`` (or ``bw.Ensemble.load`` for an ensemble folder) with one-line errors;
+    ``device`` (``--device``) moves it there (an unavailable device is refused before data are read)."""
+    model = _load_model_cpu(model_dir, ensemble_ok=ensemble_ok)
+    return model if device is None else model.to(device)
+
+
+def _load_model_cpu(model_dir: Path, *, ensemble_ok: bool = True) -> Any:
     import bioworld as bw
 
     if not model_dir.is_dir():
@@ -707,6 +714,7 @@ def counterfactual_cmd(
     out: Annotated[Path, typer.Option("--out", metavar="CF.h5ad", help="AnnData (.h5ad) to write: rows = intervention x cell.")],
     level: Annotated[float, typer.Option("--level", help="Ensembles only: interval level of the population effects.")] = 0.9,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (never an input or a model folder).")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to run the model: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (default: cpu).")] = None,
 ) -> None:
     """Predict each cell's state under each intervention and write it as an h5ad.
 
@@ -721,7 +729,7 @@ def counterfactual_cmd(
     from bioworld.report._h5ad import write_h5ad_atomic
 
     _check_out(out, overwrite=overwrite, inputs={"--cells": cells, "MODEL_DIR": model_dir})
-    wm = _load_model(model_dir)
+    wm = _load_model(model_dir, device=device)
     adata = read_h5ad(cells)
     cf = wm.counterfactual(adata, list(intervention)) if not _is_ensemble(wm) else \
         wm.counterfactual(adata, list(intervention), level=level)
@@ -745,6 +753,7 @@ def prioritize_cmd(
     genes: Annotated[Optional[str], typer.Option(help="Comma-separated candidate gene knockouts (default: the genes the model knows).")] = None,
     pairs: Annotated[bool, typer.Option("--pairs/--no-pairs", help="Also score pairs of interventions (default: yes).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report files in a non-empty --out folder (never an input or a model folder).")] = False,
+    device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to run the model: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (default: cpu).")] = None,
 ) -> None:
     """Rank interventions that move the cells towards a goal; write the ranked CSV and an HTML report."""
     from bioworld.data import read_h5ad
@@ -754,7 +763,7 @@ def prioritize_cmd(
 
     _check_out(out, overwrite=overwrite, inputs={"--cells": cells, "MODEL_DIR": model_dir}, folder=True,
                writes=(CSV_NAME, REPORT_NAME))
-    wm = _load_model(model_dir, ensemble_ok=False)
+    wm = _load_model(model_dir, ensemble_ok=False, device=device)
     Goal.parse(goal, entity_names=wm.entity_names)  # a bad goal fails before the cells are read
     adata = read_h5ad(cells)
     result = wm.prioritize(adata, goal, genes=_split_labels(genes, "--genes") if genes is not None else None,

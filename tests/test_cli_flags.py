@@ -80,6 +80,34 @@ def test_train_and_predict_compound_at_dose_from_the_raw_plate(plate_model, tmp_
     assert np.abs(np.asarray(pred.layers["delta"])[1:]).max() > 0
 
 
+def test_query_commands_take_device(plate, plate_model, tmp_path):
+    import torch
+
+    cells = tmp_path / "cells.h5ad"
+    raw = ad.read_h5ad(plate / "plate.h5ad")
+    raw[raw.obs["pert_iname"] == "DMSO"].copy().write_h5ad(cells)
+    outs = {}
+    for dev in ("cpu", "auto"):
+        out = tmp_path / f"pred_{dev}.h5ad"
+        r = invoke("predict", plate_model, "--perturbations", "DMSO,aspirin@10", "--out", out, "--device", dev)
+        assert r.exit_code == 0, (r.output, r.exception)
+        outs[dev] = ad.read_h5ad(out)
+        r = invoke("counterfactual", plate_model, "--cells", cells, "--intervention", "caffeine@10",
+                   "--out", tmp_path / f"cf_{dev}.h5ad", "--device", dev)
+        assert r.exit_code == 0, (r.output, r.exception)
+    if not torch.cuda.is_available():  # 'auto' ran on the CPU: the same answers
+        np.testing.assert_array_equal(outs["cpu"].X, outs["auto"].X)
+        for cmd in (["predict", plate_model, "--perturbations", "DMSO", "--out", tmp_path / "p.h5ad"],
+                    ["counterfactual", plate_model, "--cells", cells, "--intervention", "caffeine@10",
+                     "--out", tmp_path / "c.h5ad"],
+                    ["prioritize", plate_model, "--cells", cells, "--goal", "down:MAPK", "--out", tmp_path / "rep"]):
+            line = assert_one_line_error(invoke(*cmd, "--device", "cuda"), "no CUDA GPU", "--device cpu")
+            assert "device=" not in line
+        assert not (tmp_path / "p.h5ad").exists() and not (tmp_path / "rep").exists()
+    assert_one_line_error(invoke("predict", plate_model, "--perturbations", "DMSO", "--out", tmp_path / "q.h5ad",
+                                 "--device", "tpu"), "--device tpu")
+
+
 def test_evaluate_raw_plate_with_its_flags(plate, plate_model, tmp_path):
     """evaluate's flags on a raw held-out plate: name + dose joined, log input, --min-cells, --k, --train-data."""
     test = _raw_compound_plate(n_per_dose=2)

@@ -87,7 +87,7 @@ def latent_prototypes(z: np.ndarray | torch.Tensor, k: int, *, seed: int, n_iter
     prototypes' row indices (ascending) and their weights (share of cells assigned, sum 1).
     With ``k >= n`` every cell is its own prototype.
     """
-    X = (z.numpy() if isinstance(z, torch.Tensor) else np.asarray(z)).reshape(len(z), -1).astype(np.float64)
+    X = (z.cpu().numpy() if isinstance(z, torch.Tensor) else np.asarray(z)).reshape(len(z), -1).astype(np.float64)
     n = len(X)
     if k >= n:
         return np.arange(n), np.full(n, 1.0 / n)

@@ -51,7 +51,7 @@ class CellCache:
 
     def subset(self, idx: np.ndarray) -> "CellCache":
         """The cache of cells ``idx`` (rows are independent, so nothing is recomputed)."""
-        t = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        t = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.x.device)
         return CellCache(self.x[t], self.z[t], None if self.r_ref is None else self.r_ref[t], self.z_base[t], self.x_base[t])
 
 
@@ -119,6 +119,19 @@ class Engine:
 
     # ---------------------------------------------------------------- cached per model
     @property
+    def device(self) -> torch.device:
+        """Where the module is (``WorldModel.to``); inputs go there, answers come back as numpy on the CPU."""
+        return next(self.module.parameters()).device
+
+    def _take(self, table: ActionArrays, rows: np.ndarray) -> Any:
+        """``table.take(rows)`` on the module's device."""
+        batch = table.take(rows)
+        dev = self.device
+        if dev.type == "cpu":
+            return batch
+        return type(batch)(**{k: getattr(batch, k).to(dev) for k in batch.__dataclass_fields__})
+
+    @property
     def axes(self) -> ActivityAxes:
         """Per-entity activity axes and "off" levels over the reference cells (see :class:`ActivityAxes`)."""
         if self._axes is None:
@@ -129,7 +142,7 @@ class Engine:
     def slot_scale(self) -> np.ndarray:
         """Per-slot spread of the reference cells' latents ``[E]`` (shifts are in these units)."""
         if self._slot_scale is None:
-            z = self.encode(self.reference).z.numpy()  # [n, E, D]
+            z = self.encode(self.reference).z.cpu().numpy()  # [n, E, D]
             self._slot_scale = np.sqrt(z.var(0).sum(-1)).clip(1e-6)
         return self._slot_scale
 
@@ -178,11 +191,11 @@ class Engine:
         """Encode cells once: latents, the readout of their target latents, the unperturbed prediction."""
         m = self.module
         m.eval()
-        x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32)).to(self.device)
         parts = []
         for s in range(0, len(x), ROWS_PER_PASS):
             xb = x[s:s + ROWS_PER_PASS]
-            ctrl = self._control.take(np.zeros(len(xb), dtype=np.int64))
+            ctrl = self._take(self._control, np.zeros(len(xb), dtype=np.int64))
             z = m.encode(xb)  # [b, E, D]
             r_ref = m.readout(m.encode_target(xb)) if m.cfg.residual_readout else None
             z_base = m.next(z, ctrl)
@@ -193,10 +206,10 @@ class Engine:
     @torch.inference_mode()
     def silence_terms(self, cache: CellCache, entities: Iterable[int]) -> dict[int, SilenceTerms]:
         """Each entity's do(off) terms on the cells (:class:`SilenceTerms`), the moved cells encoded per entity."""
-        x_np = cache.x.numpy()
+        x_np = cache.x.cpu().numpy()
         out = {}
         for e in entities:
-            x_off = torch.from_numpy(self.axes.inactive(x_np, e))
+            x_off = torch.from_numpy(self.axes.inactive(x_np, e)).to(self.device)
             z_off = torch.cat([self.module.encode(x_off[s:s + ROWS_PER_PASS]) for s in range(0, len(x_off), ROWS_PER_PASS)])
             out[e] = silence_terms(self.module, cache.z, z_off, e, cache.x, x_off)
         return out
@@ -222,8 +235,9 @@ class Engine:
             scores=None if goal is None else np.empty((C, n), np.float32),
             shift=np.empty((C, n, E) if goal is None else (C, E), np.float32),
         )
-        w = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32))
-        scale = torch.from_numpy(np.asarray(self.slot_scale, dtype=np.float32))
+        dev = self.device
+        w = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32)).to(dev)
+        scale = torch.from_numpy(np.asarray(self.slot_scale, dtype=np.float32)).to(dev)
         n_comp = cands.table.n_components()
         per = max(1, rows_per_pass // max(n, 1))
         offsets = self._anchor_offsets(cache, cands, terms, per)
@@ -238,11 +252,11 @@ class Engine:
                     x_new = x_new + off.repeat_interleave(n, 0)
                 shift = ((z_new - cache.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E)
                 if goal is None:
-                    out.x_pred[idx] = x_new.reshape(m, n, -1).numpy()
-                    out.shift[idx] = shift.numpy()
+                    out.x_pred[idx] = x_new.reshape(m, n, -1).cpu().numpy()
+                    out.shift[idx] = shift.cpu().numpy()
                 else:
-                    out.scores[idx] = goal(x_new, cache.x_base.repeat(m, 1)).reshape(m, n).numpy()
-                    out.shift[idx] = (shift.mean(1) if w is None else torch.einsum("mne,n->me", shift, w)).numpy()
+                    out.scores[idx] = goal(x_new, cache.x_base.repeat(m, 1)).reshape(m, n).cpu().numpy()
+                    out.shift[idx] = (shift.mean(1) if w is None else torch.einsum("mne,n->me", shift, w)).cpu().numpy()
         return out
 
     def _anchor_offsets(self, cache: CellCache, cands: Candidates, terms: dict, per: int) -> dict[int, torch.Tensor]:
@@ -274,7 +288,7 @@ class Engine:
         """Predicted expression and latents ``[m*n, G]``, ``[m*n, E, D]`` of candidates ``idx`` on all cells."""
         m, n = len(idx), len(cache)
         rows = np.repeat(idx, n)  # [m*n] candidate of each row
-        act = cands.table.take(rows)
+        act = self._take(cands.table, rows)
         x = cache.x.repeat(m, 1)
         clamp = None
         ents = [np.flatnonzero(cands.clamp[i]).tolist() for i in idx]
@@ -282,7 +296,7 @@ class Engine:
             inact = cache.z.clone()  # [n, E, D]; only the clamped slots are read
             for e, t in terms.items():
                 inact[:, e] = t.slot
-            clamp = (torch.from_numpy(cands.clamp[rows]), inact.repeat(m, 1, 1))
+            clamp = (torch.from_numpy(cands.clamp[rows]).to(self.device), inact.repeat(m, 1, 1))
         z_new = self.module.next(cache.z.repeat(m, 1, 1), act, clamp=clamp)
         x_new = self.module.expression_from(z_new, act, x, r_ref=None if cache.r_ref is None else cache.r_ref.repeat(m, 1))
         if clamp is None:
@@ -292,7 +306,7 @@ class Engine:
         dx = torch.cat([_sum([terms[e].dx for e in es], no_x) for es in ents])  # [m*n, G]
         dz = torch.cat([_sum([terms[e].dz for e in es], no_z) for es in ents])  # [m*n, E, D]
         move = torch.cat([_sum([terms[e].move for e in es], no_x) for es in ents])  # [m*n, G]
-        no_pin = torch.zeros(cache.x.shape[1], dtype=torch.bool)
+        no_pin = torch.zeros(cache.x.shape[1], dtype=torch.bool, device=cache.x.device)
         pinned = torch.stack([torch.stack([terms[e].pinned for e in es]).any(0) if es else no_pin for es in ents])
         # the do() sets the silenced entities' genes (a gene in two silenced entities: both moves)
         x_new = pin_members(x_new + dx, cache.x_base.repeat(m, 1), move, pinned.repeat_interleave(n, 0))
@@ -317,7 +331,7 @@ def goal_function(goal: Any, module: JEPA, entity_names: Sequence[str], center: 
     standardised genes); ``toward:control``: reduction of the distance to ``center`` (reference mean).
     """
     if goal.direction == "toward":
-        c = torch.from_numpy(np.asarray(center, dtype=np.float32))
+        c = torch.from_numpy(np.asarray(center, dtype=np.float32)).to(next(module.parameters()).device)
 
         def toward(x_new: torch.Tensor, x_base: torch.Tensor) -> torch.Tensor:
             return (x_base - c).norm(dim=1) - (x_new - c).norm(dim=1)
