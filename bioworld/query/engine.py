@@ -248,7 +248,7 @@ class Engine:
                 x_new, z_new = self._pass(cache, cands, idx, terms)
                 m = len(idx)
                 if offsets:
-                    off = torch.stack([offsets.get(int(i), torch.zeros(cache.x.shape[1])) for i in idx])
+                    off = torch.stack([offsets.get(int(i), torch.zeros(cache.x.shape[1], device=cache.x.device)) for i in idx])
                     x_new = x_new + off.repeat_interleave(n, 0)
                 shift = ((z_new - cache.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E)
                 if goal is None:
@@ -278,7 +278,8 @@ class Engine:
                 x_plain, _ = self._pass(cache, cands, part, terms)
                 mean_plain = (x_plain.reshape(len(part), n, -1) - cache.x_base[None]).mean(1)
                 for k, i in enumerate(part):
-                    out[int(i)] = torch.from_numpy(np.asarray(cands.anchor[int(i)], dtype=np.float32)) - mean_plain[k]
+                    out[int(i)] = (torch.from_numpy(np.asarray(cands.anchor[int(i)], dtype=np.float32)).to(self.device)
+                                   - mean_plain[k])
         finally:
             self.module.use_interaction = before
         return out
