@@ -25,10 +25,9 @@ def unsigned_axis(xc: np.ndarray) -> np.ndarray:
     When the members co-vary along one clear direction (first PC variance >= ``PC1_DOMINANCE`` x the
     second's), that first PC, oriented so most members load positively: repressed members load
     negatively. Otherwise the members do not co-vary enough in these cells to say which way each one
-    goes (e.g. the 10 Hallmark IFN-gamma genes of the Papalexi panel among control cells: |r| < 0.2,
-    first two PCs 13.6% / 12.4% of the variance, and the first PC of 512 cells is a near-random
-    direction), so every member moves by the same amount, down unless its correlation with the other
-    members' mean is significantly negative (r < -3/sqrt(cells)).
+    goes (e.g. the Hallmark IFN-gamma genes of the Papalexi panel among control cells; figures in
+    ``benchmarks/results/causal/design_notes.md``), so every member moves by the same amount, down
+    unless its correlation with the other members' mean is significantly negative (r < -3/sqrt(cells)).
     """
     n, p = xc.shape
     _, s, vt = np.linalg.svd(xc, full_matrices=False)
@@ -132,10 +131,8 @@ def silence_terms(module: JEPA, z: torch.Tensor, z_off: torch.Tensor, entity: in
 def pin_members(x_new: torch.Tensor, x_base: torch.Tensor, move: torch.Tensor, pinned: torch.Tensor) -> torch.Tensor:
     """``x_new`` with the pinned (intervened) genes' change from ``x_base`` set to ``move``.
 
-    Shapes broadcast: ``x_new``, ``x_base``, ``move`` ``[..., G]``, ``pinned`` ``[..., G]`` bool. On
-    the simulator (2 seeds, 500 steps, every silence held out) pinning raised the held-out silences'
-    Pearson with the truth from 0.83 to 0.88 and lowered the leak ratio from 0.16 to 0.15; on THP-1
-    ``silence:JAK-STAT`` vs the held-out IFNGR1 / STAT1 knockouts 0.44 / 0.49 -> 0.51 / 0.65.
+    Shapes broadcast: ``x_new``, ``x_base``, ``move`` ``[..., G]``, ``pinned`` ``[..., G]`` bool. What
+    pinning changed on the simulator and THP-1 is in ``benchmarks/results/causal/design_notes.md``.
     """
     return torch.where(pinned, x_base + move, x_new)
 
