@@ -616,12 +616,17 @@ class WorldModel:
         *,
         genes: Sequence[str] | None = None,
         entities: Sequence[str] | None = None,
+        compounds: Sequence[str] | None = None,
+        dose: float = 1.0,
+        max_genes: int | None = 1000,
         pairs: bool = True,
         gene_pairs_top: int = 8,
         n_boot: int = 200,
         max_cells: int = 1000,
         screen_cells: int = 16,
         refine_top: int = 20,
+        overlap: float = 0.5,
+        readout_share: float = 0.1,
     ):
         """Rank single and paired interventions by how well they move ``cells`` towards ``goal``.
 
@@ -633,8 +638,25 @@ class WorldModel:
         goal
             ``down:ENTITY``, ``up:ENTITY`` or ``toward:control`` (see :mod:`bioworld.query`).
         genes
-            Candidate gene knockouts (default: the genetic targets the model was trained on or
-            held out). ``entities``: entities to silence (default: all slots).
+            Candidate gene knockouts. Default: the genetic targets of the data (trained or held
+            out), then the genes of the model's knowledge gene table closest to the goal entity's
+            genes (:func:`bioworld.query._candidates.gene_candidates`), ``max_genes`` in all
+            (``None``: every gene the model can represent). ``entities``: entities to silence
+            (default: all slots; ranked as ``kind`` ``entity``, a mechanism).
+        compounds
+            Candidate compounds (names, or ``NAME@DOSE`` labels). Default: every compound the
+            model's compound features resolve, at ``dose`` (none for a model without compounds).
+        dose
+            Dose of the default compound candidates and of names given without ``@DOSE``.
+        max_genes
+            Cap on the default gene candidates (see ``genes``; the data's own genetic targets are
+            always kept).
+        overlap, readout_share
+            The tautology guard (:mod:`bioworld.query._candidates`): a silence of the goal entity
+            or of an entity whose panel genes overlap it by ``overlap`` (Jaccard, or that share of
+            either gene set), and a knockout of genes carrying ``readout_share`` of the goal
+            readout's weight, get ``flag`` = ``readout`` with the reason in ``flag_reason`` and
+            are ranked after every unflagged row.
         pairs
             Also score every pair of silenced entities and pairs among the ``gene_pairs_top`` best
             gene knockouts; ``synergy`` = pair score minus the sum of its singles.
@@ -686,11 +708,15 @@ class WorldModel:
         n_total = len(x)
         if len(x) > max_cells:
             x = x[np.sort(np.random.default_rng(self.train_config.seed).choice(len(x), max_cells, replace=False))]
+        from bioworld.query._candidates import default_candidates
+
+        gene_list, compound_list = default_candidates(eng, goal, panel=self.genes, genes=genes, compounds=compounds,
+                                                      dose=dose, max_genes=max_genes)
         return prioritize(
-            eng, x, goal, genes=self.space.genetic_targets() if genes is None else list(genes),
+            eng, x, goal, genes=gene_list, compounds=compound_list, panel=self.genes,
             entities=list(self.entity_names) if entities is None else list(entities), pairs=pairs,
             gene_pairs_top=gene_pairs_top, n_boot=n_boot, screen_cells=screen_cells, refine_top=refine_top,
-            seed=self.train_config.seed,
+            seed=self.train_config.seed, overlap=overlap, readout_share=readout_share,
             provenance={"model": self.describe(), "n_cells_given": int(n_total), "scale": self.scale_name},
         )
 

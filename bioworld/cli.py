@@ -750,7 +750,9 @@ def prioritize_cmd(
     cells: Annotated[Path, typer.Option("--cells", metavar="CELLS.h5ad", help="Starting cells (the model's gene panel).")],
     goal: Annotated[str, typer.Option("--goal", help="'down:ENTITY', 'up:ENTITY' or 'toward:control'.")],
     out: Annotated[Path, typer.Option("--out", metavar="REPORT_DIR", help="Folder for ranked_interventions.csv and report.html.")],
-    genes: Annotated[Optional[str], typer.Option(help="Comma-separated candidate gene knockouts (default: the genes the model knows).")] = None,
+    genes: Annotated[Optional[str], typer.Option(help="Comma-separated candidate gene knockouts, or 'all' (every gene the model can represent). Default: the data's targets plus the --max-genes genes closest to the goal entity's genes.")] = None,
+    max_genes: Annotated[int, typer.Option("--max-genes", min=0, help="Default gene candidates in all (the data's own targets always kept).")] = 1000,
+    dose: Annotated[float, typer.Option("--dose", min=0.0, help="Dose of the compound candidates (every compound the model resolves; compound models only).")] = 1.0,
     pairs: Annotated[bool, typer.Option("--pairs/--no-pairs", help="Also score pairs of interventions (default: yes).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report files in a non-empty --out folder (never an input or a model folder).")] = False,
     device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to run the model: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (default: cpu).")] = None,
@@ -766,15 +768,19 @@ def prioritize_cmd(
     wm = _load_model(model_dir, ensemble_ok=False, device=device)
     Goal.parse(goal, entity_names=wm.entity_names)  # a bad goal fails before the cells are read
     adata = read_h5ad(cells)
-    result = wm.prioritize(adata, goal, genes=_split_labels(genes, "--genes") if genes is not None else None,
-                           pairs=pairs)
+    every = genes is not None and genes.strip().lower() == "all"
+    result = wm.prioritize(adata, goal, genes=_split_labels(genes, "--genes") if genes is not None and not every else None,
+                           max_genes=None if every else max_genes, dose=dose, pairs=pairs)
     report = write_report(result, out, model=wm)
     table = result.table
     typer.echo(f"scored {len(table):,} interventions on {result.provenance.get('n_cells_used', adata.n_obs):,} cells "
                f"in {result.wall_s:.1f} s; best:")
     for _, row in table.head(5).iterrows():
-        typer.echo(f"  {int(row['rank'])}. {row['intervention']}  score {row['score']:.3f} "
-                   f"[{row['score_lo']:.3f}, {row['score_hi']:.3f}]")
+        typer.echo(f"  {int(row['rank'])}. {row['intervention']} ({row['kind']}, {'seen' if row['seen'] else 'unseen'})  "
+                   f"score {row['score']:.3f} [{row['score_lo']:.3f}, {row['score_hi']:.3f}]")
+    n_flag = int((table["flag"] != "").sum())
+    if n_flag:
+        typer.echo(f"  {n_flag:,} candidate(s) act on the goal's own readout: flagged 'readout' and ranked last")
     typer.echo(f"wrote {report.parent / 'ranked_interventions.csv'}")
     typer.echo(f"Report: {report.resolve()}")
 

@@ -34,7 +34,7 @@ def fast_and_exact(request, tiny_trained, cells, perturbed_cells):
         cells = perturbed_cells
     # gene_pairs_top above the number of genes: both runs score the same candidates (else the gene
     # pairs would be chosen from screened vs exact single scores)
-    kw = {"n_boot": 20, "gene_pairs_top": 1000}
+    kw = {"n_boot": 20, "gene_pairs_top": 1000, "max_genes": 0}
     fast = tiny_trained.prioritize(cells, goal, screen_cells=8, refine_top=6, **kw)
     exact = tiny_trained.prioritize(cells, goal, screen_cells=N_CELLS, **kw)  # every candidate on every cell
     return fast, exact
@@ -56,7 +56,7 @@ def test_refined_rows_equal_exhaustive_scoring(fast_and_exact):
     for lab in set(fast.per_cell_scores) & set(exact.per_cell_scores) & set(common):
         np.testing.assert_allclose(fast.per_cell_scores[lab], exact.per_cell_scores[lab], atol=1e-5, rtol=0)
     # every refined pair's singles were refined too, so its synergy compares the same cells
-    singles = set(e.index[e["kind"] == "single"])
+    singles = set(e.index[e["kind"] != "pair"])
     for lab in refined[f.loc[refined, "kind"] == "pair"]:
         parts = [s for s in singles if s in lab]
         assert all(f.loc[s, "n_cells"] == N_CELLS for s in parts), lab
@@ -67,15 +67,19 @@ def test_refined_rows_equal_exhaustive_scoring(fast_and_exact):
 def test_fast_table_keeps_columns_and_intervals(fast_and_exact):
     fast, exact = fast_and_exact
     assert list(fast.table.columns) == list(exact.table.columns) == [
-        "rank", "intervention", "kind", "score", "score_lo", "score_hi", "synergy", "top_entities", "n_cells"]
+        "rank", "intervention", "kind", "score", "score_lo", "score_hi", "synergy", "flag", "flag_reason", "seen",
+        "evidence", "drugs", "top_entities", "n_cells"]
     t = fast.table
     assert (t["score_lo"] <= t["score_hi"]).all() and np.isfinite(t[["score", "score_lo", "score_hi"]]).all().all()
     assert list(t["rank"]) == list(range(1, len(t) + 1))
-    # exact rows first, then screened-only rows; each tier ordered by score
-    tier = (t["n_cells"] != N_CELLS).to_numpy()
-    assert not (tier[:-1] & ~tier[1:]).any()
-    for part in (t[~tier], t[tier]):
-        assert (np.diff(part["score"].to_numpy()) <= 0).all()
+    # unflagged rows before flagged ones; within each, exact rows first, then screened-only rows; each tier by score
+    flagged = (t["flag"] != "").to_numpy()
+    assert not (flagged[:-1] & ~flagged[1:]).any()
+    for part in (t[~flagged], t[flagged]):
+        tier = (part["n_cells"] != N_CELLS).to_numpy()
+        assert not (tier[:-1] & ~tier[1:]).any()
+        for sub in (part[~tier], part[tier]):
+            assert (np.diff(sub["score"].to_numpy()) <= 0).all()
     assert list(fast.pair_synergy.index) == list(exact.pair_synergy.index)
     assert fast.entity_shift.shape == (len(t), exact.entity_shift.shape[1])
 

@@ -222,13 +222,31 @@ def test_cli_prioritize_writes_csv_and_report(saved, tiny_trained, tmp_path, no_
     assert res.exit_code == 0, (res.output, res.exception)
     assert (out / "report.html").is_file() and "Report: " in res.stdout
     csv = pd.read_csv(out / "ranked_interventions.csv")
-    assert set(csv["kind"]) == {"single"}
+    assert set(csv["kind"]) == {"gene", "entity"}  # --no-pairs: singles only
+    assert {"rank", "intervention", "kind", "score", "flag", "seen", "evidence"} <= set(csv.columns)
     genes = sorted({p.target for a in tiny_trained.actions.values() for p in a.components if p.kind == "ko"})[:2]
     res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad", "--goal", "toward:control",
                   "--out", tmp_path / "rep2", "--genes", ",".join(genes))
     assert res.exit_code == 0, (res.output, res.exception)
     labels = set(pd.read_csv(tmp_path / "rep2" / "ranked_interventions.csv")["intervention"])
     assert {f"ko:{g}" for g in genes} <= labels or set(genes) <= labels
+
+
+def test_cli_prioritize_ranks_unseen_genes_and_flags_the_readout(saved, tiny_trained, tmp_path, no_benchmark):
+    out = tmp_path / "rep"
+    goal = tiny_trained.entity_names[0]
+    res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad", "--goal", f"down:{goal}",
+                  "--out", out, "--max-genes", "40", "--no-pairs")
+    assert res.exit_code == 0, (res.output, res.exception)
+    csv = pd.read_csv(out / "ranked_interventions.csv", keep_default_na=False)
+    genes = csv[csv["kind"] == "gene"]
+    assert len(genes) == 40 and (genes["seen"].astype(str) == "False").sum() >= 40 - len(tiny_trained.space.genetic_targets())
+    flagged = csv["flag"] == "readout"
+    assert csv.loc[flagged, "intervention"].tolist() == [f"silence:{goal}"] and flagged.iloc[-1]
+    assert "act on the goal's own readout" in res.stdout
+    res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad", "--goal", f"down:{goal}",
+                  "--out", tmp_path / "rep2", "--max-genes", "-1")
+    assert res.exit_code == 2 and "max-genes" in res.output
 
 
 @pytest.mark.parametrize("goal, fact", [("sideways:X", "direction"), ("down:NOT_AN_ENTITY", "NOT_AN_ENTITY"),

@@ -33,6 +33,9 @@ import pandas as pd
 import torch
 
 from bioworld.errors import BioworldError, UnknownPerturbationError
+from bioworld.query._candidates import (
+    OVERLAP, READOUT_FLAG, READOUT_SHARE, Readout, describe_rows, kind_of, readout_flags,
+)
 from bioworld.query.engine import CellCache, Engine, goal_function
 
 
@@ -70,7 +73,8 @@ class PrioritizationResult:
     """Ranked interventions for one goal (what :func:`bioworld.report.write_report` renders)."""
 
     goal: str
-    table: pd.DataFrame  # rank, intervention, kind (single|pair), score, score_lo, score_hi, synergy, top_entities
+    table: pd.DataFrame  # rank, intervention, kind (gene|compound|entity|pair), score, score_lo, score_hi, synergy,
+    #                      flag, flag_reason, seen, evidence, drugs, top_entities, n_cells
     entity_shift: pd.DataFrame  # [interventions x entities] mean latent shift (units of slot spread)
     per_cell_scores: dict[str, np.ndarray]  # intervention -> [cells] per-cell score (top interventions)
     pair_synergy: pd.DataFrame  # [entities x entities] pair score minus the sum of the two singles
@@ -168,16 +172,32 @@ class _Search:
     labels: list[str]
     pair_idx: list[tuple[int, int]]  # rows of the singles behind each pair (pairs follow the singles)
     n_single: int
+    flags: list[str] = field(default_factory=list)  # guard flag of each single ("readout" or "")
+    readout: Any = None
+    overlap: float = OVERLAP
+    readout_share: float = READOUT_SHARE
+
+    def flagged(self) -> np.ndarray:
+        """``[rows]`` bool: the row acts on the goal's readout (the guard on every label so far)."""
+        if len(self.flags) != len(self.labels):
+            acts = [self.engine.space.parse(lab) for lab in self.labels[len(self.flags):]]
+            self.flags += readout_flags(acts, self.readout, overlap=self.overlap, readout_share=self.readout_share)[0]
+        return np.array([f == READOUT_FLAG for f in self.flags], dtype=bool)
 
 
 def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str], entities: Sequence[str],
-               pairs: bool = True, gene_pairs_top: int = 8, n_boot: int = 200, screen_cells: int = 16,
-               refine_top: int = 20, seed: int = 0, provenance: dict[str, Any] | None = None) -> PrioritizationResult:
+               panel: Sequence[str], compounds: Sequence[str] = (), pairs: bool = True, gene_pairs_top: int = 8,
+               n_boot: int = 200, screen_cells: int = 16, refine_top: int = 20, seed: int = 0,
+               overlap: float = OVERLAP, readout_share: float = READOUT_SHARE,
+               provenance: dict[str, Any] | None = None) -> PrioritizationResult:
     """Rank single and paired interventions by how well they move cells ``x`` towards ``goal``.
 
-    ``x`` ``[n, G]`` standardised cells; ``genes`` candidate knockouts, ``entities`` entities to
-    silence. See :meth:`bioworld.WorldModel.prioritize` for the search (screen on ``screen_cells``
-    latent prototypes, refine the ``refine_top`` best on all cells) and what is exact.
+    ``x`` ``[n, G]`` standardised cells of the ``panel`` genes; ``genes`` candidate knockouts,
+    ``compounds`` candidate compound labels (``NAME@DOSE``), ``entities`` entities to silence. See
+    :meth:`bioworld.WorldModel.prioritize` for the search (screen on ``screen_cells`` latent
+    prototypes, refine the ``refine_top`` best on all cells) and what is exact. Candidates that act
+    on the goal's own readout (:func:`bioworld.query._candidates.readout_flags`, with ``overlap``
+    and ``readout_share``) are flagged and ranked after every unflagged row.
     """
     t0 = time.perf_counter()
     names = engine.space.entity_names
@@ -185,8 +205,18 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
     for e in entities:
         if e not in names:
             raise UnknownPerturbationError(f"entity {e!r} is not one of the model's slots")
-    singles = [f"silence:{e}" for e in entities] + [engine.space.parse(f"ko:{gn}").label for gn in genes]
+    singles = ([f"silence:{e}" for e in entities] + [engine.space.parse(f"ko:{gn}").label for gn in genes]
+               + [engine.space.parse(c).label for c in compounds])
+    dup = sorted({s for s in singles if singles.count(s) > 1}) if len(set(singles)) < len(singles) else []
+    if dup:
+        raise BioworldError(f"candidates {dup[:5]} are listed more than once; expected each candidate once. "
+                            "Fix: remove the repeats from genes / compounds.")
+    readout = Readout.of(g, engine, panel)
     search = _Search(engine, goal_function(g, engine.module, names, engine.reference.mean(0)), list(singles), [], len(singles))
+    search.readout = readout
+    search.overlap, search.readout_share = overlap, readout_share
+    search.flags = readout_flags([engine.space.parse(s) for s in singles], readout, overlap=overlap,
+                                 readout_share=readout_share)[0]
     if pairs:  # every pair of silenced entities
         for a, b in itertools.combinations(range(len(entities)), 2):
             search.labels.append(f"{singles[a]}+{singles[b]}")
@@ -223,7 +253,12 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
                     "n_screen_cells": len(proto), "n_refined": int(refined.sum()),
                     "screen": "all cells (exact)" if exact else
                               f"{len(proto)} k-means prototype cells of the latents, weighted by cluster size",
-                    "interval": f"bootstrap {n_boot}x over cells, 95% percentile interval of the mean score"},
+                    "interval": f"bootstrap {n_boot}x over cells, 95% percentile interval of the mean score",
+                    "n_by_kind": {k: int(v) for k, v in table["kind"].value_counts().items()},
+                    "n_flagged": int((table["flag"] != "").sum()),
+                    "guard": f"flag 'readout': silencing the goal entity or an entity overlapping it (Jaccard, "
+                             f"share of either gene set >= {overlap:g}); a knockout of a gene carrying >= "
+                             f"{readout_share:.0%} of the readout's weight; flagged rows ranked after the others"},
         wall_s=time.perf_counter() - t0,
     )
 
@@ -244,7 +279,9 @@ def _weighted_mean(scores: np.ndarray, weights: np.ndarray | None) -> np.ndarray
 def _add_gene_pairs(search: _Search, pcache: CellCache, pw: np.ndarray | None, scores: np.ndarray,
                     shifts: np.ndarray, n_ent: int, top: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs among the ``top`` best screened gene knockouts, screened and appended."""
-    best = np.argsort(-_weighted_mean(scores[n_ent:search.n_single], pw), kind="stable")[:top] + n_ent
+    single = _weighted_mean(scores[n_ent:search.n_single], pw)
+    flagged = search.flagged()[n_ent:search.n_single]
+    best = np.lexsort((-single, flagged))[:top] + n_ent  # unflagged first, then by screened score
     combos = list(itertools.combinations(sorted(best), 2))
     if not combos:
         return scores, shifts
@@ -267,7 +304,7 @@ def _refine(search: _Search, cache: CellCache, screened: np.ndarray, scores: np.
     mean = screened.copy()
     if exact:
         return refined, per_cell, mean
-    best = set(np.argsort(-screened, kind="stable")[:refine_top].tolist())
+    best = set(np.lexsort((-screened, search.flagged()))[:refine_top].tolist())  # the best unflagged first
     best |= {s for k, ab in enumerate(search.pair_idx) if search.n_single + k in best for s in ab}
     idx = sorted(best)
     s3, sh3 = _score(search, cache, [search.labels[i] for i in idx], None)
@@ -295,15 +332,21 @@ def _intervals(scores: np.ndarray, per_cell: dict[int, np.ndarray], refined: np.
 def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, synergy: np.ndarray,
            shifts: np.ndarray, refined: np.ndarray, n: int, n_proto: int) -> pd.DataFrame:
     """The ranked table: exact (refined) rows first by score, then screened-only rows by their prototype score."""
-    names = search.engine.space.entity_names
-    C = len(search.labels)
+    eng = search.engine
+    names = eng.space.entity_names
+    actions = [eng.space.parse(lab) for lab in search.labels]
+    flags, reasons = readout_flags(actions, search.readout, overlap=search.overlap, readout_share=search.readout_share)
+    seen, evidence, drugs = describe_rows(actions, eng, search.readout)
     table = pd.DataFrame({
         "intervention": search.labels,
-        "kind": ["single"] * search.n_single + ["pair"] * (C - search.n_single),
+        "kind": [kind_of(a) for a in actions],
         "score": mean, "score_lo": lo, "score_hi": hi, "synergy": synergy,
+        "flag": flags, "flag_reason": reasons, "seen": seen, "evidence": evidence, "drugs": drugs,
         "top_entities": [", ".join(names[j] for j in np.argsort(-row)[:3]) for row in shifts],
         "n_cells": np.where(refined, n, n_proto),
     })
-    table = table.iloc[np.lexsort((-mean, ~refined))].reset_index(drop=True)
+    # unflagged rows first (refined, then screened-only), then the flagged ones (the same two tiers)
+    flagged = table["flag"].to_numpy() != ""
+    table = table.iloc[np.lexsort((-mean, ~refined, flagged))].reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table

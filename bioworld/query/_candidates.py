@@ -1,0 +1,256 @@
+"""What the planner ranks, and what a scientist needs to read each row.
+
+- :func:`readout_flags` (the tautology guard): a candidate that acts on the goal's own readout is
+  flagged ``readout`` with the reason, so the planner ranks it apart from upstream candidates.
+- :func:`gene_candidates`: genes the model can represent beyond the ones it was trained on (the
+  knowledge layer's gene table), ranked by knowledge proximity to the goal entity's genes.
+- :func:`compound_candidates`: every compound the model's compound knowledge resolves, at one dose.
+- :func:`describe_rows`: per row ``seen`` (trained on or not), ``evidence`` (short text) and
+  ``drugs`` (known compounds hitting a knocked-out gene).
+
+The guard reads the goal on the model's readout: the goal entity's score is its weights
+``score_w[goal]`` on the panel genes, and an entity's genes are the panel genes with non-zero
+membership.
+
+- ``silence:E`` of the goal entity itself: flagged (it sets the readout's genes to "off").
+- ``silence:F`` of an entity that mostly overlaps the goal entity on the panel: flagged when the
+  Jaccard index of the two gene sets, the share of the goal's genes in F, or the share of F's
+  genes in the goal reaches ``overlap`` (default 0.5): silencing F pins mostly readout genes.
+- ``ko:g`` (and kd / act) of a gene whose own weight is at least ``readout_share`` (default 0.1)
+  of the goal readout's total absolute weight: the knockout moves the readout through the gene's
+  own transcript. A combination sums the shares of its genetic parts.
+- a combination is flagged when any of its parts is, or when its genetic parts together reach
+  ``readout_share``.
+
+Compounds are never flagged by this guard (a compound acts on its targets' proteins, not on the
+readout's transcripts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from bioworld.actions import Action
+
+READOUT_FLAG = "readout"
+#: Defaults of the guard (see the module docstring).
+OVERLAP, READOUT_SHARE = 0.5, 0.1
+GENETIC = ("ko", "kd", "act")
+
+
+@dataclass(frozen=True)
+class Readout:
+    """The goal's readout on the panel: which entity, its gene weights and every entity's gene set."""
+
+    goal_entity: str | None  # None for toward:control (no single readout entity)
+    panel: list[str]  # panel gene names (columns of ``weights`` and ``members``)
+    weights: np.ndarray | None  # [G] readout weights of the goal entity
+    members: dict[str, frozenset[str]]  # entity -> its panel genes (non-zero membership)
+
+    @classmethod
+    def of(cls, goal: Any, engine: Any, panel: Sequence[str]) -> "Readout":
+        names = list(engine.space.entity_names)
+        panel = [str(g) for g in panel]
+        memb = np.asarray(engine.membership)
+        if memb.shape != (len(names), len(panel)):
+            from bioworld.errors import BioworldError
+
+            raise BioworldError(f"membership has shape {memb.shape}; expected ({len(names)}, {len(panel)}) "
+                                "(entities x panel genes). Fix: pass the model's own panel genes.")
+        members = {e: frozenset(panel[j] for j in np.flatnonzero(memb[i])) for i, e in enumerate(names)}
+        if goal.direction == "toward":
+            return cls(None, panel, None, members)
+        w = engine.module.encoder.score_w[names.index(goal.target)].detach().numpy().astype(np.float64)
+        return cls(goal.target, panel, w, members)
+
+    def gene_share(self) -> dict[str, float]:
+        """Each panel gene's share of the goal readout's total absolute weight (genes with weight only)."""
+        if self.weights is None:
+            return {}
+        a = np.abs(self.weights)
+        tot = a.sum()
+        return {} if tot <= 0 else {g: float(v / tot) for g, v in zip(self.panel, a) if v > 0}
+
+
+def readout_flags(actions: Sequence[Action], readout: Readout, *, overlap: float = OVERLAP,
+                  readout_share: float = READOUT_SHARE) -> tuple[list[str], list[str]]:
+    """``flag`` (``"readout"`` or ``""``) and ``reason`` of each action (see the module docstring)."""
+    if readout.goal_entity is None:
+        return [""] * len(actions), [""] * len(actions)
+    goal = readout.goal_entity
+    goal_genes = readout.members.get(goal, frozenset())
+    share = readout.gene_share()
+    why_entity: dict[str, str] = {}
+    for ent, genes in readout.members.items():
+        if ent == goal:
+            why_entity[ent] = f"silences the goal entity {goal} itself (the readout)"
+            continue
+        inter = len(genes & goal_genes)
+        if not inter:
+            continue
+        jac = inter / len(genes | goal_genes)
+        of_goal, of_ent = inter / max(len(goal_genes), 1), inter / max(len(genes), 1)
+        if max(jac, of_goal, of_ent) >= overlap:
+            why_entity[ent] = (f"silences {ent}, which shares {inter} genes with the goal entity {goal} "
+                               f"(Jaccard {jac:.2f}; {of_goal:.0%} of {goal}'s genes, {of_ent:.0%} of {ent}'s)")
+    flags, reasons = [], []
+    for a in actions:
+        why = [why_entity[p.target] for p in a.components if p.kind == "silence" and p.target in why_entity]
+        own = [p for p in a.components if p.kind in GENETIC and share.get(p.target, 0.0) > 0]
+        total = sum(share[p.target] for p in own)
+        if own and total >= readout_share:
+            names = " + ".join(f"{p.kind}:{p.target}" for p in own)
+            whose = "whose own transcript carries" if len(own) == 1 else "whose own transcripts together carry"
+            why.append(f"{names}, {whose} {total:.0%} of the {goal} readout's weight")
+        flags.append(READOUT_FLAG if why else "")
+        reasons.append("; ".join(why))
+    return flags, reasons
+
+
+# ------------------------------------------------------------------------------ candidates
+def _unit(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(n > 0, x / np.where(n > 0, n, 1.0), 0.0)
+
+
+def gene_candidates(space: Any, readout: Readout, *, trained: Sequence[str], max_genes: int | None) -> list[str]:
+    """Genes to knock out: every genetic target of the data, then the genes of the model's gene table
+    (genes with knowledge features) closest to the goal entity's genes, up to ``max_genes`` in all
+    (``None``: every gene the table describes).
+
+    Closeness is the cosine between a gene's knowledge features (gene sets, network and signed
+    network neighbourhoods, knockdown signatures) and the mean features of the goal entity's panel
+    genes; for ``toward:control``, the largest cosine to a trained genetic target.
+    """
+    known = list(space.genetic_targets())
+    table = space.genes
+    genes = [g for g in table.genes if g and g not in set(known)]
+    feats = _unit(table.features(genes).astype(np.float64))
+    keep = np.linalg.norm(feats, axis=1) > 0
+    genes = [g for g, k in zip(genes, keep) if k]
+    feats = feats[keep]
+    if readout.goal_entity is not None:
+        anchor = [g for g in readout.members.get(readout.goal_entity, ()) if table.knows(g)]
+    else:
+        anchor = sorted({p.target for lab in trained for p in space.parse(lab).components
+                         if p.kind in GENETIC and table.knows(p.target)})
+    if not anchor or not genes:
+        return known if max_genes is None else known[:max(max_genes, len(known))]
+    a = _unit(table.features(sorted(anchor)).astype(np.float64))
+    prox = feats @ _unit(a.mean(0, keepdims=True))[0] if readout.goal_entity is not None else (feats @ a.T).max(1)
+    order = np.argsort(-prox, kind="stable")
+    n_extra = len(order) if max_genes is None else max(0, max_genes - len(known))
+    return known + [genes[i] for i in order[:n_extra]]
+
+
+def compound_candidates(space: Any, dose: float) -> list[str]:
+    """``NAME@dose`` of every compound the model's compound features resolve (none without compounds)."""
+    comp = getattr(space, "compounds", None)
+    if comp is None:
+        return []
+    names = sorted(set(getattr(comp, "rows", {})) | set(getattr(comp, "smiles", {})) | set(getattr(comp, "seen", ())))
+    return [space.parse(f"{n}@{dose:g}").label for n in names]
+
+
+# ------------------------------------------------------------------------------- evidence
+def _compound_knowledge() -> Any:
+    from bioworld.knowledge import CompoundKnowledge
+
+    return CompoundKnowledge.bundled()
+
+
+def describe_rows(actions: Sequence[Action], engine: Any, readout: Readout, *, n_near: int = 3
+                  ) -> tuple[list[bool], list[str], list[str]]:
+    """``seen``, ``evidence`` and ``drugs`` of each action.
+
+    ``seen``: the action's label is one the model was trained on. ``evidence``: a trained label is
+    "measured"; an unseen gene its ``n_near`` nearest measured genetic perturbations by knowledge
+    features (cosine); a compound its known targets; a silence the number of panel genes set off
+    and how many are readout genes; a pair joins its parts. ``drugs``: compounds of the bundled
+    knowledge that hit a knocked-out gene ("" when none).
+    """
+    space = engine.space
+    trained = engine.trained
+    ck = _compound_knowledge()
+    measured = sorted({p.target for lab in trained for p in space.parse(lab).components if p.kind in GENETIC
+                       and space.genes.knows(p.target)})
+    mfeat = _unit(space.genes.features(measured).astype(np.float64)) if measured else np.zeros((0, 1))
+    goal_genes = readout.members.get(readout.goal_entity or "", frozenset())
+    cache: dict[str, str] = {}
+
+    def part(p: Any) -> str:
+        key = f"{p.kind}:{p.target}@{p.dose}"
+        if key in cache:
+            return cache[key]
+        if p.kind == "compound":
+            tg = ck.targets(p.target)
+            moa = ck.moa(p.target)
+            text = (f"{p.target}: targets {', '.join(tg[:5])}{' …' if len(tg) > 5 else ''}" if tg
+                    else f"{p.target}: no known targets") + (f" ({moa})" if moa else "")
+        elif p.kind == "silence":
+            genes = readout.members.get(p.target, frozenset())
+            text = f"{p.target}: mechanism, {len(genes)} panel genes set off"
+            if readout.goal_entity is not None:
+                text += f", {len(genes & goal_genes)} of them in the readout"
+        elif p.target in {q.target for lab in trained for q in space.parse(lab).components}:
+            text = f"{p.target}: measured"
+        elif len(measured) and space.genes.knows(p.target):
+            f = _unit(space.genes.features([p.target]).astype(np.float64))[0]
+            sim = mfeat @ f
+            near = np.argsort(-sim, kind="stable")[:n_near]
+            text = f"{p.target}: nearest measured " + ", ".join(f"{measured[i]} ({sim[i]:.2f})" for i in near)
+        else:
+            text = f"{p.target}: no measured perturbation to compare"
+        cache[key] = text
+        return text
+
+    seen, evidence, drugs = [], [], []
+    for a in actions:
+        seen.append(a.label in trained)
+        if a.label in trained:  # measured; a silence still says what it sets off
+            evidence.append("; ".join(["measured"] + [part(p) for p in a.components if p.kind == "silence"]))
+        else:
+            evidence.append("; ".join(part(p) for p in a.components))
+        hits = sorted({c for p in a.components if p.kind in GENETIC for c in ck.compounds_targeting(p.target)})
+        drugs.append(f"{len(hits)}: {', '.join(hits[:3])}{' …' if len(hits) > 3 else ''}" if hits else "")
+    return seen, evidence, drugs
+
+
+def kind_of(a: Action) -> str:
+    """``gene``, ``compound``, ``entity`` (a silence: a mechanism) or ``pair`` (any combination)."""
+    if len(a.components) > 1:
+        return "pair"
+    k = a.components[0].kind
+    return "compound" if k == "compound" else "entity" if k == "silence" else "gene"
+
+
+def default_candidates(engine: Any, goal: str, *, panel: Sequence[str], genes: Sequence[str] | None,
+                       compounds: Sequence[str] | None, dose: float, max_genes: int | None
+                       ) -> tuple[list[str], list[str]]:
+    """The gene and compound candidates of a prioritisation (given ones kept, defaults filled in)."""
+    from bioworld.errors import BioworldError
+    from bioworld.query._planner import Goal
+
+    if max_genes is not None and (isinstance(max_genes, bool) or int(max_genes) < 0):
+        raise BioworldError(f"max_genes {max_genes!r}; expected a number >= 0 or None (every gene the model knows)")
+    try:
+        dose = float(dose)
+    except (TypeError, ValueError):
+        raise BioworldError(f"dose {dose!r} is not a number; expected a dose >= 0 in the data's unit") from None
+    if not np.isfinite(dose) or dose < 0:
+        raise BioworldError(f"dose {dose!r}; expected a finite dose >= 0 in the data's unit")
+    space = engine.space
+    if genes is None:
+        g = Goal.parse(goal, entity_names=list(space.entity_names))
+        gene_list = gene_candidates(space, Readout.of(g, engine, panel), trained=sorted(engine.trained),
+                                    max_genes=max_genes)
+    else:
+        gene_list = list(genes)
+    if compounds is None:
+        compound_list = compound_candidates(space, dose)
+    else:
+        compound_list = [c if "@" in str(c) else f"{c}@{dose:g}" for c in compounds]
+    return gene_list, compound_list

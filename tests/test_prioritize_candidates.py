@@ -1,0 +1,99 @@
+"""Issue 14: the tautology guard, candidates beyond the trained targets, evidence per row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bioworld.actions import parse_action
+from bioworld.errors import BioworldError
+from bioworld.query._candidates import Readout, readout_flags
+
+torch.set_num_threads(1)
+
+
+def _readout() -> Readout:
+    panel = [f"g{i}" for i in range(10)]
+    members = {"GOAL": frozenset(panel[:4]), "SYN": frozenset(panel[:3] + panel[8:9]),  # 3 of GOAL's 4 genes
+               "HALF": frozenset(panel[2:4] + panel[4:8]),  # 2 shared of 6: Jaccard 0.25, 50% of GOAL's genes
+               "FAR": frozenset(panel[3:4] + panel[4:9])}  # 1 shared of 6: Jaccard 1/9, 25% / 17%
+    w = np.array([5.0, 1.0, 1.0, 1.0] + [0.0] * 6)  # g0 carries 5/8 of the readout
+    return Readout("GOAL", panel, w, members)
+
+
+def test_guard_flags_the_readout_and_its_synonyms_only():
+    labels = ["silence:GOAL", "silence:SYN", "silence:HALF", "silence:FAR", "ko:g0", "ko:g1", "ko:g5",
+              "ko:g1+ko:g2", "silence:FAR+ko:g5", "silence:FAR+silence:GOAL", "drugX@1"]
+    flags, reasons = readout_flags([parse_action(lab) for lab in labels], _readout(), overlap=0.5, readout_share=0.2)
+    got = dict(zip(labels, flags))
+    assert {lab for lab, f in got.items() if f} == {"silence:GOAL", "silence:SYN", "silence:HALF", "ko:g0",
+                                                     "ko:g1+ko:g2", "silence:FAR+silence:GOAL"}
+    assert set(flags) == {"readout", ""}
+    why = dict(zip(labels, reasons))
+    assert "goal entity GOAL itself" in why["silence:GOAL"] and "Jaccard 0.60" in why["silence:SYN"]
+    assert "50% of GOAL's genes" in why["silence:HALF"] and "62%" in why["ko:g0"]
+    assert why["silence:FAR"] == "" and why["ko:g5"] == ""
+    # a pair of readout genes is judged on their shares together (1/8 + 1/8 = 25% >= 20%, 1/8 alone is not)
+    assert "together carry 25%" in why["ko:g1+ko:g2"]
+    flags, _ = readout_flags([parse_action("ko:g1+ko:g2"), parse_action("ko:g1")], _readout(), readout_share=0.2)
+    assert flags == ["readout", ""]
+    # toward:control has no single readout entity: nothing is flagged
+    none = Readout(None, _readout().panel, None, _readout().members)
+    assert readout_flags([parse_action("silence:GOAL")], none) == ([""], [""])
+
+
+@pytest.fixture(scope="module")
+def cells(small_sim):
+    a = small_sim.adata
+    return a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:40]].copy()
+
+
+@pytest.fixture(scope="module")
+def ranked(tiny_trained, cells):
+    goal = tiny_trained.entity_names[0]
+    # readout_share 0.05: the knockouts of the goal entity's own genes (1/12 of its readout each) are flagged
+    return goal, tiny_trained.prioritize(cells, f"down:{goal}", n_boot=20, max_genes=60, readout_share=0.05)
+
+
+def test_flagged_tautologies_rank_after_every_upstream_candidate(ranked, tiny_trained):
+    goal, res = ranked
+    t = res.table
+    members = {g for g, w in zip(tiny_trained.genes, tiny_trained.membership[0]) if w}
+    flagged = t["flag"] == "readout"
+    assert set(t["flag"]) == {"readout", ""}
+    # every candidate acting on the readout is flagged, with its reason
+    own = t["intervention"].map(lambda lab: f"silence:{goal}" in lab or
+                                any(p.kind == "ko" and p.target in members for p in tiny_trained.parse(lab).components))
+    assert (flagged == own).all()
+    assert (t.loc[flagged, "flag_reason"].str.len() > 0).all() and (t.loc[~flagged, "flag_reason"] == "").all()
+    # ranked apart: no flagged row above an unflagged one, so the top 10 holds none
+    first_flag = int(np.flatnonzero(flagged.to_numpy())[0])
+    assert not flagged.iloc[first_flag:].eq(False).any() and not flagged.head(10).any()
+    assert res.provenance["n_flagged"] == int(flagged.sum())
+
+
+def test_candidates_reach_beyond_the_trained_genes_with_evidence(ranked, tiny_trained):
+    _, res = ranked
+    t = res.table
+    assert set(t["kind"]) <= {"gene", "compound", "entity", "pair"}
+    trained_genes = set(tiny_trained.space.genetic_targets())
+    genes = t[t["kind"] == "gene"]
+    assert len(genes) == 60 and trained_genes <= set(genes["intervention"])
+    unseen = genes[~genes["seen"]]
+    assert len(unseen) >= 60 - len(trained_genes) and not (set(unseen["intervention"]) & set(tiny_trained.train_labels))
+    assert unseen["evidence"].str.contains("nearest measured").all()
+    assert t.loc[t["seen"], "evidence"].str.startswith("measured").all()
+    assert t.loc[t["kind"] == "entity", "evidence"].str.contains("panel genes set off").all()
+    # every row's evidence is filled in
+    assert (t["evidence"].str.len() > 0).all()
+
+
+def test_max_genes_and_dose_are_checked(tiny_trained, cells):
+    goal = f"down:{tiny_trained.entity_names[0]}"
+    small = tiny_trained.prioritize(cells, goal, n_boot=5, max_genes=0, pairs=False)
+    assert set(small.table.loc[small.table["kind"] == "gene", "intervention"]) == set(tiny_trained.space.genetic_targets())
+    with pytest.raises(BioworldError, match="max_genes"):
+        tiny_trained.prioritize(cells, goal, max_genes=-1)
+    with pytest.raises(BioworldError, match="dose"):
+        tiny_trained.prioritize(cells, goal, dose=float("nan"))
