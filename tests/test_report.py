@@ -232,6 +232,33 @@ def test_cli_prioritize_writes_csv_and_report(saved, tiny_trained, tmp_path, no_
     assert {f"ko:{g}" for g in genes} <= labels or set(genes) <= labels
 
 
+def test_report_shows_flagged_rows_apart_druggability_and_fit_banner(tiny_trained, cells, tmp_path, monkeypatch,
+                                                                   no_benchmark):
+    from bioworld.knowledge import CompoundKnowledge
+    from bioworld.report import write_report
+    from bioworld.train.fit_check import WEAK_FIT_RATIO
+
+    goal = tiny_trained.entity_names[0]
+    trained = tiny_trained.space.genetic_targets()[:2]
+    res = tiny_trained.prioritize(cells, f"down:{goal}", genes=trained + ["JAK1"], pairs=False, n_boot=10)
+    t = res.table.set_index("intervention")
+    drugs = CompoundKnowledge.bundled().compounds_targeting("JAK1")
+    assert drugs and t.loc["JAK1", "drugs"].startswith(f"{len(drugs)}: ") and not t.loc["JAK1", "seen"]
+    assert (t.loc[trained, "drugs"] == "").all()  # simulated genes: no known compound
+    monkeypatch.setitem(tiny_trained.meta, "training_fit", {"strong_median_magnitude_ratio": WEAK_FIT_RATIO / 2,
+                                                            "strong_effects": ["P1_DRV1"]})
+    page = write_report(res, tmp_path / "a", model=tiny_trained).read_text()
+    ranked = page.split('id="ranked"')[1].split("</table>")[0]
+    flagged = page.split('id="flagged"')[1].split("</table>")[0]
+    assert f"silence:{goal.replace('_', '_<wbr>')}" not in ranked  # the tautology is not in the main table
+    assert "goal entity" in flagged and "itself" in flagged
+    assert _html.escape(sorted(drugs)[0]) in ranked and "nearest measured" in ranked
+    assert 'id="fit-failed"' in page and "training fit check failed" in page and "P1_DRV1" in page
+    monkeypatch.setitem(tiny_trained.meta, "training_fit", {"strong_median_magnitude_ratio": WEAK_FIT_RATIO * 2,
+                                                            "strong_effects": ["P1_DRV1"]})
+    assert 'id="fit-failed"' not in write_report(res, tmp_path / "b", model=tiny_trained).read_text()
+
+
 def test_cli_prioritize_ranks_unseen_genes_and_flags_the_readout(saved, tiny_trained, tmp_path, no_benchmark):
     out = tmp_path / "rep"
     goal = tiny_trained.entity_names[0]

@@ -178,6 +178,7 @@ def describe_rows(actions: Sequence[Action], engine: Any, readout: Readout, *, n
     measured = sorted({p.target for lab in trained for p in space.parse(lab).components if p.kind in GENETIC
                        and space.genes.knows(p.target)})
     mfeat = _unit(space.genes.features(measured).astype(np.float64)) if measured else np.zeros((0, 1))
+    trained_targets = {q.target for lab in trained for q in space.parse(lab).components}
     goal_genes = readout.members.get(readout.goal_entity or "", frozenset())
     cache: dict[str, str] = {}
 
@@ -195,7 +196,7 @@ def describe_rows(actions: Sequence[Action], engine: Any, readout: Readout, *, n
             text = f"{p.target}: mechanism, {len(genes)} panel genes set off"
             if readout.goal_entity is not None:
                 text += f", {len(genes & goal_genes)} of them in the readout"
-        elif p.target in {q.target for lab in trained for q in space.parse(lab).components}:
+        elif p.target in trained_targets:
             text = f"{p.target}: measured"
         elif len(measured) and space.genes.knows(p.target):
             f = _unit(space.genes.features([p.target]).astype(np.float64))[0]

@@ -17,7 +17,7 @@ import pandas as pd
 
 from bioworld.errors import BioworldError
 
-__all__ = ["goal_in_words", "load_accuracy", "model_accuracy", "write_report"]
+__all__ = ["fit_failure", "goal_in_words", "load_accuracy", "model_accuracy", "write_report"]
 
 #: Method name of the world model in benchmark tables.
 WORLD_MODEL_METHOD = "WorldModel"
@@ -278,9 +278,14 @@ def _provenance(result: Any, model: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def _text(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else str(v)
+
+
 def _ranked_rows(table: pd.DataFrame, n: int) -> list[dict[str, Any]]:
     rows = []
     for _, r in table.head(n).iterrows():
+        seen = r.get("seen")
         rows.append({
             "rank": int(r["rank"]) if "rank" in r and pd.notna(r["rank"]) else "",
             "intervention": str(r["intervention"]),
@@ -289,8 +294,40 @@ def _ranked_rows(table: pd.DataFrame, n: int) -> list[dict[str, Any]]:
             "interval": f"[{_num(r.get('score_lo'))}, {_num(r.get('score_hi'))}]",
             "synergy": _num(r.get("synergy")) if "synergy" in r else "—",
             "top_entities": str(r.get("top_entities", "")),
+            "seen": "" if seen is None or (isinstance(seen, float) and math.isnan(seen)) else ("yes" if bool(seen) else "no"),
+            "evidence": _text(r.get("evidence")),
+            "drugs": _text(r.get("drugs")),
+            "reason": _text(r.get("flag_reason")),
         })
     return rows
+
+
+def _split_flagged(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(unflagged rows, rows the tautology guard flagged) in rank order; no ``flag`` column = none flagged."""
+    if "flag" not in table.columns:
+        return table, table.iloc[:0]
+    flagged = table["flag"].fillna("").astype(str) != ""
+    return table[~flagged], table[flagged]
+
+
+def fit_failure(model: Any) -> str | None:
+    """The red-banner text when the model's training fit check failed (``meta['training_fit']``), else None."""
+    from bioworld.train.fit_check import WEAK_FIT_RATIO
+
+    meta = getattr(model, "meta", None) if model is not None else None
+    fit = meta.get("training_fit") if isinstance(meta, Mapping) else None
+    if not isinstance(fit, Mapping):
+        return None
+    try:
+        ratio = float(fit.get("strong_median_magnitude_ratio", float("nan")))
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(ratio) or ratio >= WEAK_FIT_RATIO:
+        return None
+    strong = ", ".join(str(s) for s in list(fit.get("strong_effects", []))[:4])
+    return (f"The training fit check failed: this model reproduces its strongest training effects ({strong}) at only "
+            f"{ratio:.2f} of their observed size (expected at least {WEAK_FIT_RATIO}). Its rankings may miss strong "
+            "effects; retrain with another seed or a seed ensemble before acting on them.")
 
 
 def _breakable(text: Any) -> Any:
@@ -370,12 +407,13 @@ def write_report(
             accuracy_source = str(accuracy)
         acc = load_accuracy(accuracy)
 
+    upstream, flagged = _split_flagged(table)
     # ---- figures
     top_labels = list(table["intervention"].head(top_n))
     figures = [
         {"title": "Effect of the top interventions",
-         "caption": "Mean goal score over cells, best at the top; whiskers = 95% interval. Blue = single "
-                    "interventions, orange = pairs. Long names are abbreviated in the plots: H_ = HALLMARK_, "
+         "caption": "Mean goal score over cells, best at the top; whiskers = 95% interval. Blue = gene knockouts, green = compounds, grey = entity silences (mechanisms), orange = pairs; rows acting on the goal's own readout come last. "
+                    "Long names are abbreviated in the plots: H_ = HALLMARK_, "
                     "sil: = silence:.",
          "src": _png(plots.effect_bars(table, top_n=top_n))},
         {"title": "Entity propagation",
@@ -418,9 +456,12 @@ def write_report(
         goal=result.goal,
         goal_words=goal_in_words(result.goal),
         provenance=_provenance(result, model),
-        ranked=_ranked_rows(table, TABLE_ROWS),
+        ranked=_ranked_rows(upstream, TABLE_ROWS),
+        flagged=_ranked_rows(flagged, TABLE_ROWS),
+        n_flagged=len(flagged),
         n_ranked=len(table),
-        n_shown=min(TABLE_ROWS, len(table)),
+        n_shown=min(TABLE_ROWS, len(upstream)),
+        fit_banner=fit_failure(model),
         csv_name=CSV_NAME,
         figures=figures,
         counterfactuals=_counterfactual_view(counterfactuals),

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: Bar colours of single and paired interventions (colour-blind safe pair).
-KIND_COLORS = {"single": "#1f77b4", "pair": "#e66100"}
+KIND_COLORS = {"single": "#1f77b4", "gene": "#1f77b4", "compound": "#2ca02c", "entity": "#7f7f7f", "pair": "#e66100"}
 _WORLD_MODEL_COLOR = "#d62728"
 _BASELINE_COLOR = "#8c8c8c"
 #: horizontal violins / boxes (``orientation=`` from matplotlib 3.10; ``vert=`` before, now deprecated)
