@@ -63,7 +63,7 @@ class Readout:
         members = {e: frozenset(panel[j] for j in np.flatnonzero(memb[i])) for i, e in enumerate(names)}
         if goal.direction == "toward":
             return cls(None, panel, None, members)
-        w = engine.module.encoder.score_w[names.index(goal.target)].detach().numpy().astype(np.float64)
+        w = engine.module.encoder.score_w[names.index(goal.target)].detach().cpu().numpy().astype(np.float64)
         return cls(goal.target, panel, w, members)
 
     def gene_share(self) -> dict[str, float]:
