@@ -708,7 +708,7 @@ class WorldModel:
         n_total = len(x)
         if len(x) > max_cells:
             x = x[np.sort(np.random.default_rng(self.train_config.seed).choice(len(x), max_cells, replace=False))]
-        from bioworld.query._candidates import default_candidates
+        from bioworld.query._candidates import default_candidates, unlabelled_genes
 
         gene_list, compound_list = default_candidates(eng, goal, panel=self.genes, genes=genes, compounds=compounds,
                                                       dose=dose, max_genes=max_genes)
@@ -717,7 +717,8 @@ class WorldModel:
             entities=list(self.entity_names) if entities is None else list(entities), pairs=pairs,
             gene_pairs_top=gene_pairs_top, n_boot=n_boot, screen_cells=screen_cells, refine_top=refine_top,
             seed=self.train_config.seed, overlap=overlap, readout_share=readout_share,
-            provenance={"model": self.describe(), "n_cells_given": int(n_total), "scale": self.scale_name},
+            provenance={"model": self.describe(), "n_cells_given": int(n_total), "scale": self.scale_name,
+                        **({"gene_table_names_not_labels": unlabelled_genes(eng.space)} if genes is None else {})},
         )
 
     @torch.no_grad()

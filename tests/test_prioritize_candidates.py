@@ -97,3 +97,19 @@ def test_max_genes_and_dose_are_checked(tiny_trained, cells):
         tiny_trained.prioritize(cells, goal, max_genes=-1)
     with pytest.raises(BioworldError, match="dose"):
         tiny_trained.prioritize(cells, goal, dose=float("nan"))
+
+
+def test_gene_table_names_that_are_not_labels_are_never_candidates(tiny_trained):
+    from bioworld.query._candidates import _knockout_label, gene_candidates, unlabelled_genes
+    from bioworld.query._planner import Goal
+
+    space = tiny_trained.space
+    assert _knockout_label(space, "JAK1") and not _knockout_label(space, "TP73:DELTA")
+    assert not _knockout_label(space, "A+B") and not _knockout_label(space, "X@1")
+    goal = Goal.parse(f"down:{tiny_trained.entity_names[0]}", entity_names=tiny_trained.entity_names)
+    every = gene_candidates(space, Readout.of(goal, tiny_trained.engine, tiny_trained.genes),
+                            trained=sorted(tiny_trained.engine.trained), max_genes=None)
+    assert all(_knockout_label(space, g) for g in every)
+    # every table name is a candidate, or counted as not writable as a label, or has no features
+    assert len(every) + unlabelled_genes(space) <= len(space.genes.genes)
+    assert len(every) > 1000

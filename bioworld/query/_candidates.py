@@ -127,7 +127,7 @@ def gene_candidates(space: Any, readout: Readout, *, trained: Sequence[str], max
     """
     known = list(space.genetic_targets())
     table = space.genes
-    genes = [g for g in table.genes if g and g not in set(known)]
+    genes = [g for g in table.genes if g and g not in set(known) and _knockout_label(space, g)]
     feats = _unit(table.features(genes).astype(np.float64))
     keep = np.linalg.norm(feats, axis=1) > 0
     genes = [g for g, k in zip(genes, keep) if k]
@@ -144,6 +144,23 @@ def gene_candidates(space: Any, readout: Readout, *, trained: Sequence[str], max
     order = np.argsort(-prox, kind="stable")
     n_extra = len(order) if max_genes is None else max(0, max_genes - len(known))
     return known + [genes[i] for i in order[:n_extra]]
+
+
+def _knockout_label(space: Any, gene: str) -> bool:
+    """``ko:gene`` parses to a knockout of exactly ``gene`` (table names such as ``TP73:DELTA`` or
+    ``A+B`` are not gene symbols a label can carry, so they are not candidates)."""
+    from bioworld.errors import BioworldError
+
+    try:
+        a = space.parse(f"ko:{gene}")
+    except BioworldError:
+        return False
+    return len(a.components) == 1 and a.components[0].kind == "ko" and a.components[0].target == gene
+
+
+def unlabelled_genes(space: Any) -> int:
+    """How many names of the model's gene table cannot be written as a ``ko:`` label (never candidates)."""
+    return sum(1 for g in space.genes.genes if not g or not _knockout_label(space, g))
 
 
 def compound_candidates(space: Any, dose: float) -> list[str]:
