@@ -69,29 +69,29 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     rows = []
-    for name in args.datasets.split(","):
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            cfg = {"seed": seed, "num_threads": 1}
-            if args.steps is not None:
-                cfg["max_steps"] = args.steps
-            load = os.getloadavg()[0]
-            t0 = time.perf_counter()
-            wm = build(name, cfg)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                wm.train(progress=False)
-            fit = wm.meta["training_fit"]
-            row = {"dataset": name, "seed": seed, "steps": wm.train_result.steps,
-                   "strong_ratio": round(fit["strong_median_magnitude_ratio"], 3),
-                   "passes": fit["strong_median_magnitude_ratio"] >= WEAK_FIT_RATIO,
-                   "median_pearson": round(fit["median_pearson_top20"], 3),
-                   "strong_effects": " ".join(fit["strong_effects"][:4]),
-                   "train_wall_s": round(wm.train_result.wall_s, 1),
-                   "total_wall_s": round(time.perf_counter() - t0, 1), "load1_start": round(load, 2)}
-            rows.append(row)
-            print(row, flush=True)
-            if not args.no_write:  # after every run, so an interrupted sweep keeps what it measured
-                write(pd.DataFrame(rows), WEAK_FIT_RATIO)
+    runs = [(name, int(seed)) for seed in args.seeds.split(",") for name in args.datasets.split(",")]
+    for name, seed in runs:  # seed by seed over the datasets, so an interrupted sweep covers every dataset
+        cfg = {"seed": seed, "num_threads": 1}
+        if args.steps is not None:
+            cfg["max_steps"] = args.steps
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        wm = build(name, cfg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wm.train(progress=False)
+        fit = wm.meta["training_fit"]
+        row = {"dataset": name, "seed": seed, "steps": wm.train_result.steps,
+               "strong_ratio": round(fit["strong_median_magnitude_ratio"], 3),
+               "passes": fit["strong_median_magnitude_ratio"] >= WEAK_FIT_RATIO,
+               "median_pearson": round(fit["median_pearson_top20"], 3),
+               "strong_effects": " ".join(fit["strong_effects"][:4]),
+               "train_wall_s": round(wm.train_result.wall_s, 1),
+               "total_wall_s": round(time.perf_counter() - t0, 1), "load1_start": round(load, 2)}
+        rows.append(row)
+        print(row, flush=True)
+        if not args.no_write:  # after every run, so an interrupted sweep keeps what it measured
+            write(pd.DataFrame(rows), WEAK_FIT_RATIO)
 
 
 def write(df, weak: float) -> None:
