@@ -33,9 +33,14 @@ def test_guard_flags_the_readout_and_its_synonyms_only():
     why = dict(zip(labels, reasons))
     assert "goal entity GOAL itself" in why["silence:GOAL"] and "Jaccard 0.60" in why["silence:SYN"]
     assert "50% of GOAL's genes" in why["silence:HALF"] and "62%" in why["ko:g0"]
+    # a silence whose genes carry enough of the readout is flagged too (FAR sets g3: 1/8 = 12.5%)
+    flags, reasons = readout_flags([parse_action("silence:FAR"), parse_action("silence:FAR+ko:g1")], _readout(),
+                                   readout_share=0.2)
+    assert flags == ["", "readout"] and "g1, g3" in reasons[1] and "25%" in reasons[1]
+    assert readout_flags([parse_action("silence:FAR")], _readout(), readout_share=0.1)[0] == ["readout"]
     assert why["silence:FAR"] == "" and why["ko:g5"] == ""
     # a pair of readout genes is judged on their shares together (1/8 + 1/8 = 25% >= 20%, 1/8 alone is not)
-    assert "together carry 25%" in why["ko:g1+ko:g2"]
+    assert "g1, g2" in why["ko:g1+ko:g2"] and "25%" in why["ko:g1+ko:g2"]
     flags, _ = readout_flags([parse_action("ko:g1+ko:g2"), parse_action("ko:g1")], _readout(), readout_share=0.2)
     assert flags == ["readout", ""]
     # toward:control has no single readout entity: nothing is flagged

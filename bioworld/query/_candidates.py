@@ -19,8 +19,10 @@ membership.
 - ``ko:g`` (and kd / act) of a gene whose own weight is at least ``readout_share`` (default 0.1)
   of the goal readout's total absolute weight: the knockout moves the readout through the gene's
   own transcript. A combination sums the shares of its genetic parts.
-- a combination is flagged when any of its parts is, or when its genetic parts together reach
-  ``readout_share``.
+- ``silence:F`` of any other entity whose panel genes carry at least ``readout_share`` of the goal
+  readout's weight: the do-operation sets those genes to "off" itself.
+- a combination is flagged when any of its parts is, or when the readout genes its parts set
+  (knocked-out genes and silenced entities' genes, each counted once) reach ``readout_share``.
 
 Compounds are never flagged by this guard (a compound acts on its targets' proteins, not on the
 readout's transcripts).
@@ -99,12 +101,17 @@ def readout_flags(actions: Sequence[Action], readout: Readout, *, overlap: float
     flags, reasons = [], []
     for a in actions:
         why = [why_entity[p.target] for p in a.components if p.kind == "silence" and p.target in why_entity]
-        own = [p for p in a.components if p.kind in GENETIC and share.get(p.target, 0.0) > 0]
-        total = sum(share[p.target] for p in own)
-        if own and total >= readout_share:
-            names = " + ".join(f"{p.kind}:{p.target}" for p in own)
-            whose = "whose own transcript carries" if len(own) == 1 else "whose own transcripts together carry"
-            why.append(f"{names}, {whose} {total:.0%} of the {goal} readout's weight")
+        if not why:  # the readout genes the action sets directly: knocked-out genes, a silence's genes
+            own = [p for p in a.components if (p.kind in GENETIC and share.get(p.target, 0.0) > 0)
+                   or (p.kind == "silence" and readout.members.get(p.target, frozenset()) & share.keys())]
+            hit = {p.target for p in own if p.kind in GENETIC} | {
+                g for p in own if p.kind == "silence" for g in readout.members[p.target] & share.keys()}
+            total = sum(share[g] for g in hit)
+            if own and total >= readout_share:
+                names = " + ".join(f"{p.kind}:{p.target}" for p in own)
+                why.append(f"{names} directly sets{' readout genes' if len(hit) > 1 else ''} "
+                           f"{', '.join(sorted(hit)[:6])}{' …' if len(hit) > 6 else ''}, which carry {total:.0%} of "
+                           f"the {goal} readout's weight")
         flags.append(READOUT_FLAG if why else "")
         reasons.append("; ".join(why))
     return flags, reasons

@@ -302,12 +302,14 @@ def _ranked_rows(table: pd.DataFrame, n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _split_flagged(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(unflagged rows, rows the tautology guard flagged) in rank order; no ``flag`` column = none flagged."""
-    if "flag" not in table.columns:
-        return table, table.iloc[:0]
-    flagged = table["flag"].fillna("").astype(str) != ""
-    return table[~flagged], table[flagged]
+def _split_flagged(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(targets, mechanisms, flagged) in rank order: unflagged rows without a silence (genes,
+    compounds and their pairs), unflagged rows with an entity silence (mechanism hypotheses), and
+    rows the tautology guard flagged. No ``flag`` column = none flagged."""
+    flagged = (table["flag"].fillna("").astype(str) != "") if "flag" in table.columns \
+        else pd.Series(False, index=table.index)
+    mech = table["intervention"].astype(str).str.contains("silence:", regex=False)
+    return table[~flagged & ~mech], table[~flagged & mech], table[flagged]
 
 
 def fit_failure(model: Any) -> str | None:
@@ -407,7 +409,7 @@ def write_report(
             accuracy_source = str(accuracy)
         acc = load_accuracy(accuracy)
 
-    upstream, flagged = _split_flagged(table)
+    upstream, mechanisms, flagged = _split_flagged(table)
     # ---- figures
     top_labels = list(table["intervention"].head(top_n))
     figures = [
@@ -458,6 +460,8 @@ def write_report(
         provenance=_provenance(result, model),
         ranked=_ranked_rows(upstream, TABLE_ROWS),
         flagged=_ranked_rows(flagged, TABLE_ROWS),
+        mechanisms=_ranked_rows(mechanisms, TABLE_ROWS),
+        n_mechanisms=len(mechanisms),
         n_flagged=len(flagged),
         n_ranked=len(table),
         n_shown=min(TABLE_ROWS, len(upstream)),
