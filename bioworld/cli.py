@@ -463,6 +463,8 @@ def train_cmd(
     restarts: Annotated[int, typer.Option("--restarts", min=0, help="Single model: when the trained model did not learn its strongest training effects (WorldModel.training_fit, checked after every run), train again with the next seed, at most this many times (default 0: train once and report a failed check).")] = 0,
     min_cells: Annotated[Optional[int], typer.Option("--min-cells", help="Perturbation groups with fewer cells are set aside and listed (default: 3; the l1000 loader suggests 1).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to train: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (overrides the config; default: cpu).")] = None,
+    compound_targets: Annotated[Optional[Path], typer.Option("--compound-targets", metavar="TABLE", help="TSV/CSV with columns compound, target_gene: targets of compounds the bundled knowledge lacks.")] = None,
+    no_knowledge: Annotated[bool, typer.Option("--no-knowledge", help="Represent actions by gene sets and fingerprints only, without the knowledge layer (atlas, STRING, OmniPath, compound targets); for the ablation.")] = False,
 ) -> None:
     """Train a world model (or a seed ensemble, --members) on a dataset and save it.
 
@@ -520,6 +522,8 @@ def train_cmd(
             entities=[str(p) for p in entities] if entities else None,
             smiles=None if smiles_path is None else str(smiles_path),
             holdout=_split_labels(holdout, "--holdout") if holdout is not None else [],
+            knowledge=not no_knowledge,
+            compound_targets=None if compound_targets is None else _existing(compound_targets, "--compound-targets"),
             **kwargs,
         )
         if members > 1:
@@ -657,8 +661,15 @@ def predict_cmd(
     level: Annotated[float, typer.Option("--level", help="Ensembles only: interval level for layers['delta_lo'] / ['delta_hi'].")] = 0.9,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (never an input or a model folder).")] = False,
     device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to run the model: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (default: cpu).")] = None,
+    context: Annotated[Optional[str], typer.Option("--context", metavar="CONTEXT", help="An atlas context (cell line / cell type, e.g. A498, myeloid): predict signatures there with the pretrained atlas model (MODEL_DIR may also be a 'bioworld pretrain' folder).")] = None,
+    compound: Annotated[Optional[List[str]], typer.Option("--compound", metavar="NAME=SMILES", help="A compound the model has not met, by structure; repeatable.")] = None,
+    compound_targets: Annotated[Optional[Path], typer.Option("--compound-targets", metavar="TABLE", help="TSV/CSV with columns compound, target_gene for compounds the bundled knowledge lacks.")] = None,
 ) -> None:
     """Predict the mean expression under perturbations and write it as an h5ad.
+
+    Compounds: any compound the bundled knowledge resolves by name (e.g. 'trametinib@10') needs
+    nothing more; others are given with --compound NAME=SMILES or --compound-targets TABLE.
+    With --context, X is the predicted signature in that atlas context on the atlas score scale.
 
     For an ensemble folder, X and layers['delta'] are the members' mean, layers['delta_sd'] their
     spread and layers['delta_lo'] / ['delta_hi'] the interval (uns['bioworld']['interval'] says
@@ -668,13 +679,50 @@ def predict_cmd(
 
     labels = _split_labels(perturbations, "--perturbations")
     _check_out(out, overwrite=overwrite, inputs={"MODEL_DIR": model_dir})
+    new_smiles = _compound_smiles(compound)
+    targets = None if compound_targets is None else _existing(compound_targets, "--compound-targets")
+    if (model_dir / "atlas.json").is_file():  # a 'bioworld pretrain' folder
+        from bioworld.query._atlas import predict_in_context
+        from bioworld.train.pretrain import AtlasModel
+
+        if context is None:
+            raise BioworldError(f"{str(model_dir)!r} is an atlas model; expected --context CONTEXT (an atlas cell line / "
+                                "cell type such as A498 or myeloid). Fix: pass --context.")
+        pred = predict_in_context(AtlasModel.load(model_dir), labels, context)
+        write_h5ad_atomic(pred, out)
+        typer.echo(f"predicted {pred.n_obs} signature(s) in {context} x {pred.n_vars:,} genes; wrote {out}")
+        return
     wm = _load_model(model_dir, device=device)
-    pred = wm.predict(labels) if not _is_ensemble(wm) else wm.predict(labels, level=level)
+    if _is_ensemble(wm):
+        if context is not None or new_smiles or targets is not None:
+            raise BioworldError("--context, --compound and --compound-targets work with a single model folder, not an "
+                                "ensemble. Fix: pass one member folder (MODEL_DIR/member_0) or drop these options.")
+        pred = wm.predict(labels, level=level)
+    else:
+        pred = wm.predict(labels, context=context, compounds=new_smiles or None, compound_targets=targets)
     write_h5ad_atomic(pred, out)
     typer.echo(f"predicted {pred.n_obs} perturbation(s) x {pred.n_vars:,} genes; wrote {out}")
     if _is_ensemble(wm):
         info = pred.uns["bioworld"]["interval"]
         typer.echo(f"  {len(wm.members)} members; {level:.0%} intervals {'calibrated' if info['calibrated'] else 'UNCALIBRATED (model variance only)'}")
+
+
+def _compound_smiles(items: Optional[List[str]]) -> dict[str, str]:
+    """``--compound NAME=SMILES`` options as a dict (structures are parsed when features are built)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, smi = item.partition("=")
+        if not sep or not name.strip() or not smi.strip():
+            raise BioworldError(f"--compound {item!r}; expected NAME=SMILES, e.g. --compound 'mydrug=CC(=O)Oc1ccccc1C(=O)O'.")
+        out[name.strip()] = smi.strip()
+    return out
+
+
+def _existing(path: Path, option: str) -> str:
+    if not path.is_file():
+        raise BioworldError(f"{option} {str(path)!r} does not exist; expected a TSV/CSV file with columns compound, "
+                            f"target_gene. Fix: check the path.")
+    return str(path)
 
 
 # ------------------------------------------------------- counterfactual, prioritize, demo commands

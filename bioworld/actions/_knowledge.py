@@ -160,9 +160,11 @@ class KnowledgeCompoundFeatures:
                 )
             g = gene_rows.features(known)  # [k, F_g] = [base | knowledge | bits]
             rows[name] = _kb_part_of_gene_rows(g, self.kb_dim).mean(0)
-        return KnowledgeCompoundFeatures({**self.smiles, **(smiles or {})}, rows, kb_dim=self.kb_dim, seen=self.seen,
-                                         user_targets={**self.user_targets, **{k: list(v) for k, v in (targets or {}).items()}},
-                                         n_bits=self.n_bits)
+        out = KnowledgeCompoundFeatures({**self.smiles, **(smiles or {})}, rows, kb_dim=self.kb_dim, seen=self.seen,
+                                        user_targets={**self.user_targets, **{k: list(v) for k, v in (targets or {}).items()}},
+                                        n_bits=self.n_bits)
+        out.validate()  # a malformed structure is refused with its name
+        return out
 
 
 def _kb_part_of_gene_rows(rows: np.ndarray, kb_dim: int) -> np.ndarray:
