@@ -73,10 +73,10 @@ def predict_in_context(model: Any, labels: Sequence[str] | str, context: str) ->
     keys = [atlas_key(model, lab) for lab in labels]
     inputs = model.inputs
     measured = [k in inputs.keys and inputs.key_n[inputs.keys.index(k)] > 0 for k in keys]
-    if model.kfeat.shape[1]:
-        kf = model.knowledge_features(keys)
-        nb = 3
-        has_knowledge = kf[:, -nb:].any(axis=1) if kf.shape[1] else np.zeros(len(keys), bool)
+    from bioworld.knowledge import BLOCKS
+
+    if model.kfeat.shape[1]:  # the last len(BLOCKS) columns are the known bits
+        has_knowledge = model.knowledge_features(keys)[:, -len(BLOCKS):].any(axis=1)
     else:
         has_knowledge = np.zeros(len(keys), bool)
     blind = [lab for lab, m, k in zip(labels, measured, has_knowledge) if not m and not k]
