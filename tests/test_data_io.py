@@ -36,7 +36,7 @@ def test_verify_bundled_all_files_ok():
     listed = [line.split(maxsplit=1)[1] for line in
               (_bundled._REPO_DATA_DIR / "SHA256SUMS").read_text().splitlines() if line.strip()]
     assert sorted(result) == sorted(listed)
-    assert len(result) == 17  # 10 expression/gene-set files + atlas, 2 compound tables, 2 networks, 2 embedding files
+    assert len(result) == 19  # 10 expression/gene-set files + atlas, 2 compound tables, 2 networks, 2 embedding files, 2 pretrained atlas files
     assert all(result.values())
 
 
