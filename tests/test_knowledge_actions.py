@@ -124,3 +124,23 @@ def test_a_drug_and_a_knockout_of_its_targets_share_coordinates(l1000_model):
     # network blocks (the first third of the knowledge body): trametinib sits with MEK, not with BRAF's drug
     n = 64
     assert cos(tram[:n], mek[:n]) > cos(plx[:n], mek[:n])
+
+
+def test_a_trained_compound_without_structure_or_knowledge_is_learned_not_refused():
+    from _helpers import sim_entities
+
+    sim = bw.data.simulate(seed=0, n_cells_per_condition=20, n_control_cells=60)
+    a = sim.adata.copy()
+    labels = a.obs["perturbation"].astype(str).to_numpy()
+    first = sorted(set(labels) - {"control"})[0]
+    labels[labels == first] = "drugA@1"
+    a.obs["perturbation"] = labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wm = bw.WorldModel(a, perturbation_key="perturbation", control="control", entities=sim_entities(sim),
+                           nmf_programs=0, config={"max_steps": 2})
+    assert any("neither a SMILES nor knowledge" in f and "drugA" in f for f in wm.findings)
+    wm.train(progress=False)
+    assert np.isfinite(wm.predict(["drugA@1"]).X).all()  # observed: learned from its own effect
+    with pytest.raises(UnknownPerturbationError, match="unknown to this model"):
+        wm.predict(["drugB@1"])  # never observed, no knowledge: refused

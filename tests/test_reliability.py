@@ -238,8 +238,9 @@ def _non_numeric_dose(a):
 
 
 def _compound_without_smiles(a):
+    # without the knowledge layer a compound needs a structure (with it, see test_knowledge_actions)
     _set_label(a, "P1_DRV1", "drugA@1")
-    return {}, DataValidationError, ["no SMILES", "smiles="]
+    return {"knowledge": False}, DataValidationError, ["no SMILES", "smiles="]
 
 
 def _unknown_input(a):
