@@ -10,9 +10,11 @@ features are rebuilt from the training signatures too). Scores per withheld sign
 
 Baselines: ``CompoundMean`` (the compound's mean signature over its other contexts),
 ``ContextMean`` (the context's mean over its other signatures), ``CompoundPlusContext`` (their
-z-scored sum). Methods: ``AtlasModel`` and its ablations (no knowledge features; compound -> target
-links shuffled; network gene labels shuffled; signatures of other compounds used as the compound's
-own cross-context signatures).
+z-scored sum). Methods: ``AtlasModel`` and its ablations of the curated-knowledge features (none;
+compound -> target links shuffled; network gene labels shuffled; atlas signatures in the knowledge
+features re-assigned between perturbations). A consistent key permutation leaves the module's retrieval
+inputs (own signatures elsewhere, context mean, look-alikes) grouped as before, so no ablation here
+removes those.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def run_atlas_transfer(
             cfg = PretrainConfig(seed=seed, **({"steps": steps} if steps else {}), **over)
             kb = KnowledgeBase(KnowledgeConfig(seed=seed, shuffle=shuffle), atlas=seen) if cfg.use_knowledge else None
             t = time.perf_counter()
-            # shuffled signatures: the compound's own cross-context signatures come from another compound
+            # shuffled signatures: keys permuted consistently (knowledge features move; retrieval groups do not)
             source = atlas.shuffled(seed) if shuffle == ("signatures",) else atlas
             model = pretrain_atlas(atlas=source, train_rows=train, knowledge=kb, config=cfg, progress=progress)
             walls[(name, seed)] = time.perf_counter() - t
