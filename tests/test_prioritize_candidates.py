@@ -118,3 +118,14 @@ def test_gene_table_names_that_are_not_labels_are_never_candidates(tiny_trained)
     # every table name is a candidate, or counted as not writable as a label, or has no features
     assert len(every) + unlabelled_genes(space) <= len(space.genes.genes)
     assert len(every) > 1000
+
+
+def test_knockouts_that_move_the_readout_through_their_own_transcript_are_flagged(tiny_trained, cells):
+    goal = tiny_trained.entity_names[0]
+    members = {g for g, w in zip(tiny_trained.genes, tiny_trained.membership[0]) if w}
+    t = tiny_trained.prioritize(cells, f"down:{goal}", n_boot=5, max_genes=30).table  # readout_share 0.1
+    own = t[t["flag_reason"].str.contains("own transcript", regex=False)]
+    assert len(own) > 0 and (own["flag"] == "readout").all()
+    for lab in own["intervention"]:  # only knockouts of the readout's own genes
+        assert {p.target for p in tiny_trained.parse(lab).components if p.kind == "ko"} & members
+    assert not (t["flag"].head(10) == "readout").any()

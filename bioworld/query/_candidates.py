@@ -279,3 +279,43 @@ def default_candidates(engine: Any, goal: str, *, panel: Sequence[str], genes: S
     else:
         compound_list = [c if "@" in str(c) else f"{c}@{dose:g}" for c in compounds]
     return gene_list, compound_list
+
+
+def own_transcript_flags(engine: Any, cache: Any, labels: Sequence[str], readout: Readout,
+                         weights: np.ndarray | None, *, own_share: float = 0.5) -> dict[str, str]:
+    """Reasons for candidates whose predicted goal change comes mostly from their own transcripts.
+
+    For each label with knocked-out genes in the goal readout, the predicted change of the readout
+    on ``cache`` (the screen's prototype cells, ``weights``) is split into the part carried by those
+    genes' own transcripts and the rest; a share >= ``own_share`` flags it: the model lowers the
+    readout by lowering the knocked-out gene itself, not through anything upstream.
+    """
+    share = readout.gene_share()
+    if not share or readout.weights is None:
+        return {}
+    pos = {g: i for i, g in enumerate(readout.panel)}
+    todo = []
+    for lab in labels:
+        a = engine.space.parse(lab)
+        own = sorted({p.target for p in a.components if p.kind in GENETIC and p.target in share})
+        if own:
+            todo.append((lab, a, own))
+    if not todo:
+        return {}
+    out: dict[str, str] = {}
+    w = readout.weights.astype(np.float64)
+    base = cache.x_base.detach().cpu().numpy().astype(np.float64)
+    wts = np.full(len(base), 1.0 / len(base)) if weights is None else np.asarray(weights, np.float64)
+    step = 256
+    for s in range(0, len(todo), step):
+        part = todo[s:s + step]
+        cands = engine.candidates([a for _, a, _ in part], labels=[lab for lab, _, _ in part])
+        x_pred = engine.run(cache, cands).x_pred  # [C, n, G]
+        contrib = (x_pred.astype(np.float64) - base[None]) * w  # per-gene change of the readout
+        total = contrib.sum(-1) @ wts
+        for k, (lab, _, own) in enumerate(part):
+            own_c = contrib[k][:, [pos[g] for g in own]].sum(-1) @ wts
+            if total[k] != 0 and own_c / total[k] >= own_share:
+                out[lab] = (f"{', '.join(own)}: {own_c / total[k]:.0%} of the predicted change of the "
+                            f"{readout.goal_entity} readout is the knocked-out gene's own transcript")
+    return out

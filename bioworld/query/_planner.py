@@ -34,7 +34,7 @@ import torch
 
 from bioworld.errors import BioworldError, UnknownPerturbationError
 from bioworld.query._candidates import (
-    OVERLAP, READOUT_FLAG, READOUT_SHARE, Readout, describe_rows, kind_of, readout_flags,
+    OVERLAP, READOUT_FLAG, READOUT_SHARE, Readout, describe_rows, kind_of, own_transcript_flags, readout_flags,
 )
 from bioworld.query.engine import CellCache, Engine, goal_function
 
@@ -237,7 +237,9 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
         p = search.n_single + k
         src = mean if refined[p] else screened  # a refined pair has refined singles: same cells
         synergy[p] = src[p] - (src[a] + src[b])
-    table = _table(search, mean, lo, hi, synergy, shifts, refined, n, len(proto))
+    own = own_transcript_flags(engine, pcache, [lab for lab, f in zip(search.labels, search.flagged()) if not f],
+                               readout, pw)
+    table = _table(search, mean, lo, hi, synergy, shifts, refined, n, len(proto), own)
     ents = list(entities)
     syn_m = np.full((len(ents), len(ents)), np.nan)
     for k, (a, b) in enumerate(search.pair_idx):
@@ -330,12 +332,15 @@ def _intervals(scores: np.ndarray, per_cell: dict[int, np.ndarray], refined: np.
 
 
 def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, synergy: np.ndarray,
-           shifts: np.ndarray, refined: np.ndarray, n: int, n_proto: int) -> pd.DataFrame:
+           shifts: np.ndarray, refined: np.ndarray, n: int, n_proto: int, own: dict[str, str]) -> pd.DataFrame:
     """The ranked table: exact (refined) rows first by score, then screened-only rows by their prototype score."""
     eng = search.engine
     names = eng.space.entity_names
     actions = [eng.space.parse(lab) for lab in search.labels]
     flags, reasons = readout_flags(actions, search.readout, overlap=search.overlap, readout_share=search.readout_share)
+    for i, lab in enumerate(search.labels):  # knockouts that move the readout through their own transcript
+        if lab in own and not flags[i]:
+            flags[i], reasons[i] = READOUT_FLAG, own[lab]
     seen, evidence, drugs = describe_rows(actions, eng, search.readout)
     table = pd.DataFrame({
         "intervention": search.labels,
