@@ -39,7 +39,8 @@ def joint_gene_table(base_genes: Sequence[str], base_table: np.ndarray, kb: Any,
     from bioworld.knowledge import BLOCKS
 
     known_kb = set(kb._net.genes) | set(kb._signed.genes) | set(kb.atlas.obs.loc[kb.atlas.obs["kind"] == "crispri", "target_gene"])
-    genes = sorted(set(base_genes) | known_kb | set(extra_genes))
+    # network files carry a few non-symbols (an empty name, bare numbers from split complexes): not genes
+    genes = sorted(g for g in set(base_genes) | known_kb | set(extra_genes) if g and not g.isdigit())
     pos = {g: i for i, g in enumerate(base_genes)}
     base = np.zeros((len(genes), base_table.shape[1]), np.float32)
     for i, g in enumerate(genes):

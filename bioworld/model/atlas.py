@@ -27,7 +27,7 @@ atlas values are rank scores, so only the ordering and shape of a signature carr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -53,16 +53,9 @@ class AtlasConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AtlasConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            from bioworld.errors import CheckpointError
+        from bioworld.model.config import config_from_dict
 
-            raise CheckpointError(
-                f"atlas config has unknown fields {sorted(unknown)}; expected only {sorted(known)}. "
-                "The checkpoint was probably written by a different bioworld version."
-            )
-        return cls(**d)
+        return config_from_dict(cls, d, "atlas config")
 
 
 @dataclass

@@ -39,13 +39,18 @@ class JEPAConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "JEPAConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            from bioworld.errors import CheckpointError
+        return config_from_dict(cls, d, "model config")
 
-            raise CheckpointError(
-                f"model config has unknown fields {sorted(unknown)}; expected only {sorted(known)}. "
-                "The checkpoint was probably written by a different bioworld version."
-            )
-        return cls(**d)
+
+def config_from_dict(cls: Any, d: dict[str, Any], what: str) -> Any:
+    """Rebuild a config dataclass from its stored dict; unknown fields are refused (another version wrote it)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        from bioworld.errors import CheckpointError
+
+        raise CheckpointError(
+            f"{what} has unknown fields {sorted(unknown)}; expected only {sorted(known)}. "
+            "The checkpoint was probably written by a different bioworld version."
+        )
+    return cls(**d)

@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +68,9 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise CheckpointError(f"pretrain config has unknown fields {sorted(set(d) - known)}; expected {sorted(known)}.")
-        return cls(**d)
+        from bioworld.model.config import config_from_dict
+
+        return config_from_dict(cls, d, "pretrain config")
 
 
 # ------------------------------------------------------------------------------- inputs
