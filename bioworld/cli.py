@@ -405,6 +405,7 @@ def pretrain_cmd(
     no_knowledge: Annotated[bool, typer.Option("--no-knowledge", help="Leave the knowledge features out (ablation).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an atlas model already in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where to pretrain: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N'.")] = "cpu",
 ) -> None:
     """Pretrain the atlas model on the bundled perturbation atlas (all contexts, all signatures).
 
@@ -423,8 +424,11 @@ def pretrain_cmd(
     if (out / META).exists() and not overwrite:
         raise OutputError(f"--out {str(out)!r} already holds an atlas model; expected a new folder. Fix: pass --overwrite "
                           "to replace it, or choose another --out.")
+    from bioworld.train.config import resolve_device
+
+    resolve_device(device)  # an unavailable --device fails before anything is read
     _check_out(out, overwrite=True, inputs={}, folder=True, writes=(WEIGHTS, META))
-    cfg = PretrainConfig(seed=seed, use_knowledge=not no_knowledge, **({"steps": steps} if steps else {}))
+    cfg = PretrainConfig(seed=seed, use_knowledge=not no_knowledge, device=device, **({"steps": steps} if steps else {}))
     model = pretrain_atlas(config=cfg, progress=not quiet)
     model.save(out)
     m = model.meta

@@ -72,28 +72,7 @@ class TrainConfig:
 
     def resolved_device(self) -> str:
         """The torch device training runs on; a clear error when the requested one is unavailable."""
-        import os
-
-        import torch
-
-        dev = str(self.device).strip().lower()
-        if dev == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-        if dev == "cpu":
-            return dev
-        if dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit()):
-            if not torch.cuda.is_available():
-                raise BioworldError(
-                    f"device={self.device!r} but torch sees no CUDA GPU (torch {torch.__version__}, "
-                    f"cuda build: {torch.version.cuda or 'none'}); expected a machine with a GPU and a CUDA build of "
-                    "torch. Fix: use device='cpu' (or 'auto'), or install a CUDA torch on a GPU machine."
-                )
-            if dev == "cuda":
-                dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            if int(dev[5:]) >= torch.cuda.device_count():
-                raise BioworldError(f"device={dev!r} but only {torch.cuda.device_count()} GPU(s) are visible")
-            return dev
-        raise BioworldError(f"device={self.device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
+        return resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -178,3 +157,31 @@ def _check_values(cfg: "TrainConfig") -> None:
         raise bad("mask_mode", cfg.mask_mode, "'entity', 'gene' or 'none'")
     if not isinstance(cfg.device, str):
         raise bad("device", cfg.device, "'cpu', 'cuda', 'cuda:N' or 'auto'")
+
+
+def resolve_device(device: str) -> str:
+    """The torch device for a ``device`` setting (``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'auto'``: a GPU when
+    torch sees one; under torchrun ``'cuda'`` = ``cuda:LOCAL_RANK``); a clear error when it is unavailable.
+    The one resolution shared by training, queries and atlas pretraining."""
+    import os
+
+    import torch
+
+    dev = str(device).strip().lower()
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu":
+        return dev
+    if dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise BioworldError(
+                f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}, "
+                f"cuda build: {torch.version.cuda or 'none'}); expected a machine with a GPU and a CUDA build of "
+                "torch. Fix: use device='cpu' (or 'auto'), or install a CUDA torch on a GPU machine."
+            )
+        if dev == "cuda":
+            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        if int(dev[5:]) >= torch.cuda.device_count():
+            raise BioworldError(f"device={dev!r} but only {torch.cuda.device_count()} GPU(s) are visible")
+        return dev
+    raise BioworldError(f"device={device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'")

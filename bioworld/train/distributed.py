@@ -31,8 +31,8 @@ Three ways in
 GPUs / NCCL
 -----------
 ``TrainConfig.device`` places the module and every batch on a device (``"cuda"`` = ``cuda:LOCAL_RANK``
-under torchrun); after training the module returns to the CPU, where queries and checkpoints
-work. One process per GPU on each node::
+under torchrun); after training the module stays there (queries run on it; checkpoints are written
+from CPU copies). One process per GPU on each node::
 
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 \
         --rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 \

@@ -50,6 +50,7 @@ class PretrainConfig:
     seed: int = 0  # seed of initialisation, batches and the basis
     num_threads: int = 1  # torch intra-op threads (fixed for reproducibility)
     use_knowledge: bool = True  # False: the knowledge features are left out (ablation)
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (as TrainConfig.device); the model returns on it
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "basis_dim", "hidden", "num_threads"):
@@ -62,6 +63,8 @@ class PretrainConfig:
             raise BioworldError(f"PretrainConfig.drop_signature={self.drop_signature!r}; expected a value in [0, 1).")
         if not float(self.lr) > 0:
             raise BioworldError(f"PretrainConfig.lr={self.lr!r}; expected a positive float.")
+        if not isinstance(self.device, str):
+            raise BioworldError(f"PretrainConfig.device={self.device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,21 +213,16 @@ class AtlasModel:
     @torch.no_grad()
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
         """Predicted signatures ``[n, G]`` for atlas rows (each row's own signature left out)."""
-        from bioworld.model.atlas import AtlasBatch
-
         rows = np.asarray(rows, int)
         zc, has_c, zk, zn = self.inputs.for_rows(rows)
         ctx = self.inputs.ctx_id[rows].astype(np.int64)
         kf = self.kfeat[self.inputs.key_id[rows]] if self.kfeat.shape[1] else np.zeros((len(rows), 0), np.float32)
         self.module.eval()
-        b = AtlasBatch(*map(torch.from_numpy, (zc, has_c, zk, zn, ctx, kf)))
-        return self.module(b).numpy()
+        return self.module(self._batch(zc, has_c, zk, zn, ctx, kf)).cpu().numpy()
 
     @torch.no_grad()
     def predict(self, keys: Sequence[str], context: str) -> np.ndarray:
         """Predicted signatures ``[n, G]`` of perturbation keys (``cmp:x`` / ``kd:G``) in an atlas context."""
-        from bioworld.model.atlas import AtlasBatch
-
         self.inputs.atlas.check_context(context)
         parts = [self.inputs.for_query(k, context) for k in keys]
         zc = np.stack([p[0] for p in parts]).astype(np.float32)
@@ -234,7 +232,25 @@ class AtlasModel:
         ctx = np.array([p[4] for p in parts], np.int64)
         kf = self.knowledge_features(keys) if self.kfeat.shape[1] else np.zeros((len(keys), 0), np.float32)
         self.module.eval()
-        return self.module(AtlasBatch(*map(torch.from_numpy, (zc, has_c, zk, zn, ctx, kf)))).numpy()
+        return self.module(self._batch(zc, has_c, zk, zn, ctx, kf)).cpu().numpy()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module is (queries run there; answers come back as numpy on the CPU)."""
+        return next(self.module.parameters()).device
+
+    def to(self, device: str) -> "AtlasModel":
+        """Answer on ``device`` (``'cpu'``, ``'cuda'``, ``'cuda:N'``, ``'auto'``); an unavailable one is refused."""
+        from bioworld.train.config import resolve_device
+
+        self.module.to(resolve_device(device))
+        return self
+
+    def _batch(self, *arrays: np.ndarray) -> Any:
+        from bioworld.model.atlas import AtlasBatch
+
+        dev = self.device
+        return AtlasBatch(*(torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in arrays))
 
     # --------------------------------------------------------------------------- save / load
     def save(self, directory: str | os.PathLike) -> Path:
@@ -346,11 +362,14 @@ def pretrain_atlas(
         kfeat = _knowledge_table(knowledge, inputs.keys)
     else:
         knowledge, kfeat = None, np.zeros((len(inputs.keys), 0), np.float32)
+    from bioworld.train.config import resolve_device
+
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     basis = torch.from_numpy(basis0)
     mcfg = AtlasConfig(n_genes=len(atlas.genes), n_contexts=len(inputs.contexts), knowledge_dim=kfeat.shape[1],
                        basis_dim=cfg.basis_dim, hidden=cfg.hidden)
-    module = AtlasNet(mcfg, basis)
+    module = AtlasNet(mcfg, basis).to(device)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     threads = torch.get_num_threads()
@@ -368,8 +387,8 @@ def pretrain_atlas(
             ctx = inputs.ctx_id[b].astype(np.int64)
             ctx[rng.random(len(b)) < 0.1] = -1  # sometimes answer as for an unseen context
             kf = kfeat[inputs.key_id[b]]
-            batch = AtlasBatch(*map(torch.from_numpy, (zc, has_c, zk, zn, ctx, kf)))
-            loss = module.loss(batch, torch.from_numpy(inputs.Z[b]))
+            batch = AtlasBatch(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (zc, has_c, zk, zn, ctx, kf)))
+            loss = module.loss(batch, torch.from_numpy(inputs.Z[b]).to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -259,8 +259,7 @@ def fit(
     bar.close()
     if best_state is not None and bad_evals > 0:  # the last validation was not the best: keep the best weights
         module.load_state_dict(best_state)
-    module.cpu()  # queries, checkpoints and the AnnData API work on CPU tensors
-    module.eval()
+    module.eval()  # stays on cfg.device: queries run where training ran (checkpoints copy to the CPU)
     wall = time.perf_counter() - t0
     if state_dir is not None and rank == 0:
         clear_train_state(state_dir)

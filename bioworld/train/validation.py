@@ -59,20 +59,23 @@ class HeldInValidation:
         """Cell-weighted mean over groups of the squared error of the predicted mean change (per gene)."""
         was_training = module.training
         module.eval()
-        n, k = self.x_src.shape[0], self.obs_delta.shape[0]
-        z = module.encode(self.x_src)
-        z_ref = module.encode_target(self.x_src)
-        base = module.expression_from(module.next(z, self.control.index(torch.zeros(n, dtype=torch.long))),
-                                      self.control.index(torch.zeros(n, dtype=torch.long)), self.x_src, z_ref).mean(0)
-        pred = torch.empty_like(self.obs_delta)
+        dev = next(module.parameters()).device  # training may run on a GPU: the held-in cells go where the module is
+        x_src, actions, control = self.x_src.to(dev), self.actions.to(dev), self.control.to(dev)
+        obs_delta, weight = self.obs_delta.to(dev), self.weight.to(dev)
+        n, k = x_src.shape[0], obs_delta.shape[0]
+        z = module.encode(x_src)
+        z_ref = module.encode_target(x_src)
+        ctrl = control.index(torch.zeros(n, dtype=torch.long, device=dev))
+        base = module.expression_from(module.next(z, ctrl), ctrl, x_src, z_ref).mean(0)
+        pred = torch.empty_like(obs_delta)
         per = max(1, 2048 // n)  # groups per forward pass
         for s in range(0, k, per):
-            g = torch.arange(s, min(k, s + per))
+            g = torch.arange(s, min(k, s + per), device=dev)
             idx = g.repeat_interleave(n)
-            act = self.actions.index(idx)
-            zz, xs, zr = z.repeat(len(g), 1, 1), self.x_src.repeat(len(g), 1), z_ref.repeat(len(g), 1, 1)
+            act = actions.index(idx)
+            zz, xs, zr = z.repeat(len(g), 1, 1), x_src.repeat(len(g), 1), z_ref.repeat(len(g), 1, 1)
             x = module.expression_from(module.next(zz, act), act, xs, zr)
             pred[g] = x.view(len(g), n, -1).mean(1) - base
-        err = ((pred - self.obs_delta) ** 2).mean(1)
+        err = ((pred - obs_delta) ** 2).mean(1)
         module.train(was_training)
-        return float((err * self.weight).sum() / self.weight.sum())
+        return float((err * weight).sum() / weight.sum())
