@@ -17,6 +17,7 @@ _getattr, __dir__ = lazy_exports(
     {
         "WorldModel": "._world_model",
         "Ensemble": "._ensemble",
+        "design": ".query._design",
     },
 )
 

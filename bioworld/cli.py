@@ -852,6 +852,98 @@ def demo_cmd(
     run_demo(out, max_steps=max_steps, progress=not quiet)
 
 
+# --------------------------------------------------------------------------------------- design
+def _read_candidates(path: Path) -> list[str]:
+    """Labels from a candidates file: one per line, or a CSV/TSV whose header has a ``perturbation`` column
+    (blank lines and lines starting with ``#`` are skipped)."""
+    if not path.is_file():
+        raise BioworldError(f"--candidates {str(path)!r} does not exist; expected a text file with one perturbation "
+                            "label per line (or a CSV/TSV with a 'perturbation' column). Fix: check the path.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BioworldError(f"--candidates {str(path)!r} is not UTF-8 text; expected one perturbation label per "
+                            "line") from None
+    lines = [ln.rstrip("\r") for ln in text.split("\n") if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise BioworldError(f"--candidates {str(path)!r} holds no labels; expected one perturbation label per line "
+                            "such as 'JAK2' or 'ruxolitinib@1'")
+    sep = "\t" if "\t" in lines[0] else "," if "," in lines[0] else None
+    if sep is None and lines[0].strip() == "perturbation":  # a one-column table with its header
+        sep = ","
+    if sep is not None:
+        header = [h.strip() for h in lines[0].split(sep)]
+        if "perturbation" not in header:
+            raise BioworldError(f"--candidates {str(path)!r}: the first line {lines[0][:60]!r} has several columns but "
+                                "none is named 'perturbation'; expected one label per line, or a table with a "
+                                "'perturbation' column")
+        col = header.index("perturbation")
+        rows = [ln.split(sep) for ln in lines[1:]]
+        short = [i + 2 for i, r in enumerate(rows) if len(r) <= col]
+        if short:
+            raise BioworldError(f"--candidates {str(path)!r}: line(s) {short[:5]} have no 'perturbation' column; "
+                                "expected every row to have one")
+        labels = [r[col].strip() for r in rows]
+    else:
+        labels = [ln.strip() for ln in lines]
+    if not labels:
+        raise BioworldError(f"--candidates {str(path)!r} has a header but no rows; expected at least one label")
+    return labels
+
+
+@app.command("design")
+@_command
+def design_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A model or ensemble folder written by 'bioworld train' (an ensemble's members disagree where the model is uncertain).")],
+    budget: Annotated[int, typer.Option("--budget", help="How many perturbations to measure next.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for design.csv and design.html.")],
+    goal: Annotated[Optional[str], typer.Option("--goal", help="'down:ENTITY', 'up:ENTITY' or 'toward:control': needed by --strategy discovery; weights information by goal value.")] = None,
+    candidates: Annotated[Optional[Path], typer.Option("--candidates", metavar="FILE", help="Perturbation labels to choose from: one per line, or a CSV/TSV with a 'perturbation' column. Default: the planner's genome-wide candidates not yet measured.")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="mix (default), information, discovery, knowledge (baseline) or random (baseline).")] = "mix",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the reference-cell subsample, bootstraps and the random order.")] = 0,
+    max_genes: Annotated[int, typer.Option("--max-genes", help="Default gene candidates in all (the data's own targets always kept).")] = 1000,
+    dose: Annotated[float, typer.Option("--dose", help="Dose of the default compound candidates (compound models only).")] = 1.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace design.csv / design.html in a non-empty --out folder.")] = False,
+) -> None:
+    """Rank the next perturbations to measure so the model (and the goal ranking) improve fastest."""
+    from bioworld.query._design import STRATEGIES, design
+    from bioworld.report._design_html import DESIGN_CSV, DESIGN_HTML, write_design
+
+    if budget < 1:
+        raise BioworldError(f"--budget {budget}; expected a whole number >= 1 of perturbations to measure next")
+    if strategy not in STRATEGIES:
+        raise BioworldError(f"--strategy {strategy!r} is unknown; expected one of {', '.join(STRATEGIES)}")
+    if max_genes < 0:
+        raise BioworldError(f"--max-genes {max_genes}; expected a number >= 0")
+    if not dose >= 0 or dose == float("inf"):
+        raise BioworldError(f"--dose {dose}; expected a finite dose >= 0 in the data's unit")
+    if strategy == "discovery" and goal is None:
+        raise BioworldError("--strategy discovery ranks by expected goal value and needs --goal "
+                            "(e.g. --goal down:HALLMARK_INTERFERON_GAMMA_RESPONSE)")
+    inputs = {"MODEL_DIR": model_dir} if candidates is None else {"MODEL_DIR": model_dir, "--candidates": candidates}
+    _check_out(out, overwrite=overwrite, inputs=inputs, folder=True, writes=(DESIGN_CSV, DESIGN_HTML))
+    labels = _read_candidates(candidates) if candidates is not None else None
+    model = _load_model(model_dir)
+    if goal is not None:
+        from bioworld.query import Goal
+
+        Goal.parse(goal, entity_names=list(getattr(model, "members", [model])[0].entity_names))
+    table = design(model, labels, budget=budget, goal=goal, strategy=strategy, seed=seed, max_genes=max_genes, dose=dose)
+    csv_path, html_path = write_design(table, out, model_name=model_dir.name)
+    a = table.attrs
+    typer.echo(f"{strategy}: chose {len(table)} of {a['n_candidates']:,} candidates not yet measured "
+               f"(uncertainty: {a['uncertainty']})")
+    if len(table) < budget:
+        typer.echo(f"  only {len(table)} candidates: --budget {budget} not filled")
+    if a["excluded_measured"]:
+        typer.echo(f"  {len(a['excluded_measured'])} given candidate(s) already measured, left out: "
+                   f"{', '.join(a['excluded_measured'][:5])}")
+    for row in table.head(10).itertuples(index=False):
+        typer.echo(f"  {row.rank}. {row.perturbation} ({row.kind})  score {row.strategy_score:.3g}")
+    typer.echo(f"wrote {csv_path}")
+    typer.echo(f"wrote {html_path}")
+
+
 # ------------------------------------------------------------------------------------- evaluate
 @app.command("evaluate")
 @_command

@@ -1,0 +1,450 @@
+"""Experiment design: which perturbations to measure next so the model (and the goal ranking) improve fastest.
+
+:func:`design` ranks candidate perturbations a model has not been trained on; :func:`select` is the
+selection itself on arrays (what the retrospective benchmark ``benchmarks/run_design.py`` calls with
+any predictor).
+
+Strategies
+----------
+``information``
+    Expected reduction of the model's uncertainty over all candidates. The uncertainty of a
+    candidate is the disagreement of ``M`` predictions of its effect (the members of a seed
+    ensemble; a single model has no members, so its ``M`` predictions are the mean effect over
+    bootstrap resamples of the reference cells: that spread is cell-sampling noise, not model
+    uncertainty, and the table's ``reason`` says so). Each candidate ``c`` has a deviation vector
+    ``u_c`` (its ``M`` predictions minus their mean, over genes, scaled so ``|u_c|^2`` is its
+    per-gene variance). Measuring ``s`` is taken to resolve the direction ``u_s``: every candidate's
+    uncertainty drops by its projection on it, ``sum_c w_c (u_c . u_s)^2 / |u_s|^2`` (``w_c`` = 1,
+    or the goal relevance with a goal). The batch is chosen greedily and the chosen direction is
+    projected out of every ``u_c`` before the next pick, so a second candidate that would answer
+    the same question (its predicted deviations correlate with a chosen one) gains little: batch
+    diversity.
+``discovery``
+    Expected goal value with an optimism bonus (UCB over the members): ``mean + beta * sd`` of the
+    goal score (the planner's score: lower / raise the goal entity, or move toward control), minus
+    a diversity penalty for candidates whose predicted mean effect correlates with a chosen one.
+    Needs a goal.
+``mix``
+    Both: at each greedy step the remaining candidates' information gain and UCB are turned into
+    rank percentiles and summed (information alone without a goal).
+``knowledge``
+    Baseline without the model: farthest-first coverage of the action features (knowledge
+    features of genes / compounds, the entities an action touches): each pick is the candidate
+    farthest (cosine) from every measured or chosen perturbation.
+``random``
+    Baseline: a seeded random order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bioworld.errors import BioworldError
+
+STRATEGIES = ("mix", "information", "discovery", "knowledge", "random")
+COLUMNS = ["rank", "perturbation", "kind", "strategy_score", "expected_info", "expected_goal", "reason"]
+#: UCB optimism: goal score mean + BETA x its spread over the members.
+BETA = 1.0
+#: Discovery diversity: UCB minus this x (max correlation with a chosen candidate) x UCB spread.
+DIVERSITY = 1.0
+#: Single model: bootstrap resamples of the reference cells standing in for members.
+N_BOOT = 8
+#: Candidates per engine pass (x cells rows).
+CHUNK = 128
+#: Information works in at most this many principal directions of the members' disagreement.
+MAX_RANK = 256
+
+
+@dataclass
+class Selection:
+    """What :func:`select` chose: candidate indices in pick order and per-pick numbers."""
+
+    order: np.ndarray  # [K] candidate indices, best first
+    score: np.ndarray  # [K] the strategy's score at pick time
+    info: np.ndarray  # [K] expected uncertainty reduction over all candidates at pick time
+    goal: np.ndarray  # [K] mean goal score over members (NaN without a goal)
+    goal_sd: np.ndarray  # [K] its spread over members (NaN without a goal)
+    redundant_with: list[int | None]  # chosen candidate whose prediction it most resembles (None: first/none)
+    redundancy: np.ndarray  # [K] that correlation
+    variance_kept: float = 1.0  # share of the members' disagreement in the directions information used
+
+
+def _check_strategy(strategy: str) -> str:
+    if strategy not in STRATEGIES:
+        raise BioworldError(f"strategy {strategy!r} is unknown; expected one of {', '.join(STRATEGIES)}")
+    return strategy
+
+
+def _check_budget(budget: Any) -> int:
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or int(budget) < 1:
+        raise BioworldError(f"budget {budget!r}; expected a whole number >= 1 of perturbations to measure next "
+                            "(CLI: --budget)")
+    return int(budget)
+
+
+def _corr_rows(a: np.ndarray) -> np.ndarray:
+    """Rows centred and scaled to unit length (their dot products are Pearson correlations)."""
+    a = a - a.mean(1, keepdims=True)
+    n = np.linalg.norm(a, axis=1, keepdims=True)
+    return np.where(n > 0, a / np.where(n > 0, n, 1.0), 0.0)
+
+
+def _pct(v: np.ndarray) -> np.ndarray:
+    """Rank percentiles in (0, 1] (ties share the mean rank); higher value = higher percentile."""
+    return pd.Series(v).rank(method="average").to_numpy() / max(len(v), 1)
+
+
+def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.ndarray | None = None,
+           features: np.ndarray | None = None, measured_features: np.ndarray | None = None, seed: int = 0,
+           beta: float = BETA, diversity: float = DIVERSITY) -> Selection:
+    """Choose ``budget`` of ``C`` candidates.
+
+    Parameters
+    ----------
+    effects
+        ``[M, C, G]`` predicted effects of each candidate by ``M`` predictors (ensemble members or
+        bootstrap resamples; ``M = 1`` gives no uncertainty: information is then zero everywhere).
+    goal_scores
+        ``[M, C]`` goal score of each candidate per predictor (higher = better), or ``None``.
+    features, measured_features
+        ``[C, F]`` / ``[n, F]`` action features of the candidates and of the measured
+        perturbations (``knowledge`` strategy only).
+    """
+    strategy = _check_strategy(strategy)
+    effects = np.asarray(effects, dtype=np.float64)
+    if effects.ndim != 3 or effects.shape[1] == 0:
+        raise BioworldError(f"effects have shape {effects.shape}; expected [members, candidates, genes] with >= 1 candidate")
+    M, C, G = effects.shape
+    K = min(_check_budget(budget), C)
+    if strategy == "discovery" and goal_scores is None:
+        raise BioworldError("strategy 'discovery' ranks by expected goal value and needs a goal; expected "
+                            "goal='down:ENTITY', 'up:ENTITY' or 'toward:control' (CLI: --goal)")
+    mean = effects.mean(0)  # [C, G]
+    rho = _corr_rows(mean)  # [C, G] for redundancy / diversity
+    if goal_scores is not None:
+        gs = np.asarray(goal_scores, dtype=np.float64)
+        if gs.shape != (M, C):
+            raise BioworldError(f"goal_scores have shape {gs.shape}; expected ({M}, {C}) (members x candidates)")
+        g_mean, g_sd = gs.mean(0), gs.std(0, ddof=1) if M > 1 else np.zeros(C)
+    else:
+        g_mean = g_sd = np.full(C, np.nan)
+    # information: deviation vectors [C, M*G] in their principal coordinates Y (Y Y^T = their Gram matrix)
+    dev = (effects - mean[None]).transpose(1, 0, 2).reshape(C, M * G) / np.sqrt(max(M - 1, 1) * G)
+    Y, kept = _coordinates(dev)
+    if goal_scores is not None:  # uncertainty matters where the goal may be reached: optimistic relevance
+        ucb0 = g_mean + beta * g_sd
+        w = _pct(ucb0)
+    else:
+        w = np.ones(C)
+    rng = np.random.default_rng(seed)
+    rand_order = rng.permutation(C)
+    chosen: list[int] = []
+    out_score, out_info = [], []
+    remaining = np.ones(C, bool)
+    if strategy == "knowledge":
+        if features is None:
+            raise BioworldError("strategy 'knowledge' needs action features of the candidates")
+        f = np.asarray(features, dtype=np.float64)
+        f = f / np.where(np.linalg.norm(f, axis=1, keepdims=True) > 0, np.linalg.norm(f, axis=1, keepdims=True), 1.0)
+        ref = np.zeros((0, f.shape[1])) if measured_features is None or len(measured_features) == 0 else \
+            np.asarray(measured_features, np.float64)
+        if len(ref):
+            ref = ref / np.where(np.linalg.norm(ref, axis=1, keepdims=True) > 0, np.linalg.norm(ref, axis=1, keepdims=True), 1.0)
+        near = (f @ ref.T).max(1) if len(ref) else np.full(C, -1.0)
+    for _ in range(K):
+        diag = (Y ** 2).sum(1)  # each candidate's remaining uncertainty
+        B = Y.T @ (w[:, None] * Y)  # [r, r]
+        gain = np.where(diag > 1e-12, ((Y @ B) * Y).sum(1) / np.where(diag > 1e-12, diag, 1.0), 0.0)
+        if chosen:
+            red = (rho @ rho[chosen].T).max(1)
+        else:
+            red = np.zeros(C)
+        if strategy == "random":
+            s = np.zeros(C)
+            s[rand_order] = -np.arange(C, dtype=np.float64)
+        elif strategy == "information":
+            s = gain
+        elif strategy == "knowledge":
+            s = 1.0 - near  # cosine distance to the nearest measured / chosen perturbation
+        elif goal_scores is None:  # mix without a goal: information alone
+            s = gain
+        else:
+            ucb = g_mean + beta * g_sd
+            spread = float(np.std(ucb[remaining])) if remaining.sum() > 1 else 0.0
+            disc = ucb - diversity * np.clip(red, 0, None) * spread
+            if strategy == "discovery":
+                s = disc
+            else:
+                s = np.full(C, -np.inf)
+                s[remaining] = _pct(gain[remaining]) + _pct(disc[remaining])
+        s = np.where(remaining, s, -np.inf)
+        # ties (e.g. no uncertainty at all) are broken by the seeded random order
+        tie = np.zeros(C)
+        tie[rand_order] = np.arange(C)
+        pick = int(np.lexsort((tie, -s))[0])
+        chosen.append(pick)
+        out_score.append(float(s[pick]))
+        out_info.append(float(gain[pick]))
+        remaining[pick] = False
+        d = float(diag[pick])
+        if d > 1e-12:  # the measured direction is resolved: project it out of every candidate
+            u = Y[pick] / np.sqrt(d)
+            Y = Y - np.outer(Y @ u, u)
+        if strategy == "knowledge":
+            near = np.maximum(near, f @ f[pick])
+    order = np.array(chosen, dtype=np.int64)
+    red_with: list[int | None] = [None]
+    red_val = [np.nan]
+    for k in range(1, K):
+        c = rho[order[:k]] @ rho[order[k]]
+        j = int(np.argmax(c))
+        red_with.append(int(order[j]))
+        red_val.append(float(c[j]))
+    return Selection(order, np.array(out_score), np.array(out_info), g_mean[order], g_sd[order], red_with,
+                     np.array(red_val), kept)
+
+
+def _coordinates(dev: np.ndarray, max_rank: int = MAX_RANK) -> tuple[np.ndarray, float]:
+    """``Y [C, r]`` with ``Y Y^T = dev dev^T`` (exact when ``r = min(C, D)`` <= ``max_rank``; else the top
+    ``max_rank`` principal directions) and the share of the total variance kept."""
+    C, D = dev.shape
+    total = float((dev ** 2).sum())
+    if total <= 0:
+        return np.zeros((C, 1)), 1.0
+    if D <= max_rank:
+        return dev, 1.0
+    if C <= 4 * max_rank:
+        U, S, _ = np.linalg.svd(dev, full_matrices=False)
+    else:
+        import torch
+
+        U_t, S_t, _ = torch.svd_lowrank(torch.from_numpy(dev), q=max_rank, niter=3)
+        U, S = U_t.numpy(), S_t.numpy()
+    r = min(max_rank, len(S))
+    Y = U[:, :r] * S[:r]
+    return Y, float((Y ** 2).sum() / total)
+
+
+# ------------------------------------------------------------------------------- models -> arrays
+def _members(model: Any) -> list[Any]:
+    members = list(getattr(model, "members", None) or [model])
+    for i, m in enumerate(members):
+        if getattr(m, "module", None) is None or not hasattr(m, "engine"):
+            raise BioworldError(f"model {i} is not a trained WorldModel (got {type(m).__name__}); expected a trained "
+                                "bw.WorldModel or bw.Ensemble (train it, or load a model folder)")
+    return members
+
+
+def measured_labels(model: Any) -> list[str]:
+    """Canonical labels of the perturbations the model was trained on (control excluded)."""
+    m = _members(model)[0]
+    out = []
+    for lab in m.train_labels:
+        a = m.space.parse(lab)
+        if not a.is_control:
+            out.append(a.label)
+    return sorted(set(out))
+
+
+def candidate_labels(model: Any, candidates: Sequence[str] | None, *, goal: str | None, max_genes: int | None,
+                     dose: float) -> tuple[list[str], list[str]]:
+    """The candidates (canonical labels, not yet measured) and the given ones dropped as measured."""
+    from bioworld.query._candidates import default_candidates
+
+    m = _members(model)[0]
+    measured = set(measured_labels(model))
+    if candidates is None:
+        genes, compounds = default_candidates(m.engine, goal or "toward:control", panel=m.genes, genes=None,
+                                              compounds=None, dose=dose, max_genes=max_genes)
+        held = [lab for lab in getattr(m, "holdout", [])]  # measured in the data but not trained on
+        labels = list(genes) + list(compounds) + held
+    else:
+        if isinstance(candidates, str):
+            raise BioworldError(f"candidates {candidates!r} is one string; expected a list of labels such as "
+                                "['JAK2', 'ruxolitinib@1'] (CLI: --candidates FILE, one label per line)")
+        labels = [str(c) for c in candidates]
+        if not labels:
+            raise BioworldError("candidates is empty; expected at least one perturbation label (or None: the "
+                                "genome-wide default set)")
+        dups = sorted({c for c in labels if labels.count(c) > 1})
+        if dups:
+            raise BioworldError(f"candidates list {dups[:5]} more than once; expected each perturbation once. Fix: "
+                                "remove the repeats")
+    seen: set[str] = set()
+    out, dropped = [], []
+    for lab in labels:
+        a = m.space.parse(lab)
+        if a.is_control:
+            if candidates is not None:
+                raise BioworldError(f"candidate {lab!r} is the control; expected perturbations to measure")
+            continue
+        if a.label in measured:
+            dropped.append(lab)
+            continue
+        if a.label not in seen:
+            seen.add(a.label)
+            out.append(a.label)
+    if not out:
+        raise BioworldError(f"all {len(labels)} candidates were already measured (the model trained on them); "
+                            "expected perturbations the model has not seen. Fix: give other candidates")
+    return out, dropped
+
+
+def action_features(space: Any, labels: Sequence[str]) -> np.ndarray:
+    """``[n, F]`` features of actions from the model's own encoding: summed gene knowledge features,
+    compound features and touched entities of their components (the ``knowledge`` strategy's space)."""
+    t = space.encode([space.parse(lab) for lab in labels])
+    parts = [t.gene_feat.sum(1), t.touch.sum(1)]
+    if t.cmp_feat.shape[-1]:
+        parts.append(t.cmp_feat.sum(1))
+    return np.concatenate(parts, axis=1).astype(np.float64)
+
+
+def predicted_effects(model: Any, labels: Sequence[str], *, goal: str | None, n_cells: int = 64, seed: int = 0,
+                      n_boot: int = N_BOOT) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """``[M, C, G]`` predicted mean effects (standardised genes) of ``labels`` on the reference cells, the
+    ``[M, C]`` goal scores (or None) and what the ``M`` rows are (ensemble members or cell bootstraps)."""
+    import torch
+
+    from bioworld.query._planner import Goal
+    from bioworld.query.engine import goal_function
+
+    members = _members(model)
+    rng = np.random.default_rng(seed)
+    ref = np.asarray(members[0].reference)
+    take = np.sort(rng.choice(len(ref), size=min(n_cells, len(ref)), replace=False))
+    x0 = ref[take]
+    single = len(members) == 1
+    boots = [rng.integers(0, len(x0), len(x0)) for _ in range(n_boot)] if single else None
+    effects, goals = [], []
+    for m in members:
+        eng = m.engine
+        cands_all = [m.space.parse(lab) for lab in labels]
+        cache = eng.encode(x0)
+        base = cache.x_base.cpu().numpy()  # [n, G]
+        gfn = None
+        if goal is not None:
+            g = Goal.parse(goal, entity_names=list(m.entity_names))
+            gfn = goal_function(g, m.module, list(m.entity_names), np.asarray(m.reference).mean(0))
+        rows = n_boot if single else 1
+        eff = np.empty((rows, len(labels), base.shape[1]), np.float32)
+        gsc = np.empty((rows, len(labels)), np.float32)
+        for s in range(0, len(labels), CHUNK):
+            part = cands_all[s:s + CHUNK]
+            r = eng.run(cache, eng.candidates(part))
+            d = r.x_pred - base[None]  # [c, n, G]
+            if gfn is not None:
+                with torch.inference_mode():
+                    xp = torch.from_numpy(r.x_pred.reshape(-1, base.shape[1]))
+                    xb = torch.from_numpy(np.tile(base, (len(part), 1)))
+                    per_cell = gfn(xp.to(eng.device), xb.to(eng.device)).cpu().numpy().reshape(len(part), -1)
+            if single:
+                for b, idx in enumerate(boots):
+                    eff[b, s:s + len(part)] = d[:, idx].mean(1)
+                    if gfn is not None:
+                        gsc[b, s:s + len(part)] = per_cell[:, idx].mean(1)
+            else:
+                eff[0, s:s + len(part)] = d.mean(1)
+                if gfn is not None:
+                    gsc[0, s:s + len(part)] = per_cell.mean(1)
+        effects.append(eff)
+        goals.append(gsc)
+    source = (f"{len(members)} ensemble members" if not single else
+              f"single model: {n_boot} bootstrap resamples of {len(x0)} reference cells (cell-sampling spread, not "
+              "model uncertainty; an ensemble gives model disagreement)")
+    return np.concatenate(effects), (np.concatenate(goals) if goal is not None else None), source
+
+
+def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int = 8, goal: str | None = None,
+           strategy: str = "mix", seed: int = 0, n_cells: int = 64, max_genes: int | None = 1000,
+           dose: float = 1.0) -> pd.DataFrame:
+    """Rank the next ``budget`` perturbations to measure.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~bioworld.WorldModel` or :class:`~bioworld.Ensemble` (an ensemble's
+        members disagree where the model is uncertain; a single model only gives the spread over
+        bootstrap resamples of its reference cells).
+    candidates
+        Perturbation labels to choose from. Default: the planner's genome-wide candidates
+        (:func:`bioworld.query._candidates.default_candidates`: the data's targets, ``max_genes``
+        genes closest to the goal entity by knowledge, every compound the model resolves at
+        ``dose``) plus the data's held-out labels. Perturbations the model was trained on are
+        left out (listed in ``attrs['excluded_measured']``).
+    budget
+        How many to choose (fewer when there are fewer candidates).
+    goal
+        ``down:ENTITY``, ``up:ENTITY`` or ``toward:control``: needed by ``discovery``; makes
+        ``information`` weight the candidates by optimistic goal value.
+    strategy
+        ``mix`` (default), ``information``, ``discovery``, ``knowledge`` or ``random`` (see the
+        module docstring).
+    seed
+        Seeds the reference-cell subsample (``n_cells``), the bootstraps and the random order.
+
+    Returns
+    -------
+    DataFrame with columns ``rank, perturbation, kind, strategy_score, expected_info,
+    expected_goal, reason``; ``attrs``: ``strategy``, ``goal``, ``uncertainty`` (what the spread
+    is over), ``n_candidates``, ``excluded_measured``, ``n_cells``.
+    """
+    from bioworld.query._candidates import kind_of
+
+    strategy = _check_strategy(strategy)
+    budget = _check_budget(budget)
+    members = _members(model)
+    m0 = members[0]
+    if goal is not None:
+        from bioworld.query._planner import Goal
+
+        Goal.parse(goal, entity_names=list(m0.entity_names))
+    elif strategy == "discovery":
+        raise BioworldError("strategy 'discovery' ranks by expected goal value and needs a goal; expected "
+                            "goal='down:ENTITY', 'up:ENTITY' or 'toward:control' (CLI: --goal)")
+    labels, dropped = candidate_labels(model, candidates, goal=goal, max_genes=max_genes, dose=dose)
+    feats = measured = None
+    if strategy == "knowledge":
+        feats = action_features(m0.space, labels)
+        known = measured_labels(model)
+        measured = action_features(m0.space, known) if known else None
+        effects, goals, source = np.zeros((1, len(labels), 1)), None, "none (knowledge features only)"
+    elif strategy == "random":
+        effects, goals, source = np.zeros((1, len(labels), 1)), None, "none (random order)"
+    else:
+        effects, goals, source = predicted_effects(model, labels, goal=goal, n_cells=n_cells, seed=seed)
+    sel = select(effects, budget, strategy, goal_scores=goals, features=feats, measured_features=measured, seed=seed)
+    rows = []
+    for k, c in enumerate(sel.order):
+        lab = labels[c]
+        reason = _reason(strategy, sel, k, labels, goal, source)
+        rows.append({"rank": k + 1, "perturbation": lab, "kind": kind_of(m0.space.parse(lab)),
+                     "strategy_score": sel.score[k], "expected_info": sel.info[k],
+                     "expected_goal": sel.goal[k], "reason": reason})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table.attrs.update({"strategy": strategy, "goal": goal, "uncertainty": source, "n_candidates": len(labels),
+                        "excluded_measured": list(dropped), "n_cells": int(min(n_cells, len(m0.reference))),
+                        "budget": budget})
+    return table
+
+
+def _reason(strategy: str, sel: Selection, k: int, labels: Sequence[str], goal: str | None, source: str) -> str:
+    parts = []
+    if strategy in ("information", "mix"):
+        parts.append(f"expected uncertainty reduction {sel.info[k]:.3g} over all candidates")
+    if goal is not None and strategy in ("discovery", "mix", "information"):
+        parts.append(f"goal {goal} score {sel.goal[k]:+.3g} +- {sel.goal_sd[k]:.2g}")
+    if strategy == "knowledge":
+        parts.append(f"knowledge distance {sel.score[k]:.3g} to the nearest measured or chosen perturbation")
+    if strategy == "random":
+        parts.append("random order (baseline)")
+    j = sel.redundant_with[k]
+    if j is not None and strategy in ("information", "mix", "discovery"):
+        parts.append(f"most similar chosen: {labels[j]} (corr {sel.redundancy[k]:+.2f})")
+    if k == 0 and strategy in ("information", "mix", "discovery"):
+        parts.append(f"spread over {source}")
+    return "; ".join(parts)
