@@ -992,7 +992,7 @@ def evaluate_cmd(
 @_command
 def benchmark_cmd(
     full: Annotated[bool, typer.Option("--full/--quick", help="Full settings (5 folds, 3 seeds, default steps, ablations; hours) or quick ones (default: minutes).")] = False,
-    only: Annotated[str, typer.Option("--only", help="Comma-separated subset of papalexi,l1000,simulator.")] = "papalexi,l1000,simulator",
+    only: Annotated[str, typer.Option("--only", help="Comma-separated subset of papalexi,l1000,simulator,retrospective (retrospective: held-out perturbations ranked by 'prioritize' vs network / pathway / random baselines).")] = "papalexi,l1000,simulator,retrospective",
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the CSVs, plots and pred/real AnnData pairs.")] = Path("benchmarks/results"),
     report: Annotated[Optional[Path], typer.Option("--report", metavar="FILE.md", help="Markdown report to write (default: OUT/BENCHMARKS.md).")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated model / split seeds, e.g. '0,1' (overrides the mode).")] = None,

@@ -737,7 +737,7 @@ def write_outputs(
 
 
 # ------------------------------------------------------------------------------------ CLI
-RUNNERS = ("papalexi", "l1000", "simulator")
+RUNNERS = ("papalexi", "l1000", "simulator", "retrospective")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -745,7 +745,10 @@ def _parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small settings (default): minutes on a laptop")
     mode.add_argument("--full", action="store_true", help="full settings: 5 folds, 3 seeds, default steps, ablations")
-    p.add_argument("--only", default=",".join(RUNNERS), help="comma-separated subset of papalexi,l1000,simulator")
+    p.add_argument("--only", default=",".join(RUNNERS),
+                   help="comma-separated subset of papalexi,l1000,simulator,retrospective (retrospective: "
+                        "bioworld.eval.retrospective on Papalexi and L1000, written to <out>/retrospective and a "
+                        "section of the report)")
     p.add_argument("--out", default="benchmarks/results", help="folder for CSVs, plots and predictions")
     p.add_argument("--report", default=None, help="markdown report path (default: <out>/BENCHMARKS.md)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (overrides the mode)")
@@ -788,6 +791,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            progress=progress),
     }
     for name in only:
+        if name == "retrospective":
+            continue
         t = time.perf_counter()
         frames[name] = runners[name]()
         walls[name] = time.perf_counter() - t
@@ -795,6 +800,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python benchmarks/run_benchmarks.py " + " ".join(argv) if argv else "python benchmarks/run_benchmarks.py"
     notes = [f"settings: seeds={list(seeds)}, WorldModel max_steps={steps or 'TrainConfig default'}, "
              f"Papalexi folds={args.folds or st.papalexi_folds}, ablations={ablations}"]
-    path = write_outputs(frames, out=out, report=report, command=command.strip(), mode=mode, wall_s=walls, notes=notes)
-    print(f"wrote {path}", file=sys.stderr)
+    if frames:
+        path = write_outputs(frames, out=out, report=report, command=command.strip(), mode=mode, wall_s=walls,
+                             notes=notes)
+        print(f"wrote {path}", file=sys.stderr)
+    if "retrospective" in only:
+        _retrospective(out, report, mode=mode, seeds=seeds, steps=steps, folds=args.folds, world_model=wm,
+                       progress=progress, command=command.strip())
     return 0
+
+
+def _retrospective(out: Path, report: Path, *, mode: str, seeds: Sequence[int], steps: int | None,
+                   folds: int | None, world_model: bool, progress: bool, command: str) -> None:
+    """The retrospective validation of prioritize: ``<out>/retrospective/RETROSPECTIVE.md`` (+ CSVs,
+    plot) and its section of ``report`` (quick: 2 folds; full: 4; steps default 150)."""
+    from bioworld.eval import retrospective as R
+
+    if not world_model:
+        print("retrospective: skipped (it ranks the world model's candidates; --no-world-model)", file=sys.stderr)
+        return
+    rs = R.RetroSettings(seeds=tuple(seeds), folds=folds or (4 if mode == "full" else 2), steps=steps or 150)
+    load = R.loadavg()
+    t = time.perf_counter()
+    frames = R.run_retrospective(rs, progress=progress)
+    path, summ = R.write_retro(frames, out / "retrospective", command=command, settings=rs,
+                               notes=[f"total wall time {time.perf_counter() - t:.0f} s"],
+                               load=f"{load} (start), {R.loadavg()} (end)")
+    R.update_benchmarks_md(report, R.benchmarks_section(summ, frames, path, report, command))
+    print(f"wrote {path} and its section of {report}", file=sys.stderr)
