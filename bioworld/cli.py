@@ -135,7 +135,7 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
             continue
-        text = _one_line(str(w.message))
+        text = _one_line(cli_hint(str(w.message)))
         if text not in seen:
             seen.add(text)
             typer.echo(f"warning: {text}", err=True)
@@ -199,9 +199,23 @@ def _suggested_kwargs(adata: Any) -> dict[str, Any]:
                     "Fix: correct or delete that entry in the file."
                 )
             out[key] = int(number)
+        elif key in _COLUMN_KEYS and str(value) not in _columns(adata, _COLUMN_KEYS[key]):
+            # a file subset or re-exported without that column: the suggestion no longer applies
+            where = _COLUMN_KEYS[key]
+            warnings.warn(f"the file's uns['bioworld'] suggests {key} {str(value)!r}, but {where} has no such column; "
+                          f"going without it. Fix: pass {_CLI_FLAGS[key]} COLUMN to use another column.", stacklevel=2)
         else:
             out[key] = str(value)
     return out
+
+
+_COLUMN_KEYS = {"perturbation_key": "obs", "dose_key": "obs", "compound_id_key": "obs", "replicate_key": "obs",
+                "gene_symbols_key": "var"}
+
+
+def _columns(adata: Any, where: str) -> set[str]:
+    frame = getattr(adata, where, None)
+    return {str(c) for c in getattr(frame, "columns", [])}
 
 
 def _register_kwargs(adata: Any, given: dict[str, Any]) -> dict[str, Any]:
@@ -314,7 +328,8 @@ def _check_out(out: Path, *, overwrite: bool, inputs: dict[str, Path], folder: b
                           "model folders (writing there could damage the model). Fix: choose another --out.")
     if folder:
         if out.exists() and not out.is_dir():
-            raise OutputError(f"--out {str(out)!r} is a file; expected a folder for the report. Fix: choose another --out.")
+            raise OutputError(f"--out {str(out)!r} is a file; expected a folder to write {', '.join(writes) or 'the outputs'} into. "
+                              "Fix: choose another --out.")
         if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise OutputError(f"--out {str(out)!r} is a folder that is not empty; expected a new or empty folder. "
                               f"Fix: pass --overwrite to replace {' and '.join(writes)} there, or choose another --out.")
@@ -380,10 +395,19 @@ def simulate_cmd(
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder to write train.h5ad, pathways.gmt and the ground truth to.")],
     seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 0,
     n_cells_per_condition: Annotated[int, typer.Option(help="Cells sampled per intervention.")] = 200,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the files of an earlier simulation in --out.")] = False,
 ) -> None:
     """Simulate a perturbation screen with known causal ground truth."""
     from bioworld.data import simulate
+    from bioworld.errors import BioworldError
 
+    if seed < 0:
+        raise BioworldError(f"--seed {seed} is negative; expected an integer >= 0. Fix: pass --seed 0 or another non-negative seed.")
+    if n_cells_per_condition < 1:
+        raise BioworldError(f"--n-cells-per-condition {n_cells_per_condition}; expected at least 1 cell per intervention. "
+                            "Fix: pass e.g. --n-cells-per-condition 200.")
+    writes = ("train.h5ad", "pathways.gmt", "truth_delta.csv", "truth_entity_delta.csv", "dag.json")
+    _check_out(out, overwrite=overwrite, inputs={}, folder=True, writes=writes)
     result = simulate(seed=seed, n_cells_per_condition=n_cells_per_condition)
     folder = result.write(out)
     adata = result.adata
@@ -483,12 +507,14 @@ def train_cmd(
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {str(out)!r} is a file; expected a folder for the model. Fix: choose another path.")
     if members == 1 and calibrate_folds:
-        raise BioworldError("--calibrate-folds needs an ensemble; pass --members 2 or more (intervals come from held-out error of the ensemble)")
+        raise BioworldError("--calibrate-folds needs an ensemble (intervals come from the held-out error of its members); expected "
+                            "--members 2 or more. Fix: add --members 5, or drop --calibrate-folds.")
     if members > 1 and resume:
-        raise BioworldError("--resume with --members is not supported (ensembles keep no training state); train "
+        raise BioworldError("--resume with --members is not supported (ensembles keep no training state). Fix: train "
                             "again without --resume, or train the members one by one with --seed")
     if members > 1 and backed:
-        raise BioworldError("--members with --backed is not supported; train the members one by one with --seed and --backed")
+        raise BioworldError("--members with --backed is not supported (members would read the file at once). Fix: train the "
+                            "members one by one with --backed and --seed 0, 1, ...")
     if (_is_model_dir(out) or _is_ensemble_dir(out)) and not overwrite:
         raise CheckpointError(
             f"{str(out)!r} already holds a model ({_MODEL_META}); expected a new or empty folder. "

@@ -254,6 +254,36 @@ def test_simulate_writes_files(tmp_path):
     assert "validation: passed" in check.stdout
 
 
+def test_simulate_refuses_to_overwrite_then_overwrites(tmp_path):
+    out = tmp_path / "sim"
+    assert invoke("simulate", "--out", out, "--n-cells-per-condition", 5).exit_code == 0
+    before = (out / "truth_delta.csv").read_bytes()
+    again = invoke("simulate", "--out", out, "--seed", 3, "--n-cells-per-condition", 5)
+    assert_one_line_error(again, "not empty", "--overwrite")
+    assert (out / "truth_delta.csv").read_bytes() == before  # nothing replaced
+    forced = invoke("simulate", "--out", out, "--seed", 3, "--n-cells-per-condition", 5, "--overwrite")
+    assert forced.exit_code == 0, forced.output
+    assert (out / "truth_delta.csv").read_bytes() != before
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--seed", "-1"], "--seed -1 is negative"),
+    (["--n-cells-per-condition", "0"], "--n-cells-per-condition 0"),
+])
+def test_simulate_rejects_bad_values(tmp_path, args, expect):
+    result = invoke("simulate", "--out", tmp_path / "sim", *args)
+    assert_one_line_error(result, expect)
+    assert not (tmp_path / "sim").exists()
+
+
+def test_simulate_out_is_a_file(tmp_path):
+    f = tmp_path / "sim.txt"
+    f.write_text("x")
+    result = invoke("simulate", "--out", f)
+    assert_one_line_error(result, "is a file", "train.h5ad")
+    assert f.read_text() == "x"
+
+
 # ---------------------------------------------------------------------------------- train/predict
 def test_train_refuses_existing_model_dir(tmp_path):
     model = tmp_path / "model"
@@ -358,4 +388,4 @@ def test_train_ensemble_calibrate_predict_and_counterfactual(trained, tmp_path):
 
 def test_train_calibrate_without_members_is_refused(tmp_path):
     result = invoke("train", tmp_path / "missing.h5ad", "--out", tmp_path / "m", "--calibrate-folds", 2)
-    assert_one_line_error(result, "--calibrate-folds needs an ensemble", "--members 2")
+    assert_one_line_error(result, "--calibrate-folds needs an ensemble", "--members 2 or more")

@@ -341,7 +341,8 @@ def _check_obs_key(adata: Any, key: str | None, what: str) -> None:
         hint = f" Close matches: {_preview(close)}." if close else ""
         raise DataValidationError(
             f"{what} {key!r} is not a column of adata.obs; available columns: "
-            f"{_preview(adata.obs.columns, 20)}.{hint} Fix: pass an existing column or None."
+            f"{_preview(adata.obs.columns, 20)}.{hint} Fix: pass an existing column, or {what}=None (CLI: leave out "
+            f"--{what.replace('_', '-')}) to go without."
         )
 
 
@@ -421,7 +422,7 @@ def _resolve_genes(
             raise DataValidationError(
                 f"gene_symbols_key {gene_symbols_key!r} is not a column of adata.var; available "
                 f"columns: {_preview(adata.var.columns, 20)}. Fix: pass the var column holding gene "
-                "symbols, or None to use var_names."
+                "symbols, or gene_symbols_key=None (CLI: leave out --gene-symbols-key) to use var_names."
             )
         col = adata.var[gene_symbols_key]
         if col.isna().any():
@@ -538,7 +539,8 @@ def register(
         )
     if int(min_cells_per_group) < 1:
         raise DataValidationError(
-            f"min_cells_per_group={min_cells_per_group}; expected an integer >= 1."
+            f"min_cells_per_group={min_cells_per_group}; expected an integer >= 1. Fix: pass 1 to keep every "
+            "group, or the default 3."
         )
     n_cells, n_genes = adata.shape
     if n_cells == 0 or n_genes == 0:

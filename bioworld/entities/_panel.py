@@ -140,8 +140,9 @@ def _no_overlap_error(es: EntitySet, names: list[str], counts: list[int], min_ge
     if any(n.upper().startswith(("ENSG", "ENSMUSG")) for n in names[:50]):
         msg += "The panel uses Ensembl ids but gene sets use HGNC symbols. "
     msg += (
-        "Fix: use HGNC symbols as var_names (e.g. register(..., gene_symbols_key='gene_symbols') or map "
-        "Ensembl ids), choose gene sets of the right species, or lower min_genes."
+        "Fix: give HGNC symbols (a var column of symbols: gene_symbols_key=<column> (CLI: --gene-symbols-key "
+        "COLUMN)) or map Ensembl ids to symbols, use gene sets of the data's species (a GMT file: "
+        "entities=<file> (CLI: --entities FILE)), or (Python API) lower min_genes of map_to_panel."
     )
     return EntityError(msg)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -84,7 +85,10 @@ class TrainConfig:
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise BioworldError(
-                f"unknown training config field(s) {unknown}; expected a subset of {sorted(known)}"
+                f"unknown training config field(s) {unknown}; expected a subset of {sorted(known)}. Fix: "
+                + "".join(f"did you mean {close[0]!r} for {u!r}? " for u in unknown
+                          if (close := difflib.get_close_matches(u, list(known), n=1)))
+                + "remove or rename the unknown fields."
             )
         clean = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**clean)
@@ -94,13 +98,16 @@ class TrainConfig:
         """Read a JSON file of overrides (fields not given keep their defaults)."""
         p = Path(path)
         if not p.is_file():
-            raise BioworldError(f"config file {str(p)!r} does not exist; pass a JSON file of TrainConfig fields")
+            raise BioworldError(f"config file {str(p)!r} does not exist; expected a JSON file of TrainConfig fields. "
+                                "Fix: check the path.")
         try:
             d = json.loads(p.read_text())
         except json.JSONDecodeError as e:
-            raise BioworldError(f"config file {str(p)!r} is not valid JSON ({e}); expected an object of TrainConfig fields") from None
+            raise BioworldError(f"config file {str(p)!r} is not valid JSON ({e}); expected an object of TrainConfig fields such as "
+                                f"{{\"max_steps\": 500, \"seed\": 1}}. Fix: correct the file, or drop --config.") from None
         if not isinstance(d, dict):
-            raise BioworldError(f"config file {str(p)!r} holds a {type(d).__name__}; expected a JSON object")
+            raise BioworldError(f"config file {str(p)!r} holds a {type(d).__name__}; expected a JSON object of TrainConfig "
+                                "fields. Fix: write it as {\"max_steps\": 500, ...}.")
         try:
             return cls.from_dict({**cls().to_dict(), **d})
         except BioworldError as e:
@@ -125,7 +132,7 @@ def _check_values(cfg: "TrainConfig") -> None:
     import math
 
     def bad(name: str, value: Any, expected: str) -> BioworldError:
-        return BioworldError(f"training config field {name}={value!r:.60} ({type(value).__name__}); expected "
+        return BioworldError(f"training config field {name} is {value!r:.60} ({type(value).__name__}); expected "
                              f"{expected}. Fix: set {name} to such a value.")
 
     for name, lo in _INT_MIN.items():

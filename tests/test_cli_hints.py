@@ -1,0 +1,114 @@
+"""Every CLI error's "Fix:" hint names what a CLI user can do: the command's own flags, no Python keywords.
+
+Library errors are written for both audiences ("holdout=... (CLI: --holdout)"); the CLI rewrites the
+Python side. These cases fail before any training, so the file stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+
+from bioworld.cli import app, cli_hint
+from tests.test_cli import GENES, assert_one_line_error, invoke
+
+PY_KWARG = re.compile(r"(?<![\w\-\[.'\"])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)=")  # e.g. gene_symbols_key=
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+
+
+def _options(command: str) -> set[str]:
+    click_cmd = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    return {opt for p in click_cmd.params for opt in getattr(p, "opts", [])}
+
+
+def _h5ad(path, *, obs_extra=None, uns=None, X=None):
+    rng = np.random.default_rng(0)
+    labels = ["control"] * 30 + ["STAT1"] * 30 + ["IRF1"] * 30
+    obs = pd.DataFrame({"perturbation": labels, **(obs_extra or {})}, index=[f"c{i}" for i in range(90)])
+    a = ad.AnnData(rng.poisson(3, (90, len(GENES))).astype(np.float32) if X is None else X, obs=obs,
+                   var=pd.DataFrame(index=GENES))
+    if uns:
+        a.uns.update(uns)
+    a.write_h5ad(path)
+    return path
+
+
+def _check_hint(command: str, line: str) -> None:
+    assert "Fix:" in line, line
+    fix = line.split("Fix:", 1)[1]
+    assert not PY_KWARG.search(fix), f"Python keyword in a CLI hint: {line}"
+    unknown = set(FLAG.findall(line)) - _options(command)
+    assert not unknown, f"{command} has no option {sorted(unknown)}: {line}"
+
+
+@pytest.mark.parametrize("case", [
+    "config_typo", "config_value", "config_list", "config_missing", "replicate_key", "gene_symbols_key",
+    "min_cells", "calibrate_folds", "members_backed", "members_resume", "holdout_control", "holdout_all",
+    "input_value", "control_missing", "entities_species", "zero_controls",
+])
+def test_train_error_hints_name_cli_flags(tmp_path, case):
+    data = _h5ad(tmp_path / "d.h5ad")
+    args: list = ["train", data, "--out", tmp_path / "model", "--max-steps", 1]
+    files = {"config_typo": '{"max_step": 5}', "config_value": '{"max_steps": "abc"}', "config_list": "[1, 2]"}
+    if case in files:
+        (tmp_path / "c.json").write_text(files[case])
+        args += ["--config", tmp_path / "c.json"]
+    expect = {
+        "config_typo": "did you mean 'max_steps'", "config_value": "field max_steps is 'abc'",
+        "config_list": "holds a list", "config_missing": "does not exist", "replicate_key": "leave out --replicate-key",
+        "gene_symbols_key": "leave out --gene-symbols-key", "min_cells": "--min-cells 0",
+        "calibrate_folds": "--members 2 or more", "members_backed": "--backed", "members_resume": "--resume",
+        "holdout_control": "--holdout", "holdout_all": "--holdout", "input_value": "--input counts or --input log",
+        "control_missing": "--control", "entities_species": "--gene-symbols-key COLUMN", "zero_controls": "zero expression",
+    }[case]
+    extra = {
+        "config_missing": ["--config", tmp_path / "none.json"], "replicate_key": ["--replicate-key", "nope"],
+        "gene_symbols_key": ["--gene-symbols-key", "nope"], "min_cells": ["--min-cells", 0],
+        "calibrate_folds": ["--calibrate-folds", 3], "members_backed": ["--members", 2, "--backed"],
+        "members_resume": ["--members", 2, "--resume"], "holdout_control": ["--holdout", "control"],
+        "holdout_all": ["--holdout", "STAT1,IRF1"], "input_value": ["--input", "foo"],
+        "control_missing": ["--control", "ctrl"],
+    }.get(case, [])
+    if case == "entities_species":
+        args[1] = _h5ad(tmp_path / "mouse.h5ad")  # same file; entities that share no gene with it
+        (tmp_path / "mouse.gmt").write_text("M1\tmouse\tStat1\tIrf1\tJak2\tSocs1\n")
+        extra = ["--entities", tmp_path / "mouse.gmt"]
+    if case == "zero_controls":
+        X = np.random.default_rng(1).poisson(3, (90, len(GENES))).astype(np.float32)
+        X[:30] = 0
+        args[1] = _h5ad(tmp_path / "z.h5ad", X=X)
+    result = invoke(*args, *extra)
+    line = assert_one_line_error(result, expect)
+    _check_hint("train", line)
+    assert not (tmp_path / "model" / "bioworld.json").exists()
+
+
+def test_stale_loader_suggestion_is_a_warning_not_an_error(tmp_path):
+    """A subset of a bundled file keeps uns['bioworld'] naming a column it no longer has."""
+    uns = {"bioworld": {"loader": {"register_kwargs": {"replicate_key": "bio_rep"}}}}
+    data = _h5ad(tmp_path / "d.h5ad", uns=uns)
+    result = invoke("inspect", data)
+    assert result.exit_code == 0, result.output
+    warn = [line for line in result.stderr.splitlines() if line.startswith("warning:") and "bio_rep" in line]
+    assert len(warn) == 1, result.stderr
+    assert "going without it" in warn[0] and "--replicate-key COLUMN" in warn[0]
+
+
+def test_simulate_and_prioritize_hints(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    _check_hint("simulate", assert_one_line_error(invoke("simulate", "--out", f), "is a file"))
+    _check_hint("simulate", assert_one_line_error(invoke("simulate", "--out", tmp_path / "s", "--seed", -2), "negative"))
+
+
+def test_cli_hint_rewrites_python_keywords():
+    assert cli_hint("Fix: pass control=<label>.") == "Fix: pass --control <label>."
+    assert cli_hint("Fix: use input='log'.") == "Fix: use --input log."
+    assert cli_hint("Fix: x=None (CLI: leave out --x) to go without.") == "Fix: leave out --x to go without."
+    # a field name inside a sentence about a file is left alone
+    assert cli_hint("training config field max_steps is 'abc'") == "training config field max_steps is 'abc'"
