@@ -367,7 +367,8 @@ class WorldModel:
                             seed=cfg.seed) if in_memory else np.zeros(len(action_row), bool)
         n_train = int(np.isin(action_row, train_rows).sum() - val.sum())
         steps = auto_steps(n_train, cfg.groups_per_batch * cfg.cells_per_group, epochs=cfg.auto_epochs,
-                           min_steps=cfg.min_steps, cap=cfg.step_cap)
+                           min_steps=cfg.min_steps, cap=cfg.step_cap, n_groups=len(train_rows),
+                           groups_per_batch=cfg.groups_per_batch, group_visits=cfg.group_visits)
         cfg = replace(cfg, max_steps=steps, warmup_steps=min(cfg.warmup_steps, max(1, steps // 5)))
         groups = [r for r in train_rows if val[action_row == r].any()]
         if not groups:

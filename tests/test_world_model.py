@@ -259,6 +259,11 @@ def test_training_is_sized_to_the_data_and_stops_early_on_held_in_cells(small_si
     assert V.auto_steps(14_000, 96, epochs=3, min_steps=150, cap=800) == 438
     assert V.auto_steps(341, 96, epochs=3, min_steps=150, cap=800) == 150
     assert V.auto_steps(10**6, 96, epochs=3, min_steps=150, cap=800) == 800
+    # many groups with few samples each (a plate of wells): sized by the draws per group
+    assert V.auto_steps(341, 96, epochs=3, min_steps=150, cap=800, n_groups=300, groups_per_batch=8,
+                        group_visits=10) == 375
+    assert V.auto_steps(14_000, 96, epochs=3, min_steps=150, cap=800, n_groups=20, groups_per_batch=8,
+                        group_visits=10) == 438  # few groups: the cells decide
     # held-in cells: a share of each perturbation with enough cells, none from small ones
     rows = np.repeat([0, 1, 2], [40, 30, 5])
     val = V.split_held_in(rows, [1, 2], fraction=0.1, min_cells=20, seed=0)

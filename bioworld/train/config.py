@@ -20,6 +20,7 @@ class TrainConfig:
     # [min_steps, step_cap], with early stopping on held-in validation cells (Papalexi: 442 steps at most)
     max_steps: int = 0
     auto_epochs: float = 3.0  # max_steps=0: passes over the perturbed training cells
+    group_visits: float = 10.0  # max_steps=0: and at least this many draws of each training perturbation group
     min_steps: int = 150  # max_steps=0: fewest steps (also the earliest early stop)
     step_cap: int = 800  # max_steps=0: most steps
     val_fraction: float = 0.1  # max_steps=0: share of each training perturbation's cells held in for early stopping
@@ -122,7 +123,7 @@ _INT_MAX = {"seed": 2**63 - 1, "num_threads": 1024}
 _FLOAT_MIN = {"lr": (0.0, True), "lr_min": (0.0, False), "weight_decay": (0.0, False), "grad_clip": (0.0, True),
               "w_latent": (0.0, False), "w_expr": (0.0, False), "w_energy": (0.0, False), "w_recon": (0.0, False),
               "w_score": (0.0, False), "w_variance": (0.0, False), "w_covariance": (0.0, False),
-              "collapse_std": (0.0, False), "auto_epochs": (0.0, True)}
+              "collapse_std": (0.0, False), "auto_epochs": (0.0, True), "group_visits": (0.0, False)}
 _PROBS = ("ema_start", "ema_end", "structured_mask_prob", "clamp_prob", "val_fraction")
 _RATIOS = ("self_mask_ratio", "transition_mask_ratio")
 
