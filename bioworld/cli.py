@@ -821,6 +821,10 @@ def counterfactual_cmd(
         typer.echo(f"  {spec}: moves {top}")
 
 
+#: Cells the counterfactual section of 'prioritize --counterfactuals' is computed on (a seeded subsample).
+CF_CELLS = 200
+
+
 @app.command("prioritize")
 @_command
 def prioritize_cmd(
@@ -832,6 +836,7 @@ def prioritize_cmd(
     max_genes: Annotated[int, typer.Option("--max-genes", min=0, help="Default gene candidates in all (the data's own targets always kept).")] = 1000,
     dose: Annotated[float, typer.Option("--dose", min=0.0, help="Dose of the compound candidates (every compound the model resolves; compound models only).")] = 1.0,
     pairs: Annotated[bool, typer.Option("--pairs/--no-pairs", help="Also score pairs of interventions (default: yes).")] = True,
+    counterfactuals: Annotated[int, typer.Option("--counterfactuals", min=0, metavar="N", help="Explain the N best interventions of the report's main table (unflagged genes, compounds, pairs) with counterfactuals on up to 200 of the cells: the entities they move, the most-changed genes and enriched pathways (default: 0, none).")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report files in a non-empty --out folder (never an input or a model folder).")] = False,
     device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to run the model: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (default: cpu).")] = None,
 ) -> None:
@@ -849,7 +854,19 @@ def prioritize_cmd(
     every = genes is not None and genes.strip().lower() == "all"
     result = wm.prioritize(adata, goal, genes=_split_labels(genes, "--genes") if genes is not None and not every else None,
                            max_genes=None if every else max_genes, dose=dose, pairs=pairs)
-    report = write_report(result, out, model=wm)
+    cf = None
+    if counterfactuals:
+        from bioworld.report.html import main_rows
+
+        import numpy as np
+
+        best = list(main_rows(result.table)["intervention"].head(counterfactuals))
+        if best:
+            sub = adata[np.sort(np.random.default_rng(0).choice(adata.n_obs, min(CF_CELLS, adata.n_obs),
+                                                                replace=False))].copy()
+            cf = wm.counterfactual(sub, best)
+            typer.echo(f"counterfactuals: {len(best)} intervention(s) on {sub.n_obs:,} cells")
+    report = write_report(result, out, model=wm, counterfactuals=cf)
     table = result.table
     typer.echo(f"scored {len(table):,} interventions on {result.provenance.get('n_cells_used', adata.n_obs):,} cells "
                f"in {result.wall_s:.1f} s; best:")

@@ -129,3 +129,41 @@ def test_knockouts_that_move_the_readout_through_their_own_transcript_are_flagge
     for lab in own["intervention"]:  # only knockouts of the readout's own genes
         assert {p.target for p in tiny_trained.parse(lab).components if p.kind == "ko"} & members
     assert not (t["flag"].head(10) == "readout").any()
+
+
+def test_compound_aliases_are_one_candidate():
+    from bioworld.query._candidates import dedupe_compounds
+
+    kept, merged = dedupe_compounds(["dactolisib", "NVP-BEZ235", "vemurafenib", "my-cpd"], seen={"NVP-BEZ235"})
+    assert kept == ["NVP-BEZ235", "my-cpd", "vemurafenib"] and merged == {"NVP-BEZ235": ["dactolisib"]}
+    # without a trained name, the one with a structure wins, then the key itself
+    kept, _ = dedupe_compounds(["dactolisib", "NVP-BEZ235"], smiles={"NVP-BEZ235"})
+    assert kept == ["NVP-BEZ235"]
+    kept, _ = dedupe_compounds(["NVP-BEZ235", "dactolisib"])
+    assert kept == ["dactolisib"]
+    kept, merged = dedupe_compounds(["a1", "a2", "b"], key=lambda n: n[0])
+    assert kept == ["a1", "b"] and merged == {"a1": ["a2"]}
+
+
+def test_pairs_that_add_nothing_name_their_single_and_gene_deltas_are_kept(ranked, tiny_trained):
+    _, res = ranked
+    t = res.table.set_index("intervention")
+    pairs = t[t["kind"] == "pair"]
+    assert len(pairs)
+    n_checked = 0
+    for lab, r in pairs.iterrows():
+        parts = [tiny_trained.space.parse(str(p)).label for p in tiny_trained.space.parse(lab).components]
+        assert all(s in t.index for s in parts), (lab, parts)
+        best = max((t.loc[s] for s in parts), key=lambda x: x["score"])
+        n_checked += 1
+        if r["collapsed_into"]:
+            assert r["collapsed_into"] == best.name and r["score"] <= best["score_hi"]
+        else:
+            assert r["score"] > best["score_hi"]
+    assert n_checked == len(pairs)
+    assert (t.loc[t["kind"] != "pair", "collapsed_into"] == "").all()
+    assert res.provenance["n_pairs_collapsed"] == int((t["collapsed_into"] != "").sum())
+    gd = res.gene_delta
+    assert list(gd.columns) == list(tiny_trained.genes) and 0 < len(gd) <= 30 and np.isfinite(gd.to_numpy()).all()
+    assert set(gd.index) <= set(t.index[(t["flag"] == "") & (t["collapsed_into"] == "")])
+    assert np.abs(gd.to_numpy()).max() > 0

@@ -302,3 +302,53 @@ def test_cli_counterfactual_unknown_entity_is_one_line_error(saved, tmp_path):
                   "--intervention", "silence:SIM_P99", "--out", tmp_path / "cf.h5ad")
     assert res.exit_code == 2 and res.stderr.startswith("error: "), (res.output, res.exception)
     assert not (tmp_path / "cf.h5ad").exists()
+
+
+def test_report_methods_gene_heatmap_and_collapsed_pairs(prioritized, tiny_trained, tmp_path, no_benchmark):
+    from bioworld.report import write_report
+
+    table = prioritized.table
+    page = write_report(prioritized, tmp_path / "m", model=tiny_trained).read_text()
+    methods = page.split('id="methods"')[1].split("</section>")[0]
+    assert "training data hash" in methods and "sha256:" in methods
+    assert "TrainConfig" in methods and "&#34;max_steps&#34;: 40" in methods.replace("&quot;", "&#34;")
+    assert 'id="knowledge-table"' in methods and "licence" in methods and "tautology guard" in methods
+    assert "Gene × intervention: predicted changes" in page
+    ranked = page.split('id="ranked"')[1].split("</table>")[0]
+    collapsed = table[table["collapsed_into"] != ""]
+    for lab in collapsed["intervention"]:
+        assert f">{_html.escape(lab).replace('_', '_<wbr>').replace('+', '+<wbr>')}<" not in ranked
+    if len(collapsed):
+        assert "adding nothing over it" in page and "collapsed_into" in page
+    # without a model: said, not invented
+    page = write_report(prioritized, tmp_path / "n").read_text()
+    assert "not given to the report" in page.split('id="methods"')[1].split("</section>")[0]
+
+
+def test_report_gene_heatmap_plot_handles_empty_and_marks_readout():
+    from bioworld.report import plots
+
+    assert isinstance(plots.gene_heatmap(pd.DataFrame()), Figure)
+    gd = pd.DataFrame([[1.0, -2.0, 0.1], [0.5, -1.0, 0.0]], index=["A", "B"], columns=["g1", "g2", "g3"])
+    fig = plots.gene_heatmap(gd, top_genes=2, highlight=["g2"])
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["g2*", "g1"]
+
+
+def test_cli_prioritize_counterfactuals_fill_the_report(saved, tiny_trained, tmp_path, no_benchmark):
+    goal = tiny_trained.entity_names[0]
+    out = tmp_path / "cfrep"
+    res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad", "--goal", f"down:{goal}",
+                  "--out", out, "--max-genes", "15", "--no-pairs", "--counterfactuals", "2")
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "counterfactuals: 2 intervention(s) on 12 cells" in res.stdout
+    page = (out / "report.html").read_text()
+    cf = page.split('id="counterfactuals"')[1].split("</section>")[0]
+    csv = pd.read_csv(out / "ranked_interventions.csv", keep_default_na=False)
+    main = csv[(csv["flag"] == "") & ~csv["intervention"].str.contains("silence:") & (csv["collapsed_into"] == "")]
+    for lab in main["intervention"].head(2):
+        assert f"<h3>{_html.escape(lab)}</h3>" in cf
+    assert "No counterfactuals were computed" not in cf
+    res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad", "--goal", f"down:{goal}",
+                  "--out", tmp_path / "bad", "--counterfactuals", "-1")
+    assert res.exit_code == 2 and "counterfactuals" in res.output

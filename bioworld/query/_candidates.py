@@ -171,12 +171,39 @@ def unlabelled_genes(space: Any) -> int:
 
 
 def compound_candidates(space: Any, dose: float) -> list[str]:
-    """``NAME@dose`` of every compound the model's compound features resolve (none without compounds)."""
+    """``NAME@dose`` of every compound the model's compound features resolve (none without compounds),
+    one per compound: names that the bundled aliases map to one compound key (``NVP-BEZ235`` and
+    ``dactolisib``) are one candidate (:func:`dedupe_compounds`)."""
     comp = getattr(space, "compounds", None)
     if comp is None:
         return []
     names = sorted(set(getattr(comp, "rows", {})) | set(getattr(comp, "smiles", {})) | set(getattr(comp, "seen", ())))
-    return [space.parse(f"{n}@{dose:g}").label for n in names]
+    kept, _ = dedupe_compounds(names, seen=set(getattr(comp, "seen", ())), smiles=set(getattr(comp, "smiles", {})))
+    return [space.parse(f"{n}@{dose:g}").label for n in kept]
+
+
+def dedupe_compounds(names: Sequence[str], *, seen: set[str] = frozenset(), smiles: set[str] = frozenset(),
+                     key: Any = None) -> tuple[list[str], dict[str, list[str]]]:
+    """One name per compound key: ``(kept names, {kept: [merged aliases]})``.
+
+    ``key(name)`` gives a compound key (default: the bundled alias table; a name it does not know is
+    its own key). The name kept is the one the model was trained on, else one with a structure, else
+    the key itself, else the first alphabetically."""
+    if key is None:
+        ck = _compound_knowledge()
+
+        def key(n: str) -> str:
+            return ck.resolve(n, strict=False) or n
+    groups: dict[str, list[str]] = {}
+    for n in sorted(names):
+        groups.setdefault(key(n), []).append(n)
+    kept, merged = [], {}
+    for k, group in groups.items():
+        best = min(group, key=lambda n: (n not in seen, n not in smiles, n != k, n))
+        kept.append(best)
+        if len(group) > 1:
+            merged[best] = [n for n in group if n != best]
+    return sorted(kept), merged
 
 
 # ------------------------------------------------------------------------------- evidence

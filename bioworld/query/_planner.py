@@ -74,12 +74,15 @@ class PrioritizationResult:
 
     goal: str
     table: pd.DataFrame  # rank, intervention, kind (gene|compound|entity|pair), score, score_lo, score_hi, synergy,
-    #                      flag, flag_reason, seen, evidence, drugs, top_entities, n_cells
+    #                      flag, flag_reason, seen, evidence, drugs, collapsed_into, top_entities, n_cells
     entity_shift: pd.DataFrame  # [interventions x entities] mean latent shift (units of slot spread)
     per_cell_scores: dict[str, np.ndarray]  # intervention -> [cells] per-cell score (top interventions)
     pair_synergy: pd.DataFrame  # [entities x entities] pair score minus the sum of the two singles
     provenance: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
+    #: [interventions x panel genes] mean predicted change of each gene (standardised expression,
+    #: units of the control sd) for the top rows, on the screen's prototype cells (weighted)
+    gene_delta: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def latent_prototypes(z: np.ndarray | torch.Tensor, k: int, *, seed: int, n_iter: int = 30) -> tuple[np.ndarray, np.ndarray]:
@@ -240,6 +243,8 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
     own = own_transcript_flags(engine, pcache, [lab for lab, f in zip(search.labels, search.flagged()) if not f],
                                readout, pw)
     table = _table(search, mean, lo, hi, synergy, shifts, refined, n, len(proto), own)
+    shown = table[(table["flag"] == "") & (table["collapsed_into"] == "")]["intervention"]
+    gene_delta = _gene_delta(engine, pcache, pw, list(shown[:GENE_DELTA_ROWS]), panel)
     ents = list(entities)
     syn_m = np.full((len(ents), len(ents)), np.nan)
     for k, (a, b) in enumerate(search.pair_idx):
@@ -250,7 +255,7 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
         goal=g.spec, table=table,
         entity_shift=pd.DataFrame(shifts, index=search.labels, columns=names),
         per_cell_scores={lab: per_cell[order[lab]] for lab in table["intervention"][:12]},
-        pair_synergy=pd.DataFrame(syn_m, index=ents, columns=ents),
+        pair_synergy=pd.DataFrame(syn_m, index=ents, columns=ents), gene_delta=gene_delta,
         provenance={**(provenance or {}), "n_cells_used": n, "n_candidates": len(search.labels),
                     "n_screen_cells": len(proto), "n_refined": int(refined.sum()),
                     "screen": "all cells (exact)" if exact else
@@ -258,11 +263,43 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
                     "interval": f"bootstrap {n_boot}x over cells, 95% percentile interval of the mean score",
                     "n_by_kind": {k: int(v) for k, v in table["kind"].value_counts().items()},
                     "n_flagged": int((table["flag"] != "").sum()),
+                    "n_pairs_collapsed": int((table["collapsed_into"] != "").sum()),
+                    "pair_collapse": "a pair whose score does not exceed the upper 95% bound of its best single "
+                                     "adds nothing over it: collapsed_into names that single",
                     "guard": f"flag 'readout': silencing the goal entity or an entity overlapping it (Jaccard, "
                              f"share of either gene set >= {overlap:g}); a knockout of a gene carrying >= "
                              f"{readout_share:.0%} of the readout's weight; flagged rows ranked after the others"},
         wall_s=time.perf_counter() - t0,
     )
+
+
+#: Rows (the best unflagged, not collapsed) whose per-gene predicted change is kept (``gene_delta``).
+GENE_DELTA_ROWS = 30
+
+
+def _gene_delta(engine: Engine, pcache: CellCache, weights: np.ndarray | None, labels: list[str],
+                panel: Sequence[str]) -> pd.DataFrame:
+    """``[labels x panel]`` mean predicted change per gene on the prototype cells (weighted)."""
+    if not labels:
+        return pd.DataFrame(columns=[str(g) for g in panel])
+    cands = engine.candidates([engine.space.parse(lab) for lab in labels], labels=labels)
+    x_pred = engine.run(pcache, cands).x_pred  # [C, n, G]
+    base = pcache.x_base.detach().cpu().numpy()
+    w = np.full(len(base), 1.0 / len(base)) if weights is None else np.asarray(weights, np.float64)
+    delta = np.einsum("cng,n->cg", x_pred.astype(np.float64) - base[None], w)
+    return pd.DataFrame(delta.astype(np.float32), index=labels, columns=[str(g) for g in panel])
+
+
+def _collapsed(search: _Search, labels: list[str], mean: np.ndarray, hi: np.ndarray) -> list[str]:
+    """Per row: for a pair that adds nothing over its best single (its score does not exceed that
+    single's upper 95% bound), the single's label; else ""."""
+    out = [""] * len(labels)
+    for k, (a, b) in enumerate(search.pair_idx):
+        p = search.n_single + k
+        best = a if mean[a] >= mean[b] else b
+        if np.isfinite(mean[p]) and mean[p] <= hi[best]:
+            out[p] = labels[best]
+    return out
 
 
 def _score(search: _Search, cache: CellCache, labels: list[str], weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -347,6 +384,7 @@ def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, sy
         "kind": [kind_of(a) for a in actions],
         "score": mean, "score_lo": lo, "score_hi": hi, "synergy": synergy,
         "flag": flags, "flag_reason": reasons, "seen": seen, "evidence": evidence, "drugs": drugs,
+        "collapsed_into": _collapsed(search, search.labels, mean, hi),
         "top_entities": [", ".join(names[j] for j in np.argsort(-row)[:3]) for row in shifts],
         "n_cells": np.where(refined, n, n_proto),
     })

@@ -17,7 +17,7 @@ import pandas as pd
 
 from bioworld.errors import BioworldError
 
-__all__ = ["fit_failure", "goal_in_words", "load_accuracy", "model_accuracy", "write_report"]
+__all__ = ["fit_failure", "goal_in_words", "load_accuracy", "main_rows", "model_accuracy", "write_report"]
 
 #: Method name of the world model in benchmark tables.
 WORLD_MODEL_METHOD = "WorldModel"
@@ -282,8 +282,9 @@ def _text(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else str(v)
 
 
-def _ranked_rows(table: pd.DataFrame, n: int) -> list[dict[str, Any]]:
+def _ranked_rows(table: pd.DataFrame, n: int, notes: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     rows = []
+    notes = notes or {}
     for _, r in table.head(n).iterrows():
         seen = r.get("seen")
         rows.append({
@@ -298,6 +299,7 @@ def _ranked_rows(table: pd.DataFrame, n: int) -> list[dict[str, Any]]:
             "evidence": _text(r.get("evidence")),
             "drugs": _text(r.get("drugs")),
             "reason": _text(r.get("flag_reason")),
+            "collapsed": notes.get(str(r["intervention"]), ""),
         })
     return rows
 
@@ -305,11 +307,35 @@ def _ranked_rows(table: pd.DataFrame, n: int) -> list[dict[str, Any]]:
 def _split_flagged(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(targets, mechanisms, flagged) in rank order: unflagged rows without a silence (genes,
     compounds and their pairs), unflagged rows with an entity silence (mechanism hypotheses), and
-    rows the tautology guard flagged. No ``flag`` column = none flagged."""
+    rows the tautology guard flagged. No ``flag`` column = none flagged. Pairs that add nothing over
+    their best single (``collapsed_into``) are left out of the first two: their single's row names
+    them (:func:`_collapsed_notes`)."""
     flagged = (table["flag"].fillna("").astype(str) != "") if "flag" in table.columns \
         else pd.Series(False, index=table.index)
     mech = table["intervention"].astype(str).str.contains("silence:", regex=False)
-    return table[~flagged & ~mech], table[~flagged & mech], table[flagged]
+    collapsed = (table["collapsed_into"].fillna("").astype(str) != "") if "collapsed_into" in table.columns \
+        else pd.Series(False, index=table.index)
+    return table[~flagged & ~mech & ~collapsed], table[~flagged & mech & ~collapsed], table[flagged]
+
+
+def main_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the report's main table, in rank order: unflagged genes, compounds and their pairs
+    (no entity silence, no pair that adds nothing over its best single)."""
+    return _split_flagged(table)[0]
+
+
+def _collapsed_notes(table: pd.DataFrame) -> dict[str, str]:
+    """Single label -> "+N pairs add nothing (A+B, …)" for the unflagged pairs collapsed into it."""
+    if "collapsed_into" not in table.columns:
+        return {}
+    ok = table["flag"].fillna("").astype(str) == "" if "flag" in table.columns else pd.Series(True, index=table.index)
+    part = table[ok & (table["collapsed_into"].fillna("").astype(str) != "")]
+    notes = {}
+    for single, rows in part.groupby("collapsed_into", sort=False):
+        labs = list(rows["intervention"].astype(str))
+        notes[str(single)] = (f"+{len(labs)} pair{'s' if len(labs) > 1 else ''} adding nothing over it: "
+                              f"{', '.join(labs[:3])}{' …' if len(labs) > 3 else ''}")
+    return notes
 
 
 def fit_failure(model: Any) -> str | None:
@@ -330,6 +356,58 @@ def fit_failure(model: Any) -> str | None:
     return (f"The training fit check failed: this model reproduces its strongest training effects ({strong}) at only "
             f"{ratio:.2f} of their observed size (expected at least {WEAK_FIT_RATIO}). Its rankings may miss strong "
             "effects; retrain with another seed or a seed ensemble before acting on them.")
+
+
+def _readout_genes(result: Any, model: Any) -> list[str]:
+    """The goal entity's panel genes (for marking the heatmap), when the model is given."""
+    direction, _, target = str(getattr(result, "goal", "")).partition(":")
+    names = list(getattr(model, "entity_names", []) or []) if model is not None else []
+    memb = getattr(model, "membership", None)
+    if direction not in ("down", "up") or target not in names or memb is None:
+        return []
+    row = np.asarray(memb)[names.index(target)]
+    return [g for g, w in zip(getattr(model, "genes", []), row) if w]
+
+
+def _methods(result: Any, model: Any) -> dict[str, Any]:
+    """The methods section: data hash, configs, knowledge sources and licences, search settings."""
+    import json
+
+    prov = dict(getattr(result, "provenance", {}) or {})
+    rows: list[tuple[str, str]] = []
+    knowledge: list[dict[str, str]] = []
+    configs: list[tuple[str, str]] = []
+    if model is not None and not hasattr(model, "members"):
+        meta = getattr(model, "meta", {}) or {}
+        h = meta.get("data_hash")
+        if not h and isinstance(getattr(model, "_X", None), np.ndarray):
+            from bioworld.report.card import data_hash
+
+            h = data_hash(model._X, model._labels)
+        rows.append(("training data hash", str(h) if h else "not recorded (a model saved before data hashes)"))
+        reg = getattr(model, "registration", None)
+        if reg is not None:
+            rows.append(("registration", f"input {getattr(reg, 'input', '?')}, perturbation key "
+                                         f"{meta.get('perturbation_key', '?')}, replicate key {meta.get('replicate_key')}"))
+        desc = model.describe() if hasattr(model, "describe") else {}
+        if desc.get("entity_hash"):
+            rows.append(("entity definitions hash", str(desc["entity_hash"])))
+        for name, cfg in (("training config (TrainConfig)", getattr(model, "train_config", None)),
+                          ("model config (JEPAConfig)", getattr(model, "model_config", None))):
+            if cfg is not None and hasattr(cfg, "to_dict"):
+                configs.append((name, json.dumps(cfg.to_dict(), sort_keys=True, indent=1, default=str)))
+        from bioworld.report.card import knowledge_licences
+
+        knowledge = knowledge_licences(model)
+    else:
+        rows.append(("model", "not given to the report: data hash, configs and knowledge sources not shown"))
+    for key, label in (("screen", "search: screen"), ("interval", "intervals"), ("guard", "tautology guard"),
+                       ("pair_collapse", "pairs collapsed"), ("scale", "prediction scale")):
+        if prov.get(key):
+            rows.append((label, str(prov[key])))
+    if "n_by_kind" in prov:
+        rows.append(("candidates by kind", ", ".join(f"{k} {v:,}" for k, v in prov["n_by_kind"].items())))
+    return {"rows": rows, "configs": configs, "knowledge": knowledge}
 
 
 def _breakable(text: Any) -> Any:
@@ -410,6 +488,7 @@ def write_report(
         acc = load_accuracy(accuracy)
 
     upstream, mechanisms, flagged = _split_flagged(table)
+    notes = _collapsed_notes(table)
     # ---- figures
     top_labels = list(table["intervention"].head(top_n))
     figures = [
@@ -422,6 +501,12 @@ def write_report(
          "caption": "How far each top intervention moves each entity's latent (units of that slot's spread over "
                     "control cells). Columns = the most-moved entities.",
          "src": _png(plots.entity_heatmap(result.entity_shift, top_labels[:15]))},
+        {"title": "Gene × intervention: predicted changes",
+         "caption": "Mean predicted change of each gene (standardised expression, units of the control cells' sd; "
+                    "red = up, blue = down) under the best unflagged interventions (rows, in rank order), on the "
+                    "screen's prototype cells; columns = the genes they move most; * = a gene of the goal's "
+                    "readout entity.",
+         "src": _png(plots.gene_heatmap(getattr(result, "gene_delta", None), highlight=_readout_genes(result, model)))},
         {"title": "Per-cell scores",
          "caption": "Distribution of the score over the individual cells: a wide spread means the effect "
                     "depends on the cell's state.",
@@ -458,9 +543,11 @@ def write_report(
         goal=result.goal,
         goal_words=goal_in_words(result.goal),
         provenance=_provenance(result, model),
-        ranked=_ranked_rows(upstream, TABLE_ROWS),
+        ranked=_ranked_rows(upstream, TABLE_ROWS, notes),
         flagged=_ranked_rows(flagged, TABLE_ROWS),
-        mechanisms=_ranked_rows(mechanisms, TABLE_ROWS),
+        mechanisms=_ranked_rows(mechanisms, TABLE_ROWS, notes),
+        n_collapsed=sum(1 for v in (table.get("collapsed_into", pd.Series(dtype=str)).fillna("").astype(str)) if v),
+        methods=_methods(result, model),
         n_mechanisms=len(mechanisms),
         n_flagged=len(flagged),
         n_ranked=len(table),

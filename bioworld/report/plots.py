@@ -146,6 +146,45 @@ def entity_heatmap(
 
 
 @_plain_text
+def gene_heatmap(
+    gene_delta: pd.DataFrame,
+    *,
+    top_genes: int = 30,
+    max_rows: int = 20,
+    highlight: Sequence[str] = (),
+    title: str | None = None,
+) -> Figure:
+    """Gene x intervention heatmap of predicted changes (``gene_delta`` ``[interventions x genes]``).
+
+    Rows = the first ``max_rows`` interventions in the given order; columns = the ``top_genes`` genes
+    with the largest mean absolute change over those rows; diverging colours centred on 0 (red = up).
+    Genes in ``highlight`` (e.g. the goal's readout genes) are marked with ``*``.
+    """
+    if gene_delta is None or gene_delta.empty:
+        return _empty("no per-gene predictions to show")
+    sub = gene_delta.iloc[:max_rows]
+    cols = sub.abs().mean(0).sort_values(ascending=False).index[:top_genes]
+    sub = sub[cols]
+    values = sub.to_numpy(float)
+    lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    lim = lim if lim > 0 else 1.0
+    fig = Figure(figsize=(0.3 * len(cols) + 4.6, 0.3 * len(sub) + 2.4))
+    ax = fig.subplots()
+    im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    marks = set(highlight)
+    ax.set_xticks(np.arange(len(cols)))
+    ax.set_xticklabels([f"{c}*" if c in marks else str(c) for c in cols], rotation=70, ha="right", fontsize=7)
+    ax.set_yticks(np.arange(len(sub)))
+    ax.set_yticklabels([short_label(r, 50) for r in sub.index], fontsize=7)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    cbar.set_label("predicted change (control sd)", fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    ax.set_title(title or "Predicted change of the most-moved genes", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+@_plain_text
 def per_cell_distributions(
     per_cell_scores: Mapping[str, np.ndarray],
     *,
