@@ -1,0 +1,463 @@
+"""Lab in the loop, retrospectively: does choosing experiments with ``bw.design`` beat random choice?
+
+Per dataset and seed: start from a few measured perturbations (a seeded random set, the same for
+every strategy), then each round every strategy adds a batch of perturbations chosen by
+:func:`bioworld.query._design.select` (the selection ``bw.design`` runs), the predictor is refitted
+on what is measured, and we track
+
+* ``err_unmeasured``: mean over the not-yet-measured candidates of the MSE (over genes) between
+  predicted and true effect (the issue's metric; its set shrinks and differs by strategy),
+* ``err_all``: the same over every candidate (a fixed set; measured ones count with the model's
+  fitted answer),
+* ``hits``: share of the true top goal candidates measured so far,
+* time per round (fit + selection) with the machine load beside it.
+
+Datasets and predictors
+-----------------------
+``simulator``
+    ``bw.data.simulate(seed=0, n_cells_per_condition=60, n_control_cells=300)``: 40 perturbations
+    (24 driver knockouts, 8 doubles, 8 entity silences), exact truth (``truth_delta``). Predictor:
+    the world model (JEPA) itself, ``--members`` seeds trained on the measured labels (the rest held
+    out), ``--steps`` steps the first round and ``--warm-steps`` warm-started steps after (weights of
+    the previous round's member copied where their shapes still match; the retrieval bank grows).
+    Goal: ``down:`` the pathway with the most descendants; hits = the 5 candidates that lower it most
+    (truth_entity_delta).
+``papalexi``
+    The bundled Papalexi screen (20 knockouts), subsampled to ``--cells`` cells per perturbation and
+    800 controls for training; truth = observed mean effect on all cells (log1p CP10k). Same JEPA
+    predictor (with the knowledge layer). Goal ``down:HALLMARK_INTERFERON_GAMMA_RESPONSE``; hits =
+    the 5 knockouts whose observed change of the goal's genes is most negative.
+``atlas``
+    A new cell line: the atlas context ``--context`` (default HT-29, Tahoe-100M) with its compounds'
+    signatures hidden; each compound is described by its mean signature in the other atlas contexts.
+    Predictor: kernel ridge (linear kernel on those descriptions, plus the mean measured signature
+    in the new line), an ensemble of ``--boot`` bootstrap refits over the measured compounds (closed
+    form, so there is no warm start to speak of). Goal: the compounds with the strongest response
+    in the new line (hits = top 10 by signature norm; discovery's goal score = predicted norm).
+
+Strategies: random, knowledge (farthest-first over action features), information, discovery, mix
+(see :mod:`bioworld.query._design`). Run:
+``nice python benchmarks/run_design.py --only simulator --seeds 0,1,2`` (each dataset's rows are
+merged into ``benchmarks/results/design/design.csv``; ``--report-only`` rewrites ``DESIGN.md`` and
+``design.png`` from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "benchmarks" / "results" / "design"
+STRATEGIES = ("random", "knowledge", "information", "discovery", "mix")
+CSV = "design.csv"
+
+
+def load1() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+# ------------------------------------------------------------------------------------ JEPA tasks
+class JepaTask:
+    """A screen, its candidates with true effects, and a world-model ensemble refitted per round."""
+
+    def __init__(self, name, adata, truth, goal, true_goal, n_hits, *, entities, knowledge, start, batch, rounds,
+                 members, steps, warm_steps, replicate_key):
+        self.name, self.adata, self.truth, self.goal = name, adata, truth, goal
+        self.labels = sorted(truth)
+        self.true_goal = true_goal
+        self.hits = set(sorted(self.labels, key=lambda lab: -true_goal[lab])[:n_hits])
+        self.entities, self.knowledge = entities, knowledge
+        self.start, self.batch, self.rounds = start, batch, rounds
+        self.members, self.steps, self.warm_steps = members, steps, warm_steps
+        self.replicate_key = replicate_key
+        self.cfg = dict(groups_per_batch=6, cells_per_group=8, self_pairs=16, num_threads=1, checkpoint_every=0,
+                        warmup_steps=20)
+        self.predictor = "world model (JEPA)"
+
+    def fit(self, measured, prev, seed):
+        import bioworld as bw
+
+        hold = [lab for lab in self.labels if lab not in set(measured)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wm = bw.WorldModel(self.adata, entities=self.entities, holdout=hold, knowledge=self.knowledge,
+                               nmf_programs=0, replicate_key=self.replicate_key, config=self.cfg)
+            modules = []
+            for k in range(self.members):
+                if prev is not None:
+                    old = prev.modules[k].state_dict()
+                    new_module = wm._new_module
+
+                    def warm(new_module=new_module, old=old):
+                        m = new_module()
+                        own = m.state_dict()
+                        own.update({n: v for n, v in old.items() if n in own and own[n].shape == v.shape})
+                        m.load_state_dict(own)
+                        return m
+
+                    wm._new_module = warm  # warm start: the previous round's weights where shapes match
+                wm.train(progress=False, seed=1000 * seed + k,
+                         max_steps=self.steps if prev is None else self.warm_steps)
+                modules.append(wm.module)
+                wm.__dict__.pop("_new_module", None)
+        return SimpleNamespace(wm=wm, modules=modules)
+
+    def _member(self, pred, k):
+        m = copy.copy(pred.wm)
+        m.module, m._engine = pred.modules[k], None
+        return m
+
+    def errors(self, pred):
+        var = list(pred.wm.var_names)
+        deltas = []
+        for k in range(len(pred.modules)):
+            p = self._member(pred, k).predict(self.labels)
+            deltas.append(np.asarray(p.layers["delta"], np.float64))
+        mean = np.mean(deltas, 0)
+        assert var == list(self.var_names)
+        return {lab: float(np.mean((mean[i] - self.truth[lab]) ** 2)) for i, lab in enumerate(self.labels)}
+
+    def select(self, pred, measured, strategy, budget, seed):
+        from bioworld.query._design import action_features, predicted_effects, select
+
+        cand = [lab for lab in self.labels if lab not in set(measured)]
+        shim = SimpleNamespace(members=[self._member(pred, k) for k in range(len(pred.modules))])
+        if strategy in ("random", "knowledge"):
+            eff, goals = np.zeros((1, len(cand), 1)), None
+        else:
+            eff, goals, _ = predicted_effects(shim, cand, goal=self.goal, n_cells=64, seed=seed)
+        feats = action_features(pred.wm.space, cand) if strategy == "knowledge" else None
+        mfeat = action_features(pred.wm.space, list(measured)) if strategy == "knowledge" else None
+        sel = select(eff, budget, strategy, goal_scores=goals, features=feats, measured_features=mfeat, seed=seed)
+        return [cand[i] for i in sel.order]
+
+
+def simulator_task(args):
+    import bioworld as bw
+    from bioworld.entities import Entity, EntitySet
+
+    sim = bw.data.simulate(seed=0, n_cells_per_condition=60, n_control_cells=300)
+    a = sim.adata
+    ents = EntitySet([Entity(n, tuple(g), tuple(1.0 for _ in g), "simulator") for n, g in sim.gmt.items()])
+    labels = sorted(set(a.obs["perturbation"].astype(str)) - {"control"})
+    var = [str(v) for v in a.var_names]
+    truth = {lab: sim.truth_delta.loc[lab, var].to_numpy(np.float64) for lab in labels}
+    goal_p = max(sim.gmt, key=lambda p: (len(sim.descendants(p)), p))
+    true_goal = {lab: -float(sim.truth_entity_delta.loc[lab, goal_p]) for lab in labels}
+    t = JepaTask("simulator", a, truth, f"down:{goal_p}", true_goal, 5, entities=ents, knowledge=False,
+                 start=4, batch=4, rounds=5, members=args.members, steps=args.steps, warm_steps=args.warm_steps,
+                 replicate_key="replicate")
+    t.var_names = var
+    return t
+
+
+def papalexi_task(args):
+    import bioworld as bw
+    from bioworld.data import mean_deltas, normalize, register
+
+    full = bw.data.load_papalexi()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = register(full, perturbation_key="perturbation", control="control")
+    X = normalize(full, reg)
+    lab = full.obs["perturbation"].astype(str).to_numpy()
+    obs, _ = mean_deltas(X, lab, "control")
+    rng = np.random.default_rng(0)
+    keep = []
+    for name in sorted(set(lab)):
+        idx = np.flatnonzero(lab == name)
+        n = 800 if name == "control" else args.cells
+        keep.append(rng.choice(idx, size=min(n, len(idx)), replace=False))
+    sub = full[np.sort(np.concatenate(keep))].copy()
+    labels = sorted(obs)
+    goal_e = "HALLMARK_INTERFERON_GAMMA_RESPONSE"
+    from bioworld.entities import default_entities
+
+    genes = [str(g) for g in full.var_names]
+    ent = {e.name: set(e.genes) for e in default_entities()}[goal_e]
+    cols = [i for i, g in enumerate(genes) if g in ent]
+    true_goal = {k: -float(obs[k][cols].mean()) for k in labels}
+    t = JepaTask("papalexi", sub, obs, f"down:{goal_e}", true_goal, 5, entities=None, knowledge=True,
+                 start=4, batch=2, rounds=6, members=args.members, steps=args.steps, warm_steps=args.warm_steps,
+                 replicate_key=None)
+    t.var_names = genes
+    return t
+
+
+# ------------------------------------------------------------------------------------ atlas task
+class AtlasTask:
+    """A new atlas cell line: which compounds to profile first so the rest are predicted best."""
+
+    def __init__(self, context, n_boot, ridge):
+        from bioworld.knowledge import load_atlas
+
+        atlas = load_atlas()
+        obs = atlas.obs
+        X = np.asarray(atlas.X, np.float64)
+        is_cmp = obs["key"].astype(str).str.startswith("cmp:").to_numpy()
+        ctx = obs["context"].astype(str).to_numpy()
+        here = is_cmp & (ctx == context)
+        if not here.any():
+            raise SystemExit(f"atlas context {context!r} has no compound signatures")
+        keys = obs["key"].astype(str).to_numpy()
+        self.labels, truth, desc = [], {}, {}
+        for i in np.flatnonzero(here):
+            k = keys[i]
+            other = np.flatnonzero((keys == k) & (ctx != context))
+            if len(other) >= 2 and k not in truth:
+                self.labels.append(k)
+                truth[k] = X[i]
+                desc[k] = X[other].mean(0)
+        self.labels.sort()
+        self.truth = truth
+        self.Y = np.stack([truth[k] for k in self.labels])  # [C, G] signatures in the new line
+        D = np.stack([desc[k] for k in self.labels])
+        D = D - D.mean(0)
+        self.D = D / np.linalg.norm(D, axis=1, keepdims=True).clip(1e-9)
+        self.name, self.context, self.goal = "atlas", context, "strongest response"
+        self.true_goal = {k: float(np.linalg.norm(truth[k])) for k in self.labels}
+        self.hits = set(sorted(self.labels, key=lambda k: -self.true_goal[k])[:10])
+        self.start, self.batch, self.rounds = 5, 5, 6
+        self.n_boot, self.ridge = n_boot, ridge
+        self.predictor = f"kernel ridge on other-context signatures ({n_boot} bootstrap refits)"
+
+    def _ridge(self, idx):
+        pos = {k: i for i, k in enumerate(self.labels)}
+        m = np.array([pos[k] for k in idx])
+        Ym = self.Y[m]
+        mu = Ym.mean(0)
+        K = self.D[m] @ self.D[m].T
+        alpha = np.linalg.solve(K + self.ridge * np.eye(len(m)), Ym - mu)
+        return mu + (self.D @ self.D[m].T) @ alpha  # [C, G]
+
+    def fit(self, measured, prev, seed):
+        rng = np.random.default_rng([seed, len(measured)])
+        meas = list(measured)
+        boots = [self._ridge([meas[i] for i in rng.integers(0, len(meas), len(meas))]) for _ in range(self.n_boot)]
+        return SimpleNamespace(mean=self._ridge(meas), boots=np.stack(boots))
+
+    def errors(self, pred):
+        return {k: float(np.mean((pred.mean[i] - self.Y[i]) ** 2)) for i, k in enumerate(self.labels)}
+
+    def select(self, pred, measured, strategy, budget, seed):
+        from bioworld.query._design import select
+
+        pos = {k: i for i, k in enumerate(self.labels)}
+        cand = [k for k in self.labels if k not in set(measured)]
+        ci = np.array([pos[k] for k in cand])
+        eff = pred.boots[:, ci]
+        goals = np.linalg.norm(eff, axis=2)  # predicted response strength per refit
+        mi = np.array([pos[k] for k in measured])
+        sel = select(eff, budget, strategy, goal_scores=goals, features=self.D[ci], measured_features=self.D[mi],
+                     seed=seed)
+        return [cand[i] for i in sel.order]
+
+
+# ------------------------------------------------------------------------------------ the loop
+def run_task(task, seeds, strategies, progress=True):
+    rows = []
+    for seed in seeds:
+        rng = np.random.default_rng([seed, 7])
+        start = [task.labels[i] for i in sorted(rng.choice(len(task.labels), task.start, replace=False))]
+        t0 = time.perf_counter()
+        first = task.fit(start, None, seed)
+        fit0 = time.perf_counter() - t0
+        err0 = task.errors(first)
+        for strategy in strategies:
+            measured, pred, errs, fit_s, sel_s = list(start), first, err0, fit0, 0.0
+            for r in range(task.rounds + 1):
+                un = [lab for lab in task.labels if lab not in set(measured)]
+                rows.append({
+                    "dataset": task.name, "seed": seed, "strategy": strategy, "round": r,
+                    "n_measured": len(measured), "err_unmeasured": float(np.mean([errs[lab] for lab in un])) if un else np.nan,
+                    "err_all": float(np.mean([errs[lab] for lab in task.labels])),
+                    "hits": len(task.hits & set(measured)) / len(task.hits),
+                    "fit_s": round(fit_s, 2), "select_s": round(sel_s, 3), "load1": load1(),
+                    "chosen": ",".join(measured[len(start):]), "predictor": task.predictor,
+                })
+                if progress:
+                    print(f"{task.name} seed {seed} {strategy:11s} round {r} n={len(measured):3d} "
+                          f"err_un {rows[-1]['err_unmeasured']:.4f} err_all {rows[-1]['err_all']:.4f} "
+                          f"hits {rows[-1]['hits']:.2f} fit {fit_s:.1f}s sel {sel_s:.2f}s load {rows[-1]['load1']}",
+                          flush=True)
+                if r == task.rounds or not un:
+                    break
+                t0 = time.perf_counter()
+                chosen = task.select(pred, measured, strategy, task.batch, seed * 100 + r)
+                sel_s = time.perf_counter() - t0
+                measured = measured + chosen
+                t0 = time.perf_counter()
+                pred = task.fit(measured, pred, seed)
+                fit_s = time.perf_counter() - t0
+                errs = task.errors(pred)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------ report
+def _auc(x, y):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(y)
+    x, y = x[ok], y[ok]
+    return float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 else float("nan")
+
+
+def _needed(x, y, level):
+    """Measurements at which the curve first reaches ``level`` (linear interpolation), or NaN."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    for i in range(len(y)):
+        if y[i] <= level:
+            if i == 0:
+                return float(x[0])
+            return float(x[i - 1] + (x[i] - x[i - 1]) * (y[i - 1] - level) / (y[i - 1] - y[i]))
+    return float("nan")
+
+
+def summarize(df):
+    out = []
+    for (ds, seed), g in df.groupby(["dataset", "seed"]):
+        rnd = g[g.strategy == "random"].sort_values("round")
+        auc_r = _auc(rnd.n_measured, rnd.err_unmeasured)
+        auc_all_r = _auc(rnd.n_measured, rnd.err_all)
+        final_r, n_final = float(rnd.err_unmeasured.iloc[-1]), float(rnd.n_measured.iloc[-1])
+        final_all_r = float(rnd.err_all.iloc[-1])
+        for s, h in g.groupby("strategy"):
+            h = h.sort_values("round")
+            auc = _auc(h.n_measured, h.err_unmeasured)
+            auc_all = _auc(h.n_measured, h.err_all)
+            out.append({"dataset": ds, "seed": seed, "strategy": s, "auc": auc, "auc_ratio": auc / auc_r,
+                        "auc_all": auc_all, "auc_all_ratio": auc_all / auc_all_r,
+                        "final_err": float(h.err_unmeasured.iloc[-1]),
+                        "n_to_random_final": _needed(h.n_measured, h.err_unmeasured, final_r),
+                        "share_to_random_final": _needed(h.n_measured, h.err_unmeasured, final_r) / n_final,
+                        "share_to_random_final_all": _needed(h.n_measured, h.err_all, final_all_r) / n_final,
+                        "hits_auc": _auc(h.n_measured, h.hits), "final_hits": float(h.hits.iloc[-1]),
+                        "round_s": float((h.fit_s + h.select_s)[h["round"] > 0].mean()),
+                        "select_s": float(h.select_s[h["round"] > 0].mean()),
+                        "load1": float(h.load1.mean())})
+    return pd.DataFrame(out)
+
+
+def _ms(v):
+    v = np.asarray(v, float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return "n/a"
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def plot(df, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(df.dataset))
+    fig, axes = plt.subplots(2, len(sets), figsize=(4.6 * len(sets), 7), squeeze=False)
+    for j, ds in enumerate(sets):
+        d = df[df.dataset == ds]
+        for s in STRATEGIES:
+            h = d[d.strategy == s]
+            if h.empty:
+                continue
+            for i, col in enumerate(("err_unmeasured", "hits")):
+                m = h.groupby("round")[[col, "n_measured"]].agg(["mean", "std"])
+                x = m[("n_measured", "mean")]
+                axes[i, j].errorbar(x, m[(col, "mean")], yerr=m[(col, "std")].fillna(0), label=s, marker="o",
+                                    ms=3, capsize=2, lw=1.5 if s != "random" else 2.5,
+                                    color="k" if s == "random" else None)
+        axes[0, j].set_title(f"{ds}: error on unmeasured")
+        axes[1, j].set_title(f"{ds}: share of true goal hits measured")
+        axes[1, j].set_xlabel("perturbations measured")
+        axes[0, j].set_ylabel("MSE per gene (mean over unmeasured)")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path) -> Path:
+    df = pd.read_csv(out / CSV)
+    summ = summarize(df)
+    summ.to_csv(out / "design_summary.csv", index=False)
+    plot(df, out / "design.png")
+    lines = ["# Lab in the loop: which experiments next (retrospective)", "",
+             "Generated by `benchmarks/run_design.py` (see its docstring for datasets, predictors and metrics). "
+             "Each round every strategy adds a batch chosen by `bioworld.query._design.select` (what `bw.design` "
+             "runs), the predictor is refitted, and the error on every not-yet-measured perturbation is recorded. "
+             "AUC = area under the error curve over the measurements made, divided by their range (lower is "
+             "better); ratio = AUC / random's AUC on the same seed (< 1 beats random). "
+             "`share to random final` = measurements the strategy needs to reach random's final error, as a "
+             "share of random's final count (interpolated between rounds; n/a = never reached). `err_all` "
+             "scores every candidate (a fixed set) instead of the unmeasured ones.", "",
+             "![error vs round](design.png)", ""]
+    for ds, g in summ.groupby("dataset", sort=False):
+        d = df[df.dataset == ds]
+        lines += [f"## {ds}", "",
+                  f"Predictor: {d.predictor.iloc[0]}. Seeds: {', '.join(map(str, sorted(d.seed.unique())))}. "
+                  f"Measured: {int(d.n_measured.min())} at the start, {int(d.n_measured.max())} after "
+                  f"{int(d['round'].max())} rounds.", "",
+                  "| strategy | AUC err unmeasured | ratio to random | share to random final | AUC err all "
+                  "(ratio) | share to random final (err all) | hits AUC | final hits | s / round | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for s in STRATEGIES:
+            h = g[g.strategy == s]
+            if h.empty:
+                continue
+            lines.append(f"| {s} | {_ms(h.auc)} | {_ms(h.auc_ratio)} | {_ms(h.share_to_random_final)} | "
+                         f"{_ms(h.auc_all)} ({_ms(h.auc_all_ratio)}) | {_ms(h.share_to_random_final_all)} | "
+                         f"{_ms(h.hits_auc)} | {_ms(h.final_hits)} | {h.round_s.mean():.1f} | {h.load1.mean():.1f} |")
+        lines.append("")
+    lines += ["Machine: " + f"{os.cpu_count()} CPU cores shared with other jobs (load = 1-minute load average "
+              "recorded each round).", ""]
+    (out / "DESIGN.md").write_text("\n".join(lines))
+    return out / "DESIGN.md"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="simulator,papalexi,atlas")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--members", type=int, default=2, help="world-model seeds per round (JEPA tasks)")
+    ap.add_argument("--steps", type=int, default=150, help="training steps of the first round")
+    ap.add_argument("--warm-steps", type=int, default=75, help="warm-started steps of later rounds")
+    ap.add_argument("--cells", type=int, default=100, help="Papalexi: training cells per perturbation")
+    ap.add_argument("--context", default="HT-29", help="atlas: the new cell line")
+    ap.add_argument("--boot", type=int, default=8, help="atlas: bootstrap refits")
+    ap.add_argument("--ridge", type=float, default=1.0, help="atlas: kernel ridge penalty")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        strategies = [s for s in args.strategies.split(",") if s]
+        for name in args.only.split(","):
+            t0 = time.perf_counter()
+            task = {"simulator": simulator_task, "papalexi": papalexi_task,
+                    "atlas": lambda a: AtlasTask(a.context, a.boot, a.ridge)}[name](args)
+            df = run_task(task, seeds, strategies)
+            print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+            path = args.out / CSV
+            if path.exists():
+                old = pd.read_csv(path)
+                old = old[~((old.dataset == name) & old.seed.isin(seeds) & old.strategy.isin(strategies))]
+                df = pd.concat([old, df], ignore_index=True)
+            df.to_csv(path, index=False)
+    print(write_report(args.out).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
