@@ -32,18 +32,34 @@ def _effects(rng, M=4, G=30):
 
 def test_information_picks_uncertain_and_skips_the_same_question():
     e = _effects(np.random.default_rng(0))
-    sel = select(e, 2, "information")
+    sel = select(e, 2, "information", scale_prior=0)
     assert sel.order[0] in (0, 1)
     assert sel.order[1] == 2  # not the twin of the first pick, though it is more uncertain than 2
     assert sel.info[0] > sel.info[1] > 0
-    alone = select(e[:, [1, 2, 3]], 1, "information")
+    alone = select(e[:, [1, 2, 3]], 1, "information", scale_prior=0)
     assert alone.order[0] == 0  # the twin alone is chosen first: its uncertainty is larger than 2's
 
 
 def test_information_with_one_predictor_has_no_uncertainty():
     e = _effects(np.random.default_rng(1))[:1]
-    sel = select(e, 3, "information", seed=0)
+    sel = select(e, 3, "information", seed=0, scale_prior=0)
     assert np.all(sel.info == 0) and len(set(sel.order)) == 3
+
+
+def test_scale_prior_prefers_large_distinct_effects():
+    """Members that agree can be wrong together: with the gain prior a large predicted effect is a large possible
+    error, and a second large effect on the same genes adds little once the first is measured."""
+    G = 40
+    big = np.zeros(G)
+    big[:10] = 3.0
+    other = np.zeros(G)
+    other[20:30] = 2.0
+    small = np.full(G, 0.1)
+    e = np.stack([big, big * 1.1, other, small])[None].repeat(2, 0)  # members agree exactly
+    e[1, 3] += 0.05  # the small one is the only disagreement
+    assert select(e, 1, "information", scale_prior=0).order[0] == 3
+    sel = select(e, 2, "information")
+    assert set(sel.order) == {1, 2} or set(sel.order) == {0, 2}  # one of the twins, then the distinct one
 
 
 def test_discovery_is_ucb_and_needs_goal_scores():

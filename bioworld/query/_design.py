@@ -51,6 +51,11 @@ COLUMNS = ["rank", "perturbation", "kind", "strategy_score", "expected_info", "e
 BETA = 1.0
 #: Discovery diversity: UCB minus this x (max correlation with a chosen candidate) x UCB spread.
 DIVERSITY = 1.0
+#: Information: prior variance of a per-gene gain error of the predictions (the true effect = the predicted one
+#: x (1 + eps_g), eps_g ~ N(0, SCALE_PRIOR) shared by all candidates). Members that agree can still be wrong
+#: together: unseen effects come out shrunk (simulator: error ~ 0.4-0.6 x the true effect's size while the
+#: members' spread was ~10x smaller), so a large predicted effect carries a large possible error. 0 = disagreement only.
+SCALE_PRIOR = 1.0
 #: Single model: bootstrap resamples of the reference cells standing in for members.
 N_BOOT = 8
 #: Candidates per engine pass (x cells rows).
@@ -100,7 +105,7 @@ def _pct(v: np.ndarray) -> np.ndarray:
 
 def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.ndarray | None = None,
            features: np.ndarray | None = None, measured_features: np.ndarray | None = None, seed: int = 0,
-           beta: float = BETA, diversity: float = DIVERSITY) -> Selection:
+           beta: float = BETA, diversity: float = DIVERSITY, scale_prior: float = SCALE_PRIOR) -> Selection:
     """Choose ``budget`` of ``C`` candidates.
 
     Parameters
@@ -134,6 +139,8 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
         g_mean = g_sd = np.full(C, np.nan)
     # information: deviation vectors [C, M*G] in their principal coordinates Y (Y Y^T = their Gram matrix)
     dev = (effects - mean[None]).transpose(1, 0, 2).reshape(C, M * G) / np.sqrt(max(M - 1, 1) * G)
+    if scale_prior > 0:  # per-gene gain error: truth - mean = eps_g * mean, eps_g ~ N(0, scale_prior), shared
+        dev = np.concatenate([dev, np.sqrt(scale_prior / G) * mean], axis=1)
     Y, kept = _coordinates(dev)
     if goal_scores is not None:  # uncertainty matters where the goal may be reached: optimistic relevance
         ucb0 = g_mean + beta * g_sd
