@@ -252,9 +252,12 @@ def run_simulator_causal(
     threads: int = 1,
     k: int = 50,
     sim_kwargs: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Held-out ``silence:SIM_Pk`` against the simulator's exact truth.
+
+    ``config``: training-config fields laid over the benchmark's (e.g. ``{"mask_mode": "none"}``).
 
     Per seed, one simulation (``simulate(seed=seed, **sim_kwargs)``, all silences sampled) and per
     variant one world model (entities = the simulator's GMT, ``nmf_programs=0``):
@@ -301,7 +304,7 @@ def run_simulator_causal(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 wm = WorldModel(adata, entities=entities, replicate_key="replicate", nmf_programs=0,
-                                   holdout=held, config=_wm_config(steps, seed, threads))
+                                   holdout=held, config={**_wm_config(steps, seed, threads), **dict(config or {})})
                 wm.train(progress=progress)
                 preds = {"WorldModel predict": _predict(wm, held),
                          "WorldModel counterfactual": _cf_mean(wm, cf_cells, held)}
