@@ -122,7 +122,9 @@ def check_numerics(wm, device: str, atol: float, rtol: float) -> list[Check]:
 
     from bioworld.train.trainer import _to_batch, loss_weights
 
-    module = wm._new_module()
+    from bioworld.train.setup import new_module
+
+    module = new_module(wm._state)
     module.eval()  # no dropout: the two passes are the same function
     batch = _one_batch(wm)
     out = []

@@ -80,6 +80,17 @@ def summarize_fit(fit_df: pd.DataFrame) -> tuple[dict[str, Any] | None, str | No
     return summary, msg
 
 
+def record_fit(fit_df: pd.DataFrame, meta: dict[str, Any], findings: list[str]) -> None:
+    """Store :func:`summarize_fit` of ``fit_df`` in ``meta['training_fit']``; a weak fit is added to
+    ``findings`` and warned about (the caller's caller is named)."""
+    summary, msg = summarize_fit(fit_df)
+    if summary is not None:
+        meta["training_fit"] = summary
+    if msg is not None:
+        findings.append(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
 def train_until_fit(build: Callable[[Any], Any], config: Any, *, restarts: int = 0, progress: bool = True,
                     log: Callable[[str], None] | None = None, state_dir: Any = None) -> Any:
     """Train ``build(config)``; when the run did not learn its strong training effects

@@ -139,54 +139,15 @@ def fit(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     weights = loss_weights(cfg)
-    start, history, resumed = 0, [], None
-    if state_dir is not None:
-        loaded = load_train_state(state_dir)
-        if loaded is not None:
-            tensors, state = loaded
-            saved_cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
-            now_cfg = cfg.to_dict()
-            if saved_cfg != now_cfg:
-                diff = sorted(k for k in set(saved_cfg) | set(now_cfg) if saved_cfg.get(k) != now_cfg.get(k))
-                raise TrainingError(
-                    f"{state_dir} holds a training state for a different config (differs in {diff}: saved "
-                    f"{ {k: saved_cfg.get(k) for k in diff} }, now { {k: now_cfg.get(k) for k in diff} }); "
-                    "resume with the same config, or delete train_state.json and train_state.safetensors "
-                    "there (or pass another state_dir) to train from scratch"
-                )
-            saved_key = state.get("data")
-            if data_key is not None and saved_key != json.loads(json.dumps(data_key)):
-                what = sorted(k for k in set(data_key) | set(saved_key or {})
-                              if (saved_key or {}).get(k) != json.loads(json.dumps(data_key)).get(k))
-                raise TrainingError(
-                    f"{state_dir} holds a training state for other data or another setup (differs in {what}); "
-                    "expected the data, entities and holdout of the interrupted run. Resume with those, or delete "
-                    "train_state.json and train_state.safetensors there to train from scratch"
-                )
-            try:
-                module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-                _load_optimizer(opt, tensors)
-            except (RuntimeError, KeyError, ValueError) as e:
-                raise TrainingError(
-                    f"{state_dir} holds a training state that does not fit this model ({str(e).splitlines()[0][:200]}); "
-                    "delete train_state.json and train_state.safetensors there to train from scratch"
-                ) from None
-            torch.set_rng_state(tensors["torch_rng"])
-            if device != "cpu" and "cuda_rng" in tensors:
-                torch.cuda.set_rng_state(tensors["cuda_rng"], device)
-            rng.bit_generator.state = state["numpy_rng"]
-            start, history, resumed = int(state["step"]), list(state["history"]), int(state["step"])
-
+    start, history, resumed = (0, [], None) if state_dir is None else _resume(state_dir, cfg, data_key, module, opt,
+                                                                            rng, device)
     if hasattr(sampler, "set_step"):  # buffered (out-of-core) samplers pick their buffer from the step
         sampler.set_step(start)
     module.train()
-    best_val, best_state, bad_evals, val_history = math.inf, None, 0, []
+    stopping = _EarlyStopping(cfg)
     if world > 1:
         validate = None
-    last = start
-    low_std_steps = 0
-    n_cells = 0
-    t0 = time.perf_counter()
+    last, low_std_steps, n_cells, t0 = start, 0, 0, time.perf_counter()
     bar = tqdm(total=cfg.max_steps, initial=start, desc="training", disable=not progress or rank != 0,
                dynamic_ncols=True, leave=False)
     for step in range(start, cfg.max_steps):
@@ -211,57 +172,132 @@ def fit(
         rec = {"step": step + 1, "loss": float(out.total.detach()), **{k: float(v) for k, v in out.terms.items()}, **out.monitor}
         if world > 1:  # one view of the global batch on every rank: the stop checks below must agree, or a rank hangs
             rec = _mean_over_ranks(rec, world, device)
-        if not all(math.isfinite(v) for k, v in rec.items() if k != "eff_rank"):
-            raise TrainingError(
-                f"training diverged at step {step + 1} (non-finite loss {rec}); lower the learning rate "
-                "(config lr) or check the input for extreme values"
-            )
-        if rec["target_std"] < cfg.collapse_std:  # rank-averaged, so every rank decides alike
-            low_std_steps += 1
-            if low_std_steps >= cfg.collapse_patience:
-                raise TrainingError(
-                    f"latent collapse at step {step + 1}: target latents' per-slot std {rec['target_std']:.2e} "
-                    f"< {cfg.collapse_std:g} for {low_std_steps} steps (effective rank {rec['eff_rank']:.2f}). "
-                    "Raise w_variance / w_covariance or lower lr in the training config."
-                )
-        else:
-            low_std_steps = 0
+        low_std_steps = _check_step(rec, step, cfg, low_std_steps)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
-            history.append(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", expr=f"{rec['expr']:.3f}", lat=f"{rec['latent']:.3f}",
-                            std=f"{rec['target_std']:.2f}", rank=f"{rec['eff_rank']:.1f}", refresh=False)
-            if on_step is not None:
-                on_step(step + 1, rec)
+            _log(rec, history, bar, on_step)
         bar.update(1)
         last = step + 1
-        if validate is not None and (step + 1) % max(1, cfg.eval_every) == 0:
-            err = validate(module)
-            val_history.append({"step": step + 1, "val": err})
-            if err < best_val * 0.99:
-                best_val, bad_evals = err, 0
-                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            else:
-                bad_evals += 1
-            if bad_evals >= cfg.patience and step + 1 >= cfg.min_steps and step + 1 < cfg.max_steps:
-                break
+        if validate is not None and (step + 1) % max(1, cfg.eval_every) == 0 \
+                and stopping.update(step + 1, validate(module), module):
+            break
         if state_dir is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < cfg.max_steps and rank == 0:
-            tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
-            tensors.update(_optimizer_tensors(opt))
-            tensors = {k: v.detach().cpu() for k, v in tensors.items()}
-            tensors["torch_rng"] = torch.get_rng_state()
-            if device != "cpu":
-                tensors["cuda_rng"] = torch.cuda.get_rng_state(device)
-            save_train_state(state_dir, tensors, {
-                "step": step + 1, "history": history, "config": cfg.to_dict(),
-                "numpy_rng": rng.bit_generator.state, "data": data_key,
-            })
+            _save_state(state_dir, module, opt, rng, device, {"step": step + 1, "history": history,
+                                                               "config": cfg.to_dict(), "data": data_key})
     bar.close()
-    if best_state is not None and bad_evals > 0:  # the last validation was not the best: keep the best weights
-        module.load_state_dict(best_state)
+    stopping.restore_best(module)
     module.eval()  # stays on cfg.device: queries run where training ran (checkpoints copy to the CPU)
     wall = time.perf_counter() - t0
     if state_dir is not None and rank == 0:
         clear_train_state(state_dir)
     return TrainResult(steps=last, wall_s=wall, cells_per_s=n_cells / max(wall, 1e-9),
-                       history=history, resumed_from=resumed, validation=val_history)
+                       history=history, resumed_from=resumed, validation=stopping.history)
+
+
+def _log(rec: dict[str, float], history: list, bar: Any, on_step: Callable[[int, dict[str, float]], None] | None) -> None:
+    """Keep a logged step's record, show it on the progress bar and pass it to ``on_step``."""
+    history.append(rec)
+    bar.set_postfix(loss=f"{rec['loss']:.3f}", expr=f"{rec['expr']:.3f}", lat=f"{rec['latent']:.3f}",
+                    std=f"{rec['target_std']:.2f}", rank=f"{rec['eff_rank']:.1f}", refresh=False)
+    if on_step is not None:
+        on_step(int(rec["step"]), rec)
+
+
+def _resume(state_dir: str | Path, cfg: TrainConfig, data_key: dict[str, Any] | None, module: JEPA,
+            opt: torch.optim.Optimizer, rng: np.random.Generator, device: str) -> tuple[int, list, int | None]:
+    """Load a resumable state from ``state_dir`` into the module, optimiser and generators, refusing a state
+    of another config or other data. Returns ``(start step, history, resumed_from)`` (``0, [], None``: none)."""
+    loaded = load_train_state(state_dir)
+    if loaded is None:
+        return 0, [], None
+    tensors, state = loaded
+    saved_cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
+    now_cfg = cfg.to_dict()
+    if saved_cfg != now_cfg:
+        diff = sorted(k for k in set(saved_cfg) | set(now_cfg) if saved_cfg.get(k) != now_cfg.get(k))
+        raise TrainingError(
+            f"{state_dir} holds a training state for a different config (differs in {diff}: saved "
+            f"{ {k: saved_cfg.get(k) for k in diff} }, now { {k: now_cfg.get(k) for k in diff} }); "
+            "resume with the same config, or delete train_state.json and train_state.safetensors "
+            "there (or pass another state_dir) to train from scratch"
+        )
+    saved_key = state.get("data")
+    if data_key is not None and saved_key != json.loads(json.dumps(data_key)):
+        what = sorted(k for k in set(data_key) | set(saved_key or {})
+                      if (saved_key or {}).get(k) != json.loads(json.dumps(data_key)).get(k))
+        raise TrainingError(
+            f"{state_dir} holds a training state for other data or another setup (differs in {what}); "
+            "expected the data, entities and holdout of the interrupted run. Resume with those, or delete "
+            "train_state.json and train_state.safetensors there to train from scratch"
+        )
+    try:
+        module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_optimizer(opt, tensors)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise TrainingError(
+            f"{state_dir} holds a training state that does not fit this model ({str(e).splitlines()[0][:200]}); "
+            "delete train_state.json and train_state.safetensors there to train from scratch"
+        ) from None
+    torch.set_rng_state(tensors["torch_rng"])
+    if device != "cpu" and "cuda_rng" in tensors:
+        torch.cuda.set_rng_state(tensors["cuda_rng"], device)
+    rng.bit_generator.state = state["numpy_rng"]
+    return int(state["step"]), list(state["history"]), int(state["step"])
+
+
+def _save_state(state_dir: str | Path, module: JEPA, opt: torch.optim.Optimizer, rng: np.random.Generator,
+                device: str, state: dict[str, Any]) -> None:
+    """Write the resumable state: weights, optimiser, generators and ``state`` (step, history, config, data key)."""
+    tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
+    tensors.update(_optimizer_tensors(opt))
+    tensors = {k: v.detach().cpu() for k, v in tensors.items()}
+    tensors["torch_rng"] = torch.get_rng_state()
+    if device != "cpu":
+        tensors["cuda_rng"] = torch.cuda.get_rng_state(device)
+    save_train_state(state_dir, tensors, {
+        "step": state["step"], "history": state["history"], "config": state["config"],
+        "numpy_rng": rng.bit_generator.state, "data": state["data"],
+    })
+
+
+def _check_step(rec: dict[str, float], step: int, cfg: TrainConfig, low_std_steps: int) -> int:
+    """Refuse a diverged step or a collapse of the target latents; returns the count of low-std steps in a row."""
+    if not all(math.isfinite(v) for k, v in rec.items() if k != "eff_rank"):
+        raise TrainingError(
+            f"training diverged at step {step + 1} (non-finite loss {rec}); lower the learning rate "
+            "(config lr) or check the input for extreme values"
+        )
+    if rec["target_std"] >= cfg.collapse_std:  # rank-averaged, so every rank decides alike
+        return 0
+    low_std_steps += 1
+    if low_std_steps >= cfg.collapse_patience:
+        raise TrainingError(
+            f"latent collapse at step {step + 1}: target latents' per-slot std {rec['target_std']:.2e} "
+            f"< {cfg.collapse_std:g} for {low_std_steps} steps (effective rank {rec['eff_rank']:.2f}). "
+            "Raise w_variance / w_covariance or lower lr in the training config."
+        )
+    return low_std_steps
+
+
+class _EarlyStopping:
+    """Early stopping on the held-in validation error: the best weights and the record of every call."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.best, self.best_state, self.bad, self.history = math.inf, None, 0, []
+
+    def update(self, step: int, err: float, module: JEPA) -> bool:
+        """Record the error after ``step`` steps; True when training should stop (``patience`` calls in a row
+        without a 1% lower error, not before ``min_steps`` and not at the last step)."""
+        self.history.append({"step": step, "val": err})
+        if err < self.best * 0.99:
+            self.best, self.bad = err, 0
+            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            self.bad += 1
+        return self.bad >= self.cfg.patience and step >= self.cfg.min_steps and step < self.cfg.max_steps
+
+    def restore_best(self, module: JEPA) -> None:
+        """The best weights back, when the last validation was not the best."""
+        if self.best_state is not None and self.bad > 0:
+            module.load_state_dict(self.best_state)

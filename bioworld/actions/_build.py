@@ -1,0 +1,93 @@
+"""The action space of a dataset: its labels parsed, the holdout checked, feature sources chosen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from bioworld.actions._parse import parse_action
+from bioworld.actions._space import ActionSpace, GeneFeatureTable, compound_features_for
+from bioworld.errors import DataValidationError
+
+__all__ = ["DataActions", "build_actions", "check_holdout"]
+
+
+@dataclass
+class DataActions:
+    """What :func:`build_actions` returns: the space, the training labels, the holdout and what was found."""
+
+    space: ActionSpace
+    train_labels: list[str]  # control first
+    holdout: list[str]  # sorted
+    findings: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # knowledge provenance (kmeta)
+
+
+def check_holdout(holdout: Iterable[str] | Any, labels: Sequence[str], *, control: str, dropped: Iterable[str],
+                  perturbation_key: str) -> list[str]:
+    """The holdout as a sorted list (a :class:`~bioworld.actions.Split`: its ``test``), refusing labels not
+    in the data, the control label and a holdout of every trainable perturbation."""
+    held = sorted(set(getattr(holdout, "test", holdout)))
+    known = set(labels) | {control}
+    unknown = [h for h in held if h not in known]
+    if unknown:
+        raise DataValidationError(
+            f"holdout labels {unknown} are not perturbations of this data; expected labels from "
+            f"obs[{perturbation_key!r}] such as {list(labels)[:3]}"
+        )
+    if control in held:
+        raise DataValidationError(
+            f"holdout contains the control label {control!r}; expected perturbation labels only (every effect is "
+            "measured against the control cells, so they cannot be held out). Fix: remove it from the holdout "
+            "(CLI: --holdout)."
+        )
+    dropped = set(dropped)
+    kept = [lab for lab in labels if lab not in dropped]
+    if kept and all(lab in held for lab in kept):
+        raise DataValidationError(
+            f"holdout contains all {len(kept)} perturbations of the data; expected at least one left to train on. "
+            "Fix: hold out fewer labels (CLI: --holdout)."
+        )
+    return held
+
+
+def build_actions(perturbations: Sequence[str], *, control: str, dropped: Iterable[str], holdout: Any,
+                  perturbation_key: str, entity_set: Any, entity_names: Sequence[str], genes: Sequence[str],
+                  knowledge: Any, smiles: Any, adata: Any, compound_id_key: str | None,
+                  compound_targets: Any) -> DataActions:
+    """Parse the data's ``perturbations`` (control excluded), check ``holdout``, and build the
+    :class:`ActionSpace`: gene features from the slots (and the curated knowledge unless ``knowledge`` is
+    False/None), compound features from ``smiles`` / the knowledge, the retrieval bank of training targets."""
+    uniq = [control] + list(perturbations)
+    actions = {lab: parse_action(lab, control_labels=(control, "control")) for lab in uniq}
+    dropped = set(dropped)
+    held = check_holdout(holdout, uniq[1:], control=control, dropped=dropped, perturbation_key=perturbation_key)
+    genes_src = GeneFeatureTable.from_entities(entity_set)
+    meta: dict[str, Any] = {}
+    if knowledge is not False and knowledge is not None:  # genes and compounds grounded in curated knowledge
+        from bioworld.actions._knowledge import knowledge_sources
+        from bioworld.actions._space import _compound_targets, read_smiles
+
+        table = read_smiles(smiles, adata, compound_id_key, sorted(_compound_targets(actions)))
+        genes_src, compounds, found, meta = knowledge_sources(
+            genes_src, actions, config=None if knowledge is True else knowledge, smiles=table,
+            compound_targets=compound_targets)
+    else:
+        compounds, found = compound_features_for(actions, smiles, adata, compound_id_key)
+    train_labels = [lab for lab in uniq if lab not in held and lab not in dropped]
+    gene_bank = sorted({p.target for lab in train_labels for p in actions[lab].components
+                        if p.kind in ("ko", "kd", "act")})
+    space = ActionSpace(
+        control=control, actions=actions, entity_set=entity_set, entity_names=entity_names,
+        panel_genes=list(genes), gene_bank=gene_bank, genes=genes_src,
+        compounds=compounds, max_components=max(2, max(len(a) for a in actions.values())),
+    )
+    findings = list(found)
+    unknowable = space.featureless_targets()
+    if unknowable:
+        findings.append(
+            f"{len(unknowable)} training targets are in no entity, regulon or GO set ({', '.join(unknowable[:6])}"
+            + (" …" if len(unknowable) > 6 else "") + "): they are learned from their observed effect alone "
+            "(own action embedding); unseen genes without such knowledge cannot be predicted"
+        )
+    return DataActions(space, train_labels, held, findings, dict(meta))

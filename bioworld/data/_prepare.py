@@ -1,0 +1,153 @@
+"""Data preparation for :class:`bioworld.WorldModel`: registration, normalisation, scaling, reference cells.
+
+:func:`prepare` turns one AnnData into :class:`PreparedData`: the registration (validated labels,
+gene symbols, input scale), the standardised training matrix (centred on the control cells, scaled
+by the overall spread; a row source over the file for a backed AnnData), the per-cell labels and
+replicate codes the sampler pairs cells by, and a seeded reference population of control cells
+that queries start from by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bioworld.data._backed import BackedExpression, is_backed, normalize_block, read_rows, streaming_moments
+from bioworld.data._register import Registration, normalize, register
+from bioworld.errors import DataValidationError
+
+__all__ = ["PreparedData", "prepare", "align_panel", "cells_to_std", "REPLICATE_CANDIDATES", "N_REFERENCE_CELLS", "BACKED_SUBSAMPLE", "MIN_SPREAD"]
+
+#: Observation columns tried (in order) as the pairing context when no replicate key is given.
+REPLICATE_CANDIDATES = ("replicate", "bio_rep", "batch", "gem_group", "plate", "det_plate")
+#: Number of control cells kept in the model directory as the default starting population.
+N_REFERENCE_CELLS = 512
+#: Cells read from a backed AnnData to fit the NMF programs.
+BACKED_SUBSAMPLE = 20000
+#: Floor of the per-gene spread the data are scaled by.
+MIN_SPREAD = 0.05
+
+
+@dataclass
+class PreparedData:
+    """One AnnData, registered and standardised (what a model is fitted to)."""
+
+    registration: Registration
+    var_names: list[str]
+    genes: list[str]  # symbols, var order
+    perturbation_key: str
+    replicate_key: str | None
+    labels: np.ndarray  # [cells] perturbation label of every cell (str)
+    replicate: np.ndarray  # [cells] int codes of the pairing context
+    mu: np.ndarray  # [G] control mean (normalised scale)
+    sd: np.ndarray  # [G] overall spread, floored at MIN_SPREAD
+    X: Any  # [cells, G] standardised float32 (np.ndarray), or a BackedExpression over the file
+    reference: np.ndarray  # [<= N_REFERENCE_CELLS, G] standardised control cells (seeded)
+    seed: int
+    _adata: Any = None  # kept until :meth:`release`: NMF programs read normalised columns from it
+    _normalised: np.ndarray | None = None  # in memory: the normalised (unscaled) matrix, until :meth:`release`
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.X, np.ndarray)
+
+    def nmf_input(self, gene_idx: list[int]) -> np.ndarray:
+        """Normalised expression of genes ``gene_idx`` to fit NMF programs on (backed: a seeded subsample)."""
+        if self._normalised is not None:
+            return self._normalised[:, gene_idx]
+        if self._adata is None:
+            raise RuntimeError("nmf_input after release(); fit the programs before releasing the data")
+        n = len(self.labels)
+        rng = np.random.default_rng(self.seed)
+        sub = np.sort(rng.choice(n, size=min(BACKED_SUBSAMPLE, n), replace=False))
+        return normalize_block(read_rows(self._adata.X, sub), self.registration.input)[:, gene_idx]
+
+    def release(self) -> None:
+        """Drop what only setup needs (the unscaled matrix, the AnnData handle)."""
+        self._adata, self._normalised = None, None
+
+
+def prepare(adata: Any, *, perturbation_key: str, control: str, dose_key: str | None, compound_id_key: str | None,
+            gene_symbols_key: str | None, input: str, replicate_key: str | None, id_map: Any,
+            min_cells_per_group: int | None, seed: int) -> PreparedData:
+    """Register ``adata`` (:func:`bioworld.data.register`) and standardise it; see :class:`PreparedData`.
+
+    ``replicate_key`` None: the first of ``REPLICATE_CANDIDATES`` in ``obs``; ``min_cells_per_group``
+    None: 1 for log input, 3 for counts. A backed AnnData costs one streaming pass for the statistics.
+    """
+    if min_cells_per_group is None:
+        min_cells_per_group = 1 if input == "log" else 3
+    if replicate_key is None:
+        replicate_key = next((k for k in REPLICATE_CANDIDATES if k in adata.obs.columns), None)
+    reg = register(
+        adata, perturbation_key=perturbation_key, control=control, dose_key=dose_key,
+        compound_id_key=compound_id_key, gene_symbols_key=gene_symbols_key, input=input,
+        replicate_key=replicate_key, min_cells_per_group=min_cells_per_group, id_map=id_map,
+    )
+    labels = adata.obs[perturbation_key].astype(str).to_numpy()
+    is_ctrl = labels == control
+    normalised = None
+    if is_backed(adata):  # out of core: X stays on disk; one streaming pass for the statistics
+        ctrl_mean, _, spread = streaming_moments(adata.X, reg.input, is_ctrl, progress=True)
+        mu = ctrl_mean
+        sd = np.maximum(spread, MIN_SPREAD).astype(np.float32)
+        Xs: Any = BackedExpression(adata.X, reg.input, mu, sd)
+    else:
+        normalised = normalize(adata, reg).astype(np.float32)
+        mu = normalised[is_ctrl].mean(0)
+        sd = np.maximum(normalised.std(0), MIN_SPREAD).astype(np.float32)
+        Xs = ((normalised - mu) / sd).astype(np.float32)
+    rep = adata.obs[replicate_key].astype(str).to_numpy() if replicate_key else np.zeros(len(labels), str)
+    rng = np.random.default_rng(seed)
+    ctrl_idx = np.flatnonzero(is_ctrl)
+    take = np.sort(rng.choice(ctrl_idx, size=min(N_REFERENCE_CELLS, len(ctrl_idx)), replace=False))
+    return PreparedData(
+        registration=reg, var_names=[str(v) for v in adata.var_names], genes=list(reg.genes),
+        perturbation_key=perturbation_key, replicate_key=replicate_key, labels=labels,
+        replicate=pd.factorize(rep)[0], mu=mu, sd=sd, X=Xs, reference=Xs[take], seed=seed,
+        _adata=adata, _normalised=normalised,
+    )
+
+
+def align_panel(cells: Any, var_names: list[str]) -> Any:
+    """``cells`` with its genes in the order of ``var_names``; refuses a different gene panel."""
+    names = [str(v) for v in cells.var_names]
+    if names == var_names:
+        return cells
+    if set(names) == set(var_names) and len(names) == len(var_names):
+        return cells[:, var_names].copy()
+    missing = [g for g in var_names if g not in set(names)]
+    extra = [g for g in names if g not in set(var_names)]
+    raise DataValidationError(
+        f"cells have a different gene panel: {len(missing)} of the model's {len(var_names)} genes are "
+        f"missing (e.g. {missing[:5]}) and {len(extra)} are extra (e.g. {extra[:5]}). Expected the model's "
+        "var_names (any order); subset/reindex the cells to the training panel."
+    )
+
+
+def cells_to_std(cells: Any, registration: Registration, var_names: list[str], mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Standardised expression ``[cells, G]`` of new cells, normalised and checked as the training data were."""
+    from dataclasses import replace
+
+    from bioworld.data._register import _check_matrix, _value_stats
+
+    if cells.n_obs == 0:
+        raise DataValidationError("cells is empty (0 cells); expected at least one cell")
+    cells = align_panel(cells, var_names)
+    _check_matrix(cells, registration.input)  # same value checks as at registration
+    if registration.input == "log":
+        s = _value_stats(cells.X)
+        if s.n_noninteger == 0 and s.maximum >= 1:
+            raise DataValidationError(
+                f"cells hold only integers (max {s.maximum:g}): they look like raw counts, but this model was "
+                "trained on log-normalised values (input='log') and would read counts as log values. Fix: "
+                "normalise and log-transform the cells as the training data were (e.g. sc.pp.normalize_total "
+                "+ sc.pp.log1p)."
+            )
+    X = normalize(cells, replace(registration, n_cells=cells.n_obs)).astype(np.float32)
+    if not np.isfinite(X).all():
+        raise DataValidationError("cells contain NaN or infinite values after normalisation; clean the input first")
+    return ((X - mu) / sd).astype(np.float32)

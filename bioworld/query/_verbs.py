@@ -1,0 +1,199 @@
+"""The query verbs behind :class:`bioworld.WorldModel`: predict, counterfactual and prioritize on an engine.
+
+Each takes the model's :class:`~bioworld.query.engine.Engine` and a :class:`ModelView` (what the
+answers are labelled and scaled with) and returns the answer the facade returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bioworld.errors import BioworldError
+from bioworld.query.engine import Engine
+
+__all__ = ["ModelView", "predict_means", "counterfactual_cells", "prioritize_cells", "entity_latents"]
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """How answers are labelled and scaled: genes, slots, the model scale and provenance."""
+
+    var_names: list[str]
+    entity_names: list[str]
+    genes: list[str]  # symbols (the planner's panel)
+    to_scale: Callable[[np.ndarray], np.ndarray]  # standardised -> model scale
+    scale_name: str
+    describe: dict[str, Any]
+    seed: int
+
+
+def predict_means(eng: Engine, view: ModelView, labels: Sequence[str], actions: Sequence[Any],
+                  cells_std: Callable[[], np.ndarray]) -> Any:
+    """Mean predicted expression of each label (parsed: ``actions``) over the cells ``cells_std()``
+    (standardised; read after the labels are checked); see ``WorldModel.predict``."""
+    import anndata as ad
+
+    cands = eng.candidates(list(actions))
+    x0 = cells_std()
+    cache = eng.encode(x0)
+    r = eng.run(cache, cands)
+    pred = np.stack([r.x_pred[i].mean(0) for i in range(len(labels))] + [cache.x_base.cpu().numpy().mean(0)])  # [n + 1 (control), G]
+    X = view.to_scale(pred)
+    out = ad.AnnData(
+        X=X[:-1].astype(np.float32),
+        obs=pd.DataFrame({"perturbation": list(labels), "n_cells": len(x0)}, index=pd.Index(list(labels), dtype=str)),
+        var=pd.DataFrame(index=pd.Index(view.var_names, dtype=str)),
+    )
+    out.layers["delta"] = (X[:-1] - X[-1]).astype(np.float32)
+    out.uns["bioworld"] = {"model": view.describe, "scale": view.scale_name}
+    return out
+
+
+def counterfactual_cells(eng: Engine, view: ModelView, cells: Any, cells_std: Callable[[], np.ndarray],
+                         specs: Sequence[str], actions: Sequence[Any]) -> Any:
+    """Per-cell answers of every intervention (``specs``, parsed: ``actions``) on ``cells`` (standardised:
+    ``cells_std()``, read after the interventions are checked); see ``WorldModel.counterfactual``."""
+    from bioworld.query._anndata import counterfactual_adata
+    from bioworld.query._counterfactual import explain_shifts
+
+    cands = eng.candidates(list(actions), labels=list(specs))
+    cache = eng.encode(cells_std())
+    r = eng.run(cache, cands)
+    base = view.to_scale(cache.x_base.cpu().numpy())
+    Xs, D, shifts, effects = [], [], [], {}
+    for i, spec in enumerate(specs):
+        pred = view.to_scale(r.x_pred[i])
+        Xs.append(pred)
+        D.append(pred - base)
+        shifts.append(r.shift[i])
+        effects[spec] = explain_shifts(r.shift[i], view.entity_names)
+    return counterfactual_adata(cells, list(specs), Xs, D, shifts, var_names=view.var_names,
+                                entity_names=view.entity_names, effects=effects,
+                                uns={"scale": view.scale_name, "model": view.describe})
+
+
+def prioritize_cells(
+    eng: Engine,
+    view: ModelView,
+    cells_std: Callable[[], np.ndarray],
+    goal: str,
+    *,
+    genes: Sequence[str] | None = None,
+    entities: Sequence[str] | None = None,
+    compounds: Sequence[str] | None = None,
+    dose: float = 1.0,
+    max_genes: int | None = 1000,
+    pairs: bool = True,
+    gene_pairs_top: int = 8,
+    n_boot: int = 200,
+    max_cells: int = 1000,
+    screen_cells: int = 16,
+    refine_top: int = 20,
+    overlap: float = 0.5,
+    readout_share: float = 0.1,
+):
+    """Rank single and paired interventions by how well they move ``cells`` towards ``goal``
+    (the body of :meth:`bioworld.WorldModel.prioritize`; ``cells_std()`` gives the starting cells, standardised).
+
+    Parameters
+    ----------
+    cells
+        Starting cells (``None`` = the model's reference control cells). At most ``max_cells``
+        are used (a seeded subsample, reported in the provenance).
+    goal
+        ``down:ENTITY``, ``up:ENTITY`` or ``toward:control`` (see :mod:`bioworld.query`).
+    genes
+        Candidate gene knockouts. Default: the genetic targets of the data (trained or held
+        out), then the genes of the model's knowledge gene table closest to the goal entity's
+        genes (:func:`bioworld.query._candidates.gene_candidates`), ``max_genes`` in all
+        (``None``: every gene the model can represent). ``entities``: entities to silence
+        (default: all slots; ranked as ``kind`` ``entity``, a mechanism).
+    compounds
+        Candidate compounds (names, or ``NAME@DOSE`` labels). Default: every compound the
+        model's compound features resolve, at ``dose`` (none for a model without compounds).
+    dose
+        Dose of the default compound candidates and of names given without ``@DOSE``.
+    max_genes
+        Cap on the default gene candidates (see ``genes``; the data's own genetic targets are
+        always kept).
+    overlap, readout_share
+        The tautology guard (:mod:`bioworld.query._candidates`): a silence of the goal entity
+        or of an entity whose panel genes overlap it by ``overlap`` (Jaccard, or that share of
+        either gene set), and a knockout of genes carrying ``readout_share`` of the goal
+        readout's weight, get ``flag`` = ``readout`` with the reason in ``flag_reason`` and
+        are ranked after every unflagged row.
+    pairs
+        Also score every pair of silenced entities and pairs among the ``gene_pairs_top`` best
+        gene knockouts; ``synergy`` = pair score minus the sum of its singles.
+    n_boot
+        Bootstrap resamples for the 95% intervals.
+    screen_cells, refine_top
+        Two-stage search in latent space. The cells are encoded once. **Screen** (approximate):
+        k-means over the cells' latents picks ``screen_cells`` prototype cells (the cell
+        nearest each centre), and every candidate is scored on them, weighted by the share of
+        cells in each prototype's cluster. **Refine** (exact): the ``refine_top`` best
+        screened candidates, plus the singles that make up refined pairs, are re-scored on all
+        cells. With at most ``screen_cells`` cells there are no prototypes: every row is exact.
+
+    Notes
+    -----
+    Silences are scored as do-operations (the slot clamped to its inactive latent under the
+    control action). What is exact: the score, interval, per-cell scores and entity shifts of
+    every row whose ``table['n_cells']`` equals the number of cells used: the same numbers an
+    exhaustive search over all cells gives for that row (up to float rounding). What is
+    approximate: rows with ``n_cells`` = ``provenance['n_screen_cells']`` were only screened;
+    their score is the cluster-weighted mean over the prototype cells, their interval a
+    bootstrap over the prototypes (drawn with the cluster weights), their entity shift the
+    weighted mean and their per-cell scores those of the prototype cells. Synergy always
+    compares a pair with its singles on the same cells (refined pairs with refined singles,
+    screened pairs with screened singles). Ranking: refined rows come first, ordered by their
+    exact score, then screened-only rows, ordered by their prototype score (the screen put
+    each of them below the ``refine_top`` rows it sent to refinement; one sort over both kinds
+    of score would let the prototypes' bias push exact rows down). A candidate whose
+    prototype score underestimates it enough to leave the screen's top ``refine_top`` can be
+    missed, and the ``gene_pairs_top`` genes are chosen on screened scores;
+    ``benchmarks/run_planner_check.py`` measures both against scoring every candidate on every
+    cell. Cost: about candidates x ``screen_cells`` + refined rows x cells predictor rows.
+
+    Returns
+    -------
+    :class:`bioworld.query.PrioritizationResult` (ranked table with bootstrap 95% intervals of
+    the mean score over cells, entity shifts, per-cell scores, pair synergy matrix).
+    """
+    from bioworld.query._candidates import default_candidates, unlabelled_genes
+    from bioworld.query._planner import prioritize
+
+    for what, given in (("genes", genes), ("entities", entities)):
+        listed = [] if given is None or isinstance(given, str) else [str(v) for v in given]
+        dups = sorted({v for v in listed if listed.count(v) > 1})
+        if dups:
+            raise BioworldError(f"{what} lists {dups[:5]} more than once; expected each candidate once (a repeat "
+                                f"would be ranked twice). Fix: remove the repeats" + (" (CLI: --genes)." if what == "genes" else "."))
+    x = cells_std()
+    n_total = len(x)
+    if len(x) > max_cells:
+        x = x[np.sort(np.random.default_rng(view.seed).choice(len(x), max_cells, replace=False))]
+    gene_list, compound_list = default_candidates(eng, goal, panel=view.genes, genes=genes, compounds=compounds,
+                                                  dose=dose, max_genes=max_genes)
+    return prioritize(
+        eng, x, goal, genes=gene_list, compounds=compound_list, panel=view.genes,
+        entities=list(view.entity_names) if entities is None else list(entities), pairs=pairs,
+        gene_pairs_top=gene_pairs_top, n_boot=n_boot, screen_cells=screen_cells, refine_top=refine_top,
+        seed=view.seed, overlap=overlap, readout_share=readout_share,
+        provenance={"model": view.describe, "n_cells_given": int(n_total), "scale": view.scale_name,
+                    **({"gene_table_names_not_labels": unlabelled_genes(eng.space)} if genes is None else {})},
+    )
+
+
+def entity_latents(module: Any, x: np.ndarray, rows: int = 2048) -> np.ndarray:
+    """Context-encoder latents ``[cells, E, D]`` of standardised cells ``x`` (on the module's device)."""
+    import torch
+
+    dev = next(module.parameters()).device
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        return np.concatenate([module.encode(xt[s:s + rows].to(dev)).cpu().numpy() for s in range(0, len(xt), rows)])

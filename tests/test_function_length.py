@@ -1,0 +1,89 @@
+"""No function in the package is longer than ``MAX_LINES`` lines, its docstring excluded.
+
+A function's length runs from its first decorator (or ``def``) to its last line; the lines of its
+docstring are not counted, comments and blank lines are. Nested functions count in their parent
+and on their own. ``PENDING`` lists the functions still over the limit, each with who splits it;
+the list may only shrink: a listed function that is now short enough fails the test until its
+entry is removed, so the list never hides a new offender.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "bioworld"
+MAX_LINES = 80
+
+#: "path relative to bioworld/::function" -> why it is still long (to be split, then removed here).
+PENDING: dict[str, str] = {
+    "cli.py::train_cmd": "issue 16 (h16): CLI train command",
+    "data/_simulate.py::simulate": "issue 16 (h16)",
+    "data/_simulate.py::_build_model": "issue 16 (h16)",
+    "data/_register.py::register": "issue 16 (h16)",
+    "eval/_evaluate.py::evaluate": "issue 16 (h16)",
+    "eval/benchmark.py::run_simulator": "issue 16 (h16)",
+    "tl.py::to_cell_eval": "issue 16 (h16)",
+    "report/html.py::write_report": "report owner (h14)",
+    "query/_design.py::select": "design owner (h15)",
+}
+
+
+def function_lengths(root: Path = PACKAGE) -> dict[str, int]:
+    """``{"path::qualified.name": lines without the docstring}`` of every function under ``root``."""
+    out: dict[str, int] = {}
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        rel = path.relative_to(root).as_posix()
+
+        def visit(node: ast.AST, prefix: str) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    name = f"{prefix}{child.name}"
+                    out[f"{rel}::{name}"] = _length(child)
+                    visit(child, name + ".")
+                elif isinstance(child, ast.ClassDef):
+                    visit(child, f"{prefix}{child.name}.")
+                else:
+                    visit(child, prefix)
+
+        visit(tree, "")
+    return out
+
+
+def _length(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    start = min([fn.lineno] + [d.lineno for d in fn.decorator_list])
+    total = fn.end_lineno - start + 1
+    first = fn.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        total -= first.end_lineno - first.lineno + 1
+    return total
+
+
+def test_no_function_over_the_limit():
+    lengths = function_lengths()
+    over = {k: n for k, n in lengths.items() if n > MAX_LINES and k not in PENDING}
+    assert not over, (
+        f"functions over {MAX_LINES} lines (docstring excluded): "
+        + ", ".join(f"{k} ({n})" for k, n in sorted(over.items(), key=lambda kv: -kv[1]))
+        + ". Split them into named steps."
+    )
+
+
+def test_pending_list_only_shrinks():
+    lengths = function_lengths()
+    stale = sorted(k for k in PENDING if lengths.get(k, 0) <= MAX_LINES)
+    assert not stale, f"remove these from PENDING (now <= {MAX_LINES} lines or gone): {stale}"
+
+
+def test_the_measure_counts_code_not_docstrings(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_LINES))
+    doc = '    """' + "\n" * 30 + '    """\n'
+    (tmp_path / "ok.py").write_text(f"def ok():\n{doc}{body}\n")
+    (tmp_path / "long.py").write_text(f"@staticmethod\ndef long():\n{body}\n    return 1\n")
+    (tmp_path / "nested.py").write_text("class C:\n    def m(self):\n        def inner():\n"
+                                        + "\n".join(f"            y{i} = {i}" for i in range(MAX_LINES)) + "\n")
+    got = function_lengths(tmp_path)
+    assert got["ok.py::ok"] == MAX_LINES + 1  # def line + body; the 32-line docstring is not counted
+    assert got["long.py::long"] == MAX_LINES + 3  # decorator + def + body + return
+    assert got["nested.py::C.m.inner"] == MAX_LINES + 1 and got["nested.py::C.m"] == MAX_LINES + 2
