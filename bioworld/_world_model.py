@@ -132,18 +132,16 @@ class WorldModel:
     # ------------------------------------------------------------------ train
     def train(self, *, progress: bool = True, state_dir: str | os.PathLike | None = None, **overrides: Any) -> "WorldModel":
         """Train the JEPA. ``overrides`` replace :class:`TrainConfig` fields (e.g. ``max_steps=300``)."""
+        from bioworld.train import TrainConfig
         from bioworld.train.fit_check import record_fit
         from bioworld.train.setup import single_effects, train_state
 
         if self._data is None:
             raise BioworldError("this model was loaded from disk without its training data; create a new WorldModel to train")
         if overrides:
-            from bioworld.train import TrainConfig
-
             self.train_config = TrainConfig.from_dict({**self.train_config.to_dict(), **overrides})
         train_state(self._state, self._data, state_dir=state_dir, progress=progress)
-        self.single_effects = {}
-        self._engine = None
+        self.single_effects, self._engine = {}, None
         if self._data.in_memory:
             record_fit(self.training_fit(), self.meta, self.findings)  # the model's own answers, before anchoring
             self.single_effects = single_effects(self._state, self._data)
@@ -151,14 +149,10 @@ class WorldModel:
         return self
 
     def training_fit(self, max_perturbations: int = FIT_CHECK_PERTURBATIONS) -> pd.DataFrame:
-        """How well the trained model reproduces perturbations it was trained on.
-
-        For up to ``max_perturbations`` training perturbations (most cells first): the observed mean
-        delta (training cells minus control cells, model scale) against ``predict``'s delta, on the
-        20 genes it moves most: Pearson and magnitude ratio (norm of predicted / observed); see
-        :func:`bioworld.train.fit_check.training_fit`. Needs the training data in memory (not after
-        ``load`` or for backed data).
-        """
+        """How well the trained model reproduces perturbations it was trained on: for up to
+        ``max_perturbations`` of them (most cells first), observed vs ``predict``'s mean delta on the 20
+        genes each moves most (:func:`bioworld.train.fit_check.training_fit`). Needs the training data
+        in memory (not after ``load``, not for backed data)."""
         from bioworld.train.fit_check import training_fit
 
         if self._data is None or not self._data.in_memory:
@@ -168,7 +162,6 @@ class WorldModel:
         return training_fit(self._X, self._labels, control=self.control, train_labels=self.train_labels, sd=self.sd,
                             predict_delta=lambda labs: self.predict(labs).layers["delta"],
                             max_perturbations=max_perturbations)
-
 
     # ---------------------------------------------------------------- queries
     def _require_module(self):
@@ -209,9 +202,8 @@ class WorldModel:
     def _to_scale(self, x_std: np.ndarray) -> np.ndarray:
         return x_std * self.sd + self.mu
 
-    @property
-    def scale_name(self) -> str:
-        return "log1p CP10k" if self.registration.input == "counts" else "input (log) scale"
+    scale_name = property(lambda self: "log1p CP10k" if self.registration.input == "counts" else "input (log) scale",
+                          doc="The scale answers are on (the model's scale).")
 
     def _cells_to_std(self, cells: ad.AnnData) -> np.ndarray:
         from bioworld.data._prepare import cells_to_std

@@ -14,6 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bioworld"
 MAX_LINES = 80
+MAX_FACADE_LINES = 300
 
 #: "path relative to bioworld/::function" -> why it is still long (to be split, then removed here).
 PENDING: dict[str, str] = {
@@ -87,3 +88,13 @@ def test_the_measure_counts_code_not_docstrings(tmp_path):
     assert got["ok.py::ok"] == MAX_LINES + 1  # def line + body; the 32-line docstring is not counted
     assert got["long.py::long"] == MAX_LINES + 3  # decorator + def + body + return
     assert got["nested.py::C.m.inner"] == MAX_LINES + 1 and got["nested.py::C.m"] == MAX_LINES + 2
+
+
+def test_world_model_is_a_facade():
+    """``bw.WorldModel`` wires the layers and holds no more than ``MAX_FACADE_LINES`` lines (issue 16)."""
+    tree = ast.parse((PACKAGE / "_world_model.py").read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "WorldModel")
+    lines = cls.end_lineno - cls.lineno + 1
+    assert lines <= MAX_FACADE_LINES, (
+        f"WorldModel is {lines} lines; expected <= {MAX_FACADE_LINES}. Move the work into its layer "
+        "(data/, entities/, actions/, train/setup.py, train/state.py, query/_verbs.py) and forward to it.")
