@@ -129,6 +129,11 @@ def test_knockouts_that_move_the_readout_through_their_own_transcript_are_flagge
     for lab in own["intervention"]:  # only knockouts of the readout's own genes
         assert {p.target for p in tiny_trained.parse(lab).components if p.kind == "ko"} & members
     assert not (t["flag"].head(10) == "readout").any()
+    # own_share: the share of the predicted readout change carried by the knocked-out genes' own transcripts
+    assert (own["own_share"] >= 0.5).all()
+    no_readout_gene = [not ({p.target for p in tiny_trained.parse(lab).components} & members)
+                       for lab in t["intervention"]]
+    assert (t.loc[no_readout_gene, "own_share"] == 0).all()
 
 
 def test_compound_aliases_are_one_candidate():

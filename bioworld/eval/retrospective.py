@@ -79,8 +79,11 @@ GOALS = {"papalexi": "down:HALLMARK_INTERFERON_GAMMA_RESPONSE", "l1000": "down:M
 ITEM_COLUMNS = ["dataset", "seed", "fold", "method", "item", "hit", "observed", "score", "percentile", "n_candidates"]
 MODEL, MODEL_RANKED, NETWORK, PATHWAY, RANDOM = (
     "WorldModel", "WorldModel (as ranked)", "Network proximity", "Pathway membership", "Random")
-#: The improvement tried: the model's rank percentile averaged with the network prior's.
+#: The improvements tried: the model's rank percentile averaged with the network prior's; the
+#: model's score without the part its knocked-out gene's own transcript carries (as the hits are).
 COMBINED = "WorldModel + network prior"
+UPSTREAM = "WorldModel (upstream)"
+UPSTREAM_COMBINED = "WorldModel (upstream) + network prior"
 METRICS = ("auroc", "precision_at_k", "hit_percentile")
 
 
@@ -330,11 +333,14 @@ def _train(adata: Any, holdout: Sequence[str], seed: int, steps: int, **kw: Any)
     return wm
 
 
-def _model_rows(table: pd.DataFrame, kind: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _model_rows(table: pd.DataFrame, kind: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Unseen candidates of ``kind`` in a prioritisation table (the trained ones are measured, not
-    predicted, so they are no part of the ranking judged): labels, scores, and -rank (as ranked)."""
+    predicted, so they are no part of the ranking judged): labels, scores, -rank (as ranked), and the
+    upstream score (score without the share carried by the knocked-out genes' own transcripts)."""
     t = table[(table["kind"] == kind) & ~table["seen"].astype(bool)]
-    return list(t["intervention"]), t["score"].to_numpy(np.float64), -t["rank"].to_numpy(np.float64)
+    score = t["score"].to_numpy(np.float64)
+    own = t["own_share"].to_numpy(np.float64) if "own_share" in t.columns else np.zeros(len(t))
+    return list(t["intervention"]), score, -t["rank"].to_numpy(np.float64), score * (1.0 - np.nan_to_num(own))
 
 
 def _add_items(rows: list[dict[str, Any]], *, dataset: str, seed: int, fold: int, method: str,
@@ -432,7 +438,7 @@ def run_genetic_retro(adata: Any, goal: str, *, goal_weights: Mapping[str, float
             res = wm.prioritize(adata[np.sort(pick)].copy(), goal, entities=[], max_genes=settings.max_genes,
                                 pairs=False, n_boot=20, max_cells=settings.n_cells)
             walls[MODEL] = walls.get(MODEL, 0.0) + time.perf_counter() - t0
-            labs, score, ranked = _model_rows(res.table, "gene")
+            labs, score, ranked, upstream = _model_rows(res.table, "gene")
             test = {wm.engine.space.parse(f"ko:{singles[lab]}").label: lab for lab in sp.test if lab in observed}
             genes = [wm.engine.space.parse(lab).components[0].target for lab in labs]
             common = dict(dataset=dataset, seed=seed, fold=sp.fold, labels=labs, test=test, observed=observed,
@@ -443,6 +449,8 @@ def run_genetic_retro(adata: Any, goal: str, *, goal_weights: Mapping[str, float
             _add_items(rows, method=NETWORK, scores=net, **common)
             _add_items(rows, method=PATHWAY, scores=pathway_membership(genes, list(goal_weights)), **common)
             _add_items(rows, method=COMBINED, scores=combined_score(score, net), **common)
+            _add_items(rows, method=UPSTREAM, scores=upstream, **common)
+            _add_items(rows, method=UPSTREAM_COMBINED, scores=combined_score(upstream, net), **common)
             bar.update(1)
     bar.close()
     df = pd.DataFrame(rows, columns=ITEM_COLUMNS)
@@ -460,10 +468,14 @@ def _parse(label: str) -> Any:
     return parse_action(label)
 
 
-def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool = True) -> pd.DataFrame:
+def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool = True, smiles: bool = True,
+                    dataset: str = "l1000") -> pd.DataFrame:
     """L1000 A375 held-out compounds, goal ``down:MAPK`` (PROGENy): per held-out compound, its rank
     percentile among every compound the model resolves at ``settings.dose`` and whether its
-    observed well at that dose is a hit. ``attrs`` as :func:`run_papalexi_retro`."""
+    observed well at that dose is a hit. ``smiles=False``: the model reads no structures, so every
+    candidate (plate or knowledge-only compound) is described the same way, by its knowledge (held-out
+    compounds without knowledge cannot be ranked and are left out). ``attrs`` as
+    :func:`run_genetic_retro`."""
     from bioworld.data import bundled_path, load_l1000, normalize, register
     from bioworld.knowledge import CompoundKnowledge
 
@@ -481,6 +493,15 @@ def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool
     var = [str(v) for v in adata.var_names]
     name, goal_w = _goal_genes(goal)
     observed, ctrl_scores = observed_goal_change(X, labels, "control", _panel_weights(goal_w, var), var)
+    dropped: list[str] = []
+    if not smiles:  # without structures, a plate compound the knowledge layer does not know cannot be described
+        from bioworld.eval.benchmark import _knowledge_base
+
+        kb = _knowledge_base()
+        names = {lab: _parse(lab).components[0].target for lab in set(labels) - {"control"}}
+        dropped = sorted({n for n in names.values() if not kb.knows_compound(n)})
+        keep = np.array([lab == "control" or names[lab] not in set(dropped) for lab in labels])
+        adata, labels = adata[keep].copy(), labels[keep]
     noise = control_noise(ctrl_scores)
     thr = hit_threshold(noise, settings.z)
     acts = {lab: _parse(lab) for lab in set(labels) - {"control"}}
@@ -493,28 +514,28 @@ def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool
         return ck.targets(n) if ck.resolve(n, strict=False) else []
 
     prox = network_proximity(list(goal_w))
-    smiles = bundled_path("compounds/lincs_drugs_smiles.csv")
+    smiles_path = bundled_path("compounds/lincs_drugs_smiles.csv")
     rows: list[dict[str, Any]] = []
     walls: dict[str, float] = {}
     ctrl_idx = np.flatnonzero(labels == "control")
-    bar = _progress(len(settings.seeds) * settings.folds, "retrospective l1000", progress)
+    bar = _progress(len(settings.seeds) * settings.folds, f"retrospective {dataset}", progress)
     for seed in settings.seeds:
         order = np.random.default_rng(seed).permutation(len(compounds))
         for fold, chunk in enumerate(np.array_split(order, settings.folds)):
             held = {compounds[i] for i in chunk}
             holdout = [lab for lab, a in acts.items() if a.components[0].target in held]
             t0 = time.perf_counter()
-            wm = _train(adata, holdout, seed, settings.steps, smiles=smiles, **kw)
+            wm = _train(adata, holdout, seed, settings.steps, smiles=smiles_path if smiles else None, **kw)
             res = wm.prioritize(adata[ctrl_idx].copy(), goal, genes=[], entities=[], dose=settings.dose, pairs=False,
                                 n_boot=20, max_cells=settings.n_cells)
             walls[MODEL] = walls.get(MODEL, 0.0) + time.perf_counter() - t0
-            labs, score, ranked = _model_rows(res.table, "compound")
+            labs, score, ranked, _ = _model_rows(res.table, "compound")
             names = [wm.engine.space.parse(lab).components[0].target for lab in labs]
             test = {}
             for c in sorted(held):
                 if c in at_dose:
                     test[wm.engine.space.parse(f"{c}@{settings.dose:g}").label] = at_dose[c]
-            common = dict(dataset="l1000", seed=seed, fold=fold, labels=labs, test=test, observed=observed,
+            common = dict(dataset=dataset, seed=seed, fold=fold, labels=labs, test=test, observed=observed,
                           threshold=thr)
             _add_items(rows, method=MODEL, scores=score, **common)
             _add_items(rows, method=MODEL_RANKED, scores=ranked, **common)
@@ -527,11 +548,14 @@ def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool
             bar.update(1)
     bar.close()
     df = pd.DataFrame(rows, columns=ITEM_COLUMNS)
-    judged = {lab: v for lab, v in observed.items() if lab in set(at_dose.values())}
+    ranked_items = set(df["item"])
+    judged = {lab: v for lab, v in observed.items() if lab in set(at_dose.values()) and lab in ranked_items}
     df.attrs.update(threshold=thr, noise=noise, observed=judged, wall_s=walls, goal=goal,
                     n_hits=int(sum(v <= -thr for v in judged.values())), n_items=len(judged),
                     noise_def=f"sd of the {len(ctrl_idx)} control wells' scores",
-                    candidates=f"every compound the model resolves, at {settings.dose:g} (the plate's top dose)")
+                    candidates=f"every compound the model resolves, at {settings.dose:g} (the plate's top dose)"
+                               + ("" if smiles else f"; no structures read (knowledge features only; {len(dropped)} "
+                                  f"plate compounds without knowledge left out: {', '.join(dropped)})"))
     return df
 
 
@@ -665,7 +689,7 @@ def write_retro(frames: Mapping[str, pd.DataFrame], out: str | os.PathLike, *, c
                   "- wall time (train + prioritise, all folds and seeds): "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()), "",
                   markdown_table(summ, ds), "", f"**{verdict(summ, ds)}**", ""]
-        for extra in sorted(set(summ[summ["dataset"] == ds]["method"]) - {MODEL, MODEL_RANKED, NETWORK, PATHWAY, RANDOM}):
+        for extra in [m for m in (COMBINED, UPSTREAM, UPSTREAM_COMBINED) if m in set(summ[summ["dataset"] == ds]["method"])]:
             lines += [f"**{verdict(summ, ds, extra)}**", ""]
     lines += ["![retrospective](retrospective.png)", "",
               "Per held-out item and method: `items.csv` (rank percentile, observed change, hit); "
@@ -676,12 +700,17 @@ def write_retro(frames: Mapping[str, pd.DataFrame], out: str | os.PathLike, *, c
 
 
 def run_retrospective(settings: RetroSettings, *, datasets: Sequence[str] = ("papalexi", "l1000"),
-                      progress: bool = True) -> dict[str, pd.DataFrame]:
-    """Run the named datasets' retrospective validations; ``{dataset: items}``."""
-    runners = {"papalexi": run_papalexi_retro, "l1000": run_l1000_retro}
+                      progress: bool = True, dry: bool = False) -> dict[str, pd.DataFrame]:
+    """Run the named datasets' retrospective validations; ``{dataset: items}`` (``dry``: only check
+    the names; ``{}``)."""
+    runners = {"papalexi": run_papalexi_retro, "l1000": run_l1000_retro,
+               "l1000_knowledge_only": lambda st, progress: run_l1000_retro(st, progress=progress, smiles=False,
+                                                                            dataset="l1000_knowledge_only")}
     bad = [d for d in datasets if d not in runners]
     if bad:
-        raise BioworldError(f"unknown retrospective dataset(s) {bad}; expected papalexi and/or l1000")
+        raise BioworldError(f"unknown retrospective dataset(s) {bad}; expected a subset of {', '.join(runners)}")
+    if dry:
+        return {}
     return {d: runners[d](settings, progress=progress) for d in datasets}
 
 
@@ -701,8 +730,9 @@ def benchmarks_section(summ: pd.DataFrame, frames: Mapping[str, pd.DataFrame], r
         a = df.attrs
         lines += [f"### retrospective — {ds} (`{a.get('goal')}`, {a.get('n_items')} held-out items, "
                   f"{a.get('n_hits')} hits)", "", markdown_table(summ, ds), "", f"**{verdict(summ, ds)}**", ""]
-        if COMBINED in set(summ["method"]):
-            lines += [f"**{verdict(summ, ds, COMBINED)}**", ""]
+        for extra in (COMBINED, UPSTREAM, UPSTREAM_COMBINED):
+            if extra in set(summ[summ["dataset"] == ds]["method"]):
+                lines += [f"**{verdict(summ, ds, extra)}**", ""]
     lines.append(SECTION_END)
     return "\n".join(lines)
 
@@ -729,7 +759,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     d = RetroSettings()
     p = argparse.ArgumentParser(prog="run_retrospective", description="retrospective validation of prioritize")
-    p.add_argument("--only", default="papalexi,l1000", help="comma-separated subset of papalexi,l1000")
+    p.add_argument("--only", default="papalexi,l1000",
+                   help="comma-separated subset of papalexi,l1000,l1000_knowledge_only")
     p.add_argument("--seeds", default=",".join(map(str, d.seeds)))
     p.add_argument("--folds", type=int, default=d.folds)
     p.add_argument("--steps", type=int, default=d.steps)
@@ -747,17 +778,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                        max_genes=a.max_genes, n_cells=a.cells, z=a.z, k=a.k)
     load = loadavg()
     t = time.perf_counter()
-    frames = run_retrospective(st, datasets=[x.strip() for x in a.only.split(",") if x.strip()],
-                               progress=not a.no_progress)
     command = "python benchmarks/run_retrospective.py " + " ".join(argv)
-    notes = [f"total wall time {time.perf_counter() - t:.0f} s"]
-    report, summ = write_retro(frames, a.out, command=command.strip(), settings=st, notes=notes,
-                               load=f"{load} (start), {loadavg()} (end)")
-    print(f"wrote {report}", file=sys.stderr)
-    if a.benchmarks_md:
-        md = update_benchmarks_md(a.benchmarks_md, benchmarks_section(summ, frames, report, Path(a.benchmarks_md),
-                                                                      command.strip()))
-        print(f"updated {md}", file=sys.stderr)
+    frames: dict[str, pd.DataFrame] = {}
+    datasets = [x.strip() for x in a.only.split(",") if x.strip()]
+    run_retrospective(st, datasets=datasets, progress=False, dry=True)  # unknown names fail before any training
+    for d in datasets:  # the report is rewritten after each dataset, so finished ones survive an interruption
+        frames.update(run_retrospective(st, datasets=[d], progress=not a.no_progress))
+        done = "" if len(frames) == len(datasets) else f" (partial: {len(frames)} of {len(datasets)} datasets)"
+        notes = [f"wall time so far {time.perf_counter() - t:.0f} s{done}"]
+        report, summ = write_retro(frames, a.out, command=command.strip(), settings=st, notes=notes,
+                                   load=f"{load} (start), {loadavg()} (end)")
+        print(f"wrote {report}{done}", file=sys.stderr)
+        if a.benchmarks_md:
+            md = update_benchmarks_md(a.benchmarks_md, benchmarks_section(summ, frames, report, Path(a.benchmarks_md),
+                                                                          command.strip()))
+            print(f"updated {md}", file=sys.stderr)
     return 0
 
 

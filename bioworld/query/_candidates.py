@@ -309,13 +309,15 @@ def default_candidates(engine: Any, goal: str, *, panel: Sequence[str], genes: S
 
 
 def own_transcript_flags(engine: Any, cache: Any, labels: Sequence[str], readout: Readout,
-                         weights: np.ndarray | None, *, own_share: float = 0.5) -> dict[str, str]:
+                         weights: np.ndarray | None, *, own_share: float = 0.5,
+                         shares: dict[str, float] | None = None) -> dict[str, str]:
     """Reasons for candidates whose predicted goal change comes mostly from their own transcripts.
 
     For each label with knocked-out genes in the goal readout, the predicted change of the readout
     on ``cache`` (the screen's prototype cells, ``weights``) is split into the part carried by those
     genes' own transcripts and the rest; a share >= ``own_share`` flags it: the model lowers the
-    readout by lowering the knocked-out gene itself, not through anything upstream.
+    readout by lowering the knocked-out gene itself, not through anything upstream. ``shares`` (a
+    dict, filled in place): that share of every such label.
     """
     share = readout.gene_share()
     if not share or readout.weights is None:
@@ -342,6 +344,8 @@ def own_transcript_flags(engine: Any, cache: Any, labels: Sequence[str], readout
         total = contrib.sum(-1) @ wts
         for k, (lab, _, own) in enumerate(part):
             own_c = contrib[k][:, [pos[g] for g in own]].sum(-1) @ wts
+            if shares is not None and total[k] != 0:
+                shares[lab] = float(own_c / total[k])
             if total[k] != 0 and own_c / total[k] >= own_share:
                 out[lab] = (f"{', '.join(own)}: {own_c / total[k]:.0%} of the predicted change of the "
                             f"{readout.goal_entity} readout is the knocked-out gene's own transcript")

@@ -74,7 +74,9 @@ class PrioritizationResult:
 
     goal: str
     table: pd.DataFrame  # rank, intervention, kind (gene|compound|entity|pair), score, score_lo, score_hi, synergy,
-    #                      flag, flag_reason, seen, evidence, drugs, collapsed_into, top_entities, n_cells
+    #                      flag, flag_reason, seen, evidence, drugs, collapsed_into, top_entities, n_cells,
+    #                      own_share (share of the predicted readout change carried by knocked-out genes' own
+    #                      transcripts, on the screen's prototype cells; 0 without readout genes / unscored)
     entity_shift: pd.DataFrame  # [interventions x entities] mean latent shift (units of slot spread)
     per_cell_scores: dict[str, np.ndarray]  # intervention -> [cells] per-cell score (top interventions)
     pair_synergy: pd.DataFrame  # [entities x entities] pair score minus the sum of the two singles
@@ -240,9 +242,11 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
         p = search.n_single + k
         src = mean if refined[p] else screened  # a refined pair has refined singles: same cells
         synergy[p] = src[p] - (src[a] + src[b])
-    own = own_transcript_flags(engine, pcache, [lab for lab, f in zip(search.labels, search.flagged()) if not f],
-                               readout, pw)
+    own_shares: dict[str, float] = {}
+    own = own_transcript_flags(engine, pcache, search.labels, readout, pw, shares=own_shares)  # flagged ones too:
+    # their share is reported; their flag keeps the static reason (_table)
     table = _table(search, mean, lo, hi, synergy, shifts, refined, n, len(proto), own)
+    table["own_share"] = [own_shares.get(lab, 0.0) for lab in table["intervention"]]
     shown = table[(table["flag"] == "") & (table["collapsed_into"] == "")]["intervention"]
     gene_delta = _gene_delta(engine, pcache, pw, list(shown[:GENE_DELTA_ROWS]), panel)
     ents = list(entities)
