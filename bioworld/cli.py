@@ -501,30 +501,10 @@ def train_cmd(
     """
     from dataclasses import replace
 
-    import bioworld as bw
     from bioworld.train import TrainConfig
 
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"--out {str(out)!r} is a file; expected a folder for the model. Fix: choose another path.")
-    if members == 1 and calibrate_folds:
-        raise BioworldError("--calibrate-folds needs an ensemble (intervals come from the held-out error of its members); expected "
-                            "--members 2 or more. Fix: add --members 5, or drop --calibrate-folds.")
-    if members > 1 and resume:
-        raise BioworldError("--resume with --members is not supported (ensembles keep no training state). Fix: train "
-                            "again without --resume, or train the members one by one with --seed")
-    if members > 1 and backed:
-        raise BioworldError("--members with --backed is not supported (members would read the file at once). Fix: train the "
-                            "members one by one with --backed and --seed 0, 1, ...")
-    if (_is_model_dir(out) or _is_ensemble_dir(out)) and not overwrite:
-        raise CheckpointError(
-            f"{str(out)!r} already holds a model ({_MODEL_META}); expected a new or empty folder. "
-            "Fix: pass --overwrite to replace it, or choose another --out."
-        )
-    if seed is not None and seed < 0:
-        raise BioworldError(f"--seed {seed}; expected a non-negative integer. Fix: pass --seed 0 (or another integer >= 0).")
-    if max_steps is not None and max_steps < 1:
-        raise BioworldError(f"--max-steps {max_steps}; expected at least 1 optimiser step. Fix: pass --max-steps 1 or "
-                            "more, or leave it out to size training to the data (with early stopping).")
+    _check_train_flags(out, members=members, calibrate_folds=calibrate_folds, resume=resume, backed=backed,
+                       overwrite=overwrite, seed=seed, max_steps=max_steps)
     train_config = TrainConfig.from_file(config) if config is not None else TrainConfig()
     overrides = {k: v for k, v in {"seed": seed, "max_steps": max_steps, "device": device}.items() if v is not None}
     if overrides:
@@ -547,7 +527,6 @@ def train_cmd(
             from bioworld.data import bundled_path
 
             smiles_path = bundled_path(DEFAULT_SMILES)
-        t0 = time.perf_counter()
         wm_kwargs = dict(
             entities=[str(p) for p in entities] if entities else None,
             smiles=None if smiles_path is None else str(smiles_path),
@@ -557,68 +536,117 @@ def train_cmd(
             **kwargs,
         )
         if members > 1:
-            ens = bw.Ensemble.train(adata, seeds=[train_config.seed + k for k in range(members)], progress=not quiet,
-                                    config=train_config, **wm_kwargs)
-            if calibrate_folds:
-                cal = ens.calibrate(adata, n_folds=calibrate_folds, progress=not quiet, **wm_kwargs)
-                typer.echo(f"calibrated on {cal.n_perturbations} held-out perturbations: 90% half-width = "
-                           f"{cal.quantiles['0.9']:.3f} x each gene's spread")
-            if (_is_model_dir(out) or _is_ensemble_dir(out)) and not overwrite:
-                raise CheckpointError(
-                    f"a model appeared in --out {str(out)!r} while the ensemble trained (written by another program); "
-                    "expected the folder to stay free of models. Fix: pass --overwrite to replace it, or choose another --out."
-                )
-            ens.save(out)
-            typer.echo(f"trained {members} members in {time.perf_counter() - t0:.1f} s (wall time, including setup)")
-            typer.echo(f"ensemble saved to {out}")
-            return
-        from bioworld.train.fit_check import train_until_fit
+            _train_ensemble(adata, out, train_config, wm_kwargs, members=members, calibrate_folds=calibrate_folds,
+                            overwrite=overwrite, quiet=quiet)
+        else:
+            _train_single(adata, source, out, train_config, wm_kwargs, restarts=restarts if not backed else 0,
+                          resume=resume, overwrite=overwrite, quiet=quiet)
 
-        shown = []
+    _run_locked(out, _train_locked)
 
-        def build(cfg: Any) -> Any:
-            model = bw.WorldModel(adata, config=cfg, **wm_kwargs)
-            _check_free_space(out, model)  # before training, not after it
-            if not quiet and not shown:
-                typer.echo(f"data: {source}")
-                typer.echo(repr(model))
-                for finding in model.findings:
-                    typer.echo(f"  - {finding}")
-                shown.append(True)
-            return model
 
-        config_now, restarts_left = _train_state_plan(out, train_config, restarts if not backed else 0,
-                                                      resume=resume, overwrite=overwrite)
-        wm = train_until_fit(build, config_now, restarts=restarts_left, progress=not quiet,
-                             log=lambda m: typer.echo(m, err=True), state_dir=out / TRAIN_STATE_DIR)
-        if wm.train_config.seed != train_config.seed:
-            typer.echo(f"kept the run with seed {wm.train_config.seed} (seed {train_config.seed} did not learn the strong effects)")
-        wall = time.perf_counter() - t0
-        if (_is_model_dir(out) or _is_ensemble_dir(out)) and not overwrite:
-            raise CheckpointError(
-                f"a model appeared in --out {str(out)!r} while this one trained (written by another program); "
-                "expected the folder to stay free of models. Fix: pass --overwrite to replace it, or choose another --out."
-            )
-        wm.save(out, overwrite=True)
-        with contextlib.suppress(OSError):
-            (out / TRAIN_STATE_DIR).rmdir()  # cleared by the finished run
-        steps = wm.train_result.steps if wm.train_result is not None else train_config.max_steps
-        typer.echo(f"trained {steps} steps in {wall:.1f} s (wall time, including setup)")
-        typer.echo(f"model saved to {out}")
-
+def _run_locked(out: Path, run: Any) -> None:
+    """``run()`` with ``out`` locked for the whole run (a second training into it is refused at once, and it is
+    checked for writability before the data are read); folders created here are removed when ``run`` fails."""
     from bioworld._atomic import folder_lock, remove_created
 
-    # --out is locked for the whole run (a second training into it is refused at once) and checked
-    # for writability before the data are read; folders created here are removed when training fails
     done = False
     created: list[Path] = []
     try:
         with folder_lock(out) as created:
-            _train_locked()
+            run()
             done = True
     finally:
         if not done:
             remove_created(created)
+
+
+def _check_train_flags(out: Path, *, members: int, calibrate_folds: int, resume: bool, backed: bool, overwrite: bool,
+                       seed: int | None, max_steps: int | None) -> None:
+    """Refuse flag combinations of ``bioworld train`` that cannot work, before anything is read."""
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {str(out)!r} is a file; expected a folder for the model. Fix: choose another path.")
+    if members == 1 and calibrate_folds:
+        raise BioworldError("--calibrate-folds needs an ensemble (intervals come from the held-out error of its members); expected "
+                            "--members 2 or more. Fix: add --members 5, or drop --calibrate-folds.")
+    if members > 1 and resume:
+        raise BioworldError("--resume with --members is not supported (ensembles keep no training state). Fix: train "
+                            "again without --resume, or train the members one by one with --seed")
+    if members > 1 and backed:
+        raise BioworldError("--members with --backed is not supported (members would read the file at once). Fix: train the "
+                            "members one by one with --backed and --seed 0, 1, ...")
+    if (_is_model_dir(out) or _is_ensemble_dir(out)) and not overwrite:
+        raise CheckpointError(
+            f"{str(out)!r} already holds a model ({_MODEL_META}); expected a new or empty folder. "
+            "Fix: pass --overwrite to replace it, or choose another --out."
+        )
+    if seed is not None and seed < 0:
+        raise BioworldError(f"--seed {seed}; expected a non-negative integer. Fix: pass --seed 0 (or another integer >= 0).")
+    if max_steps is not None and max_steps < 1:
+        raise BioworldError(f"--max-steps {max_steps}; expected at least 1 optimiser step. Fix: pass --max-steps 1 or "
+                            "more, or leave it out to size training to the data (with early stopping).")
+
+
+def _refuse_new_model(out: Path, overwrite: bool, what: str) -> None:
+    """Refuse to save when a model appeared in ``out`` while ``what`` trained (another program wrote it)."""
+    if (_is_model_dir(out) or _is_ensemble_dir(out)) and not overwrite:
+        raise CheckpointError(
+            f"a model appeared in --out {str(out)!r} while {what} trained (written by another program); "
+            "expected the folder to stay free of models. Fix: pass --overwrite to replace it, or choose another --out."
+        )
+
+
+def _train_ensemble(adata: Any, out: Path, train_config: Any, wm_kwargs: dict[str, Any], *, members: int,
+                    calibrate_folds: int, overwrite: bool, quiet: bool) -> None:
+    """``bioworld train --members N``: a seed ensemble (optionally calibrated) saved to ``out``."""
+    import bioworld as bw
+
+    t0 = time.perf_counter()
+    ens = bw.Ensemble.train(adata, seeds=[train_config.seed + k for k in range(members)], progress=not quiet,
+                            config=train_config, **wm_kwargs)
+    if calibrate_folds:
+        cal = ens.calibrate(adata, n_folds=calibrate_folds, progress=not quiet, **wm_kwargs)
+        typer.echo(f"calibrated on {cal.n_perturbations} held-out perturbations: 90% half-width = "
+                   f"{cal.quantiles['0.9']:.3f} x each gene's spread")
+    _refuse_new_model(out, overwrite, "the ensemble")
+    ens.save(out)
+    typer.echo(f"trained {members} members in {time.perf_counter() - t0:.1f} s (wall time, including setup)")
+    typer.echo(f"ensemble saved to {out}")
+
+
+def _train_single(adata: Any, source: str, out: Path, train_config: Any, wm_kwargs: dict[str, Any], *, restarts: int,
+                  resume: bool, overwrite: bool, quiet: bool) -> None:
+    """``bioworld train``: one model (retrained with the next seeds on a failed fit check, up to ``restarts``)."""
+    import bioworld as bw
+    from bioworld.train.fit_check import train_until_fit
+
+    t0 = time.perf_counter()
+    shown = []
+
+    def build(cfg: Any) -> Any:
+        model = bw.WorldModel(adata, config=cfg, **wm_kwargs)
+        _check_free_space(out, model)  # before training, not after it
+        if not quiet and not shown:
+            typer.echo(f"data: {source}")
+            typer.echo(repr(model))
+            for finding in model.findings:
+                typer.echo(f"  - {finding}")
+            shown.append(True)
+        return model
+
+    config_now, restarts_left = _train_state_plan(out, train_config, restarts, resume=resume, overwrite=overwrite)
+    wm = train_until_fit(build, config_now, restarts=restarts_left, progress=not quiet,
+                         log=lambda m: typer.echo(m, err=True), state_dir=out / TRAIN_STATE_DIR)
+    if wm.train_config.seed != train_config.seed:
+        typer.echo(f"kept the run with seed {wm.train_config.seed} (seed {train_config.seed} did not learn the strong effects)")
+    wall = time.perf_counter() - t0
+    _refuse_new_model(out, overwrite, "this one")
+    wm.save(out, overwrite=True)
+    with contextlib.suppress(OSError):
+        (out / TRAIN_STATE_DIR).rmdir()  # cleared by the finished run
+    steps = wm.train_result.steps if wm.train_result is not None else train_config.max_steps
+    typer.echo(f"trained {steps} steps in {wall:.1f} s (wall time, including setup)")
+    typer.echo(f"model saved to {out}")
 
 
 def _check_free_space(out: Path, model: Any) -> None:

@@ -60,6 +60,30 @@ def latents(adata: Any, *, model: Any, key_added: str = "X_bw", copy: bool = Fal
     return target if copy else None
 
 
+def _predicted_groups(model: Any, panel: Any, labels: np.ndarray, X: np.ndarray, control: str, ctrl_idx: np.ndarray,
+                      *, max_cells: int | None, rng: np.random.Generator, model_control: str
+                      ) -> tuple[list[np.ndarray], list[np.ndarray], list[str], dict[str, str]]:
+    """Per perturbation of ``labels``: the real cells kept and the model's counterfactual of as many drawn
+    control cells. Returns (real cell indices, predicted X blocks, predicted labels, skipped label -> reason);
+    the control group (first) is the observed control cells in both files."""
+    real_idx, pred_labels, skipped = [ctrl_idx], [control] * len(ctrl_idx), {}
+    pred_X = [X[ctrl_idx]]
+    for lab in sorted(set(labels) - {control}):
+        idx = np.flatnonzero(labels == lab)
+        if max_cells is not None and len(idx) > max_cells:
+            idx = np.sort(rng.choice(idx, max_cells, replace=False))
+        draw = rng.choice(ctrl_idx, len(idx), replace=len(idx) > len(ctrl_idx))
+        try:
+            cf = model.counterfactual(panel[draw].copy(), [lab if lab != control else model_control])
+        except BioworldError as e:
+            skipped[lab] = str(e).splitlines()[0]
+            continue
+        pred_X.append(np.asarray(cf.X, dtype=np.float32))
+        real_idx.append(idx)
+        pred_labels += [lab] * len(idx)
+    return real_idx, pred_X, pred_labels, skipped
+
+
 def to_cell_eval(
     model: Any,
     real: Any,
@@ -131,22 +155,8 @@ def to_cell_eval(
     if max_cells is not None and len(ctrl_idx) > max_cells:
         ctrl_idx = np.sort(rng.choice(ctrl_idx, max_cells, replace=False))
     base = _base(model)
-    model_control = base.control
-    real_idx, pred_labels, skipped = [ctrl_idx], [reg.control] * len(ctrl_idx), {}
-    pred_X = [X[ctrl_idx]]  # the control group is the observed control cells in both files
-    for lab in sorted(set(labels) - {reg.control}):
-        idx = np.flatnonzero(labels == lab)
-        if max_cells is not None and len(idx) > max_cells:
-            idx = np.sort(rng.choice(idx, max_cells, replace=False))
-        draw = rng.choice(ctrl_idx, len(idx), replace=len(idx) > len(ctrl_idx))
-        try:
-            cf = model.counterfactual(panel[draw].copy(), [lab if lab != reg.control else model_control])
-        except BioworldError as e:
-            skipped[lab] = str(e).splitlines()[0]
-            continue
-        pred_X.append(np.asarray(cf.X, dtype=np.float32))
-        real_idx.append(idx)
-        pred_labels += [lab] * len(idx)
+    real_idx, pred_X, pred_labels, skipped = _predicted_groups(model, panel, labels, X, reg.control, ctrl_idx,
+                                                               max_cells=max_cells, rng=rng, model_control=base.control)
     if skipped:
         warnings.warn(f"{len(skipped)} perturbation(s) left out of the cell-eval files (the model cannot predict "
                       "them): " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), stacklevel=2)

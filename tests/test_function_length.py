@@ -18,13 +18,6 @@ MAX_FACADE_LINES = 300
 
 #: "path relative to bioworld/::function" -> why it is still long (to be split, then removed here).
 PENDING: dict[str, str] = {
-    "cli.py::train_cmd": "issue 16 (h16): CLI train command",
-    "data/_simulate.py::simulate": "issue 16 (h16)",
-    "data/_simulate.py::_build_model": "issue 16 (h16)",
-    "data/_register.py::register": "issue 16 (h16)",
-    "eval/_evaluate.py::evaluate": "issue 16 (h16)",
-    "eval/benchmark.py::run_simulator": "issue 16 (h16)",
-    "tl.py::to_cell_eval": "issue 16 (h16)",
     "report/html.py::write_report": "report owner (h14)",
     "query/_design.py::select": "design owner (h15)",
 }

@@ -476,6 +476,72 @@ def _resolve_genes(
 # public API
 
 
+def _check_arguments(adata: Any, input: str, min_cells_per_group: int) -> None:
+    """Refuse what is not an AnnData, an unknown input scale, a group minimum below 1 and an empty matrix."""
+    if not (hasattr(adata, "obs") and hasattr(adata, "var") and hasattr(adata, "X")):
+        raise DataValidationError(
+            f"register() got {type(adata).__name__}; expected an AnnData. "
+            "Fix: load it with bioworld.data.read_h5ad(path) or anndata.AnnData(X, obs, var)."
+        )
+    if input not in ("counts", "log"):
+        raise DataValidationError(
+            f"input={input!r}; expected 'counts' (raw UMI counts) or 'log' (log-normalised). "
+            "Fix: pass one of those."
+        )
+    if int(min_cells_per_group) < 1:
+        raise DataValidationError(
+            f"min_cells_per_group={min_cells_per_group}; expected an integer >= 1. Fix: pass 1 to keep every "
+            "group, or the default 3."
+        )
+    if adata.shape[0] == 0 or adata.shape[1] == 0:
+        raise DataValidationError(
+            f"adata has shape {adata.shape}; expected at least one cell and one gene. "
+            "Fix: check the filtering that produced it."
+        )
+
+
+def _check_control_cells(adata: Any, labels: Any, control: str, control_n: int, min_cells_per_group: int) -> list[str]:
+    """Refuse too few control cells or only empty ones; a finding when some are empty."""
+    if control_n < min_cells_per_group:
+        raise DataValidationError(
+            f"control {control!r} has {control_n} cells; expected at least min_cells_per_group="
+            f"{min_cells_per_group}. Fix: check the control label or lower min_cells_per_group."
+        )
+    n_empty = _empty_rows(adata.X, np.flatnonzero(np.asarray(labels == control)))
+    if n_empty == control_n:
+        raise DataValidationError(
+            f"all {control_n} control cells ({control!r}) have zero expression in every gene; expected measured "
+            "unperturbed cells (every effect is measured against them). Fix: check that X holds the expression "
+            "(e.g. adata.X = adata.layers['counts']) and that the control label is right."
+        )
+    if n_empty:
+        return [f"{n_empty} of {control_n} control cells have zero expression in every gene (kept; they "
+                "carry no information: filter empty cells first, e.g. sc.pp.filter_cells(min_counts=1))"]
+    return []
+
+
+def _split_groups(counts: Any, control: str, min_cells_per_group: int,
+                  findings: list[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """Perturbation groups kept (label -> cells) and set aside (label -> reason; a finding and a warning)."""
+    perturbations: dict[str, int] = {}
+    dropped: dict[str, str] = {}
+    for label, n in counts.items():
+        if label == control:
+            continue
+        if n < min_cells_per_group:
+            dropped[str(label)] = f"{int(n)} cells < min_cells_per_group={min_cells_per_group}"
+        else:
+            perturbations[str(label)] = int(n)
+    if dropped:
+        msg = (
+            f"{len(dropped)} perturbation group(s) with fewer than {min_cells_per_group} cells set "
+            f"aside (listed in registration.dropped): {_preview(dropped, 8)}"
+        )
+        findings.append(msg)
+        warnings.warn(msg + ". Lower min_cells_per_group to keep them.", DataWarning, stacklevel=3)
+    return perturbations, dropped
+
+
 def register(
     adata: Any,
     *,
@@ -527,28 +593,8 @@ def register(
         NaN/inf or negative values, non-integer counts, counts declared as log, duplicated or
         unmapped Ensembl gene names, non-numeric doses.
     """
-    if not (hasattr(adata, "obs") and hasattr(adata, "var") and hasattr(adata, "X")):
-        raise DataValidationError(
-            f"register() got {type(adata).__name__}; expected an AnnData. "
-            "Fix: load it with bioworld.data.read_h5ad(path) or anndata.AnnData(X, obs, var)."
-        )
-    if input not in ("counts", "log"):
-        raise DataValidationError(
-            f"input={input!r}; expected 'counts' (raw UMI counts) or 'log' (log-normalised). "
-            "Fix: pass one of those."
-        )
-    if int(min_cells_per_group) < 1:
-        raise DataValidationError(
-            f"min_cells_per_group={min_cells_per_group}; expected an integer >= 1. Fix: pass 1 to keep every "
-            "group, or the default 3."
-        )
+    _check_arguments(adata, input, min_cells_per_group)
     n_cells, n_genes = adata.shape
-    if n_cells == 0 or n_genes == 0:
-        raise DataValidationError(
-            f"adata has shape {adata.shape}; expected at least one cell and one gene. "
-            "Fix: check the filtering that produced it."
-        )
-
     labels = _labels_of(adata, perturbation_key)
     _check_control(labels, control, perturbation_key)
     _check_obs_key(adata, dose_key, "dose_key")
@@ -564,37 +610,8 @@ def register(
     counts = labels.value_counts(sort=False)
     counts = counts.sort_values(ascending=False, kind="stable")
     control_n = int(counts[control])
-    if control_n < min_cells_per_group:
-        raise DataValidationError(
-            f"control {control!r} has {control_n} cells; expected at least min_cells_per_group="
-            f"{min_cells_per_group}. Fix: check the control label or lower min_cells_per_group."
-        )
-    n_empty = _empty_rows(adata.X, np.flatnonzero(np.asarray(labels == control)))
-    if n_empty == control_n:
-        raise DataValidationError(
-            f"all {control_n} control cells ({control!r}) have zero expression in every gene; expected measured "
-            "unperturbed cells (every effect is measured against them). Fix: check that X holds the expression "
-            "(e.g. adata.X = adata.layers['counts']) and that the control label is right."
-        )
-    if n_empty:
-        findings.append(f"{n_empty} of {control_n} control cells have zero expression in every gene (kept; they "
-                        "carry no information: filter empty cells first, e.g. sc.pp.filter_cells(min_counts=1))")
-    perturbations: dict[str, int] = {}
-    dropped: dict[str, str] = {}
-    for label, n in counts.items():
-        if label == control:
-            continue
-        if n < min_cells_per_group:
-            dropped[str(label)] = f"{int(n)} cells < min_cells_per_group={min_cells_per_group}"
-        else:
-            perturbations[str(label)] = int(n)
-    if dropped:
-        msg = (
-            f"{len(dropped)} perturbation group(s) with fewer than {min_cells_per_group} cells set "
-            f"aside (listed in registration.dropped): {_preview(dropped, 8)}"
-        )
-        findings.append(msg)
-        warnings.warn(msg + ". Lower min_cells_per_group to keep them.", DataWarning, stacklevel=2)
+    findings += _check_control_cells(adata, labels, control, control_n, min_cells_per_group)
+    perturbations, dropped = _split_groups(counts, control, min_cells_per_group, findings)
     if not perturbations:
         findings.append("no perturbation group besides the control is kept")
     if replicate_key is not None:

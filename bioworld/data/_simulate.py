@@ -452,6 +452,26 @@ def _truth(
     return np.asarray(expr_rows), np.asarray(act_rows)
 
 
+class _GeneColumns:
+    """The per-gene columns of a simulated model, filled gene by gene."""
+
+    def __init__(self) -> None:
+        self.genes: list[str] = []
+        self.gene_pathway: list[int] = []
+        self.role: list[str] = []
+        self.log_base: list[float] = []
+        self.loading: list[float] = []
+        self.shares: list[float] = []
+
+    def add(self, name: str, pathway: int, role: str, log_base: float, *, loading: float = 0.0, share: float = 0.0) -> None:
+        self.genes.append(name)
+        self.gene_pathway.append(pathway)
+        self.role.append(role)
+        self.log_base.append(log_base)
+        self.loading.append(loading)
+        self.shares.append(share)
+
+
 def _build_model(
     rng: np.random.Generator,
     *,
@@ -472,23 +492,13 @@ def _build_model(
             weights[j, k] = sign * rng.uniform(*_EDGE_WEIGHT)
     offset = rng.uniform(*_OFFSET, size=n_pathways)
 
-    genes: list[str] = []
-    gene_pathway: list[int] = []
-    role: list[str] = []
-    log_base: list[float] = []
-    loading: list[float] = []
-    shares: list[float] = []
+    t = _GeneColumns()
     budget = np.zeros(n_pathways)
     driver_idx = np.zeros((n_pathways, n_drivers), dtype=np.int64)
     for k in range(n_pathways):
         for i in range(n_drivers):
-            driver_idx[k, i] = len(genes)
-            genes.append(f"P{k + 1}_DRV{i + 1}")
-            gene_pathway.append(k)
-            role.append("driver")
-            log_base.append(rng.normal(np.log(0.5), 0.3))
-            loading.append(0.0)
-            shares.append(0.0)
+            driver_idx[k, i] = len(t.genes)
+            t.add(f"P{k + 1}_DRV{i + 1}", k, "driver", rng.normal(np.log(0.5), 0.3))
         # footprint: every third gene is repressed, the others induced; the repressed genes share
         # what the induced ones leave of the pathway's fixed budget M_k (see _rates)
         n_up = n_fp - n_fp // 3
@@ -500,44 +510,32 @@ def _build_model(
         budget[k] = top + _REPRESSED_FLOOR * base.sum() if share.size else np.inf
         up_i = down_i = 0
         for i in range(n_fp):
-            genes.append(f"P{k + 1}_FP{i + 1}")
-            gene_pathway.append(k)
-            role.append("footprint")
+            name = f"P{k + 1}_FP{i + 1}"
             if i % 3 == 2:  # repressed
                 pool0 = budget[k] - base.sum()  # repressed pool at the control activity a0_k
-                log_base.append(float(np.log(share[down_i] * pool0)))
-                loading.append(0.0)
-                shares.append(float(share[down_i]))
+                t.add(name, k, "footprint", float(np.log(share[down_i] * pool0)), share=float(share[down_i]))
                 down_i += 1
             else:
-                log_base.append(float(np.log(base[up_i])))
-                loading.append(float(sizes[up_i]))
-                shares.append(0.0)
+                t.add(name, k, "footprint", float(np.log(base[up_i])), loading=float(sizes[up_i]))
                 up_i += 1
-    other_start = len(genes)
-    for i in range(n_other_genes):
-        genes.append(f"OTHER{i + 1}")
-        gene_pathway.append(-1)
-        role.append("other")
-        log_base.append(rng.normal(np.log(_OTHER_BASE), 0.5))  # housekeeping-like, abundant
-        loading.append(0.0)
-        shares.append(0.0)
-
-    n_genes = len(genes)
+    other_start = len(t.genes)
+    for i in range(n_other_genes):  # housekeeping-like, abundant
+        t.add(f"OTHER{i + 1}", -1, "other", rng.normal(np.log(_OTHER_BASE), 0.5))
+    genes, n_genes = t.genes, len(t.genes)
     theta = np.exp(rng.normal(np.log(_THETA_MEDIAN), 0.5, size=n_genes))
     batch = np.exp(rng.normal(0.0, _BATCH_LOG_SD, size=(n_replicates, n_genes)))
     return _Model(
         pathways=pathways,
         genes=genes,
-        gene_pathway=np.asarray(gene_pathway),
-        role=np.asarray(role),
+        gene_pathway=np.asarray(t.gene_pathway),
+        role=np.asarray(t.role),
         driver_idx=driver_idx,
         other_idx=np.arange(other_start, n_genes),
         weights=weights,
         offset=offset,
-        log_base=np.asarray(log_base),
-        loading=np.asarray(loading),
-        repressed_share=np.asarray(shares),
+        log_base=np.asarray(t.log_base),
+        loading=np.asarray(t.loading),
+        repressed_share=np.asarray(t.shares),
         budget=budget,
         theta=theta,
         batch=batch,
@@ -645,6 +643,91 @@ def _check_int(name: str, value: Any, minimum: int, why: str = "") -> None:
 # ------------------------------------------------------------------------------------------------
 # public entry point
 # ------------------------------------------------------------------------------------------------
+_MODEL_CONSTANTS = {  # recorded in uns['simulation']
+    "driver_strength": _DRIVER_STRENGTH,
+    "coupling": _COUPLING,
+    "activity_noise": _ACTIVITY_NOISE,
+    "ko_residual": _KO_RESIDUAL,
+    "silenced_activity": _SILENCED_ACTIVITY,
+    "truth": "expected rates, common random numbers, no count sampling, no batch effect",
+}
+
+
+def _check_arguments(*, n_pathways: int, n_drivers: int, genes_per_pathway: int, n_other_genes: int,
+                     n_cells_per_condition: int, n_control_cells: int, n_replicates: int, n_truth_draws: int,
+                     seed: int, edge_prob: float, library_size: float) -> None:
+    _check_int("n_pathways", n_pathways, 1)
+    _check_int("n_drivers", n_drivers, 1)
+    _check_int("genes_per_pathway", genes_per_pathway, n_drivers + 1, " (the drivers plus at least one footprint gene)")
+    _check_int("n_other_genes", n_other_genes, 0)
+    _check_int("n_cells_per_condition", n_cells_per_condition, 1)
+    _check_int("n_control_cells", n_control_cells, 1)
+    _check_int("n_replicates", n_replicates, 1)
+    _check_int("n_truth_draws", n_truth_draws, 1)
+    _check_int("seed", seed, 0)
+    if not 0.0 <= edge_prob <= 1.0:
+        raise BioworldError(f"edge_prob={edge_prob!r}; expected a probability in [0, 1].")
+    if not library_size > 0:
+        raise BioworldError(f"library_size={library_size!r}; expected a positive number of counts.")
+
+
+def _sample_cells(model: "_Model", conditions: list, cell_rng: np.random.Generator, *, n_replicates: int,
+                  library_size: float, labels: list[str]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Counts ``[cells, G]``, pathway activities ``[cells, K]`` and ``obs`` of ``conditions`` (intervention,
+    number of cells), shuffled; every draw from ``cell_rng`` in a fixed order."""
+    blocks, acts, obs_labels, obs_reps = [], [], [], []
+    for iv, n in conditions:
+        noise = _Noise.draw(cell_rng, n, model)
+        act_t, r = _activities(model, noise, iv)  # [K, n]
+        rate = _rates(model, noise, act_t, r)  # [G, n]
+        comp = (rate / rate.sum(axis=0)).T  # [n, G]
+        act = act_t.T  # [n, K]
+        rep = np.arange(n) % n_replicates
+        lib = library_size * np.exp(_LIBRARY_LOG_SD * cell_rng.standard_normal(n))
+        mu = lib[:, None] * comp * model.batch[rep]  # [n, G] expected counts
+        lam = cell_rng.gamma(shape=model.theta, scale=mu / model.theta)
+        blocks.append(cell_rng.poisson(lam).astype(np.float32))
+        acts.append(act.astype(np.float32))
+        obs_labels += [iv.label] * n
+        obs_reps += [f"rep{r + 1}" for r in rep]
+    order = cell_rng.permutation(len(obs_labels))
+    obs = pd.DataFrame(
+        {
+            "perturbation": pd.Categorical(np.asarray(obs_labels)[order], categories=[CONTROL, *labels]),
+            "replicate": pd.Categorical(np.asarray(obs_reps)[order]),
+        },
+        index=[f"cell{i:06d}" for i in range(len(order))],
+    )
+    return np.vstack(blocks)[order], np.vstack(acts)[order], obs
+
+
+def _gene_frame(model: "_Model") -> pd.DataFrame:
+    """``var``: each gene's pathway (``''`` for none), role and sign (+1 induced, -1 repressed footprint gene)."""
+    return pd.DataFrame(
+        {
+            "pathway": [model.pathways[k] if k >= 0 else "" for k in model.gene_pathway],
+            "role": pd.Categorical(model.role, categories=["driver", "footprint", "other"]),
+            "sign": (np.sign(model.loading) - (model.repressed_share > 0)).astype(np.int8),
+        },
+        index=pd.Index(model.genes),
+    )
+
+
+def _ground_truth(model: "_Model", rng: np.random.Generator, n_draws: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exact expected gene and pathway-activity deltas of every single, pair and silence vs control."""
+    truth_ivs = [
+        _Intervention(),
+        *_resolve_singles("all", model),
+        *[_Intervention(knockouts=tuple(sorted(p))) for p in _all_pairs(model)],
+        *_resolve_silence("all", model),
+    ]
+    noise = _Noise.draw(rng, n_draws, model)
+    expr, act_mean = _truth(model, noise, truth_ivs)
+    index = pd.Index([iv.label for iv in truth_ivs], name="perturbation")
+    return (pd.DataFrame(expr - expr[0], index=index, columns=pd.Index(model.genes)),
+            pd.DataFrame(act_mean - act_mean[0], index=index, columns=pd.Index(model.pathways)))
+
+
 def simulate(
     *,
     n_pathways: int = 8,
@@ -713,20 +796,10 @@ def simulate(
     """
     import anndata as ad
 
-    _check_int("n_pathways", n_pathways, 1)
-    _check_int("n_drivers", n_drivers, 1)
-    _check_int("genes_per_pathway", genes_per_pathway, n_drivers + 1, " (the drivers plus at least one footprint gene)")
-    _check_int("n_other_genes", n_other_genes, 0)
-    _check_int("n_cells_per_condition", n_cells_per_condition, 1)
-    _check_int("n_control_cells", n_control_cells, 1)
-    _check_int("n_replicates", n_replicates, 1)
-    _check_int("n_truth_draws", n_truth_draws, 1)
-    _check_int("seed", seed, 0)
-    if not 0.0 <= edge_prob <= 1.0:
-        raise BioworldError(f"edge_prob={edge_prob!r}; expected a probability in [0, 1].")
-    if not library_size > 0:
-        raise BioworldError(f"library_size={library_size!r}; expected a positive number of counts.")
-
+    _check_arguments(n_pathways=n_pathways, n_drivers=n_drivers, genes_per_pathway=genes_per_pathway,
+                     n_other_genes=n_other_genes, n_cells_per_condition=n_cells_per_condition,
+                     n_control_cells=n_control_cells, n_replicates=n_replicates, n_truth_draws=n_truth_draws,
+                     seed=seed, edge_prob=edge_prob, library_size=library_size)
     model_ss, design_ss, cells_ss, truth_ss = np.random.SeedSequence(seed).spawn(4)
     if cells_seed is not None:
         _check_int("cells_seed", cells_seed, 0)
@@ -754,42 +827,9 @@ def simulate(
         raise BioworldError(f"interventions {duplicated} are requested more than once; list each once.")
 
     # --- cells ----------------------------------------------------------------------------------
-    cell_rng = np.random.default_rng(cells_ss)
     conditions = [(_Intervention(), n_control_cells)] + [(iv, n_cells_per_condition) for iv in sampled]
-    blocks, acts, obs_labels, obs_reps = [], [], [], []
-    for iv, n in conditions:
-        noise = _Noise.draw(cell_rng, n, model)
-        act_t, r = _activities(model, noise, iv)  # [K, n]
-        rate = _rates(model, noise, act_t, r)  # [G, n]
-        comp = (rate / rate.sum(axis=0)).T  # [n, G]
-        act = act_t.T  # [n, K]
-        rep = np.arange(n) % n_replicates
-        lib = library_size * np.exp(_LIBRARY_LOG_SD * cell_rng.standard_normal(n))
-        mu = lib[:, None] * comp * model.batch[rep]  # [n, G] expected counts
-        lam = cell_rng.gamma(shape=model.theta, scale=mu / model.theta)
-        blocks.append(cell_rng.poisson(lam).astype(np.float32))
-        acts.append(act.astype(np.float32))
-        obs_labels += [iv.label] * n
-        obs_reps += [f"rep{r + 1}" for r in rep]
-    order = cell_rng.permutation(len(obs_labels))
-    counts = np.vstack(blocks)[order]
-    activity = np.vstack(acts)[order]
-
-    obs = pd.DataFrame(
-        {
-            "perturbation": pd.Categorical(np.asarray(obs_labels)[order], categories=[CONTROL, *labels]),
-            "replicate": pd.Categorical(np.asarray(obs_reps)[order]),
-        },
-        index=[f"cell{i:06d}" for i in range(len(order))],
-    )
-    var = pd.DataFrame(
-        {
-            "pathway": [model.pathways[k] if k >= 0 else "" for k in model.gene_pathway],
-            "role": pd.Categorical(model.role, categories=["driver", "footprint", "other"]),
-            "sign": (np.sign(model.loading) - (model.repressed_share > 0)).astype(np.int8),
-        },
-        index=pd.Index(model.genes),
-    )
+    counts, activity, obs = _sample_cells(model, conditions, np.random.default_rng(cells_ss),
+                                          n_replicates=n_replicates, library_size=library_size, labels=labels)
     params: dict[str, Any] = {
         "n_pathways": n_pathways,
         "genes_per_pathway": genes_per_pathway,
@@ -805,40 +845,13 @@ def simulate(
         "cells_seed": None if cells_seed is None else int(cells_seed),
         "sampled": labels,
         "pathways": list(model.pathways),
-        "driver_strength": _DRIVER_STRENGTH,
-        "coupling": _COUPLING,
-        "activity_noise": _ACTIVITY_NOISE,
-        "ko_residual": _KO_RESIDUAL,
-        "silenced_activity": _SILENCED_ACTIVITY,
-        "truth": "expected rates, common random numbers, no count sampling, no batch effect",
+        **_MODEL_CONSTANTS,
     }
-    adata = ad.AnnData(X=sp.csr_matrix(counts, dtype=np.float32), obs=obs, var=var)
+    adata = ad.AnnData(X=sp.csr_matrix(counts, dtype=np.float32), obs=obs, var=_gene_frame(model))
     adata.obsm["sim_activity"] = activity
     adata.uns["simulation"] = params
-
-    # --- ground truth ---------------------------------------------------------------------------
-    truth_ivs = [
-        _Intervention(),
-        *_resolve_singles("all", model),
-        *[_Intervention(knockouts=tuple(sorted(p))) for p in _all_pairs(model)],
-        *_resolve_silence("all", model),
-    ]
-    noise = _Noise.draw(np.random.default_rng(truth_ss), n_truth_draws, model)
-    expr, act_mean = _truth(model, noise, truth_ivs)
-    index = pd.Index([iv.label for iv in truth_ivs], name="perturbation")
-    truth_delta = pd.DataFrame(expr - expr[0], index=index, columns=pd.Index(model.genes))
-    truth_entity = pd.DataFrame(act_mean - act_mean[0], index=index, columns=pd.Index(model.pathways))
-
+    truth_delta, truth_entity = _ground_truth(model, np.random.default_rng(truth_ss), n_truth_draws)
     gmt = {p: [g for g, k in zip(model.genes, model.gene_pathway) if k == i] for i, p in enumerate(model.pathways)}
-    dag = [
-        (model.pathways[j], model.pathways[k], float(model.weights[j, k]))
-        for j, k in zip(*np.nonzero(model.weights))
-    ]
-    return SimulationResult(
-        adata=adata,
-        gmt=gmt,
-        dag=dag,
-        truth_delta=truth_delta,
-        truth_entity_delta=truth_entity,
-        params=params,
-    )
+    dag = [(model.pathways[j], model.pathways[k], float(model.weights[j, k])) for j, k in zip(*np.nonzero(model.weights))]
+    return SimulationResult(adata=adata, gmt=gmt, dag=dag, truth_delta=truth_delta, truth_entity_delta=truth_entity,
+                            params=params)

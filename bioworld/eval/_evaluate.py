@@ -146,26 +146,10 @@ def evaluate(
     value``), ``attrs['skipped']`` ``{label: reason}`` for test labels that were not scored and
     ``attrs['notes']`` how the baselines were fitted.
     """
-    from bioworld.data import normalize
-
-    if adata is None or not hasattr(adata, "obs"):
-        raise DataValidationError(f"evaluate() got {type(adata).__name__} as test data; expected an AnnData")
-    adata = adata.copy() if not getattr(adata, "isbacked", False) else adata.to_memory()
     given = {"perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
              "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key, "input": input,
              "min_cells_per_group": min_cells_per_group}
-    reg, key = _test_registration(adata, model, given)
-    base = _base_model(model)
-    if reg.input != base.registration.input:
-        raise DataValidationError(
-            f"the test data are registered as input={reg.input!r} but the model was trained on "
-            f"input={base.registration.input!r}; expected the same scale. Fix: pass input={base.registration.input!r}."
-        )
-    test = _on_panel(adata[reg.keep_mask(adata)].copy(), model, reg)
-    from dataclasses import replace
-
-    X = normalize(test, replace(reg, n_genes=test.n_vars, n_cells=test.n_obs)).astype(np.float64)
-    labels = test.obs[key].astype(str).to_numpy()
+    test, reg, X, labels, base = _test_cells(adata, model, given)
     control_label = reg.control
     obs, _ = mean_deltas(X, labels, control_label)
     if not obs:
@@ -174,21 +158,7 @@ def evaluate(
             "Fix: pass data with perturbations (and controls)."
         )
     trained = set(base.train_labels)
-    model_control = base.control
-
-    def as_model_label(lab: str) -> str:
-        return model_control if lab == control_label else lab
-
-    # ---- the model's predictions (labels it cannot answer are listed, never silently dropped)
-    pred: dict[str, np.ndarray] = {}
-    skipped: dict[str, str] = {}
-    for lab in obs:
-        try:
-            p = model.predict([as_model_label(lab)])
-        except BioworldError as e:
-            skipped[lab] = str(e).splitlines()[0]
-            continue
-        pred[lab] = np.asarray(p.layers["delta"], dtype=np.float64)[0]
+    pred, skipped = _model_deltas(model, obs, control_label, base.control)
     if not pred:
         raise BioworldError(
             f"the model can predict none of the {len(obs)} test perturbations (e.g. {list(skipped.items())[:2]}); "
@@ -198,23 +168,7 @@ def evaluate(
     reference = np.mean(list(obs.values()), axis=0)
     notes: list[str] = []
 
-    # ---- baselines
-    if train_data is not None:
-        train_data = train_data.copy()  # name + dose columns may get their NAME@DOSE column
-        treg, tkey = _test_registration(train_data, model, {**given, "min_cells_per_group": 1})
-        tdata = _on_panel(train_data[treg.keep_mask(train_data)].copy(), model, treg)
-        TX = normalize(tdata, replace(treg, n_genes=tdata.n_vars, n_cells=tdata.n_obs)).astype(np.float64)
-        train_deltas, _ = mean_deltas(TX, tdata.obs[tkey].astype(str).to_numpy(), treg.control)
-        train_deltas = {lab: d for lab, d in train_deltas.items() if lab in trained}
-        notes.append(f"MeanOfTrain: mean of the observed deltas of {len(train_deltas)} training perturbations "
-                     "in the given training data")
-    else:
-        train_deltas = {lab: d for lab, d in obs.items() if lab in trained}
-        if train_deltas:
-            notes.append(f"MeanOfTrain: mean of the test data's observed deltas of the {len(train_deltas)} "
-                         "perturbations the model trained on (pass the training data for the benchmark's baseline)")
-        else:
-            notes.append("MeanOfTrain: not scored (no training data given and no training perturbation in the test data)")
+    train_deltas = _train_deltas(train_data, model, given, obs, trained, notes)
     ctx = FitContext(control=control_label)
     methods: dict[str, dict[str, np.ndarray]] = {MODEL_METHOD: pred}
     with warnings.catch_warnings():
@@ -223,17 +177,7 @@ def evaluate(
         if train_deltas:
             methods["MeanOfTrain"] = MeanOfTrain().fit(train_deltas, ctx).predict(list(pred))
 
-    frames = []
-    for method, p in methods.items():
-        for split in SPLITS:
-            labs = [lab for lab in p if split_of[lab] == split]
-            if not labs:
-                continue
-            if method == "MeanOfTrain" and split == "seen" and train_data is None:
-                continue  # fitted on these very deltas
-            s = score_deltas({lab: np.asarray(p[lab], np.float64) for lab in labs}, obs, k=k, reference=reference,
-                             candidates=obs)
-            frames.append(s.assign(method=method, split=split))
+    frames = _method_scores(methods, split_of, obs, k=k, reference=reference, train_given=train_data is not None)
     ceiling = split_half_ceiling(X, labels, control_label, seed, k=k, reference=reference, restrict=list(pred))
     if len(ceiling):
         frames.append(ceiling.assign(method=CEILING, split=ceiling["perturbation"].map(split_of)))
@@ -241,11 +185,7 @@ def evaluate(
     if few:
         notes.append(f"ceiling: {len(few)} perturbation(s) with fewer than 2 test cells have no split-half ceiling")
     scores = pd.concat(frames, ignore_index=True)[["split", "method", "perturbation", "metric", "value"]]
-    summary = (scores.groupby(["split", "method", "metric"], sort=False)["value"]
-               .agg(mean="mean", sd="std", n="count").reset_index())
-    order = {m: i for i, m in enumerate([MODEL_METHOD, "MeanOfTrain", "NoChange", CEILING])}
-    summary = summary.sort_values(["split", "method"], key=lambda c: c.map(order) if c.name == "method" else
-                                  c.map({"unseen": 0, "seen": 1}), kind="stable").reset_index(drop=True)
+    summary = _summarize(scores)
     summary.attrs.update(scores=scores, skipped=skipped, notes=notes,
                          n_test_cells=int(test.n_obs), n_perturbations=len(pred))
     if skipped:
@@ -258,6 +198,98 @@ def evaluate(
         _atomic_csv(summary, d / EVALUATION)
         _atomic_csv(scores, d / EVALUATION_SCORES)
     return summary
+
+
+def _test_cells(adata: Any, model: Any, given: dict[str, Any]) -> tuple[Any, Any, np.ndarray, np.ndarray, Any]:
+    """The test cells registered, on the model's panel and scale: ``(cells, registration, X [cells, G], labels,
+    the model itself or an ensemble's first member)``."""
+    from dataclasses import replace
+
+    from bioworld.data import normalize
+
+    if adata is None or not hasattr(adata, "obs"):
+        raise DataValidationError(f"evaluate() got {type(adata).__name__} as test data; expected an AnnData")
+    adata = adata.copy() if not getattr(adata, "isbacked", False) else adata.to_memory()
+    reg, key = _test_registration(adata, model, given)
+    base = _base_model(model)
+    if reg.input != base.registration.input:
+        raise DataValidationError(
+            f"the test data are registered as input={reg.input!r} but the model was trained on "
+            f"input={base.registration.input!r}; expected the same scale. Fix: pass input={base.registration.input!r}."
+        )
+    test = _on_panel(adata[reg.keep_mask(adata)].copy(), model, reg)
+    X = normalize(test, replace(reg, n_genes=test.n_vars, n_cells=test.n_obs)).astype(np.float64)
+    return test, reg, X, test.obs[key].astype(str).to_numpy(), base
+
+
+def _model_deltas(model: Any, obs: dict[str, np.ndarray], control_label: str, model_control: str
+                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The model's predicted delta of every observed label; labels it cannot answer are listed, never
+    silently dropped (label -> the first line of the reason)."""
+    pred: dict[str, np.ndarray] = {}
+    skipped: dict[str, str] = {}
+    for lab in obs:
+        try:
+            p = model.predict([model_control if lab == control_label else lab])
+        except BioworldError as e:
+            skipped[lab] = str(e).splitlines()[0]
+            continue
+        pred[lab] = np.asarray(p.layers["delta"], dtype=np.float64)[0]
+    return pred, skipped
+
+
+def _train_deltas(train_data: Any, model: Any, given: dict[str, Any], obs: dict[str, np.ndarray], trained: set[str],
+                  notes: list[str]) -> dict[str, np.ndarray]:
+    """The observed deltas the MeanOfTrain baseline averages (from ``train_data`` when given, else the test
+    data's deltas of trained perturbations); how they were chosen goes into ``notes``."""
+    from dataclasses import replace
+
+    from bioworld.data import normalize
+
+    if train_data is not None:
+        train_data = train_data.copy()  # name + dose columns may get their NAME@DOSE column
+        treg, tkey = _test_registration(train_data, model, {**given, "min_cells_per_group": 1})
+        tdata = _on_panel(train_data[treg.keep_mask(train_data)].copy(), model, treg)
+        TX = normalize(tdata, replace(treg, n_genes=tdata.n_vars, n_cells=tdata.n_obs)).astype(np.float64)
+        train_deltas, _ = mean_deltas(TX, tdata.obs[tkey].astype(str).to_numpy(), treg.control)
+        train_deltas = {lab: d for lab, d in train_deltas.items() if lab in trained}
+        notes.append(f"MeanOfTrain: mean of the observed deltas of {len(train_deltas)} training perturbations "
+                     "in the given training data")
+        return train_deltas
+    train_deltas = {lab: d for lab, d in obs.items() if lab in trained}
+    if train_deltas:
+        notes.append(f"MeanOfTrain: mean of the test data's observed deltas of the {len(train_deltas)} "
+                     "perturbations the model trained on (pass the training data for the benchmark's baseline)")
+    else:
+        notes.append("MeanOfTrain: not scored (no training data given and no training perturbation in the test data)")
+    return train_deltas
+
+
+def _method_scores(methods: dict[str, dict[str, np.ndarray]], split_of: dict[str, str], obs: dict[str, np.ndarray],
+                   *, k: int, reference: np.ndarray, train_given: bool) -> list[pd.DataFrame]:
+    """Per method and split, the per-perturbation scores (MeanOfTrain is not scored on the seen
+    perturbations when it was fitted on their very deltas)."""
+    frames = []
+    for method, p in methods.items():
+        for split in SPLITS:
+            labs = [lab for lab in p if split_of[lab] == split]
+            if not labs:
+                continue
+            if method == "MeanOfTrain" and split == "seen" and not train_given:
+                continue  # fitted on these very deltas
+            s = score_deltas({lab: np.asarray(p[lab], np.float64) for lab in labs}, obs, k=k, reference=reference,
+                             candidates=obs)
+            frames.append(s.assign(method=method, split=split))
+    return frames
+
+
+def _summarize(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sd and count per split x method x metric, the model first and the ceiling last."""
+    summary = (scores.groupby(["split", "method", "metric"], sort=False)["value"]
+               .agg(mean="mean", sd="std", n="count").reset_index())
+    order = {m: i for i, m in enumerate([MODEL_METHOD, "MeanOfTrain", "NoChange", CEILING])}
+    return summary.sort_values(["split", "method"], key=lambda c: c.map(order) if c.name == "method" else
+                               c.map({"unseen": 0, "seen": 1}), kind="stable").reset_index(drop=True)
 
 
 def format_evaluation(summary: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:

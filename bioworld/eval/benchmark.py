@@ -468,6 +468,35 @@ def _sim_entities(gmt: Mapping[str, Sequence[str]]):
     return EntitySet([Entity(name, tuple(genes), tuple(1.0 for _ in genes), "simulator") for name, genes in gmt.items()])
 
 
+def _simulator_jobs(seeds: Sequence[int], splits: Sequence[str], labels: np.ndarray, sampled: list[str],
+                    comps: Mapping[str, Any], truth: Mapping[str, np.ndarray], *, n_folds: int,
+                    max_unsampled_doubles: int | None) -> list[tuple[str, int, int, list[str], list[str]]]:
+    """``(split, fold, seed, holdout, test)`` of every simulator model to train (see :func:`run_simulator`)."""
+    from bioworld.data import unseen_combinations
+
+    drivers = sorted({c.target for lab in sampled for c in comps[lab].components if c.kind == "ko"})
+    singles_truth = [lab for lab in truth if len(comps[lab].components) == 1 and comps[lab].components[0].kind == "ko"]
+    doubles_truth = [lab for lab in truth if len(comps[lab].components) == 2]
+    jobs: list[tuple[str, int, int, list[str], list[str]]] = []
+    for seed in seeds:
+        if "unseen_singles" in splits:
+            order = np.random.default_rng(seed).permutation(len(drivers))
+            for fold, chunk in enumerate(np.array_split(order, n_folds)):
+                held = {drivers[i] for i in chunk}
+                holdout = [lab for lab in sampled if {c.target for c in comps[lab].components} & held]
+                test = [lab for lab in singles_truth if comps[lab].components[0].target in held]
+                jobs.append(("unseen_singles", fold, seed, holdout, test))
+        if "unseen_doubles" in splits:
+            sp = unseen_combinations(labels, frac=0.5, seed=seed)
+            extra = sorted(lab for lab in doubles_truth if lab not in set(sampled))
+            if max_unsampled_doubles is not None and len(extra) > max_unsampled_doubles:
+                pick = np.random.default_rng(seed).choice(len(extra), max_unsampled_doubles, replace=False)
+                extra = [extra[i] for i in sorted(pick)]
+            test = sorted(set(sp.test) | set(extra))
+            jobs.append(("unseen_doubles", 0, seed, list(sp.test), test))
+    return jobs
+
+
 def run_simulator(
     *,
     seeds: Sequence[int] = (0,),
@@ -501,10 +530,9 @@ def run_simulator(
     held-out labels' own sampled cells (where sampled) scored against the truth.
     """
     from bioworld.actions import parse_action
-    from bioworld.data import normalize, register, simulate, unseen_combinations
+    from bioworld.data import normalize, register, simulate
 
-    if quick:
-        steps = 150 if steps is None else steps
+    steps = 150 if quick and steps is None else steps
     unknown = sorted(set(splits) - {"unseen_singles", "unseen_doubles"})
     if unknown:
         raise BioworldError(f"unknown simulator splits {unknown}; expected 'unseen_singles' and/or 'unseen_doubles'")
@@ -526,27 +554,9 @@ def run_simulator(
     entities = _sim_entities(sim.gmt)
     emb = knowledge_embedding([entities], dim=min(8, len(entities)), seed=0)
     comps = {lab: parse_action(lab) for lab in set(truth) | set(sampled)}
-    drivers = sorted({c.target for lab in sampled for c in comps[lab].components if c.kind == "ko"})
-    singles_truth = [lab for lab in truth if len(comps[lab].components) == 1 and comps[lab].components[0].kind == "ko"]
-    doubles_truth = [lab for lab in truth if len(comps[lab].components) == 2]
 
-    jobs: list[tuple[str, int, int, list[str], list[str]]] = []  # split, fold, seed, holdout, test
-    for seed in seeds:
-        if "unseen_singles" in splits:
-            order = np.random.default_rng(seed).permutation(len(drivers))
-            for fold, chunk in enumerate(np.array_split(order, n_folds)):
-                held = {drivers[i] for i in chunk}
-                holdout = [lab for lab in sampled if {c.target for c in comps[lab].components} & held]
-                test = [lab for lab in singles_truth if comps[lab].components[0].target in held]
-                jobs.append(("unseen_singles", fold, seed, holdout, test))
-        if "unseen_doubles" in splits:
-            sp = unseen_combinations(labels, frac=0.5, seed=seed)
-            extra = sorted(lab for lab in doubles_truth if lab not in set(sampled))
-            if max_unsampled_doubles is not None and len(extra) > max_unsampled_doubles:
-                pick = np.random.default_rng(seed).choice(len(extra), max_unsampled_doubles, replace=False)
-                extra = [extra[i] for i in sorted(pick)]
-            test = sorted(set(sp.test) | set(extra))
-            jobs.append(("unseen_doubles", 0, seed, list(sp.test), test))
+    jobs = _simulator_jobs(seeds, splits, labels, sampled, comps, truth, n_folds=n_folds,
+                           max_unsampled_doubles=max_unsampled_doubles)
     total = sum((4 if job[0] == "unseen_singles" else 5) + int(world_model) for job in jobs)
     bar = _progress(total, "simulator", progress)
     for split, fold, seed, holdout, test in jobs:
@@ -556,9 +566,7 @@ def run_simulator(
         ctx = FitContext(control="control", target_embedding=emb,
                          expression=_train_expression(X, labels, train_cells, seed))
         bases: list[Baseline] = [NoChange(), MeanOfTrain(), LinearEmbedding(n_gene_pcs=10)]
-        if split == "unseen_doubles":
-            bases.append(Additive())
-        for base in bases:
+        for base in bases + ([Additive()] if split == "unseen_doubles" else []):
             pred, wall = _fit_predict(base, train, ctx, test)
             col.add(base.name, split, fold, seed, pred, truth, k=k, reference=reference, candidates=truth, wall_s=wall)
             bar.update(1)
@@ -578,9 +586,12 @@ def run_simulator(
     bar.close()
     if out is not None:
         col.write_predictions(Path(out))
-    df = col.frame()
-    df.attrs["note"] = ("Scored against the simulator's exact truth (truth_delta), not against sampled cells: "
-                        "the 'observed delta' of the metric definitions is the true delta here.")
+    return col.frame().pipe(_with_note, "Scored against the simulator's exact truth (truth_delta), not against "
+                            "sampled cells: the 'observed delta' of the metric definitions is the true delta here.")
+
+
+def _with_note(df: pd.DataFrame, note: str) -> pd.DataFrame:
+    df.attrs["note"] = note
     return df
 
 

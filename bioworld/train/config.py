@@ -8,7 +8,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from bioworld.data.collate import MaskingConfig
 from bioworld.errors import BioworldError
+from bioworld.model.jepa import LossWeights
+
+# masking and loss defaults are written once, in their own dataclasses; the flat fields below read them
+_MASK, _LOSS = MaskingConfig(), LossWeights()
 
 
 @dataclass(frozen=True)
@@ -37,19 +42,19 @@ class TrainConfig:
     groups_per_batch: int = 8  # perturbation groups per batch (transition pairs)
     cells_per_group: int = 12  # perturbed cells drawn per group
     self_pairs: int = 32  # control cells per batch for pure masked-entity prediction
-    mask_mode: str = "entity"  # "entity" (method) | "gene" (patch-style ablation) | "none" (ablation)
-    self_mask_ratio: tuple[float, float] = (0.15, 0.5)  # fraction of slots hidden in self pairs
-    transition_mask_ratio: tuple[float, float] = (0.0, 0.25)  # fraction hidden in perturbation pairs
-    structured_mask_prob: float = 0.5  # P(hide all slots the action touches)
+    mask_mode: str = _MASK.mode  # "entity" (method) | "gene" (patch-style ablation) | "none" (ablation)
+    self_mask_ratio: tuple[float, float] = _MASK.self_ratio  # fraction of slots hidden in self pairs
+    transition_mask_ratio: tuple[float, float] = _MASK.transition_ratio  # fraction hidden in perturbation pairs
+    structured_mask_prob: float = _MASK.structured_prob  # P(hide all slots the action touches)
     clamp_prob: float = 0.0  # P(a transition becomes a do()-transition: touched slots clamped to the perturbed latents, action withheld)
-    # loss weights (see bioworld.model.jepa.LossWeights)
-    w_latent: float = 1.0
-    w_expr: float = 1.0
-    w_energy: float = 0.5
-    w_recon: float = 1.0
-    w_score: float = 0.1
-    w_variance: float = 1.0
-    w_covariance: float = 0.04
+    # loss weights (defaults and meaning: bioworld.model.jepa.LossWeights)
+    w_latent: float = _LOSS.latent
+    w_expr: float = _LOSS.expr
+    w_energy: float = _LOSS.energy
+    w_recon: float = _LOSS.recon
+    w_score: float = _LOSS.score
+    w_variance: float = _LOSS.variance
+    w_covariance: float = _LOSS.covariance
     # collapse monitor: stop when the target latents' mean per-slot std stays below this
     collapse_std: float = 1e-3
     collapse_patience: int = 50  # consecutive steps under collapse_std before stopping
