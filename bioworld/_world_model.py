@@ -134,17 +134,20 @@ class WorldModel:
         """Train the JEPA. ``overrides`` replace :class:`TrainConfig` fields (e.g. ``max_steps=300``)."""
         from bioworld.train import TrainConfig
         from bioworld.train.fit_check import record_fit
-        from bioworld.train.setup import single_effects, train_state
+        from bioworld.train.setup import combination_prior, single_effects, train_state
 
         if self._data is None:
             raise BioworldError("this model was loaded from disk without its training data; create a new WorldModel to train")
         if overrides:
             self.train_config = TrainConfig.from_dict({**self.train_config.to_dict(), **overrides})
         train_state(self._state, self._data, state_dir=state_dir, progress=progress)
-        self.single_effects, self._engine = {}, None
+        self.single_effects, self.combination_prior, self._engine = {}, None, None
         if self._data.in_memory:
             record_fit(self.training_fit(), self.meta, self.findings)  # the model's own answers, before anchoring
             self.single_effects = single_effects(self._state, self._data)
+            prior = combination_prior(self._state, self._data, self.single_effects)
+            self.combination_prior = None if prior is None else prior[0]
+            self.meta["combination_prior_n"] = 0 if prior is None else prior[1]
             self._engine = None  # the query engine is rebuilt with them
         return self
 
@@ -191,7 +194,8 @@ class WorldModel:
 
             self._engine = Engine(m, self.space, self.reference, self.membership, self.train_labels,
                                   inactive_quantile=INACTIVE_QUANTILE,
-                                  single_effects={c: row for c, (_, row) in self.single_effects.items()})
+                                  single_effects={c: row for c, (_, row) in self.single_effects.items()},
+                                  combination_prior=self.combination_prior)
         return self._engine
 
     def _view(self):

@@ -320,6 +320,33 @@ def test_combinations_are_anchored_on_the_observed_single_effects(tiny_trained, 
     assert np.allclose(back.predict([pair]).layers["delta"], anchored[:1], atol=1e-6)
 
 
+def test_untrained_combinations_get_the_shrunk_mean_departure_of_the_trained_ones(tiny_trained, tmp_path):
+    wm = tiny_trained
+    held = next(lab for lab in wm.holdout if "+" in lab)
+    trained = [lab for lab in wm.train_labels if "+" in lab]
+    assert trained and wm.meta["combination_prior_n"] == len(trained)
+    # the prior from the data, independently of the code under test
+    X, labels = wm._data.X, wm._data.labels
+    ctrl = X[labels == wm.control].mean(0)
+    obs = {lab: X[labels == lab].mean(0) - ctrl for lab in set(labels)}
+    dep = np.mean([obs[lab] - sum(obs[c] for c in lab.split("+")) for lab in trained], axis=0)
+    n = len(trained)
+    assert np.allclose(wm.combination_prior, dep * n / (n + 1), atol=1e-5)
+    a, b = held.split("+")
+    got = wm.predict([held]).layers["delta"][0]
+    assert np.allclose(got, (obs[a] + obs[b] + dep * n / (n + 1)) * wm.sd, atol=1e-4)  # not the learned term
+    # a trained combination keeps its learned interaction term (test above), and the prior survives save/load
+    wm.save(tmp_path / "m")
+    back = bw.WorldModel.load(tmp_path / "m")
+    assert np.allclose(back.combination_prior, wm.combination_prior)
+    assert np.allclose(back.predict([held]).layers["delta"][0], got, atol=1e-6)
+    prior, wm.combination_prior, wm._engine = wm.combination_prior, None, None
+    try:  # without a prior: the learned term, so the answer differs
+        assert not np.allclose(wm.predict([held]).layers["delta"][0], got, atol=1e-4)
+    finally:
+        wm.combination_prior, wm._engine = prior, None
+
+
 def _raw_plain(wm, label):
     """The model's own mean change for ``label`` with the interaction term off, not anchored."""
     effects, wm.single_effects, wm._engine = wm.single_effects, {}, None

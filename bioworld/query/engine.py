@@ -63,14 +63,18 @@ class Candidates:
     table: ActionArrays  # [C] rows (the control action for do-operations)
     clamp: np.ndarray  # [C, E] bool, entities silenced by a do-operation
     anchor: dict[int, np.ndarray] | None = None  # candidate -> summed observed single effects [G] (combinations)
+    # anchored candidates whose anchor already holds their departure from additivity (untrained
+    # combinations: + the combination prior), so the model's own interaction term is not added
+    anchor_full: frozenset[int] = frozenset()
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __add__(self, other: "Candidates") -> "Candidates":
         anchor = {**(self.anchor or {}), **{len(self) + i: v for i, v in (other.anchor or {}).items()}}
+        full = self.anchor_full | {len(self) + i for i in other.anchor_full}
         return Candidates(self.labels + other.labels, ActionArrays.concat([self.table, other.table]),
-                          np.concatenate([self.clamp, other.clamp]), anchor or None)
+                          np.concatenate([self.clamp, other.clamp]), anchor or None, frozenset(full))
 
 
 @dataclass
@@ -104,9 +108,12 @@ class Engine:
 
     def __init__(self, module: JEPA, space: Any, reference: np.ndarray, membership: np.ndarray,
                  trained: Iterable[str], *, inactive_quantile: float,
-                 single_effects: dict[Any, np.ndarray] | None = None) -> None:
+                 single_effects: dict[Any, np.ndarray] | None = None,
+                 combination_prior: np.ndarray | None = None) -> None:
         self.module = module
         self.single_effects = dict(single_effects or {})  # trained single component -> observed effect [G]
+        # untrained combinations: their expected departure from additivity [G] (None: the learned interaction term)
+        self.combination_prior = combination_prior
         self.space = space
         self.reference = reference
         self.membership = membership
@@ -166,8 +173,12 @@ class Engine:
         anchor = {i: np.sum([self.single_effects[c] for c in a.components], axis=0)
                   for i, a in enumerate(actions)
                   if len(a.components) >= 2 and not clamp[i].any() and all(c in self.single_effects for c in a.components)}
+        full = frozenset() if self.combination_prior is None else frozenset(
+            i for i in anchor if actions[i].label not in self.trained)
+        for i in full:
+            anchor[i] = anchor[i] + self.combination_prior
         return Candidates([a.label for a in actions] if labels is None else list(labels), self.space.encode(rows), clamp,
-                          anchor or None)
+                          anchor or None, full)
 
     def _do_entities(self, a: Action) -> list[int] | None:
         """The entities a do-operation silences for ``a``, or ``None`` when ``a`` is its learned action."""
@@ -262,26 +273,32 @@ class Engine:
     def _anchor_offsets(self, cache: CellCache, cands: Candidates, terms: dict, per: int) -> dict[int, torch.Tensor]:
         """Combinations built on the observed effects of their components: per anchored candidate, the
         shift ``[G]`` that makes its mean predicted change = the sum of its components' observed
-        single effects + the learned interaction term (the model's mean change minus the same with
-        the interaction term off, i.e. purely additive latent slots). Without a learned interaction
-        the answer is the additive composition of the known effects. Simulator unseen doubles:
-        benchmarks/results/doubles/DOUBLES.md."""
+        single effects + a departure from additivity. A trained combination keeps the learned
+        interaction term (the model's mean change minus the same with the interaction term off, i.e.
+        purely additive latent slots); an untrained one gets the combination prior (the shrunk mean
+        departure of the trained combinations, ``anchor_full``) when the model has one, since the
+        learned term did not carry to unseen doubles (benchmarks/results/doubles/DOUBLES.md). Without
+        either the answer is the additive composition of the known effects."""
         if not cands.anchor:
             return {}
-        idx = np.array(sorted(cands.anchor))
         n = len(cache)
-        out = {}
-        before, self.module.use_interaction = self.module.use_interaction, False
-        try:
-            for s in range(0, len(idx), per):
-                part = idx[s:s + per]
-                x_plain, _ = self._pass(cache, cands, part, terms)
-                mean_plain = (x_plain.reshape(len(part), n, -1) - cache.x_base[None]).mean(1)
-                for k, i in enumerate(part):
-                    out[int(i)] = (torch.from_numpy(np.asarray(cands.anchor[int(i)], dtype=np.float32)).to(self.device)
-                                   - mean_plain[k])
-        finally:
-            self.module.use_interaction = before
+        out: dict[int, torch.Tensor] = {}
+
+        def offsets(idx: list[int], interaction: bool) -> None:
+            before, self.module.use_interaction = self.module.use_interaction, interaction and self.module.use_interaction
+            try:
+                for s in range(0, len(idx), per):
+                    part = np.asarray(idx[s:s + per])
+                    x_new, _ = self._pass(cache, cands, part, terms)
+                    mean = (x_new.reshape(len(part), n, -1) - cache.x_base[None]).mean(1)
+                    for k, i in enumerate(part):
+                        out[int(i)] = (torch.from_numpy(np.asarray(cands.anchor[int(i)], dtype=np.float32)).to(self.device)
+                                       - mean[k])
+            finally:
+                self.module.use_interaction = before
+
+        offsets([i for i in sorted(cands.anchor) if i not in cands.anchor_full], interaction=False)
+        offsets(sorted(cands.anchor_full), interaction=True)  # the main pass's own mean is replaced whole
         return out
 
     def _pass(self, cache: CellCache, cands: Candidates, idx: np.ndarray,

@@ -52,6 +52,7 @@ class ModelState:
     findings: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     single_effects: dict[Any, tuple[str, np.ndarray]] = field(default_factory=dict)  # component -> (label, [G])
+    combination_prior: np.ndarray | None = None  # [G] untrained combinations' expected departure from additivity
     module: JEPA | None = None
     train_result: TrainResult | None = None
     evaluation: Any = None  # held-out summary read back from the model folder (bioworld.eval)
@@ -82,6 +83,8 @@ class ModelState:
         effects = self.single_effects or {}
         if effects:
             tensors["single_effects"] = torch.from_numpy(np.stack([v[1] for v in effects.values()]))
+        if self.combination_prior is not None:
+            tensors["combination_prior"] = torch.from_numpy(np.asarray(self.combination_prior, np.float32))
         tr = self.train_result
         meta = {
             "model_config": self.model_config.to_dict(), "train_config": self.train_config.to_dict(),
@@ -134,6 +137,7 @@ class ModelState:
             **fields, membership=membership, mu=tensors["norm.mu"].numpy(), sd=tensors["norm.sd"].numpy(),
             reference=tensors["reference"].numpy(), space=space,
             single_effects=_single_effects(tensors, meta, space, fields["train_labels"], G, directory),
+            combination_prior=_combination_prior(tensors, G, directory),
             module=_module(fields["model_config"], membership, tensors, directory),
             train_result=None if tr is None else TrainResult(**tr),
         )
@@ -210,3 +214,14 @@ def _module(cfg: JEPAConfig, membership: np.ndarray, tensors: Mapping[str, torch
     module.load_state_dict(state)
     module.eval()
     return module
+
+
+def _combination_prior(tensors: Mapping[str, torch.Tensor], G: int, directory: Any) -> np.ndarray | None:
+    """The stored ``combination_prior`` ``[G]`` (finite), or None for a model without one."""
+    t = tensors.get("combination_prior")
+    if t is None:
+        return None
+    if tuple(t.shape) != (G,) or not bool(torch.isfinite(t).all()):
+        raise CheckpointError(f"{directory}: tensor 'combination_prior' has shape {tuple(t.shape)} or non-finite values; "
+                              f"expected {G} finite values, one per gene. The checkpoint is corrupt: retrain or restore it.")
+    return t.numpy().astype(np.float32)
