@@ -62,6 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results" / "design"
 STRATEGIES = ("random", "knowledge", "information", "discovery", "mix")
+#: A variant tried on top (not a bw.design strategy): information with knowledge_prior=1 (errors shared by
+#: candidates alike in action features, sized by their predicted effect).
+KPRIOR = "information+kprior"
 CSV = "design.csv"
 
 
@@ -86,6 +89,7 @@ class JepaTask:
         self.cfg = dict(groups_per_batch=6, cells_per_group=8, self_pairs=16, num_threads=1, checkpoint_every=0,
                         warmup_steps=20)
         self.predictor = "world model (JEPA)"
+        self.eval_cells = 0  # reference control cells the predictions average over (0 = all the model keeps)
 
     def fit(self, measured, prev, seed):
         import bioworld as bw
@@ -118,6 +122,8 @@ class JepaTask:
     def _member(self, pred, k):
         m = copy.copy(pred.wm)
         m.module, m._engine = pred.modules[k], None
+        if self.eval_cells:
+            m.reference = pred.wm.reference[:self.eval_cells]
         return m
 
     def errors(self, pred):
@@ -139,9 +145,11 @@ class JepaTask:
             eff, goals = np.zeros((1, len(cand), 1)), None
         else:
             eff, goals, _ = predicted_effects(shim, cand, goal=self.goal, n_cells=64, seed=seed)
-        feats = action_features(pred.wm.space, cand) if strategy == "knowledge" else None
+        feats = action_features(pred.wm.space, cand) if strategy in ("knowledge", KPRIOR) else None
         mfeat = action_features(pred.wm.space, list(measured)) if strategy == "knowledge" else None
-        sel = select(eff, budget, strategy, goal_scores=goals, features=feats, measured_features=mfeat, seed=seed)
+        sel = select(eff, budget, "information" if strategy == KPRIOR else strategy, goal_scores=goals,
+                     features=feats, measured_features=mfeat, seed=seed,
+                     knowledge_prior=1.0 if strategy == KPRIOR else 0.0)
         return [cand[i] for i in sel.order]
 
 
@@ -194,6 +202,10 @@ def papalexi_task(args):
                  start=4, batch=2, rounds=5, members=args.members, steps=args.steps, warm_steps=args.warm_steps,
                  replicate_key=None)
     t.var_names = genes
+    # cheaper steps and predictions: 299 genes x ~50 entity slots cost ~0.2 s/step at load 9 on 2 shared cores
+    t.cfg.update(groups_per_batch=4, cells_per_group=6, self_pairs=8)
+    t.eval_cells = 128
+    t.predictor = "world model (JEPA; 4 groups x 6 cells + 8 self pairs per batch; effects averaged over 128 reference cells)"
     return t
 
 
@@ -261,8 +273,9 @@ class AtlasTask:
         eff = pred.boots[:, ci]
         goals = np.linalg.norm(eff, axis=2)  # predicted response strength per refit
         mi = np.array([pos[k] for k in measured])
-        sel = select(eff, budget, strategy, goal_scores=goals, features=self.D[ci], measured_features=self.D[mi],
-                     seed=seed)
+        sel = select(eff, budget, "information" if strategy == KPRIOR else strategy, goal_scores=goals,
+                     features=self.D[ci], measured_features=self.D[mi], seed=seed,
+                     knowledge_prior=1.0 if strategy == KPRIOR else 0.0)
         return [cand[i] for i in sel.order]
 
 
@@ -350,12 +363,15 @@ def summarize(df):
     return pd.DataFrame(out)
 
 
-def _ms(v):
+def _ms(v, count=False):
+    """mean ± sd over seeds; ``count``: also how many seeds have a value (n/a = never reached)."""
     v = np.asarray(v, float)
+    n = len(v)
     v = v[np.isfinite(v)]
+    tail = f" ({len(v)}/{n})" if count and len(v) < n else ""
     if not len(v):
-        return "n/a"
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+        return "n/a" + (f" (0/{n})" if count else "")
+    return (f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}") + tail
 
 
 def plot(df, path):
@@ -368,7 +384,7 @@ def plot(df, path):
     fig, axes = plt.subplots(2, len(sets), figsize=(4.6 * len(sets), 7), squeeze=False)
     for j, ds in enumerate(sets):
         d = df[df.dataset == ds]
-        for s in STRATEGIES:
+        for s in (*STRATEGIES, KPRIOR):
             h = d[d.strategy == s]
             if h.empty:
                 continue
@@ -400,7 +416,8 @@ def write_report(out: Path) -> Path:
              "AUC = area under the error curve over the measurements made, divided by their range (lower is "
              "better); ratio = AUC / random's AUC on the same seed (< 1 beats random). "
              "`share to random final` = measurements the strategy needs to reach random's final error, as a "
-             "share of random's final count (interpolated between rounds; n/a = never reached). `err_all` "
+             "share of random's final count (interpolated between rounds; mean over the seeds that reached it, "
+             "(k/n) = how many did; n/a = none). `err_all` "
              "scores every candidate (a fixed set) instead of the unmeasured ones.", "",
              "![error vs round](design.png)", ""]
     for ds, g in summ.groupby("dataset", sort=False):
@@ -412,12 +429,12 @@ def write_report(out: Path) -> Path:
                   "| strategy | AUC err unmeasured | ratio to random | share to random final | AUC err all "
                   "(ratio) | share to random final (err all) | hits AUC | final hits | s / round | load |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        for s in STRATEGIES:
+        for s in (*STRATEGIES, KPRIOR):
             h = g[g.strategy == s]
             if h.empty:
                 continue
-            lines.append(f"| {s} | {_ms(h.auc)} | {_ms(h.auc_ratio)} | {_ms(h.share_to_random_final)} | "
-                         f"{_ms(h.auc_all)} ({_ms(h.auc_all_ratio)}) | {_ms(h.share_to_random_final_all)} | "
+            lines.append(f"| {s} | {_ms(h.auc)} | {_ms(h.auc_ratio)} | {_ms(h.share_to_random_final, True)} | "
+                         f"{_ms(h.auc_all)} ({_ms(h.auc_all_ratio)}) | {_ms(h.share_to_random_final_all, True)} | "
                          f"{_ms(h.hits_auc)} | {_ms(h.final_hits)} | {h.round_s.mean():.1f} | {h.load1.mean():.1f} |")
         lines.append("")
     lines += ["Machine: " + f"{os.cpu_count()} CPU cores shared with other jobs (load = 1-minute load average "

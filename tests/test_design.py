@@ -332,3 +332,16 @@ def test_cli_dose_on_a_compound_plate(tmp_path):
     assert {"aspirin@3", "caffeine@3"} <= labels  # new dose: not measured (0.5 and 10 were)
     assert_one_line_error(invoke("design", model, "--budget", 1, "--dose", -1, "--out", tmp_path / "e"), "--dose -1")
     assert isinstance(ad.read_h5ad(tmp_path / "plate.h5ad"), ad.AnnData)
+
+
+def test_knowledge_prior_spreads_the_batch_over_knowledge():
+    """With the knowledge prior, measuring one candidate resolves its look-alikes in knowledge features."""
+    G = 20
+    e = np.zeros((2, 4, G))
+    e[:, :, :] = 1.0  # same size, same predicted effect: only the knowledge features tell them apart
+    f = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    plain = select(e, 2, "information", features=f, scale_prior=0, knowledge_prior=0, seed=0)
+    assert np.all(plain.info == 0)
+    sel = select(e, 2, "information", features=f, scale_prior=0, knowledge_prior=1.0, seed=0)
+    assert 3 in set(sel.order)  # the one unlike the others is the second question
+    assert sel.info[0] > sel.info[1] > 0

@@ -105,7 +105,8 @@ def _pct(v: np.ndarray) -> np.ndarray:
 
 def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.ndarray | None = None,
            features: np.ndarray | None = None, measured_features: np.ndarray | None = None, seed: int = 0,
-           beta: float = BETA, diversity: float = DIVERSITY, scale_prior: float = SCALE_PRIOR) -> Selection:
+           beta: float = BETA, diversity: float = DIVERSITY, scale_prior: float = SCALE_PRIOR,
+           knowledge_prior: float = 0.0) -> Selection:
     """Choose ``budget`` of ``C`` candidates.
 
     Parameters
@@ -117,7 +118,11 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
         ``[M, C]`` goal score of each candidate per predictor (higher = better), or ``None``.
     features, measured_features
         ``[C, F]`` / ``[n, F]`` action features of the candidates and of the measured
-        perturbations (``knowledge`` strategy only).
+        perturbations (``knowledge`` strategy; ``features`` also for ``knowledge_prior``).
+    scale_prior, knowledge_prior
+        Information only: prior variance of a per-gene gain error shared by all candidates
+        (:data:`SCALE_PRIOR`), and of an error shared by candidates alike in knowledge features
+        (cosine), sized by each candidate's predicted effect (default 0: off).
     """
     strategy = _check_strategy(strategy)
     effects = np.asarray(effects, dtype=np.float64)
@@ -141,6 +146,11 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
     dev = (effects - mean[None]).transpose(1, 0, 2).reshape(C, M * G) / np.sqrt(max(M - 1, 1) * G)
     if scale_prior > 0:  # per-gene gain error: truth - mean = eps_g * mean, eps_g ~ N(0, scale_prior), shared
         dev = np.concatenate([dev, np.sqrt(scale_prior / G) * mean], axis=1)
+    if knowledge_prior > 0 and features is not None:  # errors shared by look-alikes in knowledge, sized by the effect
+        f = np.asarray(features, dtype=np.float64)
+        f = f / np.where(np.linalg.norm(f, axis=1, keepdims=True) > 0, np.linalg.norm(f, axis=1, keepdims=True), 1.0)
+        size = np.linalg.norm(mean, axis=1, keepdims=True) / np.sqrt(G)
+        dev = np.concatenate([dev, np.sqrt(knowledge_prior) * size * f], axis=1)
     Y, kept = _coordinates(dev)
     if goal_scores is not None:  # uncertainty matters where the goal may be reached: optimistic relevance
         ucb0 = g_mean + beta * g_sd
