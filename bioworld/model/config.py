@@ -33,12 +33,33 @@ class JEPAConfig:
     residual_readout: bool = True  # expression = source cell + R(z_next) - R(z_source): readout errors cancel
     additive_combinations: bool = True  # A+B = control + (A - control) + (B - control) + learned interaction (latent slots)
     use_gene_mlp: bool = False  # also map target features through an MLP (LTO on Papalexi: no gain over retrieval alone)
+    # local entity attention: above ``dense_max_slots`` slots, slots are ordered so that those sharing genes
+    # are adjacent, cut into blocks of ``slot_block``, and each slot attends to its own and the two adjacent
+    # blocks plus one pooled key over all visible slots: cost ~ slots x 3 slot_block instead of slots^2
+    # (benchmarks/results/speed/SPEED.md, section g)
+    slot_block: int = 16  # slots per attention block (each slot sees 3 blocks); 0 = always dense
+    dense_max_slots: int = 128  # up to this many slots attention stays dense (exact, and fast enough)
+
+    def __post_init__(self) -> None:
+        for name in ("slot_block", "dense_max_slots"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                from bioworld.errors import BioworldError
+
+                raise BioworldError(f"model config {name}={v!r}; expected an int >= 0 (slot_block=0: dense attention)")
+
+    @property
+    def sparse_slots(self) -> bool:
+        """Whether entity attention is local (blocks of :func:`bioworld.model.jepa.slot_order`), not dense."""
+        return self.slot_block > 0 and self.n_entities > max(self.dense_max_slots, 3 * self.slot_block)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "JEPAConfig":
+        if "slot_block" not in d:  # written before local attention existed: those models attended densely
+            d = {**d, "slot_block": 0}
         return config_from_dict(cls, d, "model config")
 
 

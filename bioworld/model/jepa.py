@@ -48,8 +48,41 @@ class LossOutput:
     monitor: dict[str, float] = field(default_factory=dict)  # collapse monitor
 
 
+def slot_order(membership: Tensor) -> Tensor:
+    """A permutation ``[E]`` of the entity slots that puts slots sharing genes next to each other.
+
+    Greedy chain: start at slot 0, then always the unvisited slot with the highest Jaccard overlap
+    of member genes with the current one (ties: lowest index), so the order is deterministic and the
+    same on every device. Local attention (:class:`_Attention`) groups consecutive slots of this order
+    into blocks. Time ~ E^2 G / sparse products (milliseconds at 1,000 slots), memory ~ E.
+    """
+    member = (membership != 0).to(torch.float32)
+    E = member.shape[0]
+    if member.is_meta or E == 0:  # shapes only (checkpoint schema checks): the order is not stored
+        return torch.arange(E, device=member.device)
+    size = member.sum(1)
+    visited = torch.zeros(E, dtype=torch.bool)
+    order = [0]
+    visited[0] = True
+    for _ in range(E - 1):
+        cur = order[-1]
+        inter = member @ member[cur]  # [E] shared genes
+        jac = inter / (size + size[cur] - inter).clamp_min(1.0)
+        nxt = int(torch.argmax(jac.masked_fill(visited, -1.0)))  # first maximum: deterministic ties
+        order.append(nxt)
+        visited[nxt] = True
+    return torch.tensor(order, dtype=torch.long)
+
+
 class _Attention(nn.Module):
-    """Multi-head self-attention over a token set with a key-padding mask (True = ignore key)."""
+    """Multi-head self-attention over a token set with a key-padding mask (True = ignore key).
+
+    ``local = (w, E)``: the first ``E`` tokens are entity slots, already in :func:`slot_order`; they
+    are cut into blocks of ``w`` consecutive slots, and each slot attends to the slots of its own and
+    the two adjacent blocks (``3 w`` keys), to one pooled key/value (the mean over all visible slots,
+    so every slot still sees the whole cell) and to the tokens after the slots (action components),
+    which attend to everything. Cost ~ B E (3w + 1) instead of B E^2; no gathers, one fused attention call.
+    """
 
     def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
         super().__init__()
@@ -60,12 +93,64 @@ class _Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, local: tuple[int, int] | None = None) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)  # [B, h, T, c]
-        mask = None if key_padding_mask is None else (~key_padding_mask)[:, None, None, :]  # True = attend
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        if local is not None:
+            y = self._local(q, k, v, key_padding_mask, *local)
+        else:
+            mask = None if key_padding_mask is None else (~key_padding_mask)[:, None, None, :]  # True = attend
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def _local(self, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None, w: int, E: int) -> Tensor:
+        B, h, T, c = q.shape
+        drop = self.dropout if self.training else 0.0
+        nb = -(-E // w)
+        extra = nb * w - E  # the last block is filled up with masked dummy slots
+        slot_pad = pad[:, :E] if pad is not None else None
+        if slot_pad is None:
+            wt = torch.full((B, E), 1.0 / E, dtype=q.dtype, device=q.device)
+        else:
+            vis = (~slot_pad).to(q.dtype)
+            wt = vis / vis.sum(1, keepdim=True).clamp_min(1.0)  # [B, E] mean over visible slots
+        ks, vs = k[:, :, :E], v[:, :, :E]
+        kp = torch.einsum("bhec,be->bhc", ks, wt)[:, :, None, None]  # pooled key [B, h, 1, 1, c]
+        vp = torch.einsum("bhec,be->bhc", vs, wt)[:, :, None, None]
+        qs = q[:, :, :E]
+        if extra:
+            qs, ks, vs = (F.pad(t, (0, 0, 0, extra)) for t in (qs, ks, vs))
+            fill = torch.ones(B, extra, dtype=torch.bool, device=q.device)
+            slot_pad = torch.cat([slot_pad if slot_pad is not None else torch.zeros(B, E, dtype=torch.bool, device=q.device),
+                                  fill], 1)
+        qb, kb, vb = (t.reshape(B, h, nb, w, c) for t in (qs, ks, vs))
+        kwin = torch.cat([kb.roll(1, 2), kb, kb.roll(-1, 2), kp.expand(B, h, nb, 1, c)], 3)  # [B, h, nb, 3w + 1, c]
+        vwin = torch.cat([vb.roll(1, 2), vb, vb.roll(-1, 2), vp.expand(B, h, nb, 1, c)], 3)
+        X = T - E
+        if X:
+            kx, vx = k[:, :, E:, None].transpose(2, 3), v[:, :, E:, None].transpose(2, 3)  # [B, h, 1, X, c]
+            kwin = torch.cat([kwin, kx.expand(B, h, nb, X, c)], 3)
+            vwin = torch.cat([vwin, vx.expand(B, h, nb, X, c)], 3)
+        mask = None
+        if slot_pad is not None or (pad is not None and X):
+            sp = slot_pad if slot_pad is not None else torch.zeros(B, nb * w, dtype=torch.bool, device=q.device)
+            pb = sp.view(B, nb, w)
+            parts = [pb.roll(1, 1), pb, pb.roll(-1, 1), torch.zeros(B, nb, 1, dtype=torch.bool, device=q.device)]
+            if X:
+                xp = pad[:, E:] if pad is not None else torch.zeros(B, X, dtype=torch.bool, device=q.device)
+                parts.append(xp[:, None, :].expand(B, nb, X))
+            mask = ~torch.cat(parts, 2)  # True = attend; [B, nb, keys]
+            mask = mask[:, None, :, None, :].expand(B, h, nb, 1, mask.shape[-1]).reshape(B, h * nb, 1, -1)
+        L = kwin.shape[3]
+        # 4-d inputs (blocks folded into heads) keep torch's fused attention kernel (5-d falls back to the slow path)
+        y = F.scaled_dot_product_attention(qb.reshape(B, h * nb, w, c), kwin.reshape(B, h * nb, L, c),
+                                           vwin.reshape(B, h * nb, L, c), attn_mask=mask, dropout_p=drop)
+        y = y.reshape(B, h, nb * w, c)[:, :, :E]
+        if not X:
+            return y
+        xmask = None if pad is None else (~pad)[:, None, None, :]
+        y_x = F.scaled_dot_product_attention(q[:, :, E:], k, v, attn_mask=xmask, dropout_p=drop)  # components: dense (X E)
+        return torch.cat([y, y_x], 2)
 
 
 class _Block(nn.Module):
@@ -80,8 +165,8 @@ class _Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        h = h + self.drop(self.attn(self.norm1(h), key_padding_mask))
+    def forward(self, h: Tensor, key_padding_mask: Tensor | None = None, local: tuple[int, int] | None = None) -> Tensor:
+        h = h + self.drop(self.attn(self.norm1(h), key_padding_mask, local))
         return h + self.drop(self.mlp(self.norm2(h)))
 
 
@@ -103,6 +188,18 @@ class SlotEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.latent_dim)
         n_members = self.member.sum(1).clamp_min(1.0)  # [E]
         self.register_buffer("inv_sqrt_members", n_members.rsqrt())
+        # local attention: slots in an overlap order, blocks of cfg.slot_block (rebuilt from the membership:
+        # not stored in checkpoints)
+        order = slot_order(membership) if cfg.sparse_slots else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("inverse", torch.argsort(order), persistent=False)
+        self.block = cfg.slot_block
+
+    def local(self) -> tuple[Tensor, Tensor, tuple[int, int]] | None:
+        """``(order, inverse, (block, E))`` when attention is local, else None."""
+        if not self.order.numel():
+            return None
+        return self.order, self.inverse, (self.block, self.order.numel())
 
     def tokens(self, x: Tensor) -> Tensor:
         """Per-slot input tokens ``[B, E, D]`` from expression ``[B, G]``."""
@@ -114,8 +211,14 @@ class SlotEncoder(nn.Module):
     def forward(self, x: Tensor, context_mask: Tensor | None = None) -> Tensor:
         h = self.tokens(x)
         pad = None if context_mask is None or bool(context_mask.all()) else ~context_mask
+        loc = self.local()
+        if loc is not None:  # slots into the overlap order for the blocks, back at the end
+            h = h[:, loc[0]]
+            pad = None if pad is None else pad[:, loc[0]]
         for blk in self.blocks:
-            h = blk(h, key_padding_mask=pad)
+            h = blk(h, key_padding_mask=pad, local=None if loc is None else loc[2])
+        if loc is not None:
+            h = h[:, loc[1]]
         return self.norm(h)  # [B, E, D]
 
 
@@ -217,8 +320,10 @@ class Predictor(nn.Module):
         context_mask: Tensor | None = None,
         clamp: tuple[Tensor, Tensor] | None = None,
         interaction: bool = False,
+        local: tuple[Tensor, Tensor, tuple[int, int]] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Next latents ``[B, E, D]``; with ``interaction`` also the interaction term ``[B, E, D]``."""
+        """Next latents ``[B, E, D]``; with ``interaction`` also the interaction term ``[B, E, D]``.
+        ``local``: local entity attention (``SlotEncoder.local()``; None = dense)."""
         B, E, D = z.shape
         if context_mask is None:
             context_mask = torch.ones(B, E, dtype=torch.bool, device=z.device)
@@ -233,13 +338,15 @@ class Predictor(nn.Module):
         comp_pad = act.kind == Kind.PAD  # [B, A]
         used = ~comp_pad.all(0)  # component columns padded in every row carry nothing: drop them
         comp, comp_pad = comp[:, used], comp_pad[:, used]
+        if local is not None:
+            h = h[:, local[0]]  # slots in the overlap order (attention blocks); restored below
         seq = torch.cat([h, comp], dim=1)
         pad = None
         if bool(comp_pad.any()):  # a key-padding mask only where rows differ (keeps the fast attention path)
             pad = torch.cat([torch.zeros(B, E, dtype=torch.bool, device=z.device), comp_pad], dim=1)
         for blk in self.blocks:
-            seq = blk(seq, key_padding_mask=pad)
-        feat = self.norm(seq[:, :E])
+            seq = blk(seq, key_padding_mask=pad, local=None if local is None else local[2])
+        feat = self.norm(seq[:, :E] if local is None else seq[:, :E][:, local[1]])
         out = self.head(feat)
         z_next = torch.where(context_mask.unsqueeze(-1), z, torch.zeros_like(z)) + out
         if clamp is not None:
@@ -351,10 +458,11 @@ class JEPA(nn.Module):
         training combinations show an interaction (``JEPAConfig.additive_combinations``).
         """
         u = self.action_encoder(act)
+        graph = self.encoder.local()  # local entity attention (or None: dense)
         multi = (act.kind != Kind.PAD).sum(1) >= 2  # [B]
         if not self.cfg.additive_combinations or not bool(multi.any()):
-            return self.predictor(z, u, act, context_mask=context_mask, clamp=clamp)
-        z_next, inter = self.predictor(z, u, act, context_mask=context_mask, clamp=clamp, interaction=True)
+            return self.predictor(z, u, act, context_mask=context_mask, clamp=clamp, local=graph)
+        z_next, inter = self.predictor(z, u, act, context_mask=context_mask, clamp=clamp, interaction=True, local=graph)
         idx = multi.nonzero().squeeze(1)
         sub = act.index(idx)
         zs, us = z[idx], u[idx]
@@ -365,7 +473,7 @@ class JEPA(nn.Module):
             a = ActionBatch(**{k: getattr(sub, k) for k in sub.__dataclass_fields__})
             a.kind = sub.kind * keep
             a.touch = sub.touch * keep.unsqueeze(-1)
-            return self.predictor(zs, us * keep.unsqueeze(-1), a, context_mask=cms, clamp=cls)
+            return self.predictor(zs, us * keep.unsqueeze(-1), a, context_mask=cms, clamp=cls, local=graph)
 
         cols = torch.zeros_like(sub.kind)
         base = alone(cols)
