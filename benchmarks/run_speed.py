@@ -151,7 +151,7 @@ def case_baselines(tmp: str) -> dict:
 
 
 def case_sim(n_pathways: int, cells_per_condition: int, n_control: int, steps: int, n_entities: int = 0,
-             n_other_genes: int = 20) -> dict:
+             n_other_genes: int = 20, model_config: dict | None = None) -> dict:
     """Training steps/s and peak RSS on a simulated screen of a given size.
 
     ``n_entities`` > 0 replaces the simulator's pathways by that many entity slots: the true
@@ -180,13 +180,17 @@ def case_sim(n_pathways: int, cells_per_condition: int, n_control: int, steps: i
     ents = EntitySet([Entity(n, tuple(g), tuple(1.0 for _ in g), "simulator") for n, g in gmt.items()])
     rss_data = _rss_mb()
     t = time.perf_counter()
-    wm = bw.WorldModel(adata, entities=ents, replicate_key="replicate", nmf_programs=0,
+    wm = bw.WorldModel(adata, entities=ents, replicate_key="replicate", nmf_programs=0, model_config=model_config,
                        config={"max_steps": steps, "warmup_steps": min(100, steps // 2), "checkpoint_every": 0})
     setup_s = time.perf_counter() - t
     load = _load()
+    t = time.perf_counter()
     wm.train(progress=False)
+    train_call_s = time.perf_counter() - t  # fit + the training-fit check (predictions of the training perturbations)
     tr = wm.train_result
     return {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "n_entities": len(wm.entity_names),
+            "local_attention": bool(wm.model_config.sparse_slots), "slot_block": wm.model_config.slot_block,
+            "per_step_s": tr.wall_s / steps, "train_call_s": train_call_s, "load_end": _load(),
             "n_conditions": int(adata.obs["perturbation"].nunique()), "simulate_s": sim_s, "setup_s": setup_s,
             "steps": steps, "train_wall_s": tr.wall_s, "steps_per_s": steps / tr.wall_s,
             "cells_per_s": tr.cells_per_s, "rss_after_data_mb": rss_data, "peak_rss_mb": _rss_mb(),
@@ -302,7 +306,12 @@ SIM_CELLS = {  # label -> (n_pathways, cells_per_condition, n_control); 8 pathwa
     "100k": (8, 2300, 5700),
     "1M": (8, 23000, 57000),
 }
-SIM_ENTITIES = (20, 50, 200)  # entity slots on the fixed 10k-cell simulation with 500 extra genes (596 genes)
+SIM_ENTITIES = (20, 50, 200)
+SLOT_CASES = [  # (case, entity slots, model_config): ~100 vs ~1,000 slots on the same 116-gene, ~10k-cell screen
+    ("slots_108_default", 108, {}),
+    ("slots_1008_default", 1008, {}),
+    ("slots_1008_dense", 1008, {"slot_block": 0}),
+]  # entity slots on the fixed 10k-cell simulation with 500 extra genes (596 genes)
 
 
 def _fmt(v, nd=2):
@@ -413,6 +422,28 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
                      f"{_fmt(r['train_wall_s'])} | {_fmt(r['epoch_s'])} | {_fmt(r['steps_per_s'])} | "
                      f"{_fmt(r['rss_after_setup_mb'], 0)} | {_fmt(r['peak_rss_mb'], 0)} | {r['load']} |")
         L.append("")
+    slots = {name: results[name] for name, _, _ in SLOT_CASES if name in results}
+    if slots:
+        L += ["## (g) Entity slots: ~100 vs ~1,000 slots, local vs dense attention", "",
+              "One simulated screen (8 pathways, 116 genes, 9,800 cells); slots = the 8 true pathways plus random "
+              "12-gene sets (what GO / Reactome-scale gene sets give). `default` = the default model config: dense "
+              "attention up to `dense_max_slots` = 128 slots, local attention above (`slot_block` = 16: slots in a "
+              "gene-overlap order, each attends to its own and the two adjacent blocks of 16 plus one pooled key); "
+              "`dense` = `slot_block=0`. The cases ran back to back (ratios share the load); per step = training wall "
+              "/ steps (first step included); `train()` adds the training-fit check (predictions of the training "
+              "perturbations).", "",
+              "| case | slots | attention | steps | s/step | x the 108-slot step | setup s | train() s | peak RSS MB | load start / end |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        base = slots.get("slots_108_default", {}).get("per_step_s")
+        for k, r in slots.items():
+            if "error" in r:
+                L.append(f"| {k} | failed: {r['error']} |||||||||")
+                continue
+            ratio = f"{r['per_step_s'] / base:.1f}x" if base else "n/a"
+            L.append(f"| {k} | {r['n_entities']} | {'local' if r['local_attention'] else 'dense'} | {r['steps']} | "
+                     f"{_fmt(r['per_step_s'])} | {ratio} | {_fmt(r['setup_s'])} | {_fmt(r['train_call_s'])} | "
+                     f"{_fmt(r['peak_rss_mb'], 0)} | {r['load']} / {r.get('load_end', '?')} |")
+        L.append("")
     d = results.get("ddp_papalexi", {})
     if d:
         L += ["## (f) Data-parallel training: 1 vs 2 processes (gloo, CPU)", "",
@@ -442,7 +473,8 @@ def main() -> int:
                     help="training steps measured on Papalexi (default: TrainConfig's max_steps, 800; fewer steps "
                          "are reported as an extrapolation)")
     ap.add_argument("--sim-steps", type=int, default=40)
-    ap.add_argument("--only", choices=["train", "scaling", "baselines", "backed", "ddp"], default=None)
+    ap.add_argument("--only", choices=["train", "scaling", "baselines", "backed", "ddp", "slots"], default=None)
+    ap.add_argument("--slot-steps", type=int, default=8, help="steps per case of the slot-count comparison (--only slots)")
     ap.add_argument("--ddp-steps", type=int, default=200, help="steps of the 1- vs 2-process comparison (--only ddp)")
     ap.add_argument("--backed-cells", choices=sorted(SIM_CELLS), default="1M",
                     help="size of the on-disk (backed) screen for the out-of-core case (--only backed)")
@@ -460,7 +492,7 @@ def main() -> int:
             elif a.case == "baselines":
                 res = case_baselines(tmp)
             elif a.case == "sim":
-                res = case_sim(*(int(x) for x in rest))
+                res = case_sim(*(int(x) for x in rest[:6]), *(json.loads(x) for x in rest[6:]))
             elif a.case == "ddp":
                 res = case_ddp(int(rest[0]))
             elif a.case == "backed_write":
@@ -503,6 +535,11 @@ def main() -> int:
         for e in SIM_ENTITIES:
             results[f"sim_entities_{e}"] = _run_case("sim", [str(k), str(cpc), str(nc), str(a.sim_steps), str(e), "500"],
                                                      a.timeout)
+    if a.only in (None, "slots"):
+        k, cpc, nc = SIM_CELLS["10k"]
+        for name, n_ent, mc in SLOT_CASES:  # back to back, so that their ratios share the machine's load
+            results[name] = _run_case("sim", [str(k), str(cpc), str(nc), str(a.slot_steps), str(n_ent), "20",
+                                              json.dumps(mc)], a.timeout)
     if a.only in (None, "ddp"):
         results["ddp_papalexi"] = _run_case("ddp", [str(a.ddp_steps)], a.timeout)
         notes = [n for n in notes if "speed-up was not benchmarked" not in n]

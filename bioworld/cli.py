@@ -464,6 +464,34 @@ def pretrain_cmd(
         typer.echo(f"  knowledge with non-commercial terms: {', '.join(nc)} (see {out / META})")
 
 
+def _train_torchrun(nproc: int, data: str, out: Path, train_config: Any, flags: dict[str, Any],
+                    unsupported: dict[str, bool]) -> int:
+    """``bioworld train --nproc N``: the same training under ``torchrun --standalone`` (N local processes)."""
+    import subprocess
+
+    if nproc < 1:
+        raise BioworldError(f"--nproc {nproc}; expected 1 (one process) or more. Fix: pass --nproc 2 or more for "
+                            "data-parallel training.")
+    bad = sorted("--" + k.replace("_", "-") for k, used in unsupported.items() if used)
+    if bad:
+        raise BioworldError(f"--nproc {nproc} does not combine with {', '.join(bad)}; expected only the options of "
+                            "'python -m bioworld.distributed --help'. Fix: drop them, or train with --nproc 1.")
+    on_gpu = train_config.resolved_device() != "cpu"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "bioworld.distributed", str(data), "--out", str(out), "--backend", "nccl" if on_gpu else "gloo"]
+    for k in ("perturbation_key", "control", "input", "replicate_key", "holdout", "config", "seed", "max_steps", "device"):
+        if flags[k] is not None:
+            cmd += ["--" + k.replace("_", "-"), str(flags[k])]
+    for e in flags["entities"] or []:
+        cmd += ["--entities", str(e)]
+    if not on_gpu and train_config.num_threads == 0:  # N processes on one machine: share the cores
+        cmd += ["--threads", str(max(1, (os.cpu_count() or 2) // nproc))]
+    cmd += [f for f, on in (("--backed", flags["backed"]), ("--overwrite", flags["overwrite"])) if on]
+    if not flags["quiet"]:
+        typer.echo("running: " + " ".join(cmd[1:]))
+    return subprocess.run(cmd, check=False).returncode
+
+
 @app.command("train")
 @_command
 def train_cmd(
@@ -493,6 +521,7 @@ def train_cmd(
     device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to train: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (overrides the config; default: cpu).")] = None,
     compound_targets: Annotated[Optional[Path], typer.Option("--compound-targets", metavar="TABLE", help="TSV/CSV with columns compound, target_gene: targets of compounds the bundled knowledge lacks.")] = None,
     no_knowledge: Annotated[bool, typer.Option("--no-knowledge", help="Represent actions by gene sets and fingerprints only, without the knowledge layer (atlas, STRING, OmniPath, compound targets); for the ablation.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel training in this many local processes (torchrun --standalone; DistributedDataParallel, gloo; with --device cuda: nccl, one GPU each). Several machines: see the torchrun line in the README.")] = 1,
 ) -> None:
     """Train a world model (or a seed ensemble, --members) on a dataset and save it.
 
@@ -510,6 +539,16 @@ def train_cmd(
     if overrides:
         train_config = replace(train_config, **overrides)
     train_config.resolved_device()  # an unavailable --device fails before the data is read
+    if nproc != 1:
+        code = _train_torchrun(nproc, data, out, train_config, dict(
+            entities=entities, perturbation_key=perturbation_key, control=control, input=input,
+            replicate_key=replicate_key, holdout=holdout, config=config, seed=seed, max_steps=max_steps,
+            device=device, backed=backed, overwrite=overwrite, quiet=quiet), dict(
+            members=members != 1, calibrate_folds=bool(calibrate_folds), resume=resume, restarts=bool(restarts),
+            min_cells=min_cells is not None, compound_targets=compound_targets is not None, no_knowledge=no_knowledge,
+            smiles=smiles is not None, dose_key=dose_key is not None, compound_id_key=compound_id_key is not None,
+            gene_symbols_key=gene_symbols_key is not None))
+        raise typer.Exit(code)
 
     def _train_locked() -> None:
         adata, source = _load_data(data, backed=backed)

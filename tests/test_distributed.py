@@ -53,7 +53,10 @@ def test_two_gloo_ranks_match_single_process():
 
     ranks = train_distributed(2, _rank_fn, str(Path(__file__).parent), backend="gloo", threads=1)
     r0, r1 = ranks
-    # gradients are all-reduced: both ranks hold bit-identical parameters and predictions
+    # deterministic for a fixed world size: a second 2-process run gives the same parameters
+    again = train_distributed(2, _rank_fn, str(Path(__file__).parent), backend="gloo", threads=1)
+    np.testing.assert_array_equal(again[0]["params"], r0["params"])
+    # gradients are averaged by DistributedDataParallel: both ranks hold bit-identical parameters and predictions
     np.testing.assert_array_equal(r0["params"], r1["params"])
     np.testing.assert_array_equal(r0["delta"], r1["delta"])
     # the logged metrics are averaged over ranks, so both ranks log the same history
@@ -132,3 +135,79 @@ def test_rank_results_travel_as_safetensors_and_json_not_pickle(tmp_path, monkey
     assert back["history"] == out["history"] and back["name"] == "r0" and back["n"] == 3 and back["pair"] == [1, 2.0]
     with pytest.raises(d.BioworldError, match="object"):
         d._write_result(str(tmp_path), 1, {"bad": object()})
+
+
+# ------------------------------------------------------------------ DistributedDataParallel, bioworld train --nproc
+def test_fit_uses_bucketed_ddp_not_per_parameter_all_reduce():
+    import inspect
+
+    from bioworld.train import trainer
+    from bioworld.train.distributed import BUCKET_MB, DataParallelLoss
+
+    src = inspect.getsource(trainer.fit)
+    assert "DataParallelLoss" in src and "all_reduce(p.grad" not in src
+    assert "DistributedDataParallel" in inspect.getsource(DataParallelLoss) and BUCKET_MB > 0
+
+
+def _raw(tmp_path):
+    from test_cli import _small_adata, _write
+
+    return _write(_small_adata(), tmp_path / "d.h5ad")
+
+
+def test_train_nproc_refuses_bad_values_and_flags_it_cannot_pass(tmp_path):
+    from test_cli import assert_one_line_error, invoke
+
+    path = _raw(tmp_path)
+    assert_one_line_error(invoke("train", path, "--out", tmp_path / "m", "--nproc", 0), "--nproc 0", "--nproc 2")
+    line = assert_one_line_error(invoke("train", path, "--out", tmp_path / "m", "--nproc", 2, "--members", 2,
+                                        "--no-knowledge"), "--members", "--no-knowledge", "--nproc 1")
+    assert "does not combine" in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_nproc_runs_torchrun_with_the_flags(tmp_path, monkeypatch):
+    import subprocess
+
+    from test_cli import invoke
+
+    path = _raw(tmp_path)
+    seen = {}
+
+    def fake_run(cmd, check=False):
+        seen["cmd"] = cmd
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    r = invoke("train", path, "--out", tmp_path / "m", "--nproc", 3, "--max-steps", 5, "--seed", 2,
+               "--holdout", "G1", "--replicate-key", "rep", "--overwrite", "--quiet")
+    assert r.exit_code == 0, (r.output, r.exception)
+    cmd = seen["cmd"]
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
+    assert cmd[5:8] == ["-m", "bioworld.distributed", str(path)]
+    joined = " ".join(cmd)
+    for part in ("--out " + str(tmp_path / "m"), "--backend gloo", "--max-steps 5", "--seed 2", "--holdout G1",
+                 "--replicate-key rep", "--overwrite", "--threads"):
+        assert part in joined, part
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check=False: subprocess.CompletedProcess(cmd, 2))
+    assert invoke("train", path, "--out", tmp_path / "m2", "--nproc", 2, "--quiet").exit_code == 2  # a failed run fails
+
+
+@pytest.mark.slow
+def test_train_nproc_two_processes_end_to_end(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = _raw(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "c.json").write_text(json.dumps({"groups_per_batch": 4, "cells_per_group": 4, "self_pairs": 4}))
+    r = subprocess.run([sys.executable, "-m", "bioworld", "train", str(path), "--out", str(tmp_path / "m"),
+                        "--nproc", "2", "--max-steps", "3", "--config", str(tmp_path / "c.json"), "--quiet"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "on 2 process(es)" in r.stdout
+    assert (tmp_path / "m" / "bioworld.json").exists()

@@ -60,7 +60,49 @@ import torch.distributed as dist
 
 from bioworld.errors import BioworldError
 
-__all__ = ["free_port", "init_from_env", "is_main_process", "main", "train_distributed"]
+__all__ = ["DataParallelLoss", "free_port", "init_from_env", "is_main_process", "main", "train_distributed"]
+
+BUCKET_MB = 25  # DistributedDataParallel gradient bucket size (torch's default)
+
+
+class DataParallelLoss(torch.nn.Module):
+    """``module.loss(batch, weights)`` as the forward of a :class:`~torch.nn.parallel.DistributedDataParallel`.
+
+    DDP averages gradients over ranks in buckets of ``BUCKET_MB`` MB, all-reduced while the backward
+    pass is still running (one collective per bucket instead of one per parameter). Parameters a
+    rank's shard does not use in a step (a dropped own embedding, the interaction head of a batch
+    without combinations) count as zero gradients, as before. Buffers are constants and not
+    broadcast each step. The bucket order and the reduction are fixed, so a run with a given world
+    size is deterministic.
+    """
+
+    def __init__(self, module: torch.nn.Module, device: str) -> None:
+        super().__init__()
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.inner = module
+        self.ddp = DistributedDataParallel(
+            _LossForward(module), device_ids=[torch.device(device).index or 0] if device.startswith("cuda") else None,
+            bucket_cap_mb=BUCKET_MB, broadcast_buffers=False, find_unused_parameters=True,
+        )
+
+    def forward(self, batch: Any, weights: Any) -> Any:
+        from bioworld.model.jepa import LossOutput
+
+        total, terms, monitor = self.ddp(batch, weights)
+        return LossOutput(total=total, terms=terms, monitor=monitor)
+
+
+class _LossForward(torch.nn.Module):
+    """The JEPA loss as ``forward`` (DDP hooks need the step to go through a forward call); plain outputs."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: Any, weights: Any) -> tuple:
+        out = self.module.loss(batch, weights)
+        return out.total, out.terms, out.monitor
 
 
 def free_port() -> int:

@@ -1,8 +1,8 @@
 """The training loop: JEPA step, EMA schedule, collapse monitor, resumable state, optional DDP.
 
-Multi-process training uses ``torch.distributed`` directly (gloo on CPU, nccl on GPUs): every
-rank draws the same global batch from the shared seed and keeps its shard; gradients are averaged
-with all-reduce, so N processes follow the single-process trajectory up to batch-statistic terms.
+Multi-process training (gloo on CPU, nccl on GPUs): every rank draws the same global batch from the
+shared seed and keeps its shard; ``DistributedDataParallel`` averages gradients (bucketed, overlapped
+with the backward pass), so N processes follow the single-process trajectory up to batch-statistic terms.
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ def fit(
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step_loss = module.loss
     rng = np.random.default_rng(cfg.seed)
     weights = loss_weights(cfg)
     start, history, resumed = (0, [], None) if state_dir is None else _resume(state_dir, cfg, data_key, module, opt,
@@ -147,6 +148,10 @@ def fit(
     stopping = _EarlyStopping(cfg)
     if world > 1:
         validate = None
+        from bioworld.train.distributed import DataParallelLoss
+
+        # after a resume every rank loaded the same state; DDP checks the parameters agree across ranks
+        step_loss = DataParallelLoss(module, device)
     last, low_std_steps, n_cells, t0 = start, 0, 0, time.perf_counter()
     bar = tqdm(total=cfg.max_steps, initial=start, desc="training", disable=not progress or rank != 0,
                dynamic_ncols=True, leave=False)
@@ -156,15 +161,9 @@ def fit(
         raw = sampler.sample(rng)
         keep = _shard(raw["group"], rank, world) if world > 1 else None
         batch = _to_batch(raw, keep, device)
-        out = module.loss(batch, weights)
+        out = step_loss(batch, weights)
         opt.zero_grad(set_to_none=True)
-        out.total.backward()
-        if world > 1:
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad.div_(world)
+        out.total.backward()  # with world > 1: DistributedDataParallel averages gradients, bucketed, during backward
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         module.ema_update(ema_at(step, cfg))
