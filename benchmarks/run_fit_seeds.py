@@ -98,7 +98,7 @@ def write(df, weak: float) -> None:
     summary = df.groupby("dataset").agg(passed=("passes", "sum"), runs=("passes", "size"),
                                         min_ratio=("strong_ratio", "min"), median_ratio=("strong_ratio", "median"),
                                         median_pearson=("median_pearson", "median"), steps=("steps", "median"),
-                                        train_wall_s=("train_wall_s", "median"), load=("load1_start", "median"))
+                                        train_wall_s=("train_wall_s", "median"), load=("load1_start", "median")).round(3)
     print(summary.to_string())
     OUT.mkdir(parents=True, exist_ok=True)
     df.to_csv(OUT / "fit_seeds.csv", index=False)
