@@ -1,10 +1,18 @@
-"""Typed training configuration, stored in every checkpoint."""
+"""Typed training configuration, stored in every checkpoint.
+
+``TrainConfig`` nests its groups (nanoGPT-style, each default written once, in its own dataclass):
+``TrainConfig(mask=MaskingConfig(...), loss=LossWeights(...), buffer=BufferConfig(...))``. Checkpoints
+store the nested form; the flat names of earlier versions (``mask_mode``, ``w_latent``,
+``block_size``, ... in ``FLAT_ALIASES``) are still accepted by :meth:`TrainConfig.from_dict` (old
+checkpoints, config files, ``config={"mask_mode": "none"}``, ``wm.train(w_latent=2.0)``) and read as
+attributes (``cfg.w_latent`` is ``cfg.loss.latent``).
+"""
 
 from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +20,26 @@ from bioworld.data.collate import MaskingConfig
 from bioworld.errors import BioworldError
 from bioworld.model.jepa import LossWeights
 
-# masking and loss defaults are written once, in their own dataclasses; the flat fields below read them
-_MASK, _LOSS = MaskingConfig(), LossWeights()
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """Out-of-core (backed .h5ad) training only: block-buffer sampling (``bioworld.data.collate.BlockBufferSampler``)."""
+
+    block_size: int = 256  # contiguous cells per block read from disk
+    buffer_blocks: int = 64  # blocks pooled in the in-memory buffer (buffer = block_size x buffer_blocks cells)
+    buffer_refresh: int = 50  # batches drawn from one buffer before the next is read
+    resident_controls: int = 20000  # control cells kept in memory for pairing (seeded subsample)
+
+
+#: The nested groups of TrainConfig and their dataclasses.
+GROUPS: dict[str, type] = {"mask": MaskingConfig, "loss": LossWeights, "buffer": BufferConfig}
+#: Flat field names of earlier versions -> (group, field): accepted by from_dict, readable as attributes.
+FLAT_ALIASES: dict[str, tuple[str, str]] = {
+    "mask_mode": ("mask", "mode"), "self_mask_ratio": ("mask", "self_ratio"),
+    "transition_mask_ratio": ("mask", "transition_ratio"), "structured_mask_prob": ("mask", "structured_prob"),
+    **{f"w_{k}": ("loss", k) for k in ("latent", "expr", "energy", "recon", "score", "variance", "covariance")},
+    **{k: ("buffer", k) for k in ("block_size", "buffer_blocks", "buffer_refresh", "resident_controls")},
+}
 
 
 @dataclass(frozen=True)
@@ -42,33 +68,26 @@ class TrainConfig:
     groups_per_batch: int = 8  # perturbation groups per batch (transition pairs)
     cells_per_group: int = 12  # perturbed cells drawn per group
     self_pairs: int = 32  # control cells per batch for pure masked-entity prediction
-    mask_mode: str = _MASK.mode  # "entity" (method) | "gene" (patch-style ablation) | "none" (ablation)
-    self_mask_ratio: tuple[float, float] = _MASK.self_ratio  # fraction of slots hidden in self pairs
-    transition_mask_ratio: tuple[float, float] = _MASK.transition_ratio  # fraction hidden in perturbation pairs
-    structured_mask_prob: float = _MASK.structured_prob  # P(hide all slots the action touches)
+    mask: MaskingConfig = field(default_factory=MaskingConfig)  # which slots the context encoder sees
     clamp_prob: float = 0.0  # P(a transition becomes a do()-transition: touched slots clamped to the perturbed latents, action withheld)
-    # loss weights (defaults and meaning: bioworld.model.jepa.LossWeights)
-    w_latent: float = _LOSS.latent
-    w_expr: float = _LOSS.expr
-    w_energy: float = _LOSS.energy
-    w_recon: float = _LOSS.recon
-    w_score: float = _LOSS.score
-    w_variance: float = _LOSS.variance
-    w_covariance: float = _LOSS.covariance
+    loss: LossWeights = field(default_factory=LossWeights)  # weights of the training losses
     # collapse monitor: stop when the target latents' mean per-slot std stays below this
     collapse_std: float = 1e-3
     collapse_patience: int = 50  # consecutive steps under collapse_std before stopping
     checkpoint_every: int = 200  # steps between resumable training-state checkpoints (0 = never)
     log_every: int = 10  # steps between progress-bar updates
-    # out-of-core (backed .h5ad) training only: block-buffer sampling, see bioworld.data.collate.BlockBufferSampler
-    block_size: int = 256  # contiguous cells per block read from disk
-    buffer_blocks: int = 64  # blocks pooled in the in-memory buffer (buffer = block_size x buffer_blocks cells)
-    buffer_refresh: int = 50  # batches drawn from one buffer before the next is read
-    resident_controls: int = 20000  # control cells kept in memory for pairing (seeded subsample)
+    buffer: BufferConfig = field(default_factory=BufferConfig)  # out-of-core (backed .h5ad) training only
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (cuda when available); under torchrun "cuda" = cuda:LOCAL_RANK
     num_threads: int = 0  # torch intra-op threads; 0 = auto: half the cores, 1..8 (2 threads on 2 busy cores ran ~10x slower than 1)
 
     def __post_init__(self) -> None:
+        for name, kind in GROUPS.items():  # a group given as a dict of its fields
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, _group(name, value))
+            elif not isinstance(value, kind):
+                raise BioworldError(f"training config field {name} is a {type(value).__name__}; expected a "
+                                    f"{kind.__name__} or a dict of its fields. Fix: pass {name}={kind.__name__}(...).")
         _check_values(self)
 
     def resolved_threads(self) -> int:
@@ -82,22 +101,28 @@ class TrainConfig:
         return resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        """JSON-able fields, the groups nested (the form checkpoints store)."""
+        return _lists(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name: f for f in fields(cls)}
+        """A config from nested and/or flat fields; a flat name (``mask_mode``, ``w_latent``, ...) is laid over
+        its group, so ``{**cfg.to_dict(), "mask_mode": "none"}`` changes only that field."""
+        known = [f.name for f in fields(cls)] + list(FLAT_ALIASES)
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise BioworldError(
                 f"unknown training config field(s) {unknown}; expected a subset of {sorted(known)}. Fix: "
                 + "".join(f"did you mean {close[0]!r} for {u!r}? " for u in unknown
-                          if (close := difflib.get_close_matches(u, list(known), n=1)))
+                          if (close := difflib.get_close_matches(u, known, n=1)))
                 + "remove or rename the unknown fields."
             )
-        clean = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**clean)
+        top = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k not in FLAT_ALIASES}
+        groups = {name: _group_fields(name, top.pop(name, {})) for name in GROUPS}
+        for flat, (name, key) in FLAT_ALIASES.items():
+            if flat in d:
+                groups[name][key] = tuple(d[flat]) if isinstance(d[flat], list) else d[flat]
+        return cls(**top, **{name: _group(name, g) for name, g in groups.items()})
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
@@ -118,6 +143,37 @@ class TrainConfig:
             return cls.from_dict({**cls().to_dict(), **d})
         except BioworldError as e:
             raise BioworldError(f"config file {str(p)!r}: {e}") from None
+
+
+for _flat, (_name, _key) in FLAT_ALIASES.items():  # cfg.w_latent is cfg.loss.latent, ...
+    setattr(TrainConfig, _flat, property(lambda self, n=_name, k=_key: getattr(getattr(self, n), k),
+                                         doc=f"``{_name}.{_key}`` (the flat name of earlier versions)"))
+
+
+def _lists(d: Any) -> Any:
+    """Tuples as lists, recursively (JSON form)."""
+    if isinstance(d, dict):
+        return {k: _lists(v) for k, v in d.items()}
+    return list(d) if isinstance(d, tuple) else d
+
+
+def _group_fields(name: str, value: Any) -> dict[str, Any]:
+    """The fields of group ``name`` given as a dataclass or a dict (refusing unknown ones)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return dict(asdict(value))
+    if not isinstance(value, dict):
+        raise BioworldError(f"training config field {name} is a {type(value).__name__}; expected an object of "
+                            f"{GROUPS[name].__name__} fields. Fix: write it as {{\"{name}\": {{...}}}} or leave it out.")
+    known = [f.name for f in fields(GROUPS[name])]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise BioworldError(f"unknown training config field(s) {[f'{name}.{u}' for u in unknown]}; expected a subset of "
+                            f"{[f'{name}.{k}' for k in known]}. Fix: remove or rename them.")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+
+
+def _group(name: str, value: Any) -> Any:
+    return GROUPS[name](**_group_fields(name, value))
 
 
 #: Allowed values of each field: (kind, low, high); kind "int" (not bool), "float" (finite), "prob" ([0, 1]).

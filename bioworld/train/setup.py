@@ -135,21 +135,17 @@ def data_key(state: ModelState, data: Any, action_row: np.ndarray) -> dict[str, 
 def make_sampler(cfg: TrainConfig, data: Any, table: Any, action_row: np.ndarray, train_rows: list[int],
                  control_row: int, *, n_entities: int, n_genes: int) -> Any:
     """The transition sampler with the entity-mask collator (a block buffer for a backed file)."""
-    from bioworld.data.collate import BlockBufferSampler, EntityMaskCollator, MaskingConfig, TransitionSampler
+    from bioworld.data.collate import BlockBufferSampler, EntityMaskCollator, TransitionSampler
 
-    collator = EntityMaskCollator(
-        n_entities, n_genes,
-        MaskingConfig(mode=cfg.mask_mode, self_ratio=tuple(cfg.self_mask_ratio),
-                      transition_ratio=tuple(cfg.transition_mask_ratio), structured_prob=cfg.structured_mask_prob),
-    )
+    collator = EntityMaskCollator(n_entities, n_genes, cfg.mask)
     sizes = dict(groups_per_batch=cfg.groups_per_batch, cells_per_group=cfg.cells_per_group,
                  self_pairs=cfg.self_pairs, clamp_prob=cfg.clamp_prob)
     if isinstance(data.X, np.ndarray):
         return TransitionSampler(data.X, action_row, control_row, data.replicate, table, train_rows, collator, **sizes)
     return BlockBufferSampler(  # out of core: block-buffer sampling over the on-disk matrix
         data.X, action_row, control_row, data.replicate, table, train_rows, collator,
-        seed=cfg.seed, block_size=cfg.block_size, buffer_blocks=cfg.buffer_blocks,
-        refresh_every=cfg.buffer_refresh, resident_controls=cfg.resident_controls, **sizes,
+        seed=cfg.seed, block_size=cfg.buffer.block_size, buffer_blocks=cfg.buffer.buffer_blocks,
+        refresh_every=cfg.buffer.buffer_refresh, resident_controls=cfg.buffer.resident_controls, **sizes,
     )
 
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from bioworld.data.collate import BlockBufferSampler, TransitionSampler
-from bioworld.errors import TrainingError
+from bioworld.errors import BioworldError, TrainingError
 from bioworld.model.jepa import JEPA, JEPABatch, LossWeights
 from bioworld.train.checkpoint import clear_train_state, load_train_state, save_train_state
 from bioworld.train.config import TrainConfig
@@ -48,10 +48,7 @@ def ema_at(step: int, cfg: TrainConfig) -> float:
 
 
 def loss_weights(cfg: TrainConfig) -> LossWeights:
-    return LossWeights(
-        latent=cfg.w_latent, expr=cfg.w_expr, energy=cfg.w_energy, recon=cfg.w_recon,
-        score=cfg.w_score, variance=cfg.w_variance, covariance=cfg.w_covariance,
-    )
+    return cfg.loss
 
 
 def _to_batch(d: dict[str, Any], keep: np.ndarray | None = None, device: str = "cpu") -> JEPABatch:
@@ -211,6 +208,10 @@ def _resume(state_dir: str | Path, cfg: TrainConfig, data_key: dict[str, Any] | 
         return 0, [], None
     tensors, state = loaded
     saved_cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
+    try:  # a state written with the flat config of earlier versions compares in today's form
+        saved_cfg = TrainConfig.from_dict(saved_cfg).to_dict()
+    except BioworldError:
+        pass
     now_cfg = cfg.to_dict()
     if saved_cfg != now_cfg:
         diff = sorted(k for k in set(saved_cfg) | set(now_cfg) if saved_cfg.get(k) != now_cfg.get(k))
