@@ -528,17 +528,9 @@ def train_cmd(
     Options not given fall back to the register keywords a bioworld loader stored in the file
     (uns['bioworld']['loader']['register_kwargs']), then to the defaults.
     """
-    from dataclasses import replace
-
-    from bioworld.train import TrainConfig
-
     _check_train_flags(out, members=members, calibrate_folds=calibrate_folds, resume=resume, backed=backed,
                        overwrite=overwrite, seed=seed, max_steps=max_steps)
-    train_config = TrainConfig.from_file(config) if config is not None else TrainConfig()
-    overrides = {k: v for k, v in {"seed": seed, "max_steps": max_steps, "device": device}.items() if v is not None}
-    if overrides:
-        train_config = replace(train_config, **overrides)
-    train_config.resolved_device()  # an unavailable --device fails before the data is read
+    train_config = _train_config(config, seed=seed, max_steps=max_steps, device=device)
     if nproc != 1:
         code = _train_torchrun(nproc, data, out, train_config, dict(
             entities=entities, perturbation_key=perturbation_key, control=control, input=input,
@@ -598,6 +590,21 @@ def _run_locked(out: Path, run: Any) -> None:
     finally:
         if not done:
             remove_created(created)
+
+
+def _train_config(config: Path | None, *, seed: int | None, max_steps: int | None, device: str | None) -> Any:
+    """The TrainConfig of ``--config`` (or the defaults) with ``--seed`` / ``--max-steps`` / ``--device`` laid over it;
+    an unavailable device fails here, before the data are read."""
+    from dataclasses import replace
+
+    from bioworld.train import TrainConfig
+
+    train_config = TrainConfig.from_file(config) if config is not None else TrainConfig()
+    overrides = {k: v for k, v in {"seed": seed, "max_steps": max_steps, "device": device}.items() if v is not None}
+    if overrides:
+        train_config = replace(train_config, **overrides)
+    train_config.resolved_device()
+    return train_config
 
 
 def _check_train_flags(out: Path, *, members: int, calibrate_folds: int, resume: bool, backed: bool, overwrite: bool,
