@@ -134,7 +134,7 @@ class WorldModel:
         """Train the JEPA. ``overrides`` replace :class:`TrainConfig` fields (e.g. ``max_steps=300``)."""
         from bioworld.train import TrainConfig
         from bioworld.train.fit_check import record_fit
-        from bioworld.train.setup import combination_prior, single_effects, train_state
+        from bioworld.train.setup import anchor_effects, train_state
 
         if self._data is None:
             raise BioworldError("this model was loaded from disk without its training data; create a new WorldModel to train")
@@ -144,10 +144,7 @@ class WorldModel:
         self.single_effects, self.combination_prior, self._engine = {}, None, None
         if self._data.in_memory:
             record_fit(self.training_fit(), self.meta, self.findings)  # the model's own answers, before anchoring
-            self.single_effects = single_effects(self._state, self._data)
-            prior = combination_prior(self._state, self._data, self.single_effects)
-            self.combination_prior = None if prior is None else prior[0]
-            self.meta["combination_prior_n"] = 0 if prior is None else prior[1]
+            anchor_effects(self._state, self._data)
             self._engine = None  # the query engine is rebuilt with them
         return self
 

@@ -24,7 +24,7 @@ from bioworld.train.config import TrainConfig
 from bioworld.train.state import ModelState
 
 __all__ = ["VALIDATION_SOURCE_CELLS", "resolve_train_config", "model_config_for", "new_module", "size_training",
-           "data_key", "make_sampler", "train_state", "single_effects", "combination_prior"]
+           "data_key", "make_sampler", "train_state", "single_effects", "combination_prior", "anchor_effects"]
 
 VALIDATION_SOURCE_CELLS = 32  # control cells the held-in validation predicts from (early stopping)
 
@@ -210,3 +210,12 @@ def combination_prior(state: ModelState, data: Any,
         return None
     n = len(departures)
     return (np.mean(departures, axis=0) * (n / (n + 1))).astype(np.float32), n
+
+
+def anchor_effects(state: ModelState, data: Any) -> None:
+    """Store what untrained combinations are anchored on: the observed single effects and the combination
+    prior (``state.single_effects``, ``state.combination_prior``, ``meta['combination_prior_n']``)."""
+    state.single_effects = single_effects(state, data)
+    prior = combination_prior(state, data, state.single_effects)
+    state.combination_prior = None if prior is None else prior[0]
+    state.meta["combination_prior_n"] = 0 if prior is None else prior[1]
