@@ -230,3 +230,16 @@ def test_benchmark_only_retrospective_runs_it_and_writes_its_section(tmp_path, m
 def test_run_retrospective_refuses_unknown_datasets():
     with pytest.raises(BioworldError, match="unknown retrospective dataset"):
         R.run_retrospective(R.RetroSettings(), datasets=["papalexi", "norman"])
+
+
+def test_assemble_rebuilds_hits_from_the_data_without_training(tmp_path):
+    items = _items()
+    items["dataset"] = "papalexi"
+    (tmp_path / "run").mkdir()
+    items.to_csv(tmp_path / "run" / "items.csv", index=False)
+    frames = R.assemble([tmp_path / "run"], R.RetroSettings())
+    a = frames["papalexi"].attrs
+    # Papalexi's observed hits (own transcript left out, 2 x the replicate noise of the controls)
+    assert a["n_items"] == 20 and a["n_hits"] == 5 and a["wall_s"] == {}
+    assert {k for k, v in a["observed"].items() if v <= -a["threshold"]} == {"STAT1", "IFNGR1", "STAT2", "IRF1", "IRF7"}
+    assert len(frames["papalexi"]) == len(items)

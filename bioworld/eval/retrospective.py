@@ -548,8 +548,9 @@ def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool
             bar.update(1)
     bar.close()
     df = pd.DataFrame(rows, columns=ITEM_COLUMNS)
-    ranked_items = set(df["item"])
-    judged = {lab: v for lab, v in observed.items() if lab in set(at_dose.values()) and lab in ranked_items}
+    gone = set(dropped)
+    judged = {lab: v for lab, v in observed.items() if lab in set(at_dose.values()) and
+              _parse(lab).components[0].target not in gone}
     df.attrs.update(threshold=thr, noise=noise, observed=judged, wall_s=walls, goal=goal,
                     n_hits=int(sum(v <= -thr for v in judged.values())), n_items=len(judged),
                     noise_def=f"sd of the {len(ctrl_idx)} control wells' scores",
@@ -687,7 +688,7 @@ def write_retro(frames: Mapping[str, pd.DataFrame], out: str | os.PathLike, *, c
                                                                                key=lambda kv: kv[1])
                                                    if v <= -a.get("threshold", np.inf)),
                   "- wall time (train + prioritise, all folds and seeds): "
-                  + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()), "",
+                  + (", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) or "not recorded here"), "",
                   markdown_table(summ, ds), "", f"**{verdict(summ, ds)}**", ""]
         for extra in [m for m in (COMBINED, UPSTREAM, UPSTREAM_COMBINED) if m in set(summ[summ["dataset"] == ds]["method"])]:
             lines += [f"**{verdict(summ, ds, extra)}**", ""]
@@ -750,6 +751,21 @@ def update_benchmarks_md(md: str | os.PathLike, section: str) -> Path:
     return md
 
 
+def assemble(folders: Sequence[str | os.PathLike], settings: RetroSettings) -> dict[str, pd.DataFrame]:
+    """Frames from saved ``items.csv`` files (a later folder's dataset replaces an earlier one's), with
+    their ``attrs`` (hits, noise, candidates) recomputed from the data without training anything."""
+    frames: dict[str, pd.DataFrame] = {}
+    for folder in folders:
+        items = pd.read_csv(Path(folder) / "items.csv")
+        for ds, part in items.groupby("dataset", sort=False):
+            frames[str(ds)] = part.reset_index(drop=True)
+    no_training = RetroSettings(**{**settings.__dict__, "seeds": ()})
+    for ds, df in frames.items():
+        attrs = run_retrospective(no_training, datasets=[ds], progress=False)[ds].attrs
+        df.attrs.update({k: v for k, v in attrs.items() if k != "wall_s"}, wall_s={})
+    return frames
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python benchmarks/run_retrospective.py``: run, write RETROSPECTIVE.md (+ CSVs, plot) and the
     BENCHMARKS.md section. Returns 0."""
@@ -771,6 +787,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results/retrospective")
     p.add_argument("--benchmarks-md", default=None, help="also write the section into this BENCHMARKS.md")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--assemble", default=None, metavar="DIR[,DIR]",
+                   help="train nothing: rebuild the report from these folders' items.csv (later folders win)")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
     a = p.parse_args(argv)
     if a.folds < 2 or a.steps < 1 or a.k < 1 or a.cells < 1 or a.max_genes < 1:
         raise BioworldError("--folds >= 2, --steps, --k, --cells and --max-genes >= 1 expected")
@@ -779,13 +798,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = loadavg()
     t = time.perf_counter()
     command = "python benchmarks/run_retrospective.py " + " ".join(argv)
+    if a.assemble:
+        frames = assemble([x for x in a.assemble.split(",") if x.strip()], st)
+        report, summ = write_retro(frames, a.out, command=command.strip(), settings=st, load=load,
+                                   notes=["assembled from saved per-item results (items.csv) of the runs named in "
+                                          "--assemble (no training here)", *a.note])
+        if a.benchmarks_md:
+            update_benchmarks_md(a.benchmarks_md, benchmarks_section(summ, frames, report, Path(a.benchmarks_md),
+                                                                     command.strip()))
+        print(f"wrote {report}", file=sys.stderr)
+        return 0
     frames: dict[str, pd.DataFrame] = {}
     datasets = [x.strip() for x in a.only.split(",") if x.strip()]
     run_retrospective(st, datasets=datasets, progress=False, dry=True)  # unknown names fail before any training
     for d in datasets:  # the report is rewritten after each dataset, so finished ones survive an interruption
         frames.update(run_retrospective(st, datasets=[d], progress=not a.no_progress))
         done = "" if len(frames) == len(datasets) else f" (partial: {len(frames)} of {len(datasets)} datasets)"
-        notes = [f"wall time so far {time.perf_counter() - t:.0f} s{done}"]
+        notes = [f"wall time so far {time.perf_counter() - t:.0f} s{done}", *a.note]
         report, summ = write_retro(frames, a.out, command=command.strip(), settings=st, notes=notes,
                                    load=f"{load} (start), {loadavg()} (end)")
         print(f"wrote {report}{done}", file=sys.stderr)
