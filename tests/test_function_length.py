@@ -20,7 +20,6 @@ MAX_FACADE_LINES = 300
 PENDING: dict[str, str] = {
     "report/html.py::write_report": "report owner (h14)",
     "eval/retrospective.py::run_l1000_retro": "retrospective owner (h14)",
-    "query/_design.py::select": "design owner (h15)",
 }
 
 

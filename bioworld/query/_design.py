@@ -135,73 +135,31 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
                             "goal='down:ENTITY', 'up:ENTITY' or 'toward:control' (CLI: --goal)")
     mean = effects.mean(0)  # [C, G]
     rho = _corr_rows(mean)  # [C, G] for redundancy / diversity
-    if goal_scores is not None:
-        gs = np.asarray(goal_scores, dtype=np.float64)
-        if gs.shape != (M, C):
-            raise BioworldError(f"goal_scores have shape {gs.shape}; expected ({M}, {C}) (members x candidates)")
-        g_mean, g_sd = gs.mean(0), gs.std(0, ddof=1) if M > 1 else np.zeros(C)
-    else:
-        g_mean = g_sd = np.full(C, np.nan)
-    # information: deviation vectors [C, M*G] in their principal coordinates Y (Y Y^T = their Gram matrix)
-    dev = (effects - mean[None]).transpose(1, 0, 2).reshape(C, M * G) / np.sqrt(max(M - 1, 1) * G)
-    if scale_prior > 0:  # per-gene gain error: truth - mean = eps_g * mean, eps_g ~ N(0, scale_prior), shared
-        dev = np.concatenate([dev, np.sqrt(scale_prior / G) * mean], axis=1)
-    if knowledge_prior > 0 and features is not None:  # errors shared by look-alikes in knowledge, sized by the effect
-        f = np.asarray(features, dtype=np.float64)
-        f = f / np.where(np.linalg.norm(f, axis=1, keepdims=True) > 0, np.linalg.norm(f, axis=1, keepdims=True), 1.0)
-        size = np.linalg.norm(mean, axis=1, keepdims=True) / np.sqrt(G)
-        dev = np.concatenate([dev, np.sqrt(knowledge_prior) * size * f], axis=1)
-    Y, kept = _coordinates(dev)
-    if goal_scores is not None:  # uncertainty matters where the goal may be reached: optimistic relevance
-        ucb0 = g_mean + beta * g_sd
-        w = _pct(ucb0)
-    else:
-        w = np.ones(C)
-    rng = np.random.default_rng(seed)
-    rand_order = rng.permutation(C)
+    g_mean, g_sd = _goal_stats(goal_scores, M, C)
+    Y, kept = _uncertainty(effects, mean, features, scale_prior, knowledge_prior)
+    # uncertainty matters where the goal may be reached: optimistic relevance
+    w = _pct(g_mean + beta * g_sd) if goal_scores is not None else np.ones(C)
+    rand_order = np.random.default_rng(seed).permutation(C)
+    tie = np.empty(C)
+    tie[rand_order] = np.arange(C)  # ties (e.g. no uncertainty at all) are broken by the seeded random order
+    f, near = _nearness(features, measured_features, C) if strategy == "knowledge" else (None, None)
     chosen: list[int] = []
     out_score, out_info = [], []
     remaining = np.ones(C, bool)
-    if strategy == "knowledge":
-        if features is None:
-            raise BioworldError("strategy 'knowledge' needs action features of the candidates")
-        f = np.asarray(features, dtype=np.float64)
-        f = f / np.where(np.linalg.norm(f, axis=1, keepdims=True) > 0, np.linalg.norm(f, axis=1, keepdims=True), 1.0)
-        ref = np.zeros((0, f.shape[1])) if measured_features is None or len(measured_features) == 0 else \
-            np.asarray(measured_features, np.float64)
-        if len(ref):
-            ref = ref / np.where(np.linalg.norm(ref, axis=1, keepdims=True) > 0, np.linalg.norm(ref, axis=1, keepdims=True), 1.0)
-        near = (f @ ref.T).max(1) if len(ref) else np.full(C, -1.0)
     for _ in range(K):
         diag = (Y ** 2).sum(1)  # each candidate's remaining uncertainty
         B = Y.T @ (w[:, None] * Y)  # [r, r]
         gain = np.where(diag > 1e-12, ((Y @ B) * Y).sum(1) / np.where(diag > 1e-12, diag, 1.0), 0.0)
-        if chosen:
-            red = (rho @ rho[chosen].T).max(1)
-        else:
-            red = np.zeros(C)
+        red = (rho @ rho[chosen].T).max(1) if chosen else np.zeros(C)
         if strategy == "random":
-            s = np.zeros(C)
-            s[rand_order] = -np.arange(C, dtype=np.float64)
-        elif strategy == "information":
-            s = gain
+            s = -tie
         elif strategy == "knowledge":
             s = 1.0 - near  # cosine distance to the nearest measured / chosen perturbation
-        elif goal_scores is None:  # mix without a goal: information alone
+        elif strategy == "information" or goal_scores is None:  # mix without a goal: information alone
             s = gain
         else:
-            ucb = g_mean + beta * g_sd
-            spread = float(np.std(ucb[remaining])) if remaining.sum() > 1 else 0.0
-            disc = ucb - diversity * np.clip(red, 0, None) * spread
-            if strategy == "discovery":
-                s = disc
-            else:
-                s = np.full(C, -np.inf)
-                s[remaining] = _pct(gain[remaining]) + _pct(disc[remaining])
+            s = _goal_scores(strategy, gain, red, remaining, g_mean + beta * g_sd, diversity)
         s = np.where(remaining, s, -np.inf)
-        # ties (e.g. no uncertainty at all) are broken by the seeded random order
-        tie = np.zeros(C)
-        tie[rand_order] = np.arange(C)
         pick = int(np.lexsort((tie, -s))[0])
         chosen.append(pick)
         out_score.append(float(s[pick]))
@@ -214,15 +172,72 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
         if strategy == "knowledge":
             near = np.maximum(near, f @ f[pick])
     order = np.array(chosen, dtype=np.int64)
+    red_with, red_val = _redundancy(rho, order)
+    return Selection(order, np.array(out_score), np.array(out_info), g_mean[order], g_sd[order], red_with,
+                     red_val, kept)
+
+
+def _unit_rows(x: Any) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(n > 0, n, 1.0)
+
+
+def _goal_stats(goal_scores: np.ndarray | None, M: int, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and spread (over the members) of each candidate's goal score; NaN without a goal."""
+    if goal_scores is None:
+        return np.full(C, np.nan), np.full(C, np.nan)
+    gs = np.asarray(goal_scores, dtype=np.float64)
+    if gs.shape != (M, C):
+        raise BioworldError(f"goal_scores have shape {gs.shape}; expected ({M}, {C}) (members x candidates)")
+    return gs.mean(0), (gs.std(0, ddof=1) if M > 1 else np.zeros(C))
+
+
+def _uncertainty(effects: np.ndarray, mean: np.ndarray, features: Any, scale_prior: float,
+                 knowledge_prior: float) -> tuple[np.ndarray, float]:
+    """Each candidate's uncertainty vector (members' deviations [+ priors]) in principal coordinates."""
+    M, C, G = effects.shape
+    dev = (effects - mean[None]).transpose(1, 0, 2).reshape(C, M * G) / np.sqrt(max(M - 1, 1) * G)
+    if scale_prior > 0:  # per-gene gain error: truth - mean = eps_g * mean, eps_g ~ N(0, scale_prior), shared
+        dev = np.concatenate([dev, np.sqrt(scale_prior / G) * mean], axis=1)
+    if knowledge_prior > 0 and features is not None:  # errors shared by look-alikes in knowledge, sized by the effect
+        size = np.linalg.norm(mean, axis=1, keepdims=True) / np.sqrt(G)
+        dev = np.concatenate([dev, np.sqrt(knowledge_prior) * size * _unit_rows(features)], axis=1)
+    return _coordinates(dev)
+
+
+def _nearness(features: Any, measured_features: Any, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit candidate features and each one's cosine to the nearest measured perturbation (-1: none)."""
+    if features is None:
+        raise BioworldError("strategy 'knowledge' needs action features of the candidates")
+    f = _unit_rows(features)
+    if measured_features is None or len(measured_features) == 0:
+        return f, np.full(C, -1.0)
+    return f, (f @ _unit_rows(measured_features).T).max(1)
+
+
+def _goal_scores(strategy: str, gain: np.ndarray, red: np.ndarray, remaining: np.ndarray, ucb: np.ndarray,
+                 diversity: float) -> np.ndarray:
+    """discovery: UCB minus the look-alike penalty; mix: its rank percentile + information's."""
+    spread = float(np.std(ucb[remaining])) if remaining.sum() > 1 else 0.0
+    disc = ucb - diversity * np.clip(red, 0, None) * spread
+    if strategy == "discovery":
+        return disc
+    s = np.full(len(gain), -np.inf)
+    s[remaining] = _pct(gain[remaining]) + _pct(disc[remaining])
+    return s
+
+
+def _redundancy(rho: np.ndarray, order: np.ndarray) -> tuple[list[int | None], np.ndarray]:
+    """For each pick after the first: the earlier pick its predicted effect correlates with most, and how much."""
     red_with: list[int | None] = [None]
     red_val = [np.nan]
-    for k in range(1, K):
+    for k in range(1, len(order)):
         c = rho[order[:k]] @ rho[order[k]]
         j = int(np.argmax(c))
         red_with.append(int(order[j]))
         red_val.append(float(c[j]))
-    return Selection(order, np.array(out_score), np.array(out_info), g_mean[order], g_sd[order], red_with,
-                     np.array(red_val), kept)
+    return red_with, np.array(red_val)
 
 
 def _coordinates(dev: np.ndarray, max_rank: int = MAX_RANK) -> tuple[np.ndarray, float]:
