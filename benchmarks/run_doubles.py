@@ -45,9 +45,10 @@ def report(df, command: str, load: str) -> str:
         "# Simulator unseen doubles: world model vs Additive", "",
         f"Command: `{command}`; load average at start: {load}; 1 torch thread, 2 shared cores.", "",
         "Scored against the simulator's exact truth (mean over the test doubles per seed, then over seeds). "
-        "The world model predicts a double whose singles were trained as the sum of the observed single "
-        "effects plus its own departure from additivity (combinations are additive in latent slots plus a "
-        "learned interaction term).", "",
+        "The world model predicts an untrained double whose singles were trained as the sum of the observed "
+        "single effects plus the combination prior: the mean departure from additivity of the trained doubles, "
+        "shrunk by n/(n+1) (`bioworld.train.setup.combination_prior`). Before it, the learned interaction term "
+        "gave MSE 0.0158 +- 0.0012 against Additive's 0.0109 (0/3 seeds at or below Additive).", "",
         f"Seeds where the world model's MSE (top-20 genes) is at or below Additive: {mse_ok}/{n}; "
         f"Pearson (all genes) at or above Additive: {r_ok}/{n}.", "",
         "## Mean over seeds", "", _md(overall.reset_index()), "",
