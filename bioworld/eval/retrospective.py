@@ -797,7 +797,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        max_genes=a.max_genes, n_cells=a.cells, z=a.z, k=a.k)
     load = loadavg()
     t = time.perf_counter()
-    command = "python benchmarks/run_retrospective.py " + " ".join(argv)
+    import shlex
+
+    command = "python benchmarks/run_retrospective.py " + shlex.join(argv)
     if a.assemble:
         frames = assemble([x for x in a.assemble.split(",") if x.strip()], st)
         report, summ = write_retro(frames, a.out, command=command.strip(), settings=st, load=load,
