@@ -142,22 +142,18 @@ def check_numerics(wm, device: str, atol: float, rtol: float) -> list[Check]:
 
 
 def _one_batch(wm) -> dict:
-    """One training batch drawn exactly as ``wm.train`` draws it (seeded)."""
-    from bioworld.data.collate import EntityMaskCollator, MaskingConfig, TransitionSampler
+    """One training batch drawn as ``wm.train`` draws it (the same sampler, seeded)."""
+    from bioworld.train.setup import make_sampler
 
-    cfg = wm.train_config
-    labels = list(wm.actions)
-    table = wm._encode([wm.actions[lab] for lab in labels])
+    state, data = wm._state, wm._data
+    labels = list(state.space.actions)
+    table = state.space.encode([state.space.actions[lab] for lab in labels])
     row_of = {lab: i for i, lab in enumerate(labels)}
-    action_row = np.array([row_of.get(lab, -1) for lab in wm._labels])
-    train_rows = [row_of[lab] for lab in wm.train_labels if lab != wm.control]
-    collator = EntityMaskCollator(len(wm.entity_names), len(wm.genes), MaskingConfig(
-        mode=cfg.mask_mode, self_ratio=tuple(cfg.self_mask_ratio), transition_ratio=tuple(cfg.transition_mask_ratio),
-        structured_prob=cfg.structured_mask_prob))
-    sampler = TransitionSampler(wm._X, action_row, row_of[wm.control], wm._replicate, table, train_rows, collator,
-                                groups_per_batch=cfg.groups_per_batch, cells_per_group=cfg.cells_per_group,
-                                self_pairs=cfg.self_pairs, clamp_prob=cfg.clamp_prob)
-    return sampler.sample(np.random.default_rng(cfg.seed))
+    action_row = np.array([row_of.get(lab, -1) for lab in data.labels])
+    train_rows = [row_of[lab] for lab in state.train_labels if lab != state.control]
+    sampler = make_sampler(state.train_config, data, table, action_row, train_rows, row_of[state.control],
+                           n_entities=len(state.entity_names), n_genes=len(state.genes))
+    return sampler.sample(np.random.default_rng(state.train_config.seed))
 
 
 def _queries(wm, cells, labels: list[str], interventions: list[str], goal: str, n_boot: int) -> dict:

@@ -197,6 +197,74 @@ def case_sim(n_pathways: int, cells_per_condition: int, n_control: int, steps: i
             "load": load, "threads": torch.get_num_threads()}
 
 
+def _slot_world_model(n_entities: int, model_config: dict):
+    """The 116-gene, 9,800-cell simulation with ``n_entities`` slots (true pathways + random 12-gene sets)."""
+    import numpy as np
+
+    import bioworld as bw
+    from bioworld.entities import Entity, EntitySet
+
+    k, cpc, nc = SIM_CELLS["10k"]
+    sim = bw.data.simulate(n_pathways=k, doubles=8, n_other_genes=20, n_cells_per_condition=cpc, n_control_cells=nc,
+                           n_truth_draws=200, seed=0)
+    rng = np.random.default_rng(0)
+    genes = [str(g) for g in sim.adata.var_names]
+    gmt = dict(list(sim.gmt.items())[:n_entities])
+    while len(gmt) < n_entities:
+        gmt[f"RANDOM_{len(gmt)}"] = [genes[i] for i in rng.choice(len(genes), 12, replace=False)]
+    ents = EntitySet([Entity(n, tuple(g), tuple(1.0 for _ in g), "simulator") for n, g in gmt.items()])
+    return bw.WorldModel(sim.adata, entities=ents, replicate_key="replicate", nmf_programs=0, model_config=model_config,
+                         config={"max_steps": 10, "checkpoint_every": 0, "num_threads": 1})
+
+
+def case_slot_steps(rounds: int) -> dict:
+    """Per-step training time of the SLOT_CASES models, interleaved step by step (same load for each ratio).
+
+    Each model takes one optimiser step (loss, backward, AdamW, EMA) on its own seeded batches, in turn,
+    ``rounds`` times after one warm-up step; the median per model is reported.
+    """
+    import numpy as np
+    import torch
+
+    from bioworld.train._threads import pin_threads
+    from bioworld.train.trainer import _to_batch, loss_weights
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_check import _one_batch
+
+    pin_threads(1)
+    models, setup = {}, {}
+    for name, n_ent, mc in SLOT_CASES:
+        t = time.perf_counter()
+        wm = _slot_world_model(n_ent, mc)
+        setup[name] = time.perf_counter() - t
+        from bioworld.train.setup import new_module
+
+        m = new_module(wm._state)
+        m.train()
+        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+        models[name] = (m, opt, _to_batch(_one_batch(wm)), loss_weights(wm.train_config), wm.model_config.sparse_slots)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    load = _load()
+    for r in range(rounds + 1):
+        for name, (m, opt, batch, w, _) in models.items():
+            t = time.perf_counter()
+            out = m.loss(batch, w)
+            opt.zero_grad(set_to_none=True)
+            out.total.backward()
+            opt.step()
+            m.ema_update(0.99)
+            if r:  # round 0 = warm-up
+                times[name].append(time.perf_counter() - t)
+    base = float(np.median(times[SLOT_CASES[0][0]]))
+    res = {"rounds": rounds, "load": load, "load_end": _load(), "peak_rss_mb": _rss_mb()}
+    for name, (_, _, batch, _, local) in models.items():
+        med = float(np.median(times[name]))
+        res.update({f"{name}_s_per_step": med, f"{name}_x_base": med / base, f"{name}_local": bool(local),
+                    f"{name}_setup_s": setup[name], f"{name}_batch": int(batch.x_src.shape[0])})
+    return res
+
+
 def case_backed_write(n_chunks: int, cells_per_condition: int, n_control: int, path: str) -> dict:
     """Write a simulated screen of ``n_chunks`` independent cell batches to an on-disk h5ad, chunk by chunk."""
     import bioworld as bw
@@ -422,16 +490,33 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
                      f"{_fmt(r['train_wall_s'])} | {_fmt(r['epoch_s'])} | {_fmt(r['steps_per_s'])} | "
                      f"{_fmt(r['rss_after_setup_mb'], 0)} | {_fmt(r['peak_rss_mb'], 0)} | {r['load']} |")
         L.append("")
-    slots = {name: results[name] for name, _, _ in SLOT_CASES if name in results}
-    if slots:
+    st = results.get("slot_steps", {})
+    if st:
         L += ["## (g) Entity slots: ~100 vs ~1,000 slots, local vs dense attention", "",
               "One simulated screen (8 pathways, 116 genes, 9,800 cells); slots = the 8 true pathways plus random "
               "12-gene sets (what GO / Reactome-scale gene sets give). `default` = the default model config: dense "
               "attention up to `dense_max_slots` = 128 slots, local attention above (`slot_block` = 16: slots in a "
               "gene-overlap order, each attends to its own and the two adjacent blocks of 16 plus one pooled key); "
-              "`dense` = `slot_block=0`. The cases ran back to back (ratios share the load); per step = training wall "
-              "/ steps (first step included); `train()` adds the training-fit check (predictions of the training "
-              "perturbations).", "",
+              "`dense` = `slot_block=0`.", "",
+              "Per-step time, interleaved (`--only slot_steps`): the three models take one training step each in "
+              "turn (loss, backward, AdamW, EMA on the same seeded batch), so every ratio shares the machine's load; "
+              "median of the rounds after a warm-up step.", ""]
+        if "error" in st:
+            L.append(f"failed: {st['error']}")
+        else:
+            L += [f"Rounds: {st['rounds']}; load start / end: {st['load']} / {st['load_end']}.", "",
+                  "| model | slots | attention | batch | s/step | x the 108-slot step | setup s (WorldModel) |",
+                  "|---|---|---|---|---|---|---|"]
+            for name, n_ent, _ in SLOT_CASES:
+                if f"{name}_s_per_step" in st:
+                    L.append(f"| {name} | {n_ent} | {'local' if st[f'{name}_local'] in (True, 'True') else 'dense'} | {st[f'{name}_batch']} | "
+                             f"{_fmt(st[f'{name}_s_per_step'])} | {st[f'{name}_x_base']:.1f}x | {_fmt(st[f'{name}_setup_s'])} |")
+        L.append("")
+    slots = {name: results[name] for name, _, _ in SLOT_CASES if name in results}
+    if slots:
+        L += ["End to end (`--only slots`, one subprocess per case, run one after the other): `WorldModel.train` for "
+              "a few steps; per step = training wall / steps (first step included); `train()` adds the training-fit "
+              "check (predictions of the training perturbations over 512 reference cells).", "",
               "| case | slots | attention | steps | s/step | x the 108-slot step | setup s | train() s | peak RSS MB | load start / end |",
               "|---|---|---|---|---|---|---|---|---|---|"]
         base = slots.get("slots_108_default", {}).get("per_step_s")
@@ -440,7 +525,7 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
                 L.append(f"| {k} | failed: {r['error']} |||||||||")
                 continue
             ratio = f"{r['per_step_s'] / base:.1f}x" if base else "n/a"
-            L.append(f"| {k} | {r['n_entities']} | {'local' if r['local_attention'] else 'dense'} | {r['steps']} | "
+            L.append(f"| {k} | {r['n_entities']} | {'local' if r['local_attention'] in (True, 'True') else 'dense'} | {r['steps']} | "
                      f"{_fmt(r['per_step_s'])} | {ratio} | {_fmt(r['setup_s'])} | {_fmt(r['train_call_s'])} | "
                      f"{_fmt(r['peak_rss_mb'], 0)} | {r['load']} / {r.get('load_end', '?')} |")
         L.append("")
@@ -448,7 +533,8 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
     if d:
         L += ["## (f) Data-parallel training: 1 vs 2 processes (gloo, CPU)", "",
               "Papalexi, default TrainConfig, the same number of steps; each process uses 1 torch thread and the 2-process "
-              "run splits every global batch by perturbation group (`bioworld.train.distributed.train_distributed`). "
+              "run splits every global batch by perturbation group (`bioworld.train.distributed.train_distributed`; "
+              "gradients averaged by `DistributedDataParallel` in 25 MB buckets during the backward pass). "
               "On this shared 2-core machine the 2 processes compete with the other jobs for the same 2 cores, so the "
               "speed-up is a lower bound of what 2 free cores (or 2 nodes) give.", ""]
         if "error" in d:
@@ -473,7 +559,8 @@ def main() -> int:
                     help="training steps measured on Papalexi (default: TrainConfig's max_steps, 800; fewer steps "
                          "are reported as an extrapolation)")
     ap.add_argument("--sim-steps", type=int, default=40)
-    ap.add_argument("--only", choices=["train", "scaling", "baselines", "backed", "ddp", "slots"], default=None)
+    ap.add_argument("--only", choices=["train", "scaling", "baselines", "backed", "ddp", "slots", "slot_steps"], default=None)
+    ap.add_argument("--slot-rounds", type=int, default=3, help="interleaved steps per model (--only slot_steps)")
     ap.add_argument("--slot-steps", type=int, default=8, help="steps per case of the slot-count comparison (--only slots)")
     ap.add_argument("--ddp-steps", type=int, default=200, help="steps of the 1- vs 2-process comparison (--only ddp)")
     ap.add_argument("--backed-cells", choices=sorted(SIM_CELLS), default="1M",
@@ -493,6 +580,8 @@ def main() -> int:
                 res = case_baselines(tmp)
             elif a.case == "sim":
                 res = case_sim(*(int(x) for x in rest[:6]), *(json.loads(x) for x in rest[6:]))
+            elif a.case == "slot_steps":
+                res = case_slot_steps(int(rest[0]))
             elif a.case == "ddp":
                 res = case_ddp(int(rest[0]))
             elif a.case == "backed_write":
@@ -510,8 +599,9 @@ def main() -> int:
         "Out-of-core training (backed / on-disk h5ad) is NOT implemented: `TransitionSampler` indexes an "
         "in-memory float32 matrix of all cells, and `WorldModel` normalises the whole AnnData in memory. "
         "Memory therefore grows linearly with cells (see the scaling table); nothing here was measured out of core.",
-        "No GPU was used (this machine has none): `TrainConfig.device='cuda'` places training on a GPU but that "
-        "path has not been run here.",
+        "No GPU was used (this machine has none): `TrainConfig.device='cuda'` places training on a GPU and the model "
+        "stays there for queries, but that path has not been run here; `python benchmarks/gpu_check.py --device cuda` "
+        "is the one-run check (training, predict, counterfactual, prioritize, save/load, atlas pretraining vs the CPU).",
         "Multi-process data-parallel training (gloo) is in `bioworld.train.distributed`; its speed-up was not "
         "benchmarked in this run (`--only ddp`).",
     ]
@@ -535,6 +625,8 @@ def main() -> int:
         for e in SIM_ENTITIES:
             results[f"sim_entities_{e}"] = _run_case("sim", [str(k), str(cpc), str(nc), str(a.sim_steps), str(e), "500"],
                                                      a.timeout)
+    if a.only in (None, "slots", "slot_steps"):
+        results["slot_steps"] = _run_case("slot_steps", [str(a.slot_rounds)], a.timeout)
     if a.only in (None, "slots"):
         k, cpc, nc = SIM_CELLS["10k"]
         for name, n_ent, mc in SLOT_CASES:  # back to back, so that their ratios share the machine's load

@@ -253,11 +253,13 @@ def run_simulator_causal(
     k: int = 50,
     sim_kwargs: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
+    model_config: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Held-out ``silence:SIM_Pk`` against the simulator's exact truth.
 
-    ``config``: training-config fields laid over the benchmark's (e.g. ``{"mask_mode": "none"}``).
+    ``config``: training-config fields laid over the benchmark's (e.g. ``{"mask_mode": "none"}``);
+    ``model_config``: :class:`~bioworld.model.JEPAConfig` fields (e.g. ``{"slot_block": 2, "dense_max_slots": 0}``).
 
     Per seed, one simulation (``simulate(seed=seed, **sim_kwargs)``, all silences sampled) and per
     variant one world model (entities = the simulator's GMT, ``nmf_programs=0``):
@@ -304,7 +306,8 @@ def run_simulator_causal(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 wm = WorldModel(adata, entities=entities, replicate_key="replicate", nmf_programs=0,
-                                   holdout=held, config={**_wm_config(steps, seed, threads), **dict(config or {})})
+                                   holdout=held, config={**_wm_config(steps, seed, threads), **dict(config or {})},
+                                   model_config=dict(model_config) if model_config else None)
                 wm.train(progress=progress)
                 preds = {"WorldModel predict": _predict(wm, held),
                          "WorldModel counterfactual": _cf_mean(wm, cf_cells, held)}
