@@ -29,6 +29,8 @@ OUT = ROOT / "benchmarks" / "results" / "speed"
 
 CONFIGS = {"dense": {"slot_block": 0}, "local": {"slot_block": 2, "dense_max_slots": 0}}
 PAPALEXI_LOCAL = {"slot_block": 8, "dense_max_slots": 0}
+METRICS = ("pearson_all", "pearson_top50", "pearson_desc", "leak_ratio",  # simulator (causal)
+           "pearson_top20", "mse_top20", "direction_top20", "discrimination", "centred_pearson")  # Papalexi LTO
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,19 +63,20 @@ def main(argv: list[str] | None = None) -> int:
                 return _real(*args, model_config=_mc, **kw)
 
             B._world_model = with_model_config
+            load = "%.2f %.2f %.2f" % os.getloadavg()
             try:
                 df = run_papalexi_lto(n_folds=2, seeds=(0,), steps=a.papalexi_steps, ablations=False, progress=False)
             finally:
                 B._world_model = real
-            df = df[df["method"] == "WorldModel"].copy()
-            df["attention"], df["dataset"] = name, "papalexi"
+            df = df[df["method"] == "WorldModel"].pivot_table(  # tidy (metric, value) rows -> one row per target
+                index=["method", "perturbation", "fold", "seed"], columns="metric", values="value").reset_index()
+            df["attention"], df["dataset"], df["load"] = name, "papalexi", load
             frames.append(df)
             print(f"papalexi {name} done", flush=True)
     res = pd.concat(frames, ignore_index=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     res.to_csv(a.out, index=False)
-    metrics = [m for m in ("pearson_all", "pearson_top50", "pearson_desc", "leak_ratio", "pearson_delta_top_de",
-                           "mse_top_de", "direction_top_de") if m in res.columns]
+    metrics = [m for m in METRICS if m in res.columns]
     g = res.groupby(["dataset", "method", "attention"])[metrics]
     mean, sd, n = g.mean(), g.std(), g.size()
     print("| dataset | method | attention | " + " | ".join(metrics) + " | n |")

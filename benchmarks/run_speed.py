@@ -512,11 +512,39 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
                     L.append(f"| {name} | {n_ent} | {'local' if st[f'{name}_local'] in (True, 'True') else 'dense'} | {st[f'{name}_batch']} | "
                              f"{_fmt(st[f'{name}_s_per_step'])} | {st[f'{name}_x_base']:.1f}x | {_fmt(st[f'{name}_setup_s'])} |")
         L.append("")
+    acc_path = OUT / "slot_attention.csv"
+    if acc_path.exists():
+        import pandas as pd
+
+        acc = pd.read_csv(acc_path)
+        metrics = [m for m in ("pearson_all", "pearson_top50", "pearson_desc", "leak_ratio", "pearson_top20", "mse_top20",
+                               "direction_top20", "discrimination", "centred_pearson") if m in acc.columns]
+        L += ["Accuracy with local attention forced on the benchmarks' own slot sets (`benchmarks/run_slot_attention.py`, "
+              "raw rows in `slot_attention.csv`): by default these models (8 and 43 slots) attend densely, so their "
+              "default figures are unchanged; here `dense_max_slots=0` and a block small enough that each slot sees only "
+              "part of the others (simulator `slot_block=2`: 6 of 8 slots + the pooled key; Papalexi `slot_block=8`: 24 of "
+              "43) against dense attention on the same seeds. Simulator: held-out `silence:` of every pathway "
+              "(variant `none`, `run_simulator_causal`), 300 steps, seeds 0-2 (mean ± sd over 3 seeds x 8 silences). "
+              "Papalexi: leave-targets-out, 2 folds, seed 0, 150 steps (mean ± sd over the 20 held-out targets; a quick "
+              "setting, not the benchmark's 5-fold default). Loads: " + "; ".join(
+                  f"{d} {a}: {ld}" for (d, a), ld in acc.groupby(["dataset", "attention"])["load"].first().items())
+              + ".", "",
+              "| dataset | method | attention | " + " | ".join(metrics) + " | n |",
+              "|---|---|---|" + "---|" * len(metrics) + "---|"]
+        g = acc.groupby(["dataset", "method", "attention"])
+        for idx, grp in g:
+            cells = [("—" if grp[m].isna().all() else f"{grp[m].mean():.3f} ± {grp[m].std():.3f}") for m in metrics]
+            L.append(f"| {' | '.join(idx)} | " + " | ".join(cells) + f" | {len(grp)} |")
+        L.append("")
     slots = {name: results[name] for name, _, _ in SLOT_CASES if name in results}
     if slots:
         L += ["End to end (`--only slots`, one subprocess per case, run one after the other): `WorldModel.train` for "
               "a few steps; per step = training wall / steps (first step included); `train()` adds the training-fit "
-              "check (predictions of the training perturbations over 512 reference cells).", "",
+              "check (predictions of the training perturbations over 512 reference cells). Not interleaved: the loads "
+              "differ (last column; the 1,008-slot case shared the machine with a 2-process test of mine). The "
+              "training-fit check, i.e. the query engine, is the cost that grows fastest here: 62 s -> 977 s and peak RSS "
+              "2.0 -> 9.4 GB for 9.3x the slots, because the engine runs 2,048 rows (cells x candidates) per pass "
+              "whatever the slot count (`query.engine.ROWS_PER_PASS`).", "",
               "| case | slots | attention | steps | s/step | x the 108-slot step | setup s | train() s | peak RSS MB | load start / end |",
               "|---|---|---|---|---|---|---|---|---|---|"]
         base = slots.get("slots_108_default", {}).get("per_step_s")
@@ -559,7 +587,7 @@ def main() -> int:
                     help="training steps measured on Papalexi (default: TrainConfig's max_steps, 800; fewer steps "
                          "are reported as an extrapolation)")
     ap.add_argument("--sim-steps", type=int, default=40)
-    ap.add_argument("--only", choices=["train", "scaling", "baselines", "backed", "ddp", "slots", "slot_steps"], default=None)
+    ap.add_argument("--only", choices=["train", "scaling", "baselines", "backed", "ddp", "slots", "slot_steps", "none"], default=None)
     ap.add_argument("--slot-rounds", type=int, default=3, help="interleaved steps per model (--only slot_steps)")
     ap.add_argument("--slot-steps", type=int, default=8, help="steps per case of the slot-count comparison (--only slots)")
     ap.add_argument("--ddp-steps", type=int, default=200, help="steps of the 1- vs 2-process comparison (--only ddp)")
@@ -568,6 +596,7 @@ def main() -> int:
     ap.add_argument("--backed-epochs", type=int, default=1, help="block-buffer passes over the on-disk screen")
     ap.add_argument("--with-1m", action="store_true", help="also the ~1M-cell simulation (needs ~10+ GB RAM)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    ap.add_argument("--report-only", action="store_true", help="rewrite SPEED.md from speed.csv (no case is run)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the cases of an earlier speed.csv that this run does not measure again")
     a, rest = ap.parse_known_args()
@@ -595,6 +624,8 @@ def main() -> int:
 
     machine = _machine()
     results: dict[str, dict] = {}
+    if a.report_only:
+        a.only, a.merge = "none", True
     notes = [
         "Out-of-core training (backed / on-disk h5ad) is NOT implemented: `TransitionSampler` indexes an "
         "in-memory float32 matrix of all cells, and `WorldModel` normalises the whole AnnData in memory. "
@@ -665,6 +696,10 @@ def main() -> int:
             notes = [n for n in notes if not n.startswith("Out-of-core training (backed")]
         if "sim_cells_1M" in results and "error" not in results["sim_cells_1M"]:
             notes = [n for n in notes if "1M-cell simulation was skipped" not in n]
+    if "slots_1008_default" in results and "slots_1008_dense" not in results:
+        notes.append("The end-to-end dense 1,008-slot case (`--only slots`) is not in this file: it was stopped, because "
+                     "its training-fit check (predictions over 512 reference cells with dense attention) would have run for "
+                     "more than the case timeout at this load; its per-step time is in the interleaved table of (g).")
     machine["loadavg_end"] = _load()
     write_report(machine, results, notes)
     return 0
