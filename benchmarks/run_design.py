@@ -379,6 +379,12 @@ def summarize(df):
     return pd.DataFrame(out)
 
 
+def _order(names) -> list[str]:
+    """bw.design's strategies first, then the variants tried (e.g. ``information+kprior``) by name."""
+    names = set(names)
+    return [s for s in STRATEGIES if s in names] + sorted(names - set(STRATEGIES))
+
+
 def _ms(v, count=False):
     """mean ± sd over seeds; ``count``: also how many seeds have a value (n/a = never reached)."""
     v = np.asarray(v, float)
@@ -400,7 +406,7 @@ def plot(df, path):
     fig, axes = plt.subplots(3, len(sets), figsize=(4.6 * len(sets), 10), squeeze=False)
     for j, ds in enumerate(sets):
         d = df[df.dataset == ds]
-        for s in (*STRATEGIES, KPRIOR):
+        for s in _order(d.strategy):
             h = d[d.strategy == s]
             if h.empty:
                 continue
@@ -468,7 +474,7 @@ def write_report(out: Path) -> Path:
                   "| strategy | AUC err unmeasured | ratio to random | share to random final | AUC err all "
                   "(ratio) | share to random final (err all) | hits AUC | final hits | s / round | load |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        for s in (*STRATEGIES, KPRIOR):
+        for s in _order(g.strategy):
             h = g[g.strategy == s]
             if h.empty:
                 continue

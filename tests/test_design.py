@@ -191,7 +191,7 @@ def test_cli_design_writes_csv_and_html(model_dir, tmp_path):
     assert list(t.columns) == COLUMNS and len(t) == 2
     page = (out / "design.html").read_text()
     assert "<section id='design'>" in page and t["perturbation"][0] in page
-    assert "wrote" in result.stdout and "mix" in result.stdout
+    assert "wrote" in result.stdout and result.stdout.startswith("information: chose 2")
 
 
 def test_cli_budget(model_dir, tmp_path):
