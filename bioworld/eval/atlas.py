@@ -12,9 +12,17 @@ Baselines: ``CompoundMean`` (the compound's mean signature over its other contex
 ``ContextMean`` (the context's mean over its other signatures), ``CompoundPlusContext`` (their
 z-scored sum). Methods: ``AtlasModel`` and its ablations of the curated-knowledge features (none;
 compound -> target links shuffled; network gene labels shuffled; atlas signatures in the knowledge
-features re-assigned between perturbations). A consistent key permutation leaves the module's retrieval
-inputs (own signatures elsewhere, context mean, look-alikes) grouped as before, so no ablation here
-removes those.
+features re-assigned between perturbations) and of the retrieval inputs (*shuffled retrieval*: each
+compound's signatures in other contexts — and so its look-alikes — are another compound's; the
+withheld targets, the context mean and the knowledge features are untouched — and the knowledge
+features hold a projection of the compound's own atlas signatures; *shuffled retrieval + signatures*
+moves those too, so no input carries the compound's own signatures elsewhere). A consistent key
+permutation (*shuffled signatures*) leaves the retrieval inputs grouped as before; *shuffled retrieval*
+does not.
+
+``split="compound"`` (:func:`unseen_compound_split`) instead withholds every signature of a random
+``frac`` of the compounds: no method sees the compound's signature in any context, so only the
+context mean and the knowledge features (targets, network) can speak for it.
 """
 
 from __future__ import annotations
@@ -27,9 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["atlas_split", "run_atlas_transfer", "score_signatures"]
-
-
+__all__ = ["atlas_split", "run_atlas_transfer", "score_signatures", "unseen_compound_split"]
 
 def atlas_split(atlas: Any, *, frac: float = 0.1, min_contexts: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(train_rows, test_rows)``: ``frac`` of the compound signatures whose compound has >= ``min_contexts``
@@ -41,6 +47,21 @@ def atlas_split(atlas: Any, *, frac: float = 0.1, min_contexts: int = 3, seed: i
     rng = np.random.default_rng(seed)
     test = np.sort(rng.choice(eligible, size=max(1, int(round(frac * len(eligible)))), replace=False))
     return np.setdiff1d(np.arange(len(obs)), test), test
+
+
+def unseen_compound_split(atlas: Any, *, frac: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_rows, test_rows)``: every signature of a random ``frac`` of the compounds is withheld
+    (seeded), so the withheld compounds have no signature in any training context."""
+    obs = atlas.obs
+    comp = obs["kind"].to_numpy() == "compound"
+    keys = np.array(sorted(obs.loc[comp, "key"].unique()))
+    rng = np.random.default_rng(seed)
+    held = rng.choice(keys, size=max(1, int(round(frac * len(keys)))), replace=False)
+    test = np.flatnonzero(comp & obs["key"].isin(held).to_numpy())
+    return np.setdiff1d(np.arange(len(obs)), test), test
+
+
+SPLITS = {"context": atlas_split, "compound": unseen_compound_split}
 
 
 def score_signatures(pred: np.ndarray, observed: np.ndarray) -> pd.DataFrame:
@@ -67,6 +88,8 @@ VARIANTS = {
     "AtlasModel (shuffled targets)": ({}, ("targets",)),
     "AtlasModel (shuffled network)": ({}, ("network",)),
     "AtlasModel (shuffled signatures)": ({}, ("signatures",)),
+    "AtlasModel (shuffled retrieval)": ({"shuffle_retrieval": True}, ()),
+    "AtlasModel (shuffled retrieval + signatures)": ({"shuffle_retrieval": True}, ("signatures",)),
 }
 
 
@@ -78,19 +101,23 @@ def run_atlas_transfer(
     variants: Sequence[str] | None = None,
     baselines: bool = True,
     frac: float = 0.1,
+    split: str = "context",
     progress: bool = True,
 ) -> pd.DataFrame:
     """Scores of every method on withheld (compound, context) signatures; one row per (method, seed,
     signature), with ``attrs['wall_s']`` (training seconds per method and seed). ``variants`` picks
-    among :data:`VARIANTS` (default: all with ``ablations``, else only ``AtlasModel``)."""
+    among :data:`VARIANTS` (default: all with ``ablations``, else only ``AtlasModel``); ``split`` is
+    ``"context"`` (:func:`atlas_split`) or ``"compound"`` (:func:`unseen_compound_split`)."""
     from bioworld.knowledge import KnowledgeBase, KnowledgeConfig, SignatureAtlas, load_atlas
     from bioworld.train.pretrain import PretrainConfig, _Inputs, pretrain_atlas
 
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; expected one of {sorted(SPLITS)}.")
     atlas = load_atlas()
     names = list(variants) if variants is not None else (list(VARIANTS) if ablations else ["AtlasModel"])
     frames, walls = [], {}
     for seed in seeds:
-        train, test = atlas_split(atlas, frac=frac, seed=seed)
+        train, test = SPLITS[split](atlas, frac=frac, seed=seed)
         inputs = _Inputs(atlas, train, atlas.basis(64, rows=train, seed=seed))
         observed = atlas.X[test]
         meta = atlas.obs.iloc[test][["signature", "source", "context", "key"]].reset_index(drop=True)
@@ -102,7 +129,8 @@ def run_atlas_transfer(
             kb = KnowledgeBase(KnowledgeConfig(seed=seed, shuffle=shuffle), atlas=seen) if cfg.use_knowledge else None
             t = time.perf_counter()
             # shuffled signatures: keys permuted consistently (knowledge features move; retrieval groups do not)
-            source = atlas.shuffled(seed) if shuffle == ("signatures",) else atlas
+            # (with shuffled retrieval the atlas stays as it is: the donors and the knowledge features move apart)
+            source = atlas.shuffled(seed) if shuffle == ("signatures",) and not cfg.shuffle_retrieval else atlas
             model = pretrain_atlas(atlas=source, train_rows=train, knowledge=kb, config=cfg, progress=progress)
             walls[(name, seed)] = time.perf_counter() - t
             preds[name] = model.predict_rows(test)

@@ -50,6 +50,7 @@ class PretrainConfig:
     seed: int = 0  # seed of initialisation, batches and the basis
     num_threads: int = 1  # torch intra-op threads (fixed for reproducibility)
     use_knowledge: bool = True  # False: the knowledge features are left out (ablation)
+    shuffle_retrieval: bool = False  # True: each compound's other-context signatures are another's (ablation)
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (as TrainConfig.device); the model returns on it
 
     def __post_init__(self) -> None:
@@ -80,7 +81,8 @@ class PretrainConfig:
 class _Inputs:
     """Leave-one-out inputs over an atlas restricted to ``train_rows`` (sums kept, so any row is cheap)."""
 
-    def __init__(self, atlas: Any, train_rows: np.ndarray, basis: np.ndarray) -> None:
+    def __init__(self, atlas: Any, train_rows: np.ndarray, basis: np.ndarray,
+                 retrieval_seed: int | None = None) -> None:
         from bioworld.knowledge import zscore_rows
 
         self.atlas = atlas
@@ -107,6 +109,8 @@ class _Inputs:
         mean = (self.key_sum / np.maximum(self.key_n, 1)[:, None]).astype(np.float32) @ self.basis
         self.key_unit = (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-9)).astype(np.float32)
         self.ctx_rows = {c: tr[self.ctx_id[tr] == c] for c in range(len(self.contexts))}
+        # donor[k]: whose signatures elsewhere stand for key k (itself, unless the retrieval ablation is on)
+        self.donor = np.arange(len(self.keys)) if retrieval_seed is None else retrieval_donors(self.keys, retrieval_seed)
 
     def neighbours(self, zc: np.ndarray, has_c: np.ndarray, key_ids: np.ndarray, ctx_ids: np.ndarray) -> np.ndarray:
         """``[n, G]``: in each row's context, the mean of the training signatures of the perturbations whose
@@ -133,9 +137,12 @@ class _Inputs:
         from bioworld.knowledge import zscore_rows
 
         rows = np.asarray(rows, int)
+        donor = self.donor[self.key_id[rows]]
+        # leave the row itself out only where its own key supplies zc (the donor's sums never hold it)
+        own = (self.train[rows] & (donor == self.key_id[rows])).astype(np.float64)[:, None]
+        kn = self.key_n[donor] - own[:, 0]
+        zc = (self.key_sum[donor] - own * self.Z[rows]) / np.maximum(kn, 1)[:, None]
         own = self.train[rows].astype(np.float64)[:, None]
-        kn = self.key_n[self.key_id[rows]] - own[:, 0]
-        zc = (self.key_sum[self.key_id[rows]] - own * self.Z[rows]) / np.maximum(kn, 1)[:, None]
         cn = self.ctx_n[self.ctx_id[rows]] - own[:, 0]
         zk = (self.ctx_sum[self.ctx_id[rows]] - own * self.Z[rows]) / np.maximum(cn, 1)[:, None]
         has_c = (kn > 0).astype(np.float32)
@@ -149,12 +156,24 @@ class _Inputs:
 
         ci = self.contexts.index(context)
         zk = zscore_rows(self.ctx_sum[ci] / max(self.ctx_n[ci], 1))
-        if key in self.keys and self.key_n[self.keys.index(key)] > 0:
+        if key in self.keys and self.key_n[self.donor[self.keys.index(key)]] > 0:
             ki = self.keys.index(key)
-            zc = zscore_rows(self.key_sum[ki] / self.key_n[ki]).astype(np.float32)
+            di = self.donor[ki]
+            zc = zscore_rows(self.key_sum[di] / self.key_n[di]).astype(np.float32)
             zn = self.neighbours(zc[None], np.ones(1, np.float32), np.array([ki]), np.array([ci]))[0]
             return zc, 1.0, zk, zn, ci
         return np.zeros_like(zk), 0.0, zk, np.zeros_like(zk), ci
+
+
+def retrieval_donors(keys: Sequence[str], seed: int) -> np.ndarray:
+    """Ablation: ``donor[i]`` is the key whose signatures stand in for key ``i``'s signatures elsewhere. The
+    compound keys (``cmp:``) form one random cycle (seeded), so every compound gets another compound's
+    signatures; other keys keep their own."""
+    donor = np.arange(len(keys))
+    cmp = np.flatnonzero([k.startswith("cmp:") for k in keys])
+    order = cmp[np.random.default_rng(seed).permutation(len(cmp))]
+    donor[order] = np.roll(order, 1)
+    return donor
 
 
 def _knowledge_table(kb: Any, keys: Sequence[str]) -> np.ndarray:
@@ -309,7 +328,9 @@ class AtlasModel:
         tensors = load_file(str(wpath))
         if "basis0" not in tensors:
             raise CheckpointError(f"{wpath} lacks the tensor 'basis0'; re-run 'bioworld pretrain'.")
-        inputs = _Inputs(atlas, np.array([pos[n] for n in meta["train_signatures"]]), tensors["basis0"].numpy())
+        pcfg = PretrainConfig.from_dict(meta["pretrain_config"])
+        inputs = _Inputs(atlas, np.array([pos[n] for n in meta["train_signatures"]]), tensors["basis0"].numpy(),
+                         retrieval_seed=pcfg.seed if pcfg.shuffle_retrieval else None)
         cfg = AtlasConfig.from_dict(meta["module_config"])
         module = AtlasNet(cfg)
         state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
@@ -317,7 +338,7 @@ class AtlasModel:
             module.load_state_dict(state)
         except RuntimeError as exc:
             raise CheckpointError(f"{wpath} does not fit its config: {str(exc).splitlines()[0]}") from None
-        return cls(module, inputs, tensors["kfeat"].numpy(), None, PretrainConfig.from_dict(meta["pretrain_config"]), meta)
+        return cls(module, inputs, tensors["kfeat"].numpy(), None, pcfg, meta)
 
 
 # ------------------------------------------------------------------------------- training
@@ -354,7 +375,7 @@ def pretrain_atlas(
     if len(rows) < 2:
         raise BioworldError(f"pretraining needs at least 2 training signatures; got {len(rows)}.")
     basis0 = atlas.basis(cfg.basis_dim, rows=rows, seed=cfg.seed)  # [G, S] principal axes of the training rows
-    inputs = _Inputs(atlas, rows, basis0)
+    inputs = _Inputs(atlas, rows, basis0, retrieval_seed=cfg.seed if cfg.shuffle_retrieval else None)
     if cfg.use_knowledge:
         if knowledge is None:
             seen = SignatureAtlas(atlas.X[rows], atlas.obs.iloc[rows].reset_index(drop=True), atlas.genes)
