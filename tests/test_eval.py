@@ -307,3 +307,16 @@ def test_main_writes_report_for_baselines(tmp_path):
     assert rc == 0
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "unseen_compounds" in text and "NearestCompound" in text
+
+
+def test_benchmark_report_repeats_companion_findings(tmp_path):
+    from bioworld.eval.benchmark import _companion_sections
+
+    out = tmp_path / "results"
+    assert _companion_sections(out, tmp_path / "BENCHMARKS.md") == []  # no companion files: no sections
+    (out / "masking").mkdir(parents=True)
+    (out / "masking" / "MASKING.md").write_text("# t\n\nWhat it shows, per shape: default: lowest leak: **none**.\n")
+    lines = _companion_sections(out, tmp_path / "BENCHMARKS.md")
+    assert lines[0].startswith("## Masking")
+    assert "What it shows, per shape: default: lowest leak: **none**." in lines
+    assert any("results/masking/MASKING.md" in ln for ln in lines)

@@ -739,12 +739,34 @@ def write_outputs(
             _plot(part, png, f"{bench} / {split}")
             rel = os.path.relpath(png, report.parent)
             lines += [f"### {bench} — {split}", "", _markdown_table(part), "", f"![{bench} {split}]({rel})", ""]
+    lines += _companion_sections(out, report)
     lines += ["## Metric definitions", "", METRIC_DEFINITIONS, "",
               "Per-perturbation predictions are written as AnnData pairs "
               "`predictions/<benchmark>__<method>__pred.h5ad` / `__real.h5ad` (rows = perturbation × split × "
               "fold × seed, `X` = control mean + delta, `obs['target_gene']`) that Arc's cell-eval can score.", ""]
     report.write_text("\n".join(lines), encoding="utf-8")
     return report
+
+
+# benchmarks run by their own scripts whose findings the report repeats: (folder, file, title, line prefix)
+COMPANIONS = (
+    ("masking", "MASKING.md", "Masking (entity vs gene vs none) on held-out simulator silences", "What it shows"),
+    ("doubles", "DOUBLES.md", "Simulator unseen doubles vs Additive", "Seeds where"),
+)
+
+
+def _companion_sections(out: Path, report: Path) -> list[str]:
+    """One section per companion result file present under ``out``: its finding line and a link."""
+    lines: list[str] = []
+    for folder, name, title, prefix in COMPANIONS:
+        path = out / folder / name
+        if not path.is_file():
+            continue
+        found = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith(prefix)]
+        rel = os.path.relpath(path, report.parent)
+        lines += [f"## {title}", "", f"From [{rel}]({rel}) (its script, command and machine load are in the file):",
+                  "", *(found[:1] or ["(no finding line in the file)"]), ""]
+    return lines
 
 
 # ------------------------------------------------------------------------------------ CLI
