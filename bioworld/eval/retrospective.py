@@ -468,18 +468,14 @@ def _parse(label: str) -> Any:
     return parse_action(label)
 
 
-def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool = True, smiles: bool = True,
-                    dataset: str = "l1000") -> pd.DataFrame:
-    """L1000 A375 held-out compounds, goal ``down:MAPK`` (PROGENy): per held-out compound, its rank
-    percentile among every compound the model resolves at ``settings.dose`` and whether its
-    observed well at that dose is a hit. ``smiles=False``: the model reads no structures, so every
-    candidate (plate or knowledge-only compound) is described the same way, by its knowledge (held-out
-    compounds without knowledge cannot be ranked and are left out). ``attrs`` as
-    :func:`run_genetic_retro`."""
-    from bioworld.data import bundled_path, load_l1000, normalize, register
-    from bioworld.knowledge import CompoundKnowledge
+def _l1000_data(goal: str, smiles: bool) -> tuple[Any, np.ndarray, dict[str, Any], dict[str, float],
+                                                 dict[str, float], np.ndarray, list[str]]:
+    """The L1000 plate as the retrospective reads it: ``(adata, labels, register kwargs, goal weights,
+    observed change per label, control wells' scores, compounds left out)``. Without structures
+    (``smiles=False``) a plate compound the knowledge layer does not know cannot be described: its
+    wells are left out."""
+    from bioworld.data import load_l1000, normalize, register
 
-    goal = GOALS["l1000"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         adata = load_l1000()
@@ -491,10 +487,10 @@ def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool
     X = normalize(adata, reg)
     labels = adata.obs["perturbation"].astype(str).to_numpy()
     var = [str(v) for v in adata.var_names]
-    name, goal_w = _goal_genes(goal)
+    _, goal_w = _goal_genes(goal)
     observed, ctrl_scores = observed_goal_change(X, labels, "control", _panel_weights(goal_w, var), var)
     dropped: list[str] = []
-    if not smiles:  # without structures, a plate compound the knowledge layer does not know cannot be described
+    if not smiles:
         from bioworld.eval.benchmark import _knowledge_base
 
         kb = _knowledge_base()
@@ -502,6 +498,22 @@ def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool
         dropped = sorted({n for n in names.values() if not kb.knows_compound(n)})
         keep = np.array([lab == "control" or names[lab] not in set(dropped) for lab in labels])
         adata, labels = adata[keep].copy(), labels[keep]
+    return adata, labels, kw, goal_w, observed, ctrl_scores, dropped
+
+
+def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool = True, smiles: bool = True,
+                    dataset: str = "l1000") -> pd.DataFrame:
+    """L1000 A375 held-out compounds, goal ``down:MAPK`` (PROGENy): per held-out compound, its rank
+    percentile among every compound the model resolves at ``settings.dose`` and whether its
+    observed well at that dose is a hit. ``smiles=False``: the model reads no structures, so every
+    candidate (plate or knowledge-only compound) is described the same way, by its knowledge (held-out
+    compounds without knowledge cannot be ranked and are left out). ``attrs`` as
+    :func:`run_genetic_retro`."""
+    from bioworld.data import bundled_path
+    from bioworld.knowledge import CompoundKnowledge
+
+    goal = GOALS["l1000"]
+    adata, labels, kw, goal_w, observed, ctrl_scores, dropped = _l1000_data(goal, smiles)
     noise = control_noise(ctrl_scores)
     thr = hit_threshold(noise, settings.z)
     acts = {lab: _parse(lab) for lab in set(labels) - {"control"}}

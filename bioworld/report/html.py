@@ -420,6 +420,60 @@ def _breakable(text: Any) -> Any:
     return Markup(out)
 
 
+def _accuracy_of(accuracy: Any, model: Any) -> tuple[pd.DataFrame | None, str]:
+    """Held-out accuracy (given, or the model's own evaluation, or none) and where it comes from."""
+    if accuracy is None:
+        own = model_accuracy(model)
+        if own is None:
+            return None, ""
+        return load_accuracy(own), ("this model's own evaluation on held-out data "
+                                    "(bioworld evaluate; evaluation.csv in the model folder)")
+    source = str(accuracy) if isinstance(accuracy, (str, os.PathLike)) else "a table given by the caller"
+    return load_accuracy(accuracy), source
+
+
+def _figures(result: Any, table: pd.DataFrame, model: Any, top_n: int) -> list[dict[str, str]]:
+    """The report's plots (title, caption, embedded PNG)."""
+    from bioworld.report import plots
+
+    top_labels = list(table["intervention"].head(top_n))
+    figures = [
+        {"title": "Effect of the top interventions",
+         "caption": "Mean goal score over cells, best at the top; whiskers = 95% interval. Blue = gene knockouts, green = compounds, grey = entity silences (mechanisms), orange = pairs; rows acting on the goal's own readout come last. "
+                    "Long names are abbreviated in the plots: H_ = HALLMARK_, "
+                    "sil: = silence:.",
+         "src": _png(plots.effect_bars(table, top_n=top_n))},
+        {"title": "Entity propagation",
+         "caption": "How far each top intervention moves each entity's latent (units of that slot's spread over "
+                    "control cells). Columns = the most-moved entities.",
+         "src": _png(plots.entity_heatmap(result.entity_shift, top_labels[:15]))},
+        {"title": "Gene × intervention: predicted changes",
+         "caption": "Mean predicted change of each gene (standardised expression, units of the control cells' sd; "
+                    "red = up, blue = down) under the best unflagged interventions (rows, in rank order), on the "
+                    "screen's prototype cells; columns = the genes they move most; * = a gene of the goal's "
+                    "readout entity.",
+         "src": _png(plots.gene_heatmap(getattr(result, "gene_delta", None), highlight=_readout_genes(result, model)))},
+        {"title": "Per-cell scores",
+         "caption": "Distribution of the score over the individual cells: a wide spread means the effect "
+                    "depends on the cell's state.",
+         "src": _png(plots.per_cell_distributions(result.per_cell_scores, order=list(table["intervention"])))},
+        {"title": "Pair synergy",
+         "caption": "Score of a pair of silenced entities minus the sum of the two singles: red = more than "
+                    "additive, blue = less (redundant).",
+         "src": _png(plots.pair_synergy_matrix(result.pair_synergy))},
+    ]
+    tr = getattr(model, "train_result", None) if model is not None else None
+    if tr is not None and tr.history:
+        steps = [int(h.get("step", 0)) for h in tr.history]
+        recorded = (f"over the {tr.steps} training steps" if steps and min(steps) <= max(10, tr.steps // 20)
+                    else f"for the recorded steps {min(steps)}–{max(steps)} of {tr.steps} (the saved model keeps "
+                         "only the last records of its training history)")
+        figures.append({"title": "Training curves",
+                        "caption": f"Loss terms and the latent-collapse monitor {recorded}.",
+                        "src": _png(plots.training_curves(tr.history))})
+    return figures
+
+
 # ------------------------------------------------------------------------------------ entry
 def write_report(
     result: Any,
@@ -459,8 +513,6 @@ def write_report(
     -------
     Path of ``report.html``.
     """
-    import jinja2
-
     from bioworld.report import plots
 
     table = getattr(result, "table", None)
@@ -475,70 +527,18 @@ def write_report(
     # everything is rendered first and written at the end, all-or-nothing: a failure on the way
     # (a plot, the template, a full disk) leaves no half-made report folder
 
-    # ---- held-out accuracy (given, or the model's own evaluation, or none)
-    accuracy_source = "a table given by the caller"
-    if accuracy is None:
-        own = model_accuracy(model)
-        acc = None if own is None else load_accuracy(own)
-        accuracy_source = "" if own is None else ("this model's own evaluation on held-out data "
-                                                  "(bioworld evaluate; evaluation.csv in the model folder)")
-    else:
-        if isinstance(accuracy, (str, os.PathLike)):
-            accuracy_source = str(accuracy)
-        acc = load_accuracy(accuracy)
-
+    acc, accuracy_source = _accuracy_of(accuracy, model)
     upstream, mechanisms, flagged = _split_flagged(table)
     notes = _collapsed_notes(table)
-    # ---- figures
-    top_labels = list(table["intervention"].head(top_n))
-    figures = [
-        {"title": "Effect of the top interventions",
-         "caption": "Mean goal score over cells, best at the top; whiskers = 95% interval. Blue = gene knockouts, green = compounds, grey = entity silences (mechanisms), orange = pairs; rows acting on the goal's own readout come last. "
-                    "Long names are abbreviated in the plots: H_ = HALLMARK_, "
-                    "sil: = silence:.",
-         "src": _png(plots.effect_bars(table, top_n=top_n))},
-        {"title": "Entity propagation",
-         "caption": "How far each top intervention moves each entity's latent (units of that slot's spread over "
-                    "control cells). Columns = the most-moved entities.",
-         "src": _png(plots.entity_heatmap(result.entity_shift, top_labels[:15]))},
-        {"title": "Gene × intervention: predicted changes",
-         "caption": "Mean predicted change of each gene (standardised expression, units of the control cells' sd; "
-                    "red = up, blue = down) under the best unflagged interventions (rows, in rank order), on the "
-                    "screen's prototype cells; columns = the genes they move most; * = a gene of the goal's "
-                    "readout entity.",
-         "src": _png(plots.gene_heatmap(getattr(result, "gene_delta", None), highlight=_readout_genes(result, model)))},
-        {"title": "Per-cell scores",
-         "caption": "Distribution of the score over the individual cells: a wide spread means the effect "
-                    "depends on the cell's state.",
-         "src": _png(plots.per_cell_distributions(result.per_cell_scores, order=list(table["intervention"])))},
-        {"title": "Pair synergy",
-         "caption": "Score of a pair of silenced entities minus the sum of the two singles: red = more than "
-                    "additive, blue = less (redundant).",
-         "src": _png(plots.pair_synergy_matrix(result.pair_synergy))},
-    ]
-    tr = getattr(model, "train_result", None) if model is not None else None
-    if tr is not None and tr.history:
-        steps = [int(h.get("step", 0)) for h in tr.history]
-        recorded = (f"over the {tr.steps} training steps" if steps and min(steps) <= max(10, tr.steps // 20)
-                    else f"for the recorded steps {min(steps)}–{max(steps)} of {tr.steps} (the saved model keeps "
-                         "only the last records of its training history)")
-        figures.append({"title": "Training curves",
-                        "caption": f"Loss terms and the latent-collapse monitor {recorded}.",
-                        "src": _png(plots.training_curves(tr.history))})
+    figures = _figures(result, table, model, top_n)
     accuracy_view = None
     accuracy_fig = None
     if acc is not None and len(acc):
         accuracy_view = _accuracy_view(acc)
         accuracy_fig = _png(plots.accuracy_bars(acc))
 
-    # ---- tables + render
     csv_text = csv_safe(table).to_csv(index=False)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-    )
-    env.filters["breakable"] = _breakable
-    html = env.get_template("report.html.j2").render(
+    html = _render(
         title=title or f"bioworld: interventions for {result.goal}",
         goal=result.goal,
         goal_words=goal_in_words(result.goal),
@@ -563,12 +563,25 @@ def write_report(
     )
     from bioworld._atomic import write_files
 
-    def text_writer(text: str):
-        return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
-
     path = out / REPORT_NAME
-    write_files([(out / CSV_NAME, text_writer(csv_text)), (path, text_writer(html))], what="report file")
+    write_files([(out / CSV_NAME, _text_writer(csv_text)), (path, _text_writer(html))], what="report file")
     return path
+
+
+def _text_writer(text: str):
+    return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
+
+
+def _render(**context: Any) -> str:
+    """The report template rendered with ``context`` (autoescaped, undefined names are errors)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["breakable"] = _breakable
+    return env.get_template("report.html.j2").render(**context)
 
 
 #: First characters that make a spreadsheet read a cell as a formula (CSV / formula injection).
