@@ -186,7 +186,8 @@ def test_genetic_retro_end_to_end_on_a_small_simulated_screen():
     df = R.run_genetic_retro(sim.adata.copy(), f"down:{goal_ent}", goal_weights={g: 1.0 for g in sim.gmt[goal_ent]},
                              settings=st, dataset="sim", replicate_key="replicate", network=(genes, net + net.T),
                              progress=False, entities=ents, knowledge=False, nmf_programs=0)
-    assert set(df["method"]) == {R.MODEL, R.MODEL_RANKED, R.NETWORK, R.PATHWAY, R.COMBINED}
+    assert set(df["method"]) == {R.MODEL, R.MODEL_RANKED, R.NETWORK, R.PATHWAY, R.COMBINED, R.UPSTREAM,
+                                 R.UPSTREAM_COMBINED}
     n_singles = len(df.attrs["observed"])
     assert df.attrs["n_items"] == n_singles > 0
     per_method = df.groupby("method")["item"].nunique()
