@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
-from bioworld.errors import CheckpointError
+from bioworld.errors import BioworldError, CheckpointError
 
 __all__ = ["validate_model_meta", "MAX_SIZE", "MAX_DEPTH_LAYERS"]
 
@@ -103,7 +103,7 @@ def _model_config(c: _Check, meta: Mapping[str, Any], n_genes: int, n_entities: 
         "compound_feature_dim": (0, MAX_SIZE), "latent_dim": (1, MAX_SIZE), "token_dim": (1, MAX_SIZE),
         "encoder_depth": (0, MAX_DEPTH_LAYERS), "predictor_depth": (0, MAX_DEPTH_LAYERS),
         "n_heads": (1, 4096), "max_components": (1, 64), "readout_hidden": (1, MAX_SIZE),
-        "gene_bank_size": (0, MAX_SIZE),
+        "gene_bank_size": (0, MAX_SIZE), "slot_block": (0, MAX_SIZE), "dense_max_slots": (0, MAX_SIZE),
     }
     known = {f for f in JEPAConfig.__dataclass_fields__}
     unknown = sorted(set(cfg) - known)
@@ -129,7 +129,10 @@ def _model_config(c: _Check, meta: Mapping[str, Any], n_genes: int, n_entities: 
                              ("gene_bank_size", n_bank, "the number of 'gene_bank' entries")):
         if name in cfg and cfg[name] != want:
             raise c.fail(p + name, str(cfg[name]), f"{want}, {what}")
-    return JEPAConfig.from_dict(cfg)
+    try:
+        return JEPAConfig.from_dict(cfg)
+    except BioworldError as e:  # a field the checks above do not know yet: still a corrupt checkpoint
+        raise c.fail("model_config", f"a config the model refuses ({e})", "a consistent config") from None
 
 
 def _module_shapes(c: _Check, cfg: Any, tensors: Mapping[str, torch.Tensor], E: int, G: int) -> None:

@@ -18,7 +18,6 @@ MAX_FACADE_LINES = 300
 
 #: "path relative to bioworld/::function" -> why it is still long (to be split, then removed here).
 PENDING: dict[str, str] = {
-    "eval/causal.py::run_simulator_causal": "causal benchmark owner (81 lines on main at 8ef7abe; noticed by h14)",
 }
 
 

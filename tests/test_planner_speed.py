@@ -66,9 +66,11 @@ def test_refined_rows_equal_exhaustive_scoring(fast_and_exact):
 
 def test_fast_table_keeps_columns_and_intervals(fast_and_exact):
     fast, exact = fast_and_exact
-    assert list(fast.table.columns) == list(exact.table.columns) == [
-        "rank", "intervention", "kind", "score", "score_lo", "score_hi", "synergy", "flag", "flag_reason", "seen",
-        "evidence", "drugs", "top_entities", "n_cells"]
+    assert list(fast.table.columns) == list(exact.table.columns)
+    cols = list(fast.table.columns)
+    assert cols[:4] == ["rank", "intervention", "kind", "score"]  # the CSV contract; the rest may grow
+    required = ["score_lo", "score_hi", "synergy", "flag", "flag_reason", "seen", "evidence", "drugs", "n_cells"]
+    assert [c for c in cols if c in required] == required
     t = fast.table
     assert (t["score_lo"] <= t["score_hi"]).all() and np.isfinite(t[["score", "score_lo", "score_hi"]]).all().all()
     assert list(t["rank"]) == list(range(1, len(t) + 1))

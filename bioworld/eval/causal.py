@@ -317,25 +317,12 @@ def run_simulator_causal(
             train = {lab: observed[lab] for lab in observed if lab not in set(held)}
             mot = MeanOfTrain().fit(train, FitContext(control="control")).predict(held)
             for lab in held:
-                pw = lab[len("silence:"):]
-                desc = sorted(sim.descendants(pw))
-                truth = sim.truth_delta.loc[lab, genes].to_numpy(np.float64)
-                _, des_mask, _, _ = _gene_groups(genes, sim.gmt, pw, desc)
-                truth_leak = leak_ratio(truth, genes, sim.gmt, pw, desc)["leak_ratio"]
                 cands = {m: p[lab] for m, p in preds.items()}
+                pw = lab[len("silence:"):]
                 cands["MembersOnly"] = members_only_delta(X[ctrl_idx], genes, sim.gmt[pw])
                 cands["MeanOfTrain"] = mot[lab]
                 cands["Observed cells (ceiling)"] = observed[lab]
-                cands["Truth"] = truth
-                for method, pred in cands.items():
-                    lk = leak_ratio(pred, genes, sim.gmt, pw, desc)
-                    rows.append(_row(
-                        benchmark="simulator", variant=variant, seed=int(seed), target=lab, query=lab,
-                        method=method, **score_silence(pred, truth, k=k),
-                        pearson_desc=_safe_pearson(pred, truth, des_mask) if des_mask.sum() >= 2 else np.nan,
-                        **lk, truth_leak_ratio=truth_leak, steps=steps if method.startswith("WorldModel") else np.nan,
-                        wall_s=wall if method.startswith("WorldModel") else np.nan,
-                    ))
+                rows += _silence_rows(sim, genes, lab, cands, k=k, variant=variant, seed=int(seed), steps=steps, wall=wall)
     df = _frame(rows)
     df.attrs["note"] = ("Targets: simulate(seed).truth_delta (exact expected log1p-CP10k change). 'partial': "
                         f"{n_holdout} silences held out per seed, the rest trained; 'none': no silence in training.")
@@ -343,6 +330,27 @@ def run_simulator_causal(
 
 
 # ---------------------------------------------------------------------------------- Papalexi
+def _silence_rows(sim: Any, genes: list[str], lab: str, cands: dict[str, np.ndarray], *, k: int, variant: str,
+                  seed: int, steps: int, wall: float) -> list[dict[str, Any]]:
+    """Rows scoring every candidate answer to the held-out ``lab`` (plus the truth itself) against the truth."""
+    pw = lab[len("silence:"):]
+    desc = sorted(sim.descendants(pw))
+    truth = sim.truth_delta.loc[lab, genes].to_numpy(np.float64)
+    _, des_mask, _, _ = _gene_groups(genes, sim.gmt, pw, desc)
+    truth_leak = leak_ratio(truth, genes, sim.gmt, pw, desc)["leak_ratio"]
+    rows = []
+    for method, pred in {**cands, "Truth": truth}.items():
+        wm = method.startswith("WorldModel")
+        rows.append(_row(
+            benchmark="simulator", variant=variant, seed=seed, target=lab, query=lab, method=method,
+            **score_silence(pred, truth, k=k),
+            pearson_desc=_safe_pearson(pred, truth, des_mask) if des_mask.sum() >= 2 else np.nan,
+            **leak_ratio(pred, genes, sim.gmt, pw, desc), truth_leak_ratio=truth_leak,
+            steps=steps if wm else np.nan, wall_s=wall if wm else np.nan,
+        ))
+    return rows
+
+
 def _entity(wm: Any, name: str):
     for e in wm.entity_set:
         if e.name == name:
