@@ -145,7 +145,7 @@ def test_masking_and_do_operation_on_local_attention():
     assert (z_alt[:, 40] - z_next[:, 40]).abs().max() > 0
 
 
-def test_world_model_with_local_attention_trains_saves_and_loads(small_sim, tmp_path):
+def test_world_model_with_local_attention_trains_saves_and_loads(small_sim, tmp_path, monkeypatch):
     import warnings
 
     import numpy as np
@@ -173,3 +173,10 @@ def test_world_model_with_local_attention_trains_saves_and_loads(small_sim, tmp_
     loaded = bw.WorldModel.load(tmp_path / "m")
     assert loaded.model_config.slot_block == 4
     np.testing.assert_array_equal(loaded.predict(labels).layers["delta"], before)
+    # the query engine runs fewer rows per pass when there are many slots (memory ~ rows x slots); same answers
+    import bioworld.query.engine as engine
+
+    assert loaded.engine.rows_per_pass == engine.ROWS_PER_PASS  # up to 128 slots: unchanged
+    monkeypatch.setattr(engine, "SLOT_ROWS_PER_PASS", 7 * 128)
+    assert loaded.engine.rows_per_pass == 7
+    np.testing.assert_allclose(loaded.predict(labels).layers["delta"], before, rtol=1e-5, atol=1e-6)

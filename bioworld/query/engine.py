@@ -33,7 +33,8 @@ from bioworld.errors import UnknownPerturbationError
 from bioworld.model.jepa import JEPA
 from bioworld.query._counterfactual import ActivityAxes, SilenceTerms, pin_members, silence_terms
 
-ROWS_PER_PASS = 2048  # predictor rows per pass (candidates x cells); cells encoded per pass
+ROWS_PER_PASS = 2048  # predictor rows per pass (candidates x cells); cells encoded per pass (up to 128 slots)
+SLOT_ROWS_PER_PASS = ROWS_PER_PASS * 128  # above 128 slots, fewer rows per pass: memory ~ rows x slots stays bounded
 
 
 @dataclass
@@ -126,6 +127,11 @@ class Engine:
 
     # ---------------------------------------------------------------- cached per model
     @property
+    def rows_per_pass(self) -> int:
+        """Rows (cells x candidates) per module pass: ``ROWS_PER_PASS`` up to 128 slots, fewer above (memory)."""
+        return max(1, SLOT_ROWS_PER_PASS // max(128, self.module.cfg.n_entities))
+
+    @property
     def device(self) -> torch.device:
         """Where the module is (``WorldModel.to``); inputs go there, answers come back as numpy on the CPU."""
         return next(self.module.parameters()).device
@@ -204,8 +210,9 @@ class Engine:
         m.eval()
         x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32)).to(self.device)
         parts = []
-        for s in range(0, len(x), ROWS_PER_PASS):
-            xb = x[s:s + ROWS_PER_PASS]
+        rows = self.rows_per_pass
+        for s in range(0, len(x), rows):
+            xb = x[s:s + rows]
             ctrl = self._take(self._control, np.zeros(len(xb), dtype=np.int64))
             z = m.encode(xb)  # [b, E, D]
             r_ref = m.readout(m.encode_target(xb)) if m.cfg.residual_readout else None
@@ -221,7 +228,8 @@ class Engine:
         out = {}
         for e in entities:
             x_off = torch.from_numpy(self.axes.inactive(x_np, e)).to(self.device)
-            z_off = torch.cat([self.module.encode(x_off[s:s + ROWS_PER_PASS]) for s in range(0, len(x_off), ROWS_PER_PASS)])
+            rows = self.rows_per_pass
+            z_off = torch.cat([self.module.encode(x_off[s:s + rows]) for s in range(0, len(x_off), rows)])
             out[e] = silence_terms(self.module, cache.z, z_off, e, cache.x, x_off)
         return out
 
@@ -229,15 +237,16 @@ class Engine:
     @torch.inference_mode()
     def run(self, cache: CellCache, cands: Candidates, *,
             goal: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-            weights: np.ndarray | None = None, rows_per_pass: int = ROWS_PER_PASS) -> RunResult:
+            weights: np.ndarray | None = None, rows_per_pass: int | None = None) -> RunResult:
         """Answer every candidate on every cached cell.
 
         Without ``goal``: predicted expression ``[C, n, G]`` and per-cell latent shifts ``[C, n, E]``
         (units of slot spread). With ``goal(x_pred, x_base) -> [rows]``: its per-cell scores
         ``[C, n]`` and the mean shift ``[C, E]`` (weighted by ``weights`` ``[n]``, default equal).
         Candidates with the same number of action components share passes of about
-        ``rows_per_pass`` rows, so no padding mask is needed.
+        ``rows_per_pass`` rows (default :attr:`rows_per_pass`), so no padding mask is needed.
         """
+        rows_per_pass = rows_per_pass or self.rows_per_pass
         n, C = len(cache), len(cands)
         E = len(self.space.entity_names)
         terms = self.silence_terms(cache, np.flatnonzero(cands.clamp.any(0)).tolist())
