@@ -484,6 +484,9 @@ def write_report(out: Path) -> Path:
         lines += ["", _verdict(ds, g), ""]
     lines += ["Machine: " + f"{os.cpu_count()} CPU cores shared with other jobs (load = 1-minute load average "
               "recorded each round).", ""]
+    notes = out / "NOTES.md"  # how the rows were produced (hand-written: runs, code versions, variants)
+    if notes.exists():
+        lines += ["## How these rows were produced", "", notes.read_text().strip(), ""]
     (out / "DESIGN.md").write_text("\n".join(lines))
     return out / "DESIGN.md"
 
