@@ -128,7 +128,8 @@ def _report(df, args, load0, wall) -> None:
         "compound another compound's signatures elsewhere (a fixed random cycle over the compounds): the retrieval "
         "inputs (own signatures elsewhere, look-alikes) are wrong, the context mean and the knowledge features intact; "
         "as the knowledge features hold a projection of the compound's own atlas signatures, *shuffled retrieval + "
-        "signatures* re-assigns those as well, so that no input carries the compound's own signatures elsewhere.",
+        "signatures* re-assigns those as well, so that no input carries the compound's own signatures elsewhere; "
+        "*shuffled retrieval, no knowledge* drops the knowledge features instead.",
         "",
         f"Cost: whole run {wall / 60:.1f} min; pretraining per model (s): "
         + ", ".join(f"{k} {v}" for k, v in walls.items()),

@@ -16,7 +16,8 @@ features re-assigned between perturbations) and of the retrieval inputs (*shuffl
 compound's signatures in other contexts — and so its look-alikes — are another compound's; the
 withheld targets, the context mean and the knowledge features are untouched — and the knowledge
 features hold a projection of the compound's own atlas signatures; *shuffled retrieval + signatures*
-moves those too, so no input carries the compound's own signatures elsewhere). A consistent key
+moves those too, so no input carries the compound's own signatures elsewhere; *shuffled retrieval, no
+knowledge* drops them). A consistent key
 permutation (*shuffled signatures*) leaves the retrieval inputs grouped as before; *shuffled retrieval*
 does not.
 
@@ -90,6 +91,7 @@ VARIANTS = {
     "AtlasModel (shuffled signatures)": ({}, ("signatures",)),
     "AtlasModel (shuffled retrieval)": ({"shuffle_retrieval": True}, ()),
     "AtlasModel (shuffled retrieval + signatures)": ({"shuffle_retrieval": True}, ("signatures",)),
+    "AtlasModel (shuffled retrieval, no knowledge)": ({"shuffle_retrieval": True, "use_knowledge": False}, ()),
 }
 
 
