@@ -89,3 +89,25 @@ def test_run_atlas_transfer_refuses_an_unknown_split():
 
     with pytest.raises(ValueError, match="split='cells'"):
         run_atlas_transfer(seeds=[0], split="cells", variants=[], baselines=False)
+
+
+def test_redrawn_retrieval_gives_another_compound_afresh_on_every_call(atlas):
+    from bioworld.eval.atlas import atlas_split
+    from bioworld.errors import BioworldError
+    from bioworld.train.pretrain import PretrainConfig, _Inputs
+
+    with pytest.raises(BioworldError, match="needs shuffle_retrieval"):
+        PretrainConfig(redraw_retrieval=True)
+    train, test = atlas_split(atlas, frac=0.1, seed=0)
+    shuf = _Inputs(atlas, train, atlas.basis(8, rows=train, seed=0), retrieval_seed=0, redraw=True)
+    rows = np.repeat(test[:1], 40)  # one row asked 40 times
+    zc1 = shuf.for_rows(rows)[0]
+    zc2 = shuf.for_rows(rows)[0]
+    keys = atlas.obs["key"].to_numpy()
+    own = np.flatnonzero(np.isin(np.arange(len(keys)), train) & (keys == keys[test[0]]))
+    from bioworld.knowledge import zscore_rows
+
+    own_mean = zscore_rows(shuf.Z[own].mean(axis=0))
+    assert all(np.corrcoef(z, own_mean)[0, 1] < 0.99 for z in zc1)  # never the compound's own mean
+    assert len({z.tobytes() for z in zc1}) > 10  # a different compound on most of the 40 draws
+    assert not np.array_equal(zc1, zc2)  # and afresh on the next call

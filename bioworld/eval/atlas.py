@@ -92,6 +92,8 @@ VARIANTS = {
     "AtlasModel (shuffled retrieval)": ({"shuffle_retrieval": True}, ()),
     "AtlasModel (shuffled retrieval + signatures)": ({"shuffle_retrieval": True}, ("signatures",)),
     "AtlasModel (shuffled retrieval, no knowledge)": ({"shuffle_retrieval": True, "use_knowledge": False}, ()),
+    "AtlasModel (redrawn retrieval, no knowledge)": ({"shuffle_retrieval": True, "redraw_retrieval": True,
+                                                      "use_knowledge": False}, ()),
 }
 
 

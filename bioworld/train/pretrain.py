@@ -51,6 +51,7 @@ class PretrainConfig:
     num_threads: int = 1  # torch intra-op threads (fixed for reproducibility)
     use_knowledge: bool = True  # False: the knowledge features are left out (ablation)
     shuffle_retrieval: bool = False  # True: each compound's other-context signatures are another's (ablation)
+    redraw_retrieval: bool = False  # with shuffle_retrieval: that other compound drawn afresh for every row, every step
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (as TrainConfig.device); the model returns on it
 
     def __post_init__(self) -> None:
@@ -64,6 +65,8 @@ class PretrainConfig:
             raise BioworldError(f"PretrainConfig.drop_signature={self.drop_signature!r}; expected a value in [0, 1).")
         if not float(self.lr) > 0:
             raise BioworldError(f"PretrainConfig.lr={self.lr!r}; expected a positive float.")
+        if self.redraw_retrieval and not self.shuffle_retrieval:
+            raise BioworldError("PretrainConfig.redraw_retrieval=True needs shuffle_retrieval=True.")
         if not isinstance(self.device, str):
             raise BioworldError(f"PretrainConfig.device={self.device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'.")
 
@@ -82,7 +85,7 @@ class _Inputs:
     """Leave-one-out inputs over an atlas restricted to ``train_rows`` (sums kept, so any row is cheap)."""
 
     def __init__(self, atlas: Any, train_rows: np.ndarray, basis: np.ndarray,
-                 retrieval_seed: int | None = None) -> None:
+                 retrieval_seed: int | None = None, redraw: bool = False) -> None:
         from bioworld.knowledge import zscore_rows
 
         self.atlas = atlas
@@ -111,6 +114,8 @@ class _Inputs:
         self.ctx_rows = {c: tr[self.ctx_id[tr] == c] for c in range(len(self.contexts))}
         # donor[k]: whose signatures elsewhere stand for key k (itself, unless the retrieval ablation is on)
         self.donor = np.arange(len(self.keys)) if retrieval_seed is None else retrieval_donors(self.keys, retrieval_seed)
+        # redraw: every call gives each compound row a fresh random other compound (noise, not a fixed code)
+        self._redraw = np.random.default_rng(retrieval_seed) if redraw and retrieval_seed is not None else None
 
     def neighbours(self, zc: np.ndarray, has_c: np.ndarray, key_ids: np.ndarray, ctx_ids: np.ndarray) -> np.ndarray:
         """``[n, G]``: in each row's context, the mean of the training signatures of the perturbations whose
@@ -138,6 +143,11 @@ class _Inputs:
 
         rows = np.asarray(rows, int)
         donor = self.donor[self.key_id[rows]]
+        if self._redraw is not None:
+            cmp = np.flatnonzero(self.donor != np.arange(len(self.keys)))
+            pick = cmp[self._redraw.integers(len(cmp), size=len(rows))]
+            pick = np.where(pick == self.key_id[rows], donor, pick)  # never the row's own compound
+            donor = np.where(donor != self.key_id[rows], pick, donor)
         # leave the row itself out only where its own key supplies zc (the donor's sums never hold it)
         own = (self.train[rows] & (donor == self.key_id[rows])).astype(np.float64)[:, None]
         kn = self.key_n[donor] - own[:, 0]
@@ -330,7 +340,7 @@ class AtlasModel:
             raise CheckpointError(f"{wpath} lacks the tensor 'basis0'; re-run 'bioworld pretrain'.")
         pcfg = PretrainConfig.from_dict(meta["pretrain_config"])
         inputs = _Inputs(atlas, np.array([pos[n] for n in meta["train_signatures"]]), tensors["basis0"].numpy(),
-                         retrieval_seed=pcfg.seed if pcfg.shuffle_retrieval else None)
+                         retrieval_seed=pcfg.seed if pcfg.shuffle_retrieval else None, redraw=pcfg.redraw_retrieval)
         cfg = AtlasConfig.from_dict(meta["module_config"])
         module = AtlasNet(cfg)
         state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
@@ -375,7 +385,8 @@ def pretrain_atlas(
     if len(rows) < 2:
         raise BioworldError(f"pretraining needs at least 2 training signatures; got {len(rows)}.")
     basis0 = atlas.basis(cfg.basis_dim, rows=rows, seed=cfg.seed)  # [G, S] principal axes of the training rows
-    inputs = _Inputs(atlas, rows, basis0, retrieval_seed=cfg.seed if cfg.shuffle_retrieval else None)
+    inputs = _Inputs(atlas, rows, basis0, retrieval_seed=cfg.seed if cfg.shuffle_retrieval else None,
+                     redraw=cfg.redraw_retrieval)
     if cfg.use_knowledge:
         if knowledge is None:
             seen = SignatureAtlas(atlas.X[rows], atlas.obs.iloc[rows].reset_index(drop=True), atlas.genes)
