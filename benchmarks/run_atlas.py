@@ -129,7 +129,8 @@ def _report(df, args, load0, wall) -> None:
         "inputs (own signatures elsewhere, look-alikes) are wrong, the context mean and the knowledge features intact; "
         "as the knowledge features hold a projection of the compound's own atlas signatures, *shuffled retrieval + "
         "signatures* re-assigns those as well, so that no input carries the compound's own signatures elsewhere; "
-        "*shuffled retrieval, no knowledge* drops the knowledge features instead.",
+        "*shuffled retrieval, no knowledge* drops the knowledge features instead; *redrawn retrieval* draws the other "
+        "compound afresh for every row at every step and prediction (noise instead of a fixed per-compound code).",
         "",
         f"Cost: whole run {wall / 60:.1f} min; pretraining per model (s): "
         + ", ".join(f"{k} {v}" for k, v in walls.items()),

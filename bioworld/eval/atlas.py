@@ -92,6 +92,7 @@ VARIANTS = {
     "AtlasModel (shuffled retrieval)": ({"shuffle_retrieval": True}, ()),
     "AtlasModel (shuffled retrieval + signatures)": ({"shuffle_retrieval": True}, ("signatures",)),
     "AtlasModel (shuffled retrieval, no knowledge)": ({"shuffle_retrieval": True, "use_knowledge": False}, ()),
+    "AtlasModel (redrawn retrieval)": ({"shuffle_retrieval": True, "redraw_retrieval": True}, ()),
     "AtlasModel (redrawn retrieval, no knowledge)": ({"shuffle_retrieval": True, "redraw_retrieval": True,
                                                       "use_knowledge": False}, ()),
 }
