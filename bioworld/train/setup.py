@@ -11,6 +11,7 @@ effects combinations are anchored on.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import replace
 from typing import Any, Callable, Mapping
@@ -90,7 +91,8 @@ def size_training(cfg: TrainConfig, X: Any, table: Any, action_row: np.ndarray, 
     steps = auto_steps(n_train, cfg.groups_per_batch * cfg.cells_per_group, epochs=cfg.auto_epochs,
                        min_steps=cfg.min_steps, cap=cfg.step_cap, n_groups=len(train_rows),
                        groups_per_batch=cfg.groups_per_batch, group_visits=cfg.group_visits)
-    cfg = replace(cfg, max_steps=steps, warmup_steps=min(cfg.warmup_steps, max(1, steps // 5)))
+    cfg = replace(cfg, max_steps=steps, warmup_steps=min(cfg.warmup_steps, max(1, steps // 5)),
+                  min_steps=min(steps, max(cfg.min_steps, math.ceil(cfg.early_stop_after * steps))))
     groups = [r for r in train_rows if val[action_row == r].any()]
     if not groups:
         return cfg, None, action_row
