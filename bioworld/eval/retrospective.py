@@ -475,12 +475,12 @@ def _l1000_data(goal: str, smiles: bool) -> tuple[Any, np.ndarray, dict[str, Any
     (``smiles=False``) a plate compound the knowledge layer does not know cannot be described: its
     wells are left out."""
     from bioworld.data import load_l1000, normalize, register
+    from bioworld.data._io import L1000_REGISTER_KWARGS
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         adata = load_l1000()
-    kw = dict(perturbation_key="perturbation", control="control", input="log", dose_key="pert_dose",
-              compound_id_key="pert_id", min_cells_per_group=1)
+    kw = dict(perturbation_key="perturbation", control="control", **L1000_REGISTER_KWARGS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reg = register(adata, **kw)
