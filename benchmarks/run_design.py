@@ -66,6 +66,10 @@ STRATEGIES = ("random", "knowledge", "information", "discovery", "mix")
 #: A variant tried on top (not a bw.design strategy): information with knowledge_prior=1 (errors shared by
 #: candidates alike in action features, sized by their predicted effect).
 KPRIOR = "information+kprior"
+#: A variant tried on top: information whose gain prior is sized by measured look-alikes (transferred_sizes of the
+#: observed single effects, by action-feature cosine) instead of by the predicted effect's size.
+SIZES = "information+sizes"
+VARIANTS = (KPRIOR, SIZES)
 CSV = "design.csv"
 
 
@@ -136,12 +140,23 @@ class JepaTask:
             eff, goals = np.zeros((1, len(cand), 1)), None
         else:
             eff, goals, _ = predicted_effects(shim, cand, goal=self.goal, n_cells=64, seed=seed)
-        feats = action_features(pred.wm.space, cand) if strategy in ("knowledge", KPRIOR) else None
+        feats = action_features(pred.wm.space, cand) if strategy in ("knowledge", KPRIOR, SIZES) else None
         mfeat = action_features(pred.wm.space, list(measured)) if strategy == "knowledge" else None
-        sel = select(eff, budget, "information" if strategy == KPRIOR else strategy, goal_scores=goals,
+        sel = select(eff, budget, "information" if strategy in VARIANTS else strategy, goal_scores=goals,
                      features=feats, measured_features=mfeat, seed=seed,
-                     knowledge_prior=1.0 if strategy == KPRIOR else 0.0)
+                     knowledge_prior=1.0 if strategy == KPRIOR else 0.0,
+                     sizes=self._sizes(pred, feats) if strategy == SIZES else None)
         return [cand[i] for i in sel.order]
+
+    def _sizes(self, pred, feats):
+        """Expected effect size of each candidate from the observed single effects the model keeps (measured
+        singles and silences), transferred by action-feature cosine."""
+        from bioworld.query._design import action_features, transferred_sizes
+
+        kept = list(pred.wm.single_effects.values())  # component -> (label, observed standardised mean effect)
+        labs = [lab for lab, _ in kept]
+        sz = [float(np.sqrt(np.mean(np.square(d)))) for _, d in kept]
+        return transferred_sizes(feats, action_features(pred.wm.space, labs), sz)
 
 
 @contextlib.contextmanager
@@ -289,9 +304,14 @@ class AtlasTask:
         eff = pred.boots[:, ci]
         goals = np.linalg.norm(eff, axis=2)  # predicted response strength per refit
         mi = np.array([pos[k] for k in measured])
-        sel = select(eff, budget, "information" if strategy == KPRIOR else strategy, goal_scores=goals,
+        sizes = None
+        if strategy == SIZES:
+            from bioworld.query._design import transferred_sizes
+
+            sizes = transferred_sizes(self.D[ci], self.D[mi], np.sqrt((self.Y[mi] ** 2).mean(1)))
+        sel = select(eff, budget, "information" if strategy in VARIANTS else strategy, goal_scores=goals,
                      features=self.D[ci], measured_features=self.D[mi], seed=seed,
-                     knowledge_prior=1.0 if strategy == KPRIOR else 0.0)
+                     knowledge_prior=1.0 if strategy == KPRIOR else 0.0, sizes=sizes)
         return [cand[i] for i in sel.order]
 
 
@@ -437,9 +457,9 @@ def _verdict(ds: str, g: pd.DataFrame) -> str:
         rows.append((s, float(np.nanmean(h.auc_ratio)), int((h.auc_ratio < 1).sum()), len(h),
                      bool(np.all(np.isfinite(share)) and np.all(share <= 0.6)), share))
     if not rows:
-        return "Verdict: no strategy besides random was run."
+        return f"Verdict ({ds}): no strategy besides random was run."
     best = min(rows, key=lambda r: r[1])
-    text = (f"Verdict: best AUC ratio {best[0]} {best[1]:.3f} (below random on {best[2]} of {best[3]} seeds). ")
+    text = (f"Verdict ({ds}): best AUC ratio {best[0]} {best[1]:.3f} (below random on {best[2]} of {best[3]} seeds). ")
     if ds == "simulator":
         ok = [r[0] for r in rows if r[4]]
         text += ("Random's final error with <= 60% of its measurements on every seed: "

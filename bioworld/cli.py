@@ -1055,8 +1055,12 @@ def design_cmd(
     if a["excluded_measured"]:
         typer.echo(f"  {len(a['excluded_measured'])} given candidate(s) already measured, left out: "
                    f"{', '.join(a['excluded_measured'][:5])}")
+    if a.get("n_flagged"):
+        typer.echo(f"  {a['n_flagged']:,} candidate(s) act on the goal's own readout: flagged 'readout'"
+                   + (" and ranked last" if strategy in ("information", "mix", "discovery") else ""))
     for row in table.head(10).itertuples(index=False):
-        typer.echo(f"  {row.rank}. {row.perturbation} ({row.kind})  score {row.strategy_score:.3g}")
+        typer.echo(f"  {row.rank}. {row.perturbation} ({row.kind})  score {row.strategy_score:.3g}"
+                   + (f"  [{row.flag}]" if row.flag else ""))
     typer.echo(f"wrote {csv_path}")
     typer.echo(f"wrote {html_path}")
 
