@@ -150,12 +150,17 @@ def prioritize_cells(
     bootstrap over the prototypes (drawn with the cluster weights), their entity shift the
     weighted mean and their per-cell scores those of the prototype cells. Synergy always
     compares a pair with its singles on the same cells (refined pairs with refined singles,
-    screened pairs with screened singles). Ranking: refined rows come first, ordered by their
-    exact score, then screened-only rows, ordered by their prototype score (the screen put
-    each of them below the ``refine_top`` rows it sent to refinement; one sort over both kinds
-    of score would let the prototypes' bias push exact rows down). A candidate whose
+    screened pairs with screened singles). Ranking: unflagged rows first, each group by
+    ``priority`` (:mod:`bioworld.query._priority`): the rank average of the model's evidence (the
+    predicted change without the knocked-out genes' own transcripts, as a percentile within
+    comparable candidates: measured vs unseen, and unseen compounds by how they are described)
+    and a knowledge prior (network proximity of the gene / the compound's targets to the goal's
+    readout genes); the table also holds ``model_pct`` and ``prior_pct``. The ``refine_top``
+    rows sent to refinement are the unflagged ones with the largest screened score (exactness
+    where the predicted change is largest), the ``gene_pairs_top`` singles paired the best by
+    screened priority. A candidate whose
     prototype score underestimates it enough to leave the screen's top ``refine_top`` can be
-    missed, and the ``gene_pairs_top`` genes are chosen on screened scores;
+    missed, and the ``gene_pairs_top`` singles are chosen on screened scores;
     ``benchmarks/run_planner_check.py`` measures both against scoring every candidate on every
     cell. Cost: about candidates x ``screen_cells`` + refined rows x cells predictor rows.
 
