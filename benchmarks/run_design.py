@@ -70,6 +70,9 @@ KPRIOR = "information+kprior"
 #: observed single effects, by action-feature cosine) instead of by the predicted effect's size.
 SIZES = "information+sizes"
 VARIANTS = (KPRIOR, SIZES)
+#: A ceiling, not a strategy: each round measures the unmeasured perturbations the current model gets most wrong
+#: (it reads the truth). How far any acquisition could go with this predictor.
+ORACLE = "oracle (truth)"
 CSV = "design.csv"
 
 
@@ -345,7 +348,10 @@ def run_task(task, seeds, strategies, progress=True):
                 if r == task.rounds or not un:
                     break
                 t0 = time.perf_counter()
-                chosen = task.select(pred, measured, strategy, task.batch, seed * 100 + r)
+                if strategy == ORACLE:
+                    chosen = sorted(un, key=lambda lab: (-errs[lab], lab))[:task.batch]
+                else:
+                    chosen = task.select(pred, measured, strategy, task.batch, seed * 100 + r)
                 sel_s = time.perf_counter() - t0
                 measured = measured + chosen
                 t0 = time.perf_counter()
@@ -460,7 +466,7 @@ def _verdict(ds: str, g: pd.DataFrame) -> str:
         return f"Verdict ({ds}): no strategy besides random was run."
     best = min(rows, key=lambda r: r[1])
     text = (f"Verdict ({ds}): best AUC ratio {best[0]} {best[1]:.3f} (below random on {best[2]} of {best[3]} seeds). ")
-    if ds == "simulator":
+    if ds.startswith("simulator"):
         ok = [r[0] for r in rows if r[4]]
         text += ("Random's final error with <= 60% of its measurements on every seed: "
                  + (", ".join(ok) if ok else "no strategy (target not met)") + ".")
@@ -525,6 +531,8 @@ def main(argv=None) -> int:
     ap.add_argument("--context", default="HT-29", help="atlas: the new cell line")
     ap.add_argument("--boot", type=int, default=8, help="atlas: bootstrap refits")
     ap.add_argument("--ridge", type=float, default=1.0, help="atlas: kernel ridge penalty")
+    ap.add_argument("--tag", default="", help="suffix of the dataset name in the CSV, e.g. a commit: rows of a rerun on "
+                    "newer code (with their own random) kept apart from the earlier ones")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
@@ -536,12 +544,14 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             task = {"simulator": simulator_task, "papalexi": papalexi_task,
                     "atlas": lambda a: AtlasTask(a.context, a.boot, a.ridge)}[name](args)
+            if args.tag:
+                task.name = f"{name} ({args.tag})"
             df = run_task(task, seeds, strategies)
             print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
             path = args.out / CSV
             if path.exists():
                 old = pd.read_csv(path)
-                old = old[~((old.dataset == name) & old.seed.isin(seeds) & old.strategy.isin(strategies))]
+                old = old[~((old.dataset == task.name) & old.seed.isin(seeds) & old.strategy.isin(strategies))]
                 df = pd.concat([old, df], ignore_index=True)
             df.to_csv(path, index=False)
     print(write_report(args.out).read_text())

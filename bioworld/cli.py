@@ -1057,7 +1057,8 @@ def design_cmd(
                    f"{', '.join(a['excluded_measured'][:5])}")
     if a.get("n_flagged"):
         typer.echo(f"  {a['n_flagged']:,} candidate(s) act on the goal's own readout: flagged 'readout'"
-                   + (" and ranked last" if strategy in ("information", "mix", "discovery") else ""))
+                   + (" and ranked last" if strategy in ("information", "mix", "discovery") else "")
+                   + f" ({', '.join(a['flagged'][:5])}{', …' if a['n_flagged'] > 5 else ''})")
     for row in table.head(10).itertuples(index=False):
         typer.echo(f"  {row.rank}. {row.perturbation} ({row.kind})  score {row.strategy_score:.3g}"
                    + (f"  [{row.flag}]" if row.flag else ""))

@@ -269,6 +269,25 @@ def test_cli_goal_and_strategy(model_dir, tmp_path):
         assert result.stdout.startswith(f"{s}: chose 2")
 
 
+def test_cli_flags_candidates_on_the_goal_readout(model_dir, tmp_path):
+    from bioworld.query._candidates import Readout
+    from bioworld.query._planner import Goal
+
+    wm = bw.WorldModel.load(model_dir / "model")
+    share = Readout.of(Goal.parse("down:SIM_P2", entity_names=list(wm.entity_names)), wm.engine,
+                       list(wm.genes)).gene_share()
+    top, second = sorted(share, key=lambda gene: -share[gene])[:2]
+    own = wm.space.parse(f"ko:{top}+ko:{second}").label
+    (tmp_path / "c.txt").write_text(f"{own}\nP1_DRV1\n")  # P1_DRV1: another pathway's driver, unflagged
+    result = invoke("design", model_dir / "model", "--budget", 2, "--goal", "down:SIM_P2", "--strategy", "discovery",
+                    "--candidates", tmp_path / "c.txt", "--out", tmp_path / "g")
+    assert result.exit_code == 0, result.output
+    assert f"1 candidate(s) act on the goal's own readout: flagged 'readout' and ranked last ({own})" in result.stdout
+    t = _table(tmp_path / "g")
+    assert list(t["perturbation"]) == ["P1_DRV1", own] and t["flag"].fillna("").tolist() == ["", "readout"]
+    assert top in t["flag_reason"].iloc[-1]
+
+
 def test_cli_ensemble_folder_uses_member_disagreement(model_dir, tmp_path):
     result = invoke("design", model_dir / "ens", "--budget", 2, "--strategy", "information", "--out", tmp_path / "e")
     assert result.exit_code == 0, (result.output, result.exception)
@@ -381,7 +400,7 @@ def test_design_flags_a_knockout_of_the_readout_genes(tiny_trained):
     assert row["flag"] == "readout" and top in row["flag_reason"] and "own readout" in row["reason"]
     assert row["rank"] == len(table)  # ranked after every unflagged candidate
     assert (table[table["perturbation"] != own]["flag"] == "").all()
-    assert table.attrs["n_flagged"] == 1
+    assert table.attrs["n_flagged"] == 1 and table.attrs["flagged"] == [own]
     assert (bw.design(tiny_trained, cands, budget=2)["flag"] == "").all()  # no goal: nothing to guard
 
 

@@ -484,7 +484,8 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
     DataFrame with columns ``rank, perturbation, kind, strategy_score, expected_info,
     expected_goal, reason, flag, flag_reason`` (``flag`` = ``readout`` where the tautology guard
     fired, see the module docstring); ``attrs``: ``strategy``, ``goal``, ``uncertainty`` (what the
-    spread is over), ``n_candidates``, ``excluded_measured``, ``n_cells``, ``n_flagged``.
+    spread is over), ``n_candidates``, ``excluded_measured``, ``n_cells``, ``n_flagged``, ``flagged``
+    (the flagged candidates, chosen or not).
     """
     from bioworld.query._candidates import kind_of
 
@@ -525,7 +526,8 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs.update({"strategy": strategy, "goal": goal, "uncertainty": source, "n_candidates": len(labels),
                         "excluded_measured": list(dropped), "n_cells": int(min(n_cells, len(m0.reference))),
-                        "budget": budget, "n_flagged": int(sum(f != "" for f in flags))})
+                        "budget": budget, "n_flagged": int(sum(f != "" for f in flags)),
+                        "flagged": [lab for lab, f in zip(labels, flags) if f]})
     return table
 
 
