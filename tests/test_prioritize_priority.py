@@ -94,3 +94,25 @@ def test_network_proximity_is_highest_at_the_seeds_and_absent_off_the_network():
     assert p["A"] > p["B"] > p["C"] > p["D"] > 0 and "E" not in p
     with pytest.raises(BioworldError, match="seed genes"):
         network_proximity(["Z"], network=(genes, a))
+
+
+def test_prioritize_ranks_by_priority_and_pairs_only_the_best_silences(tiny_trained, small_sim):
+    a = small_sim.adata
+    cells = a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:40]].copy()
+    wm = tiny_trained
+    goal = f"down:{wm.entity_names[0]}"
+    res = wm.prioritize(cells, goal, n_boot=10, max_genes=0, gene_pairs_top=0, entity_pairs_top=3)
+    t = res.table
+    silences = t[t["kind"] == "entity"].sort_values(["flag", "priority"], ascending=[True, False],
+                                                     key=lambda c: c != "" if c.name == "flag" else c)
+    pairs = t[t["intervention"].str.count("silence:") == 2]
+    assert len(pairs) == 3  # the pairs of the 3 best silences, not every pair of the model's slots
+    best = set(silences["intervention"].head(3))
+    assert all(set(p.split("+")) <= best for p in pairs["intervention"])
+    flagged = (t["flag"] != "").to_numpy()
+    assert not (flagged[:-1] & ~flagged[1:]).any()
+    for part in (t[~flagged], t[flagged]):
+        assert (np.diff(part["priority"].to_numpy()) <= 0).all()
+    every = wm.prioritize(cells, goal, n_boot=10, max_genes=0, gene_pairs_top=0, entity_pairs_top=len(wm.entity_names))
+    n = len(wm.entity_names)
+    assert (every.table["intervention"].str.count("silence:") == 2).sum() == n * (n - 1) // 2

@@ -215,6 +215,7 @@ class _Search:
 
 def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str], entities: Sequence[str],
                panel: Sequence[str], compounds: Sequence[str] = (), pairs: bool = True, gene_pairs_top: int = 8,
+               entity_pairs_top: int = 50,
                n_boot: int = 200, screen_cells: int = 16, refine_top: int = 20, seed: int = 0,
                overlap: float = OVERLAP, readout_share: float = READOUT_SHARE,
                provenance: dict[str, Any] | None = None) -> PrioritizationResult:
@@ -245,10 +246,6 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
     search.overlap, search.readout_share = overlap, readout_share
     search.flags = readout_flags([engine.space.parse(s) for s in singles], readout, overlap=overlap,
                                  readout_share=readout_share)[0]
-    if pairs:  # every pair of silenced entities
-        for a, b in itertools.combinations(range(len(entities)), 2):
-            search.labels.append(f"{singles[a]}+{singles[b]}")
-            search.pair_idx.append((a, b))
     cache = engine.encode(x)
     n = len(cache)
     exact = n <= screen_cells
@@ -256,9 +253,12 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
     pcache = cache.subset(proto)
     scores, shifts = _score(search, pcache, search.labels, pw)  # stage 1: screen every candidate
     search.add_own(pcache, list(search.labels), pw)
-    if pairs and genes and gene_pairs_top > 1:
+    if pairs and len(entities) > 1 and entity_pairs_top > 1:  # pairs among the best silences
+        scores, shifts = _add_pairs(search, pcache, pw, scores, shifts, (0, len(entities)), entity_pairs_top)
+    if pairs and genes and gene_pairs_top > 1:  # pairs among the best knockouts / compounds
         n_before = len(search.labels)
-        scores, shifts = _add_gene_pairs(search, pcache, pw, scores, shifts, len(entities), gene_pairs_top)
+        scores, shifts = _add_pairs(search, pcache, pw, scores, shifts, (len(entities), search.n_single),
+                                    gene_pairs_top)
         search.add_own(pcache, search.labels[n_before:], pw)
     screened = _weighted_mean(scores, pw)
     refined, per_cell, mean = _refine(search, cache, screened, scores, shifts, exact, refine_top)
@@ -344,18 +344,23 @@ def _weighted_mean(scores: np.ndarray, weights: np.ndarray | None) -> np.ndarray
     return (scores.mean(1) if weights is None else scores @ weights).astype(np.float32)
 
 
-def _add_gene_pairs(search: _Search, pcache: CellCache, pw: np.ndarray | None, scores: np.ndarray,
-                    shifts: np.ndarray, n_ent: int, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs among the ``top`` best screened single knockouts / compounds (by priority), screened and appended."""
+def _add_pairs(search: _Search, pcache: CellCache, pw: np.ndarray | None, scores: np.ndarray,
+               shifts: np.ndarray, rows: tuple[int, int], top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs among the ``top`` best screened singles of ``rows`` (``[start, stop)``: the silences, or the
+    knockouts and compounds), by screened priority (unflagged first), screened and appended."""
+    start, stop = rows
     screened = _weighted_mean(scores, pw)
-    single = screened[n_ent:search.n_single]
-    prio = search.priority(screened)[2][n_ent:search.n_single]
-    flagged = search.flagged()[n_ent:search.n_single]
-    best = np.lexsort((-single, -prio, flagged))[:top] + n_ent  # unflagged first, by screened priority
+    single = screened[start:stop]
+    prio = search.priority(screened)[2][start:stop]
+    flagged = search.flagged()[start:stop]
+    best = np.lexsort((-single, -prio, flagged))[:top] + start
     combos = list(itertools.combinations(sorted(best), 2))
     if not combos:
         return scores, shifts
-    labels = [search.engine.space.parse(f"{search.labels[a]}+{search.labels[b]}").label for a, b in combos]
+    space = search.engine.space
+    silences = all(space.parse(search.labels[i]).components[0].kind == "silence" for i in best)
+    labels = [f"{search.labels[a]}+{search.labels[b]}" if silences
+              else space.parse(f"{search.labels[a]}+{search.labels[b]}").label for a, b in combos]
     s2, sh2 = _score(search, pcache, labels, pw)
     search.labels += labels
     search.pair_idx += combos

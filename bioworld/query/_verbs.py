@@ -89,6 +89,7 @@ def prioritize_cells(
     max_genes: int | None = 1000,
     pairs: bool = True,
     gene_pairs_top: int = 8,
+    entity_pairs_top: int = 50,
     n_boot: int = 200,
     max_cells: int = 1000,
     screen_cells: int = 16,
@@ -127,8 +128,9 @@ def prioritize_cells(
         readout's weight, get ``flag`` = ``readout`` with the reason in ``flag_reason`` and
         are ranked after every unflagged row.
     pairs
-        Also score every pair of silenced entities and pairs among the ``gene_pairs_top`` best
-        gene knockouts; ``synergy`` = pair score minus the sum of its singles.
+        Also score pairs among the ``entity_pairs_top`` best silenced entities and among the
+        ``gene_pairs_top`` best gene knockouts / compounds (best by screened priority, unflagged
+        first); ``synergy`` = pair score minus the sum of its singles.
     n_boot
         Bootstrap resamples for the 95% intervals.
     screen_cells, refine_top
@@ -187,7 +189,7 @@ def prioritize_cells(
     return prioritize(
         eng, x, goal, genes=gene_list, compounds=compound_list, panel=view.genes,
         entities=list(view.entity_names) if entities is None else list(entities), pairs=pairs,
-        gene_pairs_top=gene_pairs_top, n_boot=n_boot, screen_cells=screen_cells, refine_top=refine_top,
+        gene_pairs_top=gene_pairs_top, entity_pairs_top=entity_pairs_top, n_boot=n_boot, screen_cells=screen_cells, refine_top=refine_top,
         seed=view.seed, overlap=overlap, readout_share=readout_share,
         provenance={"model": view.describe, "n_cells_given": int(n_total), "scale": view.scale_name,
                     **({"gene_table_names_not_labels": unlabelled_genes(eng.space)} if genes is None else {})},
