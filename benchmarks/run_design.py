@@ -458,7 +458,7 @@ def _verdict(ds: str, g: pd.DataFrame) -> str:
     """The issue's bar, read off the table: simulator = random's final error with <= 60% of its measurements
     (every seed); real data = a lower AUC than random (mean over seeds; how many seeds)."""
     rows = []
-    for s, h in g[g.strategy != "random"].groupby("strategy"):
+    for s, h in g[~g.strategy.isin(["random", ORACLE])].groupby("strategy"):
         share = h.share_to_random_final.to_numpy(float)
         rows.append((s, float(np.nanmean(h.auc_ratio)), int((h.auc_ratio < 1).sum()), len(h),
                      bool(np.all(np.isfinite(share)) and np.all(share <= 0.6)), share))
@@ -472,6 +472,10 @@ def _verdict(ds: str, g: pd.DataFrame) -> str:
                  + (", ".join(ok) if ok else "no strategy (target not met)") + ".")
     else:
         text += "Beats random on the mean AUC: " + ("yes" if best[1] < 1 else "no (target not met)") + "."
+    o = g[g.strategy == ORACLE]
+    if len(o):  # the ceiling: reads the truth, so it is no strategy and is not in the verdict above
+        text += (f" Ceiling ({ORACLE}, measures what the model gets most wrong): AUC ratio {_ms(o.auc_ratio)}, "
+                 f"share to random final {_ms(o.share_to_random_final, True)}.")
     return text
 
 
