@@ -101,6 +101,8 @@ VARIANTS = {
     "AtlasModel (blind drop + knowledge retrieval)": ({"drop_blinds_knowledge": True, "knowledge_retrieval": True}, ()),
     "AtlasModel (blind drop + knowledge retrieval, shuffled targets)": (
         {"drop_blinds_knowledge": True, "knowledge_retrieval": True}, ("targets",)),
+    "AtlasModel (blind drop + knowledge retrieval, shuffled network)": (
+        {"drop_blinds_knowledge": True, "knowledge_retrieval": True}, ("network",)),
     "AtlasModel (knowledge retrieval)": ({"knowledge_retrieval": True}, ()),
     "AtlasModel (knowledge retrieval, shuffled targets)": ({"knowledge_retrieval": True}, ("targets",)),
     "AtlasModel (knowledge retrieval, shuffled network)": ({"knowledge_retrieval": True}, ("network",)),

@@ -97,7 +97,7 @@ class AtlasNet(nn.Module):
         self.ctx_from_zk = nn.Linear(S, cfg.context_dim)
         self.knowledge = nn.Linear(cfg.knowledge_dim, cfg.context_dim) if cfg.knowledge_dim else None
         width = 2 * S + 1 + cfg.context_dim + (cfg.context_dim if cfg.knowledge_dim else 0)
-        width += (S + 1) if cfg.knowledge_retrieval else 0
+        width += 1 if cfg.knowledge_retrieval else 0  # has_t only: zt's content enters through its gain, not the MLP
         self.n_gains = 4 if cfg.knowledge_retrieval else 3
         self.mlp = nn.Sequential(
             nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, S + self.n_gains),
@@ -119,7 +119,7 @@ class AtlasNet(nn.Module):
         if self.cfg.knowledge_retrieval:
             if b.zt is None or b.has_t is None:
                 raise ValueError("this AtlasNet reads knowledge retrieval: the batch needs zt and has_t")
-            parts += [b.zt @ self.W, b.has_t.unsqueeze(1)]
+            parts.append(b.has_t.unsqueeze(1))  # (a projection of zt is a per-compound code the MLP memorises)
         h = self.mlp(torch.cat(parts, dim=1))  # [B, S + n_gains]
         gain_c, gain_k, gain_n, r = h[:, :1], h[:, 1:2], h[:, 2:3], h[:, self.n_gains:]
         has = b.has_c.unsqueeze(1)
