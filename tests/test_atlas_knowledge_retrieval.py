@@ -119,3 +119,28 @@ def test_blind_features_leave_out_the_perturbations_own_signatures(kb):
     fb, _ = kb.compound_features(lone[:3], blind=True)
     n = kb.config.network_dim + kb.config.signed_dim
     np.testing.assert_array_equal(f[:, :n], fb[:, :n])
+
+
+def test_cli_pretrain_knowledge_retrieval_flag(tmp_path):
+    from typer.testing import CliRunner
+
+    from bioworld.cli import app
+
+    runner = CliRunner()
+    both = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "a"), "--knowledge-retrieval", "--no-knowledge", "--quiet"])
+    assert both.exit_code == 2 and "--knowledge-retrieval" in both.output and "--no-knowledge" in both.output
+    assert not (tmp_path / "a" / "atlas.json").exists()
+
+
+@pytest.mark.slow  # ~40 s on the shared 2-core machine
+def test_cli_pretrain_knowledge_retrieval_writes_such_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from bioworld.cli import app
+    from bioworld.train.pretrain import AtlasModel
+
+    out = tmp_path / "kr"
+    r = CliRunner().invoke(app, ["pretrain", "--out", str(out), "--steps", "2", "--knowledge-retrieval", "--quiet"])
+    assert r.exit_code == 0, r.output
+    m = AtlasModel.load(out)
+    assert m.config.knowledge_retrieval and m.config.drop_blinds_knowledge and m.module.cfg.knowledge_retrieval
