@@ -116,3 +116,17 @@ def test_prioritize_ranks_by_priority_and_pairs_only_the_best_silences(tiny_trai
     every = wm.prioritize(cells, goal, n_boot=10, max_genes=0, gene_pairs_top=0, entity_pairs_top=len(wm.entity_names))
     n = len(wm.entity_names)
     assert (every.table["intervention"].str.count("silence:") == 2).sum() == n * (n - 1) // 2
+
+
+def test_prior_restarts_from_the_goal_entitys_full_gene_set_or_its_panel_genes():
+    from types import SimpleNamespace
+
+    from bioworld.query._candidates import Readout
+    from bioworld.query._priority import prior_seeds
+
+    readout = Readout("GOAL", ["A", "B"], np.ones(2), {"GOAL": frozenset({"A", "B"}), "OTHER": frozenset({"B"})})
+    space = SimpleNamespace(entities=[SimpleNamespace(name="OTHER", genes=["B", "Z"]),
+                                      SimpleNamespace(name="GOAL", genes=["C", "A", "B", "A"])])
+    assert prior_seeds(space, readout, "entity") == ["A", "B", "C"]  # C is off the panel: still a seed
+    assert prior_seeds(space, readout, "panel") == ["A", "B"]
+    assert prior_seeds(SimpleNamespace(), readout, "entity") == ["A", "B"]  # no definitions kept: the panel

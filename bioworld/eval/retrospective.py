@@ -34,7 +34,7 @@ Methods
     calibrated model evidence alone). ``WorldModel (as ranked)``: the table's rank, flagged rows
     last. ``Network proximity``: random walk with restart (:func:`network_proximity`) from the goal
     entity's full gene set over STRING v12 (>= 700) joined with OmniPath (undirected), a compound =
-    its best target (the prior inside ``priority`` starts from the goal's panel genes instead).
+    its best target (the same walk is the prior inside ``priority``).
     ``Pathway membership``: the gene is in the goal entity's gene set (a compound: the share of its
     known targets that are). ``Random``: the expected value (AUROC 0.5, precision = the hit rate,
     percentile 0.5), sd over 1,000 random orderings.

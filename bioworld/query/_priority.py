@@ -17,7 +17,7 @@ a *calibration group* of comparable candidates:
 ``prior_pct`` (knowledge)
     Network proximity of the candidate to the goal's readout: a random walk with restart
     (:func:`bioworld.knowledge.network.network_proximity`, STRING v12 joined with OmniPath) from
-    the goal entity's panel genes; a gene knockout reads its own gene's proximity, a compound its
+    the goal entity's genes (:func:`prior_seeds`); a gene knockout reads its own gene's proximity, a compound its
     best known target's, a pair the mean of its parts' percentiles. Percentile within the kind
     (genes, compounds). A gene off the network or a compound without a target on it gets 0.5 (no
     information). No prior for entity silences, for pairs of silences, or for ``toward:control``
@@ -38,6 +38,9 @@ from bioworld.query._candidates import GENETIC, Readout, kind_of
 #: Weight of the model's evidence in the rank average (the prior has 1 - this).
 MODEL_WEIGHT = 0.5
 NO_INFORMATION = 0.5
+#: The prior's restart genes: ``"entity"`` (the goal entity's full gene set) or ``"panel"`` (its panel
+#: genes); chosen between by nested selection on the retrospective (benchmarks/run_retrospective_variants.py).
+PRIOR_SEEDS = "entity"
 
 
 def rank_pct(values: np.ndarray) -> np.ndarray:
@@ -81,6 +84,19 @@ def _compound_targets(name: str, space: Any) -> list[str]:
     return ck.targets(name) if ck.resolve(name, strict=False) else []
 
 
+def prior_seeds(space: Any, readout: Readout, how: str | None = None) -> list[str]:
+    """Where the prior's random walk restarts: the goal entity's full gene set as its definition lists
+    it (``how="entity"``, the default :data:`PRIOR_SEEDS`; the panel genes when the model keeps no
+    definition), or only its genes on the model's panel (``"panel"``)."""
+    how = how or PRIOR_SEEDS
+    goal = readout.goal_entity or ""
+    if how == "entity":
+        for ent in getattr(space, "entities", None) or ():
+            if getattr(ent, "name", None) == goal and len(getattr(ent, "genes", ())):
+                return sorted({str(g) for g in ent.genes})
+    return sorted(readout.members.get(goal, ()))
+
+
 def raw_prior(actions: Sequence[Any], space: Any, readout: Readout) -> tuple[np.ndarray, dict[str, float]]:
     """``[rows]`` network proximity of each single gene / compound to the goal's readout genes (NaN:
     no prior, i.e. entity silences, pairs, unknown genes, compounds without a target on the network),
@@ -89,8 +105,10 @@ def raw_prior(actions: Sequence[Any], space: Any, readout: Readout) -> tuple[np.
     from bioworld.knowledge.network import joint_network, network_proximity
 
     out = np.full(len(actions), np.nan)
-    seeds = sorted(readout.members.get(readout.goal_entity or "", ()))
-    if readout.goal_entity is None or not seeds:
+    if readout.goal_entity is None:
+        return out, {}
+    seeds = prior_seeds(space, readout)
+    if not seeds:
         return out, {}
     genes, _ = joint_network()
     on_net = set(genes)
