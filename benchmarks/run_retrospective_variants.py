@@ -73,7 +73,8 @@ def rescore(items: pd.DataFrame, cand_dir: Path) -> pd.DataFrame:
     """Rows (``ITEM_COLUMNS``) of each variant for the held-out items of ``items``."""
     rows = []
     for (ds, seed, fold), part in items[items["method"] == R.MODEL].groupby(["dataset", "seed", "fold"]):
-        table = pd.read_csv(cand_dir / f"{ds}_s{seed}_f{fold}.csv", keep_default_na=False,
+        path = cand_dir / f"{ds}_s{seed}_f{fold}.csv"
+        table = pd.read_csv(path if path.exists() else path.with_suffix(".csv.gz"), keep_default_na=False,
                             na_values={"priority": [""], "model_pct": [""], "prior_pct": [""]})
         table["seen"] = table["seen"].astype(str) == "True"
         prios = _priorities(table, str(ds))
