@@ -388,6 +388,53 @@ def _fmt(v, nd=2):
     return str(v)
 
 
+def _load1(uptime: str) -> str:
+    """The 1-minute load average of an ``uptime`` line."""
+    return uptime.split("load average:")[-1].split(",")[0].strip() if "load average:" in uptime else "?"
+
+
+def _query_speed_section() -> list[str]:
+    """Section (h): the per-cell counterfactual throughput files of ``benchmarks/run_query_speed.py``
+    (``query_speed*.json``) as one table, then the hand-written analysis ``query_speed_notes.md``."""
+    files = sorted(OUT.glob("query_speed*.json"))
+    if not files:
+        return []
+    L = ["## (h) Per-cell counterfactual throughput (`benchmarks/run_query_speed.py`)", "",
+         "`WorldModel.counterfactual` on bundled Papalexi control cells (43 slots, 299 genes, a 20-step model): cells x "
+         "interventions (half gene knockouts, half untrained entity silences, i.e. do-operations) per second of wall "
+         "time and per CPU-second of the process (all its threads). Each row is one repeat; the load is the 1-minute "
+         "load average before the repeat (2 cores shared with other jobs).", "",
+         "| file | code | cells x interventions | torch threads | load | wall s | per s (wall) | per CPU-s |",
+         "|---|---|---|---|---|---|---|---|"]
+    for f in files:
+        d = json.loads(f.read_text())
+        for r in d["runs"]:
+            cpu = f"{r['cell_interventions_per_cpu_s']:,.0f}" if "cell_interventions_per_cpu_s" in r else "not recorded"
+            L.append(f"| `{f.name}` | {d.get('code', '')} | {d['n_cells']} x {d['n_interventions']} | "
+                     f"{r.get('query_threads', d['torch_threads'])} | "
+                     f"{_load1(r['uptime_before'])} | {r['wall_s']:.2f} | {r['cell_interventions_per_s']:,.0f} | {cpu} |")
+    notes = OUT / "query_speed_notes.md"
+    L += [""] + ([notes.read_text().strip(), ""] if notes.exists() else [])
+    return L
+
+
+def write_query_section() -> None:
+    """Rewrite only section (h) of an existing SPEED.md (inserted before "Not measured" when absent)."""
+    path = OUT / "SPEED.md"
+    text = path.read_text()
+    section = "\n".join(_query_speed_section())
+    head = "## (h) "
+    if head in text:
+        start = text.index(head)
+        end = text.find("\n## ", start + len(head))
+        text = text[:start] + section + ("\n" + text[end + 1:] if end >= 0 else "\n")
+    else:
+        anchor = text.find("## Not measured")
+        text = text[:anchor] + section + "\n" + text[anchor:] if anchor >= 0 else text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+    print(section)
+
+
 def write_report(machine: dict, results: dict, notes: list[str]) -> None:
     import csv
 
@@ -573,6 +620,7 @@ def write_report(machine: dict, results: dict, notes: list[str]) -> None:
                   f"| {d['steps']} | {_fmt(d['wall_1proc_s'])} | {_fmt(d['wall_2proc_s'])} | {_fmt(d['speedup'])}x | "
                   f"{_fmt(d['peak_rss_1proc_mb'], 0)} | {_fmt(d['peak_rss_per_rank_mb'], 0)} | {d['load']} / {d['load_end']} |"]
         L.append("")
+    L += _query_speed_section()
     L += ["## Not measured / limits", ""] + [f"- {n}" for n in notes] + [""]
     text = "\n".join(L)
     (OUT / "SPEED.md").write_text(text)
@@ -597,6 +645,8 @@ def main() -> int:
     ap.add_argument("--with-1m", action="store_true", help="also the ~1M-cell simulation (needs ~10+ GB RAM)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
     ap.add_argument("--report-only", action="store_true", help="rewrite SPEED.md from speed.csv (no case is run)")
+    ap.add_argument("--query-section", action="store_true",
+                    help="rewrite only section (h) of SPEED.md from query_speed*.json (benchmarks/run_query_speed.py)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the cases of an earlier speed.csv that this run does not measure again")
     a, rest = ap.parse_known_args()
@@ -624,6 +674,9 @@ def main() -> int:
 
     machine = _machine()
     results: dict[str, dict] = {}
+    if a.query_section:
+        write_query_section()
+        return 0
     if a.report_only:
         a.only, a.merge = "none", True
     notes = [

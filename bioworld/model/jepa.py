@@ -74,6 +74,22 @@ def slot_order(membership: Tensor) -> Tensor:
     return torch.tensor(order, dtype=torch.long)
 
 
+def _math_attention(qkv: Tensor, h: int) -> Tensor:
+    """Dense multi-head attention ``[B, T, C]`` from the fused projections ``qkv`` ``[B, T, 3C]``
+    as two batched matmuls and a softmax (the same function as ``scaled_dot_product_attention``).
+
+    Used on the CPU under ``torch.inference_mode`` only (the query engine), so training, GPUs and
+    training figures keep the fused kernel: with few tokens and 8-wide heads torch's CPU flash
+    kernel is the slower one on row blocks that stay in cache (``benchmarks/results/speed/SPEED.md``,
+    section h). Answers differ from the fused kernel by float rounding.
+    """
+    B, T, C3 = qkv.shape
+    c = C3 // (3 * h)
+    q, k, v = qkv.view(B, T, 3, h, c).permute(2, 0, 3, 1, 4).reshape(3, B * h, T, c)
+    s = torch.baddbmm(qkv.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=c ** -0.5).softmax(-1)
+    return torch.bmm(s, v).view(B, h, T, c).transpose(1, 2).reshape(B, T, h * c)
+
+
 class _Attention(nn.Module):
     """Multi-head self-attention over a token set with a key-padding mask (True = ignore key).
 
@@ -95,6 +111,9 @@ class _Attention(nn.Module):
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, local: tuple[int, int] | None = None) -> Tensor:
         B, T, C = x.shape
+        if (local is None and key_padding_mask is None and not self.training and x.device.type == "cpu"
+                and torch.is_inference_mode_enabled()):
+            return self.proj(_math_attention(self.qkv(x), self.h))  # queries (engine): see _math_attention
         q, k, v = self.qkv(x).view(B, T, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)  # [B, h, T, c]
         if local is not None:
             y = self._local(q, k, v, key_padding_mask, *local)

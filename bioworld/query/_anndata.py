@@ -37,6 +37,11 @@ def effects_frame(effects: Any) -> pd.DataFrame:
     if isinstance(effects, pd.DataFrame):
         df = effects.copy()
     elif isinstance(effects, Mapping):
+        if set(effects) == {"entity", "shift", "share"}:  # columns (shift_effects): built directly, ~10x faster
+            return pd.DataFrame({"entity": [str(e) for e in effects["entity"]],
+                                 "shift": np.asarray(effects["shift"], dtype=np.float64),
+                                 "share": np.asarray(effects["share"], dtype=np.float64)},
+                                index=pd.Index([str(i) for i in range(len(effects["entity"]))], dtype=str))
         df = pd.DataFrame({k: list(v) for k, v in effects.items()})
     else:
         df = pd.DataFrame.from_records(list(effects), columns=["entity", "shift", "share"])
@@ -103,9 +108,9 @@ def counterfactual_adata(
     obs["bw_intervention"] = pd.Categorical(np.repeat(specs, n), categories=list(dict.fromkeys(specs)))
     obs["bw_cell"] = np.tile(cell_names, len(specs))
     obs.index = pd.Index([f"{s}|{c}" for s, c in zip(np.repeat(specs, n), obs["bw_cell"])], dtype=str)
-    out = ad.AnnData(X=np.concatenate(X).astype(np.float32), obs=obs,
+    out = ad.AnnData(X=np.concatenate(X).astype(np.float32, copy=False), obs=obs,
                      var=pd.DataFrame(index=pd.Index([str(g) for g in var_names], dtype=str)))
-    out.layers["delta"] = np.concatenate(delta).astype(np.float32)
+    out.layers["delta"] = np.concatenate(delta).astype(np.float32, copy=False)
     for key, value in cells.obsm.items():
         if key != ENTITY_SHIFT:
             out.obsm[key] = _tile_obsm(value, len(specs), out.obs_names)

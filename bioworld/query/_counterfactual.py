@@ -137,12 +137,16 @@ def pin_members(x_new: torch.Tensor, x_base: torch.Tensor, move: torch.Tensor, p
     return torch.where(pinned, x_base + move, x_new)
 
 
-def explain_shifts(slot_shift: np.ndarray, entity_names: list[str]) -> list[dict[str, float | str]]:
-    """Entities ordered by how far their latent moved (mean over cells, in units of slot spread)."""
+def shift_effects(slot_shift: np.ndarray, entity_names: list[str]) -> dict[str, list]:
+    """:func:`explain_shifts` as columns ``entity, shift, share`` (the same values and order)."""
     mean = slot_shift.mean(0)
     order = np.argsort(-mean)
     total = float(mean.sum()) or 1.0
-    return [
-        {"entity": entity_names[i], "shift": float(mean[i]), "share": float(mean[i] / total)}
-        for i in order
-    ]
+    return {"entity": [entity_names[i] for i in order], "shift": mean[order].astype(np.float64).tolist(),
+            "share": (mean[order] / total).astype(np.float64).tolist()}
+
+
+def explain_shifts(slot_shift: np.ndarray, entity_names: list[str]) -> list[dict[str, float | str]]:
+    """Entities ordered by how far their latent moved (mean over cells, in units of slot spread)."""
+    cols = shift_effects(slot_shift, entity_names)
+    return [{"entity": e, "shift": s, "share": r} for e, s, r in zip(cols["entity"], cols["shift"], cols["share"])]

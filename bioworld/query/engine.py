@@ -5,7 +5,11 @@ Cells are encoded once (f_theta, :meth:`Engine.encode` -> :class:`CellCache`): t
 readout of their target latents and their predicted unperturbed state. A batch of interventions
 (:class:`Candidates`, built by :meth:`Engine.candidates`, the one place that decides what a label
 means) is then answered by :meth:`Engine.run`: one predictor pass g_phi + readout per (candidate,
-cell) row, many candidates per pass.
+cell) row. Rows go through the module in blocks of about :data:`ROWS_PER_PASS` (candidates x cells,
+small enough to stay in cache), blocks run on :attr:`Engine.workers` threads (torch's thread count),
+and under ``torch.inference_mode`` attention uses two batched matmuls instead of the fused training
+kernel; answers equal one pass over all cells up to float rounding and do not depend on the thread
+count (``tests/test_engine_blocks.py``).
 
 What a label means
 ------------------
@@ -23,6 +27,7 @@ What a label means
 from __future__ import annotations
 
 from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -33,8 +38,10 @@ from bioworld.errors import UnknownPerturbationError
 from bioworld.model.jepa import JEPA
 from bioworld.query._counterfactual import ActivityAxes, SilenceTerms, pin_members, silence_terms
 
-ROWS_PER_PASS = 2048  # predictor rows per pass (candidates x cells); cells encoded per pass (up to 128 slots)
-SLOT_ROWS_PER_PASS = ROWS_PER_PASS * 128  # above 128 slots, fewer rows per pass: memory ~ rows x slots stays bounded
+# Rows (candidates x cells) per module call, and cells encoded per call, up to 128 slots. Small blocks keep
+# a call's activations in a core's L2 cache (benchmarks/results/speed/SPEED.md, section h)
+ROWS_PER_PASS = 128
+SLOT_ROWS_PER_PASS = ROWS_PER_PASS * 128  # above 128 slots, fewer rows per call: memory ~ rows x slots stays bounded
 
 
 @dataclass
@@ -49,6 +56,11 @@ class CellCache:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def rows(self, start: int, stop: int) -> "CellCache":
+        """The cache of cells ``start:stop`` (views, nothing copied)."""
+        return CellCache(self.x[start:stop], self.z[start:stop], None if self.r_ref is None else self.r_ref[start:stop],
+                         self.z_base[start:stop], self.x_base[start:stop])
 
     def subset(self, idx: np.ndarray) -> "CellCache":
         """The cache of cells ``idx`` (rows are independent, so nothing is recomputed)."""
@@ -202,6 +214,37 @@ class Engine:
                 self.space.check(a)  # raises with the close matches
         return [pos[p.target] for p in sil]
 
+    # ---------------------------------------------------------------- blocks, in parallel
+    @property
+    def workers(self) -> int:
+        """Threads that answer row blocks at once: torch's thread count on the CPU (1 elsewhere)."""
+        return max(1, torch.get_num_threads()) if self.device.type == "cpu" else 1
+
+    def _map(self, fn: Callable[[Any], Any], jobs: Sequence[Any], consume: Callable[[Any, Any], None]) -> None:
+        """``consume(job, fn(job))`` for every job, in order, on this thread. Row blocks are independent,
+        so with :attr:`workers` > 1 ``fn`` runs on that many threads, each with one torch thread: every
+        block is computed exactly as alone, and the answers do not depend on the number of workers."""
+        workers = min(self.workers, len(jobs))
+
+        def call(job: Any) -> Any:
+            if workers > 1:
+                torch.set_num_threads(1)  # OpenMP / MKL thread counts are per thread: one in each worker too
+            with torch.inference_mode():  # thread-local: each worker enters it
+                return fn(job)
+
+        if workers <= 1:
+            for job in jobs:
+                consume(job, call(job))
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                for job, result in zip(jobs, pool.map(call, jobs)):
+                    consume(job, result)
+        finally:
+            torch.set_num_threads(before)
+
     # ---------------------------------------------------------------- cells
     @torch.inference_mode()
     def encode(self, x_std: np.ndarray) -> CellCache:
@@ -209,31 +252,48 @@ class Engine:
         m = self.module
         m.eval()
         x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32)).to(self.device)
-        parts = []
         rows = self.rows_per_pass
-        for s in range(0, len(x), rows):
+
+        def block(s: int) -> tuple:
             xb = x[s:s + rows]
             ctrl = self._take(self._control, np.zeros(len(xb), dtype=np.int64))
             z = m.encode(xb)  # [b, E, D]
             r_ref = m.readout(m.encode_target(xb)) if m.cfg.residual_readout else None
             z_base = m.next(z, ctrl)
-            parts.append((z, r_ref, z_base, m.expression_from(z_base, ctrl, xb, r_ref=r_ref)))
+            return z, r_ref, z_base, m.expression_from(z_base, ctrl, xb, r_ref=r_ref)
+
+        parts: list[tuple] = []
+        self._map(block, range(0, max(len(x), 1), rows), lambda _, part: parts.append(part))
         z, r_ref, z_base, x_base = zip(*parts)
         return CellCache(x, torch.cat(z), None if r_ref[0] is None else torch.cat(r_ref), torch.cat(z_base), torch.cat(x_base))
 
     @torch.inference_mode()
     def silence_terms(self, cache: CellCache, entities: Iterable[int]) -> dict[int, SilenceTerms]:
-        """Each entity's do(off) terms on the cells (:class:`SilenceTerms`), the moved cells encoded per entity."""
+        """Each entity's do(off) terms on the cells (:class:`SilenceTerms`): the moved cells are encoded
+        once per (entity, cell), in blocks of :attr:`rows_per_pass` cells."""
         x_np = cache.x.cpu().numpy()
-        out = {}
-        for e in entities:
-            x_off = torch.from_numpy(self.axes.inactive(x_np, e)).to(self.device)
-            rows = self.rows_per_pass
-            z_off = torch.cat([self.module.encode(x_off[s:s + rows]) for s in range(0, len(x_off), rows)])
-            out[e] = silence_terms(self.module, cache.z, z_off, e, cache.x, x_off)
-        return out
+        rows = self.rows_per_pass
+        moved = {e: torch.from_numpy(self.axes.inactive(x_np, e)).to(self.device) for e in entities}
+        jobs = [(e, s) for e in moved for s in range(0, len(x_np), rows)]
+
+        def block(job: tuple[int, int]) -> SilenceTerms:
+            e, s = job
+            x_off = moved[e][s:s + rows]
+            return silence_terms(self.module, cache.z[s:s + rows], self.module.encode(x_off), e, cache.x[s:s + rows], x_off)
+
+        parts: dict[int, list[SilenceTerms]] = {e: [] for e in moved}
+        self._map(block, jobs, lambda job, t: parts[job[0]].append(t))
+        return {e: p[0] if len(p) == 1 else SilenceTerms(
+                    *(torch.cat([getattr(t, f) for t in p]) for f in ("slot", "dz", "dx", "move")),
+                    pinned=torch.stack([t.pinned for t in p]).any(0)) for e, p in parts.items()}
 
     # ---------------------------------------------------------------- rollouts
+    def _blocks(self, n: int, members: np.ndarray, rows_per_pass: int) -> list[tuple[np.ndarray, int, int]]:
+        """``(candidates, first cell, end cell)`` blocks of about ``rows_per_pass`` rows covering ``members`` x ``n`` cells."""
+        per = max(1, rows_per_pass // max(n, 1))  # candidates per block (all cells when they fit)
+        step = max(1, min(n, rows_per_pass))  # cells per block
+        return [(members[s:s + per], c0, min(n, c0 + step)) for s in range(0, len(members), per) for c0 in range(0, n, step)]
+
     @torch.inference_mode()
     def run(self, cache: CellCache, cands: Candidates, *,
             goal: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -243,8 +303,9 @@ class Engine:
         Without ``goal``: predicted expression ``[C, n, G]`` and per-cell latent shifts ``[C, n, E]``
         (units of slot spread). With ``goal(x_pred, x_base) -> [rows]``: its per-cell scores
         ``[C, n]`` and the mean shift ``[C, E]`` (weighted by ``weights`` ``[n]``, default equal).
-        Candidates with the same number of action components share passes of about
-        ``rows_per_pass`` rows (default :attr:`rows_per_pass`), so no padding mask is needed.
+        Candidates with the same number of action components share module calls of about
+        ``rows_per_pass`` rows (default :attr:`rows_per_pass`; cells are split when there are more),
+        so no padding mask is needed; blocks run on :attr:`workers` threads.
         """
         rows_per_pass = rows_per_pass or self.rows_per_pass
         n, C = len(cache), len(cands)
@@ -256,30 +317,42 @@ class Engine:
             shift=np.empty((C, n, E) if goal is None else (C, E), np.float32),
         )
         dev = self.device
-        w = None if weights is None else torch.from_numpy(np.asarray(weights, dtype=np.float32)).to(dev)
+        w = torch.full((n,), 1.0 / max(n, 1), device=dev) if weights is None else \
+            torch.from_numpy(np.asarray(weights, dtype=np.float32)).to(dev)
         scale = torch.from_numpy(np.asarray(self.slot_scale, dtype=np.float32)).to(dev)
         n_comp = cands.table.n_components()
-        per = max(1, rows_per_pass // max(n, 1))
-        offsets = self._anchor_offsets(cache, cands, terms, per)
-        for c in np.unique(n_comp):
-            members = np.flatnonzero(n_comp == c)
-            for s in range(0, len(members), per):
-                idx = members[s:s + per]
-                x_new, z_new = self._pass(cache, cands, idx, terms)
-                m = len(idx)
-                if offsets:
-                    off = torch.stack([offsets.get(int(i), torch.zeros(cache.x.shape[1], device=cache.x.device)) for i in idx])
-                    x_new = x_new + off.repeat_interleave(n, 0)
-                shift = ((z_new - cache.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, n, E)
-                if goal is None:
-                    out.x_pred[idx] = x_new.reshape(m, n, -1).cpu().numpy()
-                    out.shift[idx] = shift.cpu().numpy()
-                else:
-                    out.scores[idx] = goal(x_new, cache.x_base.repeat(m, 1)).reshape(m, n).cpu().numpy()
-                    out.shift[idx] = (shift.mean(1) if w is None else torch.einsum("mne,n->me", shift, w)).cpu().numpy()
+        offsets = self._anchor_offsets(cache, cands, terms, rows_per_pass)
+        zero = torch.zeros(cache.x.shape[1], device=dev)
+
+        def block(job: tuple[np.ndarray, int, int]) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
+            idx, c0, c1 = job
+            sub = cache.rows(c0, c1)
+            x_new, z_new = self._pass(sub, cands, idx, _rows_of(terms, c0, c1))
+            m, nb = len(idx), c1 - c0
+            if offsets:
+                x_new = x_new + torch.stack([offsets.get(int(i), zero) for i in idx]).repeat_interleave(nb, 0)
+            shift = ((z_new - sub.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, nb, E)
+            if goal is None:
+                return x_new.reshape(m, nb, -1).cpu().numpy(), shift.cpu().numpy()
+            return goal(x_new, sub.x_base.repeat(m, 1)).reshape(m, nb).cpu().numpy(), torch.einsum("mne,n->me", shift, w[c0:c1])
+
+        jobs = [j for c in np.unique(n_comp) for j in self._blocks(n, np.flatnonzero(n_comp == c), rows_per_pass)]
+        mean_shift = None if goal is None else torch.zeros(C, E, device=dev)
+
+        def store(job: tuple[np.ndarray, int, int], result: tuple) -> None:
+            (idx, c0, c1), (first, shift) = job, result
+            if goal is None:
+                out.x_pred[idx, c0:c1], out.shift[idx, c0:c1] = first, shift
+            else:
+                out.scores[idx, c0:c1] = first
+                mean_shift[torch.from_numpy(idx).to(dev)] += shift  # in block order: the same sums for any workers
+
+        self._map(block, jobs, store)
+        if mean_shift is not None:
+            out.shift[:] = mean_shift.cpu().numpy()
         return out
 
-    def _anchor_offsets(self, cache: CellCache, cands: Candidates, terms: dict, per: int) -> dict[int, torch.Tensor]:
+    def _anchor_offsets(self, cache: CellCache, cands: Candidates, terms: dict, rows_per_pass: int) -> dict[int, torch.Tensor]:
         """Combinations built on the observed effects of their components: per anchored candidate, the
         shift ``[G]`` that makes its mean predicted change = the sum of its components' observed
         single effects + a departure from additivity. A trained combination keeps the learned
@@ -293,18 +366,25 @@ class Engine:
         n = len(cache)
         out: dict[int, torch.Tensor] = {}
 
+        def block(job: tuple[np.ndarray, int, int]) -> torch.Tensor:
+            part, c0, c1 = job
+            sub = cache.rows(c0, c1)
+            x_new, _ = self._pass(sub, cands, part, _rows_of(terms, c0, c1))
+            return (x_new.reshape(len(part), c1 - c0, -1) - sub.x_base[None]).sum(1)  # [m, G]
+
         def offsets(idx: list[int], interaction: bool) -> None:
             before, self.module.use_interaction = self.module.use_interaction, interaction and self.module.use_interaction
+            total = {int(i): torch.zeros(cache.x.shape[1], device=self.device) for i in idx}
             try:
-                for s in range(0, len(idx), per):
-                    part = np.asarray(idx[s:s + per])
-                    x_new, _ = self._pass(cache, cands, part, terms)
-                    mean = (x_new.reshape(len(part), n, -1) - cache.x_base[None]).mean(1)
-                    for k, i in enumerate(part):
-                        out[int(i)] = (torch.from_numpy(np.asarray(cands.anchor[int(i)], dtype=np.float32)).to(self.device)
-                                       - mean[k])
+                def add(job: tuple[np.ndarray, int, int], change: torch.Tensor) -> None:
+                    for k, i in enumerate(job[0]):
+                        total[int(i)] += change[k]
+
+                self._map(block, self._blocks(n, np.asarray(idx, dtype=np.int64), rows_per_pass), add)
             finally:
                 self.module.use_interaction = before
+            for i in idx:
+                out[int(i)] = torch.from_numpy(np.asarray(cands.anchor[int(i)], dtype=np.float32)).to(self.device) - total[int(i)] / n
 
         offsets([i for i in sorted(cands.anchor) if i not in cands.anchor_full], interaction=False)
         offsets(sorted(cands.anchor_full), interaction=True)  # the main pass's own mean is replaced whole
@@ -338,6 +418,12 @@ class Engine:
         # the do() sets the silenced entities' genes (a gene in two silenced entities: both moves)
         x_new = pin_members(x_new + dx, cache.x_base.repeat(m, 1), move, pinned.repeat_interleave(n, 0))
         return x_new, z_new + dz
+
+
+def _rows_of(terms: dict[int, SilenceTerms], start: int, stop: int) -> dict[int, SilenceTerms]:
+    """The do() terms of cells ``start:stop`` (views)."""
+    return {e: SilenceTerms(t.slot[start:stop], t.dz[start:stop], t.dx[start:stop], t.move[start:stop], t.pinned)
+            for e, t in terms.items()}
 
 
 def _sum(tensors: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,125 @@
+"""The query engine answers in small row blocks, on several threads, with its own attention kernel
+(``bioworld.model.jepa._math_attention`` under ``torch.inference_mode``). These tests hold it to the
+reference path: one module pass over all cells with the training kernel (fused attention), as the
+engine computed before blocks existed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+N_CELLS = 37  # not a multiple of the block sizes used: partial blocks are exercised
+
+
+@pytest.fixture(scope="module")
+def cells(small_sim):
+    a = small_sim.adata
+    return a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:N_CELLS]].copy()
+
+
+def _candidates(wm):
+    from bioworld.query import Candidates
+
+    gene = sorted({p.target for a in wm.actions.values() for p in a.components if p.kind == "ko"})[0]
+    trained = sorted(lab for lab in wm.train_labels if "+" not in lab)[:2]
+    cands = wm.engine.candidates([wm.parse(lab) for lab in [f"ko:{gene}", *trained]])
+    clamp = np.zeros((2, len(wm.entity_names)), bool)
+    clamp[0, 1] = clamp[1, [0, 2]] = True  # do() on slot 1, and on slots 0 and 2 together
+    return cands + Candidates(["do1", "do02"], wm.space.encode(["control", "control"]), clamp)
+
+
+def _reference(wm, x: np.ndarray, cands) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell answers ``[C, n, G]`` and shifts ``[C, n, E]`` from one pass over all cells, outside
+    inference mode (the fused attention kernel training uses), do() terms summed as documented."""
+    from bioworld.query._counterfactual import pin_members, silence_terms
+
+    m, eng = wm.module, wm.engine
+    n = len(x)
+    xt = torch.from_numpy(x)
+    scale = torch.from_numpy(eng.slot_scale)
+    xs, shifts = [], []
+    with torch.no_grad():
+        ctrl = wm.space.encode(["control"]).take(np.zeros(n, dtype=np.int64))
+        z = m.encode(xt)
+        r_ref = m.readout(m.encode_target(xt))
+        z_base = m.next(z, ctrl)
+        x_base = m.expression_from(z_base, ctrl, xt, r_ref=r_ref)
+        for i in range(len(cands)):
+            act = cands.table.take(np.full(n, i))
+            ents = np.flatnonzero(cands.clamp[i]).tolist()
+            clamp = None
+            if ents:
+                terms = [silence_terms(m, z, m.encode(torch.from_numpy(eng.axes.inactive(x, e))), e, xt,
+                                       torch.from_numpy(eng.axes.inactive(x, e))) for e in ents]
+                inact = z.clone()
+                for e, t in zip(ents, terms):
+                    inact[:, e] = t.slot
+                slots = torch.from_numpy(np.repeat(cands.clamp[i][None], n, 0))
+                clamp = (slots, inact)
+            z_new = m.next(z, act, clamp=clamp)
+            x_new = m.expression_from(z_new, act, xt, r_ref=r_ref)
+            if ents:
+                x_new = x_new + sum(t.dx for t in terms)
+                z_new = z_new + sum(t.dz for t in terms)
+                pinned = torch.stack([t.pinned for t in terms]).any(0)
+                x_new = pin_members(x_new, x_base, sum(t.move for t in terms), pinned)
+            xs.append(x_new.numpy())
+            shifts.append(((z_new - z_base).norm(dim=-1) / scale).numpy())
+    return np.stack(xs), np.stack(shifts)
+
+
+def test_blocked_engine_equals_the_one_pass_reference(tiny_trained, cells):
+    wm = tiny_trained
+    eng = wm.engine
+    x = wm._cells_to_std(cells)
+    cands = _candidates(wm)
+    ref_x, ref_shift = _reference(wm, x, cands)
+    cache = eng.encode(x)
+    for rows in (None, 16, 5):  # default blocks (all 37 cells in one), 16 and 5 cells per block
+        r = eng.run(cache, cands, rows_per_pass=rows)
+        np.testing.assert_allclose(r.x_pred, ref_x, atol=2e-5, rtol=0, err_msg=f"rows_per_pass={rows}")
+        np.testing.assert_allclose(r.shift, ref_shift, atol=2e-5, rtol=0, err_msg=f"rows_per_pass={rows}")
+    # a wrong kernel or block bookkeeping would move the answers by far more than the tolerance
+    assert np.abs(ref_x[0] - ref_x[3]).max() > 1e-2
+
+
+def test_answers_do_not_depend_on_the_number_of_worker_threads(tiny_trained, cells):
+    wm = tiny_trained
+    eng = wm.engine
+    x = wm._cells_to_std(cells)
+    cands = _candidates(wm)
+    before = torch.get_num_threads()
+    try:
+        runs = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert eng.workers == threads
+            cache = eng.encode(x)
+            runs[threads] = (cache.x_base.numpy().copy(), eng.run(cache, cands, rows_per_pass=8))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    np.testing.assert_array_equal(runs[1][0], runs[2][0])
+    np.testing.assert_array_equal(runs[1][1].x_pred, runs[2][1].x_pred)  # bitwise: blocks are computed alone
+    np.testing.assert_array_equal(runs[1][1].shift, runs[2][1].shift)
+
+
+def test_math_attention_equals_the_fused_kernel(monkeypatch):
+    import bioworld.model.jepa as jepa
+
+    torch.manual_seed(0)
+    att = jepa._Attention(32, 4, 0.0).eval()
+    x = torch.randn(6, 11, 32)
+    with torch.no_grad():
+        fused = att(x)
+    calls = []
+    fused_kernel = jepa.F.scaled_dot_product_attention
+    monkeypatch.setattr(jepa.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused_kernel(*a, **k))
+    with torch.inference_mode():
+        math = att(x)
+    assert not calls  # queries take the math path
+    with torch.no_grad():
+        att(x)
+    assert calls  # training and validation keep the fused kernel
+    torch.testing.assert_close(math, fused, atol=1e-5, rtol=1e-5)
