@@ -66,6 +66,13 @@ STRATEGIES = ("random", "knowledge", "information", "discovery", "mix")
 #: A variant tried on top (not a bw.design strategy): information with knowledge_prior=1 (errors shared by
 #: candidates alike in action features, sized by their predicted effect).
 KPRIOR = "information+kprior"
+#: A variant tried on top: information whose gain prior is sized by measured look-alikes (transferred_sizes of the
+#: observed single effects, by action-feature cosine) instead of by the predicted effect's size.
+SIZES = "information+sizes"
+VARIANTS = (KPRIOR, SIZES)
+#: A ceiling, not a strategy: each round measures the unmeasured perturbations the current model gets most wrong
+#: (it reads the truth). How far any acquisition could go with this predictor.
+ORACLE = "oracle (truth)"
 CSV = "design.csv"
 
 
@@ -136,12 +143,23 @@ class JepaTask:
             eff, goals = np.zeros((1, len(cand), 1)), None
         else:
             eff, goals, _ = predicted_effects(shim, cand, goal=self.goal, n_cells=64, seed=seed)
-        feats = action_features(pred.wm.space, cand) if strategy in ("knowledge", KPRIOR) else None
+        feats = action_features(pred.wm.space, cand) if strategy in ("knowledge", KPRIOR, SIZES) else None
         mfeat = action_features(pred.wm.space, list(measured)) if strategy == "knowledge" else None
-        sel = select(eff, budget, "information" if strategy == KPRIOR else strategy, goal_scores=goals,
+        sel = select(eff, budget, "information" if strategy in VARIANTS else strategy, goal_scores=goals,
                      features=feats, measured_features=mfeat, seed=seed,
-                     knowledge_prior=1.0 if strategy == KPRIOR else 0.0)
+                     knowledge_prior=1.0 if strategy == KPRIOR else 0.0,
+                     sizes=self._sizes(pred, feats) if strategy == SIZES else None)
         return [cand[i] for i in sel.order]
+
+    def _sizes(self, pred, feats):
+        """Expected effect size of each candidate from the observed single effects the model keeps (measured
+        singles and silences), transferred by action-feature cosine."""
+        from bioworld.query._design import action_features, transferred_sizes
+
+        kept = list(pred.wm.single_effects.values())  # component -> (label, observed standardised mean effect)
+        labs = [lab for lab, _ in kept]
+        sz = [float(np.sqrt(np.mean(np.square(d)))) for _, d in kept]
+        return transferred_sizes(feats, action_features(pred.wm.space, labs), sz)
 
 
 @contextlib.contextmanager
@@ -289,9 +307,14 @@ class AtlasTask:
         eff = pred.boots[:, ci]
         goals = np.linalg.norm(eff, axis=2)  # predicted response strength per refit
         mi = np.array([pos[k] for k in measured])
-        sel = select(eff, budget, "information" if strategy == KPRIOR else strategy, goal_scores=goals,
+        sizes = None
+        if strategy == SIZES:
+            from bioworld.query._design import transferred_sizes
+
+            sizes = transferred_sizes(self.D[ci], self.D[mi], np.sqrt((self.Y[mi] ** 2).mean(1)))
+        sel = select(eff, budget, "information" if strategy in VARIANTS else strategy, goal_scores=goals,
                      features=self.D[ci], measured_features=self.D[mi], seed=seed,
-                     knowledge_prior=1.0 if strategy == KPRIOR else 0.0)
+                     knowledge_prior=1.0 if strategy == KPRIOR else 0.0, sizes=sizes)
         return [cand[i] for i in sel.order]
 
 
@@ -325,7 +348,10 @@ def run_task(task, seeds, strategies, progress=True):
                 if r == task.rounds or not un:
                     break
                 t0 = time.perf_counter()
-                chosen = task.select(pred, measured, strategy, task.batch, seed * 100 + r)
+                if strategy == ORACLE:
+                    chosen = sorted(un, key=lambda lab: (-errs[lab], lab))[:task.batch]
+                else:
+                    chosen = task.select(pred, measured, strategy, task.batch, seed * 100 + r)
                 sel_s = time.perf_counter() - t0
                 measured = measured + chosen
                 t0 = time.perf_counter()
@@ -432,20 +458,24 @@ def _verdict(ds: str, g: pd.DataFrame) -> str:
     """The issue's bar, read off the table: simulator = random's final error with <= 60% of its measurements
     (every seed); real data = a lower AUC than random (mean over seeds; how many seeds)."""
     rows = []
-    for s, h in g[g.strategy != "random"].groupby("strategy"):
+    for s, h in g[~g.strategy.isin(["random", ORACLE])].groupby("strategy"):
         share = h.share_to_random_final.to_numpy(float)
         rows.append((s, float(np.nanmean(h.auc_ratio)), int((h.auc_ratio < 1).sum()), len(h),
                      bool(np.all(np.isfinite(share)) and np.all(share <= 0.6)), share))
     if not rows:
-        return "Verdict: no strategy besides random was run."
+        return f"Verdict ({ds}): no strategy besides random was run."
     best = min(rows, key=lambda r: r[1])
-    text = (f"Verdict: best AUC ratio {best[0]} {best[1]:.3f} (below random on {best[2]} of {best[3]} seeds). ")
-    if ds == "simulator":
+    text = (f"Verdict ({ds}): best AUC ratio {best[0]} {best[1]:.3f} (below random on {best[2]} of {best[3]} seeds). ")
+    if ds.startswith("simulator"):
         ok = [r[0] for r in rows if r[4]]
         text += ("Random's final error with <= 60% of its measurements on every seed: "
                  + (", ".join(ok) if ok else "no strategy (target not met)") + ".")
     else:
         text += "Beats random on the mean AUC: " + ("yes" if best[1] < 1 else "no (target not met)") + "."
+    o = g[g.strategy == ORACLE]
+    if len(o):  # the ceiling: reads the truth, so it is no strategy and is not in the verdict above
+        text += (f" Ceiling ({ORACLE}, measures what the model gets most wrong): AUC ratio {_ms(o.auc_ratio)}, "
+                 f"share to random final {_ms(o.share_to_random_final, True)}.")
     return text
 
 
@@ -505,6 +535,8 @@ def main(argv=None) -> int:
     ap.add_argument("--context", default="HT-29", help="atlas: the new cell line")
     ap.add_argument("--boot", type=int, default=8, help="atlas: bootstrap refits")
     ap.add_argument("--ridge", type=float, default=1.0, help="atlas: kernel ridge penalty")
+    ap.add_argument("--tag", default="", help="suffix of the dataset name in the CSV, e.g. a commit: rows of a rerun on "
+                    "newer code (with their own random) kept apart from the earlier ones")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
@@ -516,12 +548,14 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             task = {"simulator": simulator_task, "papalexi": papalexi_task,
                     "atlas": lambda a: AtlasTask(a.context, a.boot, a.ridge)}[name](args)
+            if args.tag:
+                task.name = f"{name} ({args.tag})"
             df = run_task(task, seeds, strategies)
             print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
             path = args.out / CSV
             if path.exists():
                 old = pd.read_csv(path)
-                old = old[~((old.dataset == name) & old.seed.isin(seeds) & old.strategy.isin(strategies))]
+                old = old[~((old.dataset == task.name) & old.seed.isin(seeds) & old.strategy.isin(strategies))]
                 df = pd.concat([old, df], ignore_index=True)
             df.to_csv(path, index=False)
     print(write_report(args.out).read_text())

@@ -427,6 +427,7 @@ def pretrain_cmd(
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and the gene basis.")] = 0,
     steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (default: PretrainConfig().steps).")] = None,
     no_knowledge: Annotated[bool, typer.Option("--no-knowledge", help="Leave the knowledge features out (ablation).")] = False,
+    knowledge_retrieval: Annotated[bool, typer.Option("--knowledge-retrieval", help="The knowledge path for perturbations with no atlas signature: also read, in the context, the signatures of perturbations that share targets or mechanism, and train the hidden-signature rows on knowledge features without their own signatures (measured in benchmarks/results/atlas/ATLAS.md, unseen compounds).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an atlas model already in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where to pretrain: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N'.")] = "cpu",
@@ -445,6 +446,9 @@ def pretrain_cmd(
         raise BioworldError(f"--seed {seed} is negative; expected an integer >= 0. Fix: pass --seed 0 or another non-negative seed.")
     if steps is not None and steps < 1:
         raise BioworldError(f"--steps {steps}; expected a positive number of optimiser steps. Fix: pass e.g. --steps 1000.")
+    if knowledge_retrieval and no_knowledge:
+        raise BioworldError("--knowledge-retrieval reads the curated knowledge that --no-knowledge leaves out. Fix: pass "
+                            "only one of them.")
     if (out / META).exists() and not overwrite:
         raise OutputError(f"--out {str(out)!r} already holds an atlas model; expected a new folder. Fix: pass --overwrite "
                           "to replace it, or choose another --out.")
@@ -452,7 +456,8 @@ def pretrain_cmd(
 
     resolve_device(device)  # an unavailable --device fails before anything is read
     _check_out(out, overwrite=True, inputs={}, folder=True, writes=(WEIGHTS, META))
-    cfg = PretrainConfig(seed=seed, use_knowledge=not no_knowledge, device=device, **({"steps": steps} if steps else {}))
+    cfg = PretrainConfig(seed=seed, use_knowledge=not no_knowledge, device=device, knowledge_retrieval=knowledge_retrieval,
+                         drop_blinds_knowledge=knowledge_retrieval, **({"steps": steps} if steps else {}))
     model = pretrain_atlas(config=cfg, progress=not quiet)
     model.save(out)
     m = model.meta
@@ -1055,8 +1060,13 @@ def design_cmd(
     if a["excluded_measured"]:
         typer.echo(f"  {len(a['excluded_measured'])} given candidate(s) already measured, left out: "
                    f"{', '.join(a['excluded_measured'][:5])}")
+    if a.get("n_flagged"):
+        typer.echo(f"  {a['n_flagged']:,} candidate(s) act on the goal's own readout: flagged 'readout'"
+                   + (" and ranked last" if strategy in ("information", "mix", "discovery") else "")
+                   + f" ({', '.join(a['flagged'][:5])}{', …' if a['n_flagged'] > 5 else ''})")
     for row in table.head(10).itertuples(index=False):
-        typer.echo(f"  {row.rank}. {row.perturbation} ({row.kind})  score {row.strategy_score:.3g}")
+        typer.echo(f"  {row.rank}. {row.perturbation} ({row.kind})  score {row.strategy_score:.3g}"
+                   + (f"  [{row.flag}]" if row.flag else ""))
     typer.echo(f"wrote {csv_path}")
     typer.echo(f"wrote {html_path}")
 

@@ -269,6 +269,25 @@ def test_cli_goal_and_strategy(model_dir, tmp_path):
         assert result.stdout.startswith(f"{s}: chose 2")
 
 
+def test_cli_flags_candidates_on_the_goal_readout(model_dir, tmp_path):
+    from bioworld.query._candidates import Readout
+    from bioworld.query._planner import Goal
+
+    wm = bw.WorldModel.load(model_dir / "model")
+    share = Readout.of(Goal.parse("down:SIM_P2", entity_names=list(wm.entity_names)), wm.engine,
+                       list(wm.genes)).gene_share()
+    top, second = sorted(share, key=lambda gene: -share[gene])[:2]
+    own = wm.space.parse(f"ko:{top}+ko:{second}").label
+    (tmp_path / "c.txt").write_text(f"{own}\nP1_DRV1\n")  # P1_DRV1: another pathway's driver, unflagged
+    result = invoke("design", model_dir / "model", "--budget", 2, "--goal", "down:SIM_P2", "--strategy", "discovery",
+                    "--candidates", tmp_path / "c.txt", "--out", tmp_path / "g")
+    assert result.exit_code == 0, result.output
+    assert f"1 candidate(s) act on the goal's own readout: flagged 'readout' and ranked last ({own})" in result.stdout
+    t = _table(tmp_path / "g")
+    assert list(t["perturbation"]) == ["P1_DRV1", own] and t["flag"].fillna("").tolist() == ["", "readout"]
+    assert top in t["flag_reason"].iloc[-1]
+
+
 def test_cli_ensemble_folder_uses_member_disagreement(model_dir, tmp_path):
     result = invoke("design", model_dir / "ens", "--budget", 2, "--strategy", "information", "--out", tmp_path / "e")
     assert result.exit_code == 0, (result.output, result.exception)
@@ -345,3 +364,65 @@ def test_knowledge_prior_spreads_the_batch_over_knowledge():
     sel = select(e, 2, "information", features=f, scale_prior=0, knowledge_prior=1.0, seed=0)
     assert 3 in set(sel.order)  # the one unlike the others is the second question
     assert sel.info[0] > sel.info[1] > 0
+
+
+# ------------------------------------------------------------------------------ the readout (tautology) guard
+def test_flagged_candidates_come_last_for_goal_strategies():
+    rng = np.random.default_rng(5)
+    e = rng.normal(size=(3, 4, 10))
+    g = np.array([[5.0, 1.0, 0.5, 0.0]] * 3)  # candidate 0 has by far the best goal score
+    flagged = np.array([True, False, False, False])
+    for strategy in ("discovery", "mix", "information"):
+        free = select(e, 4, strategy, goal_scores=g)
+        guarded = select(e, 4, strategy, goal_scores=g, flagged=flagged)
+        assert guarded.order[-1] == 0 and sorted(guarded.order) == [0, 1, 2, 3]
+        if strategy == "discovery":
+            assert free.order[0] == 0  # without the guard the tautology wins
+    rnd = np.zeros((1, 4, 1))
+    assert list(select(rnd, 4, "random", flagged=flagged).order) == list(select(rnd, 4, "random").order)
+    with pytest.raises(BioworldError, match="flagged has shape"):
+        select(e, 2, "information", flagged=np.array([True, False]))
+
+
+def test_design_flags_a_knockout_of_the_readout_genes(tiny_trained):
+    from bioworld.query._candidates import Readout
+    from bioworld.query._planner import Goal
+
+    ent = tiny_trained.entity_names[0]
+    goal = f"down:{ent}"
+    share = Readout.of(Goal.parse(goal, entity_names=list(tiny_trained.entity_names)), tiny_trained.engine,
+                       list(tiny_trained.genes)).gene_share()
+    top, second = sorted(share, key=lambda gene: -share[gene])[:2]  # the genes carrying most of the readout's weight
+    own = tiny_trained.space.parse(f"ko:{top}+ko:{second}").label  # together >= 10% of it: flagged
+    cands = list(tiny_trained.holdout) + ["STAT1", "IRF1", own]
+    table = bw.design(tiny_trained, cands, budget=len(cands), goal=goal, strategy="discovery")
+    row = table[table["perturbation"] == own].iloc[0]
+    assert row["flag"] == "readout" and top in row["flag_reason"] and "own readout" in row["reason"]
+    assert row["rank"] == len(table)  # ranked after every unflagged candidate
+    assert (table[table["perturbation"] != own]["flag"] == "").all()
+    assert table.attrs["n_flagged"] == 1 and table.attrs["flagged"] == [own]
+    assert (bw.design(tiny_trained, cands, budget=2)["flag"] == "").all()  # no goal: nothing to guard
+
+
+# ------------------------------------------------------------------------------ sizes from measured look-alikes
+def test_sizes_replace_the_predicted_size_in_the_gain_prior():
+    e = np.zeros((2, 3, 30))  # members agree; three effects on separate genes: large, small, medium
+    e[:, 0, :10], e[:, 1, 10:20], e[:, 2, 20:] = 1.0, 0.1, 0.5
+    assert select(e, 1, "information").order[0] == 0  # by predicted size
+    sel = select(e, 1, "information", sizes=np.array([0.1, 2.0, 0.5]))
+    assert sel.order[0] == 1  # small predicted effect, but its measured look-alikes moved a lot
+    with pytest.raises(BioworldError, match="sizes have shape"):
+        select(e, 1, "information", sizes=np.array([1.0, -1.0, 0.5]))
+    with pytest.raises(BioworldError, match="sizes have shape"):
+        select(e, 1, "information", sizes=np.ones(2))
+
+
+def test_transferred_sizes_follow_the_nearest_measured():
+    from bioworld.query._design import transferred_sizes
+
+    measured = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    s = transferred_sizes(np.array([[1.0, 0, 0], [0, 1.0, 0.1], [0, 0, 1.0]]), measured, [3.0, 1.0], floor=0.1)
+    assert s[0] > 2.5 and s[1] < 1.5  # like the first measured / like the second
+    assert s[2] == pytest.approx(2.0)  # like neither: the mean measured size
+    with pytest.raises(BioworldError, match="one size per measured"):
+        transferred_sizes(np.ones((2, 3)), measured, [1.0])

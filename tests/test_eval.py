@@ -320,3 +320,17 @@ def test_benchmark_report_repeats_companion_findings(tmp_path):
     assert lines[0].startswith("## Masking")
     assert "What it shows, per shape: default: lowest leak: **none**." in lines
     assert any("results/masking/MASKING.md" in ln for ln in lines)
+
+
+def test_benchmark_report_has_a_design_section_with_every_verdict(tmp_path):
+    from bioworld.eval.benchmark import _companion_sections
+
+    out = tmp_path / "results"
+    (out / "design").mkdir(parents=True)
+    (out / "design" / "DESIGN.md").write_text("# t\n\n## atlas\n\nVerdict (atlas): best AUC ratio information 0.98.\n\n"
+                                               "## simulator\n\nVerdict (simulator): target not met.\n")
+    lines = _companion_sections(out, tmp_path / "BENCHMARKS.md")
+    assert lines[0].startswith("## DESIGN")
+    assert "- Verdict (atlas): best AUC ratio information 0.98." in lines
+    assert "- Verdict (simulator): target not met." in lines
+    assert any("results/design/DESIGN.md" in ln for ln in lines)

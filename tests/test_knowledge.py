@@ -69,6 +69,10 @@ def test_shuffled_targets_permute_links_but_keep_set_sizes():
     assert sorted(len(sh.targets(k)) for k in keys) == sizes
     changed = sum(set(ck.targets(k)) != set(sh.targets(k)) for k in keys)
     assert changed > 0.8 * len(keys)
+    # the mechanism label moves with its target set: the same labels, on other compounds
+    assert sorted(sh.moa(k) for k in keys) == sorted(ck.moa(k) for k in keys)
+    labelled = [k for k in keys if ck.moa(k)]
+    assert sum(sh.moa(k) != ck.moa(k) for k in labelled) > 0.5 * len(labelled)
 
 
 def test_every_source_has_a_licence():

@@ -86,6 +86,12 @@ def test_report_is_self_contained_with_sections_and_csv(prioritized, counterfact
     assert len(csv) == len(prioritized.table)
     assert list(csv["intervention"]) == list(prioritized.table["intervention"])
     assert text.count('<td class="num">') > 0 and text.count("<tr><td class=\"num\">") >= min(30, len(csv))
+    # each row shows its priority with the model's and the prior's percentiles
+    assert "priority (model, network)" in text and {"priority", "model_pct", "prior_pct"} <= set(csv.columns)
+    from bioworld.report.html import _priority_text, main_rows
+
+    top = main_rows(prioritized.table).iloc[0]
+    assert f'<td class="num">{_priority_text(top)}</td>' in text and _priority_text(top).startswith(f"{top['priority']:.2f} (")
 
 
 def test_report_shows_held_out_accuracy_next_to_baselines(prioritized, tmp_path):

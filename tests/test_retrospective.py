@@ -106,12 +106,8 @@ def test_network_proximity_decays_with_distance():
         R.network_proximity(["Z"], network=_chain())
 
 
-def test_pathway_membership_and_combined_score():
+def test_pathway_membership():
     assert R.pathway_membership(["A", "B", "C"], ["C", "A"]).tolist() == [1.0, 0.0, 1.0]
-    c = R.combined_score(np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0]))
-    assert np.allclose(c, [0.5, 0.5, 0.5])
-    c = R.combined_score(np.array([3.0, 2.0, 1.0]), np.array([3.0, 1.0, 2.0]))
-    assert c[0] == 1.0 and c[1] == c[2] == 0.25
 
 
 def test_compound_scores_from_targets():
@@ -164,7 +160,7 @@ def test_write_retro_and_benchmarks_section_is_replaced_not_duplicated(tmp_path)
 
 # ------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow  # ~10 s of CPU; 30+ s wall on a loaded 2-core machine
-def test_genetic_retro_end_to_end_on_a_small_simulated_screen():
+def test_genetic_retro_end_to_end_on_a_small_simulated_screen(tmp_path):
     from scipy import sparse
 
     from _helpers import sim_entities, small_simulation
@@ -182,12 +178,14 @@ def test_genetic_retro_end_to_end_on_a_small_simulated_screen():
                     i.append(pos[a])
                     j.append(pos[b])
     net = sparse.coo_matrix((np.ones(len(i)), (i, j)), shape=(len(genes), len(genes))).tocsr()
-    st = R.RetroSettings(seeds=(0,), folds=2, steps=8, max_genes=40, n_cells=40)
+    st = R.RetroSettings(seeds=(0,), folds=2, steps=8, max_genes=40, n_cells=40, candidates_dir=str(tmp_path))
     df = R.run_genetic_retro(sim.adata.copy(), f"down:{goal_ent}", goal_weights={g: 1.0 for g in sim.gmt[goal_ent]},
                              settings=st, dataset="sim", replicate_key="replicate", network=(genes, net + net.T),
                              progress=False, entities=ents, knowledge=False, nmf_programs=0)
-    assert set(df["method"]) == {R.MODEL, R.MODEL_RANKED, R.NETWORK, R.PATHWAY, R.COMBINED, R.UPSTREAM,
-                                 R.UPSTREAM_COMBINED}
+    assert set(df["method"]) == {R.MODEL, R.MODEL_RANKED, R.NETWORK, R.PATHWAY, R.PREDICTED, R.NO_PRIOR}
+    # each fold's candidate table is kept: the default ranking and its parts
+    cand = pd.read_csv(tmp_path / "sim_s0_f0.csv")
+    assert list(cand.columns) == R.CANDIDATE_COLUMNS and cand["priority"].between(0, 1).all()
     n_singles = len(df.attrs["observed"])
     assert df.attrs["n_items"] == n_singles > 0
     per_method = df.groupby("method")["item"].nunique()

@@ -23,3 +23,19 @@ def gene_touch_matrix(genes: Sequence[str], entities: Sequence[object]) -> np.nd
             if i is not None:
                 out[i, e] = wi / (wmax if wmax > 0 else 1.0)
     return out
+
+
+def gene_touch_index(entities: Sequence[object]) -> dict[str, np.ndarray]:
+    """Gene -> its ``[E]`` row of :func:`gene_touch_matrix` for every gene of any entity's full list
+    (built once; a gene of no entity touches nothing)."""
+    rows: dict[str, np.ndarray] = {}
+    E = len(entities)
+    for e, ent in enumerate(entities):
+        w = np.abs(np.asarray(ent.weights, dtype=np.float32))
+        wmax = float(w.max()) if len(w) else 1.0
+        for g, wi in zip(ent.genes, w):
+            row = rows.get(g)
+            if row is None:
+                row = rows[g] = np.zeros(E, np.float32)
+            row[e] = wi / (wmax if wmax > 0 else 1.0)
+    return rows

@@ -267,9 +267,17 @@ class ActionSpace:
 
     def gene_touch(self, genes: Sequence[str]) -> np.ndarray:
         """``[n_genes, E]`` how strongly each gene touches each slot (see :func:`gene_touch_matrix`)."""
-        from bioworld.actions._encode import gene_touch_matrix
+        from bioworld.actions._encode import gene_touch_index
 
-        return gene_touch_matrix(genes, self.entities)
+        index = getattr(self, "_touch_index", None)
+        if index is None:  # one pass over the entities' gene lists, then a lookup per gene
+            index = self._touch_index = gene_touch_index(self.entities)
+        out = np.zeros((len(genes), len(self.entities)), np.float32)
+        for i, g in enumerate(genes):
+            row = index.get(g)
+            if row is not None:
+                out[i] = row
+        return out
 
     # ---------------------------------------------------------------- checkpoint
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -95,6 +95,17 @@ VARIANTS = {
     "AtlasModel (redrawn retrieval)": ({"shuffle_retrieval": True, "redraw_retrieval": True}, ()),
     "AtlasModel (redrawn retrieval, no knowledge)": ({"shuffle_retrieval": True, "redraw_retrieval": True,
                                                       "use_knowledge": False}, ()),
+    "AtlasModel (blind drop)": ({"drop_blinds_knowledge": True}, ()),
+    "AtlasModel (blind drop, shuffled targets)": ({"drop_blinds_knowledge": True}, ("targets",)),
+    "AtlasModel (blind drop, shuffled network)": ({"drop_blinds_knowledge": True}, ("network",)),
+    "AtlasModel (blind drop + knowledge retrieval)": ({"drop_blinds_knowledge": True, "knowledge_retrieval": True}, ()),
+    "AtlasModel (blind drop + knowledge retrieval, shuffled targets)": (
+        {"drop_blinds_knowledge": True, "knowledge_retrieval": True}, ("targets",)),
+    "AtlasModel (blind drop + knowledge retrieval, shuffled network)": (
+        {"drop_blinds_knowledge": True, "knowledge_retrieval": True}, ("network",)),
+    "AtlasModel (knowledge retrieval)": ({"knowledge_retrieval": True}, ()),
+    "AtlasModel (knowledge retrieval, shuffled targets)": ({"knowledge_retrieval": True}, ("targets",)),
+    "AtlasModel (knowledge retrieval, shuffled network)": ({"knowledge_retrieval": True}, ("network",)),
 }
 
 

@@ -748,24 +748,29 @@ def write_outputs(
     return report
 
 
-# benchmarks run by their own scripts whose findings the report repeats: (folder, file, title, line prefix)
+# benchmarks run by their own scripts whose findings the report repeats: (folder, file, title, line prefix, how many
+# lines with that prefix; 0 = all)
 COMPANIONS = (
-    ("masking", "MASKING.md", "Masking (entity vs gene vs none) on held-out simulator silences", "What it shows"),
-    ("doubles", "DOUBLES.md", "Simulator unseen doubles vs Additive", "Seeds where"),
+    ("masking", "MASKING.md", "Masking (entity vs gene vs none) on held-out simulator silences", "What it shows", 1),
+    ("doubles", "DOUBLES.md", "Simulator unseen doubles vs Additive", "Seeds where", 1),
+    ("design", "DESIGN.md", "DESIGN: which experiments next (retrospective lab in the loop, bw.design strategies vs "
+     "random)", "Verdict", 0),
 )
 
 
 def _companion_sections(out: Path, report: Path) -> list[str]:
     """One section per companion result file present under ``out``: its finding line and a link."""
     lines: list[str] = []
-    for folder, name, title, prefix in COMPANIONS:
+    for folder, name, title, prefix, keep in COMPANIONS:
         path = out / folder / name
         if not path.is_file():
             continue
         found = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith(prefix)]
+        found = found[:keep] if keep else found
         rel = os.path.relpath(path, report.parent)
+        body = [f"- {f}" for f in found] if len(found) > 1 else found
         lines += [f"## {title}", "", f"From [{rel}]({rel}) (its script, command and machine load are in the file):",
-                  "", *(found[:1] or ["(no finding line in the file)"]), ""]
+                  "", *(body or ["(no finding line in the file)"]), ""]
     return lines
 
 

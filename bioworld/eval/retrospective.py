@@ -24,14 +24,20 @@ Metrics (per seed, pooled over the folds of that seed; mean ± sd over seeds)
     percentile of the hits among all candidates.
 
 Methods
-    ``WorldModel``: the predicted goal score (the ``score`` column; the tautology guard's ordering
-    is ignored). ``WorldModel (as ranked)``: the table's rank, flagged rows last. ``Network
-    proximity``: random walk with restart (:func:`network_proximity`) from the goal entity's genes
-    over STRING v12 (>= 700) joined with OmniPath (undirected), a compound = its best target.
-    ``WorldModel + network prior`` (the improvement tried): the mean of the model's and the
-    network proximity's rank percentiles. ``Pathway membership``: the gene is in the goal
-    entity's gene set (a compound: the share of its known targets that are). ``Random``: the expected value (AUROC 0.5, precision = the hit
-    rate, percentile 0.5), sd over 1,000 random orderings.
+    ``WorldModel``: the model's default ranking, the ``priority`` column of
+    :meth:`~bioworld.WorldModel.prioritize` (:mod:`bioworld.query._priority`: the rank average of
+    the predicted goal change without the knocked-out gene's own transcript, as a percentile within
+    comparable candidates, and the network proximity of the gene / the compound's targets to the
+    goal's readout genes; the rule was fixed before its retrospective runs, nothing is fitted to
+    them; the tautology guard's ordering is ignored). Its parts: ``WorldModel (predicted change
+    only)`` (the ``score`` column) and ``WorldModel (no knowledge prior)`` (``model_pct``: the
+    calibrated model evidence alone). ``WorldModel (as ranked)``: the table's rank, flagged rows
+    last. ``Network proximity``: random walk with restart (:func:`network_proximity`) from the goal
+    entity's full gene set over STRING v12 (>= 700) joined with OmniPath (undirected), a compound =
+    its best target (the same walk is the prior inside ``priority``).
+    ``Pathway membership``: the gene is in the goal entity's gene set (a compound: the share of its
+    known targets that are). ``Random``: the expected value (AUROC 0.5, precision = the hit rate,
+    percentile 0.5), sd over 1,000 random orderings.
 
 ``python benchmarks/run_retrospective.py`` runs both datasets and writes
 ``benchmarks/results/retrospective/RETROSPECTIVE.md`` (+ CSVs and a plot); ``bioworld benchmark
@@ -45,7 +51,6 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +63,6 @@ __all__ = [
     "GOALS",
     "RetroSettings",
     "auroc",
-    "combined_score",
     "control_noise",
     "hit_threshold",
     "metrics_of",
@@ -79,11 +83,10 @@ GOALS = {"papalexi": "down:HALLMARK_INTERFERON_GAMMA_RESPONSE", "l1000": "down:M
 ITEM_COLUMNS = ["dataset", "seed", "fold", "method", "item", "hit", "observed", "score", "percentile", "n_candidates"]
 MODEL, MODEL_RANKED, NETWORK, PATHWAY, RANDOM = (
     "WorldModel", "WorldModel (as ranked)", "Network proximity", "Pathway membership", "Random")
-#: The improvements tried: the model's rank percentile averaged with the network prior's; the
-#: model's score without the part its knocked-out gene's own transcript carries (as the hits are).
-COMBINED = "WorldModel + network prior"
-UPSTREAM = "WorldModel (upstream)"
-UPSTREAM_COMBINED = "WorldModel (upstream) + network prior"
+#: Parts of the model's default ranking (``priority``), reported beside it: the predicted goal change
+#: alone (``score``), and the model's calibrated evidence without the knowledge prior (``model_pct``).
+PREDICTED = "WorldModel (predicted change only)"
+NO_PRIOR = "WorldModel (no knowledge prior)"
 METRICS = ("auroc", "precision_at_k", "hit_percentile")
 
 
@@ -99,6 +102,7 @@ class RetroSettings:
     dose: float = 10.0  # L1000: the dose every compound is ranked and judged at
     z: float = 2.0  # hit threshold in control-noise sds
     k: int = 5  # precision@k
+    candidates_dir: str | None = None  # where each fold's candidate table is written (None: not written)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -238,53 +242,21 @@ def hit_threshold(noise: float, z: float) -> float:
 
 
 # ------------------------------------------------------------------------------ baselines
-@lru_cache(maxsize=1)
 def _network() -> tuple[list[str], Any]:
-    """STRING (weights) joined with OmniPath (|sign| = 1), symmetric: ``(genes, [n, n] csr)``."""
-    from scipy import sparse
+    """STRING (weights) joined with OmniPath (|sign| = 1), symmetric: ``(genes, [n, n] csr)``
+    (:func:`bioworld.knowledge.network.joint_network`)."""
+    from bioworld.knowledge.network import joint_network
 
-    from bioworld.knowledge.network import load_omnipath, load_string
-
-    sg, sm = load_string()
-    og, om = load_omnipath()
-    genes = sorted(set(sg) | set(og))
-    pos = {g: i for i, g in enumerate(genes)}
-    n = len(genes)
-
-    def lift(names: list[str], m: Any) -> Any:
-        c = m.tocoo()
-        idx = np.array([pos[g] for g in names])
-        return sparse.coo_matrix((np.abs(c.data), (idx[c.row], idx[c.col])), shape=(n, n)).tocsr()
-
-    o = lift(og, om)
-    a = lift(sg, sm).maximum(o.maximum(o.T))
-    a.setdiag(0)
-    a.eliminate_zeros()
-    return genes, a.tocsr()
+    return joint_network()
 
 
 def network_proximity(seeds: Sequence[str], *, restart: float = 0.5, n_iter: int = 50,
                       network: tuple[list[str], Any] | None = None) -> dict[str, float]:
-    """Random walk with restart from ``seeds`` (uniform restart mass) over the network: each gene's
-    stationary visiting probability (genes off the network are absent: proximity 0)."""
-    genes, a = network if network is not None else _network()
-    pos = {g: i for i, g in enumerate(genes)}
-    s = np.zeros(len(genes))
-    idx = [pos[g] for g in seeds if g in pos]
-    if not idx:
-        raise BioworldError("none of the goal's genes is on the network; expected gene symbols of STRING / OmniPath")
-    s[idx] = 1.0 / len(idx)
-    deg = np.asarray(a.sum(0)).ravel()
-    inv = np.where(deg > 0, 1.0 / np.where(deg > 0, deg, 1.0), 0.0)
-    p = s.copy()
-    for _ in range(n_iter):  # p = (1 - r) A D^-1 p + r s
-        p = (1 - restart) * (a @ (inv * p)) + restart * s
-    return {g: float(p[i]) for i, g in enumerate(genes) if p[i] > 0}
+    """Random walk with restart from ``seeds`` over the network
+    (:func:`bioworld.knowledge.network.network_proximity`, the prior the planner's priority uses)."""
+    from bioworld.knowledge.network import network_proximity as rwr
 
-
-def combined_score(model: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """Knowledge-weighted model score: the mean of the model's and the prior's rank percentiles."""
-    return (rank_percentile(model) + rank_percentile(prior)) / 2.0
+    return rwr(list(seeds), restart=restart, n_iter=n_iter, network=network)
 
 
 def pathway_membership(genes: Sequence[str], goal_genes: Sequence[str]) -> np.ndarray:
@@ -333,14 +305,30 @@ def _train(adata: Any, holdout: Sequence[str], seed: int, steps: int, **kw: Any)
     return wm
 
 
-def _model_rows(table: pd.DataFrame, kind: str) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def _model_rows(table: pd.DataFrame, kind: str) -> tuple[list[str], dict[str, np.ndarray]]:
     """Unseen candidates of ``kind`` in a prioritisation table (the trained ones are measured, not
-    predicted, so they are no part of the ranking judged): labels, scores, -rank (as ranked), and the
-    upstream score (score without the share carried by the knocked-out genes' own transcripts)."""
+    predicted, so they are no part of the ranking judged): labels and each model method's scores:
+    the default ranking (``priority``), the table's rank (flagged rows last), the predicted goal
+    change and the model's calibrated evidence without the prior (``model_pct``)."""
     t = table[(table["kind"] == kind) & ~table["seen"].astype(bool)]
-    score = t["score"].to_numpy(np.float64)
-    own = t["own_share"].to_numpy(np.float64) if "own_share" in t.columns else np.zeros(len(t))
-    return list(t["intervention"]), score, -t["rank"].to_numpy(np.float64), score * (1.0 - np.nan_to_num(own))
+    return list(t["intervention"]), {
+        MODEL: t["priority"].to_numpy(np.float64), MODEL_RANKED: -t["rank"].to_numpy(np.float64),
+        PREDICTED: t["score"].to_numpy(np.float64), NO_PRIOR: t["model_pct"].to_numpy(np.float64)}
+
+
+#: Columns of the per-fold candidate tables (``RetroSettings.candidates_dir``).
+CANDIDATE_COLUMNS = ["rank", "intervention", "kind", "score", "priority", "model_pct", "prior_pct", "own_share",
+                     "flag", "seen", "n_cells"]
+
+
+def _save_candidates(folder: str | None, table: pd.DataFrame, dataset: str, seed: int, fold: int) -> None:
+    """Write one fold's ranked candidates (``CANDIDATE_COLUMNS``) as ``<dataset>_s<seed>_f<fold>.csv``."""
+    if folder is None:
+        return
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    table[[c for c in CANDIDATE_COLUMNS if c in table.columns]].to_csv(out / f"{dataset}_s{seed}_f{fold}.csv",
+                                                                       index=False)
 
 
 def _add_items(rows: list[dict[str, Any]], *, dataset: str, seed: int, fold: int, method: str,
@@ -438,19 +426,16 @@ def run_genetic_retro(adata: Any, goal: str, *, goal_weights: Mapping[str, float
             res = wm.prioritize(adata[np.sort(pick)].copy(), goal, entities=[], max_genes=settings.max_genes,
                                 pairs=False, n_boot=20, max_cells=settings.n_cells)
             walls[MODEL] = walls.get(MODEL, 0.0) + time.perf_counter() - t0
-            labs, score, ranked, upstream = _model_rows(res.table, "gene")
+            labs, model = _model_rows(res.table, "gene")
             test = {wm.engine.space.parse(f"ko:{singles[lab]}").label: lab for lab in sp.test if lab in observed}
             genes = [wm.engine.space.parse(lab).components[0].target for lab in labs]
             common = dict(dataset=dataset, seed=seed, fold=sp.fold, labels=labs, test=test, observed=observed,
                           threshold=thr)
-            net = np.array([prox.get(g, 0.0) for g in genes])
-            _add_items(rows, method=MODEL, scores=score, **common)
-            _add_items(rows, method=MODEL_RANKED, scores=ranked, **common)
-            _add_items(rows, method=NETWORK, scores=net, **common)
+            for method, scores in model.items():
+                _add_items(rows, method=method, scores=scores, **common)
+            _add_items(rows, method=NETWORK, scores=np.array([prox.get(g, 0.0) for g in genes]), **common)
             _add_items(rows, method=PATHWAY, scores=pathway_membership(genes, list(goal_weights)), **common)
-            _add_items(rows, method=COMBINED, scores=combined_score(score, net), **common)
-            _add_items(rows, method=UPSTREAM, scores=upstream, **common)
-            _add_items(rows, method=UPSTREAM_COMBINED, scores=combined_score(upstream, net), **common)
+            _save_candidates(settings.candidates_dir, res.table, dataset, seed, sp.fold)
             bar.update(1)
     bar.close()
     df = pd.DataFrame(rows, columns=ITEM_COLUMNS)
@@ -541,7 +526,7 @@ def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool
             res = wm.prioritize(adata[ctrl_idx].copy(), goal, genes=[], entities=[], dose=settings.dose, pairs=False,
                                 n_boot=20, max_cells=settings.n_cells)
             walls[MODEL] = walls.get(MODEL, 0.0) + time.perf_counter() - t0
-            labs, score, ranked, _ = _model_rows(res.table, "compound")
+            labs, model = _model_rows(res.table, "compound")
             names = [wm.engine.space.parse(lab).components[0].target for lab in labs]
             test = {}
             for c in sorted(held):
@@ -549,14 +534,14 @@ def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool
                     test[wm.engine.space.parse(f"{c}@{settings.dose:g}").label] = at_dose[c]
             common = dict(dataset=dataset, seed=seed, fold=fold, labels=labs, test=test, observed=observed,
                           threshold=thr)
-            _add_items(rows, method=MODEL, scores=score, **common)
-            _add_items(rows, method=MODEL_RANKED, scores=ranked, **common)
+            for method, scores in model.items():
+                _add_items(rows, method=method, scores=scores, **common)
             net = _compound_scores(names, lambda g: prox.get(g, 0.0), targets, "max")
             _add_items(rows, method=NETWORK, scores=net, **common)
             gs = set(goal_w)
             _add_items(rows, method=PATHWAY, scores=_compound_scores(names, lambda g: float(g in gs), targets, "mean"),
                        **common)
-            _add_items(rows, method=COMBINED, scores=combined_score(score, net), **common)
+            _save_candidates(settings.candidates_dir, res.table, dataset, seed, fold)
             bar.update(1)
     bar.close()
     df = pd.DataFrame(rows, columns=ITEM_COLUMNS)
@@ -702,7 +687,7 @@ def write_retro(frames: Mapping[str, pd.DataFrame], out: str | os.PathLike, *, c
                   "- wall time (train + prioritise, all folds and seeds): "
                   + (", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) or "not recorded here"), "",
                   markdown_table(summ, ds), "", f"**{verdict(summ, ds)}**", ""]
-        for extra in [m for m in (COMBINED, UPSTREAM, UPSTREAM_COMBINED) if m in set(summ[summ["dataset"] == ds]["method"])]:
+        for extra in [m for m in (NO_PRIOR,) if m in set(summ[summ["dataset"] == ds]["method"])]:
             lines += [f"**{verdict(summ, ds, extra)}**", ""]
     lines += ["![retrospective](retrospective.png)", "",
               "Per held-out item and method: `items.csv` (rank percentile, observed change, hit); "
@@ -743,7 +728,7 @@ def benchmarks_section(summ: pd.DataFrame, frames: Mapping[str, pd.DataFrame], r
         a = df.attrs
         lines += [f"### retrospective — {ds} (`{a.get('goal')}`, {a.get('n_items')} held-out items, "
                   f"{a.get('n_hits')} hits)", "", markdown_table(summ, ds), "", f"**{verdict(summ, ds)}**", ""]
-        for extra in (COMBINED, UPSTREAM, UPSTREAM_COMBINED):
+        for extra in (NO_PRIOR,):
             if extra in set(summ[summ["dataset"] == ds]["method"]):
                 lines += [f"**{verdict(summ, ds, extra)}**", ""]
     lines.append(SECTION_END)
@@ -802,11 +787,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--assemble", default=None, metavar="DIR[,DIR]",
                    help="train nothing: rebuild the report from these folders' items.csv (later folders win)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
+    p.add_argument("--save-candidates", default=None, metavar="DIR",
+                   help="also write each fold's ranked candidates (score, priority, model_pct, prior_pct, ...) here")
     a = p.parse_args(argv)
     if a.folds < 2 or a.steps < 1 or a.k < 1 or a.cells < 1 or a.max_genes < 1:
         raise BioworldError("--folds >= 2, --steps, --k, --cells and --max-genes >= 1 expected")
     st = RetroSettings(seeds=tuple(int(s) for s in a.seeds.split(",") if s.strip()), folds=a.folds, steps=a.steps,
-                       max_genes=a.max_genes, n_cells=a.cells, z=a.z, k=a.k)
+                       max_genes=a.max_genes, n_cells=a.cells, z=a.z, k=a.k, candidates_dir=a.save_candidates)
     load = loadavg()
     t = time.perf_counter()
     import shlex

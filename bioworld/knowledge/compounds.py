@@ -124,11 +124,13 @@ class CompoundKnowledge:
         return CompoundKnowledge(rows, aliases)
 
     def shuffled(self, seed: int) -> "CompoundKnowledge":
-        """Ablation: the same compounds and target-set sizes, with target sets permuted among compounds."""
+        """Ablation: the same compounds and target-set sizes, with target sets permuted among compounds;
+        each target set keeps its mechanism-of-action label (the pair moves together, so no compound
+        keeps its own mechanism through the label)."""
         rng = np.random.default_rng(seed)
         keys = [k for k in sorted(self._targets) if self._targets[k]]
         perm = rng.permutation(len(keys))
-        rows = [(k, g, "", "shuffled") for k, j in zip(keys, perm) for g in self._targets[keys[j]]]
+        rows = [(k, g, self._moa.get(keys[j], ""), "shuffled") for k, j in zip(keys, perm) for g in self._targets[keys[j]]]
         return CompoundKnowledge(rows, {n: k for n, k in self._alias.items()})
 
     # ------------------------------------------------------------------------------ queries

@@ -137,9 +137,11 @@ class KnowledgeBase:
             self._sig_cache[key] = None if z is None else _unit((z - self.centre) @ self.basis)
         return self._sig_cache[key]
 
-    def _gene_signature(self, gene: str) -> np.ndarray | None:
-        parts = [self._key_signature(f"kd:{gene}")]
-        parts += [self._key_signature(f"cmp:{c}") for c in self.compounds.compounds_targeting(gene)]
+    def _gene_signature(self, gene: str, exclude: str | None = None) -> np.ndarray | None:
+        """Mean signature block of the perturbations that hit ``gene`` (its knockdown, the compounds
+        targeting it), leaving out the perturbation key ``exclude``."""
+        keys = [f"kd:{gene}", *(f"cmp:{c}" for c in self.compounds.compounds_targeting(gene))]
+        parts = [self._key_signature(k) for k in keys if k != exclude]
         parts = [p for p in parts if p is not None]
         return _unit(np.mean(parts, axis=0)) if parts else None
 
@@ -149,15 +151,18 @@ class KnowledgeBase:
         return np.concatenate([_unit(net) * scale, _unit(signed) * scale, _unit(sig) * scale,
                                known.astype(np.float32)], axis=1).astype(np.float32)
 
-    def gene_features(self, genes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``([n, dim] features, [n, 3] known per block)`` for gene symbols."""
+    def gene_features(self, genes: Sequence[str], *, blind: bool = False,
+                      exclude: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``([n, dim] features, [n, 3] known per block)`` for gene symbols. ``blind``: the signature block
+        leaves out each gene's own knockdown (its features as if it had never been knocked down);
+        ``exclude``: a perturbation key left out of every gene's signature block."""
         genes = [str(g) for g in genes]
         net, k_net = self._net.lookup(genes)
         signed, k_signed = self._signed.lookup(genes)
         sig = np.zeros((len(genes), self.config.signature_dim), np.float32)
         k_sig = np.zeros(len(genes), bool)
         for i, g in enumerate(genes):
-            s = self._gene_signature(g)
+            s = self._gene_signature(g, f"kd:{g}" if blind else exclude)
             if s is not None:
                 sig[i], k_sig[i] = s, True
         known = np.stack([k_net, k_signed, k_sig], axis=1)
@@ -166,8 +171,10 @@ class KnowledgeBase:
     def compound_targets(self, name: str) -> list[str]:
         return self.compounds.targets(name)
 
-    def compound_features(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``([n, dim] features, [n, 3] known per block)`` for compound names (any known spelling)."""
+    def compound_features(self, names: Sequence[str], *, blind: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``([n, dim] features, [n, 3] known per block)`` for compound names (any known spelling).
+        ``blind``: as if the compound had never been measured — its own atlas signatures are left out
+        (its signature block comes from its targets' other perturbations only)."""
         n = len(names)
         net = np.zeros((n, self.config.network_dim), np.float32)
         signed = np.zeros((n, self.config.signed_dim), np.float32)
@@ -175,8 +182,9 @@ class KnowledgeBase:
         known = np.zeros((n, len(BLOCKS)), bool)
         for i, name in enumerate(names):
             targets = self.compounds.targets(name)
+            key = self.compounds.resolve(name, strict=False)
             if targets:
-                f, k = self.gene_features(targets)
+                f, k = self.gene_features(targets, exclude=f"cmp:{key}" if blind and key else None)
                 w = 1.0 / np.sqrt(len(BLOCKS))
                 a, b = self.config.network_dim, self.config.network_dim + self.config.signed_dim
                 if k[:, 0].any():
@@ -185,11 +193,49 @@ class KnowledgeBase:
                     signed[i], known[i, 1] = f[k[:, 1], a:b].mean(0) / w, True
                 if k[:, 2].any():
                     sig[i], known[i, 2] = f[k[:, 2], b:b + self.config.signature_dim].mean(0) / w, True
-            key = self.compounds.resolve(name, strict=False)
-            own = self._key_signature(f"cmp:{key}") if key else None
+            own = self._key_signature(f"cmp:{key}") if key and not blind else None
             if own is not None:
                 sig[i], known[i, 2] = own, True
         return self._assemble(net, signed, sig, known), known
+
+    def key_relations(self, keys_a: Sequence[str], keys_b: Sequence[str]) -> np.ndarray:
+        """``[len(keys_a), len(keys_b)]`` curated relatedness of perturbation keys (``cmp:x`` / ``kd:G``):
+        the Jaccard overlap of their target sets (a knockdown's set is its gene; a compound's, its
+        curated targets) plus 1 when both carry the same mechanism-of-action label. 0 between a key and
+        itself and where nothing is shared or known. Follows the ``targets`` ablation (links shuffled)."""
+        from scipy import sparse
+
+        def describe(keys: Sequence[str]) -> tuple[list[set[str]], list[str]]:
+            sets, moas = [], []
+            for k in keys:
+                k = str(k)
+                if k.startswith("kd:"):
+                    sets.append({k[3:]})
+                    moas.append("")
+                else:
+                    name = k[4:] if k.startswith("cmp:") else k
+                    sets.append(set(self.compounds.targets(name)))
+                    moas.append(self.compounds.moa(name).strip().lower())
+            return sets, moas
+
+        (sa, ma), (sb, mb) = describe(keys_a), describe(keys_b)
+        genes = {g: i for i, g in enumerate(sorted(set().union(*sa, *sb)))}
+
+        def incidence(sets: list[set[str]]) -> sparse.csr_matrix:
+            r = [i for i, s in enumerate(sets) for _ in s]
+            c = [genes[g] for s in sets for g in s]
+            return sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(sets), max(len(genes), 1)))
+
+        inter = (incidence(sa) @ incidence(sb).T).toarray()
+        na, nb = np.array([len(s) for s in sa], float), np.array([len(s) for s in sb], float)
+        union = na[:, None] + nb[None, :] - inter
+        rel = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+        labels = {m: i for i, m in enumerate(sorted({m for m in ma + mb if m}))}
+        ia = np.array([labels.get(m, -1) for m in ma])
+        ib = np.array([labels.get(m, -2) for m in mb])
+        rel += (ia[:, None] == ib[None, :]).astype(float)
+        same = np.array([str(a) for a in keys_a])[:, None] == np.array([str(b) for b in keys_b])[None, :]
+        return np.where(same, 0.0, rel).astype(np.float32)
 
     def knows_gene(self, gene: str) -> bool:
         return bool(self.gene_features([gene])[1].any())

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-__all__ = ["GeneEmbedding", "load_omnipath", "load_string", "network_embedding", "signed_embedding"]
+__all__ = ["GeneEmbedding", "joint_network", "load_omnipath", "load_string", "network_embedding", "network_proximity",
+           "signed_embedding"]
 
 _CACHE: dict[tuple, "GeneEmbedding"] = {}
 
@@ -169,6 +170,56 @@ def signed_embedding(dim: int = 32, *, seed: int = 0) -> GeneEmbedding:
     if key not in _CACHE:
         _CACHE[key] = _shipped("omnipath", dim, seed) or compute_signed_embedding(dim, seed=seed)
     return _CACHE[key]
+
+
+_JOINT: list[tuple[list[str], sparse.csr_matrix]] = []
+
+
+def joint_network() -> tuple[list[str], sparse.csr_matrix]:
+    """STRING (weights) joined with OmniPath (|sign| = 1, both directions): ``(genes, symmetric
+    [n, n] csr)``, the larger weight where both list a pair (built once per process)."""
+    if _JOINT:
+        return _JOINT[0]
+    sg, sm = load_string()
+    og, om = load_omnipath()
+    genes = sorted(set(sg) | set(og))
+    pos = {g: i for i, g in enumerate(genes)}
+    n = len(genes)
+
+    def lift(names: list[str], m: sparse.csr_matrix) -> sparse.csr_matrix:
+        c = m.tocoo()
+        idx = np.array([pos[g] for g in names])
+        return sparse.coo_matrix((np.abs(c.data), (idx[c.row], idx[c.col])), shape=(n, n)).tocsr()
+
+    o = lift(og, om)
+    a = lift(sg, sm).maximum(o.maximum(o.T))
+    a.setdiag(0)
+    a.eliminate_zeros()
+    _JOINT.append((genes, a.tocsr()))
+    return _JOINT[0]
+
+
+def network_proximity(seeds: list[str], *, restart: float = 0.5, n_iter: int = 50,
+                      network: tuple[list[str], sparse.csr_matrix] | None = None) -> dict[str, float]:
+    """Random walk with restart from ``seeds`` (uniform restart mass) over ``network`` (default
+    :func:`joint_network`): each gene's stationary visiting probability; genes off the network, or
+    never reached, are absent (proximity 0). Raises ``BioworldError`` when no seed is on the network."""
+    genes, a = network if network is not None else joint_network()
+    pos = {g: i for i, g in enumerate(genes)}
+    s = np.zeros(len(genes))
+    idx = sorted({pos[g] for g in seeds if g in pos})
+    if not idx:
+        from bioworld.errors import BioworldError
+
+        raise BioworldError(f"none of the {len(seeds)} seed genes is on the network; expected gene symbols of "
+                            "STRING / OmniPath")
+    s[idx] = 1.0 / len(idx)
+    deg = np.asarray(a.sum(0)).ravel()
+    inv = np.where(deg > 0, 1.0 / np.where(deg > 0, deg, 1.0), 0.0)
+    p = s.copy()
+    for _ in range(n_iter):  # p = (1 - r) A D^-1 p + r s
+        p = (1 - restart) * (a @ (inv * p)) + restart * s
+    return {g: float(p[i]) for i, g in enumerate(genes) if p[i] > 0}
 
 
 EMBEDDINGS_FILE = "knowledge/network_embeddings.safetensors"

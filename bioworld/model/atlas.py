@@ -9,13 +9,17 @@ A signature of perturbation ``p`` in context ``k`` is predicted from what the wo
 - ``ctx`` ``[B]``: the context's learned embedding (``-1`` = a context the module never saw: it is then
   inferred from ``zk`` alone);
 - ``kfeat`` ``[B, F]``: knowledge features of ``p`` (:class:`bioworld.knowledge.KnowledgeBase`: network
-  neighbourhoods, targets, signatures; one space for genes and compounds).
+  neighbourhoods, targets, signatures; one space for genes and compounds);
+- ``zt`` ``[B, G]`` (only with ``AtlasConfig.knowledge_retrieval``): in context ``k``, the mean signature
+  of the *other* perturbations that curated knowledge relates to ``p`` (shared targets, same mechanism;
+  :meth:`bioworld.knowledge.KnowledgeBase.key_relations`) — retrieval through knowledge, which exists
+  for a perturbation with no signature anywhere (``has_t = 0`` where nothing related was measured in k).
 
 Both inputs are projected on a gene basis ``W`` ``[G, S]`` (initialised from the atlas' principal
 axes, learned); an MLP over ``[Pzc, has_c, context embedding, knowledge]`` gives two mixing gains
 and a residual in basis space::
 
-    pred = (1 + a) * zc + (1 + b) * zk + c * zn + r @ W.T          # [B, G]
+    pred = (1 + a) * zc + (1 + b) * zk + c * zn [+ t * zt] + r @ W.T          # [B, G]
 
 where ``zn`` ``[B, G]`` is, in context ``k``, the signature of the perturbations that behave most like
 ``p`` elsewhere (a retrieval input: how p's look-alikes respond *here*),
@@ -47,6 +51,7 @@ class AtlasConfig:
     context_dim: int = 32  # width of a context embedding
     hidden: int = 256  # MLP hidden width
     dropout: float = 0.1  # dropout in the MLP
+    knowledge_retrieval: bool = False  # True: read zt (related perturbations' signatures in the context)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +71,8 @@ class AtlasBatch:
     zn: Tensor  # [B, G] in this context, perturbations that behave like p elsewhere (z-scored; 0 if none)
     ctx: Tensor  # [B] long, context index (-1 = unseen context)
     kfeat: Tensor  # [B, F] knowledge features (F may be 0)
+    zt: Tensor | None = None  # [B, G] knowledge-related perturbations in this context (z-scored; 0 if none)
+    has_t: Tensor | None = None  # [B] 1.0 when zt carries a signature
 
 
 def row_pearson(pred: Tensor, target: Tensor) -> Tensor:
@@ -90,8 +97,10 @@ class AtlasNet(nn.Module):
         self.ctx_from_zk = nn.Linear(S, cfg.context_dim)
         self.knowledge = nn.Linear(cfg.knowledge_dim, cfg.context_dim) if cfg.knowledge_dim else None
         width = 2 * S + 1 + cfg.context_dim + (cfg.context_dim if cfg.knowledge_dim else 0)
+        width += 1 if cfg.knowledge_retrieval else 0  # has_t only: zt's content enters through its gain, not the MLP
+        self.n_gains = 4 if cfg.knowledge_retrieval else 3
         self.mlp = nn.Sequential(
-            nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, S + 3),
+            nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, S + self.n_gains),
         )
         nn.init.zeros_(self.mlp[-1].weight)  # start exactly at zc + zk
         nn.init.zeros_(self.mlp[-1].bias)
@@ -107,10 +116,17 @@ class AtlasNet(nn.Module):
         parts = [pc, pn, b.has_c.unsqueeze(1), self.context_embedding(b.ctx, b.zk)]
         if self.knowledge is not None:
             parts.append(self.knowledge(b.kfeat))
-        h = self.mlp(torch.cat(parts, dim=1))  # [B, S + 3]
-        gain_c, gain_k, gain_n, r = h[:, :1], h[:, 1:2], h[:, 2:3], h[:, 3:]
+        if self.cfg.knowledge_retrieval:
+            if b.zt is None or b.has_t is None:
+                raise ValueError("this AtlasNet reads knowledge retrieval: the batch needs zt and has_t")
+            parts.append(b.has_t.unsqueeze(1))  # (a projection of zt is a per-compound code the MLP memorises)
+        h = self.mlp(torch.cat(parts, dim=1))  # [B, S + n_gains]
+        gain_c, gain_k, gain_n, r = h[:, :1], h[:, 1:2], h[:, 2:3], h[:, self.n_gains:]
         has = b.has_c.unsqueeze(1)
-        return (1 + gain_c) * b.zc * has + (1 + gain_k) * b.zk + gain_n * b.zn * has + r @ self.W.T
+        out = (1 + gain_c) * b.zc * has + (1 + gain_k) * b.zk + gain_n * b.zn * has + r @ self.W.T
+        if self.cfg.knowledge_retrieval:
+            out = out + h[:, 3:4] * b.zt * b.has_t.unsqueeze(1)
+        return out
 
     def loss(self, b: AtlasBatch, target: Tensor) -> Tensor:
         return (1 - row_pearson(self(b), target)).mean()

@@ -134,7 +134,8 @@ def gene_candidates(space: Any, readout: Readout, *, trained: Sequence[str], max
     """
     known = list(space.genetic_targets())
     table = space.genes
-    genes = [g for g in table.genes if g and g not in set(known) and _knockout_label(space, g)]
+    known_set = set(known)
+    genes = [g for g in table.genes if g and g not in known_set]  # label check below, in ranked order
     feats = _unit(table.features(genes).astype(np.float64))
     keep = np.linalg.norm(feats, axis=1) > 0
     genes = [g for g, k in zip(genes, keep) if k]
@@ -150,7 +151,13 @@ def gene_candidates(space: Any, readout: Readout, *, trained: Sequence[str], max
     prox = feats @ _unit(a.mean(0, keepdims=True))[0] if readout.goal_entity is not None else (feats @ a.T).max(1)
     order = np.argsort(-prox, kind="stable")
     n_extra = len(order) if max_genes is None else max(0, max_genes - len(known))
-    return known + [genes[i] for i in order[:n_extra]]
+    extra: list[str] = []
+    for i in order:  # the closest genes that can be written as a ko: label (checked only until enough)
+        if len(extra) >= n_extra:
+            break
+        if _knockout_label(space, genes[i]):
+            extra.append(genes[i])
+    return known + extra
 
 
 def _knockout_label(space: Any, gene: str) -> bool:

@@ -33,6 +33,14 @@ Strategies
     farthest (cosine) from every measured or chosen perturbation.
 ``random``
     Baseline: a seeded random order.
+
+With a goal on an entity (``down:E`` / ``up:E``), the planner's tautology guard
+(:func:`bioworld.query._candidates.readout_flags`) runs on the candidates: one that acts on the
+goal's own readout (silencing the goal entity or an entity overlapping it, knocking out genes that
+carry a large share of the readout's weight) moves the goal score by construction, so for
+``information``, ``mix`` and ``discovery`` it is ranked after every unflagged candidate, its goal
+value does not weight information, and the table says why (``flag`` = ``readout``, ``flag_reason``).
+The baselines ignore the goal and only report the flag.
 """
 
 from __future__ import annotations
@@ -46,7 +54,10 @@ import pandas as pd
 from bioworld.errors import BioworldError
 
 STRATEGIES = ("information", "mix", "discovery", "knowledge", "random")
-COLUMNS = ["rank", "perturbation", "kind", "strategy_score", "expected_info", "expected_goal", "reason"]
+COLUMNS = ["rank", "perturbation", "kind", "strategy_score", "expected_info", "expected_goal", "reason", "flag",
+           "flag_reason"]
+#: Strategies that use the goal and therefore rank candidates flagged by the readout guard last.
+GOAL_AWARE = ("information", "mix", "discovery")
 #: UCB optimism: goal score mean + BETA x its spread over the members.
 BETA = 1.0
 #: Discovery diversity: UCB minus this x (max correlation with a chosen candidate) x UCB spread.
@@ -106,7 +117,8 @@ def _pct(v: np.ndarray) -> np.ndarray:
 def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.ndarray | None = None,
            features: np.ndarray | None = None, measured_features: np.ndarray | None = None, seed: int = 0,
            beta: float = BETA, diversity: float = DIVERSITY, scale_prior: float = SCALE_PRIOR,
-           knowledge_prior: float = 0.0) -> Selection:
+           knowledge_prior: float = 0.0, flagged: np.ndarray | None = None,
+           sizes: np.ndarray | None = None) -> Selection:
     """Choose ``budget`` of ``C`` candidates.
 
     Parameters
@@ -123,6 +135,14 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
         Information only: prior variance of a per-gene gain error shared by all candidates
         (:data:`SCALE_PRIOR`), and of an error shared by candidates alike in knowledge features
         (cosine), sized by each candidate's predicted effect (default 0: off).
+    flagged
+        ``[C]`` bool: candidates the readout guard flagged. ``information``, ``mix`` and
+        ``discovery`` pick them only after every unflagged candidate, and their goal value does
+        not weight information; ``knowledge`` and ``random`` ignore it.
+    sizes
+        ``[C]`` expected effect size (root mean square over genes) of each candidate for the gain
+        prior, e.g. from measured look-alikes (:func:`transferred_sizes`); default: the size of its
+        predicted effect. The prior keeps the predicted effect's direction.
     """
     strategy = _check_strategy(strategy)
     effects = np.asarray(effects, dtype=np.float64)
@@ -136,9 +156,12 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
     mean = effects.mean(0)  # [C, G]
     rho = _corr_rows(mean)  # [C, G] for redundancy / diversity
     g_mean, g_sd = _goal_stats(goal_scores, M, C)
-    Y, kept = _uncertainty(effects, mean, features, scale_prior, knowledge_prior)
+    Y, kept = _uncertainty(effects, mean, features, scale_prior, knowledge_prior, _sized(mean, sizes))
     # uncertainty matters where the goal may be reached: optimistic relevance
     w = _pct(g_mean + beta * g_sd) if goal_scores is not None else np.ones(C)
+    last = _check_flagged(flagged, C) if strategy in GOAL_AWARE else np.zeros(C, bool)
+    if goal_scores is not None and last.any():  # a tautological goal value is no reason to care about a candidate
+        w = np.where(last, w.min(), w)
     rand_order = np.random.default_rng(seed).permutation(C)
     tie = np.empty(C)
     tie[rand_order] = np.arange(C)  # ties (e.g. no uncertainty at all) are broken by the seeded random order
@@ -160,7 +183,7 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
         else:
             s = _goal_scores(strategy, gain, red, remaining, g_mean + beta * g_sd, diversity)
         s = np.where(remaining, s, -np.inf)
-        pick = int(np.lexsort((tie, -s))[0])
+        pick = int(np.lexsort((tie, -s, np.where(remaining, last, 2)))[0])  # unflagged, then flagged, never twice
         chosen.append(pick)
         out_score.append(float(s[pick]))
         out_info.append(float(gain[pick]))
@@ -175,6 +198,15 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
     red_with, red_val = _redundancy(rho, order)
     return Selection(order, np.array(out_score), np.array(out_info), g_mean[order], g_sd[order], red_with,
                      red_val, kept)
+
+
+def _check_flagged(flagged: Any, C: int) -> np.ndarray:
+    if flagged is None:
+        return np.zeros(C, bool)
+    f = np.asarray(flagged)
+    if f.shape != (C,) or f.dtype != bool:
+        raise BioworldError(f"flagged has shape {f.shape} and dtype {f.dtype}; expected ({C},) bool (one per candidate)")
+    return f
 
 
 def _unit_rows(x: Any) -> np.ndarray:
@@ -193,17 +225,43 @@ def _goal_stats(goal_scores: np.ndarray | None, M: int, C: int) -> tuple[np.ndar
     return gs.mean(0), (gs.std(0, ddof=1) if M > 1 else np.zeros(C))
 
 
+def _sized(mean: np.ndarray, sizes: Any) -> np.ndarray:
+    """The predicted effects rescaled to the given sizes (root mean square over genes); unchanged without sizes."""
+    if sizes is None:
+        return mean
+    sz = np.asarray(sizes, dtype=np.float64)
+    if sz.shape != (len(mean),) or not np.all(np.isfinite(sz)) or np.any(sz < 0):
+        raise BioworldError(f"sizes have shape {sz.shape}; expected ({len(mean)},) finite values >= 0 (one per candidate)")
+    rms = np.sqrt((mean ** 2).mean(1))
+    unit = np.where(rms[:, None] > 0, mean / np.where(rms > 0, rms, 1.0)[:, None], 1.0)
+    return unit * sz[:, None]
+
+
 def _uncertainty(effects: np.ndarray, mean: np.ndarray, features: Any, scale_prior: float,
-                 knowledge_prior: float) -> tuple[np.ndarray, float]:
+                 knowledge_prior: float, prior_mean: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Each candidate's uncertainty vector (members' deviations [+ priors]) in principal coordinates."""
     M, C, G = effects.shape
     dev = (effects - mean[None]).transpose(1, 0, 2).reshape(C, M * G) / np.sqrt(max(M - 1, 1) * G)
+    prior_mean = mean if prior_mean is None else prior_mean
     if scale_prior > 0:  # per-gene gain error: truth - mean = eps_g * mean, eps_g ~ N(0, scale_prior), shared
-        dev = np.concatenate([dev, np.sqrt(scale_prior / G) * mean], axis=1)
+        dev = np.concatenate([dev, np.sqrt(scale_prior / G) * prior_mean], axis=1)
     if knowledge_prior > 0 and features is not None:  # errors shared by look-alikes in knowledge, sized by the effect
         size = np.linalg.norm(mean, axis=1, keepdims=True) / np.sqrt(G)
         dev = np.concatenate([dev, np.sqrt(knowledge_prior) * size * _unit_rows(features)], axis=1)
     return _coordinates(dev)
+
+
+def transferred_sizes(features: Any, measured_features: Any, measured_sizes: Any, *, floor: float = 0.1) -> np.ndarray:
+    """``[C]`` expected effect size of each candidate from the measured ones: the mean of the measured sizes
+    weighted by the (non-negative) cosine of action features, plus ``floor`` weight on their plain mean (a
+    candidate like no measured one gets the mean size)."""
+    f, mf = _unit_rows(features), _unit_rows(measured_features)
+    ms = np.asarray(measured_sizes, dtype=np.float64)
+    if mf.shape[0] != len(ms) or mf.shape[0] == 0 or f.shape[1] != mf.shape[1]:
+        raise BioworldError(f"measured features {mf.shape} and sizes {ms.shape}; expected one size per measured "
+                            f"perturbation (>= 1) and {f.shape[1]} features")
+    k = np.clip(f @ mf.T, 0.0, None)
+    return (k @ ms + floor * ms.mean()) / (k.sum(1) + floor)
 
 
 def _nearness(features: Any, measured_features: Any, C: int) -> tuple[np.ndarray, np.ndarray]:
@@ -424,8 +482,10 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
     Returns
     -------
     DataFrame with columns ``rank, perturbation, kind, strategy_score, expected_info,
-    expected_goal, reason``; ``attrs``: ``strategy``, ``goal``, ``uncertainty`` (what the spread
-    is over), ``n_candidates``, ``excluded_measured``, ``n_cells``.
+    expected_goal, reason, flag, flag_reason`` (``flag`` = ``readout`` where the tautology guard
+    fired, see the module docstring); ``attrs``: ``strategy``, ``goal``, ``uncertainty`` (what the
+    spread is over), ``n_candidates``, ``excluded_measured``, ``n_cells``, ``n_flagged``, ``flagged``
+    (the flagged candidates, chosen or not).
     """
     from bioworld.query._candidates import kind_of
 
@@ -451,19 +511,37 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
         effects, goals, source = np.zeros((1, len(labels), 1)), None, "none (random order)"
     else:
         effects, goals, source = predicted_effects(model, labels, goal=goal, n_cells=n_cells, seed=seed)
-    sel = select(effects, budget, strategy, goal_scores=goals, features=feats, measured_features=measured, seed=seed)
+    flags, why = readout_guard(m0, labels, goal)
+    sel = select(effects, budget, strategy, goal_scores=goals, features=feats, measured_features=measured, seed=seed,
+                 flagged=np.array([f != "" for f in flags], dtype=bool))
     rows = []
     for k, c in enumerate(sel.order):
         lab = labels[c]
         reason = _reason(strategy, sel, k, labels, goal, source)
+        if flags[c] and strategy in GOAL_AWARE:
+            reason += "; acts on the goal's own readout: ranked after every unflagged candidate"
         rows.append({"rank": k + 1, "perturbation": lab, "kind": kind_of(m0.space.parse(lab)),
                      "strategy_score": sel.score[k], "expected_info": sel.info[k],
-                     "expected_goal": sel.goal[k], "reason": reason})
+                     "expected_goal": sel.goal[k], "reason": reason, "flag": flags[c], "flag_reason": why[c]})
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs.update({"strategy": strategy, "goal": goal, "uncertainty": source, "n_candidates": len(labels),
                         "excluded_measured": list(dropped), "n_cells": int(min(n_cells, len(m0.reference))),
-                        "budget": budget})
+                        "budget": budget, "n_flagged": int(sum(f != "" for f in flags)),
+                        "flagged": [lab for lab, f in zip(labels, flags) if f]})
     return table
+
+
+def readout_guard(model: Any, labels: Sequence[str], goal: str | None) -> tuple[list[str], list[str]]:
+    """The planner's tautology guard on the candidates: ``flag`` (``"readout"`` or ``""``) and its reason per
+    label (nothing is flagged without a goal or for ``toward:control``)."""
+    if goal is None:
+        return [""] * len(labels), [""] * len(labels)
+    from bioworld.query._candidates import Readout, readout_flags
+    from bioworld.query._planner import Goal
+
+    g = Goal.parse(goal, entity_names=list(model.entity_names))
+    readout = Readout.of(g, model.engine, list(model.genes))
+    return readout_flags([model.space.parse(lab) for lab in labels], readout)
 
 
 def _reason(strategy: str, sel: Selection, k: int, labels: Sequence[str], goal: str | None, source: str) -> str:

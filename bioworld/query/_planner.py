@@ -36,6 +36,7 @@ from bioworld.errors import BioworldError, UnknownPerturbationError
 from bioworld.query._candidates import (
     OVERLAP, READOUT_FLAG, READOUT_SHARE, Readout, describe_rows, kind_of, own_transcript_flags, readout_flags,
 )
+from bioworld.query._priority import priority_columns, raw_prior
 from bioworld.query.engine import CellCache, Engine, goal_function
 
 
@@ -181,6 +182,28 @@ class _Search:
     readout: Any = None
     overlap: float = OVERLAP
     readout_share: float = READOUT_SHARE
+    own_shares: dict[str, float] = field(default_factory=dict)  # label -> share of its own transcripts
+    own_reasons: dict[str, str] = field(default_factory=dict)  # label -> own-transcript flag reason
+    _prior: list[float] = field(default_factory=list)  # raw knowledge prior of each row so far (NaN: none)
+
+    def add_own(self, cache: CellCache, labels: list[str], weights: np.ndarray | None) -> None:
+        """Own-transcript shares and flags of ``labels`` (on the screen's prototype cells)."""
+        self.own_reasons.update(own_transcript_flags(self.engine, cache, labels, self.readout, weights,
+                                                     shares=self.own_shares))
+
+    def priority(self, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(model_pct, prior_pct, priority)`` of every row for the mean scores ``mean``
+        (:mod:`bioworld.query._priority`)."""
+        space = self.engine.space
+        actions = [space.parse(lab) for lab in self.labels]
+        if len(self._prior) < len(self.labels):
+            new = actions[len(self._prior):]
+            self._prior += list(raw_prior(new, space, self.readout)[0])
+        seen = [lab in self.engine.trained for lab in self.labels]
+        own = np.array([self.own_shares.get(lab, 0.0) for lab in self.labels])
+        parts = {self.n_single + k: ab for k, ab in enumerate(self.pair_idx)}
+        return priority_columns(actions, seen, np.asarray(mean, np.float64), own, np.asarray(self._prior),
+                                space, has_prior=self.readout.goal_entity is not None, pair_parts=parts)
 
     def flagged(self) -> np.ndarray:
         """``[rows]`` bool: the row acts on the goal's readout (the guard on every label so far)."""
@@ -192,6 +215,7 @@ class _Search:
 
 def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str], entities: Sequence[str],
                panel: Sequence[str], compounds: Sequence[str] = (), pairs: bool = True, gene_pairs_top: int = 8,
+               entity_pairs_top: int = 50,
                n_boot: int = 200, screen_cells: int = 16, refine_top: int = 20, seed: int = 0,
                overlap: float = OVERLAP, readout_share: float = READOUT_SHARE,
                provenance: dict[str, Any] | None = None) -> PrioritizationResult:
@@ -222,18 +246,20 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
     search.overlap, search.readout_share = overlap, readout_share
     search.flags = readout_flags([engine.space.parse(s) for s in singles], readout, overlap=overlap,
                                  readout_share=readout_share)[0]
-    if pairs:  # every pair of silenced entities
-        for a, b in itertools.combinations(range(len(entities)), 2):
-            search.labels.append(f"{singles[a]}+{singles[b]}")
-            search.pair_idx.append((a, b))
     cache = engine.encode(x)
     n = len(cache)
     exact = n <= screen_cells
     proto, pw = (np.arange(n), None) if exact else latent_prototypes(cache.z, screen_cells, seed=seed)
     pcache = cache.subset(proto)
     scores, shifts = _score(search, pcache, search.labels, pw)  # stage 1: screen every candidate
-    if pairs and genes and gene_pairs_top > 1:
-        scores, shifts = _add_gene_pairs(search, pcache, pw, scores, shifts, len(entities), gene_pairs_top)
+    search.add_own(pcache, list(search.labels), pw)
+    if pairs and len(entities) > 1 and entity_pairs_top > 1:  # pairs among the best silences
+        scores, shifts = _add_pairs(search, pcache, pw, scores, shifts, (0, len(entities)), entity_pairs_top)
+    if pairs and genes and gene_pairs_top > 1:  # pairs among the best knockouts / compounds
+        n_before = len(search.labels)
+        scores, shifts = _add_pairs(search, pcache, pw, scores, shifts, (len(entities), search.n_single),
+                                    gene_pairs_top)
+        search.add_own(pcache, search.labels[n_before:], pw)
     screened = _weighted_mean(scores, pw)
     refined, per_cell, mean = _refine(search, cache, screened, scores, shifts, exact, refine_top)
     lo, hi = _intervals(scores, per_cell, refined, pw, n_boot=n_boot, seed=seed)
@@ -242,11 +268,10 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
         p = search.n_single + k
         src = mean if refined[p] else screened  # a refined pair has refined singles: same cells
         synergy[p] = src[p] - (src[a] + src[b])
-    own_shares: dict[str, float] = {}
-    own = own_transcript_flags(engine, pcache, search.labels, readout, pw, shares=own_shares)  # flagged ones too:
-    # their share is reported; their flag keeps the static reason (_table)
-    table = _table(search, mean, lo, hi, synergy, shifts, refined, n, len(proto), own)
-    table["own_share"] = [own_shares.get(lab, 0.0) for lab in table["intervention"]]
+    # own-transcript shares of every row (flagged ones too: their share is reported; their flag keeps the
+    # static reason, _table)
+    table = _table(search, mean, lo, hi, synergy, shifts, refined, n, len(proto), search.own_reasons)
+    table["own_share"] = [search.own_shares.get(lab, 0.0) for lab in table["intervention"]]
     shown = table[(table["flag"] == "") & (table["collapsed_into"] == "")]["intervention"]
     gene_delta = _gene_delta(engine, pcache, pw, list(shown[:GENE_DELTA_ROWS]), panel)
     ents = list(entities)
@@ -319,16 +344,23 @@ def _weighted_mean(scores: np.ndarray, weights: np.ndarray | None) -> np.ndarray
     return (scores.mean(1) if weights is None else scores @ weights).astype(np.float32)
 
 
-def _add_gene_pairs(search: _Search, pcache: CellCache, pw: np.ndarray | None, scores: np.ndarray,
-                    shifts: np.ndarray, n_ent: int, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs among the ``top`` best screened gene knockouts, screened and appended."""
-    single = _weighted_mean(scores[n_ent:search.n_single], pw)
-    flagged = search.flagged()[n_ent:search.n_single]
-    best = np.lexsort((-single, flagged))[:top] + n_ent  # unflagged first, then by screened score
+def _add_pairs(search: _Search, pcache: CellCache, pw: np.ndarray | None, scores: np.ndarray,
+               shifts: np.ndarray, rows: tuple[int, int], top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs among the ``top`` best screened singles of ``rows`` (``[start, stop)``: the silences, or the
+    knockouts and compounds), by screened priority (unflagged first), screened and appended."""
+    start, stop = rows
+    screened = _weighted_mean(scores, pw)
+    single = screened[start:stop]
+    prio = search.priority(screened)[2][start:stop]
+    flagged = search.flagged()[start:stop]
+    best = np.lexsort((-single, -prio, flagged))[:top] + start
     combos = list(itertools.combinations(sorted(best), 2))
     if not combos:
         return scores, shifts
-    labels = [search.engine.space.parse(f"{search.labels[a]}+{search.labels[b]}").label for a, b in combos]
+    space = search.engine.space
+    silences = all(space.parse(search.labels[i]).components[0].kind == "silence" for i in best)
+    labels = [f"{search.labels[a]}+{search.labels[b]}" if silences
+              else space.parse(f"{search.labels[a]}+{search.labels[b]}").label for a, b in combos]
     s2, sh2 = _score(search, pcache, labels, pw)
     search.labels += labels
     search.pair_idx += combos
@@ -374,7 +406,8 @@ def _intervals(scores: np.ndarray, per_cell: dict[int, np.ndarray], refined: np.
 
 def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, synergy: np.ndarray,
            shifts: np.ndarray, refined: np.ndarray, n: int, n_proto: int, own: dict[str, str]) -> pd.DataFrame:
-    """The ranked table: exact (refined) rows first by score, then screened-only rows by their prototype score."""
+    """The ranked table: unflagged rows first, then flagged ones, each by ``priority``
+    (:mod:`bioworld.query._priority`; ties by the predicted change)."""
     eng = search.engine
     names = eng.space.entity_names
     actions = [eng.space.parse(lab) for lab in search.labels]
@@ -383,17 +416,19 @@ def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, sy
         if lab in own and not flags[i]:
             flags[i], reasons[i] = READOUT_FLAG, own[lab]
     seen, evidence, drugs = describe_rows(actions, eng, search.readout)
+    model_pct, prior_pct, priority = search.priority(mean)
     table = pd.DataFrame({
         "intervention": search.labels,
         "kind": [kind_of(a) for a in actions],
         "score": mean, "score_lo": lo, "score_hi": hi, "synergy": synergy,
+        "priority": priority, "model_pct": model_pct, "prior_pct": prior_pct,
         "flag": flags, "flag_reason": reasons, "seen": seen, "evidence": evidence, "drugs": drugs,
         "collapsed_into": _collapsed(search, search.labels, mean, hi),
         "top_entities": [", ".join(names[j] for j in np.argsort(-row)[:3]) for row in shifts],
         "n_cells": np.where(refined, n, n_proto),
     })
-    # unflagged rows first (refined, then screened-only), then the flagged ones (the same two tiers)
+    # unflagged rows first, then the flagged ones; each by priority (ties: the predicted change)
     flagged = table["flag"].to_numpy() != ""
-    table = table.iloc[np.lexsort((-mean, ~refined, flagged))].reset_index(drop=True)
+    table = table.iloc[np.lexsort((-mean, -priority, flagged))].reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table

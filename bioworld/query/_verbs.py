@@ -89,6 +89,7 @@ def prioritize_cells(
     max_genes: int | None = 1000,
     pairs: bool = True,
     gene_pairs_top: int = 8,
+    entity_pairs_top: int = 50,
     n_boot: int = 200,
     max_cells: int = 1000,
     screen_cells: int = 16,
@@ -127,8 +128,9 @@ def prioritize_cells(
         readout's weight, get ``flag`` = ``readout`` with the reason in ``flag_reason`` and
         are ranked after every unflagged row.
     pairs
-        Also score every pair of silenced entities and pairs among the ``gene_pairs_top`` best
-        gene knockouts; ``synergy`` = pair score minus the sum of its singles.
+        Also score pairs among the ``entity_pairs_top`` best silenced entities and among the
+        ``gene_pairs_top`` best gene knockouts / compounds (best by screened priority, unflagged
+        first); ``synergy`` = pair score minus the sum of its singles.
     n_boot
         Bootstrap resamples for the 95% intervals.
     screen_cells, refine_top
@@ -150,12 +152,17 @@ def prioritize_cells(
     bootstrap over the prototypes (drawn with the cluster weights), their entity shift the
     weighted mean and their per-cell scores those of the prototype cells. Synergy always
     compares a pair with its singles on the same cells (refined pairs with refined singles,
-    screened pairs with screened singles). Ranking: refined rows come first, ordered by their
-    exact score, then screened-only rows, ordered by their prototype score (the screen put
-    each of them below the ``refine_top`` rows it sent to refinement; one sort over both kinds
-    of score would let the prototypes' bias push exact rows down). A candidate whose
+    screened pairs with screened singles). Ranking: unflagged rows first, each group by
+    ``priority`` (:mod:`bioworld.query._priority`): the rank average of the model's evidence (the
+    predicted change without the knocked-out genes' own transcripts, as a percentile within
+    comparable candidates: measured vs unseen, and unseen compounds by how they are described)
+    and a knowledge prior (network proximity of the gene / the compound's targets to the goal's
+    readout genes); the table also holds ``model_pct`` and ``prior_pct``. The ``refine_top``
+    rows sent to refinement are the unflagged ones with the largest screened score (exactness
+    where the predicted change is largest), the ``gene_pairs_top`` singles paired the best by
+    screened priority. A candidate whose
     prototype score underestimates it enough to leave the screen's top ``refine_top`` can be
-    missed, and the ``gene_pairs_top`` genes are chosen on screened scores;
+    missed, and the ``gene_pairs_top`` singles are chosen on screened scores;
     ``benchmarks/run_planner_check.py`` measures both against scoring every candidate on every
     cell. Cost: about candidates x ``screen_cells`` + refined rows x cells predictor rows.
 
@@ -182,7 +189,7 @@ def prioritize_cells(
     return prioritize(
         eng, x, goal, genes=gene_list, compounds=compound_list, panel=view.genes,
         entities=list(view.entity_names) if entities is None else list(entities), pairs=pairs,
-        gene_pairs_top=gene_pairs_top, n_boot=n_boot, screen_cells=screen_cells, refine_top=refine_top,
+        gene_pairs_top=gene_pairs_top, entity_pairs_top=entity_pairs_top, n_boot=n_boot, screen_cells=screen_cells, refine_top=refine_top,
         seed=view.seed, overlap=overlap, readout_share=readout_share,
         provenance={"model": view.describe, "n_cells_given": int(n_total), "scale": view.scale_name,
                     **({"gene_table_names_not_labels": unlabelled_genes(eng.space)} if genes is None else {})},

@@ -45,6 +45,9 @@ def design_html(table: pd.DataFrame, *, model_name: str = "") -> str:
         f"Uncertainty: {html.escape(str(a.get('uncertainty', '')))}; predictions on {a.get('n_cells', '?')} reference "
         "control cells.",
     ]
+    if a.get("n_flagged"):
+        notes.append(f"Tautology guard: {a['n_flagged']} candidate(s) act on the goal's own readout (flag 'readout'); "
+                     "strategies that use the goal rank them after every unflagged candidate.")
     title = "Which experiments next" + (f": {html.escape(model_name)}" if model_name else "")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>bioworld design</title><style>"
             "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;font-size:.9em}"

@@ -292,6 +292,7 @@ def _ranked_rows(table: pd.DataFrame, n: int, notes: Mapping[str, str] | None = 
             "intervention": str(r["intervention"]),
             "kind": str(r.get("kind", "")),
             "score": _num(r.get("score")),
+            "priority": _priority_text(r),
             "interval": f"[{_num(r.get('score_lo'))}, {_num(r.get('score_hi'))}]",
             "synergy": _num(r.get("synergy")) if "synergy" in r else "—",
             "top_entities": str(r.get("top_entities", "")),
@@ -302,6 +303,16 @@ def _ranked_rows(table: pd.DataFrame, n: int, notes: Mapping[str, str] | None = 
             "collapsed": notes.get(str(r["intervention"]), ""),
         })
     return rows
+
+
+def _priority_text(r: Any) -> str:
+    """``0.93 (0.90, 0.96)``: priority (model percentile, network prior percentile); "" without a priority."""
+    def pct(v: Any) -> str:
+        return f"{float(v):.2f}" if v is not None and pd.notna(v) else "—"
+
+    if r.get("priority") is None or pd.isna(r.get("priority")):
+        return ""
+    return f"{pct(r.get('priority'))} ({pct(r.get('model_pct'))}, {pct(r.get('prior_pct'))})"
 
 
 def _split_flagged(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

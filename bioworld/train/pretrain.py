@@ -52,6 +52,9 @@ class PretrainConfig:
     use_knowledge: bool = True  # False: the knowledge features are left out (ablation)
     shuffle_retrieval: bool = False  # True: each compound's other-context signatures are another's (ablation)
     redraw_retrieval: bool = False  # with shuffle_retrieval: that other compound drawn afresh for every row, every step
+    knowledge_retrieval: bool = False  # True: also read, in the context, the signatures of knowledge-related perturbations
+    drop_blinds_knowledge: bool = False  # True: a row whose signatures elsewhere are hidden also gets its knowledge
+    # features as if it had never been measured (no own signature in their signature block): what an unseen one has
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (as TrainConfig.device); the model returns on it
 
     def __post_init__(self) -> None:
@@ -67,6 +70,9 @@ class PretrainConfig:
             raise BioworldError(f"PretrainConfig.lr={self.lr!r}; expected a positive float.")
         if self.redraw_retrieval and not self.shuffle_retrieval:
             raise BioworldError("PretrainConfig.redraw_retrieval=True needs shuffle_retrieval=True.")
+        if self.knowledge_retrieval and not self.use_knowledge:
+            raise BioworldError("PretrainConfig.knowledge_retrieval=True needs use_knowledge=True (it reads the curated "
+                                "compound -> target and mechanism links).")
         if not isinstance(self.device, str):
             raise BioworldError(f"PretrainConfig.device={self.device!r}; expected 'cpu', 'cuda', 'cuda:N' or 'auto'.")
 
@@ -85,7 +91,7 @@ class _Inputs:
     """Leave-one-out inputs over an atlas restricted to ``train_rows`` (sums kept, so any row is cheap)."""
 
     def __init__(self, atlas: Any, train_rows: np.ndarray, basis: np.ndarray,
-                 retrieval_seed: int | None = None, redraw: bool = False) -> None:
+                 retrieval_seed: int | None = None, redraw: bool = False, relations: np.ndarray | None = None) -> None:
         from bioworld.knowledge import zscore_rows
 
         self.atlas = atlas
@@ -116,6 +122,30 @@ class _Inputs:
         self.donor = np.arange(len(self.keys)) if retrieval_seed is None else retrieval_donors(self.keys, retrieval_seed)
         # redraw: every call gives each compound row a fresh random other compound (noise, not a fixed code)
         self._redraw = np.random.default_rng(retrieval_seed) if redraw and retrieval_seed is not None else None
+        # relations[i, j]: curated relatedness of key i to key j (KnowledgeBase.key_relations; None = not used)
+        self.relations = relations
+        self.kfeat_blind: np.ndarray | None = None  # training only: knowledge features as if never measured
+
+    def related(self, rel: np.ndarray, ctx_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(zt [n, G], has_t [n])``: in each row's context, the relation-weighted mean of the training
+        signatures of the perturbations that ``rel`` (``[n, n_keys]``, one row of relations per query)
+        relates to the query, z-scored; zero and ``has_t = 0`` where none of them was measured there."""
+        from bioworld.knowledge import zscore_rows
+
+        zt = np.zeros((len(ctx_ids), self.Z.shape[1]), np.float32)
+        has_t = np.zeros(len(ctx_ids), np.float32)
+        for c in np.unique(ctx_ids):
+            sel = np.flatnonzero(ctx_ids == c)
+            cand = self.ctx_rows.get(int(c), np.zeros(0, int))
+            if len(cand) == 0:
+                continue
+            w = rel[sel][:, self.key_id[cand]]  # [s, m]
+            tot = w.sum(1)
+            ok = tot > 0
+            if ok.any():
+                zt[sel[ok]] = (w[ok] @ self.Z[cand]) / tot[ok, None]
+                has_t[sel[ok]] = 1.0
+        return zscore_rows(zt) * has_t[:, None], has_t
 
     def neighbours(self, zc: np.ndarray, has_c: np.ndarray, key_ids: np.ndarray, ctx_ids: np.ndarray) -> np.ndarray:
         """``[n, G]``: in each row's context, the mean of the training signatures of the perturbations whose
@@ -186,13 +216,14 @@ def retrieval_donors(keys: Sequence[str], seed: int) -> np.ndarray:
     return donor
 
 
-def _knowledge_table(kb: Any, keys: Sequence[str]) -> np.ndarray:
-    """``[len(keys), F]`` knowledge features of atlas keys (``cmp:x`` compounds, ``kd:G`` genes)."""
+def _knowledge_table(kb: Any, keys: Sequence[str], blind: bool = False) -> np.ndarray:
+    """``[len(keys), F]`` knowledge features of atlas keys (``cmp:x`` compounds, ``kd:G`` genes); ``blind``:
+    each as if it had never been measured (its own atlas signatures left out of its features)."""
     genes = [k[3:] for k in keys if k.startswith("kd:")]
     cmps = [k[4:] for k in keys if k.startswith("cmp:")]
     out = np.zeros((len(keys), kb.dim), np.float32)
-    gf = dict(zip(genes, kb.gene_features(genes)[0])) if genes else {}
-    cf = dict(zip(cmps, kb.compound_features(cmps)[0])) if cmps else {}
+    gf = dict(zip(genes, kb.gene_features(genes, blind=blind)[0])) if genes else {}
+    cf = dict(zip(cmps, kb.compound_features(cmps, blind=blind)[0])) if cmps else {}
     for i, k in enumerate(keys):
         out[i] = gf[k[3:]] if k.startswith("kd:") else cf[k[4:]]
     return out
@@ -246,8 +277,21 @@ class AtlasModel:
         zc, has_c, zk, zn = self.inputs.for_rows(rows)
         ctx = self.inputs.ctx_id[rows].astype(np.int64)
         kf = self.kfeat[self.inputs.key_id[rows]] if self.kfeat.shape[1] else np.zeros((len(rows), 0), np.float32)
+        extra = self._related(self.inputs.key_id[rows], ctx)
         self.module.eval()
-        return self.module(self._batch(zc, has_c, zk, zn, ctx, kf)).cpu().numpy()
+        return self.module(self._batch(zc, has_c, zk, zn, ctx, kf, *extra)).cpu().numpy()
+
+    def _related(self, key_ids: np.ndarray, ctx: np.ndarray, keys: Sequence[str] | None = None) -> tuple:
+        """``(zt, has_t)`` when the module reads knowledge retrieval, else ``()``; ``key_ids`` index the
+        model's keys, ``-1`` for a key it does not have (then ``keys`` names it)."""
+        if not self.module.cfg.knowledge_retrieval:
+            return ()
+        rel = np.zeros((len(key_ids), len(self.inputs.keys)), np.float32)
+        known = key_ids >= 0
+        rel[known] = self.inputs.relations[key_ids[known]]
+        if (~known).any():
+            rel[~known] = self._kb().key_relations([keys[i] for i in np.flatnonzero(~known)], self.inputs.keys)
+        return self.inputs.related(rel, ctx)
 
     @torch.no_grad()
     def predict(self, keys: Sequence[str], context: str) -> np.ndarray:
@@ -260,8 +304,10 @@ class AtlasModel:
         zn = np.stack([p[3] for p in parts]).astype(np.float32)
         ctx = np.array([p[4] for p in parts], np.int64)
         kf = self.knowledge_features(keys) if self.kfeat.shape[1] else np.zeros((len(keys), 0), np.float32)
+        pos = {k: i for i, k in enumerate(self.inputs.keys)}
+        extra = self._related(np.array([pos.get(k, -1) for k in keys]), ctx, keys)
         self.module.eval()
-        return self.module(self._batch(zc, has_c, zk, zn, ctx, kf)).cpu().numpy()
+        return self.module(self._batch(zc, has_c, zk, zn, ctx, kf, *extra)).cpu().numpy()
 
     @property
     def device(self) -> torch.device:
@@ -292,6 +338,8 @@ class AtlasModel:
         tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         tensors["kfeat"] = torch.from_numpy(np.ascontiguousarray(self.kfeat))
         tensors["basis0"] = torch.from_numpy(np.ascontiguousarray(self.inputs.basis))
+        if self.inputs.relations is not None:
+            tensors["relations"] = torch.from_numpy(np.ascontiguousarray(self.inputs.relations))
         blob = save_bytes(tensors)
         meta = {**self.meta, "format": FORMAT, "weights_sha256": hashlib.sha256(blob).hexdigest(),
                 "pretrain_config": self.config.to_dict(), "module_config": self.module.cfg.to_dict()}
@@ -339,9 +387,12 @@ class AtlasModel:
         if "basis0" not in tensors:
             raise CheckpointError(f"{wpath} lacks the tensor 'basis0'; re-run 'bioworld pretrain'.")
         pcfg = PretrainConfig.from_dict(meta["pretrain_config"])
-        inputs = _Inputs(atlas, np.array([pos[n] for n in meta["train_signatures"]]), tensors["basis0"].numpy(),
-                         retrieval_seed=pcfg.seed if pcfg.shuffle_retrieval else None, redraw=pcfg.redraw_retrieval)
         cfg = AtlasConfig.from_dict(meta["module_config"])
+        if cfg.knowledge_retrieval and "relations" not in tensors:
+            raise CheckpointError(f"{wpath} lacks the tensor 'relations' its config reads; re-run 'bioworld pretrain'.")
+        inputs = _Inputs(atlas, np.array([pos[n] for n in meta["train_signatures"]]), tensors["basis0"].numpy(),
+                         retrieval_seed=pcfg.seed if pcfg.shuffle_retrieval else None, redraw=pcfg.redraw_retrieval,
+                         relations=tensors["relations"].numpy() if cfg.knowledge_retrieval else None)
         module = AtlasNet(cfg)
         state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
         try:
@@ -392,6 +443,10 @@ def pretrain_atlas(
             seen = SignatureAtlas(atlas.X[rows], atlas.obs.iloc[rows].reset_index(drop=True), atlas.genes)
             knowledge = KnowledgeBase(atlas=seen)
         kfeat = _knowledge_table(knowledge, inputs.keys)
+        if cfg.drop_blinds_knowledge:
+            inputs.kfeat_blind = _knowledge_table(knowledge, inputs.keys, blind=True)
+        if cfg.knowledge_retrieval:
+            inputs.relations = knowledge.key_relations(inputs.keys, inputs.keys)
     else:
         knowledge, kfeat = None, np.zeros((len(inputs.keys), 0), np.float32)
     from bioworld.train.config import resolve_device
@@ -400,7 +455,7 @@ def pretrain_atlas(
     torch.manual_seed(cfg.seed)
     basis = torch.from_numpy(basis0)
     mcfg = AtlasConfig(n_genes=len(atlas.genes), n_contexts=len(inputs.contexts), knowledge_dim=kfeat.shape[1],
-                       basis_dim=cfg.basis_dim, hidden=cfg.hidden)
+                       basis_dim=cfg.basis_dim, hidden=cfg.hidden, knowledge_retrieval=cfg.knowledge_retrieval)
     module = AtlasNet(mcfg, basis).to(device)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
@@ -411,15 +466,8 @@ def pretrain_atlas(
         bar = _bar(cfg.steps, progress)
         for step in range(cfg.steps):
             b = rng.choice(rows, size=min(cfg.batch_size, len(rows)), replace=False)
-            zc, has_c, zk, zn = inputs.for_rows(b)
-            drop = rng.random(len(b)) < cfg.drop_signature
-            zc[drop] = 0.0
-            zn[drop] = 0.0
-            has_c[drop] = 0.0
-            ctx = inputs.ctx_id[b].astype(np.int64)
-            ctx[rng.random(len(b)) < 0.1] = -1  # sometimes answer as for an unseen context
-            kf = kfeat[inputs.key_id[b]]
-            batch = AtlasBatch(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (zc, has_c, zk, zn, ctx, kf)))
+            arrays = _train_arrays(inputs, kfeat, b, cfg, rng)
+            batch = AtlasBatch(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays))
             loss = module.loss(batch, torch.from_numpy(inputs.Z[b]).to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -447,6 +495,24 @@ def pretrain_atlas(
     }
     module.eval()
     return AtlasModel(module, inputs, kfeat, knowledge, cfg, meta)
+
+
+def _train_arrays(inputs: _Inputs, kfeat: np.ndarray, b: np.ndarray, cfg: PretrainConfig,
+                  rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """One training batch's inputs for atlas rows ``b``: a share ``cfg.drop_signature`` of the rows answer as
+    for a perturbation with no signature elsewhere, 10% as for an unseen context."""
+    zc, has_c, zk, zn = inputs.for_rows(b)
+    drop = rng.random(len(b)) < cfg.drop_signature
+    zc[drop] = 0.0
+    zn[drop] = 0.0
+    has_c[drop] = 0.0
+    ctx = inputs.ctx_id[b].astype(np.int64)
+    ctx[rng.random(len(b)) < 0.1] = -1  # sometimes answer as for an unseen context
+    kf = kfeat[inputs.key_id[b]]
+    if cfg.drop_blinds_knowledge and kf.shape[1]:
+        kf[drop] = inputs.kfeat_blind[inputs.key_id[b][drop]]
+    extra = inputs.related(inputs.relations[inputs.key_id[b]], inputs.ctx_id[b]) if cfg.knowledge_retrieval else ()
+    return (zc, has_c, zk, zn, ctx, kf, *extra)
 
 
 def _bar(total: int, enabled: bool):

@@ -1,0 +1,160 @@
+"""The planner's default ranking: the model's predicted goal change joined with a knowledge prior.
+
+A row's ``priority`` (0-1, higher = better) is the mean of two rank percentiles, each taken within
+a *calibration group* of comparable candidates:
+
+``model_pct`` (the model's evidence)
+    The predicted goal change without the part the knocked-out genes' own transcripts carry
+    (``score x (1 - own_share)``: what the tautology guard calls moving the readout through
+    itself is not evidence of an upstream target), as a rank percentile within the row's group.
+    Groups: the kind and how the model describes the candidate, because the model's output scale
+    differs between descriptions (measured in the retrospective: compounds described by structure
+    and knowledge scored below compounds described by knowledge alone, whatever their effect):
+    measured candidates (trained on) apart from unseen ones; unseen compounds by which features
+    describe them (structure and knowledge, structure only, knowledge only); entity silences;
+    pairs. The percentile puts every group on one scale (each group spans 0-1): an assumption that
+    no description is a priori better, stated rather than learned.
+``prior_pct`` (knowledge)
+    Network proximity of the candidate to the goal's readout: a random walk with restart
+    (:func:`bioworld.knowledge.network.network_proximity`, STRING v12 joined with OmniPath) from
+    the goal entity's genes (:func:`prior_seeds`); a gene knockout reads its own gene's proximity, a compound its
+    best known target's, a pair the mean of its parts' percentiles. Percentile within the kind
+    (genes, compounds). A gene off the network or a compound without a target on it gets 0.5 (no
+    information). No prior for entity silences, for pairs of silences, or for ``toward:control``
+    goals (no readout entity): their priority is ``model_pct`` alone.
+
+The two are weighted equally (a rank average, fixed before any retrospective run, not fitted).
+Ties: the predicted change decides.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from bioworld.query._candidates import GENETIC, Readout, kind_of
+
+#: Weight of the model's evidence in the rank average (the prior has 1 - this).
+MODEL_WEIGHT = 0.5
+NO_INFORMATION = 0.5
+#: The prior's restart genes: ``"entity"`` (the goal entity's full gene set) or ``"panel"`` (its panel
+#: genes); chosen between by nested selection on the retrospective (benchmarks/run_retrospective_variants.py).
+PRIOR_SEEDS = "entity"
+
+
+def rank_pct(values: np.ndarray) -> np.ndarray:
+    """Rank percentiles (0 = lowest, 1 = highest, ties averaged); one value gets 0.5; NaN stays NaN."""
+    from scipy.stats import rankdata
+
+    v = np.asarray(values, dtype=np.float64)
+    out = np.full(len(v), np.nan)
+    ok = np.isfinite(v)
+    n = int(ok.sum())
+    if n == 1:
+        out[ok] = NO_INFORMATION
+    elif n > 1:
+        out[ok] = (rankdata(v[ok], method="average") - 1.0) / (n - 1.0)
+    return out
+
+
+def calibration_group(action: Any, seen: bool, space: Any) -> str:
+    """The row's calibration group: kind, measured or not, and (unseen compounds) which features
+    describe the compound."""
+    kind = kind_of(action)
+    if seen:
+        return f"{kind}:measured"
+    if kind != "compound":
+        return kind
+    comp = getattr(space, "compounds", None)
+    name = action.components[0].target
+    structure = bool(comp is not None and hasattr(comp, "knows_structure") and comp.knows_structure(name))
+    knowledge = bool(comp is not None and hasattr(comp, "resolve") and comp.resolve(name) is not None)
+    return "compound:" + ("structure+knowledge" if structure and knowledge else "structure" if structure
+                          else "knowledge" if knowledge else "name")
+
+
+def _compound_targets(name: str, space: Any) -> list[str]:
+    from bioworld.query._candidates import _compound_knowledge
+
+    user = getattr(getattr(space, "compounds", None), "user_targets", {}) or {}
+    if name in user:
+        return list(user[name])
+    ck = _compound_knowledge()
+    return ck.targets(name) if ck.resolve(name, strict=False) else []
+
+
+def prior_seeds(space: Any, readout: Readout, how: str | None = None) -> list[str]:
+    """Where the prior's random walk restarts: the goal entity's full gene set as its definition lists
+    it (``how="entity"``, the default :data:`PRIOR_SEEDS`; the panel genes when the model keeps no
+    definition), or only its genes on the model's panel (``"panel"``)."""
+    how = how or PRIOR_SEEDS
+    goal = readout.goal_entity or ""
+    if how == "entity":
+        for ent in getattr(space, "entities", None) or ():
+            if getattr(ent, "name", None) == goal and len(getattr(ent, "genes", ())):
+                return sorted({str(g) for g in ent.genes})
+    return sorted(readout.members.get(goal, ()))
+
+
+def raw_prior(actions: Sequence[Any], space: Any, readout: Readout) -> tuple[np.ndarray, dict[str, float]]:
+    """``[rows]`` network proximity of each single gene / compound to the goal's readout genes (NaN:
+    no prior, i.e. entity silences, pairs, unknown genes, compounds without a target on the network),
+    and the proximity of every gene reached. All NaN when the goal has no readout entity."""
+    from bioworld.errors import BioworldError
+    from bioworld.knowledge.network import joint_network, network_proximity
+
+    out = np.full(len(actions), np.nan)
+    if readout.goal_entity is None:
+        return out, {}
+    seeds = prior_seeds(space, readout)
+    if not seeds:
+        return out, {}
+    genes, _ = joint_network()
+    on_net = set(genes)
+    try:
+        prox = network_proximity(seeds)
+    except BioworldError:  # no readout gene on the network: no prior
+        return out, {}
+    for i, a in enumerate(actions):
+        if len(a.components) != 1:
+            continue
+        p = a.components[0]
+        if p.kind in GENETIC and p.target in on_net:
+            out[i] = prox.get(p.target, 0.0)
+        elif p.kind == "compound":
+            t = [prox.get(g, 0.0) for g in _compound_targets(p.target, space) if g in on_net]
+            if t:
+                out[i] = max(t)
+    return out, prox
+
+
+def priority_columns(actions: Sequence[Any], seen: Sequence[bool], score: np.ndarray, own_share: np.ndarray,
+                     prior: np.ndarray, space: Any, *, has_prior: bool,
+                     pair_parts: dict[int, Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(model_pct, prior_pct, priority)`` of each row (see the module docstring).
+
+    ``score`` the predicted goal change, ``own_share`` the share of it carried by knocked-out genes'
+    own transcripts, ``prior`` from :func:`raw_prior`, ``has_prior`` whether the goal has a readout
+    entity (else no prior at all); ``pair_parts``: row -> rows of its singles (pairs)."""
+    n = len(actions)
+    upstream = np.asarray(score, np.float64) * (1.0 - np.nan_to_num(np.asarray(own_share, np.float64)))
+    groups = np.array([calibration_group(a, bool(s), space) for a, s in zip(actions, seen)])
+    model_pct = np.full(n, np.nan)
+    for g in dict.fromkeys(groups):
+        idx = np.flatnonzero(groups == g)
+        model_pct[idx] = rank_pct(upstream[idx])
+    kinds = np.array([kind_of(a) for a in actions])
+    prior_pct = np.full(n, np.nan)
+    if has_prior:
+        for k in ("gene", "compound"):
+            idx = np.flatnonzero(kinds == k)
+            if len(idx):
+                pct = rank_pct(prior[idx])
+                prior_pct[idx] = np.where(np.isfinite(pct), pct, NO_INFORMATION)
+        for row, parts in (pair_parts or {}).items():
+            vals = [prior_pct[j] for j in parts if np.isfinite(prior_pct[j])]
+            if vals:
+                prior_pct[row] = float(np.mean(vals))
+    priority = np.where(np.isfinite(prior_pct), MODEL_WEIGHT * model_pct + (1 - MODEL_WEIGHT) * prior_pct, model_pct)
+    return model_pct, prior_pct, priority

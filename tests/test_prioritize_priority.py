@@ -1,0 +1,132 @@
+"""The planner's default ranking (issue #14): the model's calibrated evidence joined with a knowledge prior."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bioworld.actions import parse_action
+from bioworld.query._priority import calibration_group, priority_columns, rank_pct
+
+
+class _Compounds:
+    """A model's compound features: which names have a structure / a knowledge row."""
+
+    def __init__(self, structure, knowledge):
+        self.structure, self.knowledge = set(structure), set(knowledge)
+        self.user_targets = {}
+
+    def knows_structure(self, name):
+        return name in self.structure
+
+    def resolve(self, name):
+        return name if name in self.knowledge else None
+
+
+class _Space:
+    def __init__(self, compounds=None):
+        self.compounds = compounds
+
+
+def test_rank_pct_spans_zero_to_one_with_ties_single_and_nan():
+    np.testing.assert_allclose(rank_pct(np.array([3.0, 1.0, 2.0])), [1.0, 0.0, 0.5])
+    np.testing.assert_allclose(rank_pct(np.array([1.0, 1.0, 2.0])), [0.25, 0.25, 1.0])
+    assert rank_pct(np.array([7.0]))[0] == 0.5  # one candidate: no information on where it stands
+    r = rank_pct(np.array([np.nan, 2.0, 1.0]))
+    assert np.isnan(r[0]) and r[1] == 1.0 and r[2] == 0.0
+
+
+def test_calibration_groups_separate_measured_and_how_a_compound_is_described():
+    sp = _Space(_Compounds(structure={"A", "B"}, knowledge={"A", "C"}))
+    g = [calibration_group(parse_action(lab), seen, sp) for lab, seen in
+         [("A@1", False), ("B@1", False), ("C@1", False), ("D@1", False), ("A@1", True), ("ko:STAT1", False),
+          ("ko:STAT1", True), ("silence:X", False), ("ko:STAT1+ko:IRF1", False)]]
+    assert g == ["compound:structure+knowledge", "compound:structure", "compound:knowledge", "compound:name",
+                 "compound:measured", "gene", "gene:measured", "entity", "pair"]
+
+
+def test_each_description_gets_one_scale_and_the_prior_joins_with_equal_weight():
+    # structure-described compounds all score below knowledge-only ones (the model's scale differs by
+    # description); within each group the order is kept and both groups span 0-1
+    sp = _Space(_Compounds(structure={"S1", "S2", "S3"}, knowledge={"K1", "K2", "K3"}))
+    labs = ["S1@1", "S2@1", "S3@1", "K1@1", "K2@1", "K3@1"]
+    acts = [parse_action(lab) for lab in labs]
+    score = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0])
+    prior = np.array([np.nan] * 6)  # no compound has a target on the network
+    m, p, pr = priority_columns(acts, [False] * 6, score, np.zeros(6), prior, sp, has_prior=True)
+    np.testing.assert_allclose(m, [0.0, 0.5, 1.0, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(p, 0.5)  # no information: the middle
+    np.testing.assert_allclose(pr, 0.5 * m + 0.25)
+    prior = np.array([0.3, 0.2, 0.1, np.nan, 0.05, 0.0])
+    m, p, pr = priority_columns(acts, [False] * 6, score, np.zeros(6), prior, sp, has_prior=True)
+    np.testing.assert_allclose(p, [1.0, 0.75, 0.5, 0.5, 0.25, 0.0])
+    np.testing.assert_allclose(pr, (m + p) / 2)
+    # no readout entity (toward:control): the model's evidence alone
+    m2, p2, pr2 = priority_columns(acts, [False] * 6, score, np.zeros(6), prior, sp, has_prior=False)
+    assert np.isnan(p2).all() and np.array_equal(pr2, m2)
+
+
+def test_the_own_transcript_part_is_not_evidence_and_pairs_average_their_parts_prior():
+    sp = _Space()
+    labs = ["ko:A", "ko:B", "ko:C", "ko:A+ko:B", "silence:E"]
+    acts = [parse_action(lab) for lab in labs]
+    score = np.array([3.0, 2.0, 1.0, 4.0, 5.0])
+    own = np.array([0.9, 0.0, 0.0, 0.0, 0.0])  # A's predicted change is 90% its own transcript: 0.3 upstream
+    prior = np.array([0.0, 0.2, 0.1, np.nan, np.nan])
+    m, p, pr = priority_columns(acts, [False] * 5, score, own, prior, sp, has_prior=True, pair_parts={3: (0, 1)})
+    np.testing.assert_allclose(m[:3], [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(p[:3], [0.0, 1.0, 0.5])
+    assert p[3] == pytest.approx(0.5)  # mean of its parts' prior percentiles
+    assert np.isnan(p[4]) and pr[4] == m[4] == 0.5  # a silence: no prior; alone in its group
+    assert np.argmax(pr[:3]) == 1
+
+
+def test_network_proximity_is_highest_at_the_seeds_and_absent_off_the_network():
+    from scipy import sparse
+
+    from bioworld.errors import BioworldError
+    from bioworld.knowledge.network import network_proximity
+
+    genes = ["A", "B", "C", "D", "E"]  # a chain A-B-C-D, E isolated
+    a = sparse.csr_matrix(np.array([[0, 1, 0, 0, 0], [1, 0, 1, 0, 0], [0, 1, 0, 1, 0], [0, 0, 1, 0, 0],
+                                    [0, 0, 0, 0, 0]], float))
+    p = network_proximity(["A"], network=(genes, a))
+    assert p["A"] > p["B"] > p["C"] > p["D"] > 0 and "E" not in p
+    with pytest.raises(BioworldError, match="seed genes"):
+        network_proximity(["Z"], network=(genes, a))
+
+
+def test_prioritize_ranks_by_priority_and_pairs_only_the_best_silences(tiny_trained, small_sim):
+    a = small_sim.adata
+    cells = a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:40]].copy()
+    wm = tiny_trained
+    goal = f"down:{wm.entity_names[0]}"
+    res = wm.prioritize(cells, goal, n_boot=10, max_genes=0, gene_pairs_top=0, entity_pairs_top=3)
+    t = res.table
+    silences = t[t["kind"] == "entity"].sort_values(["flag", "priority"], ascending=[True, False],
+                                                     key=lambda c: c != "" if c.name == "flag" else c)
+    pairs = t[t["intervention"].str.count("silence:") == 2]
+    assert len(pairs) == 3  # the pairs of the 3 best silences, not every pair of the model's slots
+    best = set(silences["intervention"].head(3))
+    assert all(set(p.split("+")) <= best for p in pairs["intervention"])
+    flagged = (t["flag"] != "").to_numpy()
+    assert not (flagged[:-1] & ~flagged[1:]).any()
+    for part in (t[~flagged], t[flagged]):
+        assert (np.diff(part["priority"].to_numpy()) <= 0).all()
+    every = wm.prioritize(cells, goal, n_boot=10, max_genes=0, gene_pairs_top=0, entity_pairs_top=len(wm.entity_names))
+    n = len(wm.entity_names)
+    assert (every.table["intervention"].str.count("silence:") == 2).sum() == n * (n - 1) // 2
+
+
+def test_prior_restarts_from_the_goal_entitys_full_gene_set_or_its_panel_genes():
+    from types import SimpleNamespace
+
+    from bioworld.query._candidates import Readout
+    from bioworld.query._priority import prior_seeds
+
+    readout = Readout("GOAL", ["A", "B"], np.ones(2), {"GOAL": frozenset({"A", "B"}), "OTHER": frozenset({"B"})})
+    space = SimpleNamespace(entities=[SimpleNamespace(name="OTHER", genes=["B", "Z"]),
+                                      SimpleNamespace(name="GOAL", genes=["C", "A", "B", "A"])])
+    assert prior_seeds(space, readout, "entity") == ["A", "B", "C"]  # C is off the panel: still a seed
+    assert prior_seeds(space, readout, "panel") == ["A", "B"]
+    assert prior_seeds(SimpleNamespace(), readout, "entity") == ["A", "B"]  # no definitions kept: the panel
