@@ -40,6 +40,7 @@ from bioworld.eval.metrics import direction_accuracy, pearson_delta
 __all__ = [
     "CAUSAL_METRICS",
     "MAPK_INHIBITORS",
+    "SIM_SHAPES",
     "footprint_delta",
     "leak_ratio",
     "members_only_delta",
@@ -71,9 +72,21 @@ MAPK_INHIBITORS = (
     "binimetinib", "refametinib", "pimasertib", "SCH-772984", "ulixertinib", "VX-11e",
 )
 
+#: Simulator shapes of the causal check: name -> (``simulate`` keywords, knocked-out driver genes left out of
+#: every gene set the model is given). ``default`` (8 pathways, longest DAG path 2-3 on seeds 0-2), ``wide``
+#: (16 pathways: longest path 5-7, 4-5 descendants per pathway), ``deep`` (10 pathways, edge probability 0.6:
+#: longest path 4-5), ``outside`` (60 genes in no pathway instead of 20, and 3 of the 24 knocked-out drivers
+#: in no gene set: training targets outside every entity).
+SIM_SHAPES: dict[str, tuple[dict[str, Any], int]] = {
+    "default": ({}, 0),
+    "wide": ({"n_pathways": 16}, 0),
+    "deep": ({"n_pathways": 10, "edge_prob": 0.6}, 0),
+    "outside": ({"n_other_genes": 60}, 3),
+}
+
 _METRIC_COLS = ["pearson_all", "pearson_top50", "direction_top50", "pearson_desc", "leak_ratio",
                 "leak_ratio_other", "truth_leak_ratio"]
-COLUMNS = ["benchmark", "variant", "seed", "target", "query", "method", *_METRIC_COLS, "n_genes", "steps", "wall_s"]
+COLUMNS = ["benchmark", "variant", "shape", "seed", "target", "query", "method", *_METRIC_COLS, "n_genes", "steps", "wall_s"]
 
 
 # ---------------------------------------------------------------------------------- primitives
@@ -242,16 +255,33 @@ def _subsample(n: int, k: int, seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- simulator
+def model_gene_sets(sim: Any, hidden_targets: int, seed: int) -> tuple[dict[str, list[str]], list[str]]:
+    """The gene sets a simulator model is given: ``sim.gmt`` without ``hidden_targets`` knocked-out
+    driver genes (drawn with ``seed``), so those training targets lie outside every entity. Returns the
+    sets and the hidden genes (sorted). The truth and the leak ratio keep ``sim.gmt``."""
+    labels = set(sim.adata.obs["perturbation"].astype(str))
+    roles = sim.adata.var["role"].astype(str).to_numpy()
+    targets = [str(g) for g, r in zip(sim.adata.var_names, roles) if r == "driver" and str(g) in labels]
+    if not 0 <= hidden_targets <= len(targets):
+        raise BioworldError(f"hidden_targets={hidden_targets!r}; expected 0..{len(targets)} (the knocked-out drivers "
+                            "of this simulation)")
+    hidden = set(np.random.default_rng(int(seed) + 1000).choice(targets, hidden_targets, replace=False).tolist()) \
+        if hidden_targets else set()
+    return {p: [g for g in genes if g not in hidden] for p, genes in sim.gmt.items()}, sorted(hidden)
+
+
 def run_simulator_causal(
     *,
     seeds: Sequence[int] = (0,),
     steps: int = 500,
     variants: Sequence[str] = ("partial", "none"),
-    n_holdout: int = 4,
+    n_holdout: int | None = 4,
     n_cf_cells: int = 256,
     threads: int = 1,
     k: int = 50,
     sim_kwargs: Mapping[str, Any] | None = None,
+    hidden_targets: int = 0,
+    shape: str = "default",
     config: Mapping[str, Any] | None = None,
     model_config: Mapping[str, Any] | None = None,
     progress: bool = False,
@@ -260,6 +290,9 @@ def run_simulator_causal(
 
     ``config``: training-config fields laid over the benchmark's (e.g. ``{"mask_mode": "none"}``);
     ``model_config``: :class:`~bioworld.model.JEPAConfig` fields (e.g. ``{"slot_block": 2, "dense_max_slots": 0}``).
+    ``hidden_targets``: that many knocked-out drivers are left out of the model's gene sets
+    (:func:`model_gene_sets`); ``shape`` names the simulation in the rows (see :data:`SIM_SHAPES`);
+    ``n_holdout=None`` holds out half the silences (at least one).
 
     Per seed, one simulation (``simulate(seed=seed, **sim_kwargs)``, all silences sampled) and per
     variant one world model (entities = the simulator's GMT, ``nmf_programs=0``):
@@ -294,11 +327,12 @@ def run_simulator_causal(
         observed, _ = mean_deltas(X, labels, "control")
         ctrl_idx = np.flatnonzero(labels == "control")
         cf_cells = adata[ctrl_idx[_subsample(len(ctrl_idx), n_cf_cells, seed)]].copy()
-        entities = _sim_entities(sim.gmt)
+        entities = _sim_entities(model_gene_sets(sim, hidden_targets, int(seed))[0])
         silences = [f"silence:{p}" for p in sim.pathways if f"silence:{p}" in set(labels)]
+        n_held = max(1, len(silences) // 2) if n_holdout is None else n_holdout
         for variant in variants:
             if variant == "partial":
-                pick = np.random.default_rng(seed).choice(len(silences), min(n_holdout, len(silences)), replace=False)
+                pick = np.random.default_rng(seed).choice(len(silences), min(n_held, len(silences)), replace=False)
                 held = sorted(silences[i] for i in pick)
             else:
                 held = list(silences)
@@ -322,16 +356,18 @@ def run_simulator_causal(
                 cands["MembersOnly"] = members_only_delta(X[ctrl_idx], genes, sim.gmt[pw])
                 cands["MeanOfTrain"] = mot[lab]
                 cands["Observed cells (ceiling)"] = observed[lab]
-                rows += _silence_rows(sim, genes, lab, cands, k=k, variant=variant, seed=int(seed), steps=steps, wall=wall)
+                rows += _silence_rows(sim, genes, lab, cands, k=k, variant=variant, seed=int(seed), steps=steps, wall=wall,
+                                      shape=shape)
     df = _frame(rows)
     df.attrs["note"] = ("Targets: simulate(seed).truth_delta (exact expected log1p-CP10k change). 'partial': "
-                        f"{n_holdout} silences held out per seed, the rest trained; 'none': no silence in training.")
+                        f"{'half the' if n_holdout is None else n_holdout} silences held out per seed, the rest trained; "
+                        "'none': no silence in training.")
     return df
 
 
 # ---------------------------------------------------------------------------------- Papalexi
 def _silence_rows(sim: Any, genes: list[str], lab: str, cands: dict[str, np.ndarray], *, k: int, variant: str,
-                  seed: int, steps: int, wall: float) -> list[dict[str, Any]]:
+                  seed: int, steps: int, wall: float, shape: str = "default") -> list[dict[str, Any]]:
     """Rows scoring every candidate answer to the held-out ``lab`` (plus the truth itself) against the truth."""
     pw = lab[len("silence:"):]
     desc = sorted(sim.descendants(pw))
@@ -342,7 +378,7 @@ def _silence_rows(sim: Any, genes: list[str], lab: str, cands: dict[str, np.ndar
     for method, pred in {**cands, "Truth": truth}.items():
         wm = method.startswith("WorldModel")
         rows.append(_row(
-            benchmark="simulator", variant=variant, seed=seed, target=lab, query=lab, method=method,
+            benchmark="simulator", variant=variant, shape=shape, seed=seed, target=lab, query=lab, method=method,
             **score_silence(pred, truth, k=k),
             pearson_desc=_safe_pearson(pred, truth, des_mask) if des_mask.sum() >= 2 else np.nan,
             **leak_ratio(pred, genes, sim.gmt, pw, desc), truth_leak_ratio=truth_leak,
