@@ -41,8 +41,8 @@ from bioworld.eval.causal import (  # noqa: E402
 OUT = ROOT / "benchmarks" / "results" / "causal"
 SIM_TARGET = 0.8
 SHAPE_TARGET = (0.9, 0.1)  # issue 12: held-out silences Pearson >= 0.9 with leak ratio <= 0.1 on every shape
-SHAPE_METHODS = ["WorldModel predict", "WorldModel counterfactual", "MembersOnly", "MeanOfTrain",
-                 "Observed cells (ceiling)", "Truth"]
+SHAPE_METHODS = ["WorldModel predict", "WorldModel counterfactual", "InterventionTemplate", "MembersOnly",
+                 "MeanOfTrain", "Observed cells (ceiling)", "Truth"]
 
 
 def _fmt(m: float, s: float, n: int) -> str:
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true", help="rewrite CAUSAL.md from the CSV in --out")
     ap.add_argument("--shapes", nargs="+", default=None, choices=sorted(SIM_SHAPES),
                     help="simulator only, on these shapes (writes <out>/shapes/; CAUSAL.md includes its table)")
+    ap.add_argument("--no-train", action="store_true", help="with --shapes: only the rows that need no trained network "
+                    "(baselines, InterventionTemplate), written to template_<shape>.csv")
     args = ap.parse_args(argv)
     default_steps = TrainConfig().max_steps
     args.sim_steps = default_steps if args.sim_steps is None else args.sim_steps
@@ -181,13 +183,15 @@ def run_shapes(args: argparse.Namespace, argv: list[str] | None) -> int:
         for seed in args.seeds:
             load, t0 = os.getloadavg()[0], time.perf_counter()
             df = run_simulator_causal(seeds=[seed], steps=args.sim_steps, variants=("partial",), n_holdout=None,
-                                      sim_kwargs=sim_kwargs, hidden_targets=hidden, shape=shape, threads=args.threads)
+                                      sim_kwargs=sim_kwargs, hidden_targets=hidden, shape=shape, threads=args.threads,
+                                      train=not args.no_train)
             df["load1"], df["command"] = load, command
             frames.append(df)
-            wm = df[df.method == "WorldModel predict"]
+            wm = df[df.method == ("InterventionTemplate" if args.no_train else "WorldModel predict")]
             print(f"{shape} seed {seed}: pearson_all {wm.pearson_all.mean():.3f} leak {wm.leak_ratio.mean():.3f}"
                   f" ({time.perf_counter() - t0:.0f} s, load {load:.1f})", flush=True)
-            pd.concat(frames, ignore_index=True).to_csv(out / f"shapes_{shape}.csv", index=False)
+            name = "template" if args.no_train else "shapes"
+            pd.concat(frames, ignore_index=True).to_csv(out / f"{name}_{shape}.csv", index=False)
     print(f"wrote {write_shapes_report(out)}")
     return 0
 
@@ -202,8 +206,13 @@ def _per_seed_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_shapes_report(out: Path) -> Path:
-    """``SHAPES.md`` from every ``shapes_<shape>.csv`` in ``out``."""
+    """``SHAPES.md`` from every ``shapes_<shape>.csv`` in ``out`` (plus the ``InterventionTemplate`` rows of
+    ``template_<shape>.csv`` from ``--no-train`` runs where the trained runs lack them)."""
     df = pd.concat([pd.read_csv(p) for p in sorted(out.glob("shapes_*.csv"))], ignore_index=True)
+    extra = [pd.read_csv(p) for p in sorted(out.glob("template_*.csv"))]
+    if extra and "InterventionTemplate" not in set(df.method):
+        tmpl = pd.concat(extra, ignore_index=True)
+        df = pd.concat([df, tmpl[tmpl.method == "InterventionTemplate"]], ignore_index=True)
     order = [s for s in SIM_SHAPES if s in set(df["shape"])]
     df = df[df.method.isin(SHAPE_METHODS)]
     summ = _per_seed_table(df)

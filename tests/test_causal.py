@@ -11,9 +11,11 @@ from bioworld.entities import Entity
 from bioworld.errors import BioworldError
 from bioworld.eval.causal import (
     COLUMNS,
+    SIM_SHAPES,
     footprint_delta,
     leak_ratio,
     members_only_delta,
+    model_gene_sets,
     run_simulator_causal,
     score_silence,
 )
@@ -88,7 +90,65 @@ def test_simulator_causal_smoke():
     )
     assert list(df.columns) == COLUMNS
     assert set(df.variant) == {"partial", "none"}
+    assert set(df["shape"]) == {"default"}
     assert {"WorldModel predict", "WorldModel counterfactual", "MembersOnly", "MeanOfTrain", "Truth"} <= set(df.method)
     assert len(df[(df.variant == "none") & (df.method == "Truth")]) == 3  # every silence held out
     truth = df[df.method == "Truth"]
     assert np.allclose(truth.pearson_all, 1.0)
+
+
+SMALL = dict(n_pathways=3, genes_per_pathway=5, n_other_genes=6, n_cells_per_condition=20, n_control_cells=40,
+             doubles=0, n_truth_draws=100)
+
+
+def test_model_gene_sets_hides_knocked_out_drivers():
+    from bioworld.data import simulate
+
+    sim = simulate(seed=0, **SMALL)
+    same, none = model_gene_sets(sim, 0, seed=0)
+    assert same == sim.gmt and none == []
+    sets, hidden = model_gene_sets(sim, 2, seed=0)
+    assert len(hidden) == 2 and hidden == sorted(hidden)
+    roles = dict(zip(sim.adata.var_names, sim.adata.var["role"]))
+    assert all(roles[g] == "driver" for g in hidden)
+    kept = {g for genes in sets.values() for g in genes}
+    assert not kept & set(hidden)  # outside every gene set the model gets
+    assert kept | set(hidden) == {g for genes in sim.gmt.values() for g in genes}
+    assert model_gene_sets(sim, 2, seed=0) == (sets, hidden)  # seeded
+    assert model_gene_sets(sim, 2, seed=1)[1] != hidden or model_gene_sets(sim, 2, seed=2)[1] != hidden
+    with pytest.raises(BioworldError, match="hidden_targets"):
+        model_gene_sets(sim, 100, seed=0)
+
+
+def test_simulator_causal_hidden_targets_and_half_holdout():
+    df = run_simulator_causal(seeds=[0], steps=3, n_holdout=None, n_cf_cells=16, variants=("partial",),
+                              sim_kwargs=dict(SMALL, n_pathways=4), hidden_targets=2, shape="outside")
+    truth = df[df.method == "Truth"]
+    assert len(truth) == 2  # half of the 4 silences
+    assert set(df["shape"]) == {"outside"}
+    assert set(SIM_SHAPES) >= {"default", "wide", "deep", "outside"}
+    assert SIM_SHAPES["outside"][1] > 0 and SIM_SHAPES["default"] == ({}, 0)
+
+
+def test_shapes_report_means_over_seeds_and_verdict(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "run_causal", Path(__file__).resolve().parents[1] / "benchmarks" / "run_causal.py")
+    rc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rc)
+    rows = []
+    for shape, (p0, p1, leak) in {"default": (0.95, 0.93, 0.05), "wide": (0.8, 0.6, 0.3)}.items():
+        for seed, p in ((0, p0), (1, p1)):
+            for lab in ("silence:A", "silence:B"):
+                rows.append(dict(shape=shape, seed=seed, method="WorldModel predict", target=lab, pearson_all=p,
+                                 pearson_desc=np.nan, leak_ratio=leak, leak_ratio_other=0.0, load1=1.0,
+                                 wall_s=10.0, command="cmd"))
+    for shape in ("default", "wide"):
+        pd.DataFrame([r for r in rows if r["shape"] == shape]).to_csv(tmp_path / f"shapes_{shape}.csv", index=False)
+    text = rc.write_shapes_report(tmp_path).read_text()
+    assert "| default | WorldModel predict | 0.940 ± 0.014 |" in text
+    assert "| wide | WorldModel predict | 0.700 ± 0.141 |" in text
+    assert "`default`: WorldModel predict Pearson 0.940, leak ratio 0.050" in text and "**MET**" in text
+    assert "`wide`: WorldModel predict Pearson 0.700, leak ratio 0.300" in text and "**NOT MET**" in text

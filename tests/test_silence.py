@@ -104,3 +104,55 @@ def test_do_operation_adds_what_the_other_slots_read_from_the_moved_genes(tiny_t
     np.testing.assert_allclose(x_base, r.x_pred[1], atol=1e-6)
     # the intervened genes are set by the do(), not predicted: their change is exactly the move
     np.testing.assert_allclose((r.x_pred[0] - x_base)[:, members], (xi - x)[:, members], atol=1e-5)
+
+
+def test_intervention_template_slope_scale_and_noise_shrinkage():
+    import pytest
+
+    from bioworld.errors import BioworldError
+    from bioworld.query._counterfactual import intervention_template
+
+    axis = np.array([1.0, 0.0, 0.0, 0.0])  # the entity is gene 0
+    # two interventions moved the entity by -1 and -2; gene 1 follows at 0.5 per unit, gene 2 is noise
+    # within its sampling error, gene 3 follows at -1 but its means are too noisy to tell
+    effects = np.array([[-1.0, -0.5, 0.01, 1.0], [-2.0, -1.0, -0.01, 2.0]])
+    noise = np.array([[1e-4, 1e-4, 1e-2, 100.0], [1e-4, 1e-4, 1e-2, 100.0]])
+    move = np.array([-3.0, 0.0, 0.0, 0.0])
+    r = intervention_template(axis, move, effects, noise)
+    # slope of gene 1 = (1*0.5 + 2*1) / 5 = 0.5, se^2 = (1 + 4) * 1e-4 / 25: shrink ~1 -> 0.5 * -3
+    assert r[1] == pytest.approx(-1.5, rel=1e-3)
+    assert r[2] == 0.0  # slope (-0.01+0.02)/5 = 0.002, se^2 = 0.002 >> 0.002^2: shrunk to 0
+    assert r[3] == 0.0  # slope -1, se^2 = 500/25 = 20 > 1: shrunk to 0
+    assert r[0] == pytest.approx(-3.0, rel=1e-3)  # the entity's own axis gene: slope 1
+    # without noise the slope is exact; without interventions nothing moves
+    np.testing.assert_allclose(intervention_template(axis, move, effects, np.zeros_like(noise))[3], 3.0)
+    np.testing.assert_array_equal(intervention_template(axis, move, np.zeros((0, 4)), np.zeros((0, 4))), 0.0)
+    with pytest.raises(BioworldError, match="Fix"):
+        intervention_template(axis, move, effects, noise[:, :3])
+
+
+def test_intervention_template_delta_on_the_simulator():
+    import warnings
+
+    from bioworld.data import simulate
+    from bioworld.eval.benchmark import _sim_entities
+    from bioworld.eval.causal import intervention_template_delta, leak_ratio
+
+    sim = simulate(seed=0, n_pathways=4, genes_per_pathway=8, n_other_genes=6, n_cells_per_condition=80,
+                   n_control_cells=300, doubles=0, n_truth_draws=2000, edge_prob=0.9)
+    parent = next(p for p in sim.pathways if sim.descendants(p))
+    lab = f"silence:{parent}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wm = bw.WorldModel(sim.adata, entities=_sim_entities(sim.gmt), replicate_key="replicate", nmf_programs=0,
+                           holdout=[lab], config={"max_steps": 1, "checkpoint_every": 0, "num_threads": 1})
+    d = intervention_template_delta(wm, parent)  # no training needed
+    genes = list(wm.genes)
+    truth = sim.truth_delta.loc[lab, genes].to_numpy()
+    desc = sorted(sim.descendants(parent))
+    desc_genes = [genes.index(g) for p in desc for g in sim.gmt[p]]
+    assert np.corrcoef(d, truth)[0, 1] > 0.8
+    assert np.abs(d[desc_genes]).mean() > 0.3 * np.abs(truth[desc_genes]).mean()  # it propagates
+    assert leak_ratio(d, genes, sim.gmt, parent, desc)["leak_ratio"] < 0.2
+    assert all(d[genes.index(g)] == 0.0 for g in genes if g.startswith("OTHER")) or \
+        np.abs(d[[genes.index(g) for g in genes if g.startswith("OTHER")]]).mean() < 0.1 * np.abs(d).max()

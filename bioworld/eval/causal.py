@@ -42,6 +42,7 @@ __all__ = [
     "MAPK_INHIBITORS",
     "SIM_SHAPES",
     "footprint_delta",
+    "intervention_template_delta",
     "leak_ratio",
     "members_only_delta",
     "run_l1000_causal",
@@ -196,6 +197,41 @@ def footprint_delta(entity: Any, genes: Sequence[str], *, scale: float = 1.0) ->
     return np.array([-scale * float(weights.get(g, 0.0)) for g in genes], dtype=np.float64)
 
 
+def intervention_template_delta(wm: Any, entity: str) -> np.ndarray:
+    """The "intervention template" baseline of ``silence:entity`` (log scale ``[G]``), no trained network.
+
+    From a :class:`~bioworld.WorldModel` (trained or not: its reference cells, slots, action space and
+    training data): the entity's member genes make the do()'s move along its activity axis
+    (:class:`~bioworld.query.ActivityAxes`, as the query engine does); every other gene responds by its
+    noise-shrunk slope on the entity's activity over the observed effects of the training perturbations
+    that act on the entity (touch its slot, e.g. knockouts of its members;
+    :func:`bioworld.query._counterfactual.intervention_template`). With no such perturbation, only the
+    members move.
+    """
+    from bioworld._world_model import INACTIVE_QUANTILE
+    from bioworld.query._counterfactual import ActivityAxes, intervention_template
+
+    if wm._X is None:
+        raise BioworldError("intervention_template_delta needs the model's training data in memory (not a loaded model)")
+    e = list(wm.entity_names).index(entity)
+    ref = np.asarray(wm.reference, dtype=np.float64)
+    axes = ActivityAxes.fit(ref.astype(np.float32), np.asarray(wm.membership), quantile=INACTIVE_QUANTILE)
+    move = (axes.inactive(ref.astype(np.float32), e) - ref).mean(0)
+    X, labels = wm._X, np.asarray(wm._labels).astype(str)
+    ctrl = X[labels == wm.control]
+    acting = [lab for lab in wm.train_labels if lab != wm.control and len(wm.actions[lab].components) == 1
+              and float(np.asarray(wm.space.encode([wm.actions[lab]]).touch)[0, :, e].sum()) > 0]
+    effects, noise = [], []
+    for lab in acting:
+        cells = X[labels == lab]
+        if len(cells) >= 2:
+            effects.append(cells.mean(0) - ctrl.mean(0))
+            noise.append(cells.var(0) / len(cells) + ctrl.var(0) / len(ctrl))
+    G = ref.shape[1]
+    resp = intervention_template(axes.axis[e], move, np.reshape(effects, (-1, G)), np.reshape(noise, (-1, G)))
+    return np.where(move != 0, move, resp) * np.asarray(wm.sd, dtype=np.float64)
+
+
 def _safe_pearson(pred: np.ndarray, obs: np.ndarray, genes: Any = None) -> float:
     try:
         return pearson_delta(pred, obs, genes)
@@ -282,6 +318,7 @@ def run_simulator_causal(
     sim_kwargs: Mapping[str, Any] | None = None,
     hidden_targets: int = 0,
     shape: str = "default",
+    train: bool = True,
     config: Mapping[str, Any] | None = None,
     model_config: Mapping[str, Any] | None = None,
     progress: bool = False,
@@ -292,7 +329,8 @@ def run_simulator_causal(
     ``model_config``: :class:`~bioworld.model.JEPAConfig` fields (e.g. ``{"slot_block": 2, "dense_max_slots": 0}``).
     ``hidden_targets``: that many knocked-out drivers are left out of the model's gene sets
     (:func:`model_gene_sets`); ``shape`` names the simulation in the rows (see :data:`SIM_SHAPES`);
-    ``n_holdout=None`` holds out half the silences (at least one).
+    ``n_holdout=None`` holds out half the silences (at least one). ``train=False``: no training, only the
+    rows that need no trained network (the baselines and ``InterventionTemplate``).
 
     Per seed, one simulation (``simulate(seed=seed, **sim_kwargs)``, all silences sampled) and per
     variant one world model (entities = the simulator's GMT, ``nmf_programs=0``):
@@ -302,7 +340,8 @@ def run_simulator_causal(
     ``WorldModel predict`` (``wm.predict``, mean over the model's reference control cells) and
     ``WorldModel counterfactual`` (``wm.counterfactual`` on ``n_cf_cells`` control cells,
     averaged). Beside them:
-    ``MembersOnly`` (:func:`members_only_delta`), ``MeanOfTrain`` (mean observed delta of the
+    ``MembersOnly`` (:func:`members_only_delta`), ``InterventionTemplate``
+    (:func:`intervention_template_delta`), ``MeanOfTrain`` (mean observed delta of the
     training labels), ``Observed cells (ceiling)`` (the held-out label's own sampled cells) and
     ``Truth`` (the truth itself: its leak ratio is the reference).
     """
@@ -342,9 +381,12 @@ def run_simulator_causal(
                 wm = WorldModel(adata, entities=entities, replicate_key="replicate", nmf_programs=0,
                                    holdout=held, config={**_wm_config(steps, seed, threads), **dict(config or {})},
                                    model_config=dict(model_config) if model_config else None)
-                wm.train(progress=progress)
-                preds = {"WorldModel predict": _predict(wm, held),
-                         "WorldModel counterfactual": _cf_mean(wm, cf_cells, held)}
+                preds = {"InterventionTemplate": {lab: intervention_template_delta(wm, lab[len("silence:"):])
+                                                  for lab in held}}
+                if train:
+                    wm.train(progress=progress)
+                    preds.update({"WorldModel predict": _predict(wm, held),
+                                  "WorldModel counterfactual": _cf_mean(wm, cf_cells, held)})
             wall = time.perf_counter() - t0
             if list(wm.genes) != genes:
                 raise BioworldError("the world model's gene order differs from the simulation's; cannot score")
@@ -376,7 +418,7 @@ def _silence_rows(sim: Any, genes: list[str], lab: str, cands: dict[str, np.ndar
     truth_leak = leak_ratio(truth, genes, sim.gmt, pw, desc)["leak_ratio"]
     rows = []
     for method, pred in {**cands, "Truth": truth}.items():
-        wm = method.startswith("WorldModel")
+        wm = method.startswith("WorldModel") and np.isfinite(wall)
         rows.append(_row(
             benchmark="simulator", variant=variant, shape=shape, seed=seed, target=lab, query=lab, method=method,
             **score_silence(pred, truth, k=k),
@@ -412,7 +454,8 @@ def run_papalexi_causal(
     ``wm.predict`` (mean over the model's reference control cells) and ``wm.counterfactual`` (on
     ``n_cf_cells`` control cells, the do-operation, since no silence is trained). Baselines:
     ``Footprint <E>`` (:func:`footprint_delta`: minus the entity's own weights), ``MeanOfTrain``,
-    and for reference the world model's own prediction of the held-out knockout label.
+    ``InterventionTemplate <E>`` (:func:`intervention_template_delta`) and for reference the world
+    model's own prediction of the held-out knockout label.
     """
     from bioworld._world_model import WorldModel
     from bioworld.data import load_papalexi, normalize, register
@@ -431,6 +474,7 @@ def run_papalexi_causal(
         warnings.simplefilter("ignore")
         wm = WorldModel(adata, perturbation_key="perturbation", control="control", holdout=held,
                            config=_wm_config(steps, seed, threads))
+        template = {e: intervention_template_delta(wm, e) for e in silences}
         wm.train(progress=progress)
         specs = [f"silence:{e}" for e in silences]
         pred = _predict(wm, specs + held)
@@ -448,6 +492,7 @@ def run_papalexi_causal(
             cands.append(("WorldModel predict", s, pred[s]))
             cands.append(("WorldModel counterfactual", s, cf[s]))
             cands.append((f"Footprint {e}", s, footprint_delta(_entity(wm, e), genes)))
+            cands.append((f"InterventionTemplate {e}", s, template[e]))
         cands.append(("MeanOfTrain", target, mot[target]))
         cands.append(("WorldModel predict (held-out KO label)", target, pred[target]))
         for method, query, p in cands:
@@ -505,6 +550,7 @@ def run_l1000_causal(
         warnings.simplefilter("ignore")
         wm = WorldModel(adata, holdout=held, smiles=bundled_path("compounds/lincs_drugs_smiles.csv"),
                            config=_wm_config(steps, seed, threads), **kw)
+        template = intervention_template_delta(wm, "MAPK")
         wm.train(progress=progress)
         pred = _predict(wm, ["silence:MAPK"] + held)
         cf = _cf_mean(wm, adata[labels == "control"].copy(), ["silence:MAPK"])
@@ -525,6 +571,7 @@ def run_l1000_causal(
                 ("WorldModel predict", "silence:MAPK", pred["silence:MAPK"]),
                 ("WorldModel counterfactual", "silence:MAPK", cf["silence:MAPK"]),
                 ("Footprint MAPK", "silence:MAPK", foot),
+                ("InterventionTemplate MAPK", "silence:MAPK", template),
                 ("MeanOfTrain", ",".join(labs), np.mean([mot[lab] for lab in labs], axis=0)),
                 ("WorldModel predict (held-out compound label)", ",".join(labs),
                  np.mean([pred[lab] for lab in labs], axis=0)),

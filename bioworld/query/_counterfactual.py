@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bioworld.errors import BioworldError
 from bioworld.model.jepa import JEPA
 
 
@@ -150,3 +151,33 @@ def explain_shifts(slot_shift: np.ndarray, entity_names: list[str]) -> list[dict
     """Entities ordered by how far their latent moved (mean over cells, in units of slot spread)."""
     cols = shift_effects(slot_shift, entity_names)
     return [{"entity": e, "shift": s, "share": r} for e, s, r in zip(cols["entity"], cols["shift"], cols["share"])]
+
+
+def intervention_template(axis: np.ndarray, move: np.ndarray, effects: np.ndarray, noise_var: np.ndarray
+                          ) -> np.ndarray:
+    """Response ``[G]`` of every gene to a do() that moves the cells by ``move`` along an entity's unit
+    ``axis`` (both ``[G]``, standardised), estimated from observed interventions on that entity.
+
+    ``effects`` ``[n, G]`` are the observed mean effects of ``n`` perturbations acting on the entity
+    (e.g. knockouts of its member genes) and ``noise_var`` ``[n, G]`` the sampling variance of each of
+    those means. Each perturbation moved the entity by ``s_a = effects[a] @ axis``; per gene the slope
+    ``b_g`` of its change on that move (least squares through the origin over the perturbations) is its
+    response per unit of the entity's activity, and the do() moves the entity by ``move @ axis``. A
+    slope within sampling noise is shrunk toward 0 (positive-part rule ``b * max(0, 1 - se^2 / b^2)``),
+    so genes no intervention on the entity reliably moved are left unchanged. Linear in the move: the
+    interventions' sizes bracket the slope, not the shape of a saturating response.
+    """
+    E = np.asarray(effects, dtype=np.float64)
+    V = np.asarray(noise_var, dtype=np.float64)
+    u = np.asarray(axis, dtype=np.float64)
+    if E.ndim != 2 or E.shape != V.shape or E.shape[1] != len(u) or len(move) != len(u):
+        raise BioworldError(f"effects {E.shape}, noise_var {V.shape}, axis {u.shape}, move {np.shape(move)}: "
+                         "expected [n, G], [n, G], [G], [G]. Fix: pass one row of effects and noise per intervention")
+    s = E @ u  # [n] how far each intervention moved the entity
+    ss = float(s @ s)
+    if len(s) == 0 or ss <= 0.0:
+        return np.zeros(len(u))
+    beta = (s @ E) / ss  # [G]
+    se2 = (s ** 2 @ V) / ss ** 2  # [G] sampling variance of the slope
+    shrink = np.clip(1.0 - se2 / np.maximum(beta ** 2, 1e-300), 0.0, 1.0)
+    return beta * shrink * float(np.asarray(move, dtype=np.float64) @ u)
