@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -136,6 +137,7 @@ class Engine:
         self._axes: ActivityAxes | None = None
         self._slot_scale: np.ndarray | None = None
         self._control = space.encode([space.parse("control")])
+        self._held: int | None = None  # workers of the query in progress (torch is at 1 thread meanwhile)
 
     # ---------------------------------------------------------------- cached per model
     @property
@@ -218,37 +220,54 @@ class Engine:
     @property
     def workers(self) -> int:
         """Threads that answer row blocks at once: torch's thread count on the CPU (1 elsewhere)."""
+        if self._held is not None:
+            return self._held
         return max(1, torch.get_num_threads()) if self.device.type == "cpu" else 1
+
+    @contextmanager
+    def _one_torch_thread(self) -> Iterator[None]:
+        """For a query with several workers: torch at one thread on this thread as well, for the whole
+        query, so no multi-thread OpenMP region runs between the blocks (its idle threads spin-wait and
+        cost CPU time, SPEED.md section h); the count is restored at the end."""
+        if self._held is not None or self.workers <= 1:
+            yield
+            return
+        self._held, before = self.workers, torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+            self._held = None
 
     def _map(self, fn: Callable[[Any], Any], jobs: Sequence[Any], consume: Callable[[Any, Any], None]) -> None:
         """``consume(job, fn(job))`` for every job, in order, on this thread. Row blocks are independent,
         so with :attr:`workers` > 1 ``fn`` runs on that many threads, each with one torch thread: every
         block is computed exactly as alone, and the answers do not depend on the number of workers."""
-        workers = min(self.workers, len(jobs))
+        with self._one_torch_thread():
+            workers = min(self.workers, len(jobs))
 
-        def call(job: Any) -> Any:
-            if workers > 1:
-                torch.set_num_threads(1)  # OpenMP / MKL thread counts are per thread: one in each worker too
-            with torch.inference_mode():  # thread-local: each worker enters it
-                return fn(job)
+            def call(job: Any) -> Any:
+                if workers > 1:
+                    torch.set_num_threads(1)  # OpenMP / MKL thread counts are per thread: one in each worker too
+                with torch.inference_mode():  # thread-local: each worker enters it
+                    return fn(job)
 
-        if workers <= 1:
-            for job in jobs:
-                consume(job, call(job))
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+            if workers <= 1:
+                for job in jobs:
+                    consume(job, call(job))
+                return
             with ThreadPoolExecutor(workers) as pool:
                 for job, result in zip(jobs, pool.map(call, jobs)):
                     consume(job, result)
-        finally:
-            torch.set_num_threads(before)
 
     # ---------------------------------------------------------------- cells
-    @torch.inference_mode()
     def encode(self, x_std: np.ndarray) -> CellCache:
         """Encode cells once: latents, the readout of their target latents, the unperturbed prediction."""
+        with self._one_torch_thread(), torch.inference_mode():
+            return self._encode(x_std)
+
+    def _encode(self, x_std: np.ndarray) -> CellCache:
         m = self.module
         m.eval()
         x = torch.from_numpy(np.ascontiguousarray(x_std, dtype=np.float32)).to(self.device)
@@ -267,10 +286,13 @@ class Engine:
         z, r_ref, z_base, x_base = zip(*parts)
         return CellCache(x, torch.cat(z), None if r_ref[0] is None else torch.cat(r_ref), torch.cat(z_base), torch.cat(x_base))
 
-    @torch.inference_mode()
     def silence_terms(self, cache: CellCache, entities: Iterable[int]) -> dict[int, SilenceTerms]:
         """Each entity's do(off) terms on the cells (:class:`SilenceTerms`): the moved cells are encoded
         once per (entity, cell), in blocks of :attr:`rows_per_pass` cells."""
+        with self._one_torch_thread(), torch.inference_mode():
+            return self._silence_terms(cache, entities)
+
+    def _silence_terms(self, cache: CellCache, entities: Iterable[int]) -> dict[int, SilenceTerms]:
         x_np = cache.x.cpu().numpy()
         rows = self.rows_per_pass
         moved = {e: torch.from_numpy(self.axes.inactive(x_np, e)).to(self.device) for e in entities}
@@ -294,7 +316,6 @@ class Engine:
         step = max(1, min(n, rows_per_pass))  # cells per block
         return [(members[s:s + per], c0, min(n, c0 + step)) for s in range(0, len(members), per) for c0 in range(0, n, step)]
 
-    @torch.inference_mode()
     def run(self, cache: CellCache, cands: Candidates, *,
             goal: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
             weights: np.ndarray | None = None, rows_per_pass: int | None = None) -> RunResult:
@@ -307,6 +328,11 @@ class Engine:
         ``rows_per_pass`` rows (default :attr:`rows_per_pass`; cells are split when there are more),
         so no padding mask is needed; blocks run on :attr:`workers` threads.
         """
+        with self._one_torch_thread(), torch.inference_mode():
+            return self._run(cache, cands, goal, weights, rows_per_pass)
+
+    def _run(self, cache: CellCache, cands: Candidates, goal: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+             weights: np.ndarray | None, rows_per_pass: int | None) -> RunResult:
         rows_per_pass = rows_per_pass or self.rows_per_pass
         n, C = len(cache), len(cands)
         E = len(self.space.entity_names)
