@@ -150,5 +150,5 @@ def test_shapes_report_means_over_seeds_and_verdict(tmp_path):
     text = rc.write_shapes_report(tmp_path).read_text()
     assert "| default | WorldModel predict | 0.940 ± 0.014 |" in text
     assert "| wide | WorldModel predict | 0.700 ± 0.141 |" in text
-    assert "`default`: WorldModel predict Pearson 0.940, leak ratio 0.050" in text and "**MET**" in text
-    assert "`wide`: WorldModel predict Pearson 0.700, leak ratio 0.300" in text and "**NOT MET**" in text
+    assert "`default`: WorldModel predict Pearson 0.940, leak ratio 0.050 vs target >= 0.9 / <= 0.1 (2 seeds): **MET**" in text
+    assert "`wide`: WorldModel predict Pearson 0.700, leak ratio 0.300 vs target >= 0.9 / <= 0.1 (2 seeds): **NOT MET**" in text
