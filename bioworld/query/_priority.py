@@ -21,7 +21,8 @@ a *calibration group* of comparable candidates:
     best known target's, a pair the mean of its parts' percentiles. Percentile within the kind
     (genes, compounds). A gene off the network or a compound without a target on it gets 0.5 (no
     information). No prior for entity silences, for pairs of silences, or for ``toward:control``
-    goals (no readout entity): their priority is ``model_pct`` alone.
+    goals (no readout entity): ``prior_pct`` is NaN and counts as 0.5 in the priority, so every row
+    is on the same scale (a row without a prior cannot outrank one with both parts at their best).
 
 The two are weighted equally (a rank average, fixed before any retrospective run, not fitted).
 Ties: the predicted change decides.
@@ -156,5 +157,6 @@ def priority_columns(actions: Sequence[Any], seen: Sequence[bool], score: np.nda
             vals = [prior_pct[j] for j in parts if np.isfinite(prior_pct[j])]
             if vals:
                 prior_pct[row] = float(np.mean(vals))
-    priority = np.where(np.isfinite(prior_pct), MODEL_WEIGHT * model_pct + (1 - MODEL_WEIGHT) * prior_pct, model_pct)
+    prior_used = np.where(np.isfinite(prior_pct), prior_pct, NO_INFORMATION)  # no prior: no information
+    priority = MODEL_WEIGHT * model_pct + (1 - MODEL_WEIGHT) * prior_used
     return model_pct, prior_pct, priority
