@@ -74,15 +74,30 @@ step "bioworld prioritize (report without a checkout)"
 "$BW" prioritize model --cells cells.h5ad --goal down:SIM_P3 --genes P1_DRV1,P2_DRV2 --no-pairs --out report
 grep -q "unvalidated\|held-out" report/report.html
 
-if "$BW" evaluate -h >/dev/null 2>&1; then
-  step "bioworld evaluate"
-  "$VPY" -c "
+step "bioworld evaluate (a held-out file)"
+"$VPY" -c "
 import anndata as ad
 a = ad.read_h5ad('sim/train.h5ad')
 a[a.obs['perturbation'].isin(['control', 'P1_DRV1'])].copy().write_h5ad('test.h5ad')
 "
-  "$BW" evaluate model --data test.h5ad
-fi
+"$BW" evaluate model --data test.h5ad
+
+step "the raw L1000 plate: name + dose columns -> compound@dose actions (--dose-key)"
+"$VPY" -c "
+import anndata as ad, bioworld as bw
+a = bw.data.load_l1000()
+raw = ad.AnnData(X=a.X, obs=a.obs.drop(columns=['perturbation']), var=a.var)  # as the plate is stored: no bioworld columns
+raw.write_h5ad('plate.h5ad')
+"
+"$BW" train plate.h5ad --perturbation-key pert_iname --control DMSO --dose-key pert_dose --compound-id-key pert_id \
+  --input log --min-cells 1 --out plate_model --max-steps 5 --restarts 0 --quiet
+"$BW" predict plate_model --perturbations "PD-0325901@10,PD-0325901@1.1" --out plate_pred.h5ad
+"$VPY" -c "
+import anndata as ad
+p = ad.read_h5ad('plate_pred.h5ad')
+assert list(p.obs_names) == ['PD-0325901@10', 'PD-0325901@1.1'], list(p.obs_names)
+print('compound@dose predictions:', p.shape)
+"
 
 step "the README's Python snippet"
 "$VPY" - "$ROOT/README.md" > snippet.py <<'EOF'

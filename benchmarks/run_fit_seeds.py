@@ -16,6 +16,7 @@ each run. Writes ``benchmarks/results/fit_seeds/FIT_SEEDS.md`` and ``fit_seeds.c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -67,11 +68,12 @@ def main() -> None:
     ap.add_argument("--seeds", default=",".join(str(s) for s in range(10)))
     ap.add_argument("--steps", type=int, default=None, help="max_steps (default: the TrainConfig default)")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--config", default="{}", help="JSON TrainConfig fields laid over the defaults (an ablation)")
     args = ap.parse_args()
     rows = []
     runs = [(name, int(seed)) for seed in args.seeds.split(",") for name in args.datasets.split(",")]
     for name, seed in runs:  # seed by seed over the datasets, so an interrupted sweep covers every dataset
-        cfg = {"seed": seed, "num_threads": 1}
+        cfg = {**json.loads(args.config), "seed": seed, "num_threads": 1}
         if args.steps is not None:
             cfg["max_steps"] = args.steps
         load = os.getloadavg()[0]

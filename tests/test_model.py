@@ -114,6 +114,38 @@ def test_energy_distance_zero_for_identical_sets_and_positive_for_shifted():
     assert float(energy_distance(a, a + 3.0)) > 1.0
 
 
+def test_group_mean_effect_term_scores_the_mean_change_not_cell_noise():
+    from bioworld.model.jepa import LossWeights, _group_terms
+
+    g = torch.randn(40, G)
+    group = torch.tensor([0] * 20 + [1] * 10 + [-1] * 10)
+    # cells scattered around the right group means: no mean-effect error, whatever the cell noise
+    pred = g.clone()
+    pred[:20] = g[:20] + torch.randn(20, G)
+    pred[:20] += g[:20].mean(0) - pred[:20].mean(0)
+    pred[20:30] = g[20:30].flip(0)  # same cells in another order: same mean
+    _, effect = _group_terms(pred, g, group, with_effect=True)
+    assert float(effect) == pytest.approx(0.0, abs=1e-10)
+    # a shift of group 1's mean by 0.5 on every gene: (0 + 0.25) / 2 groups; control rows (-1) never count
+    shifted = pred.clone()
+    shifted[20:30] += 0.5
+    shifted[30:] += 100.0
+    _, effect = _group_terms(shifted, g, group, with_effect=True)
+    assert float(effect) == pytest.approx(0.125, rel=1e-5)
+    assert float(_group_terms(shifted, g, group, with_effect=False)[1]) == 0.0
+    # in the loss: its weight adds exactly weight x term to the total
+    m = _module()
+    B = 8
+    ctx = torch.ones(B, E, dtype=torch.bool)
+    ctx[:, :2] = False
+    batch = JEPABatch(x_src=torch.randn(B, G), x_tgt=torch.randn(B, G), action=_actions(B), context_mask=ctx,
+                      target_mask=~ctx, gene_mask=torch.zeros(B, G, dtype=torch.bool),
+                      group=torch.tensor([0, 0, 0, 1, 1, 1, -1, -1]))
+    off, on = m.loss(batch, LossWeights(effect=0.0)), m.loss(batch, LossWeights(effect=2.0))
+    assert float(on.terms["effect"]) > 0 and float(off.terms["effect"]) == 0.0
+    assert float(on.total - off.total) == pytest.approx(2.0 * float(on.terms["effect"]), rel=1e-4)
+
+
 def _table(n_actions, rng):
     kind = np.zeros((n_actions, A), np.int64)
     kind[1:, 0] = Kind.KO

@@ -72,3 +72,15 @@ def test_a_model_folder_with_a_flat_train_config_loads(tiny_trained, tmp_path):
     (d / META).write_text(json.dumps(meta))
     loaded = bw.WorldModel.load(d)
     assert loaded.train_config == tiny_trained.train_config
+
+
+def test_a_checkpoint_written_before_the_mean_effect_term_reads_it_as_off():
+    from bioworld.train.state import _stored_train_config
+
+    stored = TrainConfig().to_dict()
+    assert stored["loss"]["effect"] == 1.0  # today's default, written into every new checkpoint
+    old = json.loads(json.dumps(stored))
+    del old["loss"]["effect"]  # the form checkpoints took before the term existed
+    assert TrainConfig.from_dict(_stored_train_config(old)).loss.effect == 0.0
+    assert TrainConfig.from_dict(_stored_train_config(stored)).loss.effect == 1.0
+    assert TrainConfig.from_dict(_stored_train_config({**stored, "w_effect": 0.5})).w_effect == 0.5

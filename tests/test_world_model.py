@@ -281,19 +281,22 @@ def test_training_is_sized_to_the_data_and_stops_early_on_held_in_cells(small_si
     from _helpers import sim_entities
 
     wm = bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), replicate_key="replicate", nmf_programs=0,
-                       config={"seed": 0, "min_steps": 20, "eval_every": 5, "patience": 3, "early_stop_after": 0.0})
+                       config={"seed": 0, "min_steps": 20, "eval_every": 5, "patience": 1, "early_stop_after": 0.0})
     assert wm.train_config.max_steps == 0  # default: sized to the data
     wm.train(progress=False)
-    assert wm.train_result.steps == 20 and len(calls) == 4  # best at step 5, three passes without improvement
+    # calls before min_steps (5, 10, 15) never compete for the best weights: best at step 20, then one
+    # pass without improvement (patience 1) stops it before the sized end
+    assert wm.train_result.steps == 25 and len(calls) == 5  # sized to 30 steps here
     # by default no early stop before 3/4 of the sized steps (Papalexi seeds stopped at 200 of 442 and failed)
     late = bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), replicate_key="replicate",
                          nmf_programs=0, config={"seed": 0, "min_steps": 20, "eval_every": 5, "patience": 3,
                                                  "step_cap": 80, "auto_epochs": 100.0})
     calls.clear()
     late.train(progress=False)
-    assert late.train_result.steps == 60  # sized 80 (many epochs, capped): the first stop allowed at 0.75 * 80
+    assert late.train_result.steps == 75  # sized 80 (many epochs, capped): best from 0.75 * 80 on, then patience
     got = wm.module.state_dict()
-    assert all(torch.equal(got[k], states[0][k]) for k in got)  # the best pass's weights are kept
+    assert all(torch.equal(got[k], states[3][k]) for k in got)  # the best pass at the floor is kept, not step 5's
+    assert not all(torch.equal(got[k], states[0][k]) for k in got)
     exact = bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), replicate_key="replicate",
                           nmf_programs=0, config={"seed": 0, "max_steps": 30, "eval_every": 5, "patience": 1})
     calls.clear()

@@ -419,6 +419,25 @@ class LossWeights:
     score: float = 0.1  # entity scores from latents
     variance: float = 1.0  # VICReg variance hinge on context latents (anti-collapse)
     covariance: float = 0.04  # VICReg off-diagonal covariance (anti-collapse)
+    effect: float = 1.0  # mean effect per transition group: predicted vs observed group mean (cell noise averaged out)
+
+
+def _group_terms(x_hat: Tensor, x_tgt: Tensor, group: Tensor, *, with_effect: bool) -> tuple[Tensor, Tensor]:
+    """Per transition group present in the batch (``group >= 0``): the energy distance between predicted
+    and observed cells (the distribution, not only the mean), and the squared error of the group's
+    mean change (cell noise averaged out: the quantity the fit check and the benchmarks score)."""
+    groups = torch.unique(group)
+    ed_terms, mean_terms = [], []
+    G = x_hat.shape[1]
+    for g in groups[groups >= 0]:
+        sel = group == g
+        if int(sel.sum()) >= 2:
+            ed_terms.append(energy_distance(x_hat[sel], x_tgt[sel]) / math.sqrt(G))
+        if with_effect:
+            mean_terms.append(((x_hat[sel] - x_tgt[sel]).mean(0) ** 2).mean())
+    energy = torch.stack(ed_terms).mean() if ed_terms else x_hat.new_zeros(())
+    effect = torch.stack(mean_terms).mean() if mean_terms else x_hat.new_zeros(())
+    return energy, effect
 
 
 class JEPA(nn.Module):
@@ -605,16 +624,7 @@ class JEPA(nn.Module):
         s_true = batch.x_tgt @ self.encoder.score_w.T
         score = F.mse_loss(s_rec, s_true) + F.mse_loss(s_hat, s_true)
 
-        # distributional term: energy distance per transition group present in the batch
-        groups = torch.unique(batch.group)
-        groups = groups[groups >= 0]
-        ed_terms = []
-        G = x_hat.shape[1]
-        for g in groups:
-            sel = batch.group == g
-            if int(sel.sum()) >= 2:
-                ed_terms.append(energy_distance(x_hat[sel], batch.x_tgt[sel]) / math.sqrt(G))
-        energy = torch.stack(ed_terms).mean() if ed_terms else x_hat.new_zeros(())
+        energy, effect = _group_terms(x_hat, batch.x_tgt, batch.group, with_effect=bool(weights.effect))
 
         # anti-collapse (VICReg) on visible context latents, per slot
         cm = batch.context_mask.float().unsqueeze(-1)  # [B, E, 1]
@@ -636,6 +646,7 @@ class JEPA(nn.Module):
             + weights.score * score
             + weights.variance * variance
             + weights.covariance * covariance
+            + weights.effect * effect
         )
         with torch.no_grad():
             tgt_std = z_tgt.std(0).mean().item()  # per-slot spread of target latents
@@ -648,5 +659,6 @@ class JEPA(nn.Module):
             "score": score.detach(),
             "variance": variance.detach(),
             "covariance": covariance.detach(),
+            "effect": effect.detach(),
         }
         return LossOutput(total=total, terms=terms, monitor={"target_std": tgt_std, "eff_rank": rank})

@@ -37,7 +37,7 @@ GROUPS: dict[str, type] = {"mask": MaskingConfig, "loss": LossWeights, "buffer":
 FLAT_ALIASES: dict[str, tuple[str, str]] = {
     "mask_mode": ("mask", "mode"), "self_mask_ratio": ("mask", "self_ratio"),
     "transition_mask_ratio": ("mask", "transition_ratio"), "structured_mask_prob": ("mask", "structured_prob"),
-    **{f"w_{k}": ("loss", k) for k in ("latent", "expr", "energy", "recon", "score", "variance", "covariance")},
+    **{f"w_{k}": ("loss", k) for k in ("latent", "expr", "energy", "recon", "score", "variance", "covariance", "effect")},
     **{k: ("buffer", k) for k in ("block_size", "buffer_blocks", "buffer_refresh", "resident_controls")},
 }
 
@@ -186,7 +186,7 @@ _INT_MIN = {"seed": 0, "max_steps": 0, "min_steps": 1, "step_cap": 1, "val_min_c
 _INT_MAX = {"seed": 2**63 - 1, "num_threads": 1024}
 _FLOAT_MIN = {"lr": (0.0, True), "lr_min": (0.0, False), "weight_decay": (0.0, False), "grad_clip": (0.0, True),
               "w_latent": (0.0, False), "w_expr": (0.0, False), "w_energy": (0.0, False), "w_recon": (0.0, False),
-              "w_score": (0.0, False), "w_variance": (0.0, False), "w_covariance": (0.0, False),
+              "w_score": (0.0, False), "w_variance": (0.0, False), "w_covariance": (0.0, False), "w_effect": (0.0, False),
               "collapse_std": (0.0, False), "auto_epochs": (0.0, True), "group_visits": (0.0, False)}
 _PROBS = ("ema_start", "ema_end", "structured_mask_prob", "clamp_prob", "val_fraction", "early_stop_after")
 _RATIOS = ("self_mask_ratio", "transition_mask_ratio")

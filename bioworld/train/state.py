@@ -107,7 +107,7 @@ class ModelState:
         try:
             fields = dict(
                 model_config=JEPAConfig.from_dict(meta["model_config"]),
-                train_config=TrainConfig.from_dict(meta["train_config"]),
+                train_config=TrainConfig.from_dict(_stored_train_config(meta["train_config"])),
                 registration=Registration.from_dict(meta["registration"]),
                 var_names=list(meta["var_names"]), genes=list(meta["genes"]),
                 entity_set=EntitySet.from_dict(meta["entities"]), entity_names=list(meta["entity_names"]),
@@ -225,3 +225,12 @@ def _combination_prior(tensors: Mapping[str, torch.Tensor], G: int, directory: A
         raise CheckpointError(f"{directory}: tensor 'combination_prior' has shape {tuple(t.shape)} or non-finite values; "
                               f"expected {G} finite values, one per gene. The checkpoint is corrupt: retrain or restore it.")
     return t.numpy().astype(np.float32)
+
+
+def _stored_train_config(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's training config as it was trained: loss weights added after it was written were
+    off then (a model saved before the group mean-effect term has ``loss.effect`` 0, not today's default)."""
+    d = dict(d)
+    if isinstance(d.get("loss"), Mapping) and "effect" not in d["loss"]:
+        d["loss"] = {**d["loss"], "effect": 0.0}
+    return d

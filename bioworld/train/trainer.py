@@ -288,8 +288,14 @@ class _EarlyStopping:
 
     def update(self, step: int, err: float, module: JEPA) -> bool:
         """Record the error after ``step`` steps; True when training should stop (``patience`` calls in a row
-        without a 1% lower error, not before ``min_steps`` and not at the last step)."""
+        without a 1% lower error, not before ``min_steps`` and not at the last step).
+
+        Only calls at or past ``min_steps`` compete for the best weights: the held-in mean-change error can
+        be lowest early, before the strong effects are learned (Papalexi seed 5 kept its step-100 weights
+        and failed the fit check), so early weights are never restored."""
         self.history.append({"step": step, "val": err})
+        if step < self.cfg.min_steps:
+            return False
         if err < self.best * 0.99:
             self.best, self.bad = err, 0
             self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
