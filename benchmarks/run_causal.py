@@ -316,7 +316,10 @@ def write_report(out: Path) -> Path:
         " genes; `MembersOnly` ="
         " the silenced pathway's member genes set to their 5% control quantile minus control mean, all else 0;"
         " `Footprint E` = minus the entity's own weights (PROGENy footprint / Hallmark membership), all else 0;"
-        " `MeanOfTrain` = mean observed delta of the training perturbations (per dose for compounds).",
+        " `MeanOfTrain` = mean observed delta of the training perturbations (per dose for compounds);"
+        " `InterventionTemplate` (no trained network) = the members' do() move along the activity axis, every other"
+        " gene its slope on the entity's activity over the observed effects of the training perturbations that"
+        " touch the entity, shrunk by its sampling error, times the move (members' move only when none touches it).",
         "",
     ]
     if "simulator" in frames:

@@ -91,7 +91,8 @@ def test_simulator_causal_smoke():
     assert list(df.columns) == COLUMNS
     assert set(df.variant) == {"partial", "none"}
     assert set(df["shape"]) == {"default"}
-    assert {"WorldModel predict", "WorldModel counterfactual", "MembersOnly", "MeanOfTrain", "Truth"} <= set(df.method)
+    assert {"WorldModel predict", "WorldModel counterfactual", "MembersOnly", "MeanOfTrain", "Truth",
+            "InterventionTemplate"} <= set(df.method)
     assert len(df[(df.variant == "none") & (df.method == "Truth")]) == 3  # every silence held out
     truth = df[df.method == "Truth"]
     assert np.allclose(truth.pearson_all, 1.0)
@@ -122,7 +123,9 @@ def test_model_gene_sets_hides_knocked_out_drivers():
 
 def test_simulator_causal_hidden_targets_and_half_holdout():
     df = run_simulator_causal(seeds=[0], steps=3, n_holdout=None, n_cf_cells=16, variants=("partial",),
-                              sim_kwargs=dict(SMALL, n_pathways=4), hidden_targets=2, shape="outside")
+                              sim_kwargs=dict(SMALL, n_pathways=4), hidden_targets=2, shape="outside", train=False)
+    assert not df.method.str.startswith("WorldModel").any()  # train=False: only rows without a trained network
+    assert {"InterventionTemplate", "MembersOnly", "Truth"} <= set(df.method)
     truth = df[df.method == "Truth"]
     assert len(truth) == 2  # half of the 4 silences
     assert set(df["shape"]) == {"outside"}
