@@ -528,7 +528,8 @@ _PRETRAINED_CACHE: dict[str, AtlasModel] = {}
 
 
 def load_pretrained() -> AtlasModel:
-    """The atlas model shipped with the package (``bioworld pretrain --seed 0`` on the whole bundled atlas),
+    """The atlas model shipped with the package (``bioworld pretrain --seed 0 --knowledge-retrieval`` on the
+    whole bundled atlas),
     checksum-verified like every bundled file; loaded once per process."""
     from bioworld.data import bundled_path
 
