@@ -133,6 +133,10 @@ def test_group_mean_effect_term_scores_the_mean_change_not_cell_noise():
     _, effect = _group_terms(shifted, g, group, with_effect=True)
     assert float(effect) == pytest.approx(0.125, rel=1e-5)
     assert float(_group_terms(shifted, g, group, with_effect=False)[1]) == 0.0
+    # a group of 2 distinct wells drawn 6 times each: its mean averages out little noise -> weight 2/4
+    wells = torch.randn(2, G).repeat(6, 1)
+    _, few = _group_terms(wells + 0.5, wells, torch.zeros(12, dtype=torch.long), with_effect=True)
+    assert float(few) == pytest.approx(0.25 * 2 / 4, rel=1e-5)
     # in the loss: its weight adds exactly weight x term to the total
     m = _module()
     B = 8

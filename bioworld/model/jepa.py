@@ -422,10 +422,17 @@ class LossWeights:
     effect: float = 1.0  # mean effect per transition group: predicted vs observed group mean (cell noise averaged out)
 
 
+EFFECT_MIN_DISTINCT = 4  # distinct cells a group mean needs for its mean-effect term to count fully
+
+
 def _group_terms(x_hat: Tensor, x_tgt: Tensor, group: Tensor, *, with_effect: bool) -> tuple[Tensor, Tensor]:
     """Per transition group present in the batch (``group >= 0``): the energy distance between predicted
     and observed cells (the distribution, not only the mean), and the squared error of the group's
-    mean change (cell noise averaged out: the quantity the fit check and the benchmarks score)."""
+    mean change (cell noise averaged out: the quantity the fit check and the benchmarks score).
+
+    A group mean over fewer than ``EFFECT_MIN_DISTINCT`` distinct cells averages out little noise (a
+    plate's compound-dose group is 1-2 wells drawn many times), so its mean-effect term is weighted by
+    ``distinct / EFFECT_MIN_DISTINCT``; groups with enough distinct cells count fully."""
     groups = torch.unique(group)
     ed_terms, mean_terms = [], []
     G = x_hat.shape[1]
@@ -434,7 +441,9 @@ def _group_terms(x_hat: Tensor, x_tgt: Tensor, group: Tensor, *, with_effect: bo
         if int(sel.sum()) >= 2:
             ed_terms.append(energy_distance(x_hat[sel], x_tgt[sel]) / math.sqrt(G))
         if with_effect:
-            mean_terms.append(((x_hat[sel] - x_tgt[sel]).mean(0) ** 2).mean())
+            term = ((x_hat[sel] - x_tgt[sel]).mean(0) ** 2).mean()
+            distinct = int(torch.unique(x_tgt[sel], dim=0).shape[0])
+            mean_terms.append(term if distinct >= EFFECT_MIN_DISTINCT else term * (distinct / EFFECT_MIN_DISTINCT))
     energy = torch.stack(ed_terms).mean() if ed_terms else x_hat.new_zeros(())
     effect = torch.stack(mean_terms).mean() if mean_terms else x_hat.new_zeros(())
     return energy, effect

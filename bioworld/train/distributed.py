@@ -71,7 +71,9 @@ class DataParallelLoss(torch.nn.Module):
     DDP averages gradients over ranks in buckets of ``BUCKET_MB`` MB, all-reduced while the backward
     pass is still running (one collective per bucket instead of one per parameter). Parameters a
     rank's shard does not use in a step (a dropped own embedding, the interaction head of a batch
-    without combinations) count as zero gradients, as before. Buffers are constants and not
+    without combinations) count as zero gradients: the loss adds ``0 x`` their sum, so every parameter
+    is in every step's graph and DDP skips the per-step search for unused ones (its effect on the
+    2-process speed-up: SPEED.md, section (f)). Buffers are constants and not
     broadcast each step. The bucket order and the reduction are fixed, so a run with a given world
     size is deterministic.
     """
@@ -83,7 +85,7 @@ class DataParallelLoss(torch.nn.Module):
         self.inner = module
         self.ddp = DistributedDataParallel(
             _LossForward(module), device_ids=[torch.device(device).index or 0] if device.startswith("cuda") else None,
-            bucket_cap_mb=BUCKET_MB, broadcast_buffers=False, find_unused_parameters=True,
+            bucket_cap_mb=BUCKET_MB, broadcast_buffers=False, find_unused_parameters=False,
         )
 
     def forward(self, batch: Any, weights: Any) -> Any:
@@ -102,7 +104,10 @@ class _LossForward(torch.nn.Module):
 
     def forward(self, batch: Any, weights: Any) -> tuple:
         out = self.module.loss(batch, weights)
-        return out.total, out.terms, out.monitor
+        # every trainable parameter enters the graph (a zero gradient where the shard does not use it), so
+        # DDP need not search the autograd graph for unused parameters at every step
+        unused = sum(p.sum() for p in self.module.parameters() if p.requires_grad) * 0.0
+        return out.total + unused, out.terms, out.monitor
 
 
 def free_port() -> int:
