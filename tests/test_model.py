@@ -92,14 +92,18 @@ def test_cis_effect_is_multiplicative_on_the_target_column_only():
     assert float(m.cis(_actions(2), x).abs().sum()) == 0.0  # target not on the panel
 
 
-def test_loss_terms_finite_and_gradients_reach_encoder_not_target():
-    m = _module()
-    B = 8
+def _two_group_batch(B: int = 8) -> JEPABatch:
+    """Two transition groups of 3 cells and 2 self pairs; the first two slots hidden from the context."""
     ctx = torch.ones(B, E, dtype=torch.bool)
     ctx[:, :2] = False
-    batch = JEPABatch(x_src=torch.randn(B, G), x_tgt=torch.randn(B, G), action=_actions(B), context_mask=ctx,
-                      target_mask=~ctx, gene_mask=torch.zeros(B, G, dtype=torch.bool),
-                      group=torch.tensor([0, 0, 0, 1, 1, 1, -1, -1]))
+    return JEPABatch(x_src=torch.randn(B, G), x_tgt=torch.randn(B, G), action=_actions(B), context_mask=ctx,
+                     target_mask=~ctx, gene_mask=torch.zeros(B, G, dtype=torch.bool),
+                     group=torch.tensor([0, 0, 0, 1, 1, 1, -1, -1]))
+
+
+def test_loss_terms_finite_and_gradients_reach_encoder_not_target():
+    m = _module()
+    batch = _two_group_batch()
     out = m.loss(batch)
     assert set(out.terms) >= {"latent", "expr", "energy", "recon", "variance", "covariance"}
     assert all(torch.isfinite(v) for v in out.terms.values())
@@ -139,12 +143,7 @@ def test_group_mean_effect_term_scores_the_mean_change_not_cell_noise():
     assert float(few) == pytest.approx(0.25 * 2 / 4, rel=1e-5)
     # in the loss: its weight adds exactly weight x term to the total
     m = _module()
-    B = 8
-    ctx = torch.ones(B, E, dtype=torch.bool)
-    ctx[:, :2] = False
-    batch = JEPABatch(x_src=torch.randn(B, G), x_tgt=torch.randn(B, G), action=_actions(B), context_mask=ctx,
-                      target_mask=~ctx, gene_mask=torch.zeros(B, G, dtype=torch.bool),
-                      group=torch.tensor([0, 0, 0, 1, 1, 1, -1, -1]))
+    batch = _two_group_batch()
     off, on = m.loss(batch, LossWeights(effect=0.0)), m.loss(batch, LossWeights(effect=2.0))
     assert float(on.terms["effect"]) > 0 and float(off.terms["effect"]) == 0.0
     assert float(on.total - off.total) == pytest.approx(2.0 * float(on.terms["effect"]), rel=1e-4)
