@@ -84,3 +84,5 @@ def test_a_checkpoint_written_before_the_mean_effect_term_reads_it_as_off():
     assert TrainConfig.from_dict(_stored_train_config(old)).loss.effect == 0.0
     assert TrainConfig.from_dict(_stored_train_config(stored)).loss.effect == 1.0
     assert TrainConfig.from_dict(_stored_train_config({**stored, "w_effect": 0.5})).w_effect == 0.5
+    flat = {k: v for k, v in stored.items() if k != "loss"} | {"w_latent": 1.0, "w_expr": 1.0}  # flat, older still
+    assert TrainConfig.from_dict(_stored_train_config(flat)).loss.effect == 0.0

@@ -233,4 +233,6 @@ def _stored_train_config(d: Mapping[str, Any]) -> dict[str, Any]:
     d = dict(d)
     if isinstance(d.get("loss"), Mapping) and "effect" not in d["loss"]:
         d["loss"] = {**d["loss"], "effect": 0.0}
+    elif "loss" not in d and "w_effect" not in d:  # the flat form of earlier versions
+        d["w_effect"] = 0.0
     return d
