@@ -123,3 +123,24 @@ def test_math_attention_equals_the_fused_kernel(monkeypatch):
         att(x)
     assert calls  # training and validation keep the fused kernel
     torch.testing.assert_close(math, fused, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_math_attention_softmax_is_exact_with_and_without_the_max(scale):
+    """The query path's softmax skips the max subtraction only while every row sum of exp(scores) is
+    safe; scores large enough to overflow exp (scale 40: |scores| in the hundreds) take the
+    max-subtracted softmax, and both equal the fused kernel (float64 reference)."""
+    import bioworld.model.jepa as jepa
+
+    torch.manual_seed(1)
+    qkv = torch.randn(5, 13, 3 * 16, dtype=torch.float64) * scale
+    B, T, _ = qkv.shape
+    q, k, v = qkv.view(B, T, 3, 2, 8).permute(2, 0, 3, 1, 4)  # [B, h, T, c]
+    ref = jepa.F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, 16)
+    with torch.inference_mode():
+        out = jepa._math_attention(qkv.float(), 2).double()
+        plain = torch.exp(torch.einsum("btc,bsc->bts", qkv[:, :, :8], qkv[:, :, 16:24]) / 8 ** 0.5).sum(-1)
+    assert bool(torch.isfinite(out).all())
+    # scale 1: the plain path was taken (sums in range); scale 40: some sum overflows, the fallback ran
+    assert bool(((plain > 1e-30) & (plain < 1e30)).all()) is (scale == 1.0)
+    torch.testing.assert_close(out, ref, atol=2e-5 * scale, rtol=1e-4)

@@ -76,18 +76,37 @@ def slot_order(membership: Tensor) -> Tensor:
 
 def _math_attention(qkv: Tensor, h: int) -> Tensor:
     """Dense multi-head attention ``[B, T, C]`` from the fused projections ``qkv`` ``[B, T, 3C]``
-    as two batched matmuls and a softmax (the same function as ``scaled_dot_product_attention``).
+    as batched matmuls per head (the same function as ``scaled_dot_product_attention``).
 
     Used on the CPU under ``torch.inference_mode`` only (the query engine), so training, GPUs and
     training figures keep the fused kernel: with few tokens and 8-wide heads torch's CPU flash
     kernel is the slower one on row blocks that stay in cache (``benchmarks/results/speed/SPEED.md``,
-    section h). Answers differ from the fused kernel by float rounding.
+    section h). Each head reads its columns of ``qkv`` in place (strided matmuls: a head-major copy
+    cost as much as the matmuls). The softmax is ``exp(s) / sum exp(s)`` with the division applied
+    to the head's output (``T x c`` values, not ``T x T``) and no max subtracted, which is exact
+    while the row sums stay in a safe float range; a head where any does not (scores above ~69 or
+    all below ~-69) takes the max-subtracted softmax. Answers differ from the fused kernel by float
+    rounding.
     """
     B, T, C3 = qkv.shape
-    c = C3 // (3 * h)
-    q, k, v = qkv.view(B, T, 3, h, c).permute(2, 0, 3, 1, 4).reshape(3, B * h, T, c)
-    s = torch.baddbmm(qkv.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=c ** -0.5).softmax(-1)
-    return torch.bmm(s, v).view(B, h, T, c).transpose(1, 2).reshape(B, T, h * c)
+    C = C3 // 3
+    c = C // h
+    heads = []
+    for j in range(h):
+        q, k, v = (qkv[:, :, i * C + j * c: i * C + (j + 1) * c] for i in range(3))  # [B, T, c] views
+        e = torch.baddbmm(qkv.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=c ** -0.5).exp_()  # [B, T, T]
+        total = e.sum(-1, keepdim=True)
+        if bool(((total > _SOFTMAX_SAFE[0]) & (total < _SOFTMAX_SAFE[1])).all()):
+            heads.append(torch.bmm(e, v).div_(total))
+            continue
+        s = torch.baddbmm(qkv.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=c ** -0.5)
+        heads.append(torch.bmm(s.softmax(-1), v))
+    return torch.cat(heads, -1)
+
+
+# row sums of exp(scores) in which the plain exp is as exact as the max-subtracted softmax: the largest
+# term is a normal float (no underflow) and sums / matmuls stay far from overflow
+_SOFTMAX_SAFE = (1e-30, 1e30)
 
 
 class _Attention(nn.Module):
@@ -344,13 +363,13 @@ class Predictor(nn.Module):
         """Next latents ``[B, E, D]``; with ``interaction`` also the interaction term ``[B, E, D]``.
         ``local``: local entity attention (``SlotEncoder.local()``; None = dense)."""
         B, E, D = z.shape
-        if context_mask is None:
-            context_mask = torch.ones(B, E, dtype=torch.bool, device=z.device)
         if clamp is not None:  # do(slot := value): the clamped latent is an observed input
             slots, values = clamp  # [B, E] bool, [B, E, D]
             z = torch.where(slots.unsqueeze(-1), values, z)
-            context_mask = context_mask | slots
-        h = torch.where(context_mask.unsqueeze(-1), self.proj_in(z), self.mask_token) + self.pos
+            context_mask = None if context_mask is None else context_mask | slots
+        # no context mask = every slot visible (queries): the mask selections are identities, skipped
+        h = self.proj_in(z) if context_mask is None else torch.where(context_mask.unsqueeze(-1), self.proj_in(z), self.mask_token)
+        h = h + self.pos
         h = h + torch.einsum("bae,bad->bed", act.touch, self.touch_proj(u))  # [B, E, D]
         h = h + self.action_proj(u.sum(1)).unsqueeze(1)  # every slot sees the action from the first layer
         comp = u + self.comp_type  # [B, A, D]
@@ -367,7 +386,7 @@ class Predictor(nn.Module):
             seq = blk(seq, key_padding_mask=pad, local=None if local is None else local[2])
         feat = self.norm(seq[:, :E] if local is None else seq[:, :E][:, local[1]])
         out = self.head(feat)
-        z_next = torch.where(context_mask.unsqueeze(-1), z, torch.zeros_like(z)) + out
+        z_next = (z if context_mask is None else torch.where(context_mask.unsqueeze(-1), z, torch.zeros_like(z))) + out
         if clamp is not None:
             z_next = torch.where(clamp[0].unsqueeze(-1), clamp[1], z_next)
         if interaction:
