@@ -1,17 +1,25 @@
-"""Variants of the default ranking's knowledge prior, rescored from saved retrospective runs (issue 14).
+"""Variants of the default ranking, rescored from a retrospective run's saved candidate tables (issue 14).
 
 A retrospective run with ``--save-candidates DIR`` keeps every fold's ranked candidates (the model's
-``score``, ``own_share``, ``model_pct``, ``prior_pct``); ``priority`` is a fixed function of those
-columns and the prior, so a variant of the prior is rescored here exactly, without training:
+``score``, ``own_share``, ``seen``, ``priority``, ...). ``priority`` is a fixed function of those
+columns, the candidates' calibration groups and the knowledge prior
+(:func:`bioworld.query._priority.priority_columns`), so each variant is rescored here exactly,
+without training. The script first recomputes the run's own ``priority`` and ``model_pct`` with the
+rule it ran under (rank average of ``(rank - 1) / (n - 1)`` percentiles) and stops if they differ
+from the saved ones (so the groups and the prior are those of the run). Variants:
 
-- ``panel``: the prior of the run (random walk with restart from the goal entity's *panel* genes);
-- ``entity``: the same walk from the goal entity's *full* gene set (the network-proximity baseline's
-  seeds), what :mod:`bioworld.query._priority` uses now.
+- ``as run``: the run's ranking (rank average; h14's rule);
+- ``log-odds`` (the default now): mid-rank percentiles joined as weighted log-odds;
+- ``rank average, mid-rank``: mid-rank percentiles, rank average (the fusion's own effect);
+- ``weight fitted on the other folds``: log-odds with the model weight ``w`` in 0, 0.1, ..., 1 that
+  maximises the mean of the three metrics over the *other* folds' held-out items of the same seed
+  (a fold's own items never choose its weight; those folds' models did train on this fold's
+  perturbations, so it is cross-fitted, not a clean inner loop);
+- ``fusion chosen on the other dataset``: log-odds or rank average, whichever has the higher mean of
+  the three metrics (3 seeds) on the other dataset.
 
-Selection between them is nested (leave one seed out): for each seed, the variant with the higher
-mean of the three metrics over both datasets on the *other* seeds is scored on that seed. Writes
-``items.csv`` (the run's rows, the ``WorldModel`` rows replaced by the ``entity`` variant, plus one
-row set per variant and the nested choice) and ``VARIANTS.md`` into ``--out``.
+Writes ``items.csv`` (the run's rows, ``WorldModel`` and its parts recomputed with the default rule,
+plus one row set per variant) and ``VARIANTS.md`` into ``--out``.
 
     python benchmarks/run_retrospective_variants.py --runs P_DIR,L_DIR --candidates DIR --out OUT
 """
@@ -19,26 +27,97 @@ row set per variant and the nested choice) and ``VARIANTS.md`` into ``--out``.
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
+from bioworld.actions import parse_action
 from bioworld.eval import retrospective as R
-from bioworld.query._priority import MODEL_WEIGHT, NO_INFORMATION, rank_pct
+from bioworld.query import _priority as P
 
 KIND = {"papalexi": "gene", "l1000": "compound"}
-VARIANTS = {"panel": "WorldModel (prior from panel genes)", "entity": "WorldModel (prior from the entity's genes)"}
-NESTED = "WorldModel (prior chosen leaving the seed out)"
+AS_RUN = "WorldModel (as run: rank average)"
+MEAN_MID = "WorldModel (rank average, mid-rank percentiles)"
+LOGODDS = "WorldModel (log-odds, the default)"
+FITTED = "WorldModel (model weight fitted on the other folds)"
+CROSS = "WorldModel (fusion chosen on the other dataset)"
+WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
 
 
-def _entity_prior(table: pd.DataFrame, dataset: str) -> np.ndarray:
-    """Raw prior of every row from the goal entity's full gene set (NaN where there is none)."""
+def _old_pct(values: np.ndarray) -> np.ndarray:
+    """The run's percentiles: ``(rank - 1) / (n - 1)``, one value 0.5, NaN stays NaN."""
+    from scipy.stats import rankdata
+
+    out = np.full(len(values), np.nan)
+    ok = np.isfinite(values)
+    n = int(ok.sum())
+    if n == 1:
+        out[ok] = 0.5
+    elif n > 1:
+        out[ok] = (rankdata(values[ok], method="average") - 1.0) / (n - 1.0)
+    return out
+
+
+def _l1000_space() -> SimpleNamespace:
+    """The compound features of the run's L1000 models (structures from the bundled LINCS table), for
+    the calibration groups; built without training."""
+    from bioworld._world_model import WorldModel
+    from bioworld.data import bundled_path, load_l1000
+    from bioworld.data._io import L1000_REGISTER_KWARGS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wm = WorldModel(load_l1000(), perturbation_key="perturbation", control="control", config={"seed": 0},
+                        smiles=bundled_path("compounds/lincs_drugs_smiles.csv"), **L1000_REGISTER_KWARGS)
+    return SimpleNamespace(compounds=wm.space.compounds)
+
+
+class Fold:
+    """One fold's candidate table with what every variant needs (groups, prior, upstream score)."""
+
+    def __init__(self, table: pd.DataFrame, dataset: str, space: SimpleNamespace, prox: dict[str, float]) -> None:
+        self.table, self.dataset = table, dataset
+        labels = [lab if kind != "gene" else f"ko:{lab}" for lab, kind in zip(table["intervention"], table["kind"])]
+        self.actions = [parse_action(lab) for lab in labels]
+        self.seen = table["seen"].to_numpy(bool)
+        self.score = table["score"].to_numpy(np.float64)
+        self.own = table["own_share"].to_numpy(np.float64)
+        self.space = space
+        self.prior = _raw_prior(table, prox)
+        self.keep = ((table["kind"] == KIND[dataset]) & ~table["seen"]).to_numpy()
+
+    def columns(self, fusion: str, weight: float = P.MODEL_WEIGHT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(model_pct, prior_pct, priority)`` by the library's rule with this fusion and weight."""
+        m, p, _ = P.priority_columns(self.actions, self.seen, self.score, self.own, self.prior, self.space,
+                                     has_prior=True)
+        return m, p, P.fuse(m, p, weight=weight, how=fusion)
+
+    def as_run(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(model_pct, priority)`` by the rule the run used; checked against the saved columns."""
+        up = self.score * (1.0 - np.nan_to_num(self.own))
+        groups = np.array([P.calibration_group(a, s, self.space) for a, s in zip(self.actions, self.seen)])
+        m = np.full(len(up), np.nan)
+        for g in dict.fromkeys(groups):
+            idx = np.flatnonzero(groups == g)
+            m[idx] = _old_pct(up[idx])
+        p = np.full(len(up), np.nan)
+        kinds = self.table["kind"].to_numpy()
+        for k in ("gene", "compound"):
+            idx = np.flatnonzero(kinds == k)
+            pct = _old_pct(self.prior[idx])
+            p[idx] = np.where(np.isfinite(pct), pct, 0.5)
+        return m, 0.5 * m + 0.5 * p
+
+
+def _raw_prior(table: pd.DataFrame, prox: dict[str, float]) -> np.ndarray:
+    """Network proximity of each row (gene: its own; compound: its best target on the network; NaN: none),
+    as :func:`bioworld.query._priority.raw_prior` computes it."""
     from bioworld.knowledge import CompoundKnowledge
     from bioworld.knowledge.network import joint_network
 
-    _, goal_w = R._goal_genes(R.GOALS[dataset])
-    prox = R.network_proximity(list(goal_w))
     on_net = set(joint_network()[0])
     ck = CompoundKnowledge.bundled()
     out = np.full(len(table), np.nan)
@@ -53,64 +132,83 @@ def _entity_prior(table: pd.DataFrame, dataset: str) -> np.ndarray:
     return out
 
 
-def _priorities(table: pd.DataFrame, dataset: str) -> dict[str, np.ndarray]:
-    """Each variant's priority of every row (the run's model_pct; the prior percentile within the kind)."""
-    model = table["model_pct"].to_numpy(np.float64)
-    ent = np.full(len(table), np.nan)
-    raw = _entity_prior(table, dataset)
-    for k in ("gene", "compound"):
-        idx = np.flatnonzero(table["kind"].to_numpy() == k)
-        if len(idx):
-            pct = rank_pct(raw[idx])
-            ent[idx] = np.where(np.isfinite(pct), pct, NO_INFORMATION)
+def load_folds(items: pd.DataFrame, cand_dir: Path) -> dict[tuple[str, int, int], tuple[Fold, pd.DataFrame]]:
+    """Every (dataset, seed, fold) of the run: its :class:`Fold` and its held-out items (the run's rows)."""
+    spaces = {"papalexi": SimpleNamespace(compounds=None)}
+    proxes: dict[str, dict[str, float]] = {}
     out = {}
-    for name, prior in (("panel", table["prior_pct"].to_numpy(np.float64)), ("entity", ent)):
-        out[name] = np.where(np.isfinite(prior), MODEL_WEIGHT * model + (1 - MODEL_WEIGHT) * prior, model)
+    for (ds, seed, fold), part in items[items["method"] == R.MODEL].groupby(["dataset", "seed", "fold"]):
+        ds = str(ds)
+        if ds not in spaces:
+            spaces[ds] = _l1000_space()
+        if ds not in proxes:
+            proxes[ds] = R.network_proximity(list(R._goal_genes(R.GOALS[ds])[1]))
+        path = cand_dir / f"{ds}_s{seed}_f{fold}.csv"
+        table = pd.read_csv(path if path.exists() else path.with_suffix(".csv.gz"), keep_default_na=False,
+                            na_values={c: [""] for c in ("priority", "model_pct", "prior_pct", "own_share")})
+        table["seen"] = table["seen"].astype(str) == "True"
+        f = Fold(table, ds, spaces[ds], proxes[ds])
+        m, pr = f.as_run()
+        for name, mine, saved in (("model_pct", m, table["model_pct"]), ("priority", pr, table["priority"])):
+            if not np.allclose(mine, saved.to_numpy(np.float64), atol=1e-9, equal_nan=True):
+                raise SystemExit(f"{ds} seed {seed} fold {fold}: the run's {name} is not reproduced; groups or prior differ")
+        out[(ds, int(seed), int(fold))] = (f, part)
     return out
 
 
-def rescore(items: pd.DataFrame, cand_dir: Path) -> pd.DataFrame:
-    """Rows (``ITEM_COLUMNS``) of each variant for the held-out items of ``items``."""
-    rows = []
-    for (ds, seed, fold), part in items[items["method"] == R.MODEL].groupby(["dataset", "seed", "fold"]):
-        path = cand_dir / f"{ds}_s{seed}_f{fold}.csv"
-        table = pd.read_csv(path if path.exists() else path.with_suffix(".csv.gz"), keep_default_na=False,
-                            na_values={"priority": [""], "model_pct": [""], "prior_pct": [""]})
-        table["seen"] = table["seen"].astype(str) == "True"
-        prios = _priorities(table, str(ds))
-        keep = ((table["kind"] == KIND[str(ds)]) & ~table["seen"]).to_numpy()
-        labels = list(table["intervention"][keep])
-        held = dict(zip(part["item"], part["observed"]))
-        hit = dict(zip(part["item"], part["hit"]))
-        test = {lab: lab for lab in labels if lab in held}
-        if len(test) != len(held):
-            raise SystemExit(f"{ds} seed {seed} fold {fold}: {len(held)} held-out items, {len(test)} found in the table")
-        for name, p in prios.items():
-            start = len(rows)
-            R._add_items(rows, dataset=str(ds), seed=int(seed), fold=int(fold), method=VARIANTS[name], labels=labels,
-                         scores=p[keep], test=test, observed=held, threshold=0.0)
-            for r in rows[start:]:  # the run's hits (its threshold), not recomputed
-                r["hit"] = bool(hit[r["item"]])
-    return pd.DataFrame(rows, columns=R.ITEM_COLUMNS)
+def _rows(f: Fold, part: pd.DataFrame, key: tuple[str, int, int], method: str, scores: np.ndarray) -> list[dict]:
+    """Item rows of one fold for one method's scores over every row of the table (the run's hits)."""
+    labels = list(f.table["intervention"][f.keep])
+    held = dict(zip(part["item"], part["observed"]))
+    hit = dict(zip(part["item"], part["hit"]))
+    test = {lab: lab for lab in labels if lab in held}
+    if len(test) != len(held):
+        raise SystemExit(f"{key}: {len(held)} held-out items, {len(test)} found in the table")
+    rows: list[dict] = []
+    R._add_items(rows, dataset=key[0], seed=key[1], fold=key[2], method=method, labels=labels,
+                 scores=np.asarray(scores)[f.keep], test=test, observed=held, threshold=0.0)
+    for r in rows:  # the run's hits (its threshold), not recomputed
+        r["hit"] = bool(hit[r["item"]])
+    return rows
 
 
-def nested(var: pd.DataFrame, k: int) -> tuple[pd.DataFrame, dict[int, str]]:
-    """For each seed, the variant with the higher mean metric (both datasets) on the other seeds."""
-    def score(frame: pd.DataFrame) -> float:
-        vals = []
-        for _, part in frame.groupby(["dataset", "seed"]):
-            vals += list(R.metrics_of(part["percentile"], part["hit"], k).values())
-        return float(np.nanmean(vals))
+def _mean_metric(rows: list[dict], k: int) -> float:
+    """Mean of the three metrics over the rows' seeds (each seed pooled over its folds)."""
+    df = pd.DataFrame(rows)
+    vals = [v for _, part in df.groupby("seed") for v in R.metrics_of(part["percentile"], part["hit"], k).values()]
+    return float(np.nanmean(vals))
 
-    chosen, out = {}, []
-    for seed in sorted(var["seed"].unique()):
-        other = var[var["seed"] != seed]
-        best = max(VARIANTS, key=lambda v: (score(other[other["method"] == VARIANTS[v]]), v == "entity"))
-        chosen[int(seed)] = best
-        pick = var[(var["seed"] == seed) & (var["method"] == VARIANTS[best])].copy()
-        pick["method"] = NESTED
-        out.append(pick)
-    return pd.concat(out, ignore_index=True), chosen
+
+def rescore(folds: dict, k: int) -> tuple[pd.DataFrame, dict[tuple[str, int, int], float], dict[str, str]]:
+    """Rows of every variant; the weight each fold was given (fitted variant); the fusion each dataset got."""
+    rows: list[dict] = []
+    cols = {key: {h: f.columns(h) for h in P.FUSIONS} for key, (f, _) in folds.items()}
+    for key, (f, part) in folds.items():
+        _, as_run = f.as_run()
+        m, _, pr = cols[key]["logodds"]
+        flag = (f.table["flag"].astype(str) != "").to_numpy()
+        ranked = -np.lexsort((-f.score, -pr, flag)).argsort().astype(np.float64)  # flagged rows last
+        for method, s in ((R.MODEL, pr), (R.MODEL_RANKED, ranked), (R.PREDICTED, f.score), (R.NO_PRIOR, m),
+                          (AS_RUN, as_run), (MEAN_MID, cols[key]["mean"][2]), (LOGODDS, pr)):
+            rows += _rows(f, part, key, method, s)
+    weights = {}
+    by_w = {key: {w: _rows(f, part, key, "w", f.columns("logodds", w)[2]) for w in WEIGHTS}
+            for key, (f, part) in folds.items()}
+    for key, (f, part) in folds.items():
+        others = [o for o in folds if o[:2] == key[:2] and o != key]
+        w = max(WEIGHTS, key=lambda w: (_mean_metric([r for o in others for r in by_w[o][w]], k), -abs(w - 0.5)))
+        weights[key] = float(w)
+        rows += _rows(f, part, key, FITTED, f.columns("logodds", w)[2])
+    chosen = {}
+    datasets = sorted({key[0] for key in folds})
+    for ds in datasets:
+        other = [d for d in datasets if d != ds]
+        score = {h: _mean_metric([r for key in folds if key[0] in other
+                                  for r in _rows(*folds[key], key, h, cols[key][h][2])], k) for h in P.FUSIONS}
+        chosen[ds] = max(P.FUSIONS, key=lambda h: (score[h], h == P.FUSION)) if other else P.FUSION
+        for key in [key for key in folds if key[0] == ds]:
+            rows += _rows(*folds[key], key, CROSS, cols[key][chosen[ds]][2])
+    return pd.DataFrame(rows, columns=R.ITEM_COLUMNS), weights, chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,29 +219,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=R.RetroSettings().k)
     a = p.parse_args(argv)
     items = pd.concat([pd.read_csv(Path(d) / "items.csv") for d in a.runs.split(",") if d.strip()], ignore_index=True)
-    var = rescore(items, a.candidates)
-    nest, chosen = nested(var, a.k)
-    default = var[var["method"] == VARIANTS["entity"]].copy()
-    default["method"] = R.MODEL
-    out_items = pd.concat([items[items["method"] != R.MODEL], default, var, nest], ignore_index=True)
-    order = [R.MODEL, R.MODEL_RANKED, R.PREDICTED, R.NO_PRIOR, VARIANTS["panel"], VARIANTS["entity"], NESTED,
+    folds = load_folds(items, a.candidates)
+    var, weights, chosen = rescore(folds, a.k)
+    base = items[items["method"].isin([R.NETWORK, R.PATHWAY])]
+    order = [R.MODEL, R.MODEL_RANKED, R.PREDICTED, R.NO_PRIOR, LOGODDS, MEAN_MID, AS_RUN, FITTED, CROSS,
              R.NETWORK, R.PATHWAY]
+    out_items = pd.concat([var, base], ignore_index=True)
     out_items["_o"] = out_items["method"].map({m: i for i, m in enumerate(order)})
     out_items = out_items.sort_values(["dataset", "_o", "seed", "fold"], kind="stable").drop(columns="_o")
     a.out.mkdir(parents=True, exist_ok=True)
     out_items.to_csv(a.out / "items.csv", index=False)
     summ = R.summarize_retro(out_items, k=a.k)
-    lines = ["# Knowledge-prior variants of the default ranking (rescored, no training)", "",
+    w_txt = "; ".join(f"{ds} seed {s}: " + ", ".join(f"{weights[(ds, s, f)]:g}" for f in sorted(
+        f for (d, ss, f) in weights if d == ds and ss == s)) for ds, s in sorted({key[:2] for key in weights}))
+    lines = ["# Variants of the default ranking (rescored from the saved candidates, no training)", "",
              f"Generated by `benchmarks/run_retrospective_variants.py --runs {a.runs} --candidates {a.candidates} "
-             f"--out {a.out}`.", "", (__doc__ or "").split("\n\n")[1], "",
-             "Nested choice per seed (chosen on the other two seeds): "
-             + ", ".join(f"seed {s}: {v}" for s, v in chosen.items()), ""]
+             f"--out {a.out}`.", "", (__doc__ or "").split("\n\n", 1)[1].split("Writes ``items.csv``")[0].strip(), "",
+             f"Model weight fitted on the other folds, per fold: {w_txt}.", "",
+             "Fusion chosen on the other dataset: " + ", ".join(f"{ds}: {h}" for ds, h in chosen.items()), ""]
     for ds in dict.fromkeys(out_items["dataset"]):
         lines += [f"## {ds}", "", R.markdown_table(summ, ds), ""]
-        for m in (R.MODEL, VARIANTS["panel"], NESTED):
+        for m in (R.MODEL, AS_RUN, FITTED, CROSS):
             lines += [f"**{R.verdict(summ, ds, m)}**", ""]
     (a.out / "VARIANTS.md").write_text("\n".join(lines), encoding="utf-8")
-    print(f"wrote {a.out / 'VARIANTS.md'} and items.csv; nested choice {chosen}")
+    print(f"wrote {a.out / 'VARIANTS.md'} and items.csv; fitted weights {weights}; fusion chosen {chosen}")
     return 0
 
 

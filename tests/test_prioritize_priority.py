@@ -28,12 +28,13 @@ class _Space:
         self.compounds = compounds
 
 
-def test_rank_pct_spans_zero_to_one_with_ties_single_and_nan():
-    np.testing.assert_allclose(rank_pct(np.array([3.0, 1.0, 2.0])), [1.0, 0.0, 0.5])
-    np.testing.assert_allclose(rank_pct(np.array([1.0, 1.0, 2.0])), [0.25, 0.25, 1.0])
+def test_rank_pct_is_the_mid_rank_with_ties_single_and_nan():
+    np.testing.assert_allclose(rank_pct(np.array([3.0, 1.0, 2.0])), [5 / 6, 1 / 6, 0.5])
+    np.testing.assert_allclose(rank_pct(np.array([1.0, 1.0, 2.0])), [1 / 3, 1 / 3, 5 / 6])
     assert rank_pct(np.array([7.0]))[0] == 0.5  # one candidate: no information on where it stands
+    np.testing.assert_allclose(rank_pct(np.array([2.0, 1.0])), [0.75, 0.25])  # a group of two stays off 0 and 1
     r = rank_pct(np.array([np.nan, 2.0, 1.0]))
-    assert np.isnan(r[0]) and r[1] == 1.0 and r[2] == 0.0
+    assert np.isnan(r[0]) and r[1] == 0.75 and r[2] == 0.25
 
 
 def test_calibration_groups_separate_measured_and_how_a_compound_is_described():
@@ -45,6 +46,12 @@ def test_calibration_groups_separate_measured_and_how_a_compound_is_described():
                  "compound:measured", "gene", "gene:measured", "entity", "pair"]
 
 
+def _logodds(m, p):
+    from scipy.special import expit, logit
+
+    return expit(0.5 * logit(m) + 0.5 * logit(p))
+
+
 def test_each_description_gets_one_scale_and_the_prior_joins_with_equal_weight():
     # structure-described compounds all score below knowledge-only ones (the model's scale differs by
     # description); within each group the order is kept and both groups span 0-1
@@ -54,16 +61,18 @@ def test_each_description_gets_one_scale_and_the_prior_joins_with_equal_weight()
     score = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0])
     prior = np.array([np.nan] * 6)  # no compound has a target on the network
     m, p, pr = priority_columns(acts, [False] * 6, score, np.zeros(6), prior, sp, has_prior=True)
-    np.testing.assert_allclose(m, [0.0, 0.5, 1.0, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(m, [1 / 6, 0.5, 5 / 6, 1 / 6, 0.5, 5 / 6])
     np.testing.assert_allclose(p, 0.5)  # no information: the middle
-    np.testing.assert_allclose(pr, 0.5 * m + 0.25)
+    np.testing.assert_allclose(pr, _logodds(m, 0.5))
     prior = np.array([0.3, 0.2, 0.1, np.nan, 0.05, 0.0])
     m, p, pr = priority_columns(acts, [False] * 6, score, np.zeros(6), prior, sp, has_prior=True)
-    np.testing.assert_allclose(p, [1.0, 0.75, 0.5, 0.5, 0.25, 0.0])
-    np.testing.assert_allclose(pr, (m + p) / 2)
+    np.testing.assert_allclose(p, [0.9, 0.7, 0.5, 0.5, 0.3, 0.1])
+    np.testing.assert_allclose(pr, _logodds(m, p))
+    _, _, mean = priority_columns(acts, [False] * 6, score, np.zeros(6), prior, sp, has_prior=True, fusion="mean")
+    np.testing.assert_allclose(mean, (m + p) / 2)
     # no readout entity (toward:control): the model's evidence alone
     m2, p2, pr2 = priority_columns(acts, [False] * 6, score, np.zeros(6), prior, sp, has_prior=False)
-    assert np.isnan(p2).all() and np.allclose(pr2, 0.5 * m2 + 0.25)  # no prior: it counts as no information
+    assert np.isnan(p2).all() and np.allclose(pr2, _logodds(m2, 0.5))  # no prior: it counts as no information
 
 
 def test_the_own_transcript_part_is_not_evidence_and_pairs_average_their_parts_prior():
@@ -74,11 +83,47 @@ def test_the_own_transcript_part_is_not_evidence_and_pairs_average_their_parts_p
     own = np.array([0.9, 0.0, 0.0, 0.0, 0.0])  # A's predicted change is 90% its own transcript: 0.3 upstream
     prior = np.array([0.0, 0.2, 0.1, np.nan, np.nan])
     m, p, pr = priority_columns(acts, [False] * 5, score, own, prior, sp, has_prior=True, pair_parts={3: (0, 1)})
-    np.testing.assert_allclose(m[:3], [0.0, 1.0, 0.5])
-    np.testing.assert_allclose(p[:3], [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(m[:3], [1 / 6, 5 / 6, 0.5])
+    np.testing.assert_allclose(p[:3], [1 / 6, 5 / 6, 0.5])
     assert p[3] == pytest.approx(0.5)  # mean of its parts' prior percentiles
     assert np.isnan(p[4]) and pr[4] == m[4] == 0.5  # a silence: no prior (0.5); alone in its group
     assert np.argmax(pr[:3]) == 1
+
+
+def test_log_odds_keeps_a_candidate_one_source_places_at_its_top():
+    from bioworld.errors import BioworldError
+    from bioworld.query._priority import fuse
+
+    m, p = np.array([0.99, 0.75, 0.5, 0.3]), np.array([0.5, 0.75, 0.5, 0.7])
+    lo, mean = fuse(m, p), fuse(m, p, how="mean")
+    assert lo[0] > lo[1] and mean[0] < mean[1]  # top of one source vs good on both: the fusions disagree
+    assert lo[2] == pytest.approx(0.5) and lo[3] == pytest.approx(_logodds(0.3, 0.7)) == pytest.approx(0.5)
+    np.testing.assert_allclose(fuse(m, np.full(4, np.nan)), fuse(m, np.full(4, 0.5)))  # NaN = no information
+    assert fuse(np.array([0.9]), np.array([0.5]), weight=0.0)[0] == pytest.approx(0.5)  # weight 0: the prior alone
+    with pytest.raises(BioworldError, match="fusion"):
+        fuse(m, p, how="max")
+
+
+def test_a_kind_the_model_never_measured_carries_no_model_evidence():
+    from types import SimpleNamespace
+
+    from bioworld.query._priority import measured_kinds
+
+    sp = _Space(_Compounds(structure=(), knowledge={"K1", "K2", "K3"}))
+    sp.parse = parse_action
+    assert measured_kinds(["control", "K1@1", "K2@10"], sp) == {"compound"}
+    assert measured_kinds(["control", "ko:A", "ko:A+ko:B"], SimpleNamespace(parse=parse_action)) == {"gene"}
+    labs = ["K1@1", "K2@1", "K3@1", "ko:A", "ko:B", "ko:C", "ko:A+K1@1"]
+    acts = [parse_action(lab) for lab in labs]
+    score = np.array([1.0, 2.0, 3.0, 9.0, 1.0, 5.0, 7.0])
+    prior = np.array([0.1, 0.2, 0.3, 0.3, 0.2, 0.1, np.nan])
+    m, p, pr = priority_columns(acts, [False] * 7, score, np.zeros(7), prior, sp, has_prior=True,
+                                measured={"compound"}, pair_parts={6: (0, 3)})
+    np.testing.assert_allclose(m[:3], [1 / 6, 0.5, 5 / 6])  # compounds: the model's evidence, ranked
+    np.testing.assert_allclose(m[3:], 0.5)  # knockouts (and a pair holding one): no measured knockout, no evidence
+    np.testing.assert_allclose(pr[3:6], _logodds(0.5, p[3:6]))  # their order is the prior's
+    m_all, _, _ = priority_columns(acts, [False] * 7, score, np.zeros(7), prior, sp, has_prior=True)
+    assert m_all[3] == pytest.approx(5 / 6)  # every kind measured (None): ranked by the model
 
 
 def test_network_proximity_is_highest_at_the_seeds_and_absent_off_the_network():

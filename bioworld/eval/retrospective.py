@@ -25,11 +25,11 @@ Metrics (per seed, pooled over the folds of that seed; mean ± sd over seeds)
 
 Methods
     ``WorldModel``: the model's default ranking, the ``priority`` column of
-    :meth:`~bioworld.WorldModel.prioritize` (:mod:`bioworld.query._priority`: the rank average of
-    the predicted goal change without the knocked-out gene's own transcript, as a percentile within
-    comparable candidates, and the network proximity of the gene / the compound's targets to the
-    goal's readout genes; the rule was fixed before its retrospective runs, nothing is fitted to
-    them; the tautology guard's ordering is ignored). Its parts: ``WorldModel (predicted change
+    :meth:`~bioworld.WorldModel.prioritize` (:mod:`bioworld.query._priority`: the predicted goal
+    change without the knocked-out gene's own transcript, as a mid-rank percentile within comparable
+    candidates, joined with the network proximity of the gene / the compound's targets to the goal's
+    readout genes, as a percentile, by equal-weight log-odds; nothing is fitted to these runs; the
+    tautology guard's ordering is ignored). Its parts: ``WorldModel (predicted change
     only)`` (the ``score`` column) and ``WorldModel (no knowledge prior)`` (``model_pct``: the
     calibrated model evidence alone). ``WorldModel (as ranked)``: the table's rank, flagged rows
     last. ``Network proximity``: random walk with restart (:func:`network_proximity`) from the goal

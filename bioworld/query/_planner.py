@@ -36,7 +36,7 @@ from bioworld.errors import BioworldError, UnknownPerturbationError
 from bioworld.query._candidates import (
     OVERLAP, READOUT_FLAG, READOUT_SHARE, Readout, describe_rows, kind_of, own_transcript_flags, readout_flags,
 )
-from bioworld.query._priority import priority_columns, raw_prior
+from bioworld.query._priority import measured_kinds, priority_columns, raw_prior
 from bioworld.query.engine import CellCache, Engine, goal_function
 
 
@@ -203,7 +203,8 @@ class _Search:
         own = np.array([self.own_shares.get(lab, 0.0) for lab in self.labels])
         parts = {self.n_single + k: ab for k, ab in enumerate(self.pair_idx)}
         return priority_columns(actions, seen, np.asarray(mean, np.float64), own, np.asarray(self._prior),
-                                space, has_prior=self.readout.goal_entity is not None, pair_parts=parts)
+                                space, has_prior=self.readout.goal_entity is not None, pair_parts=parts,
+                                measured=measured_kinds(self.engine.trained, space))
 
     def flagged(self) -> np.ndarray:
         """``[rows]`` bool: the row acts on the goal's readout (the guard on every label so far)."""

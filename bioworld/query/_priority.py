@@ -1,7 +1,7 @@
 """The planner's default ranking: the model's predicted goal change joined with a knowledge prior.
 
-A row's ``priority`` (0-1, higher = better) is the mean of two rank percentiles, each taken within
-a *calibration group* of comparable candidates:
+A row's ``priority`` (0-1, higher = better) joins two rank percentiles, each taken within a
+*calibration group* of comparable candidates:
 
 ``model_pct`` (the model's evidence)
     The predicted goal change without the part the knocked-out genes' own transcripts carry
@@ -12,8 +12,10 @@ a *calibration group* of comparable candidates:
     and knowledge scored below compounds described by knowledge alone, whatever their effect):
     measured candidates (trained on) apart from unseen ones; unseen compounds by which features
     describe them (structure and knowledge, structure only, knowledge only); entity silences;
-    pairs. The percentile puts every group on one scale (each group spans 0-1): an assumption that
-    no description is a priori better, stated rather than learned.
+    pairs. The percentile puts every group on one scale: an assumption that no description is a
+    priori better, stated rather than learned. A gene knockout (or compound) scored by a model
+    that was never trained on any genetic perturbation (compound) has no model evidence of its kind
+    to stand on: its ``model_pct`` is 0.5 (no information), and so is that of a pair containing one.
 ``prior_pct`` (knowledge)
     Network proximity of the candidate to the goal's readout: a random walk with restart
     (:func:`bioworld.knowledge.network.network_proximity`, STRING v12 joined with OmniPath) from
@@ -24,8 +26,15 @@ a *calibration group* of comparable candidates:
     goals (no readout entity): ``prior_pct`` is NaN and counts as 0.5 in the priority, so every row
     is on the same scale (a row without a prior cannot outrank one with both parts at their best).
 
-The two are weighted equally (a rank average, fixed before any retrospective run, not fitted).
-Ties: the predicted change decides.
+Percentiles are mid-ranks, ``(rank - 0.5) / n`` (ties averaged): inside (0, 1), 0.5 for a group of
+one, so a small group's extremes stay near the middle. The two parts join as evidence
+(:data:`FUSION` ``"logodds"``): ``priority = sigmoid(w logit(model_pct) + (1 - w) logit(prior_pct))``
+with ``w`` = :data:`MODEL_WEIGHT` = 0.5, i.e. the odds are the geometric mean of the two parts' odds.
+A part at 0.5 adds nothing; a part near its top (or bottom) counts for more than the same step in
+the middle, so a candidate one source places among its very best is not pulled to the middle by a
+lukewarm other. ``"mean"`` is the earlier rank average ``w model_pct + (1 - w) prior_pct``. Neither
+the weight nor the fusion is fitted per dataset (benchmarks/results/retrospective: both fusions and
+fitted-weight variants, with their selection). Ties: the predicted change decides.
 """
 
 from __future__ import annotations
@@ -36,27 +45,70 @@ import numpy as np
 
 from bioworld.query._candidates import GENETIC, Readout, kind_of
 
-#: Weight of the model's evidence in the rank average (the prior has 1 - this).
+#: Weight of the model's evidence (the prior has 1 - this).
 MODEL_WEIGHT = 0.5
 NO_INFORMATION = 0.5
+#: How the two parts join: ``"logodds"`` (weighted log-odds, the default) or ``"mean"`` (weighted rank average).
+FUSION = "logodds"
+FUSIONS = ("logodds", "mean")
 #: The prior's restart genes: ``"entity"`` (the goal entity's full gene set) or ``"panel"`` (its panel
 #: genes); chosen between by nested selection on the retrospective (benchmarks/run_retrospective_variants.py).
 PRIOR_SEEDS = "entity"
 
 
 def rank_pct(values: np.ndarray) -> np.ndarray:
-    """Rank percentiles (0 = lowest, 1 = highest, ties averaged); one value gets 0.5; NaN stays NaN."""
+    """Mid-rank percentiles ``(rank - 0.5) / n`` (higher value = higher, ties averaged): inside (0, 1),
+    one value gets 0.5; NaN stays NaN."""
     from scipy.stats import rankdata
 
     v = np.asarray(values, dtype=np.float64)
     out = np.full(len(v), np.nan)
     ok = np.isfinite(v)
     n = int(ok.sum())
-    if n == 1:
-        out[ok] = NO_INFORMATION
-    elif n > 1:
-        out[ok] = (rankdata(v[ok], method="average") - 1.0) / (n - 1.0)
+    if n:
+        out[ok] = (rankdata(v[ok], method="average") - 0.5) / n
     return out
+
+
+def fuse(model_pct: np.ndarray, prior_pct: np.ndarray, *, weight: float = MODEL_WEIGHT,
+         how: str | None = None) -> np.ndarray:
+    """The priority of rows with percentiles ``model_pct`` and ``prior_pct`` (NaN = no information,
+    0.5): ``"logodds"`` ``sigmoid(w logit(m) + (1 - w) logit(p))`` or ``"mean"`` ``w m + (1 - w) p``."""
+    from scipy.special import expit, logit
+
+    from bioworld.errors import BioworldError
+
+    how = how or FUSION
+    if how not in FUSIONS:
+        raise BioworldError(f"fusion {how!r}; expected one of {FUSIONS}")
+    m = np.where(np.isfinite(model_pct), model_pct, NO_INFORMATION).astype(np.float64)
+    p = np.where(np.isfinite(prior_pct), prior_pct, NO_INFORMATION).astype(np.float64)
+    if how == "mean":
+        return weight * m + (1.0 - weight) * p
+    eps = 1e-9  # percentiles are inside (0, 1); this only guards hand-made inputs at 0 or 1
+    m, p = np.clip(m, eps, 1 - eps), np.clip(p, eps, 1 - eps)
+    return expit(weight * logit(m) + (1.0 - weight) * logit(p))
+
+
+def measured_kinds(trained: Any, space: Any) -> set[str]:
+    """The kinds (``gene``, ``compound``) of the components of the labels a model was trained on."""
+    out: set[str] = set()
+    for lab in trained:
+        for p in space.parse(lab).components:
+            if p.kind == "compound":
+                out.add("compound")
+            elif p.kind in GENETIC:
+                out.add("gene")
+    return out
+
+
+def _unmeasured_kind(action: Any, measured: set[str]) -> bool:
+    """A gene knockout / compound (or a pair holding one) whose kind the model was never trained on."""
+    for p in action.components:
+        kind = "compound" if p.kind == "compound" else "gene" if p.kind in GENETIC else None
+        if kind is not None and kind not in measured:
+            return True
+    return False
 
 
 def calibration_group(action: Any, seen: bool, space: Any) -> str:
@@ -132,12 +184,15 @@ def raw_prior(actions: Sequence[Any], space: Any, readout: Readout) -> tuple[np.
 
 def priority_columns(actions: Sequence[Any], seen: Sequence[bool], score: np.ndarray, own_share: np.ndarray,
                      prior: np.ndarray, space: Any, *, has_prior: bool,
-                     pair_parts: dict[int, Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     pair_parts: dict[int, Sequence[int]] | None = None, measured: set[str] | None = None,
+                     fusion: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(model_pct, prior_pct, priority)`` of each row (see the module docstring).
 
     ``score`` the predicted goal change, ``own_share`` the share of it carried by knocked-out genes'
     own transcripts, ``prior`` from :func:`raw_prior`, ``has_prior`` whether the goal has a readout
-    entity (else no prior at all); ``pair_parts``: row -> rows of its singles (pairs)."""
+    entity (else no prior at all); ``pair_parts``: row -> rows of its singles (pairs); ``measured``:
+    the kinds the model was trained on (:func:`measured_kinds`; None: every kind); ``fusion``:
+    :data:`FUSION` by default."""
     n = len(actions)
     upstream = np.asarray(score, np.float64) * (1.0 - np.nan_to_num(np.asarray(own_share, np.float64)))
     groups = np.array([calibration_group(a, bool(s), space) for a, s in zip(actions, seen)])
@@ -145,6 +200,8 @@ def priority_columns(actions: Sequence[Any], seen: Sequence[bool], score: np.nda
     for g in dict.fromkeys(groups):
         idx = np.flatnonzero(groups == g)
         model_pct[idx] = rank_pct(upstream[idx])
+    if measured is not None:  # no measured perturbation of the row's kind: no model evidence
+        model_pct[np.array([_unmeasured_kind(a, measured) for a in actions], dtype=bool)] = NO_INFORMATION
     kinds = np.array([kind_of(a) for a in actions])
     prior_pct = np.full(n, np.nan)
     if has_prior:
@@ -157,6 +214,4 @@ def priority_columns(actions: Sequence[Any], seen: Sequence[bool], score: np.nda
             vals = [prior_pct[j] for j in parts if np.isfinite(prior_pct[j])]
             if vals:
                 prior_pct[row] = float(np.mean(vals))
-    prior_used = np.where(np.isfinite(prior_pct), prior_pct, NO_INFORMATION)  # no prior: no information
-    priority = MODEL_WEIGHT * model_pct + (1 - MODEL_WEIGHT) * prior_used
-    return model_pct, prior_pct, priority
+    return model_pct, prior_pct, fuse(model_pct, prior_pct, how=fusion)  # no prior (NaN): no information

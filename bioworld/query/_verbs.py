@@ -153,11 +153,12 @@ def prioritize_cells(
     weighted mean and their per-cell scores those of the prototype cells. Synergy always
     compares a pair with its singles on the same cells (refined pairs with refined singles,
     screened pairs with screened singles). Ranking: unflagged rows first, each group by
-    ``priority`` (:mod:`bioworld.query._priority`): the rank average of the model's evidence (the
-    predicted change without the knocked-out genes' own transcripts, as a percentile within
-    comparable candidates: measured vs unseen, and unseen compounds by how they are described)
-    and a knowledge prior (network proximity of the gene / the compound's targets to the goal's
-    readout genes); the table also holds ``model_pct`` and ``prior_pct``. The ``refine_top``
+    ``priority`` (:mod:`bioworld.query._priority`): the model's evidence (the predicted change
+    without the knocked-out genes' own transcripts, as a percentile within comparable candidates:
+    measured vs unseen, and unseen compounds by how they are described; 0.5 for a kind the model
+    was never trained on) joined by equal-weight log-odds with a knowledge prior (network proximity
+    of the gene / the compound's targets to the goal's readout genes, as a percentile); the table
+    also holds ``model_pct`` and ``prior_pct``. The ``refine_top``
     rows sent to refinement are the unflagged ones with the largest screened score (exactness
     where the predicted change is largest), the ``gene_pairs_top`` singles paired the best by
     screened priority. A candidate whose
