@@ -16,7 +16,12 @@ from the saved ones (so the groups and the prior are those of the run). Variants
   (a fold's own items never choose its weight; those folds' models did train on this fold's
   perturbations, so it is cross-fitted, not a clean inner loop);
 - ``fusion chosen on the other dataset``: log-odds or rank average, whichever has the higher mean of
-  the three metrics (3 seeds) on the other dataset.
+  the three metrics (3 seeds) on the other dataset;
+- with ``--member-runs`` (a run with ``--model-seed-offset``: each fold's model trained again with
+  another seed on the same split and cells): that ``second member alone``, and the ``2 members``
+  ensemble (the mean of the two members' model percentiles, again a percentile within its group,
+  joined with the prior by log-odds). The member run's own ``priority`` (ranked by the code now) is
+  reproduced from its tables as a check.
 
 Writes ``items.csv`` (the run's rows, ``WorldModel`` and its parts recomputed with the default rule,
 plus one row set per variant) and ``VARIANTS.md`` into ``--out``.
@@ -44,6 +49,8 @@ MEAN_MID = "WorldModel (rank average, mid-rank percentiles)"
 LOGODDS = "WorldModel (log-odds, the default)"
 FITTED = "WorldModel (model weight fitted on the other folds)"
 CROSS = "WorldModel (fusion chosen on the other dataset)"
+ENSEMBLE = "WorldModel, 2 members (mean model percentile)"
+MEMBER2 = "WorldModel, second member alone"
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
 
 
@@ -132,8 +139,11 @@ def _raw_prior(table: pd.DataFrame, prox: dict[str, float]) -> np.ndarray:
     return out
 
 
-def load_folds(items: pd.DataFrame, cand_dir: Path) -> dict[tuple[str, int, int], tuple[Fold, pd.DataFrame]]:
-    """Every (dataset, seed, fold) of the run: its :class:`Fold` and its held-out items (the run's rows)."""
+def load_folds(items: pd.DataFrame, cand_dir: Path, *, rule: str = "as run"
+               ) -> dict[tuple[str, int, int], tuple[Fold, pd.DataFrame]]:
+    """Every (dataset, seed, fold) of the run: its :class:`Fold` and its held-out items (the run's rows).
+    ``rule``: the ranking the run used, reproduced from the table as a check (``"as run"``: the rank
+    average; ``"logodds"``: the code now)."""
     spaces = {"papalexi": SimpleNamespace(compounds=None)}
     proxes: dict[str, dict[str, float]] = {}
     out = {}
@@ -148,11 +158,29 @@ def load_folds(items: pd.DataFrame, cand_dir: Path) -> dict[tuple[str, int, int]
                             na_values={c: [""] for c in ("priority", "model_pct", "prior_pct", "own_share")})
         table["seen"] = table["seen"].astype(str) == "True"
         f = Fold(table, ds, spaces[ds], proxes[ds])
-        m, pr = f.as_run()
+        m, pr = f.as_run() if rule == "as run" else f.columns(rule)[::2]
         for name, mine, saved in (("model_pct", m, table["model_pct"]), ("priority", pr, table["priority"])):
             if not np.allclose(mine, saved.to_numpy(np.float64), atol=1e-9, equal_nan=True):
                 raise SystemExit(f"{ds} seed {seed} fold {fold}: the run's {name} is not reproduced; groups or prior differ")
         out[(ds, int(seed), int(fold))] = (f, part)
+    return out
+
+
+def ensemble(folds: dict, members: dict) -> dict[tuple[str, int, int], np.ndarray]:
+    """Priority of a two-member ensemble per fold: the mean of the members' model percentiles, again a
+    mid-rank percentile within its calibration group, joined with the prior by log-odds."""
+    out = {}
+    for key, (f, _) in folds.items():
+        g = members[key][0]
+        m1, p1, _ = f.columns("logodds")
+        m2 = dict(zip(g.table["intervention"], g.columns("logodds")[0]))
+        mean = (m1 + np.array([m2[lab] for lab in f.table["intervention"]])) / 2
+        groups = np.array([P.calibration_group(a, s, f.space) for a, s in zip(f.actions, f.seen)])
+        m = np.full(len(mean), np.nan)
+        for grp in dict.fromkeys(groups):
+            idx = np.flatnonzero(groups == grp)
+            m[idx] = P.rank_pct(mean[idx])
+        out[key] = P.fuse(m, p1)
     return out
 
 
@@ -179,9 +207,15 @@ def _mean_metric(rows: list[dict], k: int) -> float:
     return float(np.nanmean(vals))
 
 
-def rescore(folds: dict, k: int) -> tuple[pd.DataFrame, dict[tuple[str, int, int], float], dict[str, str]]:
-    """Rows of every variant; the weight each fold was given (fitted variant); the fusion each dataset got."""
+def rescore(folds: dict, k: int, members: dict | None = None
+            ) -> tuple[pd.DataFrame, dict[tuple[str, int, int], float], dict[str, str]]:
+    """Rows of every variant; the weight each fold was given (fitted variant); the fusion each dataset got.
+    ``members``: a second member's folds (same splits, another training seed): the ensemble variant."""
     rows: list[dict] = []
+    if members:
+        for key, pr in ensemble(folds, members).items():
+            rows += _rows(*folds[key], key, ENSEMBLE, pr)
+            rows += _rows(*members[key], key, MEMBER2, members[key][0].columns("logodds")[2])
     cols = {key: {h: f.columns(h) for h in P.FUSIONS} for key, (f, _) in folds.items()}
     for key, (f, part) in folds.items():
         _, as_run = f.as_run()
@@ -204,8 +238,9 @@ def rescore(folds: dict, k: int) -> tuple[pd.DataFrame, dict[tuple[str, int, int
     for ds in datasets:
         other = [d for d in datasets if d != ds]
         score = {h: _mean_metric([r for key in folds if key[0] in other
-                                  for r in _rows(*folds[key], key, h, cols[key][h][2])], k) for h in P.FUSIONS}
-        chosen[ds] = max(P.FUSIONS, key=lambda h: (score[h], h == P.FUSION)) if other else P.FUSION
+                                  for r in _rows(*folds[key], key, h, cols[key][h][2])], k) if other else 0.0
+                 for h in P.FUSIONS}
+        chosen[ds] = max(P.FUSIONS, key=lambda h: (score[h], h == P.FUSION))
         for key in [key for key in folds if key[0] == ds]:
             rows += _rows(*folds[key], key, CROSS, cols[key][chosen[ds]][2])
     return pd.DataFrame(rows, columns=R.ITEM_COLUMNS), weights, chosen
@@ -217,13 +252,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", required=True, type=Path, help="the runs' --save-candidates folder")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--k", type=int, default=R.RetroSettings().k)
+    p.add_argument("--member-runs", default=None, help="a second member's run folders (--model-seed-offset), "
+                   "ranked by the log-odds code: the 2-member ensemble variant")
+    p.add_argument("--member-candidates", default=None, type=Path, help="their --save-candidates folder")
     a = p.parse_args(argv)
     items = pd.concat([pd.read_csv(Path(d) / "items.csv") for d in a.runs.split(",") if d.strip()], ignore_index=True)
     folds = load_folds(items, a.candidates)
-    var, weights, chosen = rescore(folds, a.k)
+    members = None
+    if a.member_runs:
+        m_items = pd.concat([pd.read_csv(Path(d) / "items.csv") for d in a.member_runs.split(",") if d.strip()],
+                            ignore_index=True)
+        members = load_folds(m_items, a.member_candidates, rule="logodds")
+        if set(members) != set(folds):
+            raise SystemExit(f"the member runs cover {sorted(members)}; expected the same folds {sorted(folds)}")
+    var, weights, chosen = rescore(folds, a.k, members)
     base = items[items["method"].isin([R.NETWORK, R.PATHWAY])]
-    order = [R.MODEL, R.MODEL_RANKED, R.PREDICTED, R.NO_PRIOR, LOGODDS, MEAN_MID, AS_RUN, FITTED, CROSS,
-             R.NETWORK, R.PATHWAY]
+    order = [R.MODEL, R.MODEL_RANKED, R.PREDICTED, R.NO_PRIOR, LOGODDS, MEAN_MID, AS_RUN, FITTED, CROSS, MEMBER2,
+             ENSEMBLE, R.NETWORK, R.PATHWAY]
     out_items = pd.concat([var, base], ignore_index=True)
     out_items["_o"] = out_items["method"].map({m: i for i, m in enumerate(order)})
     out_items = out_items.sort_values(["dataset", "_o", "seed", "fold"], kind="stable").drop(columns="_o")
@@ -239,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
              "Fusion chosen on the other dataset: " + ", ".join(f"{ds}: {h}" for ds, h in chosen.items()), ""]
     for ds in dict.fromkeys(out_items["dataset"]):
         lines += [f"## {ds}", "", R.markdown_table(summ, ds), ""]
-        for m in (R.MODEL, AS_RUN, FITTED, CROSS):
+        for m in (R.MODEL, AS_RUN, FITTED, CROSS) + ((ENSEMBLE,) if members else ()):
             lines += [f"**{R.verdict(summ, ds, m)}**", ""]
     (a.out / "VARIANTS.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {a.out / 'VARIANTS.md'} and items.csv; fitted weights {weights}; fusion chosen {chosen}")

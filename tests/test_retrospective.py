@@ -201,6 +201,33 @@ def test_genetic_retro_end_to_end_on_a_small_simulated_screen(tmp_path):
                             replicate_key="replicate", progress=False)
 
 
+def test_model_seed_offset_trains_another_member_on_the_same_split(monkeypatch):
+    from scipy import sparse
+
+    from _helpers import small_simulation
+
+    sim = small_simulation(n_pathways=2, n_cells_per_condition=10, n_control_cells=60, doubles=0)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(adata, holdout, seed, steps, **kw):
+        calls.append((sorted(holdout), seed))
+        raise Stop
+
+    monkeypatch.setattr(R, "_train", fake_train)
+    goal_ent = list(sim.gmt)[-1]
+    genes = sorted({g for gs in sim.gmt.values() for g in gs})
+    net = (genes, sparse.eye(len(genes), format="csr"))
+    for offset in (0, 1000):
+        st = R.RetroSettings(seeds=(3,), folds=2, steps=1, model_seed_offset=offset)
+        with pytest.raises(Stop):
+            R.run_genetic_retro(sim.adata.copy(), f"down:{goal_ent}", goal_weights={g: 1.0 for g in sim.gmt[goal_ent]},
+                                settings=st, dataset="sim", replicate_key="replicate", network=net, progress=False)
+    assert calls[0][0] == calls[1][0] and calls[0][1] == 3 and calls[1][1] == 1003  # same held-out targets
+
+
 def test_benchmark_only_retrospective_runs_it_and_writes_its_section(tmp_path, monkeypatch):
     from bioworld.cli import main as cli_main
 

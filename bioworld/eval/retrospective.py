@@ -103,6 +103,7 @@ class RetroSettings:
     z: float = 2.0  # hit threshold in control-noise sds
     k: int = 5  # precision@k
     candidates_dir: str | None = None  # where each fold's candidate table is written (None: not written)
+    model_seed_offset: int = 0  # the WorldModel's training seed = split seed + this (another member, same splits)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -420,8 +421,8 @@ def run_genetic_retro(adata: Any, goal: str, *, goal_weights: Mapping[str, float
     for seed in settings.seeds:
         for sp in leave_targets_out(labels, n_folds=settings.folds, seed=seed):
             t0 = time.perf_counter()
-            wm = _train(adata, sp.test, seed, settings.steps, perturbation_key="perturbation", control="control",
-                        replicate_key=replicate_key, **wm_kwargs)
+            wm = _train(adata, sp.test, seed + settings.model_seed_offset, settings.steps,
+                        perturbation_key="perturbation", control="control", replicate_key=replicate_key, **wm_kwargs)
             pick = np.random.default_rng(seed).choice(ctrl_cells, min(settings.n_cells, len(ctrl_cells)), replace=False)
             res = wm.prioritize(adata[np.sort(pick)].copy(), goal, entities=[], max_genes=settings.max_genes,
                                 pairs=False, n_boot=20, max_cells=settings.n_cells)
@@ -522,7 +523,8 @@ def run_l1000_retro(settings: RetroSettings = RetroSettings(), *, progress: bool
             held = {compounds[i] for i in chunk}
             holdout = [lab for lab, a in acts.items() if a.components[0].target in held]
             t0 = time.perf_counter()
-            wm = _train(adata, holdout, seed, settings.steps, smiles=smiles_path if smiles else None, **kw)
+            wm = _train(adata, holdout, seed + settings.model_seed_offset, settings.steps,
+                        smiles=smiles_path if smiles else None, **kw)
             res = wm.prioritize(adata[ctrl_idx].copy(), goal, genes=[], entities=[], dose=settings.dose, pairs=False,
                                 n_boot=20, max_cells=settings.n_cells)
             walls[MODEL] = walls.get(MODEL, 0.0) + time.perf_counter() - t0
@@ -787,13 +789,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--assemble", default=None, metavar="DIR[,DIR]",
                    help="train nothing: rebuild the report from these folders' items.csv (later folders win)")
     p.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
+    p.add_argument("--model-seed-offset", type=int, default=d.model_seed_offset,
+                   help="train each fold's model with seed + this (same splits and cells): another ensemble member")
     p.add_argument("--save-candidates", default=None, metavar="DIR",
                    help="also write each fold's ranked candidates (score, priority, model_pct, prior_pct, ...) here")
     a = p.parse_args(argv)
     if a.folds < 2 or a.steps < 1 or a.k < 1 or a.cells < 1 or a.max_genes < 1:
         raise BioworldError("--folds >= 2, --steps, --k, --cells and --max-genes >= 1 expected")
     st = RetroSettings(seeds=tuple(int(s) for s in a.seeds.split(",") if s.strip()), folds=a.folds, steps=a.steps,
-                       max_genes=a.max_genes, n_cells=a.cells, z=a.z, k=a.k, candidates_dir=a.save_candidates)
+                       max_genes=a.max_genes, n_cells=a.cells, z=a.z, k=a.k, candidates_dir=a.save_candidates,
+                       model_seed_offset=a.model_seed_offset)
     load = loadavg()
     t = time.perf_counter()
     import shlex
