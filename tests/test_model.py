@@ -275,3 +275,29 @@ def test_combinations_start_additive_in_latent_slots_and_the_interaction_term_de
         assert torch.allclose(m.next(z, only[0]), za)  # singles never use the interaction term
         m.cfg = m.cfg.__class__(**{**m.cfg.to_dict(), "additive_combinations": False})
         assert not torch.allclose(m.next(z, ab), base + (za - base) + (zb - base), atol=1e-3)  # joint pass only
+
+
+def test_target_latents_encode_distinct_rows_once_with_the_same_answer(monkeypatch):
+    """A plate batch (one well drawn many times, a few control wells) is encoded on its distinct rows only;
+    the latents match a per-row pass. Batches of mostly distinct cells keep the one full pass."""
+    from bioworld.model.jepa import TARGET_DISTINCT_SHARE
+
+    m = _module()
+    wells, ctrl = torch.randn(2, G), torch.randn(3, G)
+    x_tgt = torch.cat([wells.repeat_interleave(6, 0), ctrl[[0, 1, 2, 0]]])  # 12 transitions + 4 self pairs
+    x_src = torch.cat([ctrl[torch.arange(12) % 3], ctrl[[0, 1, 2, 0]]])
+    seen = []
+    real = m.encode_target
+    monkeypatch.setattr(m, "encode_target", lambda x: seen.append(x.shape[0]) or real(x))
+    z_tgt, z_src = m._target_latents(x_tgt, x_src)
+    assert seen == [5]  # 2 wells + 3 control wells, not 16 targets + 12 sources
+    assert torch.allclose(z_tgt, real(x_tgt), atol=1e-5) and torch.allclose(z_src, real(x_src), atol=1e-5)
+    seen.clear()
+    x_tgt, x_src = torch.randn(16, G), torch.randn(16, G)
+    x_src[12:] = x_tgt[12:]  # self pairs reuse the target's encoding
+    x_tgt[1] = x_tgt[0]  # one repeat: 27 distinct of 28 rows > TARGET_DISTINCT_SHARE
+    assert 27 > TARGET_DISTINCT_SHARE * 28
+    z_tgt, z_src = m._target_latents(x_tgt, x_src)
+    assert seen == [28]
+    full = real(torch.cat([x_tgt, x_src[:12]]))
+    assert torch.equal(z_tgt, full[:16]) and torch.equal(z_src[:12], full[16:]) and torch.equal(z_src[12:], full[12:16])
