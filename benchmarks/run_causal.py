@@ -41,7 +41,8 @@ from bioworld.eval.causal import (  # noqa: E402
 OUT = ROOT / "benchmarks" / "results" / "causal"
 SIM_TARGET = 0.8
 SHAPE_TARGET = (0.9, 0.1)  # issue 12: held-out silences Pearson >= 0.9 with leak ratio <= 0.1 on every shape
-SHAPE_METHODS = ["WorldModel predict", "WorldModel counterfactual", "InterventionTemplate", "MembersOnly",
+SHAPE_METHODS = ["WorldModel predict", "WorldModel counterfactual", "WorldModel predict (latent path)",
+                 "InterventionTemplate", "MembersOnly",
                  "MeanOfTrain", "Observed cells (ceiling)", "Truth"]
 
 
@@ -95,6 +96,14 @@ def _statements(sim: pd.DataFrame, pap: pd.DataFrame, l1k: pd.DataFrame) -> list
             # mean over training seeds (baselines do not depend on the seed)
             g = g.groupby(["method", "query"], sort=False)[["pearson_all", "pearson_top50"]].mean().reset_index()
             best_base = g[~g.method.str.startswith("WorldModel")].sort_values("pearson_all", ascending=False).iloc[0]
+            latent = g[g.method == "WorldModel predict (latent path)"].set_index("query")
+            for _, row in g[g.method == "WorldModel predict"].iterrows():
+                if row.query in latent.index:
+                    lat = latent.loc[row.query]
+                    out.append(f"- {name}, target {target}, `{row.query}`: the model's answer (response head where it"
+                               f" validated better, else the latent path) Pearson all {row.pearson_all:.3f} / top-50"
+                               f" {row.pearson_top50:.3f} vs the latent path alone {lat.pearson_all:.3f} /"
+                               f" {lat.pearson_top50:.3f} (same models).")
             for method in ("WorldModel predict", "WorldModel counterfactual"):
                 for _, row in g[g.method == method].iterrows():
                     beat = "beats" if row.pearson_all > best_base.pearson_all else "does NOT beat"
@@ -245,7 +254,8 @@ def write_shapes_report(out: Path) -> Path:
         f" of each model; 1 torch thread; model wall {walls.min():.0f}-{walls.max():.0f} s (train + queries).", "",
         "Per shape and seed one simulation (`bioworld.eval.causal.SIM_SHAPES`) and one world model at the default"
         " training (data-sized steps), half the silences held out (the rest trained as actions), every held-out"
-        " silence answered by the latent do-operation and scored against the exact truth. Mean ± sd over seeds of"
+        " silence answered by the do-operation (the entity's response head where it validated better on the"
+        " held-in knockouts, else the latent path; CAUSAL.md, Methods) and scored against the exact truth. Mean ± sd over seeds of"
         " the per-seed mean over held-out silences. Shapes: `default` 8 pathways (longest DAG path 2-3);"
         " `wide` 16 pathways (longest path 5-7, 4-5 descendants per pathway); `deep` 10 pathways with edge"
         " probability 0.6 (longest path 4-5); `outside` 60 genes in no pathway and 3 of the 24 knocked-out drivers"
@@ -280,6 +290,11 @@ def _sensitivity(out: Path, info: dict, df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _steps(n: int) -> str:
+    """A step count as written in CAUSAL.md: ``max_steps=0`` is training sized to the data."""
+    return "sized to the data (max_steps=0)" if int(n) == 0 else str(n)
+
+
 def _real_seeds(info: dict) -> list[int]:
     return list(info.get("real_seeds", [0]))
 
@@ -296,8 +311,8 @@ def write_report(out: Path) -> Path:
         f"- Date: {info['date']}",
         f"- Machine: {info['machine']}",
         f"- Command: `{info['command']}`",
-        f"- Training steps: simulator {info['sim_steps']} per model, THP-1 {info['real_steps']}, A375 {info['real_steps']}"
-        f" (the default TrainConfig is {info.get('default_steps', 1200)}). Wall time: "
+        f"- Training steps: simulator {_steps(info['sim_steps'])} per model, THP-1 {_steps(info['real_steps'])}, A375"
+        f" {_steps(info['real_steps'])} (the default TrainConfig is {_steps(info.get('default_steps', 1200))}). Wall time: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in walls.items()) + f", total {info['total_s']:.0f} s.",
         f"- Raw rows: `causal_results.csv` ({len(df)} rows). Code: `bioworld/eval/causal.py`.",
         "" if not info["quick"] else "- **QUICK SMOKE RUN: numbers are not measurements.**",
@@ -308,12 +323,16 @@ def write_report(out: Path) -> Path:
         "",
         "Methods: `WorldModel predict` = `wm.predict([label]).layers['delta']` (mean over the model's reference"
         " control cells); `WorldModel counterfactual` = `wm.counterfactual(control cells, label)` delta averaged"
-        " over cells. Both answer an untrained `silence:E` by the latent do-operation: the cells are moved along E's"
+        " over cells. Both answer an untrained `silence:E` by the do-operation: the cells are moved along E's"
         " activity axis (signed weights; for an unsigned set its members' first principal component when that"
         " clearly dominates, else every member alike) to its 1st-percentile level, which sets E's member genes"
-        " (their predicted change is that move); slot E is clamped to the moved cells' encoding, control action,"
-        " the predictor propagates to the other slots, plus what the other slots read differently from the moved"
-        " genes; `MembersOnly` ="
+        " (their predicted change is that move); the other genes follow E's response head where the model has one"
+        " (`bioworld.query._response`: fitted after training on the training perturbations acting on E, the"
+        " InterventionTemplate slope times a leave-one-out calibration weight in [0, 1], kept where it validated"
+        " better than the latent path on those held-in perturbations), else the latent path: slot E is clamped to"
+        " the moved cells' encoding, control action, the predictor propagates to the other slots, plus what the"
+        " other slots read differently from the moved genes; `WorldModel predict (latent path)` = the same model's"
+        " predict with its response heads set aside (every untrained silence by the latent path); `MembersOnly` ="
         " the silenced pathway's member genes set to their 5% control quantile minus control mean, all else 0;"
         " `Footprint E` = minus the entity's own weights (PROGENy footprint / Hallmark membership), all else 0;"
         " `MeanOfTrain` = mean observed delta of the training perturbations (per dose for compounds);"

@@ -225,6 +225,12 @@ def validate_model_meta(meta: Mapping[str, Any], tensors: Mapping[str, torch.Ten
         if (t is None) != (not eff) or (t is not None and tuple(t.shape) != (len(eff), len(meta["genes"]))):
             raise c.fail("single_effect_labels", f"{len(eff)} labels with tensor 'single_effects' of shape "
                          f"{None if t is None else tuple(t.shape)}", "one row of 'single_effects' per label, one column per gene")
+    if "silence_head_entities" in meta:  # response heads of untrained silences (bioworld.query._response)
+        heads = c.strings(meta, "silence_head_entities", unique=True)
+        t = tensors.get("silence_heads")
+        if (t is None) != (not heads) or (t is not None and tuple(t.shape) != (len(heads), len(meta["genes"]))):
+            raise c.fail("silence_head_entities", f"{len(heads)} entities with tensor 'silence_heads' of shape "
+                         f"{None if t is None else tuple(t.shape)}", "one row of 'silence_heads' per entity, one column per gene")
     if not isinstance(meta["control"], str) or not meta["control"]:
         raise c.fail("control", c._show(meta["control"]), "the non-empty control label")
     if not isinstance(meta["entity_hash"], str):

@@ -142,10 +142,16 @@ class WorldModel:
             self.train_config = TrainConfig.from_dict({**self.train_config.to_dict(), **overrides})
         train_state(self._state, self._data, state_dir=state_dir, progress=progress)
         self.single_effects, self.combination_prior, self._engine = {}, None, None
+        self.silence_heads = {}
         if self._data.in_memory:
+            from bioworld.query._response import fit_silence_heads
+
             record_fit(self.training_fit(), self.meta, self.findings)  # the model's own answers, before anchoring
             anchor_effects(self._state, self._data)
             self._engine = None  # the query engine is rebuilt with them
+            self.silence_heads, self.meta["silence_heads"] = fit_silence_heads(
+                self.engine, self._X, self._labels, self.control, self.train_labels)
+            self._engine = None  # and with the heads of untrained silences
         return self
 
     def training_fit(self, max_perturbations: int = FIT_CHECK_PERTURBATIONS) -> pd.DataFrame:
@@ -192,7 +198,8 @@ class WorldModel:
             self._engine = Engine(m, self.space, self.reference, self.membership, self.train_labels,
                                   inactive_quantile=INACTIVE_QUANTILE,
                                   single_effects={c: row for c, (_, row) in self.single_effects.items()},
-                                  combination_prior=self.combination_prior)
+                                  combination_prior=self.combination_prior,
+                                  silence_heads={self.entity_names.index(n): v for n, v in self.silence_heads.items()})
         return self._engine
 
     def _view(self):

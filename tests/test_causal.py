@@ -91,8 +91,8 @@ def test_simulator_causal_smoke():
     assert list(df.columns) == COLUMNS
     assert set(df.variant) == {"partial", "none"}
     assert set(df["shape"]) == {"default"}
-    assert {"WorldModel predict", "WorldModel counterfactual", "MembersOnly", "MeanOfTrain", "Truth",
-            "InterventionTemplate"} <= set(df.method)
+    assert {"WorldModel predict", "WorldModel counterfactual", "WorldModel predict (latent path)", "MembersOnly",
+            "MeanOfTrain", "Truth", "InterventionTemplate"} <= set(df.method)
     assert len(df[(df.variant == "none") & (df.method == "Truth")]) == 3  # every silence held out
     truth = df[df.method == "Truth"]
     assert np.allclose(truth.pearson_all, 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import bioworld as bw
 from bioworld.query import ActivityAxes, inactive_inputs
@@ -156,3 +157,129 @@ def test_intervention_template_delta_on_the_simulator():
     assert leak_ratio(d, genes, sim.gmt, parent, desc)["leak_ratio"] < 0.2
     assert all(d[genes.index(g)] == 0.0 for g in genes if g.startswith("OTHER")) or \
         np.abs(d[[genes.index(g) for g in genes if g.startswith("OTHER")]]).mean() < 0.1 * np.abs(d).max()
+
+
+def test_validate_head_leave_one_out_weight_and_scores_hand_computed():
+    from bioworld.query._response import validate_head
+
+    axis = np.array([1.0, 0.0, 0.0, 0.0])  # the entity is gene 0; genes 1-3 are scored
+    move = np.array([-3.0, 0.0, 0.0, 0.0])
+    effects = np.array([[-1.0, 1.0, -1.0, 0.0], [-2.0, 3.0, -1.0, 0.0]])  # moved the entity by -1 and -2
+    noise = np.zeros_like(effects)  # exact slopes, no shrinkage
+    latent = np.array([-3.0, -1.0, 1.0, 0.0])
+    w, v_head, v_lat = validate_head(axis, move, effects, noise, latent)
+    # leave out 1: slope of 2 = [-1.5, 0.5, 0] per unit, predicts [1.5, -0.5, 0] for 1 (observed [1, -1, 0]);
+    # leave out 2: slope of 1 = [-1, 1, 0], predicts [2, -2, 0] for 2 (observed [3, -1, 0])
+    assert w == pytest.approx((2.0 + 8.0) / (2.5 + 8.0))
+    assert v_head == pytest.approx(2.0 * np.sqrt(3.0 / 13.0))  # both Pearsons are 0.9608
+    assert v_lat == pytest.approx((-1.0 - 2.0 * np.sqrt(3.0 / 13.0)) / 2.0)  # the latent pattern is reversed
+    # fewer than two acting perturbations: nothing to validate on
+    assert validate_head(axis, move, effects[:1], noise[:1], latent) == (0.0, 0.0, 0.0)
+    # predictions orthogonal to what was observed: the weight is clipped at 0
+    w0, _, _ = validate_head(axis, move, np.array([[-1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 1.0, 0.0]]), noise, latent)
+    assert w0 == 0.0
+
+
+def _with_heads(wm, heads: dict[str, np.ndarray]):
+    wm.silence_heads = heads
+    wm._engine = None
+    return wm
+
+
+def test_engine_answers_a_silence_with_its_head_per_cell(tiny_trained, small_sim):
+    import torch
+
+    from bioworld.query import Candidates
+
+    wm = tiny_trained
+    x = wm.reference[:20]
+    e = 1
+    members = wm.engine.axes.axis[e] != 0
+    slope = np.where(members, 0.0, np.random.default_rng(0).normal(size=len(wm.genes))).astype(np.float32)
+    clamp = np.zeros((1, len(wm.entity_names)), bool)
+    clamp[0, e] = True
+    do = Candidates(["do1"], wm.space.encode(["control"]), clamp)
+    latent = wm.engine.run(wm.engine.encode(x), do).x_pred[0]
+    try:
+        eng = _with_heads(wm, {wm.entity_names[e]: slope}).engine
+        cache = eng.encode(x)
+        r = eng.run(cache, do)
+        x_base = cache.x_base.numpy()
+        moved = eng.axes.inactive(x, e)
+        s = (moved - x) @ eng.axes.axis[e]  # each cell's own move along the activity axis
+        want = np.where(members, moved - x, s[:, None] * slope[None])
+        np.testing.assert_allclose(r.x_pred[0] - x_base, want, atol=1e-5)
+        assert np.abs(r.x_pred[0] - latent)[:, ~members].max() > 1e-3  # not the latent path's answer
+        # the silenced slot reads the moved cells' encoding; the other slots stay at the control prediction
+        with torch.no_grad():
+            z_off = wm.module.encode(torch.from_numpy(moved))[:, e]
+        shift_e = (z_off - cache.z_base[:, e]).norm(dim=-1).numpy() / eng.slot_scale[e]
+        np.testing.assert_allclose(r.shift[0][:, e], shift_e, atol=1e-5)
+        np.testing.assert_allclose(np.delete(r.shift[0], e, axis=1), 0.0, atol=1e-5)
+    finally:
+        _with_heads(wm, {})
+
+
+def test_untrained_silence_with_a_head_agrees_in_predict_counterfactual_and_prioritize(small_sim):
+    from _helpers import sim_entities
+
+    labels = list(small_sim.adata.obs["perturbation"].cat.categories)
+    held = sorted(lab for lab in labels if lab.startswith("silence:"))[0]
+    ent = held[len("silence:"):]
+    wm = bw.WorldModel(small_sim.adata.copy(), entities=sim_entities(small_sim), replicate_key="replicate",
+                       holdout=[held], nmf_programs=0, config={"max_steps": 3, "warmup_steps": 1})
+    wm.train(progress=False)
+    e = wm.entity_names.index(ent)
+    members = wm.engine.axes.axis[e] != 0
+    slope = np.where(members, 0.0, np.linspace(-1, 1, len(wm.genes))).astype(np.float32)
+    _with_heads(wm, {ent: slope})
+    cells = small_sim.adata[small_sim.adata.obs["perturbation"] == "control"][:10].copy()
+    cf = wm.counterfactual(cells, [held])
+    pred = wm.predict([held], cells=cells)
+    np.testing.assert_allclose(pred.layers["delta"][0], cf.layers["delta"].mean(0), atol=1e-5)
+    other = wm.entity_names[(e + 1) % len(wm.entity_names)]
+    pr = wm.prioritize(cells, f"down:{other}", entities=[ent], genes=[], pairs=False, n_boot=10)
+    w = wm.module.encoder.score_w[wm.entity_names.index(other)].detach().numpy()
+    np.testing.assert_allclose(pr.per_cell_scores[held], -((np.asarray(cf.layers["delta"]) / wm.sd) @ w), atol=1e-4)
+    # the head's answer, on the model's scale
+    x = wm._cells_to_std(cells)
+    s = (wm.engine.axes.inactive(x, e) - x) @ wm.engine.axes.axis[e]
+    np.testing.assert_allclose(cf.layers["delta"][:, ~members], (s[:, None] * slope[None] * wm.sd)[:, ~members],
+                               atol=1e-4)
+
+
+def test_fit_silence_heads_on_a_simulation_and_through_the_checkpoint(tmp_path):
+    import json
+    import warnings
+
+    from bioworld.data import simulate
+    from bioworld.errors import CheckpointError
+    from bioworld.eval.benchmark import _sim_entities
+
+    sim = simulate(seed=0, n_pathways=4, genes_per_pathway=8, n_other_genes=6, n_cells_per_condition=80,
+                   n_control_cells=300, doubles=0, n_truth_draws=2000, edge_prob=0.9)
+    parent = next(p for p in sim.pathways if sim.descendants(p))
+    lab = f"silence:{parent}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wm = bw.WorldModel(sim.adata, entities=_sim_entities(sim.gmt), replicate_key="replicate", nmf_programs=0,
+                           holdout=[lab], config={"max_steps": 3, "warmup_steps": 1, "checkpoint_every": 0})
+        wm.train(progress=False)
+    rows = {r["entity"]: r for r in wm.meta["silence_heads"]}
+    assert set(rows) == {parent}  # only the untrained silence; every other silence is a learned action
+    drivers = [g for g in sim.gmt[parent] if str(g) in set(wm.train_labels)]
+    assert rows[parent]["n_acting"] == len(drivers) >= 2  # the knockouts of its members act on it
+    assert rows[parent]["used"] and 0.5 < rows[parent]["weight"] <= 1.0  # a 3-step latent model validates worse
+    genes = list(wm.genes)
+    truth = sim.truth_delta.loc[lab, genes].to_numpy()
+    d = wm.predict([lab]).layers["delta"][0]
+    assert np.corrcoef(d, truth)[0, 1] > 0.85
+    wm.save(tmp_path / "m")
+    back = bw.WorldModel.load(tmp_path / "m")
+    np.testing.assert_array_equal(back.silence_heads[parent], wm.silence_heads[parent])
+    np.testing.assert_allclose(back.predict([lab]).layers["delta"][0], d, atol=1e-5)
+    meta = json.loads((tmp_path / "m" / "bioworld.json").read_text())
+    meta["silence_head_entities"] = []
+    (tmp_path / "m" / "bioworld.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="silence_head"):
+        bw.WorldModel.load(tmp_path / "m")

@@ -5,8 +5,8 @@ x seed; metric columns are NaN where a metric does not apply):
 
 - :func:`run_simulator_causal`: the simulator's exact truth. ``silence:SIM_Pk`` labels are held out
   of training (``variant='partial'``: some silences trained, the rest held out; ``variant='none'``:
-  no silence in training, so every answer is the latent do-operation) and the model's answers are
-  scored against ``truth_delta``: Pearson over all genes, over the descendants' genes, and the
+  no silence in training, so every answer is the do-operation: a response head or the latent path)
+  and the model's answers are scored against ``truth_delta``: Pearson over all genes, over the descendants' genes, and the
   *leak ratio* (:func:`leak_ratio`).
 - :func:`run_papalexi_causal`: THP-1 (Papalexi 2021) with IFNGR1 and STAT1 held out;
   ``silence:JAK-STAT`` and ``silence:HALLMARK_INTERFERON_GAMMA_RESPONSE`` against the observed
@@ -284,6 +284,17 @@ def _predict(wm: Any, labels: Sequence[str]) -> dict[str, np.ndarray]:
     return {lab: d[i] for i, lab in enumerate(labels)}
 
 
+def _predict_latent(wm: Any, labels: Sequence[str]) -> dict[str, np.ndarray]:
+    """:func:`_predict` with the model's silence response heads set aside: every untrained silence answered by
+    the latent path (the do-operation before heads), for the comparison row ``WorldModel predict (latent path)``."""
+    heads = wm.silence_heads
+    wm.silence_heads, wm._engine = {}, None
+    try:
+        return _predict(wm, labels)
+    finally:
+        wm.silence_heads, wm._engine = heads, None
+
+
 def _subsample(n: int, k: int, seed: int) -> np.ndarray:
     if n <= k:
         return np.arange(n)
@@ -335,8 +346,9 @@ def run_simulator_causal(
     Per seed, one simulation (``simulate(seed=seed, **sim_kwargs)``, all silences sampled) and per
     variant one world model (entities = the simulator's GMT, ``nmf_programs=0``):
     ``partial`` holds out ``n_holdout`` silences drawn with the seed (the others are trained as
-    actions); ``none`` holds out every silence. Held-out silences are answered by the latent
-    do-operation (an untrained ``silence:`` label, see :mod:`bioworld.query.engine`) two ways:
+    actions); ``none`` holds out every silence. Held-out silences are answered by the
+    do-operation (an untrained ``silence:`` label, see :mod:`bioworld.query.engine`: the entity's response
+    head where it validated better on held-in data, else the latent path) two ways:
     ``WorldModel predict`` (``wm.predict``, mean over the model's reference control cells) and
     ``WorldModel counterfactual`` (``wm.counterfactual`` on ``n_cf_cells`` control cells,
     averaged). Beside them:
@@ -386,6 +398,7 @@ def run_simulator_causal(
                 if train:
                     wm.train(progress=progress)
                     preds.update({"WorldModel predict": _predict(wm, held),
+                                  "WorldModel predict (latent path)": _predict_latent(wm, held),
                                   "WorldModel counterfactual": _cf_mean(wm, cf_cells, held)})
             wall = time.perf_counter() - t0
             if list(wm.genes) != genes:
@@ -478,6 +491,7 @@ def run_papalexi_causal(
         wm.train(progress=progress)
         specs = [f"silence:{e}" for e in silences]
         pred = _predict(wm, specs + held)
+        latent = _predict_latent(wm, specs)
         ctrl_idx = np.flatnonzero(labels == "control")
         cf = _cf_mean(wm, adata[ctrl_idx[_subsample(len(ctrl_idx), n_cf_cells, seed)]].copy(), specs)
     wall = time.perf_counter() - t0
@@ -490,6 +504,7 @@ def run_papalexi_causal(
         cands: list[tuple[str, str, np.ndarray]] = []
         for e, s in zip(silences, specs):
             cands.append(("WorldModel predict", s, pred[s]))
+            cands.append(("WorldModel predict (latent path)", s, latent[s]))
             cands.append(("WorldModel counterfactual", s, cf[s]))
             cands.append((f"Footprint {e}", s, footprint_delta(_entity(wm, e), genes)))
             cands.append((f"InterventionTemplate {e}", s, template[e]))
@@ -553,6 +568,7 @@ def run_l1000_causal(
         template = intervention_template_delta(wm, "MAPK")
         wm.train(progress=progress)
         pred = _predict(wm, ["silence:MAPK"] + held)
+        latent = _predict_latent(wm, ["silence:MAPK"])
         cf = _cf_mean(wm, adata[labels == "control"].copy(), ["silence:MAPK"])
     wall = time.perf_counter() - t0
     genes = list(wm.genes)
@@ -569,6 +585,7 @@ def run_l1000_causal(
             obs = np.mean([observed[lab] for lab in labs], axis=0)
             cands = [
                 ("WorldModel predict", "silence:MAPK", pred["silence:MAPK"]),
+                ("WorldModel predict (latent path)", "silence:MAPK", latent["silence:MAPK"]),
                 ("WorldModel counterfactual", "silence:MAPK", cf["silence:MAPK"]),
                 ("Footprint MAPK", "silence:MAPK", foot),
                 ("InterventionTemplate MAPK", "silence:MAPK", template),

@@ -143,8 +143,9 @@ def prioritize_cells(
 
     Notes
     -----
-    Silences are scored as do-operations (the slot clamped to its inactive latent under the
-    control action). What is exact: the score, interval, per-cell scores and entity shifts of
+    Untrained silences are scored as do-operations, as predict and counterfactual answer them (the
+    entity's response head where the model has one, else the slot clamped to its inactive latent
+    under the control action; :mod:`bioworld.query.engine`). What is exact: the score, interval, per-cell scores and entity shifts of
     every row whose ``table['n_cells']`` equals the number of cells used: the same numbers an
     exhaustive search over all cells gives for that row (up to float rounding). What is
     approximate: rows with ``n_cells`` = ``provenance['n_screen_cells']`` were only screened;

@@ -15,10 +15,14 @@ What a label means
 ------------------
 - a label the model was trained on (including a ``silence:`` label) is its learned action;
 - an untrained single ``silence:ENTITY`` is a do-operation: the cells are moved along the entity's
-  activity axis to its "off" level (:class:`~bioworld.query.ActivityAxes`), the slot is clamped to
-  the moved cells' encoding under the control action, the predictor propagates the change to the
-  other slots, what the other slots read differently from the moved genes is added and the
-  silenced genes are set to their move (:class:`~bioworld.query._counterfactual.SilenceTerms`);
+  activity axis to its "off" level (:class:`~bioworld.query.ActivityAxes`) and the silenced genes are
+  set to their move. The other genes follow either the entity's response head, when the model has one
+  for it (:mod:`bioworld.query._response`: fitted after training on the observed effects of the training
+  perturbations acting on the entity, chosen over the latent path where it validated better on them;
+  each gene moves by its calibrated slope times the cell's move along the axis, and the slot reads the
+  moved cells' encoding), or the latent path: the slot is clamped to the moved cells' encoding under
+  the control action, the predictor propagates the change to the other slots, and what the other slots
+  read differently from the moved genes is added (:class:`~bioworld.query._counterfactual.SilenceTerms`);
 - an untrained combination containing a silence is the learned action when the model learned any
   silence; otherwise a combination of silences only is the do-operation on all of them, and a
   silence combined with another perturbation is refused.
@@ -123,8 +127,13 @@ class Engine:
     def __init__(self, module: JEPA, space: Any, reference: np.ndarray, membership: np.ndarray,
                  trained: Iterable[str], *, inactive_quantile: float,
                  single_effects: dict[Any, np.ndarray] | None = None,
-                 combination_prior: np.ndarray | None = None) -> None:
+                 combination_prior: np.ndarray | None = None,
+                 silence_heads: dict[int, np.ndarray] | None = None) -> None:
         self.module = module
+        # entity slot -> calibrated response slope [G] of its untrained silence (bioworld.query._response)
+        self.silence_heads = {int(e): np.asarray(v, dtype=np.float32) for e, v in (silence_heads or {}).items()}
+        self._head_mask = np.zeros(len(space.entity_names), dtype=bool)
+        self._head_mask[list(self.silence_heads)] = True
         self.single_effects = dict(single_effects or {})  # trained single component -> observed effect [G]
         # untrained combinations: their expected departure from additivity [G] (None: the learned interaction term)
         self.combination_prior = combination_prior
@@ -301,7 +310,13 @@ class Engine:
         def block(job: tuple[int, int]) -> SilenceTerms:
             e, s = job
             x_off = moved[e][s:s + rows]
-            return silence_terms(self.module, cache.z[s:s + rows], self.module.encode(x_off), e, cache.x[s:s + rows], x_off)
+            t = silence_terms(self.module, cache.z[s:s + rows], self.module.encode(x_off), e, cache.x[s:s + rows], x_off)
+            if e not in self.silence_heads:
+                return t
+            # the head answers the other genes: each moves by its slope x the cell's move along the axis
+            u = torch.from_numpy(self.axes.axis[e]).to(x_off.device)
+            resp = (t.move @ u)[:, None] * torch.from_numpy(self.silence_heads[e]).to(x_off.device)[None]
+            return SilenceTerms(slot=t.slot, dz=torch.zeros_like(t.dz), dx=resp, move=t.move, pinned=t.pinned)
 
         parts: dict[int, list[SilenceTerms]] = {e: [] for e in moved}
         self._map(block, jobs, lambda job, t: parts[job[0]].append(t))
@@ -423,17 +438,23 @@ class Engine:
         rows = np.repeat(idx, n)  # [m*n] candidate of each row
         act = self._take(cands.table, rows)
         x = cache.x.repeat(m, 1)
-        clamp = None
+        clamp = inact = None
         ents = [np.flatnonzero(cands.clamp[i]).tolist() for i in idx]
+        latent = cands.clamp[rows] & ~self._head_mask  # [m*n, E] slots the predictor clamps (no response head)
         if any(ents):
-            inact = cache.z.clone()  # [n, E, D]; only the clamped slots are read
+            inact = cache.z.clone()  # [n, E, D]; only the silenced slots are read
             for e, t in terms.items():
                 inact[:, e] = t.slot
-            clamp = (torch.from_numpy(cands.clamp[rows]).to(self.device), inact.repeat(m, 1, 1))
+            inact = inact.repeat(m, 1, 1)
+            if latent.any():
+                clamp = (torch.from_numpy(latent).to(self.device), inact)
         z_new = self.module.next(cache.z.repeat(m, 1, 1), act, clamp=clamp)
         x_new = self.module.expression_from(z_new, act, x, r_ref=None if cache.r_ref is None else cache.r_ref.repeat(m, 1))
-        if clamp is None:
+        if inact is None:
             return x_new, z_new
+        if self._head_mask.any():  # a slot answered by its head reads its "off" encoding
+            headed = torch.from_numpy(cands.clamp[rows] & self._head_mask).to(self.device)
+            z_new = torch.where(headed[..., None], inact, z_new)
         # the do() of each candidate: the sum of its silenced entities' terms (none for learned actions)
         no_x, no_z = torch.zeros_like(cache.x), torch.zeros_like(cache.z)
         dx = torch.cat([_sum([terms[e].dx for e in es], no_x) for es in ents])  # [m*n, G]

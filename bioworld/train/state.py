@@ -53,6 +53,7 @@ class ModelState:
     meta: dict[str, Any] = field(default_factory=dict)
     single_effects: dict[Any, tuple[str, np.ndarray]] = field(default_factory=dict)  # component -> (label, [G])
     combination_prior: np.ndarray | None = None  # [G] untrained combinations' expected departure from additivity
+    silence_heads: dict[str, np.ndarray] = field(default_factory=dict)  # entity -> response slope [G] (query._response)
     module: JEPA | None = None
     train_result: TrainResult | None = None
     evaluation: Any = None  # held-out summary read back from the model folder (bioworld.eval)
@@ -85,6 +86,9 @@ class ModelState:
             tensors["single_effects"] = torch.from_numpy(np.stack([v[1] for v in effects.values()]))
         if self.combination_prior is not None:
             tensors["combination_prior"] = torch.from_numpy(np.asarray(self.combination_prior, np.float32))
+        heads = self.silence_heads or {}
+        if heads:
+            tensors["silence_heads"] = torch.from_numpy(np.stack([np.asarray(v, np.float32) for v in heads.values()]))
         tr = self.train_result
         meta = {
             "model_config": self.model_config.to_dict(), "train_config": self.train_config.to_dict(),
@@ -92,6 +96,7 @@ class ModelState:
             "entities": self.entity_set.to_dict(), "entity_hash": self.entity_set.hash(),
             "entity_names": self.entity_names, "control": self.control, **space_meta,
             "single_effect_labels": [v[0] for v in effects.values()],
+            "silence_head_entities": list(heads),
             "train_labels": self.train_labels, "holdout": self.holdout,
             "findings": self.findings, "meta": self.meta,
             "train_result": None if tr is None else {"steps": tr.steps, "wall_s": tr.wall_s,
@@ -138,6 +143,7 @@ class ModelState:
             reference=tensors["reference"].numpy(), space=space,
             single_effects=_single_effects(tensors, meta, space, fields["train_labels"], G, directory),
             combination_prior=_combination_prior(tensors, G, directory),
+            silence_heads=_silence_heads(tensors, meta, fields["entity_names"], G, directory),
             module=_module(fields["model_config"], membership, tensors, directory),
             train_result=None if tr is None else TrainResult(**tr),
         )
@@ -225,6 +231,23 @@ def _combination_prior(tensors: Mapping[str, torch.Tensor], G: int, directory: A
         raise CheckpointError(f"{directory}: tensor 'combination_prior' has shape {tuple(t.shape)} or non-finite values; "
                               f"expected {G} finite values, one per gene. The checkpoint is corrupt: retrain or restore it.")
     return t.numpy().astype(np.float32)
+
+
+def _silence_heads(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], entity_names: list[str], G: int,
+                   directory: Any) -> dict[str, np.ndarray]:
+    """Entity -> stored response slope ``[G]`` of its untrained silence (none in checkpoints written before heads)."""
+    names = list(meta.get("silence_head_entities", []))
+    t = tensors.get("silence_heads")
+    if (t is None) != (not names) or (t is not None and (tuple(t.shape) != (len(names), G)
+                                                         or not bool(torch.isfinite(t).all()))):
+        raise CheckpointError(f"{directory}: tensor 'silence_heads' has shape {None if t is None else tuple(t.shape)} "
+                              f"(or non-finite values), expected ({len(names)}, {G}) finite values for the {len(names)} "
+                              "entities in 'silence_head_entities'. The checkpoint is corrupt: retrain or restore it.")
+    unknown = [n for n in names if n not in entity_names]
+    if unknown:
+        raise CheckpointError(f"{directory}: silence heads for {unknown[:3]}, which are not entity slots of the model; "
+                              "the checkpoint is corrupt: retrain or restore it.")
+    return {n: row for n, row in zip(names, [] if t is None else t.numpy().astype(np.float32))}
 
 
 def _stored_train_config(d: Mapping[str, Any]) -> dict[str, Any]:
