@@ -2,6 +2,7 @@
 
     python benchmarks/run_fit_seeds.py                                   # 10 seeds x papalexi, l1000, simulator
     python benchmarks/run_fit_seeds.py --datasets l1000 --seeds 0,1 --steps 200 --no-write   # a quick look
+    python benchmarks/run_fit_seeds.py --from-logs a.log b.log   # the table from runs split over processes
 
 Each run builds the model as ``bioworld train DATA`` does (the bundled data, the loader's register
 keywords; the simulator: ``bw.data.simulate(seed=0)`` with its pathway GMT as entities), trains once
@@ -69,7 +70,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="max_steps (default: the TrainConfig default)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--config", default="{}", help="JSON TrainConfig fields laid over the defaults (an ablation)")
+    ap.add_argument("--from-logs", nargs="+", default=None, metavar="LOG",
+                    help="no training: write the table from the rows that runs split over processes printed to these "
+                         "logs (or an earlier fit_seeds.csv); a later file's row of the same dataset and seed wins")
+    ap.add_argument("--out", default=str(OUT), help="folder for FIT_SEEDS.md and fit_seeds.csv")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.from_logs:
+        write(pd.DataFrame(rows_from_logs(args.from_logs)), WEAK_FIT_RATIO, out)
+        return
     rows = []
     runs = [(name, int(seed)) for seed in args.seeds.split(",") for name in args.datasets.split(",")]
     for name, seed in runs:  # seed by seed over the datasets, so an interrupted sweep covers every dataset
@@ -93,17 +102,36 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
         if not args.no_write:  # after every run, so an interrupted sweep keeps what it measured
-            write(pd.DataFrame(rows), WEAK_FIT_RATIO)
+            write(pd.DataFrame(rows), WEAK_FIT_RATIO, out)
 
 
-def write(df, weak: float) -> None:
+def rows_from_logs(paths: list[str]) -> list[dict]:
+    """The run rows (one printed dict per line) of run logs, one per (dataset, seed): a later log's row wins."""
+    import ast
+
+    import pandas as pd
+
+    rows: dict[tuple, dict] = {}
+    for path in paths:
+        if path.endswith(".csv"):
+            found = pd.read_csv(path, keep_default_na=False).to_dict("records")
+        else:
+            found = [ast.literal_eval(line) for line in Path(path).read_text().splitlines() if line.startswith("{'dataset'")]
+        for row in found:
+            rows[(row["dataset"], int(row["seed"]))] = row
+    if not rows:
+        raise SystemExit(f"no run rows in {paths}")
+    return sorted(rows.values(), key=lambda r: (r["dataset"], r["seed"]))
+
+
+def write(df, weak: float, out: Path = OUT) -> None:
     summary = df.groupby("dataset").agg(passed=("passes", "sum"), runs=("passes", "size"),
                                         min_ratio=("strong_ratio", "min"), median_ratio=("strong_ratio", "median"),
                                         median_pearson=("median_pearson", "median"), steps=("steps", "median"),
                                         train_wall_s=("train_wall_s", "median"), load=("load1_start", "median")).round(3)
     print(summary.to_string())
-    OUT.mkdir(parents=True, exist_ok=True)
-    df.to_csv(OUT / "fit_seeds.csv", index=False)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "fit_seeds.csv", index=False)
     cmd = "python benchmarks/run_fit_seeds.py " + " ".join(sys.argv[1:])
     text = [
         "# Training-fit check over seeds (default settings)", "",
@@ -113,7 +141,7 @@ def write(df, weak: float) -> None:
         "## Summary", "", _md(summary.reset_index()), "",
         "## Runs", "", _md(df), "",
     ]
-    (OUT / "FIT_SEEDS.md").write_text("\n".join(text))
+    (out / "FIT_SEEDS.md").write_text("\n".join(text))
 
 
 if __name__ == "__main__":
