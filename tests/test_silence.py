@@ -210,12 +210,11 @@ def test_engine_answers_a_silence_with_its_head_per_cell(tiny_trained, small_sim
         want = np.where(members, moved - x, s[:, None] * slope[None])
         np.testing.assert_allclose(r.x_pred[0] - x_base, want, atol=1e-5)
         assert np.abs(r.x_pred[0] - latent)[:, ~members].max() > 1e-3  # not the latent path's answer
-        # the silenced slot reads the moved cells' encoding; the other slots stay at the control prediction
+        # the latent shifts are how the encoder reads the answer's cells against the unperturbed prediction
         with torch.no_grad():
-            z_off = wm.module.encode(torch.from_numpy(moved))[:, e]
-        shift_e = (z_off - cache.z_base[:, e]).norm(dim=-1).numpy() / eng.slot_scale[e]
-        np.testing.assert_allclose(r.shift[0][:, e], shift_e, atol=1e-5)
-        np.testing.assert_allclose(np.delete(r.shift[0], e, axis=1), 0.0, atol=1e-5)
+            read = wm.module.encode(torch.from_numpy(r.x_pred[0])) - wm.module.encode(cache.x_base)
+        np.testing.assert_allclose(r.shift[0], read.norm(dim=-1).numpy() / eng.slot_scale, atol=1e-4)
+        assert r.shift[0][:, e].min() > 0.0
     finally:
         _with_heads(wm, {})
 

@@ -19,10 +19,10 @@ What a label means
   set to their move. The other genes follow either the entity's response head, when the model has one
   for it (:mod:`bioworld.query._response`: fitted after training on the observed effects of the training
   perturbations acting on the entity, chosen over the latent path where it validated better on them;
-  each gene moves by its calibrated slope times the cell's move along the axis, and the slot reads the
-  moved cells' encoding), or the latent path: the slot is clamped to the moved cells' encoding under
-  the control action, the predictor propagates the change to the other slots, and what the other slots
-  read differently from the moved genes is added (:class:`~bioworld.query._counterfactual.SilenceTerms`);
+  each gene moves by its calibrated slope times the cell's move along the axis; the answer's latent
+  shifts are how f_theta reads its cells against the unperturbed prediction), or the latent path: the
+  slot is clamped to the moved cells' encoding under the control action, the predictor propagates the
+  change to the other slots, and what the other slots read differently from the moved genes is added (:class:`~bioworld.query._counterfactual.SilenceTerms`);
 - an untrained combination containing a silence is the learned action when the model learned any
   silence; otherwise a combination of silences only is the do-operation on all of them, and a
   silence combined with another perturbation is refused.
@@ -452,9 +452,6 @@ class Engine:
         x_new = self.module.expression_from(z_new, act, x, r_ref=None if cache.r_ref is None else cache.r_ref.repeat(m, 1))
         if inact is None:
             return x_new, z_new
-        if self._head_mask.any():  # a slot answered by its head reads its "off" encoding
-            headed = torch.from_numpy(cands.clamp[rows] & self._head_mask).to(self.device)
-            z_new = torch.where(headed[..., None], inact, z_new)
         # the do() of each candidate: the sum of its silenced entities' terms (none for learned actions)
         no_x, no_z = torch.zeros_like(cache.x), torch.zeros_like(cache.z)
         dx = torch.cat([_sum([terms[e].dx for e in es], no_x) for es in ents])  # [m*n, G]
@@ -464,7 +461,13 @@ class Engine:
         pinned = torch.stack([torch.stack([terms[e].pinned for e in es]).any(0) if es else no_pin for es in ents])
         # the do() sets the silenced entities' genes (a gene in two silenced entities: both moves)
         x_new = pin_members(x_new + dx, cache.x_base.repeat(m, 1), move, pinned.repeat_interleave(n, 0))
-        return x_new, z_new + dz
+        z_new = z_new + dz
+        headed = np.flatnonzero((cands.clamp[rows] & self._head_mask).any(1))
+        if len(headed):  # an answer with a response head: its latents are how f_theta reads the answer's cells
+            h = torch.from_numpy(headed).to(self.device)
+            x_base = cache.x_base.repeat(m, 1)[h]
+            z_new[h] = cache.z_base.repeat(m, 1, 1)[h] + self.module.encode(x_new[h]) - self.module.encode(x_base)
+        return x_new, z_new
 
 
 def _rows_of(terms: dict[int, SilenceTerms], start: int, stop: int) -> dict[int, SilenceTerms]:
