@@ -74,10 +74,11 @@ def main() -> None:
                     help="no training: write the table from the rows that runs split over processes printed to these "
                          "logs (or an earlier fit_seeds.csv); a later file's row of the same dataset and seed wins")
     ap.add_argument("--out", default=str(OUT), help="folder for FIT_SEEDS.md and fit_seeds.csv")
+    ap.add_argument("--note", default="", help="a line written under the command (e.g. where merged runs came from)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.from_logs:
-        write(pd.DataFrame(rows_from_logs(args.from_logs)), WEAK_FIT_RATIO, out)
+        write(pd.DataFrame(rows_from_logs(args.from_logs)), WEAK_FIT_RATIO, out, args.note)
         return
     rows = []
     runs = [(name, int(seed)) for seed in args.seeds.split(",") for name in args.datasets.split(",")]
@@ -102,7 +103,7 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
         if not args.no_write:  # after every run, so an interrupted sweep keeps what it measured
-            write(pd.DataFrame(rows), WEAK_FIT_RATIO, out)
+            write(pd.DataFrame(rows), WEAK_FIT_RATIO, out, args.note)
 
 
 def rows_from_logs(paths: list[str]) -> list[dict]:
@@ -124,7 +125,7 @@ def rows_from_logs(paths: list[str]) -> list[dict]:
     return sorted(rows.values(), key=lambda r: (r["dataset"], r["seed"]))
 
 
-def write(df, weak: float, out: Path = OUT) -> None:
+def write(df, weak: float, out: Path = OUT, note: str = "") -> None:
     summary = df.groupby("dataset").agg(passed=("passes", "sum"), runs=("passes", "size"),
                                         min_ratio=("strong_ratio", "min"), median_ratio=("strong_ratio", "median"),
                                         median_pearson=("median_pearson", "median"), steps=("steps", "median"),
@@ -132,12 +133,17 @@ def write(df, weak: float, out: Path = OUT) -> None:
     print(summary.to_string())
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "fit_seeds.csv", index=False)
-    cmd = "python benchmarks/run_fit_seeds.py " + " ".join(sys.argv[1:])
+    argv = sys.argv[1:]
+    if "--note" in argv:  # the note is written as its own line
+        i = argv.index("--note")
+        argv = argv[:i] + argv[i + 2:]
+    cmd = "python benchmarks/run_fit_seeds.py " + " ".join(argv)
     text = [
         "# Training-fit check over seeds (default settings)", "",
         f"Command: `{cmd.strip()}` (1 torch thread, 2 shared CPU cores; load = 1-min load average at each run's start).",
         f"A run passes when its strong training effects come back at >= {weak} of their observed size "
         "(median magnitude ratio on the top-20 genes, `WorldModel.training_fit`).", "",
+        *([note, ""] if note else []),
         "## Summary", "", _md(summary.reset_index()), "",
         "## Runs", "", _md(df), "",
     ]
