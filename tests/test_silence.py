@@ -133,20 +133,10 @@ def test_intervention_template_slope_scale_and_noise_shrinkage():
 
 
 def test_intervention_template_delta_on_the_simulator():
-    import warnings
 
-    from bioworld.data import simulate
-    from bioworld.eval.benchmark import _sim_entities
     from bioworld.eval.causal import intervention_template_delta, leak_ratio
 
-    sim = simulate(seed=0, n_pathways=4, genes_per_pathway=8, n_other_genes=6, n_cells_per_condition=80,
-                   n_control_cells=300, doubles=0, n_truth_draws=2000, edge_prob=0.9)
-    parent = next(p for p in sim.pathways if sim.descendants(p))
-    lab = f"silence:{parent}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        wm = bw.WorldModel(sim.adata, entities=_sim_entities(sim.gmt), replicate_key="replicate", nmf_programs=0,
-                           holdout=[lab], config={"max_steps": 1, "checkpoint_every": 0, "num_threads": 1})
+    sim, parent, lab, wm = _sim_with_held_out_silence({"max_steps": 1, "checkpoint_every": 0, "num_threads": 1})
     d = intervention_template_delta(wm, parent)  # no training needed
     genes = list(wm.genes)
     truth = sim.truth_delta.loc[lab, genes].to_numpy()
@@ -249,21 +239,11 @@ def test_untrained_silence_with_a_head_agrees_in_predict_counterfactual_and_prio
 
 def test_fit_silence_heads_on_a_simulation_and_through_the_checkpoint(tmp_path):
     import json
-    import warnings
 
-    from bioworld.data import simulate
     from bioworld.errors import CheckpointError
-    from bioworld.eval.benchmark import _sim_entities
 
-    sim = simulate(seed=0, n_pathways=4, genes_per_pathway=8, n_other_genes=6, n_cells_per_condition=80,
-                   n_control_cells=300, doubles=0, n_truth_draws=2000, edge_prob=0.9)
-    parent = next(p for p in sim.pathways if sim.descendants(p))
-    lab = f"silence:{parent}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        wm = bw.WorldModel(sim.adata, entities=_sim_entities(sim.gmt), replicate_key="replicate", nmf_programs=0,
-                           holdout=[lab], config={"max_steps": 3, "warmup_steps": 1, "checkpoint_every": 0})
-        wm.train(progress=False)
+    sim, parent, lab, wm = _sim_with_held_out_silence({"max_steps": 3, "warmup_steps": 1, "checkpoint_every": 0},
+                                                      train=True)
     rows = {r["entity"]: r for r in wm.meta["silence_heads"]}
     assert set(rows) == {parent}  # only the untrained silence; every other silence is a learned action
     drivers = [g for g in sim.gmt[parent] if str(g) in set(wm.train_labels)]
@@ -282,3 +262,24 @@ def test_fit_silence_heads_on_a_simulation_and_through_the_checkpoint(tmp_path):
     (tmp_path / "m" / "bioworld.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="silence_head"):
         bw.WorldModel.load(tmp_path / "m")
+
+
+def _sim_with_held_out_silence(config: dict, *, train: bool = False):
+    """A small simulated screen (4 pathways, edge 0.9) with the silence of a pathway that has
+    descendants held out: ``(sim, parent, label, model)``, the model trained when ``train``."""
+    import warnings
+
+    from bioworld.data import simulate
+    from bioworld.eval.benchmark import _sim_entities
+
+    sim = simulate(seed=0, n_pathways=4, genes_per_pathway=8, n_other_genes=6, n_cells_per_condition=80,
+                   n_control_cells=300, doubles=0, n_truth_draws=2000, edge_prob=0.9)
+    parent = next(p for p in sim.pathways if sim.descendants(p))
+    lab = f"silence:{parent}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wm = bw.WorldModel(sim.adata, entities=_sim_entities(sim.gmt), replicate_key="replicate", nmf_programs=0,
+                           holdout=[lab], config=config)
+        if train:
+            wm.train(progress=False)
+    return sim, parent, lab, wm
