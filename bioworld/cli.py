@@ -1128,6 +1128,7 @@ def benchmark_cmd(
     ablations: Annotated[Optional[bool], typer.Option("--ablations/--no-ablations", help="Also train the mask_mode ablations on Papalexi (default: only with --full).")] = None,
     world_model: Annotated[bool, typer.Option("--world-model/--no-world-model", help="--no-world-model: baselines and noise ceilings only.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    keep_earlier: Annotated[bool, typer.Option("--keep-earlier", help="Keep the tables of benchmarks not in --only from their earlier run in --out (marked with its date and command).")] = False,
 ) -> None:
     """Regenerate the accuracy benchmark (BENCHMARKS.md, CSVs, plots) against baselines and the noise ceiling.
 
@@ -1146,6 +1147,8 @@ def benchmark_cmd(
         argv.append("--no-world-model")
     if not progress:
         argv.append("--no-progress")
+    if keep_earlier:
+        argv.append("--keep-earlier")
     bench_main(argv)
 
 

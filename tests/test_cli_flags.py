@@ -253,7 +253,7 @@ def test_benchmark_help_lists_its_options():
     result = invoke("benchmark", "-h")
     assert result.exit_code == 0
     for flag in ("--quick", "--full", "--only", "--out", "--report", "--seeds", "--steps", "--folds", "--ablations",
-                 "--no-world-model"):
+                 "--no-world-model", "--keep-earlier"):
         assert flag in result.stdout, flag
 
 
@@ -263,13 +263,13 @@ def test_benchmark_passes_its_options_on(monkeypatch):
     seen = {}
     monkeypatch.setattr(B, "main", lambda argv: seen.setdefault("argv", list(argv)) and 0)
     result = invoke("benchmark", "--only", "simulator", "--steps", 7, "--seeds", "0,1", "--no-world-model",
-                    "--no-progress", "--out", "res")
+                    "--no-progress", "--out", "res", "--keep-earlier")
     assert result.exit_code == 0, result.output
     assert seen["argv"] == ["--quick", "--only", "simulator", "--out", "res", "--seeds", "0,1", "--steps", "7",
-                            "--no-world-model", "--no-progress"]
+                            "--no-world-model", "--no-progress", "--keep-earlier"]
     # and they are options the benchmark's own parser accepts
     args = B._parser().parse_args(seen["argv"])
-    assert args.steps == 7 and args.no_world_model and args.only == "simulator"
+    assert args.steps == 7 and args.no_world_model and args.only == "simulator" and args.keep_earlier
 
 
 def test_torchrun_entry_help_lists_its_options():

@@ -274,6 +274,38 @@ def test_summarize_and_report(tmp_path):
     assert (tmp_path / "res" / "toy_scores.csv").is_file() and (tmp_path / "res" / "toy_lto.png").is_file()
 
 
+def test_a_later_run_keeps_an_earlier_benchmark_table(tmp_path, monkeypatch):
+    """--keep-earlier: a run of one benchmark keeps another's table from its CSV + meta, marked as earlier;
+    without the earlier files it is a clear error, and without the flag the table is not in the report."""
+    from bioworld.eval import benchmark as B
+
+    def frame(bench, value):
+        rows = [(bench, m, "lto", 0, 0, p, "mse_top20", value * (1 if m == "WorldModel" else 2))
+                for m in ("MeanOfTrain", "WorldModel") for p in ("A", "B")]
+        df = pd.DataFrame(rows, columns=B.COLUMNS)
+        df.attrs["wall_s"] = {"WorldModel": 12.5}
+        df.attrs["note"] = f"note of {bench}"
+        return df
+
+    out = tmp_path / "res"
+    B.write_outputs({"papalexi": frame("papalexi", 0.25)}, out=out, report=tmp_path / "first.md", command="first",
+                    mode="quick", wall_s={"papalexi": 42.0})
+    monkeypatch.setattr(B, "run_simulator", lambda **kw: frame("simulator", 0.75))
+    assert B.main(["--only", "simulator", "--out", str(out), "--report", str(tmp_path / "second.md"),
+                   "--no-progress", "--keep-earlier"]) == 0
+    text = (tmp_path / "second.md").read_text()
+    assert text.index("## papalexi") < text.index("## simulator")  # RUNNERS order, not run order
+    assert "Kept from an earlier run" in text and "`first`; 42 s" in text and "note of papalexi" in text
+    assert "papalexi 42 s" in text and "0.250 ± 0.000" in text and "0.750 ± 0.000" in text
+    assert text.count("Kept from an earlier run") == 1  # the simulator table is this run's
+    B.main(["--only", "simulator", "--out", str(out), "--report", str(tmp_path / "third.md"), "--no-progress"])
+    assert "## papalexi" not in (tmp_path / "third.md").read_text()
+    assert "## l1000" not in text  # never run into this folder: nothing to keep
+    (out / "papalexi_meta.json").unlink()  # a table without its record (an older run) is refused, not guessed
+    with pytest.raises(BioworldError, match="papalexi has no earlier run.*papalexi_meta.json missing"):
+        B.main(["--only", "simulator", "--out", str(out), "--no-progress", "--keep-earlier"])
+
+
 def test_run_simulator_baselines_only_fast(tmp_path):
     from bioworld.eval.benchmark import COLUMNS, run_simulator
 

@@ -56,6 +56,7 @@ __all__ = [
     "BenchmarkSettings",
     "SETTINGS",
     "main",
+    "load_earlier",
     "mean_deltas",
     "run_l1000",
     "run_papalexi_lto",
@@ -723,9 +724,15 @@ def write_outputs(
         lines.append("")
     for bench, df in frames.items():
         summ = summarize(df)
-        df.to_csv(out / f"{bench}_scores.csv", index=False)
-        summ.to_csv(out / f"{bench}_summary.csv", index=False)
+        earlier = df.attrs.get("earlier_run")
+        if earlier is None:  # a table of this run: its files and the record that lets a later run keep it
+            df.to_csv(out / f"{bench}_scores.csv", index=False)
+            summ.to_csv(out / f"{bench}_summary.csv", index=False)
+            _write_meta(out / f"{bench}_meta.json", df, command=command, date=now, wall_s=wall_s.get(bench))
         lines += [f"## {bench}", ""]
+        if earlier is not None:
+            lines += [f"Kept from an earlier run ({earlier['date']}; `{earlier['command']}`; "
+                      f"{earlier['wall_s']:.0f} s), not rerun by this command.", ""]
         if df.attrs.get("note"):
             lines += [str(df.attrs["note"]), ""]
         walls = df.attrs.get("wall_s", {})
@@ -746,6 +753,42 @@ def write_outputs(
               "fold × seed, `X` = control mean + delta, `obs['target_gene']`) that Arc's cell-eval can score.", ""]
     report.write_text("\n".join(lines), encoding="utf-8")
     return report
+
+
+_META_ATTRS = ("note", "wall_s", "dropped_compounds")
+
+
+def _write_meta(path: Path, df: pd.DataFrame, *, command: str, date: str, wall_s: float | None) -> None:
+    """``<bench>_meta.json`` beside the scores CSV: what the report says about the table besides its numbers."""
+    import json
+
+    meta = {"date": date, "command": command, "benchmark_wall_s": wall_s,
+            **{k: df.attrs[k] for k in _META_ATTRS if k in df.attrs}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1, default=float), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_earlier(out: str | os.PathLike, bench: str) -> pd.DataFrame:
+    """The scores of an earlier run of ``bench`` written to ``out`` (``<bench>_scores.csv`` + ``_meta.json``),
+    with the attributes the report needs, so a run of other benchmarks can keep its table."""
+    import json
+
+    out = Path(out)
+    scores, meta_path = out / f"{bench}_scores.csv", out / f"{bench}_meta.json"
+    missing = [p.name for p in (scores, meta_path) if not p.is_file()]
+    if missing:
+        raise BioworldError(f"--keep-earlier: {bench} has no earlier run in {out} ({', '.join(missing)} missing); "
+                            f"expected the files a run of `--only {bench} --out {out}` writes. Fix: run {bench} "
+                            f"too, or leave out --keep-earlier.")
+    df = pd.read_csv(scores)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    for k in _META_ATTRS:
+        if k in meta:
+            df.attrs[k] = meta[k]
+    df.attrs["earlier_run"] = {"date": meta.get("date", "unknown"), "command": meta.get("command", "unknown"),
+                               "wall_s": float(meta.get("benchmark_wall_s") or 0.0)}
+    return df
 
 
 # benchmarks run by their own scripts whose findings the report repeats: (folder, file, title, line prefix, how many
@@ -796,6 +839,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="train the mask_mode ablations on Papalexi (default: on in --full)")
     p.add_argument("--no-world-model", action="store_true", help="baselines and ceilings only")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--keep-earlier", action="store_true",
+                   help="keep the tables of benchmarks not in --only from their earlier run in --out "
+                        "(<bench>_scores.csv + <bench>_meta.json), marked with that run's date and command")
     return p
 
 
@@ -835,6 +881,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         frames[name] = runners[name]()
         walls[name] = time.perf_counter() - t
         print(f"{name}: {len(frames[name])} scores in {walls[name]:.0f} s", file=sys.stderr)
+    if args.keep_earlier:  # in RUNNERS order, so the report reads the same however the runs were split
+        kept = {b: load_earlier(out, b) for b in RUNNERS  # a benchmark never run into --out has nothing to keep
+                if b != "retrospective" and b not in frames and (out / f"{b}_scores.csv").is_file()}
+        print(f"kept from earlier runs: {', '.join(kept) or 'none'}", file=sys.stderr)
+        frames = {b: frames[b] if b in frames else kept[b] for b in RUNNERS if b in frames or b in kept}
+        walls.update({b: df.attrs["earlier_run"]["wall_s"] for b, df in kept.items()})
     command = "python benchmarks/run_benchmarks.py " + " ".join(argv) if argv else "python benchmarks/run_benchmarks.py"
     notes = [f"settings: seeds={list(seeds)}, WorldModel max_steps={steps or 'TrainConfig default'}, "
              f"Papalexi folds={args.folds or st.papalexi_folds}, ablations={ablations}"]
