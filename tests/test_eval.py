@@ -272,6 +272,13 @@ def test_summarize_and_report(tmp_path):
     text = report.read_text()
     assert "| WorldModel |" in text and "Metric definitions" in text and "0.500 ± 0.000" in text
     assert (tmp_path / "res" / "toy_scores.csv").is_file() and (tmp_path / "res" / "toy_lto.png").is_file()
+    # the retrospective section (written by its own run between markers) survives a rewrite of the tables
+    from bioworld.eval.retrospective import update_benchmarks_md
+
+    update_benchmarks_md(report, "<!-- retrospective:begin -->\n## retro\nAUROC 0.9\n<!-- retrospective:end -->")
+    write_outputs({"toy": df}, out=tmp_path / "res", report=report, command="again", mode="quick", wall_s={"toy": 1.0})
+    text = report.read_text()
+    assert "`again`" in text and "## retro\nAUROC 0.9" in text and text.count("retrospective:begin") == 1
 
 
 def test_a_later_run_keeps_an_earlier_benchmark_table(tmp_path, monkeypatch):

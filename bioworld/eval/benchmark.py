@@ -751,8 +751,22 @@ def write_outputs(
               "Per-perturbation predictions are written as AnnData pairs "
               "`predictions/<benchmark>__<method>__pred.h5ad` / `__real.h5ad` (rows = perturbation × split × "
               "fold × seed, `X` = control mean + delta, `obs['target_gene']`) that Arc's cell-eval can score.", ""]
-    report.write_text("\n".join(lines), encoding="utf-8")
+    report.write_text(_with_kept_sections("\n".join(lines), report), encoding="utf-8")
     return report
+
+
+def _with_kept_sections(text: str, report: Path) -> str:
+    """``text`` plus the section other scripts maintain in ``report`` (the retrospective one, between its
+    markers), so a rewrite of the tables does not lose it."""
+    if not report.is_file():
+        return text
+    from bioworld.eval.retrospective import SECTION_BEGIN, SECTION_END
+
+    old = report.read_text(encoding="utf-8")
+    if SECTION_BEGIN not in old or SECTION_END not in old:
+        return text
+    kept = SECTION_BEGIN + old.split(SECTION_BEGIN, 1)[1].split(SECTION_END, 1)[0] + SECTION_END
+    return text.rstrip("\n") + "\n\n" + kept + "\n"
 
 
 _META_ATTRS = ("note", "wall_s", "dropped_compounds")
