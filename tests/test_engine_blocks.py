@@ -29,11 +29,14 @@ def _candidates(wm):
     return cands + Candidates(["do1", "do02"], wm.space.encode(["control", "control"]), clamp)
 
 
-def _reference(wm, x: np.ndarray, cands) -> tuple[np.ndarray, np.ndarray]:
+def _reference(wm, x: np.ndarray, cands, heads: dict[int, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell answers ``[C, n, G]`` and shifts ``[C, n, E]`` from one pass over all cells, outside
-    inference mode (the fused attention kernel training uses), do() terms summed as documented."""
+    inference mode (the fused attention kernel training uses), do() terms summed as documented. An
+    entity in ``heads`` (slot -> response slope ``[G]``) is not clamped: its head moves the other genes,
+    and the answer's latents are f_theta's reading of its cells against the unperturbed prediction."""
     from bioworld.query._counterfactual import pin_members, silence_terms
 
+    heads = heads or {}
     m, eng = wm.module, wm.engine
     n = len(x)
     xt = torch.from_numpy(x)
@@ -49,13 +52,21 @@ def _reference(wm, x: np.ndarray, cands) -> tuple[np.ndarray, np.ndarray]:
             act = cands.table.take(np.full(n, i))
             ents = np.flatnonzero(cands.clamp[i]).tolist()
             clamp = None
-            if ents:
-                terms = [silence_terms(m, z, m.encode(torch.from_numpy(eng.axes.inactive(x, e))), e, xt,
-                                       torch.from_numpy(eng.axes.inactive(x, e))) for e in ents]
+            terms = []
+            for e in ents:
+                x_off = torch.from_numpy(eng.axes.inactive(x, e))
+                t = silence_terms(m, z, m.encode(x_off), e, xt, x_off)
+                if e in heads:
+                    resp = (t.move @ torch.from_numpy(eng.axes.axis[e]))[:, None] * torch.from_numpy(heads[e])[None]
+                    t = type(t)(slot=z[:, e], dz=torch.zeros_like(z), dx=resp, move=t.move, pinned=t.pinned)
+                terms.append(t)
+            latent = [e for e in ents if e not in heads]
+            if latent:
                 inact = z.clone()
                 for e, t in zip(ents, terms):
                     inact[:, e] = t.slot
-                slots = torch.from_numpy(np.repeat(cands.clamp[i][None], n, 0))
+                slots = torch.zeros(n, len(wm.entity_names), dtype=torch.bool)
+                slots[:, latent] = True
                 clamp = (slots, inact)
             z_new = m.next(z, act, clamp=clamp)
             x_new = m.expression_from(z_new, act, xt, r_ref=r_ref)
@@ -64,6 +75,8 @@ def _reference(wm, x: np.ndarray, cands) -> tuple[np.ndarray, np.ndarray]:
                 z_new = z_new + sum(t.dz for t in terms)
                 pinned = torch.stack([t.pinned for t in terms]).any(0)
                 x_new = pin_members(x_new, x_base, sum(t.move for t in terms), pinned)
+            if any(e in heads for e in ents):
+                z_new = z_base + m.encode(x_new) - m.encode(x_base)
             xs.append(x_new.numpy())
             shifts.append(((z_new - z_base).norm(dim=-1) / scale).numpy())
     return np.stack(xs), np.stack(shifts)
@@ -82,6 +95,51 @@ def test_blocked_engine_equals_the_one_pass_reference(tiny_trained, cells):
         np.testing.assert_allclose(r.shift, ref_shift, atol=2e-5, rtol=0, err_msg=f"rows_per_pass={rows}")
     # a wrong kernel or block bookkeeping would move the answers by far more than the tolerance
     assert np.abs(ref_x[0] - ref_x[3]).max() > 1e-2
+
+
+def test_silences_answered_by_heads_equal_the_one_pass_reference(tiny_trained, cells):
+    """A do() whose silenced entities all have a response head skips the predictor (its answer under the
+    control action is the cached unperturbed prediction) and the moved cells' encoder pass, and reads its
+    latents against f_theta(x_base) computed once per cell; a do() that also clamps a slot without a
+    head keeps the predictor pass. Both equal the reference that runs everything for every row."""
+    from bioworld.query import Candidates
+
+    wm = tiny_trained
+    x = wm._cells_to_std(cells)
+    E = len(wm.entity_names)
+    rng = np.random.default_rng(0)
+    heads = {e: np.where(wm.engine.axes.axis[e] != 0, 0.0, rng.normal(size=len(wm.genes))).astype(np.float32)
+             for e in (1, 3)}
+    clamp = np.zeros((4, E), bool)
+    clamp[0, 1] = clamp[1, [1, 3]] = clamp[2, [1, 2]] = clamp[3, 0] = True  # heads only x2, head + clamp, clamp
+    cands = Candidates(["h1", "h13", "h1c2", "c0"], wm.space.encode(["control"] * 4), clamp)
+    before = wm.silence_heads
+    wm.silence_heads, wm._engine = {wm.entity_names[e]: v for e, v in heads.items()}, None
+    try:
+        eng = wm.engine
+        ref_x, ref_shift = _reference(wm, x, cands, heads)
+        calls = []
+        predictor = wm.module.predictor.forward
+        wm.module.predictor.forward = lambda *a, **k: calls.append(len(a[0])) or predictor(*a, **k)
+        try:
+            cache = eng.encode(x)
+            calls.clear()
+            only_heads = eng.run(cache, Candidates(cands.labels[:2], wm.space.encode(["control"] * 2), clamp[:2]))
+            assert not calls  # no predictor pass for answers made by heads alone
+            assert cache.z_read is not None and len(cache.z_read) == len(x)  # f_theta(x_base), once per cell
+            r = eng.run(cache, cands, rows_per_pass=16)
+            assert calls  # the clamped slots still go through the predictor
+        finally:
+            del wm.module.predictor.forward
+        with torch.no_grad():
+            read = wm.module.encode(cache.x_base)
+        torch.testing.assert_close(cache.z_read, read, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(only_heads.x_pred, ref_x[:2], atol=2e-5, rtol=0)
+        np.testing.assert_allclose(r.x_pred, ref_x, atol=2e-5, rtol=0)
+        np.testing.assert_allclose(r.shift, ref_shift, atol=2e-5, rtol=0)
+        assert np.abs(ref_x[0] - ref_x[2]).max() > 1e-2 and np.abs(ref_shift[0] - ref_shift[1]).max() > 1e-3
+    finally:
+        wm.silence_heads, wm._engine = before, None
 
 
 def test_answers_do_not_depend_on_the_number_of_worker_threads(tiny_trained, cells):

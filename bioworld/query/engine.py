@@ -58,6 +58,9 @@ class CellCache:
     r_ref: torch.Tensor | None  # [n, G] readout of the target latents (residual readout), else None
     z_base: torch.Tensor  # [n, E, D] latents under the control action
     x_base: torch.Tensor  # [n, G] predicted unperturbed expression
+    # [n, E, D] f_theta(x_base): how the encoder reads the unperturbed prediction (answers with a silence
+    # response head are read against it); filled by the engine when a query needs it, else None
+    z_read: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -65,12 +68,14 @@ class CellCache:
     def rows(self, start: int, stop: int) -> "CellCache":
         """The cache of cells ``start:stop`` (views, nothing copied)."""
         return CellCache(self.x[start:stop], self.z[start:stop], None if self.r_ref is None else self.r_ref[start:stop],
-                         self.z_base[start:stop], self.x_base[start:stop])
+                         self.z_base[start:stop], self.x_base[start:stop],
+                         None if self.z_read is None else self.z_read[start:stop])
 
     def subset(self, idx: np.ndarray) -> "CellCache":
         """The cache of cells ``idx`` (rows are independent, so nothing is recomputed)."""
         t = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.x.device)
-        return CellCache(self.x[t], self.z[t], None if self.r_ref is None else self.r_ref[t], self.z_base[t], self.x_base[t])
+        return CellCache(self.x[t], self.z[t], None if self.r_ref is None else self.r_ref[t], self.z_base[t], self.x_base[t],
+                         None if self.z_read is None else self.z_read[t])
 
 
 @dataclass(frozen=True)
@@ -309,14 +314,16 @@ class Engine:
 
         def block(job: tuple[int, int]) -> SilenceTerms:
             e, s = job
-            x_off = moved[e][s:s + rows]
-            t = silence_terms(self.module, cache.z[s:s + rows], self.module.encode(x_off), e, cache.x[s:s + rows], x_off)
+            x_off, x, z = moved[e][s:s + rows], cache.x[s:s + rows], cache.z[s:s + rows]
             if e not in self.silence_heads:
-                return t
-            # the head answers the other genes: each moves by its slope x the cell's move along the axis
+                return silence_terms(self.module, z, self.module.encode(x_off), e, x, x_off)
+            # the head answers the other genes: each moves by its slope x the cell's move along the axis. The
+            # slot is never clamped and the answer's latents are read from its cells (_headed), so the moved
+            # cells need no encoder pass
+            move = x_off - x
             u = torch.from_numpy(self.axes.axis[e]).to(x_off.device)
-            resp = (t.move @ u)[:, None] * torch.from_numpy(self.silence_heads[e]).to(x_off.device)[None]
-            return SilenceTerms(slot=t.slot, dz=torch.zeros_like(t.dz), dx=resp, move=t.move, pinned=t.pinned)
+            resp = (move @ u)[:, None] * torch.from_numpy(self.silence_heads[e]).to(x_off.device)[None]
+            return SilenceTerms(slot=z[:, e], dz=torch.zeros_like(z), dx=resp, move=move, pinned=(move != 0).any(0))
 
         parts: dict[int, list[SilenceTerms]] = {e: [] for e in moved}
         self._map(block, jobs, lambda job, t: parts[job[0]].append(t))
@@ -361,6 +368,8 @@ class Engine:
         w = torch.full((n,), 1.0 / max(n, 1), device=dev) if weights is None else \
             torch.from_numpy(np.asarray(weights, dtype=np.float32)).to(dev)
         scale = torch.from_numpy(np.asarray(self.slot_scale, dtype=np.float32)).to(dev)
+        if (cands.clamp & self._head_mask).any():
+            self._read_base(cache)
         n_comp = cands.table.n_components()
         offsets = self._anchor_offsets(cache, cands, terms, rows_per_pass)
         zero = torch.zeros(cache.x.shape[1], device=dev)
@@ -377,7 +386,9 @@ class Engine:
                 return x_new.reshape(m, nb, -1).cpu().numpy(), shift.cpu().numpy()
             return goal(x_new, sub.x_base.repeat(m, 1)).reshape(m, nb).cpu().numpy(), torch.einsum("mne,n->me", shift, w[c0:c1])
 
-        jobs = [j for c in np.unique(n_comp) for j in self._blocks(n, np.flatnonzero(n_comp == c), rows_per_pass)]
+        # blocks of one route and component count: learned actions, do() with a clamped slot, do() by heads only
+        key = n_comp * 3 + self._routes(cands)
+        jobs = [j for k in np.unique(key) for j in self._blocks(n, np.flatnonzero(key == k), rows_per_pass)]
         mean_shift = None if goal is None else torch.zeros(C, E, device=dev)
 
         def store(job: tuple[np.ndarray, int, int], result: tuple) -> None:
@@ -431,16 +442,33 @@ class Engine:
         offsets(sorted(cands.anchor_full), interaction=True)  # the main pass's own mean is replaced whole
         return out
 
+    def _routes(self, cands: Candidates) -> np.ndarray:
+        """Per candidate ``[C]``: 0 its action (no do()), 1 a do() with a slot the predictor clamps, 2 a do()
+        whose silenced entities all have a response head (no predictor pass: :meth:`_headed`)."""
+        latent = (cands.clamp & ~self._head_mask).any(1)
+        return np.where(~cands.clamp.any(1), 0, np.where(latent, 1, 2))
+
+    def _read_base(self, cache: CellCache) -> None:
+        """``cache.z_read`` = f_theta(x_base), once per cell (answers with a response head are read against it)."""
+        if cache.z_read is not None or not len(cache):
+            return
+        rows, parts = self.rows_per_pass, []
+        self._map(lambda s: self.module.encode(cache.x_base[s:s + rows]), range(0, len(cache), rows),
+                  lambda _, z: parts.append(z))
+        cache.z_read = torch.cat(parts)
+
     def _pass(self, cache: CellCache, cands: Candidates, idx: np.ndarray,
               terms: dict[int, SilenceTerms]) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted expression and latents ``[m*n, G]``, ``[m*n, E, D]`` of candidates ``idx`` on all cells."""
         m, n = len(idx), len(cache)
         rows = np.repeat(idx, n)  # [m*n] candidate of each row
+        ents = [np.flatnonzero(cands.clamp[i]).tolist() for i in idx]
+        latent = cands.clamp[rows] & ~self._head_mask  # [m*n, E] slots the predictor clamps (no response head)
+        if all(ents) and not latent.any():
+            return self._headed(cache, terms, ents)
         act = self._take(cands.table, rows)
         x = cache.x.repeat(m, 1)
         clamp = inact = None
-        ents = [np.flatnonzero(cands.clamp[i]).tolist() for i in idx]
-        latent = cands.clamp[rows] & ~self._head_mask  # [m*n, E] slots the predictor clamps (no response head)
         if any(ents):
             inact = cache.z.clone()  # [n, E, D]; only the silenced slots are read
             for e, t in terms.items():
@@ -453,21 +481,42 @@ class Engine:
         if inact is None:
             return x_new, z_new
         # the do() of each candidate: the sum of its silenced entities' terms (none for learned actions)
-        no_x, no_z = torch.zeros_like(cache.x), torch.zeros_like(cache.z)
-        dx = torch.cat([_sum([terms[e].dx for e in es], no_x) for es in ents])  # [m*n, G]
-        dz = torch.cat([_sum([terms[e].dz for e in es], no_z) for es in ents])  # [m*n, E, D]
-        move = torch.cat([_sum([terms[e].move for e in es], no_x) for es in ents])  # [m*n, G]
-        no_pin = torch.zeros(cache.x.shape[1], dtype=torch.bool, device=cache.x.device)
-        pinned = torch.stack([torch.stack([terms[e].pinned for e in es]).any(0) if es else no_pin for es in ents])
+        dx, dz, move, pinned = self._do_sums(cache, terms, ents, with_dz=True)
         # the do() sets the silenced entities' genes (a gene in two silenced entities: both moves)
-        x_new = pin_members(x_new + dx, cache.x_base.repeat(m, 1), move, pinned.repeat_interleave(n, 0))
+        x_new = pin_members(x_new + dx, cache.x_base.repeat(m, 1), move, pinned)
         z_new = z_new + dz
         headed = np.flatnonzero((cands.clamp[rows] & self._head_mask).any(1))
         if len(headed):  # an answer with a response head: its latents are how f_theta reads the answer's cells
             h = torch.from_numpy(headed).to(self.device)
-            x_base = cache.x_base.repeat(m, 1)[h]
-            z_new[h] = cache.z_base.repeat(m, 1, 1)[h] + self.module.encode(x_new[h]) - self.module.encode(x_base)
+            z_read = cache.z_read if cache.z_read is not None else self.module.encode(cache.x_base)
+            z_new[h] = cache.z_base.repeat(m, 1, 1)[h] + self.module.encode(x_new[h]) - z_read.repeat(m, 1, 1)[h]
         return x_new, z_new
+
+    def _headed(self, cache: CellCache, terms: dict[int, SilenceTerms], ents: list[list[int]]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_pass` for candidates whose silenced entities all have a response head: nothing is clamped and
+        the action is the control one, so the predictor's answer is the unperturbed prediction (``x_base``,
+        ``z_base``); the heads and the do() move the genes, and the latents are how f_theta reads the answer's
+        cells against ``x_base`` (``cache.z_read``)."""
+        m = len(ents)
+        dx, _, move, pinned = self._do_sums(cache, terms, ents, with_dz=False)
+        x_base = cache.x_base.repeat(m, 1)
+        x_new = pin_members(x_base + dx, x_base, move, pinned)
+        z_read = cache.z_read if cache.z_read is not None else self.module.encode(cache.x_base)
+        return x_new, cache.z_base.repeat(m, 1, 1) + self.module.encode(x_new) - z_read.repeat(m, 1, 1)
+
+    def _do_sums(self, cache: CellCache, terms: dict[int, SilenceTerms], ents: list[list[int]], *, with_dz: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Per row ``[m*n, ...]``: the sums of each candidate's silenced entities' ``dx``, ``dz`` (when
+        ``with_dz``) and ``move``, and the genes any of them pins (none for learned actions)."""
+        n = len(cache)
+        no_x = torch.zeros_like(cache.x)
+        dx = torch.cat([_sum([terms[e].dx for e in es], no_x) for es in ents])  # [m*n, G]
+        dz = torch.cat([_sum([terms[e].dz for e in es], torch.zeros_like(cache.z)) for es in ents]) if with_dz else None
+        move = torch.cat([_sum([terms[e].move for e in es], no_x) for es in ents])  # [m*n, G]
+        no_pin = torch.zeros(cache.x.shape[1], dtype=torch.bool, device=cache.x.device)
+        pinned = torch.stack([torch.stack([terms[e].pinned for e in es]).any(0) if es else no_pin for es in ents])
+        return dx, dz, move, pinned.repeat_interleave(n, 0)
 
 
 def _rows_of(terms: dict[int, SilenceTerms], start: int, stop: int) -> dict[int, SilenceTerms]:
