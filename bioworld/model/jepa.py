@@ -82,11 +82,14 @@ def _math_attention(qkv: Tensor, h: int) -> Tensor:
     training figures keep the fused kernel: with few tokens and 8-wide heads torch's CPU flash
     kernel is the slower one on row blocks that stay in cache (``benchmarks/results/speed/SPEED.md``,
     section h). Each head reads its columns of ``qkv`` in place (strided matmuls: a head-major copy
-    cost as much as the matmuls). The softmax is ``exp(s) / sum exp(s)`` with the division applied
-    to the head's output (``T x c`` values, not ``T x T``) and no max subtracted, which is exact
-    while the row sums stay in a safe float range; a head where any does not (scores above ~69 or
-    all below ~-69) takes the max-subtracted softmax. Answers differ from the fused kernel by float
-    rounding.
+    cost as much as the matmuls) and works in the transposed layout: scores ``[B, keys, queries]``,
+    output ``[B, c, queries]``, so the softmax's sums run over rows and its division is a contiguous
+    ``[T]``-wide broadcast (in the ``[B, T, c]`` layout it is an 8-wide one torch does not vectorise).
+    The softmax is ``exp(s) / sum exp(s)`` with the division applied to the head's output (``T x c``
+    values, not ``T x T``) and no max subtracted, which is exact while the row sums stay in a safe
+    float range; a head where any does not (scores above ~69 or all below ~-69) takes the
+    max-subtracted softmax. The result is a ``[B, T, C]`` view of a ``[B, C, T]`` tensor. Answers
+    differ from the fused kernel by float rounding.
     """
     B, T, C3 = qkv.shape
     C = C3 // 3
@@ -94,14 +97,14 @@ def _math_attention(qkv: Tensor, h: int) -> Tensor:
     heads = []
     for j in range(h):
         q, k, v = (qkv[:, :, i * C + j * c: i * C + (j + 1) * c] for i in range(3))  # [B, T, c] views
-        e = torch.baddbmm(qkv.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=c ** -0.5).exp_()  # [B, T, T]
-        total = e.sum(-1, keepdim=True)
+        e = torch.baddbmm(qkv.new_empty(()), k, q.transpose(1, 2), beta=0.0, alpha=c ** -0.5).exp_()  # [B, keys, queries]
+        total = e.sum(1, keepdim=True)  # [B, 1, queries]
         if bool(((total > _SOFTMAX_SAFE[0]) & (total < _SOFTMAX_SAFE[1])).all()):
-            heads.append(torch.bmm(e, v).div_(total))
+            heads.append(torch.bmm(v.transpose(1, 2), e).div_(total))  # [B, c, queries]
             continue
-        s = torch.baddbmm(qkv.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=c ** -0.5)
-        heads.append(torch.bmm(s.softmax(-1), v))
-    return torch.cat(heads, -1)
+        s = torch.baddbmm(qkv.new_empty(()), k, q.transpose(1, 2), beta=0.0, alpha=c ** -0.5)
+        heads.append(torch.bmm(v.transpose(1, 2), s.softmax(1)))
+    return torch.cat(heads, 1).transpose(1, 2)
 
 
 # row sums of exp(scores) in which the plain exp is as exact as the max-subtracted softmax: the largest
