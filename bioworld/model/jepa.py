@@ -518,8 +518,11 @@ class JEPA(nn.Module):
         act: ActionBatch,
         context_mask: Tensor | None = None,
         clamp: tuple[Tensor, Tensor] | None = None,
+        u: Tensor | None = None,
     ) -> Tensor:
-        """Predicted next latents under ``act``; ``clamp`` = (slots [B,E] bool, values [B,E,D]).
+        """Predicted next latents under ``act``; ``clamp`` = (slots [B,E] bool, values [B,E,D]); ``u`` = the
+        action's component tokens ``[B, A, D]`` (``action_encoder(act)``) when the caller has them already
+        (queries encode each intervention once, not once per cell).
 
         A combination (two or more components) is built on additivity: the control prediction plus
         each component's own change (its single-component prediction minus the control one) plus
@@ -527,7 +530,7 @@ class JEPA(nn.Module):
         to zero, so combinations start additive in latent slots and depart from it only where
         training combinations show an interaction (``JEPAConfig.additive_combinations``).
         """
-        u = self.action_encoder(act)
+        u = self.action_encoder(act) if u is None else u
         graph = self.encoder.local()  # local entity attention (or None: dense)
         multi = (act.kind != Kind.PAD).sum(1) >= 2  # [B]
         if not self.cfg.additive_combinations or not bool(multi.any()):
@@ -560,8 +563,8 @@ class JEPA(nn.Module):
         return z_next.index_copy(0, idx, comp)
 
     def readout(self, z: Tensor) -> Tensor:
-        """Standardised expression ``[B, G]`` from latents."""
-        return self.readout_head(z)[0]
+        """Standardised expression ``[B, G]`` from latents (the expression part of ``readout_head``)."""
+        return self.readout_head.expr(z.flatten(1))
 
     def readout_scores(self, z: Tensor) -> Tensor:
         """Entity scores ``[B, E]`` from latents."""

@@ -381,10 +381,10 @@ class Engine:
             m, nb = len(idx), c1 - c0
             if offsets:
                 x_new = x_new + torch.stack([offsets.get(int(i), zero) for i in idx]).repeat_interleave(nb, 0)
-            shift = ((z_new - sub.z_base.repeat(m, 1, 1)).norm(dim=-1) / scale).reshape(m, nb, E)
+            shift = (z_new.reshape(m, nb, E, -1) - sub.z_base).norm(dim=-1) / scale  # [m, nb, E]
             if goal is None:
                 return x_new.reshape(m, nb, -1).cpu().numpy(), shift.cpu().numpy()
-            return goal(x_new, sub.x_base.repeat(m, 1)).reshape(m, nb).cpu().numpy(), torch.einsum("mne,n->me", shift, w[c0:c1])
+            return goal(x_new, _rep(sub.x_base, m)).reshape(m, nb).cpu().numpy(), torch.einsum("mne,n->me", shift, w[c0:c1])
 
         # blocks of one route and component count: learned actions, do() with a clamped slot, do() by heads only
         key = n_comp * 3 + self._routes(cands)
@@ -467,29 +467,29 @@ class Engine:
         if all(ents) and not latent.any():
             return self._headed(cache, terms, ents)
         act = self._take(cands.table, rows)
-        x = cache.x.repeat(m, 1)
+        u = self.module.action_encoder(self._take(cands.table, idx)).repeat_interleave(n, 0)  # once per candidate
         clamp = inact = None
         if any(ents):
             inact = cache.z.clone()  # [n, E, D]; only the silenced slots are read
-            for e, t in terms.items():
-                inact[:, e] = t.slot
-            inact = inact.repeat(m, 1, 1)
+            for e in sorted({e for es in ents for e in es}):
+                inact[:, e] = terms[e].slot
+            inact = _rep(inact, m)
             if latent.any():
                 clamp = (torch.from_numpy(latent).to(self.device), inact)
-        z_new = self.module.next(cache.z.repeat(m, 1, 1), act, clamp=clamp)
-        x_new = self.module.expression_from(z_new, act, x, r_ref=None if cache.r_ref is None else cache.r_ref.repeat(m, 1))
+        z_new = self.module.next(_rep(cache.z, m), act, clamp=clamp, u=u)
+        x_new = self.module.expression_from(z_new, act, _rep(cache.x, m), r_ref=None if cache.r_ref is None else _rep(cache.r_ref, m))
         if inact is None:
             return x_new, z_new
         # the do() of each candidate: the sum of its silenced entities' terms (none for learned actions)
         dx, dz, move, pinned = self._do_sums(cache, terms, ents, with_dz=True)
         # the do() sets the silenced entities' genes (a gene in two silenced entities: both moves)
-        x_new = pin_members(x_new + dx, cache.x_base.repeat(m, 1), move, pinned)
+        x_new = pin_members(x_new + dx, _rep(cache.x_base, m), move, pinned)
         z_new = z_new + dz
         headed = np.flatnonzero((cands.clamp[rows] & self._head_mask).any(1))
         if len(headed):  # an answer with a response head: its latents are how f_theta reads the answer's cells
             h = torch.from_numpy(headed).to(self.device)
             z_read = cache.z_read if cache.z_read is not None else self.module.encode(cache.x_base)
-            z_new[h] = cache.z_base.repeat(m, 1, 1)[h] + self.module.encode(x_new[h]) - z_read.repeat(m, 1, 1)[h]
+            z_new[h] = _rep(cache.z_base, m)[h] + self.module.encode(x_new[h]) - _rep(z_read, m)[h]
         return x_new, z_new
 
     def _headed(self, cache: CellCache, terms: dict[int, SilenceTerms], ents: list[list[int]]
@@ -500,10 +500,10 @@ class Engine:
         cells against ``x_base`` (``cache.z_read``)."""
         m = len(ents)
         dx, _, move, pinned = self._do_sums(cache, terms, ents, with_dz=False)
-        x_base = cache.x_base.repeat(m, 1)
+        x_base = _rep(cache.x_base, m)
         x_new = pin_members(x_base + dx, x_base, move, pinned)
         z_read = cache.z_read if cache.z_read is not None else self.module.encode(cache.x_base)
-        return x_new, cache.z_base.repeat(m, 1, 1) + self.module.encode(x_new) - z_read.repeat(m, 1, 1)
+        return x_new, _rep(cache.z_base, m) + self.module.encode(x_new) - _rep(z_read, m)
 
     def _do_sums(self, cache: CellCache, terms: dict[int, SilenceTerms], ents: list[list[int]], *, with_dz: bool
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
@@ -511,9 +511,9 @@ class Engine:
         ``with_dz``) and ``move``, and the genes any of them pins (none for learned actions)."""
         n = len(cache)
         no_x = torch.zeros_like(cache.x)
-        dx = torch.cat([_sum([terms[e].dx for e in es], no_x) for es in ents])  # [m*n, G]
-        dz = torch.cat([_sum([terms[e].dz for e in es], torch.zeros_like(cache.z)) for es in ents]) if with_dz else None
-        move = torch.cat([_sum([terms[e].move for e in es], no_x) for es in ents])  # [m*n, G]
+        dx = _cat([_sum([terms[e].dx for e in es], no_x) for es in ents])  # [m*n, G]
+        dz = _cat([_sum([terms[e].dz for e in es], torch.zeros_like(cache.z)) for es in ents]) if with_dz else None
+        move = _cat([_sum([terms[e].move for e in es], no_x) for es in ents])  # [m*n, G]
         no_pin = torch.zeros(cache.x.shape[1], dtype=torch.bool, device=cache.x.device)
         pinned = torch.stack([torch.stack([terms[e].pinned for e in es]).any(0) if es else no_pin for es in ents])
         return dx, dz, move, pinned.repeat_interleave(n, 0)
@@ -523,6 +523,16 @@ def _rows_of(terms: dict[int, SilenceTerms], start: int, stop: int) -> dict[int,
     """The do() terms of cells ``start:stop`` (views)."""
     return {e: SilenceTerms(t.slot[start:stop], t.dz[start:stop], t.dx[start:stop], t.move[start:stop], t.pinned)
             for e, t in terms.items()}
+
+
+def _rep(t: torch.Tensor, m: int) -> torch.Tensor:
+    """``t`` ``[n, ...]`` repeated ``m`` times along rows (``t`` itself for one: nothing here writes into it)."""
+    return t if m == 1 else t.repeat(m, *([1] * (t.dim() - 1)))
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(tensors)`` (the tensor itself for one: nothing here writes into it)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _sum(tensors: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
