@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
           f"prioritize wall {wall:.1f} s (CPU {cpu:.1f} s on {threads} torch threads: the wall time on that many "
           f"idle cores is at least CPU / threads = {cpu / threads:.1f} s); refined {res.provenance['n_refined']} on all cells")
     print(f"flagged 'readout': {res.provenance['n_flagged']}; unseen in top 10: {int((~tab['seen'].head(10)).sum())}")
+    if res.provenance.get("compounds_not_scored_text"):
+        print(res.provenance["compounds_not_scored_text"])
     print(f"load before: {load_before}\nload after:  {load_after}")
     cols = ["rank", "intervention", "kind", "score", "flag", "seen", "evidence", "drugs"]
     with np.printoptions(linewidth=200):
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = {"data": a.data, "goal": goal, "cells": res.provenance["n_cells_used"], "candidates": len(tab),
            "by_kind": kinds, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "torch_threads": threads,
            "n_flagged": res.provenance["n_flagged"],
+           "compounds_not_scored": {k: len(v) for k, v in res.provenance.get("compounds_not_scored", {}).items()},
            "top10": tab["intervention"].head(10).tolist(), "top10_unseen": int((~tab["seen"].head(10)).sum()),
            "report_top10": lab["intervention"].head(10).tolist(),
            "report_top10_unseen": int((~lab["seen"].head(10)).sum()),

@@ -18,9 +18,10 @@ from the saved ones (so the groups and the prior are those of the run). Variants
 - ``fusion chosen on the other dataset``: log-odds or rank average, whichever has the higher mean of
   the three metrics (3 seeds) on the other dataset;
 - with ``--member-runs`` (a run with ``--model-seed-offset``: each fold's model trained again with
-  another seed on the same split and cells): that ``second member alone``, and the ``2 members``
-  ensemble (the mean of the two members' model percentiles, again a percentile within its group,
-  joined with the prior by log-odds). The member run's own ``priority`` (ranked by the code now) is
+  another seed on the same split and cells; repeat the flag for more members): each member alone
+  (``second member alone``, ``member 3 alone``, ...), and the ensembles of the run's model with the
+  first 1, 2, ... members (``2 members``, ``3 members``: the mean of the members' model percentiles,
+  again a percentile within its group, joined with the prior by log-odds). The member run's own ``priority`` (ranked by the code now) is
   reproduced from its tables as a check.
 
 Writes ``items.csv`` (the run's rows, ``WorldModel`` and its parts recomputed with the default rule,
@@ -166,15 +167,19 @@ def load_folds(items: pd.DataFrame, cand_dir: Path, *, rule: str = "as run"
     return out
 
 
-def ensemble(folds: dict, members: dict) -> dict[tuple[str, int, int], np.ndarray]:
-    """Priority of a two-member ensemble per fold: the mean of the members' model percentiles, again a
-    mid-rank percentile within its calibration group, joined with the prior by log-odds."""
+def ensemble(folds: dict, members: list[dict]) -> dict[tuple[str, int, int], np.ndarray]:
+    """Priority of an ensemble per fold (the run's model and ``members``): the mean of the members' model
+    percentiles, again a mid-rank percentile within its calibration group, joined with the prior by
+    log-odds."""
     out = {}
     for key, (f, _) in folds.items():
-        g = members[key][0]
         m1, p1, _ = f.columns("logodds")
-        m2 = dict(zip(g.table["intervention"], g.columns("logodds")[0]))
-        mean = (m1 + np.array([m2[lab] for lab in f.table["intervention"]])) / 2
+        total = m1.copy()
+        for mem in members:
+            g = mem[key][0]
+            mj = dict(zip(g.table["intervention"], g.columns("logodds")[0]))
+            total += np.array([mj[lab] for lab in f.table["intervention"]])
+        mean = total / (1 + len(members))
         groups = np.array([P.calibration_group(a, s, f.space) for a, s in zip(f.actions, f.seen)])
         m = np.full(len(mean), np.nan)
         for grp in dict.fromkeys(groups):
@@ -207,15 +212,24 @@ def _mean_metric(rows: list[dict], k: int) -> float:
     return float(np.nanmean(vals))
 
 
-def rescore(folds: dict, k: int, members: dict | None = None
+def member_names(n: int) -> list[str]:
+    """Method names of the member variants with ``n`` extra members: each alone, then each ensemble size."""
+    return ([MEMBER2, ENSEMBLE] if n >= 1 else []) + [m for j in range(3, n + 2) for m in (
+        f"WorldModel, member {j} alone", f"WorldModel, {j} members (mean model percentile)")]
+
+
+def rescore(folds: dict, k: int, members: list[dict] | None = None
             ) -> tuple[pd.DataFrame, dict[tuple[str, int, int], float], dict[str, str]]:
     """Rows of every variant; the weight each fold was given (fitted variant); the fusion each dataset got.
-    ``members``: a second member's folds (same splits, another training seed): the ensemble variant."""
+    ``members``: further members' folds (same splits, other training seeds): each alone, and the
+    ensembles of the run's model with the first 1, 2, ... of them."""
     rows: list[dict] = []
-    if members:
-        for key, pr in ensemble(folds, members).items():
-            rows += _rows(*folds[key], key, ENSEMBLE, pr)
-            rows += _rows(*members[key], key, MEMBER2, members[key][0].columns("logodds")[2])
+    names = iter(member_names(len(members or [])))
+    for j, mem in enumerate(members or []):
+        alone, ens = next(names), next(names)
+        for key, pr in ensemble(folds, members[:j + 1]).items():
+            rows += _rows(*folds[key], key, ens, pr)
+            rows += _rows(*mem[key], key, alone, mem[key][0].columns("logodds")[2])
     cols = {key: {h: f.columns(h) for h in P.FUSIONS} for key, (f, _) in folds.items()}
     for key, (f, part) in folds.items():
         _, as_run = f.as_run()
@@ -252,23 +266,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", required=True, type=Path, help="the runs' --save-candidates folder")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--k", type=int, default=R.RetroSettings().k)
-    p.add_argument("--member-runs", default=None, help="a second member's run folders (--model-seed-offset), "
-                   "ranked by the log-odds code: the 2-member ensemble variant")
-    p.add_argument("--member-candidates", default=None, type=Path, help="their --save-candidates folder")
+    p.add_argument("--member-runs", action="append", default=[], help="a further member's run folders "
+                   "(--model-seed-offset), ranked by the log-odds code: the ensemble variants; repeat for more members")
+    p.add_argument("--member-candidates", action="append", default=[], type=Path,
+                   help="their --save-candidates folder (once per --member-runs)")
     a = p.parse_args(argv)
     items = pd.concat([pd.read_csv(Path(d) / "items.csv") for d in a.runs.split(",") if d.strip()], ignore_index=True)
     folds = load_folds(items, a.candidates)
-    members = None
-    if a.member_runs:
-        m_items = pd.concat([pd.read_csv(Path(d) / "items.csv") for d in a.member_runs.split(",") if d.strip()],
+    if len(a.member_runs) != len(a.member_candidates):
+        raise SystemExit("give one --member-candidates per --member-runs")
+    members = []
+    for runs, cands in zip(a.member_runs, a.member_candidates):
+        m_items = pd.concat([pd.read_csv(Path(d) / "items.csv") for d in runs.split(",") if d.strip()],
                             ignore_index=True)
-        members = load_folds(m_items, a.member_candidates, rule="logodds")
-        if set(members) != set(folds):
-            raise SystemExit(f"the member runs cover {sorted(members)}; expected the same folds {sorted(folds)}")
+        members.append(load_folds(m_items, cands, rule="logodds"))
+        if set(members[-1]) != set(folds):
+            raise SystemExit(f"the member runs cover {sorted(members[-1])}; expected the same folds {sorted(folds)}")
     var, weights, chosen = rescore(folds, a.k, members)
     base = items[items["method"].isin([R.NETWORK, R.PATHWAY])]
-    order = [R.MODEL, R.MODEL_RANKED, R.PREDICTED, R.NO_PRIOR, LOGODDS, MEAN_MID, AS_RUN, FITTED, CROSS, MEMBER2,
-             ENSEMBLE, R.NETWORK, R.PATHWAY]
+    order = [R.MODEL, R.MODEL_RANKED, R.PREDICTED, R.NO_PRIOR, LOGODDS, MEAN_MID, AS_RUN, FITTED, CROSS,
+             *member_names(len(members)), R.NETWORK, R.PATHWAY]
     out_items = pd.concat([var, base], ignore_index=True)
     out_items["_o"] = out_items["method"].map({m: i for i, m in enumerate(order)})
     out_items = out_items.sort_values(["dataset", "_o", "seed", "fold"], kind="stable").drop(columns="_o")
@@ -279,12 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         f for (d, ss, f) in weights if d == ds and ss == s)) for ds, s in sorted({key[:2] for key in weights}))
     lines = ["# Variants of the default ranking (rescored from the saved candidates, no training)", "",
              f"Generated by `benchmarks/run_retrospective_variants.py --runs {a.runs} --candidates {a.candidates} "
-             f"--out {a.out}`.", "", (__doc__ or "").split("\n\n", 1)[1].split("Writes ``items.csv``")[0].strip(), "",
+             + "".join(f"--member-runs {r} --member-candidates {c} " for r, c in zip(a.member_runs, a.member_candidates))
+             + f"--out {a.out}`.", "", (__doc__ or "").split("\n\n", 1)[1].split("Writes ``items.csv``")[0].strip(), "",
              f"Model weight fitted on the other folds, per fold: {w_txt}.", "",
              "Fusion chosen on the other dataset: " + ", ".join(f"{ds}: {h}" for ds, h in chosen.items()), ""]
     for ds in dict.fromkeys(out_items["dataset"]):
         lines += [f"## {ds}", "", R.markdown_table(summ, ds), ""]
-        for m in (R.MODEL, AS_RUN, FITTED, CROSS) + ((ENSEMBLE,) if members else ()):
+        for m in (R.MODEL, AS_RUN, FITTED, CROSS, *member_names(len(members))[1::2]):
             lines += [f"**{R.verdict(summ, ds, m)}**", ""]
     (a.out / "VARIANTS.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {a.out / 'VARIANTS.md'} and items.csv; fitted weights {weights}; fusion chosen {chosen}")

@@ -904,6 +904,38 @@ def counterfactual_cmd(
 CF_CELLS = 200
 
 
+def _best_counterfactuals(wm: Any, table: Any, adata: Any, n: int) -> Any:
+    """Counterfactuals of the ``n`` best rows of the report's main table that the model answers, on up to
+    ``CF_CELLS`` of the cells, each under its row label (a genetic model's compound is the knockout of
+    its targets, ``action``); a compound wider than the model's ``max_components`` is passed over, said so."""
+    import numpy as np
+
+    from bioworld.query._anndata import relabel_interventions
+    from bioworld.report.html import main_rows
+
+    top = main_rows(table)
+    acts = top["action"].astype(str) if "action" in top.columns else top["intervention"].astype(str)
+    A = wm.engine.space.max_components
+    names: dict[str, str] = {}
+    wide = 0
+    for act, lab in zip(acts, top["intervention"].astype(str)):
+        if len(names) >= n:
+            break
+        if len(wm.engine.space.parse(act).components) > A:
+            wide += 1
+        else:
+            names.setdefault(act, lab)
+    if wide:
+        typer.echo(f"counterfactuals: {wide} row(s) passed over (a compound scored as the loss of more than {A} "
+                   "targets; the model answers at most that many perturbations at once)")
+    if not names:
+        return None
+    sub = adata[np.sort(np.random.default_rng(0).choice(adata.n_obs, min(CF_CELLS, adata.n_obs), replace=False))].copy()
+    cf = relabel_interventions(wm.counterfactual(sub, list(names)), names)
+    typer.echo(f"counterfactuals: {len(names)} intervention(s) on {sub.n_obs:,} cells")
+    return cf
+
+
 @app.command("prioritize")
 @_command
 def prioritize_cmd(
@@ -933,18 +965,7 @@ def prioritize_cmd(
     every = genes is not None and genes.strip().lower() == "all"
     result = wm.prioritize(adata, goal, genes=_split_labels(genes, "--genes") if genes is not None and not every else None,
                            max_genes=None if every else max_genes, dose=dose, pairs=pairs)
-    cf = None
-    if counterfactuals:
-        from bioworld.report.html import main_rows
-
-        import numpy as np
-
-        best = list(main_rows(result.table)["intervention"].head(counterfactuals))
-        if best:
-            sub = adata[np.sort(np.random.default_rng(0).choice(adata.n_obs, min(CF_CELLS, adata.n_obs),
-                                                                replace=False))].copy()
-            cf = wm.counterfactual(sub, best)
-            typer.echo(f"counterfactuals: {len(best)} intervention(s) on {sub.n_obs:,} cells")
+    cf = _best_counterfactuals(wm, result.table, adata, counterfactuals) if counterfactuals else None
     report = write_report(result, out, model=wm, counterfactuals=cf)
     table = result.table
     typer.echo(f"scored {len(table):,} interventions on {result.provenance.get('n_cells_used', adata.n_obs):,} cells "
@@ -952,6 +973,8 @@ def prioritize_cmd(
     for _, row in table.head(5).iterrows():
         typer.echo(f"  {int(row['rank'])}. {row['intervention']} ({row['kind']}, {'seen' if row['seen'] else 'unseen'})  "
                    f"score {row['score']:.3f} [{row['score_lo']:.3f}, {row['score_hi']:.3f}]")
+    if result.provenance.get("compounds_not_scored_text"):
+        typer.echo(f"  {result.provenance['compounds_not_scored_text']}")
     n_flag = int((table["flag"] != "").sum())
     if n_flag:
         typer.echo(f"  {n_flag:,} candidate(s) act on the goal's own readout: flagged 'readout' and ranked last")

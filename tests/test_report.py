@@ -228,7 +228,11 @@ def test_cli_prioritize_writes_csv_and_report(saved, tiny_trained, tmp_path, no_
     assert res.exit_code == 0, (res.output, res.exception)
     assert (out / "report.html").is_file() and "Report: " in res.stdout
     csv = pd.read_csv(out / "ranked_interventions.csv")
-    assert set(csv["kind"]) == {"gene", "entity"}  # --no-pairs: singles only
+    # --no-pairs: singles only; this genetic model scores the bundled compounds as the loss of their targets
+    assert set(csv["kind"]) == {"gene", "entity", "compound"}
+    comp = csv[csv["kind"] == "compound"]
+    assert comp["evidence"].str.contains("as the inhibition of its target").all() and "action" in csv.columns
+    assert "compounds not scored: " in res.stdout
     assert {"rank", "intervention", "kind", "score", "flag", "seen", "evidence"} <= set(csv.columns)
     genes = sorted({p.target for a in tiny_trained.actions.values() for p in a.components if p.kind == "ko"})[:2]
     res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad", "--goal", "toward:control",
@@ -246,7 +250,7 @@ def test_report_shows_flagged_rows_apart_druggability_and_fit_banner(tiny_traine
 
     goal = tiny_trained.entity_names[0]
     trained = tiny_trained.space.genetic_targets()[:2]
-    res = tiny_trained.prioritize(cells, f"down:{goal}", genes=trained + ["JAK1"], pairs=False, n_boot=10)
+    res = tiny_trained.prioritize(cells, f"down:{goal}", genes=trained + ["JAK1"], compounds=[], pairs=False, n_boot=10)
     t = res.table.set_index("intervention")
     drugs = CompoundKnowledge.bundled().compounds_targeting("JAK1")
     assert drugs and t.loc["JAK1", "drugs"].startswith(f"{len(drugs)}: ") and not t.loc["JAK1", "seen"]
@@ -352,6 +356,8 @@ def test_cli_prioritize_counterfactuals_fill_the_report(saved, tiny_trained, tmp
     cf = page.split('id="counterfactuals"')[1].split("</section>")[0]
     csv = pd.read_csv(out / "ranked_interventions.csv", keep_default_na=False)
     main = csv[(csv["flag"] == "") & ~csv["intervention"].str.contains("silence:") & (csv["collapsed_into"] == "")]
+    # the best rows the model answers as counterfactuals (a compound as the loss of > 2 targets is passed over)
+    main = main[main["action"].map(lambda a: len(tiny_trained.space.parse(a).components) <= 2)]
     for lab in main["intervention"].head(2):
         assert f"<h3>{_html.escape(lab)}</h3>" in cf
     assert "No counterfactuals were computed" not in cf

@@ -188,9 +188,11 @@ class ActionSpace:
         return self.target_features(self.gene_bank) if self.gene_bank else None
 
     # ---------------------------------------------------------------- check + encode
-    def check(self, action: Action) -> None:
-        """Refuse an action the model cannot represent (unknown gene / entity / compound, too many parts)."""
-        A = self.max_components
+    def check(self, action: Action, *, width: int | None = None) -> None:
+        """Refuse an action the model cannot represent (unknown gene / entity / compound, too many parts:
+        more than ``max_components``, or than ``width`` where a caller widens the table on purpose, e.g.
+        a compound written as the loss of its targets; the module composes any number additively)."""
+        A = max(self.max_components, int(width or 0))
         if len(action.components) > A:
             raise UnknownPerturbationError(
                 f"action {action.label!r} has {len(action.components)} components; this model handles at most {A}. "
@@ -230,12 +232,13 @@ class ActionSpace:
         if dose is None or not math.isfinite(float(dose)) or dose < 0:
             raise UnknownPerturbationError(f"dose {dose!r} for compound {p.target!r}; expected a finite number >= 0")
 
-    def encode(self, actions: Sequence[Action | str]) -> ActionArrays:
-        """Check each action once and tensorise them into an :class:`ActionArrays` table (one row each)."""
+    def encode(self, actions: Sequence[Action | str], *, width: int | None = None) -> ActionArrays:
+        """Check each action once and tensorise them into an :class:`ActionArrays` table (one row each;
+        ``max(max_components, width)`` component columns)."""
         acts = [a if isinstance(a, Action) else self.parse(a) for a in actions]
         for a in acts:
-            self.check(a)
-        n, A, E = len(acts), self.max_components, len(self.entity_names)
+            self.check(a, width=width)
+        n, A, E = len(acts), max(self.max_components, int(width or 0)), len(self.entity_names)
         t = ActionArrays(
             kind=np.zeros((n, A), np.int64), strength=np.zeros((n, A), np.float32),
             gene_feat=np.zeros((n, A, self.genes.dim), np.float32), cmp_feat=np.zeros((n, A, self.compound_dim), np.float32),

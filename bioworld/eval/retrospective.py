@@ -424,8 +424,8 @@ def run_genetic_retro(adata: Any, goal: str, *, goal_weights: Mapping[str, float
             wm = _train(adata, sp.test, seed + settings.model_seed_offset, settings.steps,
                         perturbation_key="perturbation", control="control", replicate_key=replicate_key, **wm_kwargs)
             pick = np.random.default_rng(seed).choice(ctrl_cells, min(settings.n_cells, len(ctrl_cells)), replace=False)
-            res = wm.prioritize(adata[np.sort(pick)].copy(), goal, entities=[], max_genes=settings.max_genes,
-                                pairs=False, n_boot=20, max_cells=settings.n_cells)
+            res = wm.prioritize(adata[np.sort(pick)].copy(), goal, entities=[], compounds=[],  # genes are judged
+                                max_genes=settings.max_genes, pairs=False, n_boot=20, max_cells=settings.n_cells)
             walls[MODEL] = walls.get(MODEL, 0.0) + time.perf_counter() - t0
             labs, model = _model_rows(res.table, "gene")
             test = {wm.engine.space.parse(f"ko:{singles[lab]}").label: lab for lab in sp.test if lab in observed}

@@ -77,6 +77,9 @@ class CompoundKnowledge:
             if gene and gene not in self._targets.setdefault(key, []):
                 self._targets[key].append(gene)
         self._alias = {str(n).strip().lower(): k for n, k in aliases.items()}
+        self._names: dict[str, list[str]] = {}  # key -> its names as listed (first seen first)
+        for n, k in aliases.items():
+            self._names.setdefault(k, []).append(str(n).strip())
         self._norm_alias = {normalize_compound_name(n): k for n, k in aliases.items()}
         self.keys = sorted(keys | set(self._alias.values()))
         self._by_gene: dict[str, list[str]] = {}
@@ -159,6 +162,19 @@ class CompoundKnowledge:
         """Target genes of a compound (name or key); empty when none are known."""
         key = self.resolve(name, strict=False)
         return list(self._targets.get(key, [])) if key else []
+
+    def name(self, key: str) -> str:
+        """A readable name of compound ``key``: its first listed name whose normalised form is the key,
+        without a trailing bracketed synonym or salt words (``Abexinostat (PCI-24781)`` -> ``Abexinostat``);
+        else the first listed name; else the key. Never a name with ``+``, ``@``, ``:`` or ``"`` (those
+        cannot be a row label): the key instead."""
+        names = [n for n in self._names.get(key, []) if n and not any(c in n for c in '+@:"')]
+        for n in names:
+            short = re.sub(r"\s+\([^()]*\)\s*$", "", n)
+            short = " ".join(w for w in short.split() if w.lower().strip(",;") not in _SALT_WORDS) or short
+            if normalize_compound_name(short) == key:
+                return short
+        return (names or [key])[0]
 
     def moa(self, name: str) -> str:
         key = self.resolve(name, strict=False)

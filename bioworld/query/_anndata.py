@@ -119,3 +119,16 @@ def counterfactual_adata(
     out.uns["bioworld"] = {"entity_effects": {s: effects_frame(effects[s]) for s in specs},
                            "entity_names": [str(e) for e in entity_names], **dict(uns or {})}
     return out
+
+
+def relabel_interventions(cf: Any, names: dict[str, str]) -> Any:
+    """``cf`` (a :func:`counterfactual_adata` answer) with its interventions renamed by ``names``
+    (spec -> row label, e.g. a genetic model's compound scored as its targets' knockouts:
+    ``IL1B+TNF`` -> ``bergenin``); specs not in ``names`` keep their label. Changes ``cf`` in place."""
+    old = cf.obs["bw_intervention"].astype(str).to_numpy()
+    new = np.array([names.get(s, s) for s in old], dtype=object)
+    cf.obs["bw_intervention"] = pd.Categorical(new, categories=list(dict.fromkeys(new)))
+    cf.obs_names = pd.Index([f"{s}|{c}" for s, c in zip(new, cf.obs["bw_cell"].astype(str))], dtype=str)
+    eff = cf.uns["bioworld"]["entity_effects"]
+    cf.uns["bioworld"]["entity_effects"] = {names.get(k, k): v for k, v in eff.items()}
+    return cf

@@ -24,8 +24,11 @@ membership.
 - a combination is flagged when any of its parts is, or when the readout genes its parts set
   (knocked-out genes and silenced entities' genes, each counted once) reach ``readout_share``.
 
-Compounds are never flagged by this guard (a compound acts on its targets' proteins, not on the
-readout's transcripts).
+Compounds are never flagged by these rules (a compound acts on its targets' proteins, not on the
+readout's transcripts), nor is a compound a genetic model scores as its targets' knockout
+(:class:`TargetCompound`): the knockouts stand in for the protein's loss. Such a compound is
+flagged by the own-transcript rule (:func:`own_transcript_flags`) when the model's predicted
+readout change comes mostly through its targets' own transcripts (an artefact of the stand-in).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bioworld.actions import Action
+from bioworld.actions import Action, Perturbation
 
 READOUT_FLAG = "readout"
 #: Defaults of the guard (see the module docstring).
@@ -189,6 +192,120 @@ def compound_candidates(space: Any, dose: float) -> list[str]:
     return [space.parse(f"{n}@{dose:g}").label for n in kept]
 
 
+@dataclass(frozen=True)
+class TargetCompound:
+    """A compound scored by a model without compound features, as the inhibition of its known targets.
+
+    ``name`` is the row's label (kind ``compound``), ``action`` what the engine runs (the
+    knockout, or knockdown, of ``targets``), ``missing`` its known targets the model cannot represent."""
+
+    name: str
+    action: Action
+    targets: tuple[str, ...]
+    missing: tuple[str, ...] = ()
+    moa: str = ""
+
+    def evidence(self) -> str:
+        """``NAME: as the inhibition of its targets A, B (ko:A+ko:B)``, the unrepresented targets and the
+        mechanism of action."""
+        parts = "+".join(f"{p.kind}:{p.target}" for p in self.action.components)
+        text = (f"{self.name}: as the inhibition of its target{'s' if len(self.targets) > 1 else ''} "
+                f"{', '.join(self.targets)} ({parts})")
+        if self.missing:
+            text += (f"; {len(self.missing)} known target{'s' if len(self.missing) > 1 else ''} the model cannot "
+                     f"represent: {', '.join(self.missing[:5])}{' …' if len(self.missing) > 5 else ''}")
+        return text + (f" ({self.moa})" if self.moa else "")
+
+
+#: Why a compound of the bundled knowledge is not a candidate of a model without compound features.
+NO_TARGET, NOT_REPRESENTABLE = "no known target", "no representable target"
+TOO_MANY = "more than {} representable targets (a broad inhibitor)"
+#: Most targets a compound is scored with (the loss of all of them at once). A compound listed with more
+#: hits many proteins (typically a broad kinase inhibitor): the loss of every listed target is not
+#: what a usable dose does, and each target costs one more predictor pass per cell. Such compounds are
+#: counted as not scored, never dropped silently.
+MAX_TARGETS = 8
+
+
+def inhibition_kind(space: Any, trained: Sequence[str]) -> str:
+    """The loss-of-function kind a compound's inhibition is written as: ``kd`` when the model was
+    trained on more knockdowns than knockouts (a CRISPRi screen), else ``ko``."""
+    kinds = [p.kind for lab in trained for p in space.parse(lab).components if p.kind in ("ko", "kd")]
+    return "kd" if kinds.count("kd") > kinds.count("ko") else "ko"
+
+
+def _representable(space: Any, gene: str, kind: str) -> bool:
+    """``kind:gene`` is one perturbation of exactly ``gene`` that the model can predict."""
+    from bioworld.errors import BioworldError
+
+    try:
+        a = space.parse(f"{kind}:{gene}")
+        space.check(a)
+    except BioworldError:
+        return False
+    return len(a.components) == 1 and a.components[0].target == gene
+
+
+def target_compounds(space: Any, trained: Sequence[str], names: Sequence[str] | None = None, *,
+                     max_targets: int = MAX_TARGETS) -> tuple[list[TargetCompound], dict[str, list[str]]]:
+    """Compounds of the bundled knowledge (``names``: those names, a ``@dose`` ignored; ``None``: every
+    compound) as the inhibition of their known targets that the model can represent, for a model
+    without compound features; and the compounds that cannot be scored, by reason (:data:`NO_TARGET`,
+    :data:`NOT_REPRESENTABLE`, :data:`TOO_MANY`: more than ``max_targets`` representable targets,
+    :data:`MAX_TARGETS`; not in the knowledge: ``"not in the bundled compound knowledge"``).
+
+    One row per compound key; targets in the table's order; the inhibition is the model's loss-of-function
+    kind (:func:`inhibition_kind`), every representable target at once (an action wider than the model's
+    ``max_components`` is scored through :func:`encode_candidates`: the module composes the targets'
+    losses additively, as it does a pair). No dose: the model knows a target's loss, not a compound's
+    dose."""
+    ck = _compound_knowledge()
+    kind = inhibition_kind(space, trained)
+    skipped: dict[str, list[str]] = {}
+    if names is None:
+        keys = list(ck.keys)
+    else:
+        keys = []
+        for n in names:
+            base = str(n).rsplit("@", 1)[0]
+            key = ck.resolve(base, strict=False)
+            if key is None:
+                skipped.setdefault("not in the bundled compound knowledge", []).append(base)
+            elif key not in keys:
+                keys.append(key)
+    out, known = [], {}
+    for key in keys:
+        name = ck.name(key)
+        targets = ck.targets(key)
+        ok = [g for g in targets if known.setdefault(g, _representable(space, g, kind))]
+        why = (NO_TARGET if not targets else NOT_REPRESENTABLE if not ok
+               else TOO_MANY.format(max_targets) if len(ok) > max_targets else "")
+        if why:
+            skipped.setdefault(why, []).append(name)
+            continue
+        action = Action(tuple(Perturbation(kind, g) for g in ok))
+        out.append(TargetCompound(name, action, tuple(ok), tuple(g for g in targets if g not in ok), ck.moa(key)))
+    return out, skipped
+
+
+def encode_candidates(engine: Any, actions: Sequence[Action], labels: Sequence[str]) -> Any:
+    """``engine.candidates`` of ``actions`` named ``labels``, the table as wide as the widest action (a
+    compound as the loss of more targets than the model's ``max_components``)."""
+    width = max((len(a.components) for a in actions), default=0)
+    return engine.candidates(list(actions), labels=list(labels),
+                             width=width if width > engine.space.max_components else None)
+
+
+def not_scored_text(skipped: dict[str, list[str]]) -> str:
+    """``N compounds not scored: 30 no known target (e.g. …); 115 more representable targets than the
+    model combines in one action (2) (e.g. …)`` ("" when none)."""
+    n = sum(len(v) for v in skipped.values())
+    if not n:
+        return ""
+    return f"{n} compound{'s' if n > 1 else ''} not scored: " + "; ".join(
+        f"{len(v)} {why} (e.g. {', '.join(v[:3])})" for why, v in skipped.items())
+
+
 def dedupe_compounds(names: Sequence[str], *, seen: set[str] = frozenset(), smiles: set[str] = frozenset(),
                      key: Any = None) -> tuple[list[str], dict[str, list[str]]]:
     """One name per compound key: ``(kept names, {kept: [merged aliases]})``.
@@ -317,22 +434,24 @@ def default_candidates(engine: Any, goal: str, *, panel: Sequence[str], genes: S
 
 def own_transcript_flags(engine: Any, cache: Any, labels: Sequence[str], readout: Readout,
                          weights: np.ndarray | None, *, own_share: float = 0.5,
-                         shares: dict[str, float] | None = None) -> dict[str, str]:
+                         shares: dict[str, float] | None = None, parse: Any = None) -> dict[str, str]:
     """Reasons for candidates whose predicted goal change comes mostly from their own transcripts.
 
     For each label with knocked-out genes in the goal readout, the predicted change of the readout
     on ``cache`` (the screen's prototype cells, ``weights``) is split into the part carried by those
     genes' own transcripts and the rest; a share >= ``own_share`` flags it: the model lowers the
     readout by lowering the knocked-out gene itself, not through anything upstream. ``shares`` (a
-    dict, filled in place): that share of every such label.
+    dict, filled in place): that share of every such label. ``parse``: label -> action (default
+    ``engine.space.parse``; the planner's rows include compounds written as their targets' loss).
     """
     share = readout.gene_share()
     if not share or readout.weights is None:
         return {}
     pos = {g: i for i, g in enumerate(readout.panel)}
     todo = []
+    parse = parse or engine.space.parse
     for lab in labels:
-        a = engine.space.parse(lab)
+        a = parse(lab)
         own = sorted({p.target for p in a.components if p.kind in GENETIC and p.target in share})
         if own:
             todo.append((lab, a, own))
@@ -345,7 +464,7 @@ def own_transcript_flags(engine: Any, cache: Any, labels: Sequence[str], readout
     step = 256
     for s in range(0, len(todo), step):
         part = todo[s:s + step]
-        cands = engine.candidates([a for _, a, _ in part], labels=[lab for lab, _, _ in part])
+        cands = encode_candidates(engine, [a for _, a, _ in part], [lab for lab, _, _ in part])
         x_pred = engine.run(cache, cands).x_pred  # [C, n, G]
         contrib = (x_pred.astype(np.float64) - base[None]) * w  # per-gene change of the readout
         total = contrib.sum(-1) @ wts

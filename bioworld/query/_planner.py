@@ -33,8 +33,10 @@ import pandas as pd
 import torch
 
 from bioworld.errors import BioworldError, UnknownPerturbationError
+from bioworld.actions import Action
 from bioworld.query._candidates import (
-    OVERLAP, READOUT_FLAG, READOUT_SHARE, Readout, describe_rows, kind_of, own_transcript_flags, readout_flags,
+    OVERLAP, READOUT_FLAG, READOUT_SHARE, Readout, TargetCompound, describe_rows, encode_candidates, kind_of,
+    own_transcript_flags, readout_flags,
 )
 from bioworld.query._priority import measured_kinds, priority_columns, raw_prior
 from bioworld.query.engine import CellCache, Engine, goal_function
@@ -185,31 +187,58 @@ class _Search:
     own_shares: dict[str, float] = field(default_factory=dict)  # label -> share of its own transcripts
     own_reasons: dict[str, str] = field(default_factory=dict)  # label -> own-transcript flag reason
     _prior: list[float] = field(default_factory=list)  # raw knowledge prior of each row so far (NaN: none)
+    #: row label -> the action the engine runs, where the label is not the action's own (compounds as
+    #: the loss of their targets and pairs holding one); every other label is parsed
+    acts: dict[str, Action] = field(default_factory=dict)
+    compounds: dict[str, TargetCompound] = field(default_factory=dict)  # label -> compound as its targets
+    parts_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # pair holding one -> its singles' labels
+
+    def action(self, label: str) -> Action:
+        """The action behind a row's label."""
+        a = self.acts.get(label)
+        return self.engine.space.parse(label) if a is None else a
+
+    def guarded(self, label: str) -> Action:
+        """What the guard's static rules read: the row's action without the knockouts that stand for a
+        compound's targets (a compound acts on its targets' proteins, not on the readout's transcripts;
+        whether the model's prediction of it runs through those transcripts is the own-transcript rule's
+        question, :func:`own_transcript_flags`)."""
+        if label in self.compounds:
+            return Action(())
+        if label in self.parts_of:
+            return Action(tuple(p for lab in self.parts_of[label] for p in self.guarded(lab).components))
+        return self.action(label)
+
+    def kind(self, label: str) -> str:
+        """The row's kind: ``compound`` for a compound written as its targets' loss, else :func:`kind_of`."""
+        return "compound" if label in self.compounds else kind_of(self.action(label))
 
     def add_own(self, cache: CellCache, labels: list[str], weights: np.ndarray | None) -> None:
         """Own-transcript shares and flags of ``labels`` (on the screen's prototype cells)."""
         self.own_reasons.update(own_transcript_flags(self.engine, cache, labels, self.readout, weights,
-                                                     shares=self.own_shares))
+                                                     shares=self.own_shares, parse=self.action))
 
     def priority(self, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(model_pct, prior_pct, priority)`` of every row for the mean scores ``mean``
         (:mod:`bioworld.query._priority`)."""
         space = self.engine.space
-        actions = [space.parse(lab) for lab in self.labels]
+        actions = [self.action(lab) for lab in self.labels]
         if len(self._prior) < len(self.labels):
-            new = actions[len(self._prior):]
-            self._prior += list(raw_prior(new, space, self.readout)[0])
+            k = len(self._prior)
+            self._prior += list(raw_prior(actions[k:], space, self.readout,
+                                          as_compound=[lab in self.compounds for lab in self.labels[k:]])[0])
         seen = [lab in self.engine.trained for lab in self.labels]
         own = np.array([self.own_shares.get(lab, 0.0) for lab in self.labels])
         parts = {self.n_single + k: ab for k, ab in enumerate(self.pair_idx)}
         return priority_columns(actions, seen, np.asarray(mean, np.float64), own, np.asarray(self._prior),
                                 space, has_prior=self.readout.goal_entity is not None, pair_parts=parts,
-                                measured=measured_kinds(self.engine.trained, space))
+                                measured=measured_kinds(self.engine.trained, space),
+                                kinds=[self.kind(lab) for lab in self.labels])
 
     def flagged(self) -> np.ndarray:
         """``[rows]`` bool: the row acts on the goal's readout (the guard on every label so far)."""
         if len(self.flags) != len(self.labels):
-            acts = [self.engine.space.parse(lab) for lab in self.labels[len(self.flags):]]
+            acts = [self.guarded(lab) for lab in self.labels[len(self.flags):]]
             self.flags += readout_flags(acts, self.readout, overlap=self.overlap, readout_share=self.readout_share)[0]
         return np.array([f == READOUT_FLAG for f in self.flags], dtype=bool)
 
@@ -219,11 +248,14 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
                entity_pairs_top: int = 50,
                n_boot: int = 200, screen_cells: int = 16, refine_top: int = 20, seed: int = 0,
                overlap: float = OVERLAP, readout_share: float = READOUT_SHARE,
-               provenance: dict[str, Any] | None = None) -> PrioritizationResult:
+               provenance: dict[str, Any] | None = None,
+               target_compounds: Sequence[TargetCompound] = ()) -> PrioritizationResult:
     """Rank single and paired interventions by how well they move cells ``x`` towards ``goal``.
 
     ``x`` ``[n, G]`` standardised cells of the ``panel`` genes; ``genes`` candidate knockouts,
-    ``compounds`` candidate compound labels (``NAME@DOSE``), ``entities`` entities to silence. See
+    ``compounds`` candidate compound labels (``NAME@DOSE``), ``target_compounds`` compounds written as
+    the loss of their targets (a model without compound features; row label the compound's name, kind
+    ``compound``), ``entities`` entities to silence. See
     :meth:`bioworld.WorldModel.prioritize` for the search (screen on ``screen_cells`` latent
     prototypes, refine the ``refine_top`` best on all cells) and what is exact. Candidates that act
     on the goal's own readout (:func:`bioworld.query._candidates.readout_flags`, with ``overlap``
@@ -236,16 +268,17 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
         if e not in names:
             raise UnknownPerturbationError(f"entity {e!r} is not one of the model's slots")
     singles = ([f"silence:{e}" for e in entities] + [engine.space.parse(f"ko:{gn}").label for gn in genes]
-               + [engine.space.parse(c).label for c in compounds])
+               + [engine.space.parse(c).label for c in compounds] + [tc.name for tc in target_compounds])
     dup = sorted({s for s in singles if singles.count(s) > 1}) if len(set(singles)) < len(singles) else []
     if dup:
         raise BioworldError(f"candidates {dup[:5]} are listed more than once; expected each candidate once. "
                             "Fix: remove the repeats from genes / compounds.")
     readout = Readout.of(g, engine, panel)
     search = _Search(engine, goal_function(g, engine.module, names, engine.reference.mean(0)), list(singles), [], len(singles))
+    search.compounds, search.acts = {t.name: t for t in target_compounds}, {t.name: t.action for t in target_compounds}
     search.readout = readout
     search.overlap, search.readout_share = overlap, readout_share
-    search.flags = readout_flags([engine.space.parse(s) for s in singles], readout, overlap=overlap,
+    search.flags = readout_flags([search.guarded(s) for s in singles], readout, overlap=overlap,
                                  readout_share=readout_share)[0]
     cache = engine.encode(x)
     n = len(cache)
@@ -274,7 +307,7 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
     table = _table(search, mean, lo, hi, synergy, shifts, refined, n, len(proto), search.own_reasons)
     table["own_share"] = [search.own_shares.get(lab, 0.0) for lab in table["intervention"]]
     shown = table[(table["flag"] == "") & (table["collapsed_into"] == "")]["intervention"]
-    gene_delta = _gene_delta(engine, pcache, pw, list(shown[:GENE_DELTA_ROWS]), panel)
+    gene_delta = _gene_delta(engine, pcache, pw, list(shown[:GENE_DELTA_ROWS]), panel, search.action)
     ents = list(entities)
     syn_m = np.full((len(ents), len(ents)), np.nan)
     for k, (a, b) in enumerate(search.pair_idx):
@@ -308,11 +341,12 @@ GENE_DELTA_ROWS = 30
 
 
 def _gene_delta(engine: Engine, pcache: CellCache, weights: np.ndarray | None, labels: list[str],
-                panel: Sequence[str]) -> pd.DataFrame:
-    """``[labels x panel]`` mean predicted change per gene on the prototype cells (weighted)."""
+                panel: Sequence[str], parse: Any) -> pd.DataFrame:
+    """``[labels x panel]`` mean predicted change per gene on the prototype cells (weighted); ``parse``:
+    label -> action."""
     if not labels:
         return pd.DataFrame(columns=[str(g) for g in panel])
-    cands = engine.candidates([engine.space.parse(lab) for lab in labels], labels=labels)
+    cands = encode_candidates(engine, [parse(lab) for lab in labels], labels)
     x_pred = engine.run(pcache, cands).x_pred  # [C, n, G]
     base = pcache.x_base.detach().cpu().numpy()
     w = np.full(len(base), 1.0 / len(base)) if weights is None else np.asarray(weights, np.float64)
@@ -335,7 +369,7 @@ def _collapsed(search: _Search, labels: list[str], mean: np.ndarray, hi: np.ndar
 def _score(search: _Search, cache: CellCache, labels: list[str], weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell scores ``[C, n]`` and (weighted) mean entity shifts ``[C, E]`` of ``labels`` on ``cache``."""
     eng = search.engine
-    cands = eng.candidates([eng.space.parse(lab) for lab in labels], labels=labels)
+    cands = encode_candidates(eng, [search.action(lab) for lab in labels], labels)
     r = eng.run(cache, cands, goal=search.goal, weights=weights)
     return r.scores, r.shift
 
@@ -355,17 +389,38 @@ def _add_pairs(search: _Search, pcache: CellCache, pw: np.ndarray | None, scores
     prio = search.priority(screened)[2][start:stop]
     flagged = search.flagged()[start:stop]
     best = np.lexsort((-single, -prio, flagged))[:top] + start
-    combos = list(itertools.combinations(sorted(best), 2))
+    combos, labels = _pair_labels(search, list(itertools.combinations(sorted(best), 2)))
     if not combos:
         return scores, shifts
-    space = search.engine.space
-    silences = all(space.parse(search.labels[i]).components[0].kind == "silence" for i in best)
-    labels = [f"{search.labels[a]}+{search.labels[b]}" if silences
-              else space.parse(f"{search.labels[a]}+{search.labels[b]}").label for a, b in combos]
     s2, sh2 = _score(search, pcache, labels, pw)
     search.labels += labels
     search.pair_idx += combos
     return np.concatenate([scores, s2]), np.concatenate([shifts, sh2])
+
+
+def _pair_labels(search: _Search, combos: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[str]]:
+    """The pairs that are actions, and their labels: silences joined as given, knockouts / compounds by
+    the canonical label; a pair holding a compound written as its targets' loss is ``A+NAME`` (its
+    action the union of the parts', registered in ``search.acts``) and is left out when the parts
+    share a target (no action perturbs a gene twice)."""
+    space = search.engine.space
+    silences = all(search.action(search.labels[i]).components[0].kind == "silence" for c in combos for i in c)
+    kept, labels = [], []
+    for a, b in combos:
+        la, lb = search.labels[a], search.labels[b]
+        if silences:
+            labels.append(f"{la}+{lb}")
+        elif la in search.compounds or lb in search.compounds:
+            pa, pb = search.action(la).components, search.action(lb).components
+            if {p.target for p in pa} & {p.target for p in pb}:
+                continue
+            labels.append(f"{la}+{lb}")
+            search.acts[labels[-1]] = Action(tuple(pa) + tuple(pb))
+            search.parts_of[labels[-1]] = (la, lb)
+        else:
+            labels.append(space.parse(f"{la}+{lb}").label)
+        kept.append((a, b))
+    return kept, labels
 
 
 def _refine(search: _Search, cache: CellCache, screened: np.ndarray, scores: np.ndarray, shifts: np.ndarray,
@@ -405,22 +460,45 @@ def _intervals(scores: np.ndarray, per_cell: dict[int, np.ndarray], refined: np.
     return lo, hi
 
 
+def _describe(search: _Search, actions: list[Action]) -> tuple[list[bool], list[str], list[str]]:
+    """``seen``, ``evidence``, ``drugs`` of every row (:func:`describe_rows`); a compound written as its
+    targets' loss is unseen, its evidence says so (:meth:`TargetCompound.evidence`), and a pair holding
+    one joins its parts' evidence and drugs."""
+    seen, evidence, drugs = describe_rows(actions, search.engine, search.readout)
+    rows = {lab: i for i, lab in enumerate(search.labels)}
+    for lab, tc in search.compounds.items():
+        i = rows[lab]
+        seen[i], evidence[i], drugs[i] = False, tc.evidence(), ""
+    for k, (a, b) in enumerate(search.pair_idx):
+        i = search.n_single + k
+        if search.labels[a] in search.compounds or search.labels[b] in search.compounds:
+            seen[i] = False
+            evidence[i] = f"{evidence[a]}; {evidence[b]}"
+            drugs[i] = "; ".join(d for d in (drugs[a], drugs[b]) if d)
+    return seen, evidence, drugs
+
+
 def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, synergy: np.ndarray,
            shifts: np.ndarray, refined: np.ndarray, n: int, n_proto: int, own: dict[str, str]) -> pd.DataFrame:
     """The ranked table: unflagged rows first, then flagged ones, each by ``priority``
     (:mod:`bioworld.query._priority`; ties by the predicted change)."""
     eng = search.engine
     names = eng.space.entity_names
-    actions = [eng.space.parse(lab) for lab in search.labels]
-    flags, reasons = readout_flags(actions, search.readout, overlap=search.overlap, readout_share=search.readout_share)
+    actions = [search.action(lab) for lab in search.labels]
+    flags, reasons = readout_flags([search.guarded(lab) for lab in search.labels], search.readout,
+                                   overlap=search.overlap, readout_share=search.readout_share)
     for i, lab in enumerate(search.labels):  # knockouts that move the readout through their own transcript
         if lab in own and not flags[i]:
             flags[i], reasons[i] = READOUT_FLAG, own[lab]
-    seen, evidence, drugs = describe_rows(actions, eng, search.readout)
+    for i, lab in enumerate(search.labels):  # a compound scored as its targets' knockout: say so
+        if flags[i] and lab in own and (lab in search.compounds or lab in search.parts_of):
+            reasons[i] = f"scored as the knockout of its compound's targets: {reasons[i]}"
+    seen, evidence, drugs = _describe(search, actions)
     model_pct, prior_pct, priority = search.priority(mean)
     table = pd.DataFrame({
         "intervention": search.labels,
-        "kind": [kind_of(a) for a in actions],
+        "action": [a.label for a in actions],
+        "kind": [search.kind(lab) for lab in search.labels],
         "score": mean, "score_lo": lo, "score_hi": hi, "synergy": synergy,
         "priority": priority, "model_pct": model_pct, "prior_pct": prior_pct,
         "flag": flags, "flag_reason": reasons, "seen": seen, "evidence": evidence, "drugs": drugs,

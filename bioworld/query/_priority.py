@@ -11,8 +11,8 @@ A row's ``priority`` (0-1, higher = better) joins two rank percentiles, each tak
     differs between descriptions (measured in the retrospective: compounds described by structure
     and knowledge scored below compounds described by knowledge alone, whatever their effect):
     measured candidates (trained on) apart from unseen ones; unseen compounds by which features
-    describe them (structure and knowledge, structure only, knowledge only); entity silences;
-    pairs. The percentile puts every group on one scale: an assumption that no description is a
+    describe them (structure and knowledge, structure only, knowledge only); compounds a genetic
+    model scores as the loss of their targets (``compound:targets``); entity silences; pairs. The percentile puts every group on one scale: an assumption that no description is a
     priori better, stated rather than learned. A gene knockout (or compound) scored by a model
     that was never trained on any genetic perturbation (compound) has no model evidence of its kind
     to stand on: its ``model_pct`` is 0.5 (no information), and so is that of a pair containing one.
@@ -20,7 +20,8 @@ A row's ``priority`` (0-1, higher = better) joins two rank percentiles, each tak
     Network proximity of the candidate to the goal's readout: a random walk with restart
     (:func:`bioworld.knowledge.network.network_proximity`, STRING v12 joined with OmniPath) from
     the goal entity's genes (:func:`prior_seeds`); a gene knockout reads its own gene's proximity, a compound its
-    best known target's, a pair the mean of its parts' percentiles. Percentile within the kind
+    best known target's (a compound written as its targets' loss: the best of those targets), a pair
+    the mean of its parts' percentiles. Percentile within the kind
     (genes, compounds). A gene off the network or a compound without a target on it gets 0.5 (no
     information). No prior for entity silences, for pairs of silences, or for ``toward:control``
     goals (no readout entity): ``prior_pct`` is NaN and counts as 0.5 in the priority, so every row
@@ -111,14 +112,18 @@ def _unmeasured_kind(action: Any, measured: set[str]) -> bool:
     return False
 
 
-def calibration_group(action: Any, seen: bool, space: Any) -> str:
+def calibration_group(action: Any, seen: bool, space: Any, kind: str | None = None) -> str:
     """The row's calibration group: kind, measured or not, and (unseen compounds) which features
-    describe the compound."""
-    kind = kind_of(action)
+    describe the compound; a compound scored as the loss of its targets (``kind`` ``compound``, an
+    action of genetic parts; :class:`bioworld.query._candidates.TargetCompound`) is
+    ``compound:targets``."""
+    kind = kind or kind_of(action)
     if seen:
         return f"{kind}:measured"
     if kind != "compound":
         return kind
+    if not any(p.kind == "compound" for p in action.components):
+        return "compound:targets"
     comp = getattr(space, "compounds", None)
     name = action.components[0].target
     structure = bool(comp is not None and hasattr(comp, "knows_structure") and comp.knows_structure(name))
@@ -150,10 +155,13 @@ def prior_seeds(space: Any, readout: Readout, how: str | None = None) -> list[st
     return sorted(readout.members.get(goal, ()))
 
 
-def raw_prior(actions: Sequence[Any], space: Any, readout: Readout) -> tuple[np.ndarray, dict[str, float]]:
+def raw_prior(actions: Sequence[Any], space: Any, readout: Readout, as_compound: Sequence[bool] | None = None
+              ) -> tuple[np.ndarray, dict[str, float]]:
     """``[rows]`` network proximity of each single gene / compound to the goal's readout genes (NaN:
     no prior, i.e. entity silences, pairs, unknown genes, compounds without a target on the network),
-    and the proximity of every gene reached. All NaN when the goal has no readout entity."""
+    and the proximity of every gene reached. All NaN when the goal has no readout entity. Rows marked
+    in ``as_compound`` are compounds written as the loss of their targets: their best target's
+    proximity, as for a compound."""
     from bioworld.errors import BioworldError
     from bioworld.knowledge.network import joint_network, network_proximity
 
@@ -170,6 +178,11 @@ def raw_prior(actions: Sequence[Any], space: Any, readout: Readout) -> tuple[np.
     except BioworldError:  # no readout gene on the network: no prior
         return out, {}
     for i, a in enumerate(actions):
+        if as_compound is not None and as_compound[i]:
+            t = [prox.get(p.target, 0.0) for p in a.components if p.kind in GENETIC and p.target in on_net]
+            if t:
+                out[i] = max(t)
+            continue
         if len(a.components) != 1:
             continue
         p = a.components[0]
@@ -185,24 +198,26 @@ def raw_prior(actions: Sequence[Any], space: Any, readout: Readout) -> tuple[np.
 def priority_columns(actions: Sequence[Any], seen: Sequence[bool], score: np.ndarray, own_share: np.ndarray,
                      prior: np.ndarray, space: Any, *, has_prior: bool,
                      pair_parts: dict[int, Sequence[int]] | None = None, measured: set[str] | None = None,
-                     fusion: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     fusion: str | None = None, kinds: Sequence[str] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(model_pct, prior_pct, priority)`` of each row (see the module docstring).
 
     ``score`` the predicted goal change, ``own_share`` the share of it carried by knocked-out genes'
     own transcripts, ``prior`` from :func:`raw_prior`, ``has_prior`` whether the goal has a readout
     entity (else no prior at all); ``pair_parts``: row -> rows of its singles (pairs); ``measured``:
     the kinds the model was trained on (:func:`measured_kinds`; None: every kind); ``fusion``:
-    :data:`FUSION` by default."""
+    :data:`FUSION` by default; ``kinds``: each row's kind where it is not the action's own
+    (:func:`kind_of`): ``compound`` for a compound written as the loss of its targets."""
     n = len(actions)
     upstream = np.asarray(score, np.float64) * (1.0 - np.nan_to_num(np.asarray(own_share, np.float64)))
-    groups = np.array([calibration_group(a, bool(s), space) for a, s in zip(actions, seen)])
+    kinds = np.array(list(kinds) if kinds is not None else [kind_of(a) for a in actions], dtype=object)
+    groups = np.array([calibration_group(a, bool(s), space, k) for a, s, k in zip(actions, seen, kinds)])
     model_pct = np.full(n, np.nan)
     for g in dict.fromkeys(groups):
         idx = np.flatnonzero(groups == g)
         model_pct[idx] = rank_pct(upstream[idx])
     if measured is not None:  # no measured perturbation of the row's kind: no model evidence
         model_pct[np.array([_unmeasured_kind(a, measured) for a in actions], dtype=bool)] = NO_INFORMATION
-    kinds = np.array([kind_of(a) for a in actions])
     prior_pct = np.full(n, np.nan)
     if has_prior:
         for k in ("gene", "compound"):

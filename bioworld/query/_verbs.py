@@ -115,7 +115,12 @@ def prioritize_cells(
         (default: all slots; ranked as ``kind`` ``entity``, a mechanism).
     compounds
         Candidate compounds (names, or ``NAME@DOSE`` labels). Default: every compound the
-        model's compound features resolve, at ``dose`` (none for a model without compounds).
+        model's compound features resolve, at ``dose``. A model without compound features (a
+        genetic screen) scores every compound of the bundled knowledge (or the ones given) as the
+        loss of its known targets that the model can represent
+        (:func:`bioworld.query._candidates.target_compounds`: row label the compound's name, kind
+        ``compound``, ``action`` the knockouts run, evidence "as the inhibition of its targets …");
+        compounds it cannot score are counted by reason in ``provenance['compounds_not_scored']``.
     dose
         Dose of the default compound candidates and of names given without ``@DOSE``.
     max_genes
@@ -173,7 +178,7 @@ def prioritize_cells(
     :class:`bioworld.query.PrioritizationResult` (ranked table with bootstrap 95% intervals of
     the mean score over cells, entity shifts, per-cell scores, pair synergy matrix).
     """
-    from bioworld.query._candidates import default_candidates, unlabelled_genes
+    from bioworld.query._candidates import default_candidates, not_scored_text, target_compounds, unlabelled_genes
     from bioworld.query._planner import prioritize
 
     for what, given in (("genes", genes), ("entities", entities)):
@@ -186,15 +191,24 @@ def prioritize_cells(
     n_total = len(x)
     if len(x) > max_cells:
         x = x[np.sort(np.random.default_rng(view.seed).choice(len(x), max_cells, replace=False))]
-    gene_list, compound_list = default_candidates(eng, goal, panel=view.genes, genes=genes, compounds=compounds,
-                                                  dose=dose, max_genes=max_genes)
+    as_targets = getattr(eng.space, "compounds", None) is None  # no compound features: compounds as their targets
+    gene_list, compound_list = default_candidates(eng, goal, panel=view.genes, genes=genes,
+                                                  compounds=[] if as_targets else compounds, dose=dose,
+                                                  max_genes=max_genes)
+    by_targets, skipped = target_compounds(eng.space, sorted(eng.trained), compounds) if as_targets else ([], {})
+    extra = {"compounds": "this model has no compound features, so each compound of the bundled compound table is "
+                          "scored as the loss (knockout, or knockdown for a model trained on knockdowns) of all its known "
+                          "targets at once, no dose; its row names them and the knockouts run (column action)",
+             "compounds_not_scored": {why: list(names) for why, names in skipped.items()},
+             "compounds_not_scored_text": not_scored_text(skipped)} if as_targets else {}
     return prioritize(
         eng, x, goal, genes=gene_list, compounds=compound_list, panel=view.genes,
         entities=list(view.entity_names) if entities is None else list(entities), pairs=pairs,
         gene_pairs_top=gene_pairs_top, entity_pairs_top=entity_pairs_top, n_boot=n_boot, screen_cells=screen_cells, refine_top=refine_top,
         seed=view.seed, overlap=overlap, readout_share=readout_share,
         provenance={"model": view.describe, "n_cells_given": int(n_total), "scale": view.scale_name,
-                    **({"gene_table_names_not_labels": unlabelled_genes(eng.space)} if genes is None else {})},
+                    **({"gene_table_names_not_labels": unlabelled_genes(eng.space)} if genes is None else {}), **extra},
+        target_compounds=by_targets,
     )
 
 

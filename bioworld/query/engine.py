@@ -188,10 +188,13 @@ class Engine:
         return self._slot_scale
 
     # ---------------------------------------------------------------- labels -> candidates
-    def candidates(self, actions: Sequence[Action], labels: Sequence[str] | None = None) -> Candidates:
+    def candidates(self, actions: Sequence[Action], labels: Sequence[str] | None = None, *,
+                   width: int | None = None) -> Candidates:
         """Route every action (see the module docstring) and encode the rows, checking each once.
 
-        ``labels`` name the candidates (default: the actions' canonical labels)."""
+        ``labels`` name the candidates (default: the actions' canonical labels); ``width``: allow actions
+        of up to that many components (default the model's ``max_components``; the module composes
+        combinations additively over any number, :meth:`bioworld.model.jepa.JEPA.next`)."""
         E = len(self.space.entity_names)
         rows: list[Action] = []
         clamp = np.zeros((len(actions), E), dtype=bool)
@@ -211,7 +214,7 @@ class Engine:
             i for i in anchor if actions[i].label not in self.trained)
         for i in full:
             anchor[i] = anchor[i] + self.combination_prior
-        return Candidates([a.label for a in actions] if labels is None else list(labels), self.space.encode(rows), clamp,
+        return Candidates([a.label for a in actions] if labels is None else list(labels), self.space.encode(rows, width=width), clamp,
                           anchor or None, full)
 
     def _do_entities(self, a: Action) -> list[int] | None:

@@ -266,6 +266,8 @@ def _provenance(result: Any, model: Any) -> list[tuple[str, str]]:
         rows.append(("cells queried", f"{prov['n_cells_used']:,} (of {given:,} given)"))
     if "n_candidates" in prov:
         rows.append(("candidate interventions scored", f"{prov['n_candidates']:,}"))
+    if prov.get("compounds_not_scored_text"):
+        rows.append(("compounds not scored", str(prov["compounds_not_scored_text"])))
     if prov.get("interval"):
         rows.append(("intervals", str(prov["interval"])))
     if getattr(result, "wall_s", None):
@@ -418,6 +420,10 @@ def _methods(result: Any, model: Any) -> dict[str, Any]:
             rows.append((label, str(prov[key])))
     if "n_by_kind" in prov:
         rows.append(("candidates by kind", ", ".join(f"{k} {v:,}" for k, v in prov["n_by_kind"].items())))
+    if prov.get("compounds"):
+        rows.append(("compounds", str(prov["compounds"])))
+    if prov.get("compounds_not_scored_text"):
+        rows.append(("compounds not scored", str(prov["compounds_not_scored_text"])))
     return {"rows": rows, "configs": configs, "knowledge": knowledge}
 
 
@@ -571,6 +577,8 @@ def write_report(
         accuracy_fig=accuracy_fig,
         accuracy_source=accuracy_source,
         holdout=list((getattr(result, "provenance", {}) or {}).get("model", {}).get("holdout", [])),
+        compounds_note=str((getattr(result, "provenance", {}) or {}).get("compounds", "")),
+        compounds_not_scored=str((getattr(result, "provenance", {}) or {}).get("compounds_not_scored_text", "")),
     )
     from bioworld._atomic import write_files
 
