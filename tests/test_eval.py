@@ -308,6 +308,12 @@ def test_a_later_run_keeps_an_earlier_benchmark_table(tmp_path, monkeypatch):
     B.main(["--only", "simulator", "--out", str(out), "--report", str(tmp_path / "third.md"), "--no-progress"])
     assert "## papalexi" not in (tmp_path / "third.md").read_text()
     assert "## l1000" not in text  # never run into this folder: nothing to keep
+    assert "settings of the benchmarks this command ran (simulator)" in text and "Papalexi folds" not in text
+    # --only '' + --keep-earlier: the report from the earlier runs alone; --only '' alone is refused
+    assert B.main(["--only", "", "--out", str(out), "--report", str(tmp_path / "r.md"), "--keep-earlier"]) == 0
+    assert (tmp_path / "r.md").read_text().count("Kept from an earlier run") == 2
+    with pytest.raises(BioworldError, match="nothing to run"):
+        B.main(["--only", "", "--out", str(out)])
     (out / "papalexi_meta.json").unlink()  # a table without its record (an older run) is refused, not guessed
     with pytest.raises(BioworldError, match="papalexi has no earlier run.*papalexi_meta.json missing"):
         B.main(["--only", "simulator", "--out", str(out), "--no-progress", "--keep-earlier"])

@@ -23,6 +23,7 @@ import argparse
 import datetime as _dt
 import os
 import platform
+import shlex
 import sys
 import time
 import warnings
@@ -855,7 +856,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--keep-earlier", action="store_true",
                    help="keep the tables of benchmarks not in --only from their earlier run in --out "
-                        "(<bench>_scores.csv + <bench>_meta.json), marked with that run's date and command")
+                        "(<bench>_scores.csv + <bench>_meta.json), marked with that run's date and command; "
+                        "with --only '' the report is rewritten from the earlier runs alone")
     return p
 
 
@@ -869,6 +871,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [x for x in only if x not in RUNNERS]
     if bad:
         raise BioworldError(f"--only {bad}: unknown benchmark(s); expected a subset of {','.join(RUNNERS)}")
+    if not only and not args.keep_earlier:
+        raise BioworldError("--only is empty: nothing to run. Fix: name benchmarks, or add --keep-earlier to "
+                            "rewrite the report from the earlier runs in --out without running anything.")
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else st.seeds
     steps = args.steps if args.steps is not None else st.steps
     ablations = st.ablations if args.ablations is None else args.ablations
@@ -901,9 +906,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kept from earlier runs: {', '.join(kept) or 'none'}", file=sys.stderr)
         frames = {b: frames[b] if b in frames else kept[b] for b in RUNNERS if b in frames or b in kept}
         walls.update({b: df.attrs["earlier_run"]["wall_s"] for b, df in kept.items()})
-    command = "python benchmarks/run_benchmarks.py " + " ".join(argv) if argv else "python benchmarks/run_benchmarks.py"
-    notes = [f"settings: seeds={list(seeds)}, WorldModel max_steps={steps or 'TrainConfig default'}, "
-             f"Papalexi folds={args.folds or st.papalexi_folds}, ablations={ablations}"]
+    command = "python benchmarks/run_benchmarks.py " + shlex.join(argv) if argv else "python benchmarks/run_benchmarks.py"
+    ran = [b for b in only if b != "retrospective"]
+    notes = [f"settings of the benchmarks this command ran ({', '.join(ran)}): seeds={list(seeds)}, WorldModel "
+             f"max_steps={steps or 'TrainConfig default'}"
+             + (f", Papalexi folds={args.folds or st.papalexi_folds}, ablations={ablations}" if "papalexi" in ran
+                else "")] if ran else []
     if frames:
         path = write_outputs(frames, out=out, report=report, command=command.strip(), mode=mode, wall_s=walls,
                              notes=notes)
