@@ -34,7 +34,7 @@ def fast_and_exact(request, tiny_trained, cells, perturbed_cells):
         cells = perturbed_cells
     # gene_pairs_top above the number of genes: both runs score the same candidates (else the gene
     # pairs would be chosen from screened vs exact single scores)
-    kw = {"n_boot": 20, "gene_pairs_top": 1000, "max_genes": 0}
+    kw = {"n_boot": 20, "gene_pairs_top": 1000, "max_genes": 0, "compounds": []}  # genes only (no compounds as targets)
     fast = tiny_trained.prioritize(cells, goal, screen_cells=8, refine_top=6, **kw)
     exact = tiny_trained.prioritize(cells, goal, screen_cells=N_CELLS, **kw)  # every candidate on every cell
     return fast, exact

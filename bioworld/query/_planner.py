@@ -77,7 +77,8 @@ class PrioritizationResult:
 
     goal: str
     table: pd.DataFrame  # rank, intervention, kind (gene|compound|entity|pair), score, score_lo, score_hi, synergy,
-    #                      flag, flag_reason, seen, evidence, drugs, collapsed_into, top_entities, n_cells,
+    #                      flag, flag_reason, seen, evidence, drugs, action (what the engine ran: a genetic
+    #                      model's compound is the knockout of its targets), collapsed_into, top_entities, n_cells,
     #                      own_share (share of the predicted readout change carried by knocked-out genes' own
     #                      transcripts, on the screen's prototype cells; 0 without readout genes / unscored)
     entity_shift: pd.DataFrame  # [interventions x entities] mean latent shift (units of slot spread)
@@ -497,11 +498,11 @@ def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, sy
     model_pct, prior_pct, priority = search.priority(mean)
     table = pd.DataFrame({
         "intervention": search.labels,
-        "action": [a.label for a in actions],
         "kind": [search.kind(lab) for lab in search.labels],
         "score": mean, "score_lo": lo, "score_hi": hi, "synergy": synergy,
         "priority": priority, "model_pct": model_pct, "prior_pct": prior_pct,
         "flag": flags, "flag_reason": reasons, "seen": seen, "evidence": evidence, "drugs": drugs,
+        "action": [a.label for a in actions],  # what the engine ran (a compound of a genetic model: its targets)
         "collapsed_into": _collapsed(search, search.labels, mean, hi),
         "top_entities": [", ".join(names[j] for j in np.argsort(-row)[:3]) for row in shifts],
         "n_cells": np.where(refined, n, n_proto),
