@@ -128,7 +128,7 @@ def test_trained_silence_gives_the_same_answer_in_predict_counterfactual_and_pri
     cf = wm.counterfactual(x_cells, [trained])
     pred = wm.predict([trained], cells=x_cells)
     np.testing.assert_allclose(pred.layers["delta"][0], cf.layers["delta"].mean(0), atol=1e-5)
-    pr = wm.prioritize(x_cells, f"down:{ent}", entities=[ent], genes=[], pairs=False, n_boot=10)
+    pr = wm.prioritize(x_cells, f"down:{ent}", entities=[ent], genes=[], compounds=[], pairs=False, n_boot=10)
     w = wm.module.encoder.score_w[wm.entity_names.index(ent)].detach().numpy()
     expected = -((np.asarray(cf.layers["delta"]) / wm.sd) @ w)  # the goal on counterfactual's per-cell answer
     np.testing.assert_allclose(pr.per_cell_scores[trained], expected, atol=1e-4)
