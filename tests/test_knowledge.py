@@ -111,6 +111,25 @@ def test_atlas_loads_with_keys_and_contexts():
         atlas.check_context("A499x")
 
 
+def test_atlas_rows_by_key_read_an_index_equal_to_the_scan_and_zscores_are_shared():
+    from bioworld.knowledge.atlas import SignatureAtlas, zscore_rows
+
+    atlas = load_atlas()
+    fresh = SignatureAtlas(atlas.X, atlas.obs, atlas.genes)  # no index built yet
+    keys = atlas.obs["key"].to_numpy()
+    for key in ["cmp:trametinib", "kd:MYC", keys[0], keys[-1], "kd:NO_SUCH_GENE_ZZ"]:
+        scan = np.flatnonzero(keys == key)
+        got = fresh.rows(key=key)
+        np.testing.assert_array_equal(got, scan)
+        assert got.dtype.kind == "i"
+    ctx = atlas.obs["context"].iloc[0]
+    np.testing.assert_array_equal(fresh.rows(key=keys[0], context=ctx),
+                                  np.flatnonzero((keys == keys[0]) & (atlas.obs["context"].to_numpy() == ctx)))
+    # one z-scored copy: the basis and the mean signatures read the same bits as a fresh computation
+    np.testing.assert_array_equal(fresh.zscored(), zscore_rows(atlas.X))
+    assert fresh.zscored() is fresh.zscored() and fresh.shuffled(0)._z is fresh._z
+
+
 def test_rank_scores_is_the_atlas_transform():
     v = np.array([5.0, 1.0, 3.0, -2.0, 0.0, 4.0])
     out = rank_scores(v, n_ranked=6, k=2)

@@ -72,6 +72,8 @@ class SignatureAtlas:
             )
         self.gene_pos = {g: i for i, g in enumerate(self.genes)}
         self._basis_cache: dict[tuple, np.ndarray] = {}
+        self._key_rows: dict[str, np.ndarray] | None = None  # key -> its rows (built on the first lookup by key)
+        self._z: np.ndarray | None = None  # zscore_rows(X), shared by basis() and the mean signature
 
     # ------------------------------------------------------------------------------ views
     @property
@@ -83,6 +85,15 @@ class SignatureAtlas:
         return sorted(self.obs["key"].unique())
 
     def rows(self, *, key: str | None = None, context: str | None = None) -> np.ndarray:
+        """Indices (ascending) of the signatures of ``key`` and / or in ``context`` (``obs`` is not edited in
+        place: a lookup by key alone reads an index built once, ~20k lookups per knowledge table)."""
+        if key is not None and context is None:
+            if self._key_rows is None:
+                keys = self.obs["key"].to_numpy()
+                order = np.argsort(keys, kind="stable")
+                uniq, start = np.unique(keys[order], return_index=True)
+                self._key_rows = dict(zip(uniq.tolist(), np.split(order, start[1:])))
+            return self._key_rows.get(key, np.zeros(0, np.int64))
         m = np.ones(len(self.obs), bool)
         if key is not None:
             m &= self.obs["key"].to_numpy() == key
@@ -134,6 +145,12 @@ class SignatureAtlas:
             return None
         return zscore_rows(self.X[idx].mean(0))
 
+    def zscored(self) -> np.ndarray:
+        """``zscore_rows(X)`` (computed once per atlas object; do not modify it)."""
+        if self._z is None:
+            self._z = zscore_rows(self.X)
+        return self._z
+
     def basis(self, dim: int, *, rows: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
         """``[G, dim]`` orthonormal principal axes of the z-scored signatures (``rows`` only if given)."""
         from sklearn.utils.extmath import randomized_svd
@@ -141,7 +158,7 @@ class SignatureAtlas:
         idx = np.arange(len(self.obs)) if rows is None else np.asarray(rows)
         key = (dim, seed, len(idx), hash(idx.tobytes()))
         if key not in self._basis_cache:  # deterministic in (rows, dim, seed): computed once per atlas object
-            z = zscore_rows(self.X[idx])
+            z = self.zscored()[idx]
             z -= z.mean(0, keepdims=True)
             _, _, vt = randomized_svd(z, dim, n_iter=3, random_state=seed)
             signs = np.sign(vt[np.arange(dim), np.abs(vt).argmax(axis=1)])
@@ -162,6 +179,7 @@ class SignatureAtlas:
             obs.loc[m, "key"] = obs.loc[m, "key"].map(mapping)
         out = SignatureAtlas(self.X, obs, self.genes, self.sources)
         out._basis_cache = self._basis_cache  # same rows, same signatures: the axes do not change
+        out._z = self._z
         return out
 
 

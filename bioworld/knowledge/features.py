@@ -75,10 +75,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _centre(atlas) -> np.ndarray:
     """Mean z-scored signature of an atlas (cached on the atlas object)."""
-    from bioworld.knowledge.atlas import zscore_rows
-
     if getattr(atlas, "_centre", None) is None:
-        atlas._centre = zscore_rows(atlas.X).mean(0)
+        atlas._centre = atlas.zscored().mean(0)
     return atlas._centre
 
 
