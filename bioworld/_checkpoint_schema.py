@@ -104,6 +104,7 @@ def _model_config(c: _Check, meta: Mapping[str, Any], n_genes: int, n_entities: 
         "encoder_depth": (0, MAX_DEPTH_LAYERS), "predictor_depth": (0, MAX_DEPTH_LAYERS),
         "n_heads": (1, 4096), "max_components": (1, 64), "readout_hidden": (1, MAX_SIZE),
         "gene_bank_size": (0, MAX_SIZE), "slot_block": (0, MAX_SIZE), "dense_max_slots": (0, MAX_SIZE),
+        "compound_bank_size": (0, MAX_SIZE),
     }
     known = {f for f in JEPAConfig.__dataclass_fields__}
     unknown = sorted(set(cfg) - known)
@@ -118,7 +119,8 @@ def _model_config(c: _Check, meta: Mapping[str, Any], n_genes: int, n_entities: 
                      "a multiple of n_heads (attention splits the latent across heads)")
     for name, lo, hi, lo_open, hi_open in (("mlp_ratio", 0.0, 64.0, True, False), ("dropout", 0.0, 1.0, False, True),
                                            ("retrieval_temperature", 0.0, 1e6, True, False),
-                                           ("own_embedding_dropout", 0.0, 1.0, False, False)):
+                                           ("own_embedding_dropout", 0.0, 1.0, False, False),
+                                           ("compound_embedding_dropout", 0.0, 1.0, False, False)):
         if name in cfg:
             c.number(cfg, name, lo, hi, p, lo_open=lo_open, hi_open=hi_open)
     for name in ("residual_readout", "use_gene_mlp", "additive_combinations"):
@@ -126,7 +128,9 @@ def _model_config(c: _Check, meta: Mapping[str, Any], n_genes: int, n_entities: 
             c.boolean(cfg, name, p)
     for name, want, what in (("n_genes", n_genes, "the number of 'genes'"),
                              ("n_entities", n_entities, "the number of 'entity_names'"),
-                             ("gene_bank_size", n_bank, "the number of 'gene_bank' entries")):
+                             ("gene_bank_size", n_bank, "the number of 'gene_bank' entries"),
+                             ("compound_bank_size", len(meta.get("compound_bank", [])),
+                              "the number of 'compound_bank' entries")):
         if name in cfg and cfg[name] != want:
             raise c.fail(p + name, str(cfg[name]), f"{want}, {what}")
     try:
@@ -212,6 +216,8 @@ def validate_model_meta(meta: Mapping[str, Any], tensors: Mapping[str, torch.Ten
         raise c.fail("var_names", f"a list of {len(var_names)} names", f"{len(genes)}, one per entry of 'genes'")
     names = c.strings(meta, "entity_names", unique=True, nonempty=True)
     bank = c.strings(meta, "gene_bank", unique=True)
+    if "compound_bank" in meta:  # trained compound-doses with their own embedding (absent in earlier checkpoints)
+        c.strings(meta, "compound_bank", unique=True)
     c.strings(meta, "gene_feature_genes", unique=True)
     c.strings(meta, "train_labels", unique=True, nonempty=True)
     c.strings(meta, "holdout", unique=True)

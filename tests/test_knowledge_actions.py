@@ -111,6 +111,33 @@ def test_unseen_compounds_by_name_and_by_targets(l1000_model, tmp_path):
         loaded.predict(["Odd@1"], compound_targets={"Odd": ["NOT_A_GENE_XYZ"]})
 
 
+def test_trained_compound_doses_are_predicted_with_their_own_embedding(l1000_model, tmp_path):
+    import torch
+
+    wm = l1000_model
+    labels = wm.space.actions
+    trained = sorted(lab for lab in wm.train_labels if lab != wm.control)
+    assert wm.space.compound_bank == trained and not any(b.startswith("PLX-4720@") for b in wm.space.compound_bank)
+    own = wm.module.action_encoder.cmp_own
+    assert own.shape == (len(trained), wm.model_config.latent_dim) and wm.model_config.compound_bank_size == len(trained)
+    seen, held = trained[0], "PLX-4720@10"
+    table = wm.space.encode([labels[seen], labels[held]])
+    assert table.cmp_idx[0, 0] == 0 and table.cmp_idx[1, 0] == -1
+    before = wm.predict([seen, held]).X
+    with torch.no_grad():
+        own[0] += 1.0
+    after = wm.predict([seen, held]).X
+    # the seen compound-dose reads its own row; the held-out dose does not
+    assert np.abs(after[0] - before[0]).max() > 1e-5  # (3 steps: the predictor head is still near its zero init)
+    np.testing.assert_array_equal(after[1], before[1])
+    wm.save(tmp_path / "m")
+    loaded = bw.WorldModel.load(tmp_path / "m")
+    assert loaded.space.compound_bank == trained
+    np.testing.assert_array_equal(loaded.predict([seen, held]).X, after)
+    with torch.no_grad():
+        own[0] -= 1.0
+
+
 def test_a_drug_and_a_knockout_of_its_targets_share_coordinates(l1000_model):
     src = l1000_model.space.compounds
     genes = l1000_model.space.genes

@@ -130,7 +130,7 @@ def test_masking_and_do_operation_on_local_attention():
     act = ActionBatch(kind=torch.full((B, A), Kind.PAD, dtype=torch.long), strength=torch.ones(B, A),
                       gene_feat=torch.zeros(B, A, 4), cmp_feat=torch.zeros(B, A, 0), log_dose=torch.zeros(B, A),
                       entity_idx=torch.full((B, A), -1), touch=torch.zeros(B, A, E), target_gene=torch.full((B, A), -1),
-                      bank_idx=torch.full((B, A), -1))
+                      bank_idx=torch.full((B, A), -1), cmp_idx=torch.full((B, A), -1))
     act.kind[:, 0] = Kind.SILENCE
     act.entity_idx[:, 0] = 3
     act.touch[:, 0, 3] = 1.0

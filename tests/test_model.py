@@ -30,7 +30,7 @@ def _actions(B, gene=None):
         kind=kind, strength=torch.ones(B, A), gene_feat=torch.randn(B, A, F), cmp_feat=torch.zeros(B, A, 0),
         log_dose=torch.zeros(B, A), entity_idx=torch.full((B, A), -1), touch=torch.rand(B, A, E),
         target_gene=torch.full((B, A), -1 if gene is None else gene, dtype=torch.long),
-        bank_idx=torch.full((B, A), -1, dtype=torch.long),
+        bank_idx=torch.full((B, A), -1, dtype=torch.long), cmp_idx=torch.full((B, A), -1, dtype=torch.long),
     )
 
 
@@ -158,7 +158,7 @@ def _table(n_actions, rng):
                         gene_feat=rng.normal(size=(n_actions, A, F)).astype(np.float32),
                         cmp_feat=np.zeros((n_actions, A, 0), np.float32), log_dose=np.zeros((n_actions, A), np.float32),
                         entity_idx=np.full((n_actions, A), -1), touch=touch, target_gene=np.full((n_actions, A), -1),
-                        bank_idx=np.full((n_actions, A), -1))
+                        bank_idx=np.full((n_actions, A), -1), cmp_idx=np.full((n_actions, A), -1))
 
 
 def test_collator_entity_masking_hides_whole_slots_and_structured_hides_touched():
@@ -210,6 +210,59 @@ def test_retrieval_excludes_own_row_and_mixes_neighbours():
     assert torch.allclose(enc.retrieve(feat, torch.tensor([[-1]])), enc.bank_emb[0], atol=1e-2)
     # the same target *is* bank row 0 -> its own row is excluded, row 1 (the next most similar) wins
     assert torch.allclose(enc.retrieve(feat, torch.tensor([[0]])), enc.bank_emb[1], atol=1e-2)
+
+
+def test_a_trained_compound_dose_adds_its_own_embedding_and_an_untrained_one_reads_its_features_only():
+    from bioworld.model.jepa import ActionEncoder
+
+    base = dict(n_genes=G, n_entities=E, gene_feature_dim=3, compound_feature_dim=5, latent_dim=4, n_heads=2)
+    torch.manual_seed(0)
+    plain = ActionEncoder(JEPAConfig(**base))
+    torch.manual_seed(0)
+    enc = ActionEncoder(JEPAConfig(**base, compound_bank_size=2))
+    # zero at init and no random draws: the other weights are those of an encoder without the bank
+    assert torch.equal(enc.cmp_own, torch.zeros(2, 4)) and not hasattr(plain, "cmp_own")
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in plain.state_dict().items())
+    with torch.no_grad():
+        enc.cmp_own.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.5, 0.0, 2.0]]))
+    n = 3
+    act = ActionBatch(
+        kind=torch.tensor([[Kind.COMPOUND, Kind.PAD]] * n), strength=torch.ones(n, 2), gene_feat=torch.zeros(n, 2, 3),
+        cmp_feat=torch.randn(1, 2, 5).expand(n, 2, 5).clone(), log_dose=torch.zeros(n, 2),
+        entity_idx=torch.full((n, 2), -1), touch=torch.zeros(n, 2, E), target_gene=torch.full((n, 2), -1),
+        bank_idx=torch.full((n, 2), -1), cmp_idx=torch.tensor([[1, -1], [-1, -1], [0, -1]]))
+    enc.eval()
+    u = enc(act)
+    # the same features and dose: a trained compound-dose differs from an untrained one by its own row exactly
+    assert torch.allclose(u[0, 0] - u[1, 0], enc.cmp_own[1]) and torch.allclose(u[2, 0] - u[1, 0], enc.cmp_own[0])
+    assert torch.allclose(u[1], plain.eval()(act)[1])  # untrained: the fingerprint / knowledge path only
+    enc.train()
+    torch.manual_seed(1)
+    drops = [bool(torch.allclose(enc(act)[0, 0], u[1, 0])) for _ in range(40)]
+    assert 5 < sum(drops) < 35  # dropped about own_embedding_dropout of the time while training
+    act.cmp_feat.zero_()  # no features at all: the own embedding is all there is, never dropped
+    assert all(not torch.allclose(enc(act)[0, 0], enc(act)[1, 0]) for _ in range(20))
+
+
+def test_a_group_smaller_than_cells_per_group_is_drawn_fewer_times():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, G)).astype(np.float32)
+    rows = np.array([0] * 30 + [1] + [2] * 2 + [3] * 7)  # control 30 cells, groups of 1, 2 and 7 cells
+    coll = EntityMaskCollator(E, G, MaskingConfig())
+
+    def drawn(share):
+        s = TransitionSampler(X, rows, 0, np.zeros(40, np.int64), _table(4, np.random.default_rng(0)), [1, 2, 3], coll,
+                              groups_per_batch=4, cells_per_group=12, self_pairs=2, small_group_share=share)
+        b = s.sample(np.random.default_rng(1))
+        kinds = b["action"].kind[:, 0].numpy()
+        group = b["group"].numpy()
+        return {int(rows[np.flatnonzero((X == b["x_tgt"][np.flatnonzero(group == g)[0]].numpy()).all(1))[0]]):
+                int((group == g).sum()) for g in np.unique(group[group >= 0])}, len(kinds)
+
+    half, n_half = drawn(0.5)
+    assert half == {0: 12, 1: 6, 2: 6, 3: 7} and n_half == 31 + 2  # max(cells, 6) draws below 12 cells
+    full, n_full = drawn(1.0)
+    assert full == {0: 12, 1: 12, 2: 12, 3: 12} and n_full == 48 + 2
 
 
 def test_do_transitions_clamp_touched_slots_and_withhold_the_action():

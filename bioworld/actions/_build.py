@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from bioworld.actions._parse import parse_action
-from bioworld.actions._space import ActionSpace, GeneFeatureTable, compound_features_for
+from bioworld.actions._space import ActionSpace, GeneFeatureTable, compound_bank_of, compound_features_for
 from bioworld.errors import DataValidationError
 
 __all__ = ["DataActions", "build_actions", "check_holdout"]
@@ -81,6 +81,7 @@ def build_actions(perturbations: Sequence[str], *, control: str, dropped: Iterab
         control=control, actions=actions, entity_set=entity_set, entity_names=entity_names,
         panel_genes=list(genes), gene_bank=gene_bank, genes=genes_src,
         compounds=compounds, max_components=max(2, max(len(a) for a in actions.values())),
+        compound_bank=compound_bank_of(train_labels, actions),
     )
     findings = list(found)
     unknowable = space.featureless_targets()

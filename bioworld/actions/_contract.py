@@ -54,6 +54,7 @@ class ActionArrays:
     touch: np.ndarray  # [n, A, E] float32
     target_gene: np.ndarray  # [n, A] int64, panel column of a genetic target (-1 = not measured)
     bank_idx: np.ndarray  # [n, A] int64, row of a genetic target in the model's retrieval bank (-1 = unseen)
+    cmp_idx: np.ndarray  # [n, A] int64, row of a trained compound-dose in the model's compound bank (-1 = untrained)
 
     def __len__(self) -> int:
         return int(self.kind.shape[0])
@@ -93,6 +94,7 @@ class ActionBatch:
     touch: Tensor  # [B, A, E] how strongly each component touches each slot (membership)
     target_gene: Tensor  # [B, A] long, panel column of a genetic target (-1 = not measured)
     bank_idx: Tensor  # [B, A] long, row of a genetic target in the retrieval bank (-1 = unseen)
+    cmp_idx: Tensor  # [B, A] long, row of a trained compound-dose in the compound bank (-1 = untrained)
 
     def index(self, idx: Tensor) -> "ActionBatch":
         return ActionBatch(**{k: getattr(self, k)[idx] for k in _field_names(ActionBatch)})

@@ -134,6 +134,9 @@ class ActionSpace:
         The measured genes (a measured genetic target also gets its own column: the cis effect).
     gene_bank
         The training genetic targets (the model's retrieval bank), in bank order.
+    compound_bank
+        The training compound-dose components (canonical ``NAME@DOSE``), in order: each has its own
+        action embedding in the model (learned from its observed effect, next to its structure features).
     genes, compounds
         Gene and compound feature sources (``compounds=None``: no compound features).
     max_components
@@ -142,7 +145,7 @@ class ActionSpace:
 
     def __init__(self, *, control: str, actions: Mapping[str, Action], entity_set: Any, entity_names: Sequence[str],
                  panel_genes: Sequence[str], gene_bank: Sequence[str], genes: GeneFeatureTable,
-                 compounds: CompoundFeatures | None, max_components: int) -> None:
+                 compounds: CompoundFeatures | None, max_components: int, compound_bank: Sequence[str] = ()) -> None:
         self.control = control
         self.actions = dict(actions)
         self.entities = list(entity_set)
@@ -155,6 +158,8 @@ class ActionSpace:
         self._ent_pos = {name: i for i, name in enumerate(self.entity_names)}
         self._gene_pos = {g: i for i, g in enumerate(self.panel_genes)}
         self._bank_pos = {g: i for i, g in enumerate(self.gene_bank)}
+        self.compound_bank = list(compound_bank)
+        self._cmp_pos = {c: i for i, c in enumerate(self.compound_bank)}
 
     # ---------------------------------------------------------------- vocabulary
     def parse(self, label: str | Action) -> Action:
@@ -244,7 +249,7 @@ class ActionSpace:
             gene_feat=np.zeros((n, A, self.genes.dim), np.float32), cmp_feat=np.zeros((n, A, self.compound_dim), np.float32),
             log_dose=np.zeros((n, A), np.float32), entity_idx=np.full((n, A), -1, np.int64),
             touch=np.zeros((n, A, E), np.float32), target_gene=np.full((n, A), -1, np.int64),
-            bank_idx=np.full((n, A), -1, np.int64),
+            bank_idx=np.full((n, A), -1, np.int64), cmp_idx=np.full((n, A), -1, np.int64),
         )
         for i, action in enumerate(acts):
             for j, p in enumerate(action.components):
@@ -263,6 +268,7 @@ class ActionSpace:
         elif kind == Kind.COMPOUND:
             t.cmp_feat[i, j] = self.compounds.features([p.target])[0]
             t.log_dose[i, j] = math.log10(float(p.dose) + DOSE_EPS)
+            t.cmp_idx[i, j] = self._cmp_pos.get(str(p), -1)
         elif kind == Kind.SILENCE:
             e = self._ent_pos[p.target]
             t.entity_idx[i, j] = e
@@ -287,7 +293,8 @@ class ActionSpace:
         """(tensors, JSON fields) that :meth:`from_state` rebuilds the space from."""
         tensors, meta = self.genes.state()
         c_t, c_m = self.compounds.state() if self.compounds is not None else ({}, {"smiles": {}})
-        meta = {**meta, **c_m, "actions": {lab: a.label for lab, a in self.actions.items()}, "gene_bank": self.gene_bank}
+        meta = {**meta, **c_m, "actions": {lab: a.label for lab, a in self.actions.items()}, "gene_bank": self.gene_bank,
+                "compound_bank": self.compound_bank}
         return {**tensors, **c_t}, meta
 
     @classmethod
@@ -304,7 +311,14 @@ class ActionSpace:
         return cls(control=control, actions=actions, entity_set=entity_set, entity_names=entity_names,
                    panel_genes=panel_genes, gene_bank=list(meta["gene_bank"]),
                    genes=GeneFeatureTable(list(meta["gene_feature_genes"]), np.asarray(tensors["gene_features"])),
-                   compounds=compounds, max_components=max_components)
+                   compounds=compounds, max_components=max_components,
+                   compound_bank=list(meta.get("compound_bank", [])))  # (written before compound embeddings: none)
+
+
+def compound_bank_of(labels: Iterable[str], actions: Mapping[str, Action]) -> list[str]:
+    """The compound-dose components (canonical ``NAME@DOSE``) of the training ``labels``, sorted: the
+    actions that get their own embedding (:class:`bioworld.model.jepa.ActionEncoder`)."""
+    return sorted({str(p) for lab in labels for p in actions[lab].components if p.kind == "compound"})
 
 
 def _compound_targets(actions: Mapping[str, Action]) -> set[str]:

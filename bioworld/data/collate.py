@@ -9,6 +9,8 @@ Imports torch (to hand out tensors) but nothing from :mod:`bioworld.model`.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -100,6 +102,10 @@ class TransitionSampler:
         ``[cells]`` integer context (batch/replicate) used to pair controls with perturbed cells.
     train_rows
         Action rows that may be sampled (held-out perturbations excluded).
+    small_group_share
+        A group with fewer cells than ``cells_per_group`` is drawn ``max(its cells, ceil(small_group_share x
+        cells_per_group))`` times, not ``cells_per_group`` times: a plate's compound-dose group is one well, and
+        12 copies of it in a batch cost twice the compute of 6 for no new target (1 = always ``cells_per_group``).
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class TransitionSampler:
         cells_per_group: int = 16,
         self_pairs: int = 64,
         clamp_prob: float = 0.0,
+        small_group_share: float = 1.0,
     ) -> None:
         self.X = X
         self.clamp_prob = float(clamp_prob)
@@ -123,6 +130,7 @@ class TransitionSampler:
         self.collator = collator
         self.control_row = control_row
         self.k, self.m, self.n_self = groups_per_batch, cells_per_group, self_pairs
+        self.m_small = min(self.m, max(1, math.ceil(float(small_group_share) * self.m)))
         self.cells_of = {int(r): np.flatnonzero(action_row == r) for r in set(train_rows) | {control_row}}
         self.train_rows = np.array(sorted(set(train_rows) | {control_row}))
         ctrl = self.cells_of[control_row]
@@ -148,9 +156,10 @@ class TransitionSampler:
         tgt_cells, act_rows, group = [], [], []
         for gi, r in enumerate(rows):
             cells = self.cells_of[int(r)]
-            tgt_cells.append(cells[rng.integers(len(cells), size=self.m)])
-            act_rows.append(np.full(self.m, r))
-            group.append(np.full(self.m, gi))
+            m = self.m if len(cells) >= self.m else max(self.m_small, len(cells))
+            tgt_cells.append(cells[rng.integers(len(cells), size=m)])
+            act_rows.append(np.full(m, r))
+            group.append(np.full(m, gi))
         tgt = np.concatenate(tgt_cells)
         src = self._pair_controls(tgt, rng)
         self_cells = self.ctrl[rng.integers(len(self.ctrl), size=self.n_self)]
@@ -200,7 +209,7 @@ class BlockBufferSampler:
         Row source: ``source[rows]`` returns standardised ``float32 [len(rows), G]`` (e.g.
         :class:`bioworld.data._backed.BackedExpression`).
     action_row, control_row, replicate, actions, train_rows, collator, groups_per_batch,
-    cells_per_group, self_pairs
+    cells_per_group, self_pairs, small_group_share
         As for :class:`TransitionSampler`, over all cells of ``source``.
     """
 
@@ -223,6 +232,7 @@ class BlockBufferSampler:
         cells_per_group: int = 16,
         self_pairs: int = 64,
         clamp_prob: float = 0.0,
+        small_group_share: float = 1.0,
     ) -> None:
         if min(block_size, buffer_blocks, refresh_every, resident_controls) < 1:
             raise ValueError("block_size, buffer_blocks, refresh_every and resident_controls must be >= 1")
@@ -235,7 +245,7 @@ class BlockBufferSampler:
         self.seed = int(seed)
         self.block_size, self.buffer_blocks, self.refresh_every = block_size, buffer_blocks, refresh_every
         self.kw = dict(groups_per_batch=groups_per_batch, cells_per_group=cells_per_group, self_pairs=self_pairs,
-                       clamp_prob=clamp_prob)
+                       clamp_prob=clamp_prob, small_group_share=small_group_share)
         ctrl = np.flatnonzero(self.action_row == control_row)
         if len(ctrl) == 0:
             raise ValueError("no control cells to pair perturbed cells with")

@@ -30,6 +30,9 @@ class JEPAConfig:
     gene_bank_size: int = 0  # training genetic targets in the action retrieval bank (set from data)
     retrieval_temperature: float = 0.1  # softmax temperature over feature cosine similarity
     own_embedding_dropout: float = 0.5  # P(drop a seen target's own embedding) while training
+    # trained compound-dose actions with their own embedding (set from data; 0 = none, the module has no such weights)
+    compound_bank_size: int = 0
+    compound_embedding_dropout: float = 0.5  # P(drop a trained compound-dose's own embedding) while training
     residual_readout: bool = True  # expression = source cell + R(z_next) - R(z_source): readout errors cancel
     additive_combinations: bool = True  # A+B = control + (A - control) + (B - control) + learned interaction (latent slots)
     use_gene_mlp: bool = False  # also map target features through an MLP (LTO on Papalexi: no gain over retrieval alone)

@@ -273,6 +273,13 @@ class ActionEncoder(nn.Module):
     also has its own embedding, dropped with ``own_embedding_dropout`` while training. A target
     without knowledge features (all-zero ``gene_feat``: in no entity, regulon or GO set) has nothing
     to retrieve with: it gets no retrieval term and its own embedding is never dropped.
+
+    A compound is read from its structure / knowledge features and log dose (``cmp_mlp``), the path
+    an unseen compound or dose takes. A trained compound-dose (``cmp_idx >= 0``) also has its own
+    embedding (``cmp_own``, zero at init: a learned correction of what its features say), dropped with
+    ``compound_embedding_dropout`` while training unless its features are all zero; so a plate's single well
+    is learned as observed instead of smoothed over the compound's doses. Data without trained
+    compounds have no such weights (``compound_bank_size = 0``).
     """
 
     def __init__(self, cfg: JEPAConfig) -> None:
@@ -290,6 +297,8 @@ class ActionEncoder(nn.Module):
         self.has_compounds = cfg.compound_feature_dim > 0
         if self.has_compounds:
             self.cmp_mlp = nn.Sequential(nn.Linear(cfg.compound_feature_dim + 1, D), nn.GELU(), nn.Linear(D, D))
+        if self.has_compounds and cfg.compound_bank_size > 0:  # zeros: no random draws, the other weights init as before
+            self.cmp_own = nn.Parameter(torch.zeros(cfg.compound_bank_size, D))
 
     def retrieve(self, gene_feat: Tensor, bank_idx: Tensor) -> Tensor:
         """Similarity-weighted mix of bank embeddings, excluding each target's own row: ``[B, A, D]``."""
@@ -300,6 +309,17 @@ class ActionEncoder(nn.Module):
         own = F.one_hot(bank_idx.clamp_min(0), n_bank).bool() & (bank_idx >= 0).unsqueeze(-1)
         w = torch.softmax(sims.masked_fill(own, float("-inf")), dim=-1)
         return w @ self.bank_emb
+
+    def _compound_own(self, act: ActionBatch) -> Tensor | float:
+        """The own embeddings ``[B, A, D]`` of trained compound-doses (0 for the others; dropped as the
+        genetic ones while training, except for a compound without features)."""
+        if not hasattr(self, "cmp_own"):
+            return 0.0
+        seen = (act.cmp_idx >= 0).unsqueeze(-1).float()
+        if self.training and self.cfg.compound_embedding_dropout > 0:
+            keep = torch.rand(seen.shape, device=seen.device) >= self.cfg.compound_embedding_dropout
+            seen = seen * (keep | ~(act.cmp_feat != 0).any(-1, keepdim=True)).float()
+        return seen * self.cmp_own[act.cmp_idx.clamp_min(0)]
 
     def forward(self, act: ActionBatch) -> Tensor:
         kind = act.kind
@@ -319,7 +339,7 @@ class ActionEncoder(nn.Module):
         if self.has_compounds:
             is_cmp = (kind == Kind.COMPOUND).unsqueeze(-1).float()
             c_in = torch.cat([act.cmp_feat, act.log_dose.unsqueeze(-1)], dim=-1)
-            u = u + is_cmp * self.cmp_mlp(c_in)
+            u = u + is_cmp * (self.cmp_mlp(c_in) + self._compound_own(act))
         # silence: the kind embedding plus its touch on the silenced slot (no per-entity identity,
         # so the learned "silence a slot" behaviour transfers to entities never silenced in training)
         return u * (kind != Kind.PAD).unsqueeze(-1).float()

@@ -70,6 +70,9 @@ class TrainConfig:
     ema_end: float = 0.999  # ... rising linearly to this at the last step
     groups_per_batch: int = 8  # perturbation groups per batch (transition pairs)
     cells_per_group: int = 12  # perturbed cells drawn per group
+    # a group with fewer cells than cells_per_group is drawn max(its cells, this share of cells_per_group) times
+    # (an L1000 plate: one well per compound-dose, 6 draws instead of 12 copies; 128 -> 80 rows, -32% CPU per step)
+    small_group_share: float = 0.5
     self_pairs: int = 32  # control cells per batch for pure masked-entity prediction
     mask: MaskingConfig = field(default_factory=MaskingConfig)  # which slots the context encoder sees
     clamp_prob: float = 0.0  # P(a transition becomes a do()-transition: touched slots clamped to the perturbed latents, action withheld)
@@ -188,7 +191,8 @@ _FLOAT_MIN = {"lr": (0.0, True), "lr_min": (0.0, False), "weight_decay": (0.0, F
               "w_latent": (0.0, False), "w_expr": (0.0, False), "w_energy": (0.0, False), "w_recon": (0.0, False),
               "w_score": (0.0, False), "w_variance": (0.0, False), "w_covariance": (0.0, False), "w_effect": (0.0, False),
               "collapse_std": (0.0, False), "auto_epochs": (0.0, True), "group_visits": (0.0, False)}
-_PROBS = ("ema_start", "ema_end", "structured_mask_prob", "clamp_prob", "val_fraction", "early_stop_after")
+_PROBS = ("ema_start", "ema_end", "structured_mask_prob", "clamp_prob", "val_fraction", "early_stop_after",
+          "small_group_share")
 _RATIOS = ("self_mask_ratio", "transition_mask_ratio")
 
 

@@ -46,7 +46,8 @@ def resolve_train_config(config: Any) -> TrainConfig:
 def model_config_for(space: Any, *, n_genes: int, n_entities: int, overrides: Mapping[str, Any] | None) -> JEPAConfig:
     """The JEPA config: sizes from the data and the action space, the rest from ``overrides``."""
     sizes = dict(
-        gene_bank_size=len(space.gene_bank), n_genes=n_genes, n_entities=n_entities,
+        gene_bank_size=len(space.gene_bank), compound_bank_size=len(space.compound_bank),
+        n_genes=n_genes, n_entities=n_entities,
         gene_feature_dim=space.genes.dim, compound_feature_dim=space.compound_dim,
         max_components=space.max_components,
     )
@@ -141,7 +142,7 @@ def make_sampler(cfg: TrainConfig, data: Any, table: Any, action_row: np.ndarray
 
     collator = EntityMaskCollator(n_entities, n_genes, cfg.mask)
     sizes = dict(groups_per_batch=cfg.groups_per_batch, cells_per_group=cfg.cells_per_group,
-                 self_pairs=cfg.self_pairs, clamp_prob=cfg.clamp_prob)
+                 self_pairs=cfg.self_pairs, clamp_prob=cfg.clamp_prob, small_group_share=cfg.small_group_share)
     if isinstance(data.X, np.ndarray):
         return TransitionSampler(data.X, action_row, control_row, data.replicate, table, train_rows, collator, **sizes)
     return BlockBufferSampler(  # out of core: block-buffer sampling over the on-disk matrix

@@ -26,7 +26,7 @@ from bioworld.train.trainer import TrainResult
 
 __all__ = ["ModelState"]
 
-_SPACE_FIELDS = ("actions", "gene_bank", "gene_feature_genes", "smiles", "compound_knowledge_names", "compound_kb_dim",
+_SPACE_FIELDS = ("actions", "gene_bank", "compound_bank", "gene_feature_genes", "smiles", "compound_knowledge_names", "compound_kb_dim",
                  "compound_seen", "compound_user_targets")
 
 
@@ -252,8 +252,10 @@ def _silence_heads(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
 
 def _stored_train_config(d: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's training config as it was trained: loss weights added after it was written were
-    off then (a model saved before the group mean-effect term has ``loss.effect`` 0, not today's default)."""
+    off then (a model saved before the group mean-effect term has ``loss.effect`` 0, not today's default),
+    and every group was drawn ``cells_per_group`` times before ``small_group_share`` existed (1.0)."""
     d = dict(d)
+    d.setdefault("small_group_share", 1.0)
     if isinstance(d.get("loss"), Mapping) and "effect" not in d["loss"]:
         d["loss"] = {**d["loss"], "effect": 0.0}
     elif "loss" not in d and "w_effect" not in d:  # the flat form of earlier versions
