@@ -106,6 +106,7 @@ class TransitionSampler:
         A group with fewer cells than ``cells_per_group`` is drawn ``max(its cells, ceil(small_group_share x
         cells_per_group))`` times, not ``cells_per_group`` times: a plate's compound-dose group is one well, and
         12 copies of it in a batch cost twice the compute of 6 for no new target (1 = always ``cells_per_group``).
+        The batch's self pairs shrink in the same proportion, so transitions keep their share of the losses.
     """
 
     def __init__(
@@ -162,11 +163,13 @@ class TransitionSampler:
             group.append(np.full(m, gi))
         tgt = np.concatenate(tgt_cells)
         src = self._pair_controls(tgt, rng)
-        self_cells = self.ctrl[rng.integers(len(self.ctrl), size=self.n_self)]
+        # self pairs keep their share of the batch when small groups were drawn fewer times
+        n_self = self.n_self if len(tgt) == k * self.m else round(self.n_self * len(tgt) / (k * self.m))
+        self_cells = self.ctrl[rng.integers(len(self.ctrl), size=n_self)]
         src = np.concatenate([src, self_cells])
         tgt = np.concatenate([tgt, self_cells])
-        act_rows_a = np.concatenate(act_rows + [np.full(self.n_self, self.control_row)])
-        group_a = np.concatenate(group + [np.full(self.n_self, -1)])
+        act_rows_a = np.concatenate(act_rows + [np.full(n_self, self.control_row)])
+        group_a = np.concatenate(group + [np.full(n_self, -1)])
         is_self = group_a < 0
         touch = self.actions.touch[act_rows_a].sum(1)  # [B, E]
         masks = self.collator(touch, is_self, rng)
