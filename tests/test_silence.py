@@ -227,7 +227,7 @@ def test_untrained_silence_with_a_head_agrees_in_predict_counterfactual_and_prio
     pred = wm.predict([held], cells=cells)
     np.testing.assert_allclose(pred.layers["delta"][0], cf.layers["delta"].mean(0), atol=1e-5)
     other = wm.entity_names[(e + 1) % len(wm.entity_names)]
-    pr = wm.prioritize(cells, f"down:{other}", entities=[ent], genes=[], pairs=False, n_boot=10)
+    pr = wm.prioritize(cells, f"down:{other}", entities=[ent], genes=[], compounds=[], pairs=False, n_boot=10)
     w = wm.module.encoder.score_w[wm.entity_names.index(other)].detach().numpy()
     np.testing.assert_allclose(pr.per_cell_scores[held], -((np.asarray(cf.layers["delta"]) / wm.sd) @ w), atol=1e-4)
     # the head's answer, on the model's scale
