@@ -120,7 +120,8 @@ def _model_config(c: _Check, meta: Mapping[str, Any], n_genes: int, n_entities: 
     for name, lo, hi, lo_open, hi_open in (("mlp_ratio", 0.0, 64.0, True, False), ("dropout", 0.0, 1.0, False, True),
                                            ("retrieval_temperature", 0.0, 1e6, True, False),
                                            ("own_embedding_dropout", 0.0, 1.0, False, False),
-                                           ("compound_embedding_dropout", 0.0, 1.0, False, False)):
+                                           ("compound_embedding_dropout", 0.0, 1.0, False, False),
+                                           ("compound_embedding_scale", 0.0, 1e6, True, False)):
         if name in cfg:
             c.number(cfg, name, lo, hi, p, lo_open=lo_open, hi_open=hi_open)
     for name in ("residual_readout", "use_gene_mlp", "additive_combinations"):

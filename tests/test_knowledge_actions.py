@@ -134,6 +134,19 @@ def test_trained_compound_doses_are_predicted_with_their_own_embedding(l1000_mod
     loaded = bw.WorldModel.load(tmp_path / "m")
     assert loaded.space.compound_bank == trained
     np.testing.assert_array_equal(loaded.predict([seen, held]).X, after)
+    assert loaded.model_config.compound_embedding_scale == wm.model_config.compound_embedding_scale == 10.0
+    # a checkpoint written before the multiplier existed read its own rows unscaled: it loads with 1.0 (the
+    # stored file is hash-checked, so the older meta is rebuilt here rather than edited on disk)
+    import json
+
+    from bioworld.model.config import JEPAConfig
+    from bioworld.train.state import _stored_model_config
+
+    cfg = json.loads((tmp_path / "m" / "bioworld.json").read_text())["model_config"]
+    assert cfg["compound_embedding_scale"] == 10.0
+    older = {k: v for k, v in cfg.items() if k != "compound_embedding_scale"}
+    assert JEPAConfig.from_dict(_stored_model_config(older)).compound_embedding_scale == 1.0
+    assert JEPAConfig.from_dict(_stored_model_config(cfg)).compound_embedding_scale == 10.0
     with torch.no_grad():
         own[0] -= 1.0
 

@@ -233,8 +233,11 @@ def test_a_trained_compound_dose_adds_its_own_embedding_and_an_untrained_one_rea
         bank_idx=torch.full((n, 2), -1), cmp_idx=torch.tensor([[1, -1], [-1, -1], [0, -1]]))
     enc.eval()
     u = enc(act)
-    # the same features and dose: a trained compound-dose differs from an untrained one by its own row exactly
-    assert torch.allclose(u[0, 0] - u[1, 0], enc.cmp_own[1]) and torch.allclose(u[2, 0] - u[1, 0], enc.cmp_own[0])
+    # the same features and dose: a trained compound-dose differs from an untrained one by its own row times
+    # compound_embedding_scale exactly
+    k = enc.cfg.compound_embedding_scale
+    assert k == 10.0
+    assert torch.allclose(u[0, 0] - u[1, 0], k * enc.cmp_own[1]) and torch.allclose(u[2, 0] - u[1, 0], k * enc.cmp_own[0])
     assert torch.allclose(u[1], plain.eval()(act)[1])  # untrained: the fingerprint / knowledge path only
     enc.train()
     torch.manual_seed(1)

@@ -33,6 +33,7 @@ class JEPAConfig:
     # trained compound-dose actions with their own embedding (set from data; 0 = none, the module has no such weights)
     compound_bank_size: int = 0
     compound_embedding_dropout: float = 0.5  # P(drop a trained compound-dose's own embedding) while training
+    compound_embedding_scale: float = 10.0  # multiplier of the stored own compound embedding (reaches a well's effect in few steps)
     residual_readout: bool = True  # expression = source cell + R(z_next) - R(z_source): readout errors cancel
     additive_combinations: bool = True  # A+B = control + (A - control) + (B - control) + learned interaction (latent slots)
     use_gene_mlp: bool = False  # also map target features through an MLP (LTO on Papalexi: no gain over retrieval alone)

@@ -276,7 +276,9 @@ class ActionEncoder(nn.Module):
 
     A compound is read from its structure / knowledge features and log dose (``cmp_mlp``), the path
     an unseen compound or dose takes. A trained compound-dose (``cmp_idx >= 0``) also has its own
-    embedding (``cmp_own``, zero at init: a learned correction of what its features say), dropped with
+    embedding (``cmp_own`` x ``compound_embedding_scale``, zero at init: a learned correction of what its
+    features say; the multiplier, like ``CIS_SCALE``, lets Adam's steps of about ``lr`` reach a single well's
+    effect within the sized training instead of under-fitting it), dropped with
     ``compound_embedding_dropout`` while training unless its features are all zero; so a plate's single well
     is learned as observed instead of smoothed over the compound's doses. Data without trained
     compounds have no such weights (``compound_bank_size = 0``).
@@ -319,7 +321,7 @@ class ActionEncoder(nn.Module):
         if self.training and self.cfg.compound_embedding_dropout > 0:
             keep = torch.rand(seen.shape, device=seen.device) >= self.cfg.compound_embedding_dropout
             seen = seen * (keep | ~(act.cmp_feat != 0).any(-1, keepdim=True)).float()
-        return seen * self.cmp_own[act.cmp_idx.clamp_min(0)]
+        return seen * (self.cfg.compound_embedding_scale * self.cmp_own[act.cmp_idx.clamp_min(0)])
 
     def forward(self, act: ActionBatch) -> Tensor:
         kind = act.kind

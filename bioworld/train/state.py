@@ -111,7 +111,7 @@ class ModelState:
         """The state stored in a model folder (``meta`` already checked by the schema); refuses inconsistent files."""
         try:
             fields = dict(
-                model_config=JEPAConfig.from_dict(meta["model_config"]),
+                model_config=JEPAConfig.from_dict(_stored_model_config(meta["model_config"])),
                 train_config=TrainConfig.from_dict(_stored_train_config(meta["train_config"])),
                 registration=Registration.from_dict(meta["registration"]),
                 var_names=list(meta["var_names"]), genes=list(meta["genes"]),
@@ -248,6 +248,12 @@ def _silence_heads(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
         raise CheckpointError(f"{directory}: silence heads for {unknown[:3]}, which are not entity slots of the model; "
                               "the checkpoint is corrupt: retrain or restore it.")
     return {n: row for n, row in zip(names, [] if t is None else t.numpy().astype(np.float32))}
+
+
+def _stored_model_config(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model config as it was trained: the own compound embedding had no multiplier (1.0)
+    before ``compound_embedding_scale`` existed."""
+    return {"compound_embedding_scale": 1.0, **d}
 
 
 def _stored_train_config(d: Mapping[str, Any]) -> dict[str, Any]:
