@@ -5,8 +5,9 @@ depend on how well it fits) answers ``--interventions`` knockouts and silences o
 control cells with ``WorldModel.counterfactual``; the script prints cell x interventions / s for
 each repeat, wall and per CPU-second of the process (``time.process_time``, all its threads), with
 the machine load (``uptime``) before and after, and writes the figures to
-``benchmarks/results/speed/query_speed.json`` (``--out``). The query engine answers row blocks on as
-many threads as torch has (``--threads``; 0 = the model's automatic choice). Uses only the public
+``benchmarks/results/speed/query_speed.json`` (``--out``). The query engine answers row blocks on
+``TrainConfig.query_threads()`` threads: the model's ``num_threads`` (``--threads`` at training,
+``--query-threads`` for the queries), or every core when it is 0 (the default). Uses only the public
 API, so the same script measures an older checkout (``PYTHONPATH=/path/to/old/checkout``).
 
     python benchmarks/run_query_speed.py [--cells 1000] [--interventions 40] [--repeats 3] [--threads 0]
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = the model's automatic choice)")
     p.add_argument("--query-threads", type=int, nargs="+", default=None,
                    help="threads of the queries (the model's num_threads, which every query pins), interleaved "
-                        "within each repeat (e.g. 1 2: both see the same load); default: those of training")
+                        "within each repeat (e.g. 1 2: both see the same load); default: the model's own choice "
+                        "(TrainConfig.query_threads: every core unless num_threads is set)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--note", default="", help="what was measured (code, machine state), stored in the result file")
     a = p.parse_args(argv)
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for r in range(a.repeats):
-        for threads in a.query_threads or [wm.train_config.resolved_threads()]:
+        for threads in a.query_threads or [wm.train_config.query_threads()]:
             wm.train_config = replace(wm.train_config, num_threads=threads)  # queries pin the model's setting
             runs.append(_measure(wm, ctrl, specs))
             runs[-1]["query_threads"] = threads

@@ -194,12 +194,12 @@ class WorldModel:
         m = self._require_module()
         if self._engine is None or self._engine.module is not m:
             from bioworld.query.engine import Engine
-
             self._engine = Engine(m, self.space, self.reference, self.membership, self.train_labels,
                                   inactive_quantile=INACTIVE_QUANTILE,
                                   single_effects={c: row for c, (_, row) in self.single_effects.items()},
                                   combination_prior=self.combination_prior,
                                   silence_heads={self.entity_names.index(n): v for n, v in self.silence_heads.items()})
+        self._engine.threads = self.train_config.query_threads()
         return self._engine
 
     def _view(self):

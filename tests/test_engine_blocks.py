@@ -147,20 +147,36 @@ def test_answers_do_not_depend_on_the_number_of_worker_threads(tiny_trained, cel
     eng = wm.engine
     x = wm._cells_to_std(cells)
     cands = _candidates(wm)
-    before = torch.get_num_threads()
+    before, threads_before = torch.get_num_threads(), eng.threads
     try:
         runs = {}
         for threads in (1, 2):
-            torch.set_num_threads(threads)
+            eng.threads = threads
             assert eng.workers == threads
             cache = eng.encode(x)
             runs[threads] = (cache.x_base.numpy().copy(), eng.run(cache, cands, rows_per_pass=8))
     finally:
-        torch.set_num_threads(before)
-    assert torch.get_num_threads() == before
+        eng.threads = threads_before
+    assert torch.get_num_threads() == before  # the query put torch's own count back
     np.testing.assert_array_equal(runs[1][0], runs[2][0])
     np.testing.assert_array_equal(runs[1][1].x_pred, runs[2][1].x_pred)  # bitwise: blocks are computed alone
     np.testing.assert_array_equal(runs[1][1].shift, runs[2][1].shift)
+
+
+def test_queries_use_every_core_unless_the_model_pins_threads(tiny_trained, monkeypatch):
+    from dataclasses import replace
+
+    wm = tiny_trained
+    before = wm.train_config
+    monkeypatch.setattr("os.cpu_count", lambda: 6)  # TrainConfig reads it at each call
+    try:
+        wm.train_config = replace(before, num_threads=0)  # automatic: training takes half the cores, queries all
+        assert wm.train_config.resolved_threads() == 3
+        assert wm.engine.threads == 6 and wm.engine.workers == 6
+        wm.train_config = replace(before, num_threads=2)  # pinned by the user: queries too
+        assert wm.engine.threads == 2 and wm.engine.workers == 2
+    finally:
+        wm.train_config = before
 
 
 def test_math_attention_equals_the_fused_kernel(monkeypatch):

@@ -99,7 +99,8 @@ def _math_attention(qkv: Tensor, h: int) -> Tensor:
         q, k, v = (qkv[:, :, i * C + j * c: i * C + (j + 1) * c] for i in range(3))  # [B, T, c] views
         e = torch.baddbmm(qkv.new_empty(()), k, q.transpose(1, 2), beta=0.0, alpha=c ** -0.5).exp_()  # [B, keys, queries]
         total = e.sum(1, keepdim=True)  # [B, 1, queries]
-        if bool(((total > _SOFTMAX_SAFE[0]) & (total < _SOFTMAX_SAFE[1])).all()):
+        lo, hi = torch.aminmax(total)
+        if float(lo) > _SOFTMAX_SAFE[0] and float(hi) < _SOFTMAX_SAFE[1]:  # (NaN fails both)
             heads.append(torch.bmm(v.transpose(1, 2), e).div_(total))  # [B, c, queries]
             continue
         s = torch.baddbmm(qkv.new_empty(()), k, q.transpose(1, 2), beta=0.0, alpha=c ** -0.5)
@@ -611,7 +612,7 @@ class JEPA(nn.Module):
         if not bool(measured.any()):
             return x_std.new_zeros(B, G)
         idx = act.target_gene.clamp_min(0)  # [B, A]
-        x_log = (x_std * self.gene_sd + self.gene_mean).gather(1, idx).clamp_min(0.0)  # [B, A]
+        x_log = (x_std.gather(1, idx) * self.gene_sd[idx] + self.gene_mean[idx]).clamp_min(0.0)  # [B, A] (the targets' columns only)
         p = self.cis_effect[act.kind] * CIS_SCALE
         keep = torch.sigmoid(p)
         ratio = torch.where(act.kind == Kind.ACT, 1.0 + F.softplus(p), 1.0 - act.strength * (1.0 - keep))
@@ -630,8 +631,9 @@ class JEPA(nn.Module):
         cancels and the control action returns the cells themselves. Plus the cis effect.
         ``r_ref`` = R(z_ref) when the caller has it already (queries encode the cells once).
         """
-        if self.cfg.residual_readout and r_ref is not None:
-            base = x_src + self.readout(z_next) - r_ref
+        if self.cfg.residual_readout and r_ref is not None:  # (queries: in place on the readout's fresh output)
+            base = self.readout(z_next).add_(x_src).sub_(r_ref) if torch.is_inference_mode_enabled() else \
+                x_src + self.readout(z_next) - r_ref
         elif self.cfg.residual_readout:  # (this order of readouts keeps training's gradient sums as they were)
             if z_ref is None:
                 z_ref = self.encode_target(x_src)

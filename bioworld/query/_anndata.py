@@ -65,6 +65,13 @@ def _tile_obsm(value: Any, n_reps: int, index: pd.Index) -> Any:
     return np.concatenate([arr] * n_reps, axis=0)
 
 
+def _rows(parts: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Per-intervention blocks ``[cells, k]`` stacked intervention-major into float32 rows ``[interventions * cells, k]``."""
+    if isinstance(parts, np.ndarray):
+        return parts.reshape(-1, parts.shape[-1]).astype(np.float32, copy=False)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
 def counterfactual_adata(
     cells: Any,
     specs: Sequence[str],
@@ -86,7 +93,9 @@ def counterfactual_adata(
     specs
         Interventions, in order.
     X, delta, shifts
-        Per intervention: ``[cells, G]`` predicted expression, ``[cells, G]`` delta, ``[cells, E]`` shift.
+        Per intervention: ``[cells, G]`` predicted expression, ``[cells, G]`` delta, ``[cells, E]`` shift
+        (a sequence of arrays, or one array ``[interventions, cells, ...]``, used without a copy where it
+        is float32 already).
     var_names, entity_names
         Genes (columns of ``X``) and entities (columns of ``obsm['bw_entity_shift']``).
     effects
@@ -108,13 +117,13 @@ def counterfactual_adata(
     obs["bw_intervention"] = pd.Categorical(np.repeat(specs, n), categories=list(dict.fromkeys(specs)))
     obs["bw_cell"] = np.tile(cell_names, len(specs))
     obs.index = pd.Index([f"{s}|{c}" for s, c in zip(np.repeat(specs, n), obs["bw_cell"])], dtype=str)
-    out = ad.AnnData(X=np.concatenate(X).astype(np.float32, copy=False), obs=obs,
+    out = ad.AnnData(X=_rows(X), obs=obs,
                      var=pd.DataFrame(index=pd.Index([str(g) for g in var_names], dtype=str)))
-    out.layers["delta"] = np.concatenate(delta).astype(np.float32, copy=False)
+    out.layers["delta"] = _rows(delta)
     for key, value in cells.obsm.items():
         if key != ENTITY_SHIFT:
             out.obsm[key] = _tile_obsm(value, len(specs), out.obs_names)
-    out.obsm[ENTITY_SHIFT] = pd.DataFrame(np.concatenate(shifts).astype(np.float32), index=out.obs_names,
+    out.obsm[ENTITY_SHIFT] = pd.DataFrame(_rows(shifts), index=out.obs_names,
                                           columns=pd.Index([str(e) for e in entity_names], dtype=str))
     out.uns["bioworld"] = {"entity_effects": {s: effects_frame(effects[s]) for s in specs},
                            "entity_names": [str(e) for e in entity_names], **dict(uns or {})}

@@ -45,7 +45,7 @@ from bioworld.query._counterfactual import ActivityAxes, SilenceTerms, pin_membe
 
 # Rows (candidates x cells) per module call, and cells encoded per call, up to 128 slots. Small blocks keep
 # a call's activations in a core's L2 cache (benchmarks/results/speed/SPEED.md, section h)
-ROWS_PER_PASS = 128
+ROWS_PER_PASS = 512
 SLOT_ROWS_PER_PASS = ROWS_PER_PASS * 128  # above 128 slots, fewer rows per call: memory ~ rows x slots stays bounded
 
 
@@ -152,6 +152,7 @@ class Engine:
         self._slot_scale: np.ndarray | None = None
         self._control = space.encode([space.parse("control")])
         self._held: int | None = None  # workers of the query in progress (torch is at 1 thread meanwhile)
+        self.threads: int | None = None  # workers of a query on the CPU (None: torch's thread count)
 
     # ---------------------------------------------------------------- cached per model
     @property
@@ -236,10 +237,10 @@ class Engine:
     # ---------------------------------------------------------------- blocks, in parallel
     @property
     def workers(self) -> int:
-        """Threads that answer row blocks at once: torch's thread count on the CPU (1 elsewhere)."""
+        """Threads that answer row blocks at once on the CPU: :attr:`threads` (default torch's thread count); 1 elsewhere."""
         if self._held is not None:
             return self._held
-        return max(1, torch.get_num_threads()) if self.device.type == "cpu" else 1
+        return max(1, self.threads or torch.get_num_threads()) if self.device.type == "cpu" else 1
 
     @contextmanager
     def _one_torch_thread(self) -> Iterator[None]:
@@ -278,6 +279,13 @@ class Engine:
                 for job, result in zip(jobs, pool.map(call, jobs)):
                     consume(job, result)
 
+    def map(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+        """``[fn(job) for job in jobs]`` on the query's workers (for work on answers that releases the GIL,
+        e.g. numpy on whole arrays: it then runs on every core instead of after the rollouts on one)."""
+        out: list[Any] = []
+        self._map(fn, jobs, lambda _, r: out.append(r))
+        return out
+
     # ---------------------------------------------------------------- cells
     def encode(self, x_std: np.ndarray) -> CellCache:
         """Encode cells once: latents, the readout of their target latents, the unperturbed prediction."""
@@ -311,28 +319,40 @@ class Engine:
 
     def _silence_terms(self, cache: CellCache, entities: Iterable[int]) -> dict[int, SilenceTerms]:
         x_np = cache.x.cpu().numpy()
-        rows = self.rows_per_pass
+        n, rows = len(x_np), self.rows_per_pass
         moved = {e: torch.from_numpy(self.axes.inactive(x_np, e)).to(self.device) for e in entities}
-        jobs = [(e, s) for e in moved for s in range(0, len(x_np), rows)]
+        # each entity's terms over all cells, written block by block by the workers (no concatenation
+        # afterwards on this thread); an entity with a response head has no latent change (dz: zeros, not stored)
+        out = {e: SilenceTerms(slot=cache.z.new_empty(cache.z[:, e].shape),
+                               dz=cache.z.new_zeros(()).expand_as(cache.z) if e in self.silence_heads else torch.empty_like(cache.z),
+                               dx=torch.empty_like(cache.x), move=torch.empty_like(cache.x),
+                               pinned=torch.zeros(cache.x.shape[1], dtype=torch.bool, device=cache.x.device))
+               for e in moved}
+        jobs = [(e, s) for e in moved for s in range(0, n, rows)]
 
-        def block(job: tuple[int, int]) -> SilenceTerms:
+        def block(job: tuple[int, int]) -> torch.Tensor:
             e, s = job
             x_off, x, z = moved[e][s:s + rows], cache.x[s:s + rows], cache.z[s:s + rows]
+            o = out[e]
             if e not in self.silence_heads:
-                return silence_terms(self.module, z, self.module.encode(x_off), e, x, x_off)
-            # the head answers the other genes: each moves by its slope x the cell's move along the axis. The
-            # slot is never clamped and the answer's latents are read from its cells (_headed), so the moved
-            # cells need no encoder pass
-            move = x_off - x
-            u = torch.from_numpy(self.axes.axis[e]).to(x_off.device)
-            resp = (move @ u)[:, None] * torch.from_numpy(self.silence_heads[e]).to(x_off.device)[None]
-            return SilenceTerms(slot=z[:, e], dz=torch.zeros_like(z), dx=resp, move=move, pinned=(move != 0).any(0))
+                t = silence_terms(self.module, z, self.module.encode(x_off), e, x, x_off)
+                o.dz[s:s + rows] = t.dz
+            else:
+                # the head answers the other genes: each moves by its slope x the cell's move along the axis. The
+                # slot is never clamped and the answer's latents are read from its cells (_headed), so the moved
+                # cells need no encoder pass
+                move = x_off - x
+                u = torch.from_numpy(self.axes.axis[e]).to(x_off.device)
+                resp = (move @ u)[:, None] * torch.from_numpy(self.silence_heads[e]).to(x_off.device)[None]
+                t = SilenceTerms(slot=z[:, e], dz=o.dz[s:s + rows], dx=resp, move=move, pinned=(move != 0).any(0))
+            o.slot[s:s + rows], o.dx[s:s + rows], o.move[s:s + rows] = t.slot, t.dx, t.move
+            return t.pinned
 
-        parts: dict[int, list[SilenceTerms]] = {e: [] for e in moved}
-        self._map(block, jobs, lambda job, t: parts[job[0]].append(t))
-        return {e: p[0] if len(p) == 1 else SilenceTerms(
-                    *(torch.cat([getattr(t, f) for t in p]) for f in ("slot", "dz", "dx", "move")),
-                    pinned=torch.stack([t.pinned for t in p]).any(0)) for e, p in parts.items()}
+        def pin(job: tuple[int, int], pinned: torch.Tensor) -> None:
+            out[job[0]].pinned.logical_or_(pinned)
+
+        self._map(block, jobs, pin)
+        return out
 
     # ---------------------------------------------------------------- rollouts
     def _blocks(self, n: int, members: np.ndarray, rows_per_pass: int) -> list[tuple[np.ndarray, int, int]]:
@@ -376,6 +396,8 @@ class Engine:
         n_comp = cands.table.n_components()
         offsets = self._anchor_offsets(cache, cands, terms, rows_per_pass)
         zero = torch.zeros(cache.x.shape[1], device=dev)
+        x_out = None if out.x_pred is None else torch.from_numpy(out.x_pred)  # views of the answer's arrays
+        shift_out = torch.from_numpy(out.shift)
 
         def block(job: tuple[np.ndarray, int, int]) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
             idx, c0, c1 = job
@@ -385,8 +407,10 @@ class Engine:
             if offsets:
                 x_new = x_new + torch.stack([offsets.get(int(i), zero) for i in idx]).repeat_interleave(nb, 0)
             shift = (z_new.reshape(m, nb, E, -1) - sub.z_base).norm(dim=-1) / scale  # [m, nb, E]
-            if goal is None:
-                return x_new.reshape(m, nb, -1).cpu().numpy(), shift.cpu().numpy()
+            if goal is None:  # written into the answer here, on the worker (the copies run outside the GIL)
+                _put(x_out, idx, c0, c1, x_new.reshape(m, nb, -1))
+                _put(shift_out, idx, c0, c1, shift)
+                return None
             return goal(x_new, _rep(sub.x_base, m)).reshape(m, nb).cpu().numpy(), torch.einsum("mne,n->me", shift, w[c0:c1])
 
         # blocks of one route and component count: learned actions, do() with a clamped slot, do() by heads only
@@ -394,13 +418,12 @@ class Engine:
         jobs = [j for k in np.unique(key) for j in self._blocks(n, np.flatnonzero(key == k), rows_per_pass)]
         mean_shift = None if goal is None else torch.zeros(C, E, device=dev)
 
-        def store(job: tuple[np.ndarray, int, int], result: tuple) -> None:
+        def store(job: tuple[np.ndarray, int, int], result: tuple | None) -> None:
+            if result is None:  # already written by the block
+                return
             (idx, c0, c1), (first, shift) = job, result
-            if goal is None:
-                out.x_pred[idx, c0:c1], out.shift[idx, c0:c1] = first, shift
-            else:
-                out.scores[idx, c0:c1] = first
-                mean_shift[torch.from_numpy(idx).to(dev)] += shift  # in block order: the same sums for any workers
+            out.scores[idx, c0:c1] = first
+            mean_shift[torch.from_numpy(idx).to(dev)] += shift  # in block order: the same sums for any workers
 
         self._map(block, jobs, store)
         if mean_shift is not None:
@@ -520,6 +543,16 @@ class Engine:
         no_pin = torch.zeros(cache.x.shape[1], dtype=torch.bool, device=cache.x.device)
         pinned = torch.stack([torch.stack([terms[e].pinned for e in es]).any(0) if es else no_pin for es in ents])
         return dx, dz, move, pinned.repeat_interleave(n, 0)
+
+
+def _put(dst: torch.Tensor, idx: np.ndarray, c0: int, c1: int, value: torch.Tensor) -> None:
+    """``dst[idx, c0:c1] = value`` (``dst`` on the CPU, ``value`` ``[len(idx), c1 - c0, ...]`` on any device)."""
+    if len(idx) == 1:
+        dst[int(idx[0]), c0:c1].copy_(value[0])
+    elif int(idx[-1]) - int(idx[0]) == len(idx) - 1:  # consecutive candidates (the usual case): a slice
+        dst[int(idx[0]):int(idx[-1]) + 1, c0:c1].copy_(value)
+    else:
+        dst[torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)), c0:c1] = value.to(dst.device)
 
 
 def _rows_of(terms: dict[int, SilenceTerms], start: int, stop: int) -> dict[int, SilenceTerms]:
