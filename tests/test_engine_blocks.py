@@ -175,6 +175,9 @@ def test_queries_use_every_core_unless_the_model_pins_threads(tiny_trained, monk
         assert wm.engine.threads == 6 and wm.engine.workers == 6
         wm.train_config = replace(before, num_threads=2)  # pinned by the user: queries too
         assert wm.engine.threads == 2 and wm.engine.workers == 2
+        monkeypatch.setattr("os.cpu_count", lambda: 64)
+        wm.train_config = replace(before, num_threads=0)
+        assert wm.engine.workers == 8  # the automatic choice is capped
     finally:
         wm.train_config = before
 

@@ -103,12 +103,13 @@ class TrainConfig:
         return self.num_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
 
     def query_threads(self) -> int:
-        """Threads that answer a query's row blocks (``num_threads``, or every core when it is 0: the blocks are
-        independent Python-level jobs, so they scale on busy cores without OpenMP's spin-waits, and the answers do
-        not depend on the count)."""
+        """Threads that answer a query's row blocks (``num_threads``, or every core up to 8 when it is 0: the
+        blocks are independent Python-level jobs, so they scale on busy cores without OpenMP's spin-waits, and the
+        answers do not depend on the count; they share the GIL between torch calls, and scaling was measured on
+        2 cores only, hence the cap)."""
         import os
 
-        return self.num_threads or max(1, os.cpu_count() or 1)
+        return self.num_threads or max(1, min(8, os.cpu_count() or 1))
 
     def resolved_device(self) -> str:
         """The torch device training runs on; a clear error when the requested one is unavailable."""
