@@ -134,13 +134,9 @@ def test_simulator_causal_hidden_targets_and_half_holdout():
 
 
 def test_shapes_report_means_over_seeds_and_verdict(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from _helpers import benchmark_script
 
-    spec = importlib.util.spec_from_file_location(
-        "run_causal", Path(__file__).resolve().parents[1] / "benchmarks" / "run_causal.py")
-    rc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rc)
+    rc = benchmark_script("run_causal")
     rows = []
     for shape, (p0, p1, leak) in {"default": (0.95, 0.93, 0.05), "wide": (0.8, 0.6, 0.3)}.items():
         for seed, p in ((0, p0), (1, p1)):

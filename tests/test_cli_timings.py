@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from _helpers import benchmark_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("run_cli_timings", ROOT / "benchmarks" / "run_cli_timings.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("run_cli_timings")
 
 
 def test_rows_record_the_command_its_outcome_and_the_load(tmp_path, monkeypatch, capsys):

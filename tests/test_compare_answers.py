@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from _helpers import benchmark_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("compare_answers", ROOT / "benchmarks" / "compare_answers.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("compare_answers")
 
 
 def _fake(digest: str, x: np.ndarray, candidates: list[str]):

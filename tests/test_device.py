@@ -6,25 +6,16 @@ check script runs its CPU-vs-CPU self-consistency mode."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from _helpers import benchmark_script
 
 from test_cli import assert_one_line_error, invoke
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_script("gpu_check")
 
 
 def test_meta_default_device_catches_a_tensor_made_without_device():
