@@ -975,6 +975,11 @@ def prioritize_cmd(
                    f"score {row['score']:.3f} [{row['score_lo']:.3f}, {row['score_hi']:.3f}]")
     if result.provenance.get("compounds_not_scored_text"):
         typer.echo(f"  {result.provenance['compounds_not_scored_text']}")
+    merged = result.provenance.get("compounds_same_action") or {}
+    if merged:
+        n = sum(len(v) for v in merged.values())
+        typer.echo(f"  {n:,} compound(s) scored as the same action as another (the same representable targets) share "
+                   f"its row: {len(merged):,} row(s) name them in column same_action")
     n_flag = int((table["flag"] != "").sum())
     if n_flag:
         typer.echo(f"  {n_flag:,} candidate(s) act on the goal's own readout: flagged 'readout' and ranked last")

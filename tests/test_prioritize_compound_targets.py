@@ -74,11 +74,28 @@ def test_every_bundled_compound_is_a_row_or_counted(tiny_trained, cells):
     ck = CompoundKnowledge.bundled()
     n_rows = int((t["kind"] == "compound").sum())
     skipped = res.provenance["compounds_not_scored"]
-    assert n_rows > 100 and n_rows + sum(len(v) for v in skipped.values()) == len(ck.keys)
+    assert n_rows > 100
     assert len(skipped["no known target"]) == sum(1 for k in ck.keys if not ck.targets(k))
     comp = t[t["kind"] == "compound"]
     assert comp["evidence"].str.contains("as the inhibition of its target").all()
     assert comp["model_pct"].between(0, 1).all() and comp["prior_pct"].between(0, 1).all()
+    # one row per distinct action: no two compound rows run the same knockouts (the bundled table has such
+    # compounds on this model's genes, so rows stand for several), and every scored compound is still a row
+    # or named in the same_action column of the one row that stands for it
+    acts = [frozenset(tiny_trained.space.parse(a).components) for a in comp["action"]]
+    assert len(set(acts)) == len(acts) and comp["n_same_action"].sum() > 0
+    named = list(comp["intervention"]) + [n for v in comp["same_action"] if v for n in v.split(", ")]
+    assert len(named) == len(set(named)) == n_rows + int(comp["n_same_action"].sum())
+    assert n_rows + int(comp["n_same_action"].sum()) + sum(len(v) for v in skipped.values()) == len(ck.keys)
+    assert set(named) == {ck.name(k) for k in ck.keys} - {n for v in skipped.values() for n in v}
+    merged = res.provenance["compounds_same_action"]
+    assert sum(len(v) for v in merged.values()) == int(comp["n_same_action"].sum())
+    for row in comp[comp["n_same_action"] > 0].itertuples():
+        assert merged[row.intervention] == row.same_action.split(", ")
+        assert all(n in row.evidence for n in row.same_action.split(", "))
+    # pairs are not duplicated through a compound either: no two pair rows run the same action
+    pair_acts = [frozenset(tiny_trained.space.parse(a).components) for a in t.loc[t["kind"] == "pair", "action"]]
+    assert len(set(pair_acts)) == len(pair_acts)
 
 
 def test_pairs_with_a_compound_join_the_actions_and_skip_shared_targets(tiny_trained, cells, knowledge):
@@ -143,3 +160,73 @@ def test_counterfactuals_of_a_compound_row_carry_its_name(tiny_trained, cells):
     assert list(cf.obs["bw_intervention"].cat.categories) == ["cpd-x", "P3_DRV1"]
     assert set(cf.uns["bioworld"]["entity_effects"]) == {"cpd-x", "P3_DRV1"}
     assert cf.obs_names[0].startswith("cpd-x|") and cf.obs_names.is_unique
+
+
+#: Compounds with the same representable targets (in another order, or with a target the model lacks) are one
+#: action: one row, named by the compound with the fewest unrepresentable targets (then the name).
+SAME = {"cpd-b": ["JAK2", "JAK1"], "cpd-a": ["JAK1", "JAK2"], "cpd-c": ["JAK1", "NOTAGENE123", "JAK2"],
+        "cpd-d": ["JAK1", "JAK2", "TYK2"], "cpd-one": ["P2_DRV1"]}
+
+
+@pytest.fixture()
+def same_knowledge(monkeypatch):
+    ck = CompoundKnowledge.bundled().with_targets(SAME)
+    monkeypatch.setattr("bioworld.query._candidates._compound_knowledge", lambda: ck)
+    return ck
+
+
+def test_merge_same_action_keeps_every_compound():
+    from bioworld.query._candidates import TargetCompound, merge_same_action
+
+    def tc(name, targets, missing=()):
+        return TargetCompound(name, parse_action("+".join(f"ko:{g}" for g in targets)), tuple(targets), missing)
+
+    rows = merge_same_action([tc("Zeta", ["A", "B"]), tc("beta", ["C"]), tc("alpha", ["B", "A"], ("X",)),
+                              tc("Gamma", ["A", "B"]), tc("delta", ["C", "D"])])
+    assert [r.name for r in rows] == ["Gamma", "beta", "delta"]  # the order of each action's first compound
+    assert [o.name for o in rows[0].same_action] == ["Zeta", "alpha"]  # no missing target first, then the name
+    assert rows[0].names() == ("Gamma", "Zeta", "alpha") and rows[1].names() == ("beta",)
+    assert "for 2 more compounds with these representable targets: Zeta, alpha (+1 target the model cannot " \
+           "represent)" in rows[0].evidence()
+    again = merge_same_action([*rows, tc("aa", ["A", "B"])])  # a row that stands for others is unpacked
+    assert again[0].names() == ("aa", "Gamma", "Zeta", "alpha") and not any(o.same_action for o in again[0].same_action)
+    assert merge_same_action([]) == []
+
+
+def test_compounds_of_one_action_are_one_row(tiny_trained, cells, same_knowledge, tmp_path):
+    import pandas as pd
+
+    from bioworld.query._candidates import target_compounds
+    from bioworld.report import write_report
+
+    space = tiny_trained.space
+    unmerged, _ = target_compounds(space, [], list(SAME), merge=False)  # no labels: knockouts
+    assert len(unmerged) == 5 and len({frozenset(t.action.components) for t in unmerged}) == 3
+    res = tiny_trained.prioritize(cells, "down:SIM_P1", genes=["P3_DRV1"], compounds=list(SAME), n_boot=5,
+                                  gene_pairs_top=8, entities=[])
+    t = res.table.set_index("intervention")
+    comp = t[t["kind"] == "compound"]
+    assert set(comp.index) == {"cpd-a", "cpd-d", "cpd-one"}
+    row = comp.loc["cpd-a"]
+    assert row["same_action"] == "cpd-b, cpd-c" and row["n_same_action"] == 2
+    assert "cpd-b, cpd-c (+1 target the model cannot represent)" in row["evidence"]
+    assert (comp.drop("cpd-a")["same_action"] == "").all() and (comp.drop("cpd-a")["n_same_action"] == 0).all()
+    assert res.provenance["compounds_same_action"] == {"cpd-a": ["cpd-b", "cpd-c"]}
+    # pairs: every single is paired (4 singles: 6 pairs less cpd-a+cpd-d, which share targets), none through a
+    # merged compound, none duplicated
+    pairs = t[t["kind"] == "pair"]
+    assert len(pairs) == 5 and not pairs.index.str.contains("cpd-b|cpd-c").any()
+    assert len({frozenset(space.parse(a).components) for a in pairs["action"]}) == len(pairs)
+    with_a = pairs[pairs.index.str.contains("cpd-a", regex=False)]
+    assert len(with_a) == 2 and (with_a["same_action"] == "cpd-b (as cpd-a), cpd-c (as cpd-a)").all()
+    assert (pairs.drop(with_a.index)["n_same_action"] == 0).all() and (with_a["n_same_action"] == 2).all()
+    # nothing silently dropped: the CSV keeps its columns and names every compound; the report names the
+    # merged ones under their row and in the methods
+    html = write_report(res, tmp_path, model=tiny_trained).read_text().replace("<wbr>", "")
+    csv = pd.read_csv(tmp_path / "ranked_interventions.csv", keep_default_na=False)
+    assert {"rank", "intervention", "kind", "score", "flag", "seen", "evidence", "same_action"} <= set(csv.columns)
+    text = " ".join(csv["intervention"]) + " " + " ".join(csv["same_action"])
+    assert all(name in text for name in SAME)
+    assert "+2 compounds scored as the same action (same targets): cpd-b, cpd-c" in html
+    assert "2 compounds are scored as the same action (the same representable targets) as another compound and " \
+           "share its row (column same_action): cpd-a (with cpd-b, cpd-c)" in html

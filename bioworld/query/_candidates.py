@@ -33,7 +33,7 @@ readout change comes mostly through its targets' own transcripts (an artefact of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -204,17 +204,48 @@ class TargetCompound:
     targets: tuple[str, ...]
     missing: tuple[str, ...] = ()
     moa: str = ""
+    #: the other compounds whose representable targets are the same (the same action, so the same
+    #: prediction): this row stands for them too (:func:`merge_same_action`)
+    same_action: tuple["TargetCompound", ...] = ()
 
     def evidence(self) -> str:
-        """``NAME: as the inhibition of its targets A, B (ko:A+ko:B)``, the unrepresented targets and the
-        mechanism of action."""
+        """``NAME: as the inhibition of its targets A, B (ko:A+ko:B)``, the unrepresented targets, the
+        mechanism of action and every other compound the row stands for (:attr:`same_action`)."""
         parts = "+".join(f"{p.kind}:{p.target}" for p in self.action.components)
         text = (f"{self.name}: as the inhibition of its target{'s' if len(self.targets) > 1 else ''} "
                 f"{', '.join(self.targets)} ({parts})")
         if self.missing:
             text += (f"; {len(self.missing)} known target{'s' if len(self.missing) > 1 else ''} the model cannot "
                      f"represent: {', '.join(self.missing[:5])}{' …' if len(self.missing) > 5 else ''}")
-        return text + (f" ({self.moa})" if self.moa else "")
+        text += f" ({self.moa})" if self.moa else ""
+        if self.same_action:
+            n = len(self.same_action)
+            text += (f"; the same action, so the same prediction, for {n} more compound{'s' if n > 1 else ''} with "
+                     f"these representable targets: " + ", ".join(o.name + (
+                         f" (+{len(o.missing)} target{'s' if len(o.missing) > 1 else ''} the model cannot represent)"
+                         if o.missing else "") for o in self.same_action))
+        return text
+
+    def names(self) -> tuple[str, ...]:
+        """Every compound the row stands for: its own name first, then :attr:`same_action`'s."""
+        return (self.name, *(o.name for o in self.same_action))
+
+
+def merge_same_action(compounds: Sequence[TargetCompound]) -> list[TargetCompound]:
+    """One row per distinct action: compounds scored as the loss of the same set of targets get the same
+    prediction, so they are one row, named by the compound with the fewest targets the model cannot
+    represent (the one the action describes best; ties: the name, case-insensitive), the others in its
+    :attr:`~TargetCompound.same_action` (in the same order). Rows keep the order of each action's first
+    compound; a compound is never dropped: :meth:`TargetCompound.names` of the rows hold every input."""
+    groups: dict[frozenset, list[TargetCompound]] = {}
+    for tc in compounds:
+        groups.setdefault(frozenset(tc.action.components), []).append(tc)
+    out = []
+    for group in groups.values():  # (a row that already stands for others is unpacked first)
+        flat = sorted((o for t in group for o in (replace(t, same_action=()), *t.same_action)),
+                      key=lambda t: (len(t.missing), t.name.casefold(), t.name))
+        out.append(replace(flat[0], same_action=tuple(flat[1:])))
+    return out
 
 
 #: Why a compound of the bundled knowledge is not a candidate of a model without compound features.
@@ -247,14 +278,17 @@ def _representable(space: Any, gene: str, kind: str) -> bool:
 
 
 def target_compounds(space: Any, trained: Sequence[str], names: Sequence[str] | None = None, *,
-                     max_targets: int = MAX_TARGETS) -> tuple[list[TargetCompound], dict[str, list[str]]]:
+                     max_targets: int = MAX_TARGETS, merge: bool = True
+                     ) -> tuple[list[TargetCompound], dict[str, list[str]]]:
     """Compounds of the bundled knowledge (``names``: those names, a ``@dose`` ignored; ``None``: every
     compound) as the inhibition of their known targets that the model can represent, for a model
     without compound features; and the compounds that cannot be scored, by reason (:data:`NO_TARGET`,
     :data:`NOT_REPRESENTABLE`, :data:`TOO_MANY`: more than ``max_targets`` representable targets,
     :data:`MAX_TARGETS`; not in the knowledge: ``"not in the bundled compound knowledge"``).
 
-    One row per compound key; targets in the table's order; the inhibition is the model's loss-of-function
+    One row per distinct action (``merge``, :func:`merge_same_action`: compounds with the same representable
+    targets are one row that names them all; ``merge=False``: one row per compound key); targets in the
+    table's order; the inhibition is the model's loss-of-function
     kind (:func:`inhibition_kind`), every representable target at once (an action wider than the model's
     ``max_components`` is scored through :func:`encode_candidates`: the module composes the targets'
     losses additively, as it does a pair). No dose: the model knows a target's loss, not a compound's
@@ -285,7 +319,7 @@ def target_compounds(space: Any, trained: Sequence[str], names: Sequence[str] | 
             continue
         action = Action(tuple(Perturbation(kind, g) for g in ok))
         out.append(TargetCompound(name, action, tuple(ok), tuple(g for g in targets if g not in ok), ck.moa(key)))
-    return out, skipped
+    return (merge_same_action(out) if merge else out), skipped
 
 
 def encode_candidates(engine: Any, actions: Sequence[Action], labels: Sequence[str]) -> Any:
@@ -304,6 +338,19 @@ def not_scored_text(skipped: dict[str, list[str]]) -> str:
         return ""
     return f"{n} compound{'s' if n > 1 else ''} not scored: " + "; ".join(
         f"{len(v)} {why} (e.g. {', '.join(v[:3])})" for why, v in skipped.items())
+
+
+def same_action_text(compounds: Sequence[TargetCompound]) -> str:
+    """``N compounds are scored as the same action as another compound and share its row: A (with B, C);
+    D (with E)`` for the rows that stand for several compounds (:func:`merge_same_action`; "" when none).
+    Every name is listed: this is where a merged compound is found when its row is not shown."""
+    rows = [tc for tc in compounds if tc.same_action]
+    n = sum(len(tc.same_action) for tc in rows)
+    if not n:
+        return ""
+    return (f"{n} compound{'s are' if n > 1 else ' is'} scored as the same action (the same representable targets) "
+            f"as another compound and share{'' if n > 1 else 's'} its row (column same_action): "
+            + "; ".join(f"{tc.name} (with {', '.join(o.name for o in tc.same_action)})" for tc in rows))
 
 
 def dedupe_compounds(names: Sequence[str], *, seen: set[str] = frozenset(), smiles: set[str] = frozenset(),

@@ -77,7 +77,9 @@ class PrioritizationResult:
 
     goal: str
     table: pd.DataFrame  # rank, intervention, kind (gene|compound|entity|pair), score, score_lo, score_hi, synergy,
-    #                      flag, flag_reason, seen, evidence, drugs, action (what the engine ran: a genetic
+    #                      flag, flag_reason, seen, evidence, drugs, same_action / n_same_action (the other
+    #                      compounds a genetic model scores as the same action: one row names them all),
+    #                      action (what the engine ran: a genetic
     #                      model's compound is the knockout of its targets), collapsed_into, top_entities, n_cells,
     #                      own_share (share of the predicted readout change carried by knocked-out genes' own
     #                      transcripts, on the screen's prototype cells; 0 without readout genes / unscored)
@@ -479,6 +481,18 @@ def _describe(search: _Search, actions: list[Action]) -> tuple[list[bool], list[
     return seen, evidence, drugs
 
 
+def _same_action_columns(search: _Search) -> dict[str, list]:
+    """``same_action`` (the other compounds a row stands for, comma-separated: compounds a genetic model
+    scores as the loss of the same targets are one row, :func:`~bioworld.query._candidates.merge_same_action`;
+    a pair names each with the part it stands in for, ``B (as A)``) and ``n_same_action`` (how many)."""
+    names: list[list[str]] = []
+    for lab in search.labels:
+        parts = search.parts_of.get(lab, (lab,))
+        names.append([o.name if len(parts) == 1 else f"{o.name} (as {part})" for part in parts
+                      if part in search.compounds for o in search.compounds[part].same_action])
+    return {"same_action": [", ".join(v) for v in names], "n_same_action": [len(v) for v in names]}
+
+
 def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, synergy: np.ndarray,
            shifts: np.ndarray, refined: np.ndarray, n: int, n_proto: int, own: dict[str, str]) -> pd.DataFrame:
     """The ranked table: unflagged rows first, then flagged ones, each by ``priority``
@@ -502,6 +516,7 @@ def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, sy
         "score": mean, "score_lo": lo, "score_hi": hi, "synergy": synergy,
         "priority": priority, "model_pct": model_pct, "prior_pct": prior_pct,
         "flag": flags, "flag_reason": reasons, "seen": seen, "evidence": evidence, "drugs": drugs,
+        **_same_action_columns(search),
         "action": [a.label for a in actions],  # what the engine ran (a compound of a genetic model: its targets)
         "collapsed_into": _collapsed(search, search.labels, mean, hi),
         "top_entities": [", ".join(names[j] for j in np.argsort(-row)[:3]) for row in shifts],

@@ -122,7 +122,10 @@ def prioritize_cells(
         loss of its known targets that the model can represent
         (:func:`bioworld.query._candidates.target_compounds`: row label the compound's name, kind
         ``compound``, ``action`` the knockouts run, evidence "as the inhibition of its targets …");
-        compounds it cannot score are counted by reason in ``provenance['compounds_not_scored']``.
+        compounds with the same representable targets are the same action, so one row named by one of
+        them, the others in ``same_action`` / ``n_same_action``, the evidence and
+        ``provenance['compounds_same_action']``; compounds it cannot score are counted by reason in
+        ``provenance['compounds_not_scored']``.
     dose
         Dose of the default compound candidates and of names given without ``@DOSE``.
     max_genes
@@ -180,7 +183,9 @@ def prioritize_cells(
     :class:`bioworld.query.PrioritizationResult` (ranked table with bootstrap 95% intervals of
     the mean score over cells, entity shifts, per-cell scores, pair synergy matrix).
     """
-    from bioworld.query._candidates import default_candidates, not_scored_text, target_compounds, unlabelled_genes
+    from bioworld.query._candidates import (
+        default_candidates, not_scored_text, same_action_text, target_compounds, unlabelled_genes,
+    )
     from bioworld.query._planner import prioritize
 
     for what, given in (("genes", genes), ("entities", entities)):
@@ -200,9 +205,14 @@ def prioritize_cells(
     by_targets, skipped = target_compounds(eng.space, sorted(eng.trained), compounds) if as_targets else ([], {})
     extra = {"compounds": "this model has no compound features, so each compound of the bundled compound table is "
                           "scored as the loss (knockout, or knockdown for a model trained on knockdowns) of all its known "
-                          "targets at once, no dose; its row names them and the knockouts run (column action)",
+                          "targets at once, no dose; its row names them and the knockouts run (column action); "
+                          "compounds with the same representable targets are the same action, so one row, named by one "
+                          "of them and naming the others (column same_action)",
              "compounds_not_scored": {why: list(names) for why, names in skipped.items()},
-             "compounds_not_scored_text": not_scored_text(skipped)} if as_targets else {}
+             "compounds_not_scored_text": not_scored_text(skipped),
+             "compounds_same_action": {tc.name: [o.name for o in tc.same_action] for tc in by_targets
+                                       if tc.same_action},
+             "compounds_same_action_text": same_action_text(by_targets)} if as_targets else {}
     return prioritize(
         eng, x, goal, genes=gene_list, compounds=compound_list, panel=view.genes,
         entities=list(view.entity_names) if entities is None else list(entities), pairs=pairs,

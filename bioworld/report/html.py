@@ -303,8 +303,19 @@ def _ranked_rows(table: pd.DataFrame, n: int, notes: Mapping[str, str] | None = 
             "drugs": _text(r.get("drugs")),
             "reason": _text(r.get("flag_reason")),
             "collapsed": notes.get(str(r["intervention"]), ""),
+            "same": _same_action_note(r),
         })
     return rows
+
+
+def _same_action_note(r: Any) -> str:
+    """``+2 compounds scored as the same action: A, B`` for a row standing for several compounds (every
+    name; column ``same_action``), else ""."""
+    names = _text(r.get("same_action"))
+    if not names:
+        return ""
+    n = int(r.get("n_same_action", 0) or 0) or len(names.split(", "))
+    return f"+{n} compound{'s' if n > 1 else ''} scored as the same action (same targets): {names}"
 
 
 def _priority_text(r: Any) -> str:
@@ -424,6 +435,8 @@ def _methods(result: Any, model: Any) -> dict[str, Any]:
         rows.append(("compounds", str(prov["compounds"])))
     if prov.get("compounds_not_scored_text"):
         rows.append(("compounds not scored", str(prov["compounds_not_scored_text"])))
+    if prov.get("compounds_same_action_text"):
+        rows.append(("compounds sharing a row", str(prov["compounds_same_action_text"])))
     return {"rows": rows, "configs": configs, "knowledge": knowledge}
 
 
@@ -579,6 +592,7 @@ def write_report(
         holdout=list((getattr(result, "provenance", {}) or {}).get("model", {}).get("holdout", [])),
         compounds_note=str((getattr(result, "provenance", {}) or {}).get("compounds", "")),
         compounds_not_scored=str((getattr(result, "provenance", {}) or {}).get("compounds_not_scored_text", "")),
+        compounds_same_action=str((getattr(result, "provenance", {}) or {}).get("compounds_same_action_text", "")),
     )
     from bioworld._atomic import write_files
 
