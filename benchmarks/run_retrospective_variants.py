@@ -17,6 +17,12 @@ from the saved ones (so the groups and the prior are those of the run). Variants
   perturbations, so it is cross-fitted, not a clean inner loop);
 - ``fusion chosen on the other dataset``: log-odds or rank average, whichever has the higher mean of
   the three metrics (3 seeds) on the other dataset;
+- ``model weight x goal fit`` (h14d's pre-registered rule, measured and not adopted): log-odds with the
+  model weight ``0.5 x f``, ``f`` the least-squares slope through the origin of the model's upstream
+  predicted change (``score x (1 - own_share)``) on the observed goal change towards the goal (own
+  transcript left out) over the fold's measured single perturbations of the ranked kind (their training
+  data), clipped to [0, 1] (1 with fewer than 3 such rows): a model that reproduces a fraction ``f`` of
+  the goal effects it was trained on gets that share of its weight;
 - with ``--member-runs`` (a run with ``--model-seed-offset``: each fold's model trained again with
   another seed on the same split and cells; repeat the flag for more members): each member alone
   (``second member alone``, ``member 3 alone``, ...), and the ensembles of the run's model with the
@@ -52,6 +58,7 @@ FITTED = "WorldModel (model weight fitted on the other folds)"
 CROSS = "WorldModel (fusion chosen on the other dataset)"
 ENSEMBLE = "WorldModel, 2 members (mean model percentile)"
 MEMBER2 = "WorldModel, second member alone"
+GOAL_FIT = "WorldModel (model weight x goal fit on its training perturbations)"
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
 
 
@@ -189,6 +196,57 @@ def ensemble(folds: dict, members: list[dict]) -> dict[tuple[str, int, int], np.
     return out
 
 
+def observed_towards_goal(datasets: set[str]) -> dict[str, dict[str, float]]:
+    """Per dataset: label -> observed change of the goal score towards the goal (positive = towards; the
+    perturbed genes' own transcripts left out for a genetic screen), from the whole data as the runs read it
+    (a fold's measured rows are its training data)."""
+    from bioworld.data import load_papalexi, normalize, register
+
+    out: dict[str, dict[str, float]] = {}
+    if "papalexi" in datasets:
+        adata = load_papalexi()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reg = register(adata, perturbation_key="perturbation", control="control", input="counts",
+                           replicate_key="bio_rep")
+        labels = adata.obs["perturbation"].astype(str).to_numpy()
+        var = [str(v) for v in adata.var_names]
+        own = {lab: [p.target for p in parse_action(lab).components] for lab in set(labels) - {"control"}}
+        weights = R._panel_weights(R._goal_genes(R.GOALS["papalexi"])[1], var)
+        obs, _ = R.observed_goal_change(normalize(adata, reg), labels, "control", weights, var, exclude=own)
+        out["papalexi"] = {lab: -v for lab, v in obs.items()}  # both goals are 'down'
+    if "l1000" in datasets:
+        out["l1000"] = {lab: -v for lab, v in R._l1000_data(R.GOALS["l1000"], True)[4].items()}
+    return out
+
+
+def goal_fit(f: Fold, observed: dict[str, float]) -> tuple[float, int]:
+    """``(f, n)``: the slope through the origin of the upstream predicted change on the observed change
+    towards the goal over the fold's ``n`` measured single rows of the ranked kind, clipped to [0, 1]; 1
+    with fewer than 3 rows (see the module docstring)."""
+    labels = f.table["intervention"].to_numpy()
+    kinds = f.table["kind"].to_numpy()
+    rows = [i for i in range(len(labels)) if f.seen[i] and kinds[i] == KIND[f.dataset]
+            and len(f.actions[i].components) == 1 and labels[i] in observed]
+    o = np.array([observed[labels[i]] for i in rows])
+    p = f.score[rows] * (1.0 - np.nan_to_num(f.own[rows]))
+    if len(rows) < 3 or not np.sum(o * o) > 0:
+        return 1.0, len(rows)
+    return float(np.clip(np.sum(p * o) / np.sum(o * o), 0.0, 1.0)), len(rows)
+
+
+def goal_fit_rows(folds: dict) -> tuple[list[dict], dict[tuple[str, int, int], float]]:
+    """Item rows of the goal-fit variant, and each fold's fit."""
+    observed = observed_towards_goal({key[0] for key in folds})
+    rows: list[dict] = []
+    fits = {}
+    for key, (f, part) in folds.items():
+        fits[key] = goal_fit(f, observed[key[0]])[0]
+        m, p, _ = f.columns("logodds")
+        rows += _rows(f, part, key, GOAL_FIT, P.fuse(m, p, weight=P.MODEL_WEIGHT * fits[key]))
+    return rows, fits
+
+
 def _rows(f: Fold, part: pd.DataFrame, key: tuple[str, int, int], method: str, scores: np.ndarray) -> list[dict]:
     """Item rows of one fold for one method's scores over every row of the table (the run's hits)."""
     labels = list(f.table["intervention"][f.keep])
@@ -283,9 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         if set(members[-1]) != set(folds):
             raise SystemExit(f"the member runs cover {sorted(members[-1])}; expected the same folds {sorted(folds)}")
     var, weights, chosen = rescore(folds, a.k, members)
+    fit_rows, fits = goal_fit_rows(folds)
+    var = pd.concat([var, pd.DataFrame(fit_rows, columns=R.ITEM_COLUMNS)], ignore_index=True)
     base = items[items["method"].isin([R.NETWORK, R.PATHWAY])]
     order = [R.MODEL, R.MODEL_RANKED, R.PREDICTED, R.NO_PRIOR, LOGODDS, MEAN_MID, AS_RUN, FITTED, CROSS,
-             *member_names(len(members)), R.NETWORK, R.PATHWAY]
+             *member_names(len(members)), GOAL_FIT, R.NETWORK, R.PATHWAY]
     out_items = pd.concat([var, base], ignore_index=True)
     out_items["_o"] = out_items["method"].map({m: i for i, m in enumerate(order)})
     out_items = out_items.sort_values(["dataset", "_o", "seed", "fold"], kind="stable").drop(columns="_o")
@@ -299,10 +359,14 @@ def main(argv: list[str] | None = None) -> int:
              + "".join(f"--member-runs {r} --member-candidates {c} " for r, c in zip(a.member_runs, a.member_candidates))
              + f"--out {a.out}`.", "", (__doc__ or "").split("\n\n", 1)[1].split("Writes ``items.csv``")[0].strip(), "",
              f"Model weight fitted on the other folds, per fold: {w_txt}.", "",
-             "Fusion chosen on the other dataset: " + ", ".join(f"{ds}: {h}" for ds, h in chosen.items()), ""]
+             "Fusion chosen on the other dataset: " + ", ".join(f"{ds}: {h}" for ds, h in chosen.items()), "",
+             "Goal fit per fold (the model weight is 0.5 x this): " + "; ".join(
+                 f"{ds} seed {s}: " + ", ".join(f"{fits[(ds, s, f)]:.3f}" for f in sorted(
+                     f for (d, ss, f) in fits if d == ds and ss == s)) for ds, s in sorted({key[:2] for key in fits}))
+             + ".", ""]
     for ds in dict.fromkeys(out_items["dataset"]):
         lines += [f"## {ds}", "", R.markdown_table(summ, ds), ""]
-        for m in (R.MODEL, AS_RUN, FITTED, CROSS, *member_names(len(members))[1::2]):
+        for m in (R.MODEL, AS_RUN, FITTED, CROSS, *member_names(len(members))[1::2], GOAL_FIT):
             lines += [f"**{R.verdict(summ, ds, m)}**", ""]
     (a.out / "VARIANTS.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {a.out / 'VARIANTS.md'} and items.csv; fitted weights {weights}; fusion chosen {chosen}")
