@@ -62,7 +62,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results" / "design"
-STRATEGIES = ("random", "knowledge", "information", "discovery", "mix")
+STRATEGIES = ("random", "knowledge", "information", "discovery", "mix", "error")
 #: A variant tried on top (not a bw.design strategy): information with knowledge_prior=1 (errors shared by
 #: candidates alike in action features, sized by their predicted effect).
 KPRIOR = "information+kprior"
@@ -135,7 +135,8 @@ class JepaTask:
         return {lab: float(np.mean((mean[i] - self.truth[lab]) ** 2)) for i, lab in enumerate(self.labels)}
 
     def select(self, pred, measured, strategy, budget, seed):
-        from bioworld.query._design import action_features, predicted_effects, select
+        from bioworld.query._design import (NOVELTY, TRANSFER, action_features, anchored_on_measured, predicted_effects,
+                                            select)
 
         cand = [lab for lab in self.labels if lab not in set(measured)]
         shim = SimpleNamespace(members=[self._member(pred, k) for k in range(len(pred.modules))])
@@ -143,13 +144,27 @@ class JepaTask:
             eff, goals = np.zeros((1, len(cand), 1)), None
         else:
             eff, goals, _ = predicted_effects(shim, cand, goal=self.goal, n_cells=64, seed=seed)
-        feats = action_features(pred.wm.space, cand) if strategy in ("knowledge", KPRIOR, SIZES) else None
-        mfeat = action_features(pred.wm.space, list(measured)) if strategy == "knowledge" else None
-        sel = select(eff, budget, "information" if strategy in VARIANTS else strategy, goal_scores=goals,
-                     features=feats, measured_features=mfeat, seed=seed,
+        feats = (action_features(pred.wm.space, cand) if strategy in ("knowledge", KPRIOR, SIZES) or _base(strategy) == "error"
+                 else None)
+        mfeat = action_features(pred.wm.space, list(measured)) if _base(strategy) in ("knowledge", "error") else None
+        sel = select(eff, budget, _base(strategy), goal_scores=goals, features=feats, measured_features=mfeat, seed=seed,
                      knowledge_prior=1.0 if strategy == KPRIOR else 0.0,
-                     sizes=self._sizes(pred, feats) if strategy == SIZES else None)
+                     sizes=self._sizes(pred, feats) if strategy == SIZES else self._expected(pred, cand, strategy),
+                     anchored=anchored_on_measured(pred.wm, cand) if strategy.startswith("error") else None,
+                     transfer=_option(strategy, "transfer", TRANSFER), novelty=_option(strategy, "novelty", NOVELTY))
         return [cand[i] for i in sel.order]
+
+    def _expected(self, pred, cand, strategy):
+        """error: the optimistic expected size of each candidate's true effect from the model's fit of the
+        measured perturbations (what ``bw.design`` uses); None for the other strategies. ``error (beta=B)``:
+        another optimism (a variant)."""
+        if not strategy.startswith("error"):
+            return None
+        from bioworld.query._design import BETA, measured_fit_sizes
+
+        beta = _option(strategy, "beta", BETA)
+        shim = SimpleNamespace(members=[self._member(pred, k) for k in range(len(pred.modules))])
+        return measured_fit_sizes(shim, cand, n_cells=64, seed=0, beta=beta)
 
     def _sizes(self, pred, feats):
         """Expected effect size of each candidate from the observed single effects the model keeps (measured
@@ -160,6 +175,21 @@ class JepaTask:
         labs = [lab for lab, _ in kept]
         sz = [float(np.sqrt(np.mean(np.square(d)))) for _, d in kept]
         return transferred_sizes(feats, action_features(pred.wm.space, labs), sz)
+
+
+def _option(strategy, name, default):
+    """A variant's setting from its name, e.g. ``error (beta=0 transfer=1)`` -> beta 0.0; else ``default``."""
+    for part in strategy.partition("(")[2].rstrip(")").split():
+        key, _, val = part.strip().partition("=")
+        if key == name:
+            return float(val)
+    return default
+
+
+def _base(strategy):
+    """The bw.design strategy a benchmark variant runs (``information+kprior`` -> information, ``error (beta=0)``
+    -> error)."""
+    return "information" if strategy in VARIANTS else strategy.split(" (")[0]
 
 
 @contextlib.contextmanager

@@ -27,6 +27,22 @@ Strategies
 ``mix``
     Both: at each greedy step the remaining candidates' information gain and UCB are turned into
     rank percentiles and summed (information alone without a goal).
+``error``
+    Expected error of the model on each candidate, explored across knowledge: at each greedy step
+    the rank percentile of the candidate's expected error plus ``novelty`` x that of its knowledge
+    distance to the nearest measured or chosen perturbation (the ``knowledge`` score). The expected
+    error (:func:`expected_error`) is ``s_c^2 + v_c`` (``(s_c - p_c)^2 + v_c`` for a combination
+    the model answers from its components' observed effects), with ``p_c`` the size (root mean
+    square over genes) of the predicted effect, ``v_c`` the members' disagreement (per-gene
+    variance) and ``s_c`` the size its true effect is expected to have from what was measured
+    (:func:`expected_sizes`: a Gaussian process over components fitted to the sizes of the model's
+    answers on its measured perturbations, optimistic by ``BETA`` posterior sd, a combination's
+    mean square the sum of its components'). Unseen effects come out shrunk (on the simulator a
+    candidate's error tracks its true size, Spearman 0.92, not its predicted size, 0.24, nor the
+    disagreement, 0.12), so what the measured look-alikes say a perturbation does is a better guide
+    to how wrong the model is on it than the model's own spread; the knowledge distance spreads the
+    batch over what was not measured yet (expected error alone ended no better than random).
+    Without sizes (nothing measured) ``s_c = p_c``: the disagreement and the distance alone.
 ``knowledge``
     Baseline without the model: farthest-first coverage of the action features (knowledge
     features of genes / compounds, the entities an action touches): each pick is the candidate
@@ -53,7 +69,7 @@ import pandas as pd
 
 from bioworld.errors import BioworldError
 
-STRATEGIES = ("information", "mix", "discovery", "knowledge", "random")
+STRATEGIES = ("information", "mix", "discovery", "error", "knowledge", "random")
 COLUMNS = ["rank", "perturbation", "kind", "strategy_score", "expected_info", "expected_goal", "reason", "flag",
            "flag_reason"]
 #: Strategies that use the goal and therefore rank candidates flagged by the readout guard last.
@@ -67,6 +83,15 @@ DIVERSITY = 1.0
 #: together: unseen effects come out shrunk (simulator: error ~ 0.4-0.6 x the true effect's size while the
 #: members' spread was ~10x smaller), so a large predicted effect carries a large possible error. 0 = disagreement only.
 SCALE_PRIOR = 1.0
+#: Error: weight of the knowledge distance to the nearest measured / chosen perturbation (rank percentiles) beside
+#: the expected error's. 0 = expected error alone: on the simulator (3 seeds) it found big errors first but ended
+#: no better than random (AUC ratio 0.878 vs 0.836 with 1; benchmarks/results/design/DESIGN.md).
+NOVELTY = 1.0
+#: Error: share of a look-alike's expected error (weighted by the action-feature cosine, clipped at 0) a measurement
+#: is expected to remove (the look-alike is learnt from it). Default 0: a probe (simulator seed 0, one extra
+#: measurement) showed such transfer (a second knockout of a pathway removed 57% of a third one's error), but
+#: ranking by it did worse on 3 seeds (AUC ratio 0.908 at 0.5, 0.951 at 1, against 0.878 at 0, without novelty).
+TRANSFER = 0.0
 #: Single model: bootstrap resamples of the reference cells standing in for members.
 N_BOOT = 8
 #: Candidates per engine pass (x cells rows).
@@ -81,7 +106,7 @@ class Selection:
 
     order: np.ndarray  # [K] candidate indices, best first
     score: np.ndarray  # [K] the strategy's score at pick time
-    info: np.ndarray  # [K] expected uncertainty reduction over all candidates at pick time
+    info: np.ndarray  # [K] expected uncertainty reduction over all candidates at pick time (error: its expected error)
     goal: np.ndarray  # [K] mean goal score over members (NaN without a goal)
     goal_sd: np.ndarray  # [K] its spread over members (NaN without a goal)
     redundant_with: list[int | None]  # chosen candidate whose prediction it most resembles (None: first/none)
@@ -118,7 +143,8 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
            features: np.ndarray | None = None, measured_features: np.ndarray | None = None, seed: int = 0,
            beta: float = BETA, diversity: float = DIVERSITY, scale_prior: float = SCALE_PRIOR,
            knowledge_prior: float = 0.0, flagged: np.ndarray | None = None,
-           sizes: np.ndarray | None = None) -> Selection:
+           sizes: np.ndarray | None = None, anchored: np.ndarray | None = None, transfer: float = TRANSFER,
+           novelty: float = NOVELTY) -> Selection:
     """Choose ``budget`` of ``C`` candidates.
 
     Parameters
@@ -142,7 +168,15 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
     sizes
         ``[C]`` expected effect size (root mean square over genes) of each candidate for the gain
         prior, e.g. from measured look-alikes (:func:`transferred_sizes`); default: the size of its
-        predicted effect. The prior keeps the predicted effect's direction.
+        predicted effect. The prior keeps the predicted effect's direction. ``error``: the expected
+        size of the true effect (:func:`expected_sizes`).
+    anchored
+        ``error`` only: ``[C]`` bool, candidates the model answers from observed effects (combinations
+        whose components were all measured alone, :func:`anchored_on_measured`).
+    transfer, novelty
+        ``error`` only: share of a look-alike's expected error a measurement is expected to remove
+        (:data:`TRANSFER`), and the weight of the knowledge distance beside the expected error
+        (:data:`NOVELTY`; needs ``features``, and ``measured_features`` when something was measured).
     """
     strategy = _check_strategy(strategy)
     effects = np.asarray(effects, dtype=np.float64)
@@ -165,7 +199,10 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
     rand_order = np.random.default_rng(seed).permutation(C)
     tie = np.empty(C)
     tie[rand_order] = np.arange(C)  # ties (e.g. no uncertainty at all) are broken by the seeded random order
-    f, near = _nearness(features, measured_features, C) if strategy == "knowledge" else (None, None)
+    use_near = strategy == "knowledge" or (strategy == "error" and novelty > 0)
+    f, near = _nearness(features, measured_features, C) if use_near else (None, None)
+    if strategy == "error":  # expected errors, and how much of a look-alike's error a measurement is expected to remove
+        expected, kappa = expected_error(effects, sizes, anchored), _transfer(features, transfer, C)
     chosen: list[int] = []
     out_score, out_info = [], []
     remaining = np.ones(C, bool)
@@ -178,6 +215,8 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
             s = -tie
         elif strategy == "knowledge":
             s = 1.0 - near  # cosine distance to the nearest measured / chosen perturbation
+        elif strategy == "error":
+            s = _error_scores(expected, kappa, remaining, near, novelty)
         elif strategy == "information" or goal_scores is None:  # mix without a goal: information alone
             s = gain
         else:
@@ -186,26 +225,48 @@ def select(effects: np.ndarray, budget: int, strategy: str, *, goal_scores: np.n
         pick = int(np.lexsort((tie, -s, np.where(remaining, last, 2)))[0])  # unflagged, then flagged, never twice
         chosen.append(pick)
         out_score.append(float(s[pick]))
-        out_info.append(float(gain[pick]))
+        out_info.append(float(expected[pick] if strategy == "error" else gain[pick]))
         remaining[pick] = False
         d = float(diag[pick])
         if d > 1e-12:  # the measured direction is resolved: project it out of every candidate
             u = Y[pick] / np.sqrt(d)
             Y = Y - np.outer(Y @ u, u)
-        if strategy == "knowledge":
+        if near is not None:
             near = np.maximum(near, f @ f[pick])
+        if strategy == "error":  # the look-alikes of a chosen candidate are expected to be learnt from it
+            expected = expected * (1.0 - kappa[pick])
     order = np.array(chosen, dtype=np.int64)
     red_with, red_val = _redundancy(rho, order)
     return Selection(order, np.array(out_score), np.array(out_info), g_mean[order], g_sd[order], red_with,
                      red_val, kept)
 
 
-def _check_flagged(flagged: Any, C: int) -> np.ndarray:
+def _transfer(features: Any, transfer: float, C: int) -> np.ndarray:
+    """``[C, C]`` share of each candidate's expected error a measurement of another removes: ``transfer`` x their
+    action-feature cosine clipped at 0 (``transfer`` x identity without features)."""
+    if features is None:
+        return transfer * np.eye(C)
+    f = _unit_rows(features)
+    return transfer * np.clip(f @ f.T, 0.0, 1.0)
+
+
+def _error_scores(expected: np.ndarray, kappa: np.ndarray, remaining: np.ndarray, near: np.ndarray | None,
+                  novelty: float) -> np.ndarray:
+    """``error`` at one greedy step: a candidate's expected error plus the share of its remaining look-alikes'
+    it is expected to remove; with ``novelty`` > 0 that value's rank percentile + novelty x the rank percentile
+    of the knowledge distance to the nearest measured or chosen perturbation."""
+    s = expected + (kappa @ np.where(remaining, expected, 0.0) - np.diag(kappa) * expected)
+    if novelty > 0 and near is not None:
+        s = np.where(remaining, _pct(np.where(remaining, s, -np.inf)) + novelty * _pct(1.0 - near), -np.inf)
+    return s
+
+
+def _check_flagged(flagged: Any, C: int, name: str = "flagged") -> np.ndarray:
     if flagged is None:
         return np.zeros(C, bool)
     f = np.asarray(flagged)
     if f.shape != (C,) or f.dtype != bool:
-        raise BioworldError(f"flagged has shape {f.shape} and dtype {f.dtype}; expected ({C},) bool (one per candidate)")
+        raise BioworldError(f"{name} has shape {f.shape} and dtype {f.dtype}; expected ({C},) bool (one per candidate)")
     return f
 
 
@@ -229,9 +290,7 @@ def _sized(mean: np.ndarray, sizes: Any) -> np.ndarray:
     """The predicted effects rescaled to the given sizes (root mean square over genes); unchanged without sizes."""
     if sizes is None:
         return mean
-    sz = np.asarray(sizes, dtype=np.float64)
-    if sz.shape != (len(mean),) or not np.all(np.isfinite(sz)) or np.any(sz < 0):
-        raise BioworldError(f"sizes have shape {sz.shape}; expected ({len(mean)},) finite values >= 0 (one per candidate)")
+    sz = _sizes_of(sizes, len(mean))
     rms = np.sqrt((mean ** 2).mean(1))
     unit = np.where(rms[:, None] > 0, mean / np.where(rms > 0, rms, 1.0)[:, None], 1.0)
     return unit * sz[:, None]
@@ -262,6 +321,34 @@ def transferred_sizes(features: Any, measured_features: Any, measured_sizes: Any
                             f"perturbation (>= 1) and {f.shape[1]} features")
     k = np.clip(f @ mf.T, 0.0, None)
     return (k @ ms + floor * ms.mean()) / (k.sum(1) + floor)
+
+
+def expected_error(effects: Any, sizes: Any = None, anchored: Any = None) -> np.ndarray:
+    """``[C]`` expected mean-square error (per gene) of the members' mean prediction of each candidate.
+
+    ``sizes`` (``[C]``): the expected root mean square ``s`` of the true effect. A candidate the model
+    answers from observed effects (``anchored``: a combination whose components were all measured
+    alone) is taken to point the right way: ``(s - p)^2 + v`` with ``p`` the root mean square of the
+    prediction and ``v`` the members' per-gene variance (0 with one member). Any other candidate is
+    unseen, and unseen answers come out shrunk toward nothing: ``s^2 + v``. Without sizes ``s = p``
+    (the disagreement alone)."""
+    effects = np.asarray(effects, dtype=np.float64)
+    M, C, G = effects.shape
+    mean = effects.mean(0)
+    p = np.sqrt((mean ** 2).mean(1))
+    v = effects.var(0, ddof=1).mean(1) if M > 1 else np.zeros(C)
+    if sizes is None:
+        return v
+    s = _sizes_of(sizes, C)
+    a = np.zeros(C, bool) if anchored is None else _check_flagged(anchored, C, "anchored")
+    return np.where(a, (s - p) ** 2, s ** 2) + v
+
+
+def _sizes_of(sizes: Any, C: int) -> np.ndarray:
+    sz = np.asarray(sizes, dtype=np.float64)
+    if sz.shape != (C,) or not np.all(np.isfinite(sz)) or np.any(sz < 0):
+        raise BioworldError(f"sizes have shape {sz.shape}; expected ({C},) finite values >= 0 (one per candidate)")
+    return sz
 
 
 def _nearness(features: Any, measured_features: Any, C: int) -> tuple[np.ndarray, np.ndarray]:
@@ -394,6 +481,44 @@ def action_features(space: Any, labels: Sequence[str]) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
+def expected_sizes(space: Any, labels: Sequence[str], measured: Sequence[str], measured_sizes: Any, *,
+                   beta: float = BETA) -> np.ndarray:
+    """``[C]`` optimistic size (root mean square over genes) of each candidate's true effect, from the sizes
+    of the measured perturbations (``measured_sizes``: their root mean square effects).
+
+    A Gaussian process over components (genes, silenced entities, compounds at doses): a component's
+    mean-square effect has prior mean the measured mean per component and covariance ``tau^2 (cos +
+    same_kind) / 2`` (``cos`` = cosine of action features, ``same_kind`` = both knockouts, both silences,
+    ...; ``tau^2`` = the measured per-component variance); a perturbation's mean square is the sum over
+    its components (effects of different targets taken as roughly orthogonal), observed for the measured
+    ones. Returned: ``sqrt(max(mean + beta * sd, 0))`` of each candidate's posterior (``beta`` =
+    optimism: a component like no measured one keeps the prior's spread, so a new family is explored).
+    """
+    acts = [space.parse(lab) for lab in labels]
+    macts = [space.parse(lab) for lab in measured]
+    y = np.square(np.asarray(measured_sizes, dtype=np.float64))
+    if len(macts) != len(y) or not len(y) or not np.all(np.isfinite(y)):
+        raise BioworldError(f"{len(macts)} measured perturbations and {len(y)} sizes; expected one finite size "
+                            "per measured perturbation (>= 1)")
+    comps = sorted({c for a in acts + macts for c in a.components}, key=lambda c: c.label)
+    pos = {c: i for i, c in enumerate(comps)}
+    A = np.zeros((len(macts), len(comps)))
+    B = np.zeros((len(acts), len(comps)))
+    for M_, group in ((A, macts), (B, acts)):
+        for r, a in enumerate(group):
+            M_[r, [pos[c] for c in a.components]] = 1.0
+    f = _unit_rows(action_features(space, [c.label for c in comps]))
+    kinds = np.array([c.kind for c in comps])
+    per = y / np.maximum(A.sum(1), 1.0)  # per-component mean squares of the measured
+    mu, tau2 = float(per.mean()), float(per.var()) if len(per) > 1 else float(per.mean() ** 2)
+    K = tau2 * 0.5 * (f @ f.T + (kinds[:, None] == kinds[None, :]))
+    S = A @ K @ A.T + 0.05 * tau2 * np.eye(len(y))
+    W = np.linalg.solve(S, A @ K @ B.T)  # [n, C]
+    mean = B.sum(1) * mu + W.T @ (y - A.sum(1) * mu)
+    var = np.clip(np.einsum("ij,jk,ik->i", B, K, B) - np.einsum("ni,ni->i", A @ K @ B.T, W), 0.0, None)
+    return np.sqrt(np.clip(mean + beta * np.sqrt(var), 0.0, None))
+
+
 def predicted_effects(model: Any, labels: Sequence[str], *, goal: str | None, n_cells: int = 64, seed: int = 0,
                       n_boot: int = N_BOOT) -> tuple[np.ndarray, np.ndarray | None, str]:
     """``[M, C, G]`` predicted mean effects (standardised genes) of ``labels`` on the reference cells, the
@@ -502,18 +627,21 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
                             "goal='down:ENTITY', 'up:ENTITY' or 'toward:control' (CLI: --goal)")
     labels, dropped = candidate_labels(model, candidates, goal=goal, max_genes=max_genes, dose=dose)
     feats = measured = None
-    if strategy == "knowledge":
+    if strategy in ("knowledge", "error"):
         feats = action_features(m0.space, labels)
         known = measured_labels(model)
         measured = action_features(m0.space, known) if known else None
+    if strategy == "knowledge":
         effects, goals, source = np.zeros((1, len(labels), 1)), None, "none (knowledge features only)"
     elif strategy == "random":
         effects, goals, source = np.zeros((1, len(labels), 1)), None, "none (random order)"
     else:
         effects, goals, source = predicted_effects(model, labels, goal=goal, n_cells=n_cells, seed=seed)
+    sizes = measured_fit_sizes(model, labels, n_cells=n_cells, seed=seed) if strategy == "error" else None
     flags, why = readout_guard(m0, labels, goal)
     sel = select(effects, budget, strategy, goal_scores=goals, features=feats, measured_features=measured, seed=seed,
-                 flagged=np.array([f != "" for f in flags], dtype=bool))
+                 flagged=np.array([f != "" for f in flags], dtype=bool), sizes=sizes,
+                 anchored=anchored_on_measured(model, labels) if strategy == "error" else None)
     rows = []
     for k, c in enumerate(sel.order):
         lab = labels[c]
@@ -529,6 +657,26 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
                         "budget": budget, "n_flagged": int(sum(f != "" for f in flags)),
                         "flagged": [lab for lab, f in zip(labels, flags) if f]})
     return table
+
+
+def anchored_on_measured(model: Any, labels: Sequence[str]) -> np.ndarray:
+    """``[C]`` bool: combinations whose components all have an observed single effect in the model (its
+    answer to them starts from the sum of those effects, :meth:`bioworld.query.engine.QueryEngine.candidates`)."""
+    m = _members(model)[0]
+    seen = set(getattr(m, "single_effects", None) or {})
+    acts = [m.space.parse(lab) for lab in labels]
+    return np.array([len(a.components) > 1 and all(c in seen for c in a.components) for a in acts], dtype=bool)
+
+
+def measured_fit_sizes(model: Any, labels: Sequence[str], *, n_cells: int = 64, seed: int = 0,
+                       beta: float = BETA) -> np.ndarray | None:
+    """``error``'s expected sizes (:func:`expected_sizes`) of ``labels`` from the model's own answers on the
+    perturbations it was trained on (its fit of what was measured); None when it was trained on none."""
+    known = measured_labels(model)
+    if not known:
+        return None
+    eff, _, _ = predicted_effects(model, known, goal=None, n_cells=n_cells, seed=seed)
+    return expected_sizes(_members(model)[0].space, labels, known, np.sqrt((eff.mean(0) ** 2).mean(1)), beta=beta)
 
 
 def readout_guard(model: Any, labels: Sequence[str], goal: str | None) -> tuple[list[str], list[str]]:
@@ -550,6 +698,9 @@ def _reason(strategy: str, sel: Selection, k: int, labels: Sequence[str], goal: 
         parts.append(f"expected uncertainty reduction {sel.info[k]:.3g} over all candidates")
     if goal is not None and strategy in ("discovery", "mix", "information"):
         parts.append(f"goal {goal} score {sel.goal[k]:+.3g} +- {sel.goal_sd[k]:.2g}")
+    if strategy == "error":
+        parts.append(f"expected squared error {sel.info[k]:.3g} per gene (true size expected from the measured "
+                     "look-alikes, the prediction's size and the members' disagreement)")
     if strategy == "knowledge":
         parts.append(f"knowledge distance {sel.score[k]:.3g} to the nearest measured or chosen perturbation")
     if strategy == "random":
