@@ -37,8 +37,10 @@ Datasets and predictors
     form, so there is no warm start to speak of). Goal: the compounds with the strongest response
     in the new line (hits = top 10 by signature norm; discovery's goal score = predicted norm).
 
-Strategies: random, knowledge (farthest-first over action features), information, discovery, mix
-(see :mod:`bioworld.query._design`). Run:
+Strategies: random, knowledge (farthest-first over action features), information, discovery, mix, error
+(see :mod:`bioworld.query._design`). Variants (not bw.design strategies): ``information+kprior``,
+``information+sizes``, ``error (novelty=N transfer=T beta=B)`` (error with other settings, e.g.
+``error (novelty=0)`` = expected error alone), and the ceiling ``oracle (truth)``. Run:
 ``nice python benchmarks/run_design.py --only simulator --seeds 0,1,2`` (each dataset's rows are
 merged into ``benchmarks/results/design/design.csv``; ``--report-only`` rewrites ``DESIGN.md`` and
 ``design.png`` from it).

@@ -1049,7 +1049,7 @@ def design_cmd(
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for design.csv and design.html.")],
     goal: Annotated[Optional[str], typer.Option("--goal", help="'down:ENTITY', 'up:ENTITY' or 'toward:control': needed by --strategy discovery; weights information by goal value.")] = None,
     candidates: Annotated[Optional[Path], typer.Option("--candidates", metavar="FILE", help="Perturbation labels to choose from: one per line, or a CSV/TSV with a 'perturbation' column. Default: the planner's genome-wide candidates not yet measured.")] = None,
-    strategy: Annotated[str, typer.Option("--strategy", help="information (default), mix, discovery, knowledge (baseline) or random (baseline).")] = "information",
+    strategy: Annotated[str, typer.Option("--strategy", help="information (default), mix, discovery, error (expected error: true size expected from measured look-alikes, spread over knowledge; best with knowledge on the simulator, worse than random on Papalexi), knowledge (baseline) or random (baseline).")] = "information",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the reference-cell subsample, bootstraps and the random order.")] = 0,
     max_genes: Annotated[int, typer.Option("--max-genes", help="Default gene candidates in all (the data's own targets always kept).")] = 1000,
     dose: Annotated[float, typer.Option("--dose", help="Dose of the default compound candidates (compound models only).")] = 1.0,

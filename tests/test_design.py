@@ -263,7 +263,7 @@ def test_cli_goal_and_strategy(model_dir, tmp_path):
                                  "--out", tmp_path / "i"), "needs --goal")
     assert_one_line_error(invoke("design", model_dir / "model", "--budget", 2, "--strategy", "greedy",
                                  "--out", tmp_path / "j"), "--strategy 'greedy' is unknown", "information")
-    for s in ("knowledge", "information", "mix"):
+    for s in ("knowledge", "information", "mix", "error"):
         result = invoke("design", model_dir / "model", "--budget", 2, "--strategy", s, "--out", tmp_path / s)
         assert result.exit_code == 0, (s, result.output)
         assert result.stdout.startswith(f"{s}: chose 2")
@@ -426,3 +426,74 @@ def test_transferred_sizes_follow_the_nearest_measured():
     assert s[2] == pytest.approx(2.0)  # like neither: the mean measured size
     with pytest.raises(BioworldError, match="one size per measured"):
         transferred_sizes(np.ones((2, 3)), measured, [1.0])
+
+
+# ------------------------------------------------------------------------------------ error strategy
+def test_expected_error_is_the_size_left_unexplained():
+    """Unseen: the prediction is taken to explain nothing (s^2 + v); anchored on observed singles: (s - p)^2 + v;
+    without sizes: the members' disagreement alone."""
+    from bioworld.query._design import expected_error
+
+    G = 4
+    e = np.zeros((2, 3, G))
+    e[:, 0] = 0.5  # members agree: p = 0.5, v = 0
+    e[:, 1] = 1.0
+    e[0, 2], e[1, 2] = 0.1, -0.1  # p = 0, v = 0.02
+    s = np.array([2.0, 1.0, 0.5])
+    np.testing.assert_allclose(expected_error(e, s), [4.0, 1.0, 0.25 + 0.02])
+    np.testing.assert_allclose(expected_error(e, s, np.array([True, True, False])), [2.25, 0.0, 0.25 + 0.02])
+    np.testing.assert_allclose(expected_error(e), [0.0, 0.0, 0.02])
+    with pytest.raises(BioworldError, match="sizes have shape"):
+        expected_error(e, s[:2])
+    with pytest.raises(BioworldError, match="anchored has shape"):
+        expected_error(e, s, np.array([1, 0, 0]))
+
+
+def test_error_measures_the_largest_expected_error_first():
+    e = np.zeros((2, 4, 5))
+    e[:, 3] = 3.0  # predicted large, and anchored on observed singles: the model already has it
+    sizes = np.array([0.5, 2.0, 1.0, 3.0])
+    anchored = np.array([False, False, False, True])
+    sel = select(e, 3, "error", sizes=sizes, anchored=anchored, novelty=0)
+    assert list(sel.order) == [1, 2, 0]
+    np.testing.assert_allclose(sel.info, [4.0, 1.0, 0.25])  # the table's expected_info: each pick's expected error
+    assert list(select(e, 3, "error", sizes=sizes, novelty=0).order) == [3, 1, 2]  # unanchored: 3 is the largest
+
+
+def test_error_novelty_spreads_the_batch_over_knowledge():
+    """Two look-alikes with the largest expected errors: without novelty both are chosen; with it the second pick
+    is the candidate far from the first in knowledge features."""
+    e = np.zeros((1, 5, 3))
+    f = np.array([[1.0, 0, 0], [1.0, 0.05, 0], [0, 1.0, 0], [0, 0, 1.0], [0.7, 0.7, 0]])
+    measured = np.array([[0, 0, 1.0]])  # 3 is like a measured one
+    sizes = np.array([3.0, 2.9, 2.8, 1.0, 0.5])
+    plain = select(e, 2, "error", sizes=sizes, features=f, measured_features=measured, novelty=0)
+    assert list(plain.order) == [0, 1]
+    sel = select(e, 2, "error", sizes=sizes, features=f, measured_features=measured, novelty=1.0)
+    assert list(sel.order) == [0, 2]
+    with pytest.raises(BioworldError, match="needs action features"):
+        select(e, 2, "error", sizes=sizes)
+
+
+def test_expected_sizes_transfer_from_measured_look_alikes(tiny_trained):
+    """A knockout of a pathway whose driver had a large measured effect is expected large, one of a pathway with a
+    small one small; a combination's mean square is the sum of its components'; optimism only raises sizes."""
+    from bioworld.query._design import expected_sizes
+
+    space = tiny_trained.space
+    cands = ["P1_DRV2", "P2_DRV2", "P1_DRV2+P2_DRV2"]
+    s0 = expected_sizes(space, cands, ["P1_DRV1", "P2_DRV1"], [2.0, 0.5], beta=0)
+    assert s0[0] > 1.0 > 0.75 > s0[1]
+    assert s0[2] ** 2 == pytest.approx(s0[0] ** 2 + s0[1] ** 2)
+    assert np.all(expected_sizes(space, cands, ["P1_DRV1", "P2_DRV1"], [2.0, 0.5], beta=1) >= s0)
+    swapped = expected_sizes(space, cands, ["P1_DRV1", "P2_DRV1"], [0.5, 2.0], beta=0)
+    assert swapped[1] > swapped[0]
+    with pytest.raises(BioworldError, match="one finite size per measured"):
+        expected_sizes(space, cands, ["P1_DRV1", "P2_DRV1"], [2.0])
+
+
+def test_design_error_on_a_model(tiny_trained):
+    table = bw.design(tiny_trained, budget=3, strategy="error")
+    assert list(table.columns) == COLUMNS and len(table) == 3
+    assert not set(table["perturbation"]) & set(tiny_trained.train_labels)
+    assert (table["expected_info"] > 0).all() and table["reason"].str.contains("expected squared error").all()

@@ -18,6 +18,8 @@ _STRATEGY_TEXT = {
     "information": "expected reduction of the model's uncertainty over all candidates (members' disagreement), "
                    "each pick discounting candidates that ask the same question",
     "discovery": "expected goal value plus an optimism bonus (UCB over the members), discounting look-alikes",
+    "error": "expected error of the model (the true size expected from the measured look-alikes against the "
+             "predicted one, plus the members' disagreement), spread over the knowledge features by rank",
     "knowledge": "baseline: farthest-first coverage of the knowledge features (no model)",
     "random": "baseline: random order",
 }
