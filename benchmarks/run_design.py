@@ -151,22 +151,25 @@ class JepaTask:
         mfeat = action_features(pred.wm.space, list(measured)) if _base(strategy) in ("knowledge", "error") else None
         sel = select(eff, budget, _base(strategy), goal_scores=goals, features=feats, measured_features=mfeat, seed=seed,
                      knowledge_prior=1.0 if strategy == KPRIOR else 0.0,
-                     sizes=self._sizes(pred, feats) if strategy == SIZES else self._expected(pred, cand, strategy),
+                     sizes=self._sizes(pred, feats) if strategy == SIZES else self._expected(pred, cand, strategy, eff),
                      anchored=anchored_on_measured(pred.wm, cand) if strategy.startswith("error") else None,
                      transfer=_option(strategy, "transfer", TRANSFER), novelty=_option(strategy, "novelty", NOVELTY))
         return [cand[i] for i in sel.order]
 
-    def _expected(self, pred, cand, strategy):
+    def _expected(self, pred, cand, strategy, eff):
         """error: the optimistic expected size of each candidate's true effect from the model's fit of the
         measured perturbations (what ``bw.design`` uses); None for the other strategies. ``error (beta=B)``:
-        another optimism (a variant)."""
+        another optimism; ``error (floor=1)``: no smaller than the predicted size (variants)."""
         if not strategy.startswith("error"):
             return None
         from bioworld.query._design import BETA, measured_fit_sizes
 
         beta = _option(strategy, "beta", BETA)
         shim = SimpleNamespace(members=[self._member(pred, k) for k in range(len(pred.modules))])
-        return measured_fit_sizes(shim, cand, n_cells=64, seed=0, beta=beta)
+        sizes = measured_fit_sizes(shim, cand, n_cells=64, seed=0, beta=beta)
+        if sizes is not None and _option(strategy, "floor", 0.0) > 0:
+            sizes = np.maximum(sizes, np.sqrt((eff.mean(0) ** 2).mean(1)))
+        return sizes
 
     def _sizes(self, pred, feats):
         """Expected effect size of each candidate from the observed single effects the model keeps (measured
