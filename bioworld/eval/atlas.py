@@ -106,6 +106,11 @@ VARIANTS = {
     "AtlasModel (knowledge retrieval)": ({"knowledge_retrieval": True}, ()),
     "AtlasModel (knowledge retrieval, shuffled targets)": ({"knowledge_retrieval": True}, ("targets",)),
     "AtlasModel (knowledge retrieval, shuffled network)": ({"knowledge_retrieval": True}, ("network",)),
+    # design options screened for the context-transfer target (issue #11; benchmarks/screen_atlas.py)
+    "AtlasModel (neighbour residual)": ({"neighbour_residual": True}, ()),
+    "AtlasModel (ranked loss 0.5)": ({"ranked_loss": 0.5}, ()),
+    "AtlasModel (neighbour residual + ranked loss 0.5 + basis 128)": (
+        {"neighbour_residual": True, "ranked_loss": 0.5, "basis_dim": 128}, ()),
 }
 
 

@@ -53,9 +53,13 @@ class PretrainConfig:
     shuffle_retrieval: bool = False  # True: each compound's other-context signatures are another's (ablation)
     redraw_retrieval: bool = False  # with shuffle_retrieval: that other compound drawn afresh for every row, every step
     knowledge_retrieval: bool = False  # True: also read, in the context, the signatures of knowledge-related perturbations
+    neighbour_residual: bool = False  # True: also read, in the context, how p's look-alikes deviate there from their own
+    # signatures elsewhere (their residual over "own mean elsewhere + this context's mean")
     drop_blinds_knowledge: bool = False  # True: a row whose signatures elsewhere are hidden also gets its knowledge
     # features as if it had never been measured (no own signature in their signature block): what an unseen one has
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (as TrainConfig.device); the model returns on it
+    ranked_loss: float = 0.0  # weight w of the Pearson over each target's ranked (non-zero) genes in the loss:
+    # 1 - ((1 - w) Pearson over all genes + w Pearson over the ranked ones); 0 = the loss over all genes only
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "basis_dim", "hidden", "num_threads"):
@@ -66,6 +70,8 @@ class PretrainConfig:
             raise BioworldError(f"PretrainConfig.seed={self.seed!r}; expected an int >= 0.")
         if not 0.0 <= float(self.drop_signature) < 1.0:
             raise BioworldError(f"PretrainConfig.drop_signature={self.drop_signature!r}; expected a value in [0, 1).")
+        if not 0.0 <= float(self.ranked_loss) <= 1.0:
+            raise BioworldError(f"PretrainConfig.ranked_loss={self.ranked_loss!r}; expected a value in [0, 1].")
         if not float(self.lr) > 0:
             raise BioworldError(f"PretrainConfig.lr={self.lr!r}; expected a positive float.")
         if self.redraw_retrieval and not self.shuffle_retrieval:
@@ -91,7 +97,8 @@ class _Inputs:
     """Leave-one-out inputs over an atlas restricted to ``train_rows`` (sums kept, so any row is cheap)."""
 
     def __init__(self, atlas: Any, train_rows: np.ndarray, basis: np.ndarray,
-                 retrieval_seed: int | None = None, redraw: bool = False, relations: np.ndarray | None = None) -> None:
+                 retrieval_seed: int | None = None, redraw: bool = False, relations: np.ndarray | None = None,
+                 residual: bool = False) -> None:
         from bioworld.knowledge import zscore_rows
 
         self.atlas = atlas
@@ -125,6 +132,14 @@ class _Inputs:
         # relations[i, j]: curated relatedness of key i to key j (KnowledgeBase.key_relations; None = not used)
         self.relations = relations
         self.kfeat_blind: np.ndarray | None = None  # training only: knowledge features as if never measured
+        # E[r] (training rows r of key q in context k; else 0): Z[r] minus q's z-scored mean over its other training
+        # contexts (0 where it has none): what k does to q beyond q's response elsewhere (neighbour_residual only)
+        self.E: np.ndarray | None = None
+        if residual:
+            kn = self.key_n[self.key_id[tr]] - 1
+            zc = (self.key_sum[self.key_id[tr]] - Ztr) / np.maximum(kn, 1)[:, None]
+            self.E = np.zeros_like(self.Z)
+            self.E[tr] = Ztr - zscore_rows(zc) * (kn > 0)[:, None]
 
     def related(self, rel: np.ndarray, ctx_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(zt [n, G], has_t [n])``: in each row's context, the relation-weighted mean of the training
@@ -147,13 +162,16 @@ class _Inputs:
                 has_t[sel[ok]] = 1.0
         return zscore_rows(zt) * has_t[:, None], has_t
 
-    def neighbours(self, zc: np.ndarray, has_c: np.ndarray, key_ids: np.ndarray, ctx_ids: np.ndarray) -> np.ndarray:
+    def neighbours(self, zc: np.ndarray, has_c: np.ndarray, key_ids: np.ndarray, ctx_ids: np.ndarray,
+                   source: np.ndarray | None = None) -> np.ndarray:
         """``[n, G]``: in each row's context, the mean of the training signatures of the perturbations whose
         signatures elsewhere look most like ``zc`` (softmax over cosine, temperature ``NEIGHBOUR_T``,
-        top ``NEIGHBOUR_K``; the perturbation itself excluded). Zero where ``has_c`` is 0."""
+        top ``NEIGHBOUR_K``; the perturbation itself excluded), z-scored. Zero where ``has_c`` is 0. ``source``
+        (``[N, G]``, e.g. :attr:`E`): mix its rows instead of the signatures, and return the mix unscaled."""
         from bioworld.knowledge import zscore_rows
 
         out = np.zeros_like(zc)
+        src = self.Z if source is None else source
         q = zc @ self.basis  # [n, S]
         q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-9)
         for i in np.flatnonzero(has_c > 0):
@@ -164,8 +182,18 @@ class _Inputs:
             sims = self.key_unit[self.key_id[cand]] @ q[i]
             top = np.argsort(-sims)[:NEIGHBOUR_K]
             w = np.exp((sims[top] - sims[top].max()) / NEIGHBOUR_T)
-            out[i] = (w / w.sum()) @ self.Z[cand[top]]
-        return zscore_rows(out) * (has_c[:, None] > 0)
+            out[i] = (w / w.sum()) @ src[cand[top]]
+        return (zscore_rows(out) if source is None else out) * (has_c[:, None] > 0)
+
+    def residuals(self, zc: np.ndarray, has_c: np.ndarray, zk: np.ndarray, key_ids: np.ndarray,
+                  ctx_ids: np.ndarray) -> np.ndarray:
+        """``zr [n, G]``: in each row's context, the look-alikes' (as :meth:`neighbours`) mean of :attr:`E`, minus the
+        row's context mean ``zk``: how perturbations that behave like p elsewhere deviate here from "own response
+        elsewhere + this context's mean" (no input holds the row's own signature). Zero where ``has_c`` is 0."""
+        if self.E is None:
+            raise ValueError("these inputs were built without residual=True")
+        mix = self.neighbours(zc, has_c, key_ids, ctx_ids, source=self.E)
+        return ((mix - zk) * (has_c[:, None] > 0)).astype(np.float32)
 
     def for_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(zc [n, G], has_c [n], zk [n, G])`` for atlas rows, each leaving itself out."""
@@ -203,6 +231,16 @@ class _Inputs:
             zn = self.neighbours(zc[None], np.ones(1, np.float32), np.array([ki]), np.array([ci]))[0]
             return zc, 1.0, zk, zn, ci
         return np.zeros_like(zk), 0.0, zk, np.zeros_like(zk), ci
+
+
+def _to_batch(arrays: Sequence[np.ndarray], zr: np.ndarray | None, device: Any) -> Any:
+    """An :class:`~bioworld.model.atlas.AtlasBatch` on ``device`` from its positional arrays (+ ``zr``)."""
+    from bioworld.model.atlas import AtlasBatch
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    return AtlasBatch(*(t(a) for a in arrays), zr=None if zr is None else t(zr))
 
 
 def retrieval_donors(keys: Sequence[str], seed: int) -> np.ndarray:
@@ -278,8 +316,16 @@ class AtlasModel:
         ctx = self.inputs.ctx_id[rows].astype(np.int64)
         kf = self.kfeat[self.inputs.key_id[rows]] if self.kfeat.shape[1] else np.zeros((len(rows), 0), np.float32)
         extra = self._related(self.inputs.key_id[rows], ctx)
+        zr = self._residuals(zc, has_c, zk, self.inputs.key_id[rows], ctx)
         self.module.eval()
-        return self.module(self._batch(zc, has_c, zk, zn, ctx, kf, *extra)).cpu().numpy()
+        return self.module(self._batch(zc, has_c, zk, zn, ctx, kf, *extra, zr=zr)).cpu().numpy()
+
+    def _residuals(self, zc: np.ndarray, has_c: np.ndarray, zk: np.ndarray, key_ids: np.ndarray,
+                   ctx: np.ndarray) -> np.ndarray | None:
+        """``zr`` when the module reads neighbour residuals, else None (``key_ids``: -1 for a key it lacks)."""
+        if not self.module.cfg.neighbour_residual:
+            return None
+        return self.inputs.residuals(zc, has_c, zk, key_ids, ctx)
 
     def _related(self, key_ids: np.ndarray, ctx: np.ndarray, keys: Sequence[str] | None = None) -> tuple:
         """``(zt, has_t)`` when the module reads knowledge retrieval, else ``()``; ``key_ids`` index the
@@ -305,9 +351,11 @@ class AtlasModel:
         ctx = np.array([p[4] for p in parts], np.int64)
         kf = self.knowledge_features(keys) if self.kfeat.shape[1] else np.zeros((len(keys), 0), np.float32)
         pos = {k: i for i, k in enumerate(self.inputs.keys)}
-        extra = self._related(np.array([pos.get(k, -1) for k in keys]), ctx, keys)
+        ids = np.array([pos.get(k, -1) for k in keys])
+        extra = self._related(ids, ctx, keys)
+        zr = self._residuals(zc, has_c, zk, ids, ctx)
         self.module.eval()
-        return self.module(self._batch(zc, has_c, zk, zn, ctx, kf, *extra)).cpu().numpy()
+        return self.module(self._batch(zc, has_c, zk, zn, ctx, kf, *extra, zr=zr)).cpu().numpy()
 
     @property
     def device(self) -> torch.device:
@@ -321,11 +369,8 @@ class AtlasModel:
         self.module.to(resolve_device(device))
         return self
 
-    def _batch(self, *arrays: np.ndarray) -> Any:
-        from bioworld.model.atlas import AtlasBatch
-
-        dev = self.device
-        return AtlasBatch(*(torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in arrays))
+    def _batch(self, *arrays: np.ndarray, zr: np.ndarray | None = None) -> Any:
+        return _to_batch(arrays, zr, self.device)
 
     # --------------------------------------------------------------------------- save / load
     def save(self, directory: str | os.PathLike) -> Path:
@@ -392,7 +437,8 @@ class AtlasModel:
             raise CheckpointError(f"{wpath} lacks the tensor 'relations' its config reads; re-run 'bioworld pretrain'.")
         inputs = _Inputs(atlas, np.array([pos[n] for n in meta["train_signatures"]]), tensors["basis0"].numpy(),
                          retrieval_seed=pcfg.seed if pcfg.shuffle_retrieval else None, redraw=pcfg.redraw_retrieval,
-                         relations=tensors["relations"].numpy() if cfg.knowledge_retrieval else None)
+                         relations=tensors["relations"].numpy() if cfg.knowledge_retrieval else None,
+                         residual=cfg.neighbour_residual)
         module = AtlasNet(cfg)
         state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
         try:
@@ -427,7 +473,7 @@ def pretrain_atlas(
         :class:`PretrainConfig`.
     """
     from bioworld.knowledge import KnowledgeBase, SignatureAtlas, load_atlas
-    from bioworld.model.atlas import AtlasBatch, AtlasConfig, AtlasNet
+    from bioworld.model.atlas import AtlasConfig, AtlasNet
 
     cfg = config or PretrainConfig()
     t0 = time.perf_counter()
@@ -437,7 +483,7 @@ def pretrain_atlas(
         raise BioworldError(f"pretraining needs at least 2 training signatures; got {len(rows)}.")
     basis0 = atlas.basis(cfg.basis_dim, rows=rows, seed=cfg.seed)  # [G, S] principal axes of the training rows
     inputs = _Inputs(atlas, rows, basis0, retrieval_seed=cfg.seed if cfg.shuffle_retrieval else None,
-                     redraw=cfg.redraw_retrieval)
+                     redraw=cfg.redraw_retrieval, residual=cfg.neighbour_residual)
     if cfg.use_knowledge:
         if knowledge is None:
             seen = SignatureAtlas(atlas.X[rows], atlas.obs.iloc[rows].reset_index(drop=True), atlas.genes)
@@ -455,7 +501,8 @@ def pretrain_atlas(
     torch.manual_seed(cfg.seed)
     basis = torch.from_numpy(basis0)
     mcfg = AtlasConfig(n_genes=len(atlas.genes), n_contexts=len(inputs.contexts), knowledge_dim=kfeat.shape[1],
-                       basis_dim=cfg.basis_dim, hidden=cfg.hidden, knowledge_retrieval=cfg.knowledge_retrieval)
+                       basis_dim=cfg.basis_dim, hidden=cfg.hidden, knowledge_retrieval=cfg.knowledge_retrieval,
+                       neighbour_residual=cfg.neighbour_residual)
     module = AtlasNet(mcfg, basis).to(device)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
@@ -466,9 +513,10 @@ def pretrain_atlas(
         bar = _bar(cfg.steps, progress)
         for step in range(cfg.steps):
             b = rng.choice(rows, size=min(cfg.batch_size, len(rows)), replace=False)
-            arrays = _train_arrays(inputs, kfeat, b, cfg, rng)
-            batch = AtlasBatch(*(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays))
-            loss = module.loss(batch, torch.from_numpy(inputs.Z[b]).to(device))
+            *arrays, zr = _train_arrays(inputs, kfeat, b, cfg, rng)
+            batch = _to_batch(arrays, zr, device)
+            ranked = torch.from_numpy(inputs.atlas.X[b] != 0).to(device) if cfg.ranked_loss > 0 else None
+            loss = module.loss(batch, torch.from_numpy(inputs.Z[b]).to(device), ranked, float(cfg.ranked_loss))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -499,8 +547,9 @@ def pretrain_atlas(
 
 def _train_arrays(inputs: _Inputs, kfeat: np.ndarray, b: np.ndarray, cfg: PretrainConfig,
                   rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """One training batch's inputs for atlas rows ``b``: a share ``cfg.drop_signature`` of the rows answer as
-    for a perturbation with no signature elsewhere, 10% as for an unseen context."""
+    """One training batch's inputs for atlas rows ``b`` (the batch's positional arrays, then ``zr`` or None): a share
+    ``cfg.drop_signature`` of the rows answer as for a perturbation with no signature elsewhere, 10% as for an
+    unseen context."""
     zc, has_c, zk, zn = inputs.for_rows(b)
     drop = rng.random(len(b)) < cfg.drop_signature
     zc[drop] = 0.0
@@ -512,7 +561,8 @@ def _train_arrays(inputs: _Inputs, kfeat: np.ndarray, b: np.ndarray, cfg: Pretra
     if cfg.drop_blinds_knowledge and kf.shape[1]:
         kf[drop] = inputs.kfeat_blind[inputs.key_id[b][drop]]
     extra = inputs.related(inputs.relations[inputs.key_id[b]], inputs.ctx_id[b]) if cfg.knowledge_retrieval else ()
-    return (zc, has_c, zk, zn, ctx, kf, *extra)
+    zr = inputs.residuals(zc, has_c, zk, inputs.key_id[b], inputs.ctx_id[b]) if cfg.neighbour_residual else None
+    return (zc, has_c, zk, zn, ctx, kf, *extra, zr)
 
 
 def _bar(total: int, enabled: bool):
