@@ -81,29 +81,31 @@ def _math_attention(qkv: Tensor, h: int) -> Tensor:
     Used on the CPU under ``torch.inference_mode`` only (the query engine), so training, GPUs and
     training figures keep the fused kernel: with few tokens and 8-wide heads torch's CPU flash
     kernel is the slower one on row blocks that stay in cache (``benchmarks/results/speed/SPEED.md``,
-    section h). The heads are laid out head-major once (one copy of ``qkv``: ``[3, B h, T, c]``), so
-    every step is one batched call over ``B h`` heads, and work in the transposed layout: scores
-    ``[B h, keys, queries]``, output ``[B h, c, queries]``, so the softmax's sums run over rows and its
-    division is a contiguous ``[T]``-wide broadcast (in the ``[B, T, c]`` layout it is an 8-wide one
-    torch does not vectorise). The softmax is ``exp(s) / sum exp(s)`` with the division applied to the
-    output (``T x c`` values per head, not ``T x T``) and no max subtracted, which is exact while the
-    row sums stay in a safe float range; when any does not (scores above ~69 or all below ~-69) the
-    block takes the max-subtracted softmax. The result is a ``[B, T, C]`` view of a ``[B, C, T]``
-    tensor. Answers differ from the fused kernel by float rounding.
+    section h). Each head reads its columns of ``qkv`` in place (strided matmuls: a head-major copy
+    cost as much as the matmuls) and works in the transposed layout: scores ``[B, keys, queries]``,
+    output ``[B, c, queries]``, so the softmax's sums run over rows and its division is a contiguous
+    ``[T]``-wide broadcast (in the ``[B, T, c]`` layout it is an 8-wide one torch does not vectorise).
+    The softmax is ``exp(s) / sum exp(s)`` with the division applied to the head's output (``T x c``
+    values, not ``T x T``) and no max subtracted, which is exact while the row sums stay in a safe
+    float range; a head where any does not (scores above ~69 or all below ~-69) takes the
+    max-subtracted softmax. The result is a ``[B, T, C]`` view of a ``[B, C, T]`` tensor. Answers
+    differ from the fused kernel by float rounding.
     """
     B, T, C3 = qkv.shape
     C = C3 // 3
     c = C // h
-    q, k, v = qkv.view(B, T, 3, h, c).permute(2, 0, 3, 1, 4).reshape(3, B * h, T, c)  # head-major copy
-    e = torch.baddbmm(qkv.new_empty(()), k, q.transpose(1, 2), beta=0.0, alpha=c ** -0.5).exp_()  # [B h, keys, queries]
-    total = e.sum(1, keepdim=True)  # [B h, 1, queries]
-    lo, hi = torch.aminmax(total)
-    if float(lo) > _SOFTMAX_SAFE[0] and float(hi) < _SOFTMAX_SAFE[1]:  # (NaN fails both)
-        out = torch.bmm(v.transpose(1, 2), e).div_(total)  # [B h, c, queries]
-    else:
+    heads = []
+    for j in range(h):
+        q, k, v = (qkv[:, :, i * C + j * c: i * C + (j + 1) * c] for i in range(3))  # [B, T, c] views
+        e = torch.baddbmm(qkv.new_empty(()), k, q.transpose(1, 2), beta=0.0, alpha=c ** -0.5).exp_()  # [B, keys, queries]
+        total = e.sum(1, keepdim=True)  # [B, 1, queries]
+        lo, hi = torch.aminmax(total)
+        if float(lo) > _SOFTMAX_SAFE[0] and float(hi) < _SOFTMAX_SAFE[1]:  # (NaN fails both)
+            heads.append(torch.bmm(v.transpose(1, 2), e).div_(total))  # [B, c, queries]
+            continue
         s = torch.baddbmm(qkv.new_empty(()), k, q.transpose(1, 2), beta=0.0, alpha=c ** -0.5)
-        out = torch.bmm(v.transpose(1, 2), s.softmax(1))
-    return out.view(B, C, T).transpose(1, 2)
+        heads.append(torch.bmm(v.transpose(1, 2), s.softmax(1)))
+    return torch.cat(heads, 1).transpose(1, 2)
 
 
 # row sums of exp(scores) in which the plain exp is as exact as the max-subtracted softmax: the largest
