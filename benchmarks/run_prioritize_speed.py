@@ -5,7 +5,7 @@ not depend on how well it fits), with the default knowledge layer, ranks ``--max
 knockouts (the data's targets + the genes of the knowledge gene table closest to the goal entity),
 every compound the model resolves at ``--dose`` (compound models), every entity silence, and pairs
 among the best, on ``--cells`` starting cells. Prints the candidates by kind, the wall and CPU time of
-``WorldModel.prioritize`` (CPU / torch threads bounds the wall time on idle cores from below) and the
+``WorldModel.prioritize`` (CPU / query threads bounds the wall time on idle cores from below) and the
 machine load (``uptime``) before and after, the top rows with
 their flag / seen / evidence / drugs, and writes the figures to
 ``benchmarks/results/speed/prioritize_speed_<data>.json``.
@@ -73,14 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     res = wm.prioritize(cells, goal, max_genes=a.max_genes, dose=a.dose)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu0
     load_after = _uptime()
-    import torch
-
-    threads = torch.get_num_threads()
+    threads = wm.train_config.query_threads()  # the engine's workers (each at one torch thread)
     tab = res.table
     kinds = {k: int(v) for k, v in tab["kind"].value_counts().items()}
     print(f"data {a.data}, goal {goal}, model built + trained {a.steps} steps in {build_s:.0f} s")
     print(f"candidates {len(tab):,} ({kinds}) x {res.provenance['n_cells_used']:,} cells: "
-          f"prioritize wall {wall:.1f} s (CPU {cpu:.1f} s on {threads} torch threads: the wall time on that many "
+          f"prioritize wall {wall:.1f} s (CPU {cpu:.1f} s on {threads} query threads: the wall time on that many "
           f"idle cores is at least CPU / threads = {cpu / threads:.1f} s); refined {res.provenance['n_refined']} on all cells")
     print(f"flagged 'readout': {res.provenance['n_flagged']}; unseen in top 10: {int((~tab['seen'].head(10)).sum())}")
     if res.provenance.get("compounds_not_scored_text"):
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or OUT / f"prioritize_speed_{a.data}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     rec = {"data": a.data, "goal": goal, "cells": res.provenance["n_cells_used"], "candidates": len(tab),
-           "by_kind": kinds, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "torch_threads": threads,
+           "by_kind": kinds, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "query_threads": threads,
            "n_flagged": res.provenance["n_flagged"],
            "compounds_not_scored": {k: len(v) for k, v in res.provenance.get("compounds_not_scored", {}).items()},
            "top10": tab["intervention"].head(10).tolist(), "top10_unseen": int((~tab["seen"].head(10)).sum()),
