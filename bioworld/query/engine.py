@@ -5,9 +5,9 @@ Cells are encoded once (f_theta, :meth:`Engine.encode` -> :class:`CellCache`): t
 readout of their target latents and their predicted unperturbed state. A batch of interventions
 (:class:`Candidates`, built by :meth:`Engine.candidates`, the one place that decides what a label
 means) is then answered by :meth:`Engine.run`: one predictor pass g_phi + readout per (candidate,
-cell) row. Rows go through the module in blocks of about :data:`ROWS_PER_PASS` (candidates x cells,
-small enough to stay in cache), blocks run on :attr:`Engine.workers` threads (torch's thread count),
-and under ``torch.inference_mode`` attention uses two batched matmuls instead of the fused training
+cell) row. Rows go through the module in blocks of about :data:`ROWS_PER_PASS` (candidates x cells),
+blocks run on :attr:`Engine.workers` threads (``TrainConfig.query_threads()``, set by the facade), which
+write their results in place, and under ``torch.inference_mode`` attention uses two batched matmuls instead of the fused training
 kernel; answers equal one pass over all cells up to float rounding and do not depend on the thread
 count (``tests/test_engine_blocks.py``).
 
@@ -43,8 +43,8 @@ from bioworld.errors import UnknownPerturbationError
 from bioworld.model.jepa import JEPA
 from bioworld.query._counterfactual import ActivityAxes, SilenceTerms, pin_members, silence_terms
 
-# Rows (candidates x cells) per module call, and cells encoded per call, up to 128 slots. Small blocks keep
-# a call's activations in a core's L2 cache (benchmarks/results/speed/SPEED.md, section h)
+# Rows (candidates x cells) per module call, and cells encoded per call, up to 128 slots. The workers share
+# the GIL between torch calls: 512-row blocks scaled best on 2 cores (64-2,048 measured; SPEED.md, section h)
 ROWS_PER_PASS = 512
 SLOT_ROWS_PER_PASS = ROWS_PER_PASS * 128  # above 128 slots, fewer rows per call: memory ~ rows x slots stays bounded
 
@@ -399,7 +399,7 @@ class Engine:
         x_out = None if out.x_pred is None else torch.from_numpy(out.x_pred)  # views of the answer's arrays
         shift_out = torch.from_numpy(out.shift)
 
-        def block(job: tuple[np.ndarray, int, int]) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
+        def block(job: tuple[np.ndarray, int, int]) -> tuple[np.ndarray, torch.Tensor] | None:
             idx, c0, c1 = job
             sub = cache.rows(c0, c1)
             x_new, z_new = self._pass(sub, cands, idx, _rows_of(terms, c0, c1))
