@@ -162,21 +162,35 @@ def _root(
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _load_data(data: str, backed: bool = False) -> tuple[Any, str]:
+LayerOption = Annotated[Optional[str], typer.Option(
+    "--layer", metavar="NAME",
+    help="Read the expression from the file's layers[NAME] instead of X (e.g. 'counts' when X holds normalised "
+         "values and the raw counts are in a layer).")]
+
+
+def _load_data(data: str, backed: bool = False, layer: str | None = None) -> tuple[Any, str]:
     """``DATA`` -> (AnnData, description). ``papalexi`` / ``l1000`` are the bundled datasets.
 
-    ``backed``: open an .h5ad file with X left on disk (out-of-core training).
+    ``backed``: open an .h5ad file with X left on disk (out-of-core training). ``layer``: X := that layer.
     """
     from bioworld import data as bwdata
 
+    if backed and layer is not None:
+        raise BioworldError(f"--backed reads X from disk in blocks and cannot read layers[{layer!r}] instead; expected "
+                            "one of the two. Fix: drop --layer (or --backed), or write the layer as X first "
+                            f"(adata.X = adata.layers[{layer!r}]; adata.write_h5ad(...)).")
     if backed and data not in ("papalexi", "l1000"):
         return bwdata.open_backed(data), f"{data} (backed: X read from disk in blocks)"
 
     if data == "papalexi":
-        return bwdata.load_papalexi(), "bundled Papalexi 2021 (perturbseq/papalexi2021_thp1_ko.h5ad)"
-    if data == "l1000":
-        return bwdata.load_l1000(), "bundled LINCS L1000 A375 (compounds/l1000_a375_lincs_dose_response.h5ad)"
-    return bwdata.read_h5ad(data), str(data)
+        adata, source = bwdata.load_papalexi(), "bundled Papalexi 2021 (perturbseq/papalexi2021_thp1_ko.h5ad)"
+    elif data == "l1000":
+        adata, source = bwdata.load_l1000(), "bundled LINCS L1000 A375 (compounds/l1000_a375_lincs_dose_response.h5ad)"
+    else:
+        return bwdata.read_h5ad(data, layer=layer), str(data) + ("" if layer is None else f" (X = layers[{layer!r}])")
+    if layer is not None:
+        bwdata.use_layer(adata, layer, source=source)
+    return adata, source + ("" if layer is None else f" (X = layers[{layer!r}])")
 
 
 def _suggested_kwargs(adata: Any) -> dict[str, Any]:
@@ -356,6 +370,7 @@ def inspect_cmd(
     input: Annotated[Optional[str], typer.Option("--input", help="'counts' or 'log' (default: counts).")] = None,
     min_cells: Annotated[Optional[int], typer.Option(help="Groups with fewer cells are set aside (default as in training: 3 for counts, 1 for log input).")] = None,
     entities: Annotated[Optional[List[Path]], typer.Option(metavar="FILE", help="GMT or gene/pathway/weight TSV; repeatable, combined.")] = None,
+    layer: LayerOption = None,
 ) -> None:
     """Validate a dataset and show its perturbations and entity coverage.
 
@@ -365,7 +380,7 @@ def inspect_cmd(
     from bioworld.data import format_registration, register
     from bioworld.entities import map_to_panel
 
-    adata, source = _load_data(data)
+    adata, source = _load_data(data, layer=layer)
     kwargs = _register_kwargs(adata, {
         "perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
         "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,
@@ -527,6 +542,7 @@ def train_cmd(
     compound_targets: Annotated[Optional[Path], typer.Option("--compound-targets", metavar="TABLE", help="TSV/CSV with columns compound, target_gene: targets of compounds the bundled knowledge lacks.")] = None,
     no_knowledge: Annotated[bool, typer.Option("--no-knowledge", help="Represent actions by gene sets and fingerprints only, without the knowledge layer (atlas, STRING, OmniPath, compound targets); for the ablation.")] = False,
     nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel training in this many local processes (torchrun --standalone; DistributedDataParallel, gloo; with --device cuda: nccl, one GPU each). Several machines: see the torchrun line in the README.")] = 1,
+    layer: LayerOption = None,
 ) -> None:
     """Train a world model (or a seed ensemble, --members) on a dataset and save it.
 
@@ -544,11 +560,11 @@ def train_cmd(
             members=members != 1, calibrate_folds=bool(calibrate_folds), resume=resume, restarts=bool(restarts),
             min_cells=min_cells is not None, compound_targets=compound_targets is not None, no_knowledge=no_knowledge,
             smiles=smiles is not None, dose_key=dose_key is not None, compound_id_key=compound_id_key is not None,
-            gene_symbols_key=gene_symbols_key is not None))
+            gene_symbols_key=gene_symbols_key is not None, layer=layer is not None))
         raise typer.Exit(code)
 
     def _train_locked() -> None:
-        adata, source = _load_data(data, backed=backed)
+        adata, source = _load_data(data, backed=backed, layer=layer)
         kwargs = _register_kwargs(adata, {
             "perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
             "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,
@@ -872,6 +888,7 @@ def counterfactual_cmd(
     level: Annotated[float, typer.Option("--level", help="Ensembles only: interval level of the population effects.")] = 0.9,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists (never an input or a model folder).")] = False,
     device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to run the model: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (default: cpu).")] = None,
+    layer: LayerOption = None,
 ) -> None:
     """Predict each cell's state under each intervention and write it as an h5ad.
 
@@ -887,7 +904,7 @@ def counterfactual_cmd(
 
     _check_out(out, overwrite=overwrite, inputs={"--cells": cells, "MODEL_DIR": model_dir})
     wm = _load_model(model_dir, device=device)
-    adata = read_h5ad(cells)
+    adata = read_h5ad(cells, layer=layer)
     cf = wm.counterfactual(adata, list(intervention)) if not _is_ensemble(wm) else \
         wm.counterfactual(adata, list(intervention), level=level)
     write_h5ad_atomic(cf, out)
@@ -950,6 +967,7 @@ def prioritize_cmd(
     counterfactuals: Annotated[int, typer.Option("--counterfactuals", min=0, metavar="N", help="Explain the N best interventions of the report's main table (unflagged genes, compounds, pairs) with counterfactuals on up to 200 of the cells: the entities they move, the most-changed genes and enriched pathways (default: 0, none).")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report files in a non-empty --out folder (never an input or a model folder).")] = False,
     device: Annotated[Optional[str], typer.Option("--device", metavar="auto|cpu|cuda", help="Where to run the model: 'auto' (a CUDA GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N' (default: cpu).")] = None,
+    layer: LayerOption = None,
 ) -> None:
     """Rank interventions that move the cells towards a goal; write the ranked CSV and an HTML report."""
     from bioworld.data import read_h5ad
@@ -961,7 +979,7 @@ def prioritize_cmd(
                writes=(CSV_NAME, REPORT_NAME))
     wm = _load_model(model_dir, ensemble_ok=False, device=device)
     Goal.parse(goal, entity_names=wm.entity_names)  # a bad goal fails before the cells are read
-    adata = read_h5ad(cells)
+    adata = read_h5ad(cells, layer=layer)
     every = genes is not None and genes.strip().lower() == "all"
     result = wm.prioritize(adata, goal, genes=_split_labels(genes, "--genes") if genes is not None and not every else None,
                            max_genes=None if every else max_genes, dose=dose, pairs=pairs)
@@ -1115,6 +1133,7 @@ def evaluate_cmd(
     train_data: Annotated[Optional[Path], typer.Option("--train-data", metavar="TRAIN.h5ad", help="The training data: the MeanOfTrain baseline is then the mean of its observed deltas.")] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Top-k DE genes for mse_top{k} / pearson_top{k} / direction_top{k}.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the split halves of the noise ceiling.")] = 0,
+    layer: LayerOption = None,
 ) -> None:
     """Score a model on held-out data: benchmark metrics vs baselines and the split-half noise ceiling.
 
@@ -1125,8 +1144,8 @@ def evaluate_cmd(
     from bioworld.eval._evaluate import EVALUATION, evaluate, format_evaluation
 
     wm = _load_model(model_dir)
-    test = read_h5ad(data)
-    train = read_h5ad(train_data) if train_data is not None else None
+    test = read_h5ad(data, layer=layer)
+    train = read_h5ad(train_data, layer=layer) if train_data is not None else None
     summary = evaluate(wm, test, perturbation_key=perturbation_key, control=control, dose_key=dose_key,
                        compound_id_key=compound_id_key, gene_symbols_key=gene_symbols_key, input=_check_input(input),
                        min_cells_per_group=min_cells, train_data=train, k=k, seed=seed, out=model_dir)

@@ -15,6 +15,7 @@ __getattr__, __dir__ = lazy_exports(
         "load_l1000": "._io",
         "read_gears": "._io",
         "read_h5ad": "._io",
+        "use_layer": "._io",
         "compound_labels": "._io",
         "has_bare_names": "._io",
         "format_dose": "._io",

@@ -23,7 +23,7 @@ from bioworld.data._bundled import bundled_path
 from bioworld.data._register import DataWarning, _check_control, _make_unique
 from bioworld.errors import DataValidationError
 
-__all__ = ["read_h5ad", "load_papalexi", "load_l1000", "read_gears", "format_dose", "compound_labels", "has_bare_names"]
+__all__ = ["read_h5ad", "use_layer", "load_papalexi", "load_l1000", "read_gears", "format_dose", "compound_labels", "has_bare_names"]
 
 PAPALEXI = "perturbseq/papalexi2021_thp1_ko.h5ad"
 L1000 = "compounds/l1000_a375_lincs_dose_response.h5ad"
@@ -61,8 +61,17 @@ def _unique_symbols(adata: Any, symbols: list[str], source: str) -> list[str]:
     return unique
 
 
-def read_h5ad(path: str | Path) -> Any:
+def read_h5ad(path: str | Path, layer: str | None = None) -> Any:
     """Read an ``.h5ad`` file, with a clear error when it is missing or not a valid h5ad.
+
+    Parameters
+    ----------
+    path
+        The file.
+    layer
+        Use ``adata.layers[layer]`` as the expression matrix ``X`` (scverse files often keep the raw counts
+        in ``layers['counts']`` and normalised values in ``X``); the other layers are kept, the file's ``X``
+        is not (recorded in ``adata.uns['bioworld']['loader']['layer']``). None: ``X`` as stored.
 
     Returns
     -------
@@ -71,8 +80,35 @@ def read_h5ad(path: str | Path) -> Any:
     Raises
     ------
     DataValidationError
-        The path does not exist, is a folder, is not an HDF5 file, or anndata cannot read it.
+        The path does not exist, is a folder, is not an HDF5 file, anndata cannot read it, or it has no
+        layer ``layer``.
     """
+    adata = _read_h5ad(path)
+    return adata if layer is None else use_layer(adata, layer, source=str(path))
+
+
+def use_layer(adata: Any, layer: str, *, source: str = "the data") -> Any:
+    """``adata`` with ``X`` replaced by ``adata.layers[layer]`` (in place; returned for chaining).
+
+    Raises
+    ------
+    DataValidationError
+        ``adata`` has no such layer (the message lists the layers it has).
+    """
+    layers = sorted(map(str, adata.layers.keys()))
+    if layer not in adata.layers:
+        have = f"its layers are {layers}" if layers else "it has no layers (only X)"
+        raise DataValidationError(
+            f"layer {layer!r} not found in {source}; {have}. Fix: pass one of those layer names, or leave out "
+            "the layer to read X."
+        )
+    adata.X = adata.layers[layer]
+    _loader_report(adata, layer=layer)
+    return adata
+
+
+def _read_h5ad(path: str | Path) -> Any:
+    """:func:`read_h5ad` without a layer."""
     import anndata as ad
     import h5py
 

@@ -235,7 +235,7 @@ def _check_matrix(adata: Any, input: str) -> list[str]:
     if X is None:
         raise DataValidationError(
             "adata.X is None; expected an expression matrix [cells, genes]. "
-            "Fix: set adata.X (e.g. adata.X = adata.layers['counts'])."
+            "Fix: set adata.X (e.g. adata.X = adata.layers['counts']; CLI: --layer counts)."
         )
     s = _value_stats(X)
     if s.n_nan or s.n_inf:
@@ -257,7 +257,7 @@ def _check_matrix(adata: Any, input: str) -> list[str]:
                 f"input='counts' but X has {s.n_noninteger} non-integer values (e.g. "
                 f"{s.example_noninteger:g}) with max {s.maximum:g}: this looks log-normalised, "
                 "not raw counts. Fix: pass input='log', or register the raw counts "
-                "(e.g. adata.X = adata.layers['counts'])."
+                "(e.g. adata.X = adata.layers['counts']; CLI: --layer counts)."
             )
         raise DataValidationError(
             f"input='counts' but X has {s.n_noninteger} non-integer values (e.g. "
@@ -512,7 +512,7 @@ def _check_control_cells(adata: Any, labels: Any, control: str, control_n: int, 
         raise DataValidationError(
             f"all {control_n} control cells ({control!r}) have zero expression in every gene; expected measured "
             "unperturbed cells (every effect is measured against them). Fix: check that X holds the expression "
-            "(e.g. adata.X = adata.layers['counts']) and that the control label is right."
+            "(e.g. adata.X = adata.layers['counts']; CLI: --layer counts) and that the control label is right."
         )
     if n_empty:
         return [f"{n_empty} of {control_n} control cells have zero expression in every gene (kept; they "
