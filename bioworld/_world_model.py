@@ -243,13 +243,13 @@ class WorldModel:
             return predict_in_context(load_pretrained(), labels, context)
         from bioworld.query._verbs import predict_means
 
-        eng = self.engine
+        eng, given = self.engine, None
         if compounds or compound_targets is not None:
             from bioworld.query._atlas import engine_with_compounds
 
-            eng = engine_with_compounds(eng, compounds, compound_targets)
+            eng, given = engine_with_compounds(eng, compounds, compound_targets)
         return predict_means(eng, self._view(), labels, [self.parse(lab) for lab in labels],
-                             lambda: self.reference if cells is None else self._cells_to_std(cells))
+                             lambda: self.reference if cells is None else self._cells_to_std(cells), targets=given)
 
     def counterfactual(self, cells: ad.AnnData, interventions: Sequence[str] | str) -> ad.AnnData:
         """Per-cell predictions for each intervention (``silence:ENTITY``, ``ko:GENE``, ``kd:GENE:0.5``,

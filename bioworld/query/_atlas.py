@@ -100,24 +100,37 @@ def predict_in_context(model: Any, labels: Sequence[str] | str, context: str) ->
     return out
 
 
-def engine_with_compounds(engine: Any, smiles: Any = None, targets: Any = None) -> Any:
-    """A copy of a query engine whose action space also knows compounds given at query time
-    (``smiles``: name -> SMILES; ``targets``: a ``compound, target_gene`` table path or name -> genes)."""
+def engine_with_compounds(engine: Any, smiles: Any = None, targets: Any = None) -> tuple[Any, dict | None]:
+    """A query engine that also knows compounds given at query time (``smiles``: name -> SMILES; ``targets``:
+    a ``compound, target_gene`` table path or name -> genes), and the targets to answer them with.
+
+    A model with compound features: a copy of the engine whose action space has them (targets: None). A model
+    without (trained on gene perturbations): the engine itself and ``targets`` as name -> genes, since such a
+    model answers a compound as the loss of its targets (:func:`bioworld.query._candidates.as_target_losses`);
+    a structure says nothing about those, so ``smiles`` is refused there."""
     import copy
 
     from bioworld.knowledge.compounds import _read_target_table
 
     space = engine.space
     src = space.compounds
-    if src is None or not hasattr(src, "with_new"):
+    if targets is not None and not isinstance(targets, dict):
+        targets = _read_target_table(targets)
+    if src is None:
+        if smiles:
+            raise UnknownPerturbationError(
+                f"compounds given by structure ({', '.join(sorted(smiles))}), but this model was trained on gene "
+                "perturbations only: it answers a compound as the loss of its targets, which a SMILES does not "
+                "name. Fix: give the targets instead (compound_targets={name: [genes]} (CLI: --compound-targets "
+                "TABLE)), or train on data with compounds.")
+        return engine, targets
+    if not hasattr(src, "with_new"):
         raise UnknownPerturbationError(
             "this model was trained without knowledge-grounded compound features, so it cannot take new compounds "
             "at query time. Fix: retrain with knowledge on (the default) on data with compounds."
         )
-    if targets is not None and not isinstance(targets, dict):
-        targets = _read_target_table(targets)
     new_space = copy.copy(space)
     new_space.compounds = src.with_new(smiles=smiles, targets=targets, gene_rows=space.genes)
     new_engine = copy.copy(engine)
     new_engine.space = new_space
-    return new_engine
+    return new_engine, None

@@ -322,6 +322,72 @@ def target_compounds(space: Any, trained: Sequence[str], names: Sequence[str] | 
     return (merge_same_action(out) if merge else out), skipped
 
 
+def as_target_losses(space: Any, trained: Sequence[str], actions: Sequence[Action],
+                     targets: dict[str, Sequence[str]] | None = None) -> tuple[list[Action], dict[int, str]]:
+    """``actions`` for a model without compound features (one trained on gene perturbations): each compound
+    component becomes the inhibition of its targets the model can represent, the rule the planner ranks
+    compounds by (:func:`target_compounds`, at most :data:`MAX_TARGETS` targets), so a drug and the loss of its
+    targets get one answer in predict, counterfactual and prioritize. A compound's targets are ``targets[name]``
+    when given (query time), else the bundled compound knowledge's. Returns the actions (others unchanged) and,
+    per rewritten action (its position), what it was answered as.
+
+    Raises
+    ------
+    UnknownPerturbationError
+        A compound without known targets, or whose targets the model cannot represent or are too many.
+    """
+    kind = inhibition_kind(space, trained)
+    given = {str(k).lower(): tuple(str(g) for g in v) for k, v in (targets or {}).items()}  # names: any case
+    out: list[Action] = []
+    notes: dict[int, str] = {}
+    for i, a in enumerate(actions):
+        if not a.compounds:
+            out.append(a)
+            continue
+        parts = [p for p in a.components if p.kind != "compound"]
+        texts = []
+        for p in (q for q in a.components if q.kind == "compound"):
+            tc = _target_loss(space, trained, kind, p.target, given)
+            parts += [q for q in tc.action.components if q not in parts]
+            texts.append(tc.evidence())
+        out.append(Action(tuple(parts)))
+        notes[i] = ("; ".join(texts) + ". The model learned gene perturbations, not compounds: the answer is "
+                          "the loss of the targets, whatever the dose")
+    return out, notes
+
+
+def _target_loss(space: Any, trained: Sequence[str], kind: str, name: str, given: dict[str, tuple[str, ...]]
+                 ) -> TargetCompound:
+    """:func:`target_compounds`' row of one compound (its targets ``given`` at query time, else the bundled
+    knowledge's), or the reason it has none."""
+    from bioworld.errors import UnknownPerturbationError
+
+    fix = (f"Fix: give its targets (compound_targets={{{name!r}: [genes]}} (CLI: --compound-targets TABLE), "
+           "a table with columns compound, target_gene), or train on data with compounds.")
+    if name.lower() in given:
+        listed = given[name.lower()]
+        ok = [g for g in listed if _representable(space, g, kind)]
+        why = (NO_TARGET if not listed else NOT_REPRESENTABLE if not ok
+               else TOO_MANY.format(MAX_TARGETS) if len(ok) > MAX_TARGETS else "")
+        if not why:
+            return TargetCompound(name, Action(tuple(Perturbation(kind, g) for g in ok)), tuple(ok),
+                                  tuple(g for g in listed if g not in ok))
+    else:
+        rows, skipped = target_compounds(space, trained, [name], merge=False)
+        if rows:
+            return rows[0]
+        why = next(iter(skipped))
+        if why.startswith("not in"):
+            from bioworld.errors import close_matches
+
+            ck = _compound_knowledge()
+            why += f" (close matches: {close_matches(name, sorted({ck.name(k) for k in ck.keys})) or 'none'})"
+    raise UnknownPerturbationError(
+        f"compound {name!r}: {why}, so this model (trained on gene perturbations, no compound features) cannot "
+        f"answer it as the loss of its targets; expected a compound with 1-{MAX_TARGETS} known targets the model "
+        f"represents. {fix}")
+
+
 def encode_candidates(engine: Any, actions: Sequence[Action], labels: Sequence[str]) -> Any:
     """``engine.candidates`` of ``actions`` named ``labels``, the table as wide as the widest action (a
     compound as the loss of more targets than the model's ``max_components``)."""

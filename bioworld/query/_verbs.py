@@ -31,13 +31,28 @@ class ModelView:
     seed: int
 
 
+def _candidates(eng: Engine, actions: Sequence[Any], labels: Sequence[str],
+                targets: dict[str, Sequence[str]] | None) -> tuple[Any, dict[str, str]]:
+    """The engine's candidates of ``actions`` named ``labels``; on a model without compound features a compound
+    is the loss of its targets (:func:`~bioworld.query._candidates.as_target_losses`: given ``targets``, else the
+    bundled knowledge's), with what each such label was answered as."""
+    from bioworld.query._candidates import as_target_losses, encode_candidates
+
+    notes: dict[str, str] = {}
+    if eng.space.compounds is None and any(a.compounds for a in actions):
+        actions, at = as_target_losses(eng.space, sorted(eng.trained), actions, targets)
+        notes = {str(labels[i]): text for i, text in at.items()}
+    return encode_candidates(eng, list(actions), list(labels)), notes
+
+
 def predict_means(eng: Engine, view: ModelView, labels: Sequence[str], actions: Sequence[Any],
-                  cells_std: Callable[[], np.ndarray]) -> Any:
+                  cells_std: Callable[[], np.ndarray], targets: dict[str, Sequence[str]] | None = None) -> Any:
     """Mean predicted expression of each label (parsed: ``actions``) over the cells ``cells_std()``
-    (standardised; read after the labels are checked); see ``WorldModel.predict``."""
+    (standardised; read after the labels are checked); see ``WorldModel.predict``. ``targets``: compound ->
+    target genes given at query time, for a model without compound features (:func:`_candidates`)."""
     import anndata as ad
 
-    cands = eng.candidates(list(actions))
+    cands, notes = _candidates(eng, actions, labels, targets)
     x0 = cells_std()
     cache = eng.encode(x0)
     r = eng.run(cache, cands)
@@ -50,6 +65,8 @@ def predict_means(eng: Engine, view: ModelView, labels: Sequence[str], actions: 
     )
     out.layers["delta"] = (X[:-1] - X[-1]).astype(np.float32)
     out.uns["bioworld"] = {"model": view.describe, "scale": view.scale_name}
+    if notes:
+        out.uns["bioworld"]["compounds_as_targets"] = notes
     return out
 
 
@@ -60,7 +77,7 @@ def counterfactual_cells(eng: Engine, view: ModelView, cells: Any, cells_std: Ca
     from bioworld.query._anndata import counterfactual_adata
     from bioworld.query._counterfactual import shift_effects
 
-    cands = eng.candidates(list(actions), labels=list(specs))
+    cands, notes = _candidates(eng, actions, specs, None)
     cache = eng.encode(cells_std())
     r = eng.run(cache, cands)
     base = view.to_scale(cache.x_base.cpu().numpy())
@@ -75,7 +92,8 @@ def counterfactual_cells(eng: Engine, view: ModelView, cells: Any, cells_std: Ca
     effects = {spec: shift_effects(r.shift[i], view.entity_names) for i, spec in enumerate(specs)}
     return counterfactual_adata(cells, list(specs), X, D, r.shift, var_names=view.var_names,
                                 entity_names=view.entity_names, effects=effects,
-                                uns={"scale": view.scale_name, "model": view.describe})
+                                uns={"scale": view.scale_name, "model": view.describe,
+                                     **({"compounds_as_targets": notes} if notes else {})})
 
 
 def prioritize_cells(

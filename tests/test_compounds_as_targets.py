@@ -1,0 +1,105 @@
+"""A model trained on gene perturbations answers a compound, in predict and counterfactual as in prioritize, as
+the loss of its targets (bundled knowledge, or targets given at query time), and refuses with the reason one
+it cannot answer."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from bioworld.errors import UnknownPerturbationError
+from bioworld.knowledge import CompoundKnowledge
+from test_cli import invoke
+
+torch.set_num_threads(1)
+
+#: Hand-made compounds on the small simulation's genes (the bundled table's targets are human genes).
+TABLE = {"cpd-one": ["P2_DRV1"], "cpd-two": ["P2_DRV1", "P3_DRV1"],
+         "cpd-broad": [f"P{i}_DRV{j}" for i in range(1, 6) for j in (1, 2)],
+         "cpd-off-table": ["NOTAGENE123"], "cpd-none": []}
+
+
+@pytest.fixture()
+def knowledge(monkeypatch):
+    ck = CompoundKnowledge.bundled().with_targets(TABLE)
+    monkeypatch.setattr("bioworld.query._candidates._compound_knowledge", lambda: ck)
+    return ck
+
+
+@pytest.fixture(scope="module")
+def cells(small_sim):
+    a = small_sim.adata
+    return a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:10]].copy()
+
+
+def _delta(pred, label):
+    return np.asarray(pred.layers["delta"])[list(pred.obs_names).index(label)]
+
+
+def test_predict_answers_a_compound_as_the_loss_of_its_targets(tiny_trained, knowledge):
+    assert tiny_trained.space.compounds is None  # a genetic model
+    labels = ["cpd-one@1", "cpd-one@10", "ko:P2_DRV1", "cpd-two@1", "P2_DRV1+P3_DRV1", "cpd-one@1+P3_DRV1"]
+    pred = tiny_trained.predict(labels)
+    assert list(pred.obs_names) == labels
+    np.testing.assert_array_equal(_delta(pred, "cpd-one@1"), _delta(pred, "ko:P2_DRV1"))
+    np.testing.assert_array_equal(_delta(pred, "cpd-one@10"), _delta(pred, "ko:P2_DRV1"))  # no dose in a genetic model
+    np.testing.assert_array_equal(_delta(pred, "cpd-two@1"), _delta(pred, "P2_DRV1+P3_DRV1"))
+    np.testing.assert_array_equal(_delta(pred, "cpd-one@1+P3_DRV1"), _delta(pred, "P2_DRV1+P3_DRV1"))
+    assert np.abs(_delta(pred, "cpd-one@1")).sum() > 0
+    notes = pred.uns["bioworld"]["compounds_as_targets"]
+    assert set(notes) == {"cpd-one@1", "cpd-one@10", "cpd-two@1", "cpd-one@1+P3_DRV1"}  # the labels as given
+    assert "P2_DRV1, P3_DRV1 (ko:P2_DRV1+ko:P3_DRV1)" in notes["cpd-two@1"] and "whatever the dose" in notes["cpd-two@1"]
+    # without compounds nothing is noted
+    assert "compounds_as_targets" not in tiny_trained.predict(["ko:P2_DRV1"]).uns["bioworld"]
+
+
+def test_counterfactual_agrees_with_predict_per_cell(tiny_trained, knowledge, cells):
+    cf = tiny_trained.counterfactual(cells, ["cpd-one@1", "ko:P2_DRV1"])
+    X = np.asarray(cf.X)
+    n = cells.n_obs
+    np.testing.assert_array_equal(X[:n], X[n:])
+    assert list(cf.uns["bioworld"]["compounds_as_targets"]) == ["cpd-one@1"]
+
+
+def test_targets_given_at_query_time(tiny_trained, knowledge):
+    pred = tiny_trained.predict(["NewDrug@1", "ko:P3_DRV1"], compound_targets={"newdrug": ["P3_DRV1", "NOTAGENE123"]})
+    np.testing.assert_array_equal(_delta(pred, "NewDrug@1"), _delta(pred, "ko:P3_DRV1"))
+    note = pred.uns["bioworld"]["compounds_as_targets"]["NewDrug@1"]
+    assert "1 known target the model cannot represent: NOTAGENE123" in note
+    # given targets win over the bundled ones
+    over = tiny_trained.predict(["cpd-one@1", "ko:P3_DRV1"], compound_targets={"cpd-one": ["P3_DRV1"]})
+    np.testing.assert_array_equal(_delta(over, "cpd-one@1"), _delta(over, "ko:P3_DRV1"))
+
+
+@pytest.mark.parametrize(("label", "facts"), [
+    ("cpd-broad@1", ["more than 8 representable targets", "Fix: give its targets"]),
+    ("cpd-none@1", ["no known target"]),
+    ("cpd-off-table@1", ["no representable target"]),
+    ("not-a-compound-xyz@1", ["not in the bundled compound knowledge", "close matches"]),
+], ids=["broad", "no_target", "not_representable", "unknown"])
+def test_compounds_it_cannot_answer_are_refused_with_the_reason(tiny_trained, knowledge, label, facts):
+    with pytest.raises(UnknownPerturbationError) as err:
+        tiny_trained.predict(["control", label])
+    for fact in facts:
+        assert fact in str(err.value)
+
+
+def test_a_structure_is_refused_by_a_genetic_model(tiny_trained, knowledge):
+    with pytest.raises(UnknownPerturbationError, match="give the targets instead"):
+        tiny_trained.predict(["x@1"], compounds={"x": "CCO"})
+
+
+def test_cli_predict_with_a_target_table_on_a_genetic_model(tiny_trained, knowledge, tmp_path):
+    model = tiny_trained.save(tmp_path / "model")
+    (tmp_path / "targets.tsv").write_text("compound\ttarget_gene\nmydrug\tP2_DRV1\n")
+    out = tmp_path / "pred.h5ad"
+    res = invoke("predict", model, "--perturbations", "mydrug@1,ko:P2_DRV1", "--compound-targets",
+                 tmp_path / "targets.tsv", "--out", out)
+    assert res.exit_code == 0, (res.output, res.exception)
+    pred = ad.read_h5ad(out)
+    np.testing.assert_array_equal(_delta(pred, "mydrug@1"), _delta(pred, "ko:P2_DRV1"))
+    assert "mydrug@1" in pred.uns["bioworld"]["compounds_as_targets"]
+    res = invoke("predict", model, "--perturbations", "mydrug@1", "--compound", "mydrug=CCO", "--out", tmp_path / "x.h5ad")
+    assert res.exit_code == 2 and "give the targets instead" in res.stderr
