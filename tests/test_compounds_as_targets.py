@@ -103,3 +103,11 @@ def test_cli_predict_with_a_target_table_on_a_genetic_model(tiny_trained, knowle
     assert "mydrug@1" in pred.uns["bioworld"]["compounds_as_targets"]
     res = invoke("predict", model, "--perturbations", "mydrug@1", "--compound", "mydrug=CCO", "--out", tmp_path / "x.h5ad")
     assert res.exit_code == 2 and "give the targets instead" in res.stderr
+
+
+def test_a_bare_compound_name_is_refused_with_the_dose_form(tiny_trained, knowledge):
+    with pytest.raises(UnknownPerturbationError, match=r"write it with a dose: 'ruxolitinib@1'"):
+        tiny_trained.predict(["ruxolitinib"])  # a bare name is a gene knockout in the grammar
+    with pytest.raises(UnknownPerturbationError) as err:
+        tiny_trained.predict(["NOTAGENE123"])
+    assert "write it with a dose" not in str(err.value)

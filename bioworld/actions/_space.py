@@ -210,7 +210,7 @@ class ActionSpace:
                 raise UnknownPerturbationError(
                     f"gene {p.target!r} was not a training target and is in no entity, regulon or GO set the model "
                     f"knows, so its effect cannot be predicted; close matches: {near or 'none'}. Check the symbol "
-                    "(HGNC, case-sensitive), or train on data where it was perturbed."
+                    "(HGNC, case-sensitive), or train on data where it was perturbed." + _compound_hint(p.target)
                 )
             if kind == Kind.SILENCE and p.target not in self._ent_pos:
                 raise UnknownPerturbationError(
@@ -379,3 +379,13 @@ def read_smiles(smiles: str | os.PathLike | Mapping[str, str] | None, adata: Any
         if c not in out and c in table:
             out[c] = table[c]
     return out
+
+
+def _compound_hint(name: str) -> str:
+    """`` If 'X' is the compound ..., write it with a dose`` when the bundled compound knowledge knows ``name``
+    (a bare name parses as a gene knockout), else ""."""
+    from bioworld.knowledge import CompoundKnowledge
+
+    if CompoundKnowledge.bundled().resolve(name, strict=False) is None:
+        return ""
+    return f" If {name!r} is the compound of that name, write it with a dose: '{name}@1' (NAME@DOSE)."
