@@ -51,6 +51,15 @@ EXPECTED = {
         3,
         ["goal down:HALLMARK_INTERFERON_GAMMA_RESPONSE", "Most synergistic pairs", "score_lo"],
     ),
+    "05_world_knowledge.ipynb": (
+        ["# 05 · A world model that knows the world", "## 1. Train with IRF1 and STAT2 held out",
+         "## 2. Genes and drugs nobody measured here", "## 3. A drug, to a model of gene perturbations",
+         "## 4. The same drug in other cell lines", "## 5. Which experiment next?"],
+        4,
+        ["predicted IFN-γ score change", "Pearson r with the observed held-out knockout effect",
+         "ruxolitinib@1 == loss of JAK1+JAK2+JAK3+TYK2: True", "correlation of trametinib's predicted signatures",
+         "CompoundPlusContext", "expected uncertainty reduction"],
+    ),
 }
 
 
