@@ -111,3 +111,17 @@ def test_a_bare_compound_name_is_refused_with_the_dose_form(tiny_trained, knowle
     with pytest.raises(UnknownPerturbationError) as err:
         tiny_trained.predict(["NOTAGENE123"])
     assert "write it with a dose" not in str(err.value)
+
+
+def test_targets_without_knowledge_get_a_hint_of_what_they_may_be():
+    from types import SimpleNamespace
+
+    from bioworld.actions._knowledge import _label_hints
+
+    kb = SimpleNamespace(compounds=CompoundKnowledge.bundled())
+    known = {"STAT1": 0, "IRF1": 1}
+    text = _label_hints(["STAT1_IRF1", "ruxolitinib", "sgIRF7", "STAT1_NOTAGENE"], known, kb)
+    assert "STAT1_IRF1 looks like a combination: write it with '+' (e.g. 'STAT1+IRF1')" in text
+    assert "ruxolitinib is a compound of the bundled knowledge: write it NAME@DOSE (e.g. 'ruxolitinib@1')" in text
+    assert "sgIRF7" not in text and "STAT1_NOTAGENE" not in text  # nothing to suggest
+    assert _label_hints(["sgIRF7"], known, kb) == ""

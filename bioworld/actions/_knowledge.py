@@ -14,6 +14,7 @@ dominate cosine similarity); a gene or compound without any knowledge is refused
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -238,6 +239,31 @@ def knowledge_sources(base: Any, actions: Mapping[str, Any], *, config: Any, smi
     unknown = [g for g in targets if g not in gene_source.pos]
     if unknown:
         findings.append(f"{len(unknown)} genetic targets have no knowledge (gene sets, STRING, OmniPath, atlas): "
-                        f"{', '.join(unknown[:6])}")
+                        f"{', '.join(unknown[:6])}" + _label_hints(unknown, gene_source.pos, kb))
     meta = {"knowledge_config": kb.config.to_dict(), "knowledge_sources": kb.describe()["sources"]}
     return gene_source, cmp_source, findings, meta
+
+
+_SEPARATORS = re.compile(r"[_,;|/]")
+
+
+def _label_hints(unknown: Sequence[str], known: Mapping[str, int], kb: Any) -> str:
+    """What targets without knowledge may be instead (appended to that finding): combinations written with
+    another separator (every part a gene the knowledge knows: ``STAT1_IRF1`` -> ``STAT1+IRF1``), or compound
+    names written without a dose (``ruxolitinib`` -> ``ruxolitinib@DOSE``); "" when neither."""
+    combos = [g for g in unknown if len(parts := [p for p in _SEPARATORS.split(g) if p]) > 1
+              and all(p in known for p in parts)]
+    compounds = [g for g in unknown if g not in combos and kb.compounds.resolve(g, strict=False) is not None]
+    hints = []
+    if combos:
+        one = len(combos) == 1
+        hints.append(f"{', '.join(combos[:4])} {'looks like a combination' if one else 'look like combinations'}: "
+                     f"write {'it' if one else 'them'} with '+' (e.g. "
+                     f"{'+'.join(p for p in _SEPARATORS.split(combos[0]) if p)!r}) to train {'it' if one else 'them'} "
+                     "as such")
+    if compounds:
+        one = len(compounds) == 1
+        hints.append(f"{', '.join(compounds[:4])} {'is a compound' if one else 'are compounds'} of the bundled "
+                     f"knowledge: write {'it' if one else 'them'} NAME@DOSE (e.g. '{compounds[0]}@1') or give the "
+                     "doses in an obs column (dose_key, CLI: --dose-key)")
+    return "".join(f"; {h}" for h in hints)
