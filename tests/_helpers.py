@@ -35,3 +35,20 @@ def small_simulation(seed: int = 0, **kw):
                 n_truth_draws=2000, seed=seed)
     args.update(kw)
     return simulate(**args)
+
+
+def use_compound_table(monkeypatch, table: dict):
+    """The bundled compound knowledge plus ``table`` (name -> targets) as what the query layer reads."""
+    from bioworld.knowledge import CompoundKnowledge
+
+    ck = CompoundKnowledge.bundled().with_targets(table)
+    monkeypatch.setattr("bioworld.query._candidates._compound_knowledge", lambda: ck)
+    return ck
+
+
+def control_cells(sim, n: int):
+    """The first ``n`` control cells of a simulated screen (a copy)."""
+    import numpy as np
+
+    a = sim.adata
+    return a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:n]].copy()

@@ -50,3 +50,19 @@ def tiny_trained(small_sim):
                        holdout=holdout, nmf_programs=0, config={"max_steps": 40, "seed": 0, "warmup_steps": 5})
     wm.train(progress=False)
     return wm
+
+
+@pytest.fixture()
+def knowledge(request, monkeypatch):
+    """The bundled compound knowledge plus the test module's ``TABLE`` (name -> targets), read by the query layer."""
+    from _helpers import use_compound_table
+
+    return use_compound_table(monkeypatch, request.module.TABLE)
+
+
+@pytest.fixture(scope="session")
+def cells(small_sim):
+    """The first 12 control cells of the small simulation (read-only use)."""
+    from _helpers import control_cells
+
+    return control_cells(small_sim, 12)

@@ -21,19 +21,6 @@ TABLE = {"cpd-one": ["P2_DRV1"], "cpd-two": ["P2_DRV1", "P3_DRV1"],
          "cpd-off-table": ["NOTAGENE123"], "cpd-none": []}
 
 
-@pytest.fixture()
-def knowledge(monkeypatch):
-    ck = CompoundKnowledge.bundled().with_targets(TABLE)
-    monkeypatch.setattr("bioworld.query._candidates._compound_knowledge", lambda: ck)
-    return ck
-
-
-@pytest.fixture(scope="module")
-def cells(small_sim):
-    a = small_sim.adata
-    return a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:10]].copy()
-
-
 def _delta(pred, label):
     return np.asarray(pred.layers["delta"])[list(pred.obs_names).index(label)]
 

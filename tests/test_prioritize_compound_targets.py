@@ -18,19 +18,6 @@ TABLE = {"cpd-one": ["P2_DRV1"], "cpd-readout": ["P1_DRV1", "JAK1"], "cpd-wide":
          "cpd-off-table": ["NOTAGENE123"], "cpd-none": []}
 
 
-@pytest.fixture()
-def knowledge(monkeypatch):
-    ck = CompoundKnowledge.bundled().with_targets(TABLE)
-    monkeypatch.setattr("bioworld.query._candidates._compound_knowledge", lambda: ck)
-    return ck
-
-
-@pytest.fixture(scope="module")
-def cells(small_sim):
-    a = small_sim.adata
-    return a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:12]].copy()
-
-
 def test_compounds_are_scored_as_the_loss_of_their_targets(tiny_trained, cells, knowledge):
     names = [*TABLE, "not-a-compound-xyz"]
     # 12 cells <= screen_cells: every row is exact, so equal actions give equal scores
