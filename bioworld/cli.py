@@ -402,6 +402,12 @@ def inspect_cmd(
     typer.echo("validation: passed" + (f" ({n} finding{'s' if n != 1 else ''} above)" if n else ", no findings"))
     typer.echo(f"entities ({entity_source}):")
     typer.echo(panel.summary())
+    from bioworld.actions._knowledge import coverage_summary
+
+    labels = [lab for lab in reg.perturbations if lab != reg.control]
+    coverage = coverage_summary(labels, entity_set.genes())
+    if coverage:
+        typer.echo(coverage)
 
 
 @app.command("simulate")

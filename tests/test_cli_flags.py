@@ -280,3 +280,22 @@ def test_torchrun_entry_help_lists_its_options():
     for flag in ("--out", "--entities", "--perturbation-key", "--holdout", "--backend", "--device", "--threads",
                  "--backed", "--overwrite"):
         assert flag in proc.stdout, flag
+
+
+def test_inspect_reports_knowledge_coverage_with_hints(tmp_path):
+    """Targets without knowledge are named before training, with what they may be instead."""
+    rng = np.random.default_rng(0)
+    labels = ["NT"] * 12 + ["STAT1_IRF1"] * 6 + ["sgIRF7"] * 6 + ["ruxolitinib"] * 6 + ["JAK2"] * 6
+    obs = pd.DataFrame({"guide": labels}, index=[f"c{i}" for i in range(len(labels))])
+    data = _write(ad.AnnData(rng.poisson(3, (len(labels), len(GENES))).astype(np.float32), obs=obs,
+                             var=pd.DataFrame(index=list(GENES))), tmp_path / "raw.h5ad")
+    result = invoke("inspect", data, "--perturbation-key", "guide", "--control", "NT")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("knowledge:"))
+    assert line.startswith("knowledge: 1 of 4 genetic targets")
+    assert "without: STAT1_IRF1, ruxolitinib, sgIRF7" in line
+    assert "STAT1_IRF1 looks like a combination: write it with '+' (e.g. 'STAT1+IRF1')" in line
+    assert "ruxolitinib is a compound of the bundled knowledge: write it NAME@DOSE" in line
+    # a screen whose targets are all known gets the count only
+    known = invoke("inspect", "papalexi")
+    assert "knowledge: 20 of 20 genetic targets" in known.stdout and "without:" not in known.stdout

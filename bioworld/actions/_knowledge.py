@@ -267,3 +267,31 @@ def _label_hints(unknown: Sequence[str], known: Mapping[str, int], kb: Any) -> s
                      f"knowledge: write {'it' if one else 'them'} NAME@DOSE (e.g. '{compounds[0]}@1') or give the "
                      "doses in an obs column (dose_key, CLI: --dose-key)")
     return "".join(f"; {h}" for h in hints)
+
+
+def coverage_summary(labels: Sequence[str], entity_genes: Iterable[str], config: Any = None) -> str:
+    """Before training (``bioworld inspect``): how many of the data's genetic targets and compounds the knowledge
+    layer (:func:`knowledge_base` of ``config``) or a gene set (``entity_genes``) knows, and what the others may be
+    (:func:`_label_hints`). Targets without knowledge are learned from their own cells only."""
+    from bioworld.actions._parse import parse_action
+
+    comps = [p for lab in labels for p in parse_action(lab).components]
+    targets = sorted({p.target for p in comps if p.kind in ("ko", "kd", "act")})
+    compounds = sorted({p.target for p in comps if p.kind == "compound"})
+    kb = knowledge_base(config)
+    in_sets = set(entity_genes)
+    unknown = [g for g in targets if g not in in_sets and not kb.knows_gene(g)]
+    lines = []
+    if targets:
+        # the parts of unknown labels written with another separator that are genes (combination hints)
+        parts = {q: 0 for g in unknown for q in _SEPARATORS.split(g) if q and (q in in_sets or kb.knows_gene(q))}
+        lines.append(f"knowledge: {len(targets) - len(unknown)} of {len(targets)} genetic targets are in a gene set or "
+                     "known to the bundled knowledge (STRING, OmniPath, regulons, atlas knockdowns)"
+                     + (f"; without: {', '.join(unknown[:6])}{' …' if len(unknown) > 6 else ''} (learned from their "
+                        "own cells only)" + _label_hints(unknown, parts, kb) if unknown else ""))
+    if compounds:
+        blind = [c for c in compounds if not kb.knows_compound(c)]
+        lines.append(f"knowledge: {len(compounds) - len(blind)} of {len(compounds)} compounds known to the bundled "
+                     "knowledge (targets, atlas signatures)"
+                     + (f"; without: {', '.join(blind[:6])}{' …' if len(blind) > 6 else ''}" if blind else ""))
+    return "\n".join(lines)
