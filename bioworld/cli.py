@@ -833,9 +833,16 @@ def predict_cmd(
         pred = wm.predict(labels, context=context, compounds=new_smiles or None, compound_targets=targets)
     write_h5ad_atomic(pred, out)
     typer.echo(f"predicted {pred.n_obs} perturbation(s) x {pred.n_vars:,} genes; wrote {out}")
+    _echo_compounds_as_targets(pred)
     if _is_ensemble(wm):
         info = pred.uns["bioworld"]["interval"]
         typer.echo(f"  {len(wm.members)} members; {level:.0%} intervals {'calibrated' if info['calibrated'] else 'UNCALIBRATED (model variance only)'}")
+
+
+def _echo_compounds_as_targets(answer: Any) -> None:
+    """One line per compound a model of gene perturbations answered as the loss of its targets."""
+    for label, text in (answer.uns.get("bioworld", {}).get("compounds_as_targets") or {}).items():
+        typer.echo(f"  {label}: {text}")
 
 
 def _compound_smiles(items: Optional[List[str]]) -> dict[str, str]:
@@ -916,6 +923,7 @@ def counterfactual_cmd(
     write_h5ad_atomic(cf, out)
     typer.echo(f"counterfactuals: {len(intervention)} intervention(s) x {adata.n_obs:,} cells = {cf.n_obs:,} rows "
                f"x {cf.n_vars:,} genes; wrote {out}")
+    _echo_compounds_as_targets(cf)
     from bioworld.report._h5ad import effect_records
 
     for spec, effects in cf.uns["bioworld"]["entity_effects"].items():

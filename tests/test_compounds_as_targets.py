@@ -88,6 +88,7 @@ def test_cli_predict_with_a_target_table_on_a_genetic_model(tiny_trained, knowle
     pred = ad.read_h5ad(out)
     np.testing.assert_array_equal(_delta(pred, "mydrug@1"), _delta(pred, "ko:P2_DRV1"))
     assert "mydrug@1" in pred.uns["bioworld"]["compounds_as_targets"]
+    assert "  mydrug@1: mydrug: as the inhibition of its target P2_DRV1 (ko:P2_DRV1)" in res.stdout
     res = invoke("predict", model, "--perturbations", "mydrug@1", "--compound", "mydrug=CCO", "--out", tmp_path / "x.h5ad")
     assert res.exit_code == 2 and "give the targets instead" in res.stderr
 
