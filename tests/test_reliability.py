@@ -356,7 +356,8 @@ def test_malformed_smiles_is_refused_at_construction(sim_adata, small_sim):
 _BAD_LABELS = {
     "unknown_gene": ("P1_DRV7", UnknownPerturbationError, ["'P1_DRV7'", "close matches", "P1_DRV1"]),
     "case_variant_gene": ("p1_drv1", UnknownPerturbationError, ["'p1_drv1'", "P1_DRV1"]),
-    "unknown_compound": ("aspirin@1", UnknownPerturbationError, ["'aspirin'", "no SMILES"]),
+    "unknown_compound": ("aspirin@1", UnknownPerturbationError, ["'aspirin'", "not in the bundled compound knowledge",
+                                                                 "give its targets"]),
     "unknown_entity": ("silence:SIM_P9", UnknownPerturbationError, ["'SIM_P9'", "close matches", "SIM_P5"]),
     "trailing_plus": ("P1_DRV1+", PerturbationParseError, ["empty component"]),
     "kd_strength": ("kd:P1_DRV1:2", PerturbationParseError, ["strength 2"]),
