@@ -23,12 +23,19 @@ from the saved ones (so the groups and the prior are those of the run). Variants
   transcript left out) over the fold's measured single perturbations of the ranked kind (their training
   data), clipped to [0, 1] (1 with fewer than 3 such rows): a model that reproduces a fraction ``f`` of
   the goal effects it was trained on gets that share of its weight;
+- with ``--inner DIR`` (``benchmarks/run_retrospective_inner.py``; h14e's pre-registered rule): log-odds
+  with the model weight ``w = (a_m + s0) / (a_m + a_p + 2 s0)``, ``a_m`` / ``a_p`` the Spearman
+  correlation (floored at 0) of the ``model_pct`` / ``prior_pct`` of the fold's *training* perturbations,
+  each scored by a model trained without it (3 inner groups), with their observed change towards the goal,
+  ``s0 = 1 / sqrt(n - 1)`` over the ``n`` inner items: the model gets the share of the weight its own
+  held-out predictions earn against the prior's on the same items;
 - with ``--member-runs`` (a run with ``--model-seed-offset``: each fold's model trained again with
   another seed on the same split and cells; repeat the flag for more members): each member alone
   (``second member alone``, ``member 3 alone``, ...), and the ensembles of the run's model with the
   first 1, 2, ... members (``2 members``, ``3 members``: the mean of the members' model percentiles,
   again a percentile within its group, joined with the prior by log-odds). The member run's own ``priority`` (ranked by the code now) is
-  reproduced from its tables as a check.
+  reproduced from its tables as a check. A member may cover only some of the datasets (every fold of
+  each): the member rows are then those datasets' only.
 
 Writes ``items.csv`` (the run's rows, ``WorldModel`` and its parts recomputed with the default rule,
 plus one row set per variant) and ``VARIANTS.md`` into ``--out``.
@@ -59,6 +66,7 @@ CROSS = "WorldModel (fusion chosen on the other dataset)"
 ENSEMBLE = "WorldModel, 2 members (mean model percentile)"
 MEMBER2 = "WorldModel, second member alone"
 GOAL_FIT = "WorldModel (model weight x goal fit on its training perturbations)"
+INNER = "WorldModel (model weight from its inner held-out reliability)"
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
 
 
@@ -147,11 +155,13 @@ def _raw_prior(table: pd.DataFrame, prox: dict[str, float]) -> np.ndarray:
     return out
 
 
-def load_folds(items: pd.DataFrame, cand_dir: Path, *, rule: str = "as run"
+def load_folds(items: pd.DataFrame, cand_dir: Path | list[Path], *, rule: str = "as run"
                ) -> dict[tuple[str, int, int], tuple[Fold, pd.DataFrame]]:
     """Every (dataset, seed, fold) of the run: its :class:`Fold` and its held-out items (the run's rows).
-    ``rule``: the ranking the run used, reproduced from the table as a check (``"as run"``: the rank
-    average; ``"logodds"``: the code now)."""
+    ``cand_dir``: the folder(s) of the tables (the first holding a fold's table wins). ``rule``: the
+    ranking the run used, reproduced from the table as a check (``"as run"``: the rank average;
+    ``"logodds"``: the code now; ``"auto"``: whichever of the two reproduces it)."""
+    dirs = [cand_dir] if isinstance(cand_dir, Path) else list(cand_dir)
     spaces = {"papalexi": SimpleNamespace(compounds=None)}
     proxes: dict[str, dict[str, float]] = {}
     out = {}
@@ -161,17 +171,49 @@ def load_folds(items: pd.DataFrame, cand_dir: Path, *, rule: str = "as run"
             spaces[ds] = _l1000_space()
         if ds not in proxes:
             proxes[ds] = R.network_proximity(list(R._goal_genes(R.GOALS[ds])[1]))
-        path = cand_dir / f"{ds}_s{seed}_f{fold}.csv"
-        table = pd.read_csv(path if path.exists() else path.with_suffix(".csv.gz"), keep_default_na=False,
+        path = next((c / f"{ds}_s{seed}_f{fold}{x}" for c in dirs for x in (".csv", ".csv.gz")
+                     if (c / f"{ds}_s{seed}_f{fold}{x}").exists()), dirs[0] / f"{ds}_s{seed}_f{fold}.csv")
+        table = pd.read_csv(path, keep_default_na=False,
                             na_values={c: [""] for c in ("priority", "model_pct", "prior_pct", "own_share")})
         table["seen"] = table["seen"].astype(str) == "True"
         f = Fold(table, ds, spaces[ds], proxes[ds])
-        m, pr = f.as_run() if rule == "as run" else f.columns(rule)[::2]
-        for name, mine, saved in (("model_pct", m, table["model_pct"]), ("priority", pr, table["priority"])):
-            if not np.allclose(mine, saved.to_numpy(np.float64), atol=1e-9, equal_nan=True):
-                raise SystemExit(f"{ds} seed {seed} fold {fold}: the run's {name} is not reproduced; groups or prior differ")
+        bad = ""
+        for r in (["as run", "logodds"] if rule == "auto" else [rule]):
+            bad = _not_reproduced(f, table, r)
+            if not bad:
+                break
+        if bad:
+            raise SystemExit(f"{ds} seed {seed} fold {fold}: the run's {bad} is not reproduced; groups or prior differ")
         out[(ds, int(seed), int(fold))] = (f, part)
     return out
+
+
+def _not_reproduced(f: Fold, table: pd.DataFrame, rule: str) -> str:
+    """The saved column (``model_pct``, ``priority``) that ``rule`` does not reproduce; "" when both are."""
+    m, pr = f.as_run() if rule == "as run" else f.columns(rule)[::2]
+    for name, mine, saved in (("model_pct", m, table["model_pct"]), ("priority", pr, table["priority"])):
+        if not np.allclose(mine, saved.to_numpy(np.float64), atol=1e-9, equal_nan=True):
+            return name
+    return ""
+
+
+def inner_rows(folds: dict, inner_dir: Path) -> tuple[list[dict], dict[tuple[str, int, int], tuple]]:
+    """Item rows of the inner-reliability variant and each fold's ``(w, r_m, r_p, n)``
+    (``run_retrospective_inner.py``'s ``inner.csv``; every fold of ``folds`` must be in it)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run_retrospective_inner import fold_weights
+
+    weights = fold_weights(pd.read_csv(inner_dir / "inner.csv"))
+    missing = sorted(set(folds) - set(weights))
+    if missing:
+        raise SystemExit(f"{inner_dir / 'inner.csv'} has no inner items for the folds {missing}")
+    rows: list[dict] = []
+    for key, (f, part) in folds.items():
+        m, p, _ = f.columns("logodds")
+        rows += _rows(f, part, key, INNER, P.fuse(m, p, weight=weights[key][0]))
+    return rows, weights
 
 
 def ensemble(folds: dict, members: list[dict]) -> dict[tuple[str, int, int], np.ndarray]:
@@ -180,6 +222,8 @@ def ensemble(folds: dict, members: list[dict]) -> dict[tuple[str, int, int], np.
     log-odds."""
     out = {}
     for key, (f, _) in folds.items():
+        if any(key not in mem for mem in members):  # a dataset the members do not cover
+            continue
         m1, p1, _ = f.columns("logodds")
         total = m1.copy()
         for mem in members:
@@ -321,16 +365,19 @@ def rescore(folds: dict, k: int, members: list[dict] | None = None
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", required=True, help="comma-separated run folders (each with items.csv)")
-    p.add_argument("--candidates", required=True, type=Path, help="the runs' --save-candidates folder")
+    p.add_argument("--candidates", required=True, help="the runs' --save-candidates folder(s), comma-separated "
+                   "(the first holding a fold's table wins)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--k", type=int, default=R.RetroSettings().k)
     p.add_argument("--member-runs", action="append", default=[], help="a further member's run folders "
                    "(--model-seed-offset), ranked by the log-odds code: the ensemble variants; repeat for more members")
     p.add_argument("--member-candidates", action="append", default=[], type=Path,
                    help="their --save-candidates folder (once per --member-runs)")
+    p.add_argument("--inner", type=Path, default=None, help="run_retrospective_inner.py's --out folder (inner.csv): "
+                   "the inner-reliability variant")
     a = p.parse_args(argv)
     items = pd.concat([pd.read_csv(Path(d) / "items.csv") for d in a.runs.split(",") if d.strip()], ignore_index=True)
-    folds = load_folds(items, a.candidates)
+    folds = load_folds(items, [Path(c) for c in a.candidates.split(",") if c.strip()], rule="auto")
     if len(a.member_runs) != len(a.member_candidates):
         raise SystemExit("give one --member-candidates per --member-runs")
     members = []
@@ -338,14 +385,20 @@ def main(argv: list[str] | None = None) -> int:
         m_items = pd.concat([pd.read_csv(Path(d) / "items.csv") for d in runs.split(",") if d.strip()],
                             ignore_index=True)
         members.append(load_folds(m_items, cands, rule="logodds"))
-        if set(members[-1]) != set(folds):
-            raise SystemExit(f"the member runs cover {sorted(members[-1])}; expected the same folds {sorted(folds)}")
+        covered = {key[0] for key in members[-1]}
+        if set(members[-1]) != {key for key in folds if key[0] in covered}:
+            raise SystemExit(f"the member runs cover {sorted(members[-1])}; expected every fold of their datasets "
+                             f"{sorted(key for key in folds if key[0] in covered)}")
     var, weights, chosen = rescore(folds, a.k, members)
     fit_rows, fits = goal_fit_rows(folds)
     var = pd.concat([var, pd.DataFrame(fit_rows, columns=R.ITEM_COLUMNS)], ignore_index=True)
+    inner: dict[tuple[str, int, int], tuple] = {}
+    if a.inner is not None:
+        in_rows, inner = inner_rows(folds, a.inner)
+        var = pd.concat([var, pd.DataFrame(in_rows, columns=R.ITEM_COLUMNS)], ignore_index=True)
     base = items[items["method"].isin([R.NETWORK, R.PATHWAY])]
     order = [R.MODEL, R.MODEL_RANKED, R.PREDICTED, R.NO_PRIOR, LOGODDS, MEAN_MID, AS_RUN, FITTED, CROSS,
-             *member_names(len(members)), GOAL_FIT, R.NETWORK, R.PATHWAY]
+             *member_names(len(members)), GOAL_FIT, INNER, R.NETWORK, R.PATHWAY]
     out_items = pd.concat([var, base], ignore_index=True)
     out_items["_o"] = out_items["method"].map({m: i for i, m in enumerate(order)})
     out_items = out_items.sort_values(["dataset", "_o", "seed", "fold"], kind="stable").drop(columns="_o")
@@ -357,16 +410,21 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Variants of the default ranking (rescored from the saved candidates, no training)", "",
              f"Generated by `benchmarks/run_retrospective_variants.py --runs {a.runs} --candidates {a.candidates} "
              + "".join(f"--member-runs {r} --member-candidates {c} " for r, c in zip(a.member_runs, a.member_candidates))
-             + f"--out {a.out}`.", "", (__doc__ or "").split("\n\n", 1)[1].split("Writes ``items.csv``")[0].strip(), "",
+             + (f"--inner {a.inner} " if a.inner is not None else "") + f"--out {a.out}`.", "", (__doc__ or "").split("\n\n", 1)[1].split("Writes ``items.csv``")[0].strip(), "",
              f"Model weight fitted on the other folds, per fold: {w_txt}.", "",
              "Fusion chosen on the other dataset: " + ", ".join(f"{ds}: {h}" for ds, h in chosen.items()), "",
              "Goal fit per fold (the model weight is 0.5 x this): " + "; ".join(
                  f"{ds} seed {s}: " + ", ".join(f"{fits[(ds, s, f)]:.3f}" for f in sorted(
                      f for (d, ss, f) in fits if d == ds and ss == s)) for ds, s in sorted({key[:2] for key in fits}))
              + ".", ""]
+    if inner:
+        lines += ["Inner held-out reliability per fold (r_m model, r_p prior, n items -> model weight w): " + "; ".join(
+            f"{ds} seed {s} fold {f}: {r_m:.3f} / {r_p:.3f}, n {n} -> {w:.3f}"
+            for (ds, s, f), (w, r_m, r_p, n) in sorted(inner.items())) + ".", ""]
     for ds in dict.fromkeys(out_items["dataset"]):
         lines += [f"## {ds}", "", R.markdown_table(summ, ds), ""]
-        for m in (R.MODEL, AS_RUN, FITTED, CROSS, *member_names(len(members))[1::2], GOAL_FIT):
+        for m in (R.MODEL, AS_RUN, FITTED, CROSS, *member_names(len(members))[1::2], GOAL_FIT,
+                  *([INNER] if inner else [])):
             lines += [f"**{R.verdict(summ, ds, m)}**", ""]
     (a.out / "VARIANTS.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {a.out / 'VARIANTS.md'} and items.csv; fitted weights {weights}; fusion chosen {chosen}")
