@@ -19,7 +19,10 @@ evaluation's own definition, own transcript left out). The outer fold's held-out
 
 Writes ``inner.csv`` (one row per inner-held-out item) into ``--out``, appending fold by fold (a
 fold already in the file is skipped, so an interrupted run resumes), and ``INNER.md`` (command,
-load, wall time per fold, the weights).
+load, wall time per fold, the weights). ``--save-tables DIR``: also every inner model's ranked
+candidates as ``<dataset>_s<seed>_f<fold>_i<group>.csv.gz`` (the cross-fit bag of
+``run_retrospective_variants.py --inner-tables``: the inner models never saw the outer fold's
+held-out labels, so their predictions for them are held-out predictions too).
 
     python benchmarks/run_retrospective_inner.py --only papalexi,l1000 --seeds 0,1,2 --folds 4 --inner 3 --out DIR
 """
@@ -186,7 +189,7 @@ def inner_items(d: SimpleNamespace, wm: Any, table: pd.DataFrame, group: list[st
     return rows
 
 
-def run(d: SimpleNamespace, out: Path, log: list[str]) -> None:
+def run(d: SimpleNamespace, out: Path, log: list[str], tables: Path | None = None) -> None:
     """Every outer fold's inner models; rows appended to ``out/inner.csv`` fold by fold."""
     path = out / "inner.csv"
     done = set()
@@ -201,6 +204,10 @@ def run(d: SimpleNamespace, out: Path, log: list[str]) -> None:
         for j, group in enumerate(groups):
             t1 = time.perf_counter()
             wm, table = rank_without(d, sorted(set(outer) | set(group)), seed)
+            if tables is not None:
+                tables.mkdir(parents=True, exist_ok=True)
+                table[[c for c in R.CANDIDATE_COLUMNS if c in table.columns]].to_csv(
+                    tables / f"{d.dataset}_s{seed}_f{fold}_i{j}.csv.gz", index=False)
             for r in inner_items(d, wm, table, group):
                 rows.append({"dataset": d.dataset, "seed": seed, "fold": fold, "inner": j, **r,
                              "wall_s": round(time.perf_counter() - t1, 1)})
@@ -226,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=d0.steps)
     p.add_argument("--model-seed-offset", type=int, default=d0.model_seed_offset)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--save-tables", type=Path, default=None, help="also write every inner model's candidates here")
     a = p.parse_args(argv)
     if a.inner < 2 or a.folds < 2:
         raise SystemExit("--inner and --folds >= 2 expected")
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     for ds in [x.strip() for x in a.only.split(",") if x.strip()]:
         d = setups[ds](st)
         d.inner = a.inner
-        run(d, a.out, log)
+        run(d, a.out, log, a.save_tables)
     log.append(f"end: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {R.loadavg()}")
     with open(a.out / "INNER.md", "a", encoding="utf-8") as fh:
         fh.write("\n".join(["", *[f"- {x}" for x in log], ""]))

@@ -29,6 +29,9 @@ from the saved ones (so the groups and the prior are those of the run). Variants
   each scored by a model trained without it (3 inner groups), with their observed change towards the goal,
   ``s0 = 1 / sqrt(n - 1)`` over the ``n`` inner items: the model gets the share of the weight its own
   held-out predictions earn against the prior's on the same items;
+- with ``--inner-tables DIR`` (``run_retrospective_inner.py --save-tables``; h14e's second pre-registered
+  rule): the cross-fit bag, the ensemble rule of the member rows with the fold's inner models as the
+  members (trained without the outer fold's held-out labels and a third of its training targets);
 - with ``--member-runs`` (a run with ``--model-seed-offset``: each fold's model trained again with
   another seed on the same split and cells; repeat the flag for more members): each member alone
   (``second member alone``, ``member 3 alone``, ...), and the ensembles of the run's model with the
@@ -67,6 +70,7 @@ ENSEMBLE = "WorldModel, 2 members (mean model percentile)"
 MEMBER2 = "WorldModel, second member alone"
 GOAL_FIT = "WorldModel (model weight x goal fit on its training perturbations)"
 INNER = "WorldModel (model weight from its inner held-out reliability)"
+BAG = "WorldModel, cross-fit bag (the fold's model + its inner models)"
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
 
 
@@ -214,6 +218,31 @@ def inner_rows(folds: dict, inner_dir: Path) -> tuple[list[dict], dict[tuple[str
         m, p, _ = f.columns("logodds")
         rows += _rows(f, part, key, INNER, P.fuse(m, p, weight=weights[key][0]))
     return rows, weights
+
+
+def bag_rows(folds: dict, tables_dir: Path) -> tuple[list[dict], int]:
+    """Item rows of the cross-fit bag and the number of inner models per fold (every fold must have the
+    same number, at least one)."""
+    spaces = {f.dataset: f.space for f, _ in folds.values()}
+    proxes = {ds: R.network_proximity(list(R._goal_genes(R.GOALS[ds])[1])) for ds in spaces}
+    members: list[dict] = []
+    for key, (f, part) in folds.items():
+        paths = sorted(tables_dir.glob(f"{key[0]}_s{key[1]}_f{key[2]}_i*.csv.gz"))
+        if not paths or (members and len(paths) != len(members)):
+            raise SystemExit(f"{tables_dir}: {len(paths)} inner tables for {key}; expected the same number (>= 1) "
+                             "for every fold")
+        members += [{} for _ in range(len(paths) - len(members))]
+        for j, path in enumerate(paths):
+            t = pd.read_csv(path, keep_default_na=False,
+                            na_values={c: [""] for c in ("priority", "model_pct", "prior_pct", "own_share")})
+            t["seen"] = t["seen"].astype(str) == "True"
+            if set(t["intervention"]) != set(f.table["intervention"]):
+                raise SystemExit(f"{path}: not the outer table's candidates")
+            members[j][key] = (Fold(t, key[0], spaces[key[0]], proxes[key[0]]), part)
+    rows: list[dict] = []
+    for key, pr in ensemble(folds, members).items():
+        rows += _rows(*folds[key], key, BAG, pr)
+    return rows, len(members)
 
 
 def ensemble(folds: dict, members: list[dict]) -> dict[tuple[str, int, int], np.ndarray]:
@@ -373,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(--model-seed-offset), ranked by the log-odds code: the ensemble variants; repeat for more members")
     p.add_argument("--member-candidates", action="append", default=[], type=Path,
                    help="their --save-candidates folder (once per --member-runs)")
+    p.add_argument("--inner-tables", type=Path, default=None, help="run_retrospective_inner.py's --save-tables "
+                   "folder: the cross-fit bag variant")
     p.add_argument("--inner", type=Path, default=None, help="run_retrospective_inner.py's --out folder (inner.csv): "
                    "the inner-reliability variant")
     a = p.parse_args(argv)
@@ -396,9 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.inner is not None:
         in_rows, inner = inner_rows(folds, a.inner)
         var = pd.concat([var, pd.DataFrame(in_rows, columns=R.ITEM_COLUMNS)], ignore_index=True)
+    if a.inner_tables is not None:
+        var = pd.concat([var, pd.DataFrame(bag_rows(folds, a.inner_tables)[0], columns=R.ITEM_COLUMNS)],
+                        ignore_index=True)
     base = items[items["method"].isin([R.NETWORK, R.PATHWAY])]
     order = [R.MODEL, R.MODEL_RANKED, R.PREDICTED, R.NO_PRIOR, LOGODDS, MEAN_MID, AS_RUN, FITTED, CROSS,
-             *member_names(len(members)), GOAL_FIT, INNER, R.NETWORK, R.PATHWAY]
+             *member_names(len(members)), GOAL_FIT, INNER, BAG, R.NETWORK, R.PATHWAY]
     out_items = pd.concat([var, base], ignore_index=True)
     out_items["_o"] = out_items["method"].map({m: i for i, m in enumerate(order)})
     out_items = out_items.sort_values(["dataset", "_o", "seed", "fold"], kind="stable").drop(columns="_o")
@@ -410,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Variants of the default ranking (rescored from the saved candidates, no training)", "",
              f"Generated by `benchmarks/run_retrospective_variants.py --runs {a.runs} --candidates {a.candidates} "
              + "".join(f"--member-runs {r} --member-candidates {c} " for r, c in zip(a.member_runs, a.member_candidates))
-             + (f"--inner {a.inner} " if a.inner is not None else "") + f"--out {a.out}`.", "", (__doc__ or "").split("\n\n", 1)[1].split("Writes ``items.csv``")[0].strip(), "",
+             + (f"--inner {a.inner} " if a.inner is not None else "")
+             + (f"--inner-tables {a.inner_tables} " if a.inner_tables is not None else "") + f"--out {a.out}`.", "", (__doc__ or "").split("\n\n", 1)[1].split("Writes ``items.csv``")[0].strip(), "",
              f"Model weight fitted on the other folds, per fold: {w_txt}.", "",
              "Fusion chosen on the other dataset: " + ", ".join(f"{ds}: {h}" for ds, h in chosen.items()), "",
              "Goal fit per fold (the model weight is 0.5 x this): " + "; ".join(
@@ -424,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     for ds in dict.fromkeys(out_items["dataset"]):
         lines += [f"## {ds}", "", R.markdown_table(summ, ds), ""]
         for m in (R.MODEL, AS_RUN, FITTED, CROSS, *member_names(len(members))[1::2], GOAL_FIT,
-                  *([INNER] if inner else [])):
+                  *([INNER] if inner else []), *([BAG] if a.inner_tables is not None else [])):
             lines += [f"**{R.verdict(summ, ds, m)}**", ""]
     (a.out / "VARIANTS.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {a.out / 'VARIANTS.md'} and items.csv; fitted weights {weights}; fusion chosen {chosen}")
