@@ -173,3 +173,15 @@ def test_enrichment_finds_the_moved_pathway_and_is_seeded():
     assert bw.tl.enrichment(a[:, :3].copy(), "DRUG@1", permutations=50).empty
     with pytest.raises(BioworldError, match="not a row"):
         bw.tl.enrichment(a, "NOPE")
+
+
+def test_enrichment_with_tied_genes_reports_them_instead_of_logging(capfd):
+    import logging
+
+    a = _fake_prediction()
+    a.layers["delta"][0, ::3] = 0.0  # a third of the genes unchanged: tied values
+    res = bw.tl.enrichment(a, "DRUG@1", permutations=50, seed=0)
+    assert res.iloc[0]["term"] == "HALLMARK_INTERFERON_GAMMA_RESPONSE"
+    assert res.attrs["tied_share"] == pytest.approx(np.mean(a.layers["delta"][0] == 0.0), abs=0.01)
+    assert "Duplicated values" not in capfd.readouterr().err  # gseapy's own console handler stayed quiet
+    assert logging.root.manager.disable == logging.NOTSET  # logging is left as it was

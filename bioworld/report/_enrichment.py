@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any
@@ -96,10 +97,17 @@ def enrichment(
         return out
     rnk = pd.Series(delta, index=genes)
     rnk = rnk[~rnk.index.duplicated()].sort_values(ascending=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = gseapy.prerank(rnk=rnk, gene_sets=tested, permutation_num=int(permutations), min_size=min_size,
-                             max_size=max_size, outdir=None, seed=int(seed), threads=1, verbose=False).res2d
+    # gseapy logs each run's warnings (e.g. tied values: genes a prediction leaves unchanged) on its own console
+    # handler; the share of tied genes is kept in the answer's attrs instead of printed to the user's terminal
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = gseapy.prerank(rnk=rnk, gene_sets=tested, permutation_num=int(permutations), min_size=min_size,
+                                 max_size=max_size, outdir=None, seed=int(seed), threads=1, verbose=False).res2d
+    finally:
+        logging.disable(before)
     out = pd.DataFrame({
         "term": res["Term"].astype(str),
         "nes": pd.to_numeric(res["NES"], errors="coerce"),
@@ -111,4 +119,5 @@ def enrichment(
     out = out.assign(_abs=out["nes"].abs()).sort_values(["fdr", "_abs"], ascending=[True, False])
     out = out.drop(columns="_abs")[cols].reset_index(drop=True)
     out.attrs["gene_sets"] = what
+    out.attrs["tied_share"] = float(rnk.duplicated(keep=False).mean())  # genes sharing their value with another
     return out
