@@ -12,7 +12,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import anndata as ad
 import numpy as np
@@ -173,8 +173,10 @@ class Ensemble:
                               "usually far too narrow for unseen perturbations; run Ensemble.calibrate()."}
         return mean - hw, mean + hw, info
 
-    def predict(self, perturbations: Sequence[str] | str, *, level: float = 0.9, cells: ad.AnnData | None = None) -> ad.AnnData:
-        """Mean prediction over members with intervals on the delta.
+    def predict(self, perturbations: Sequence[str] | str, *, level: float = 0.9, cells: ad.AnnData | None = None,
+                compounds: Mapping[str, str] | None = None, compound_targets: Any = None) -> ad.AnnData:
+        """Mean prediction over members with intervals on the delta (``compounds`` / ``compound_targets``: compounds
+        given at query time, as in :meth:`WorldModel.predict`).
 
         Returns :meth:`WorldModel.predict`'s AnnData (``X`` and ``layers['delta']`` averaged over
         members) plus ``layers['delta_sd']`` (spread over members), ``layers['delta_lo']`` /
@@ -183,7 +185,8 @@ class Ensemble:
         unseen perturbations, so intervals of seen ones are conservative) and
         ``uns['bioworld']['interval']``.
         """
-        outs = [m.predict(perturbations, cells=cells) for m in self.members]
+        outs = [m.predict(perturbations, cells=cells, compounds=compounds, compound_targets=compound_targets)
+                for m in self.members]
         D = np.stack([np.asarray(o.layers["delta"], dtype=np.float64) for o in outs])
         out = outs[0].copy()
         out.X = np.mean([np.asarray(o.X, dtype=np.float64) for o in outs], axis=0).astype(np.float32)

@@ -825,10 +825,10 @@ def predict_cmd(
         return
     wm = _load_model(model_dir, device=device)
     if _is_ensemble(wm):
-        if context is not None or new_smiles or targets is not None:
-            raise BioworldError("--context, --compound and --compound-targets work with a single model folder, not an "
-                                "ensemble. Fix: pass one member folder (MODEL_DIR/member_0) or drop these options.")
-        pred = wm.predict(labels, level=level)
+        if context is not None:
+            raise BioworldError("--context works with a single model folder, not an ensemble. Fix: pass one member "
+                                "folder (MODEL_DIR/member_0) or drop --context.")
+        pred = wm.predict(labels, level=level, compounds=new_smiles or None, compound_targets=targets)
     else:
         pred = wm.predict(labels, context=context, compounds=new_smiles or None, compound_targets=targets)
     write_h5ad_atomic(pred, out)

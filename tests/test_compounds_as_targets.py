@@ -113,3 +113,18 @@ def test_targets_without_knowledge_get_a_hint_of_what_they_may_be():
     assert "ruxolitinib is a compound of the bundled knowledge: write it NAME@DOSE (e.g. 'ruxolitinib@1')" in text
     assert "sgIRF7" not in text and "STAT1_NOTAGENE" not in text  # nothing to suggest
     assert _label_hints(["sgIRF7"], known, kb) == ""
+
+
+def test_an_ensemble_takes_targets_at_query_time_too(tiny_trained, knowledge, tmp_path):
+    import bioworld as bw
+
+    ens = bw.Ensemble([tiny_trained, tiny_trained])
+    pred = ens.predict(["newdrug@1", "ko:P3_DRV1"], compound_targets={"newdrug": ["P3_DRV1"]})
+    np.testing.assert_array_equal(_delta(pred, "newdrug@1"), _delta(pred, "ko:P3_DRV1"))
+    assert "newdrug@1" in pred.uns["bioworld"]["compounds_as_targets"]
+    folder = ens.save(tmp_path / "ens")
+    (tmp_path / "targets.tsv").write_text("compound\ttarget_gene\nnewdrug\tP3_DRV1\n")
+    res = invoke("predict", folder, "--perturbations", "newdrug@1", "--compound-targets", tmp_path / "targets.tsv",
+                 "--out", tmp_path / "p.h5ad")
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "newdrug@1: newdrug: as the inhibition of its target P3_DRV1" in res.stdout
