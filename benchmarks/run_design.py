@@ -19,7 +19,8 @@ Datasets and predictors
     (24 driver knockouts, 8 doubles, 8 entity silences), exact truth (``truth_delta``). Predictor:
     the world model (JEPA) itself, ``--members`` seeds trained on the measured labels (the rest held
     out), ``--steps`` steps the first round and ``--warm-steps`` warm-started steps after (weights of
-    the previous round's member copied where their shapes still match; the retrieval bank grows).
+    the previous round's member copied where their shapes still match; the retrieval bank grows;
+    ``--cold``: fresh members trained for ``--steps`` steps every round instead).
     Goal: ``down:`` the pathway with the most descendants; hits = the 5 candidates that lower it most
     (truth_entity_delta).
 ``papalexi``
@@ -99,6 +100,7 @@ class JepaTask:
         self.cfg = dict(groups_per_batch=6, cells_per_group=8, self_pairs=16, num_threads=1, checkpoint_every=0,
                         warmup_steps=20)
         self.predictor = "world model (JEPA)"
+        self.cold = False  # True: every round trains fresh members for ``steps`` (no warm start; --cold)
         self.eval_cells = 0  # reference control cells the predictions average over (0 = all the model keeps)
 
     def fit(self, measured, prev, seed):
@@ -110,10 +112,10 @@ class JepaTask:
             wm = bw.WorldModel(self.adata, entities=self.entities, holdout=hold, knowledge=self.knowledge,
                                nmf_programs=0, replicate_key=self.replicate_key, config=self.cfg)
             modules = []
+            warm = prev is not None and not self.cold
             for k in range(self.members):
-                with _warm_start(None if prev is None else prev.modules[k].state_dict()):
-                    wm.train(progress=False, seed=1000 * seed + k,
-                             max_steps=self.steps if prev is None else self.warm_steps)
+                with _warm_start(prev.modules[k].state_dict() if warm else None):
+                    wm.train(progress=False, seed=1000 * seed + k, max_steps=self.warm_steps if warm else self.steps)
                 modules.append(wm.module)
         return SimpleNamespace(wm=wm, modules=modules)
 
@@ -564,6 +566,8 @@ def main(argv=None) -> int:
     ap.add_argument("--members", type=int, default=2, help="world-model seeds per round (JEPA tasks)")
     ap.add_argument("--steps", type=int, default=150, help="training steps of the first round")
     ap.add_argument("--warm-steps", type=int, default=75, help="warm-started steps of later rounds")
+    ap.add_argument("--cold", action="store_true", help="JEPA tasks: every round trains fresh members for --steps "
+                    "steps (what a user who retrains each round gets) instead of warm-starting for --warm-steps")
     ap.add_argument("--cells", type=int, default=60, help="Papalexi: training cells per perturbation (5x for control)")
     ap.add_argument("--knowledge", action="store_true", help="Papalexi: train with the knowledge layer (slower; "
                     "benchmarks/results/knowledge: no usable signal for this screen's unseen knockouts)")
@@ -585,6 +589,9 @@ def main(argv=None) -> int:
                     "atlas": lambda a: AtlasTask(a.context, a.boot, a.ridge)}[name](args)
             if args.tag:
                 task.name = f"{name} ({args.tag})"
+            if args.cold and isinstance(task, JepaTask):
+                task.cold = True
+                task.predictor += f"; retrained from scratch each round ({args.steps} steps)"
             df = run_task(task, seeds, strategies)
             print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
             path = args.out / CSV
