@@ -46,8 +46,8 @@ Strategies
     Replayed (``benchmarks/results/design/DESIGN.md``, 3 seeds): on the simulator its error-curve
     area was 0.84 of random's (knowledge 0.86; 0.80 when the model trains 150 instead of 75 steps
     per round), 0.98 in three atlas cell lines (below random on all 9 seeds), on Papalexi 1.69
-    (worse than random; 1.65 with the knowledge layer: it leaves the large interferon knockouts
-    unmeasured).
+    (worse than random; 1.65 with the knowledge layer: on 2 of 3 seeds it never measures STAT1,
+    the screen's largest effect).
 ``knowledge``
     Baseline without the model: farthest-first coverage of the action features (knowledge
     features of genes / compounds, the entities an action touches): each pick is the candidate
