@@ -221,3 +221,53 @@ def test_math_attention_softmax_is_exact_with_and_without_the_max(scale):
     # scale 1: the plain path was taken (sums in range); scale 40: some sum overflows, the fallback ran
     assert bool(((plain > 1e-30) & (plain < 1e30)).all()) is (scale == 1.0)
     torch.testing.assert_close(out, ref, atol=2e-5 * scale, rtol=1e-4)
+
+
+class _Counted:
+    """A fused-linear kernel that counts its calls (``op(...)`` and ``op.binary(...)``)."""
+
+    def __init__(self, op, calls):
+        self.op, self.calls = op, calls
+
+    def __call__(self, *a):
+        self.calls.append(a[3])
+        return self.op(*a)
+
+    def binary(self, *a):
+        self.calls.append(a[4])
+        return self.op.binary(*a)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_query_blocks_and_readout_equal_the_modules(monkeypatch, fused):
+    """Queries run each transformer block and the readout with bias, GELU and residual inside the linear
+    layer's kernel (oneDNN's fused linear where the torch build has it, else the plain steps): the same
+    function as the modules, which training and validation still run."""
+    import bioworld.model.jepa as jepa
+    from bioworld.model.config import JEPAConfig
+
+    real = jepa._fused_linear()
+    if fused and real is None:
+        pytest.skip("this torch build has no fused oneDNN linear kernel")
+    calls: list[str] = []
+    monkeypatch.setattr(jepa, "_FUSED_LINEAR", [_Counted(real, calls) if fused else None])
+    torch.manual_seed(0)
+    blk = jepa._Block(32, 4, 2.0, 0.0).eval()
+    readout = jepa.Readout(JEPAConfig(n_genes=23, n_entities=7, gene_feature_dim=3)).eval()
+    for p in [*blk.parameters(), *readout.parameters()]:
+        torch.nn.init.normal_(p, std=0.3)  # non-trivial biases and norms
+    h, z = torch.randn(9, 13, 32), torch.randn(9, 7, 32)
+    with torch.no_grad():
+        ref_h, (ref_x, ref_s) = blk(h), readout(z)
+    assert not calls  # outside inference mode: the modules
+    with torch.inference_mode():
+        got_h, (got_x, got_s) = blk(h), readout(z)
+    # qkv, projection + residual, MLP in + GELU, MLP out + residual; the readout's two layers
+    assert calls == (["none", "add", "gelu", "add", "gelu", "none"] if fused else [])
+    torch.testing.assert_close(got_h, ref_h, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_x, ref_x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_s, ref_s)
+    blk.train()
+    with torch.inference_mode():
+        blk(h)
+    assert len(calls) == (6 if fused else 0)  # a module in training mode never takes the query path

@@ -108,6 +108,54 @@ def _math_attention(qkv: Tensor, h: int) -> Tensor:
     return torch.cat(heads, 1).transpose(1, 2)
 
 
+def _query_mode(module: nn.Module, x: Tensor, key_padding_mask: Tensor | None, local: tuple[int, int] | None) -> bool:
+    """Whether a block or attention call is a query the engine's CPU kernels answer: eval mode, no gradient
+    (``torch.inference_mode``), CPU, no padding mask, dense attention. Training and validation keep torch's
+    fused attention and plain linear layers."""
+    return (local is None and key_padding_mask is None and not module.training and x.device.type == "cpu"
+            and torch.is_inference_mode_enabled())
+
+
+def _linear(x: Tensor, layer: nn.Linear, *, gelu: str | None = None, residual: Tensor | None = None) -> Tensor:
+    """``layer(x)``, then ``gelu(.)`` (approximation ``gelu``) or ``residual + .``, in one oneDNN kernel
+    (``torch.ops.mkldnn._linear_pointwise``, what torch's own compiler emits for CPU inference) where this
+    torch build has it (:func:`_fused_linear`); else the same steps one by one. On this project's 2 x86
+    cores the fused kernel gave the same floats as the separate steps in 20-30% less time per layer
+    (``benchmarks/results/speed/query_speed_notes.md``, "Stop 25")."""
+    op = _fused_linear()
+    if op is not None:
+        if residual is not None:
+            return op.binary(x, residual, layer.weight, layer.bias, "add")
+        return op(x, layer.weight, layer.bias, "none" if gelu is None else "gelu", [], "" if gelu is None else gelu)
+    y = layer(x)
+    if gelu is not None:
+        y = F.gelu(y, approximate=gelu)
+    return y if residual is None else residual + y
+
+
+_FUSED_LINEAR: list = []  # [the fused kernel, or None where it is missing or disagrees]; [] = not yet checked
+
+
+def _fused_linear():
+    """oneDNN's fused linear kernel where it runs in this torch build and agrees with the separate steps
+    (checked once per process on a small case), else None: a build or CPU without it takes the plain path."""
+    if not _FUSED_LINEAR:
+        op = None
+        try:
+            with torch.inference_mode():
+                g = torch.Generator().manual_seed(0)
+                x, r, w, b = (torch.randn(*shape, generator=g) for shape in ((6, 5, 16), (6, 5, 8), (8, 16), (8,)))
+                fused, y = torch.ops.mkldnn._linear_pointwise, F.linear(x, w, b)  # (the global RNG is left alone)
+                if (torch.allclose(fused(x, w, b, "none", [], ""), y, atol=1e-5)
+                        and torch.allclose(fused(x, w, b, "gelu", [], "none"), F.gelu(y), atol=1e-5)
+                        and torch.allclose(fused.binary(x, r, w, b, "add"), r + y, atol=1e-5)):
+                    op = fused
+        except (AttributeError, RuntimeError, NotImplementedError):
+            op = None
+        _FUSED_LINEAR.append(op)
+    return _FUSED_LINEAR[0]
+
+
 # row sums of exp(scores) in which the plain exp is as exact as the max-subtracted softmax: the largest
 # term is a normal float (no underflow) and sums / matmuls stay far from overflow
 _SOFTMAX_SAFE = (1e-30, 1e30)
@@ -134,8 +182,7 @@ class _Attention(nn.Module):
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, local: tuple[int, int] | None = None) -> Tensor:
         B, T, C = x.shape
-        if (local is None and key_padding_mask is None and not self.training and x.device.type == "cpu"
-                and torch.is_inference_mode_enabled()):
+        if _query_mode(self, x, key_padding_mask, local):
             return self.proj(_math_attention(self.qkv(x), self.h))  # queries (engine): see _math_attention
         q, k, v = self.qkv(x).view(B, T, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)  # [B, h, T, c]
         if local is not None:
@@ -208,8 +255,17 @@ class _Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, h: Tensor, key_padding_mask: Tensor | None = None, local: tuple[int, int] | None = None) -> Tensor:
+        if _query_mode(self, h, key_padding_mask, local):
+            return self._query(h)
         h = h + self.drop(self.attn(self.norm1(h), key_padding_mask, local))
         return h + self.drop(self.mlp(self.norm2(h)))
+
+    def _query(self, h: Tensor) -> Tensor:
+        """The block (eval mode, no mask, dense) for queries on the CPU: :func:`_math_attention`, and each
+        linear layer with its bias, GELU or residual sum inside one kernel (:func:`_linear`)."""
+        att, fc1, act, fc2 = self.attn, self.mlp[0], self.mlp[1], self.mlp[2]
+        h = _linear(_math_attention(_linear(self.norm1(h), att.qkv), att.h), att.proj, residual=h)
+        return _linear(_linear(self.norm2(h), fc1, gelu=act.approximate), fc2, residual=h)
 
 
 class SlotEncoder(nn.Module):
@@ -433,7 +489,11 @@ class Readout(nn.Module):
         self.score_bias = nn.Parameter(torch.zeros(E))
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.expr(z.flatten(1))
+        if _query_mode(self, z, None, None):  # queries on the CPU: the GELU inside the first product's kernel
+            norm, hidden, act, out = self.expr
+            x = _linear(_linear(norm(z.flatten(1)), hidden, gelu=act.approximate), out)
+        else:
+            x = self.expr(z.flatten(1))
         s = self.score(z).squeeze(-1) + self.score_bias
         return x, s
 
