@@ -459,13 +459,23 @@ def _ms(v, count=False):
     return (f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}") + tail
 
 
+def plotted_sets(datasets) -> list[str]:
+    """The blocks ``design.png`` draws: per family (the dataset name before `` (``: simulator, papalexi, atlas) its
+    most recently written block (last in the CSV), so the figure keeps one column per family; every block's table
+    is in DESIGN.md."""
+    last: dict[str, str] = {}
+    for ds in datasets:
+        last[str(ds).split(" (")[0]] = ds  # (families in the order they first appear)
+    return list(last.values())
+
+
 def plot(df, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = list(dict.fromkeys(df.dataset))
+    sets = plotted_sets(df.dataset)
     fig, axes = plt.subplots(3, len(sets), figsize=(4.6 * len(sets), 10), squeeze=False)
     for j, ds in enumerate(sets):
         d = df[df.dataset == ds]
@@ -531,7 +541,7 @@ def write_report(out: Path) -> Path:
              "share of random's final count (interpolated between rounds; mean over the seeds that reached it, "
              "(k/n) = how many did; n/a = none). `err_all` "
              "scores every candidate (a fixed set) instead of the unmeasured ones.", "",
-             "![error vs round](design.png)", ""]
+             "![error vs round, the newest block of each family](design.png)", ""]
     for ds, g in summ.groupby("dataset", sort=False):
         d = df[df.dataset == ds]
         lines += [f"## {ds}", "",

@@ -46,3 +46,11 @@ def test_refit_warm_or_cold(monkeypatch, cold, prev, expected):
     assert _FakeModel.calls == expected
     assert len(out.modules) == 2
     assert setup.new_module is _FakeModel.fresh  # the warm start is undone after training
+
+
+def test_design_png_draws_the_newest_block_of_each_family():
+    """design.png keeps one column per family (simulator, papalexi, atlas): the block written last."""
+    mod = benchmark_script("run_design")
+    rows = ["simulator", "simulator", "papalexi", "simulator (abc, warm 300)", "atlas", "papalexi (x)",
+            "simulator (abc)", "atlas (HT-29, y)"]
+    assert mod.plotted_sets(rows) == ["simulator (abc)", "papalexi (x)", "atlas (HT-29, y)"]
