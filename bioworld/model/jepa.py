@@ -150,7 +150,7 @@ def _fused_linear():
                         and torch.allclose(fused(x, w, b, "gelu", [], "none"), F.gelu(y), atol=1e-5)
                         and torch.allclose(fused.binary(x, r, w, b, "add"), r + y, atol=1e-5)):
                     op = fused
-        except (AttributeError, RuntimeError, NotImplementedError):
+        except Exception:  # a capability probe: any failure of the kernel means the plain path
             op = None
         _FUSED_LINEAR.append(op)
     return _FUSED_LINEAR[0]
