@@ -476,7 +476,12 @@ def plot(df, path):
     import matplotlib.pyplot as plt
 
     sets = plotted_sets(df.dataset)
-    fig, axes = plt.subplots(3, len(sets), figsize=(4.6 * len(sets), 10), squeeze=False)
+    names = _order(df[df.dataset.isin(sets)].strategy)
+    palette = plt.get_cmap("tab10")
+    colour = {s: "k" if s == "random" else palette(i % 10) for i, s in enumerate(n for n in names if n != "random")}
+    colour["random"] = "k"
+    fig, axes = plt.subplots(3, len(sets), figsize=(5.2 * len(sets), 10.5), squeeze=False)
+    labels = ("MSE per gene, mean over unmeasured", "MSE per gene, mean over all candidates", "share of true goal hits measured")
     for j, ds in enumerate(sets):
         d = df[df.dataset == ds]
         for s in _order(d.strategy):
@@ -487,15 +492,12 @@ def plot(df, path):
                 m = h.groupby("round")[[col, "n_measured"]].agg(["mean", "std"])
                 x = m[("n_measured", "mean")]
                 axes[i, j].errorbar(x, m[(col, "mean")], yerr=m[(col, "std")].fillna(0), label=s, marker="o",
-                                    ms=3, capsize=2, lw=1.5 if s != "random" else 2.5,
-                                    color="k" if s == "random" else None)
-        axes[0, j].set_title(f"{ds}: error on unmeasured")
-        axes[1, j].set_title(f"{ds}: error on every candidate")
-        axes[2, j].set_title(f"{ds}: share of true goal hits measured")
+                                    ms=3, capsize=2, lw=2.5 if s == "random" else 1.5, color=colour[s])
+        axes[0, j].set_title(ds.replace(" (", "\n("), fontsize=10)
         axes[2, j].set_xlabel("perturbations measured")
-        axes[0, j].set_ylabel("MSE per gene (mean over unmeasured)")
-        axes[1, j].set_ylabel("MSE per gene (mean over all)")
-    axes[0, 0].legend(fontsize=8)
+        axes[0, j].legend(fontsize=7)
+        for i, lab in enumerate(labels):
+            axes[i, j].set_ylabel(lab, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
