@@ -271,3 +271,18 @@ def test_query_blocks_and_readout_equal_the_modules(monkeypatch, fused):
     with torch.inference_mode():
         blk(h)
     assert len(calls) == (6 if fused else 0)  # a module in training mode never takes the query path
+
+
+def test_query_block_in_float64_takes_the_plain_steps():
+    """The fused kernel was probed in float32 only: a float64 module answers queries with the plain steps."""
+    import bioworld.model.jepa as jepa
+
+    torch.manual_seed(0)
+    blk = jepa._Block(16, 2, 2.0, 0.0).eval().double()
+    h = torch.randn(4, 6, 16, dtype=torch.float64)
+    with torch.no_grad():
+        ref = blk(h)
+    with torch.inference_mode():
+        got = blk(h)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)

@@ -122,7 +122,7 @@ def _linear(x: Tensor, layer: nn.Linear, *, gelu: str | None = None, residual: T
     torch build has it (:func:`_fused_linear`); else the same steps one by one. On this project's 2 x86
     cores the fused kernel gave the same floats as the separate steps in 20-30% less time per layer
     (``benchmarks/results/speed/query_speed_notes.md``, "Stop 25")."""
-    op = _fused_linear()
+    op = _fused_linear() if x.dtype == torch.float32 else None  # (the probe checked float32)
     if op is not None:
         if residual is not None:
             return op.binary(x, residual, layer.weight, layer.bias, "add")
