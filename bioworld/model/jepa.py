@@ -88,24 +88,24 @@ def _math_attention(qkv: Tensor, h: int) -> Tensor:
     The softmax is ``exp(s) / sum exp(s)`` with the division applied to the head's output (``T x c``
     values, not ``T x T``) and no max subtracted, which is exact while the row sums stay in a safe
     float range; a head where any does not (scores above ~69 or all below ~-69) takes the
-    max-subtracted softmax. The result is a ``[B, T, C]`` view of a ``[B, C, T]`` tensor. Answers
+    max-subtracted softmax. The result is a contiguous ``[B, T, C]`` tensor. Answers
     differ from the fused kernel by float rounding.
     """
     B, T, C3 = qkv.shape
     C = C3 // 3
     c = C // h
-    heads = []
+    out = qkv.new_empty(h, B, c, T)  # each head's output [B, c, queries], written in place
     for j in range(h):
         q, k, v = (qkv[:, :, i * C + j * c: i * C + (j + 1) * c] for i in range(3))  # [B, T, c] views
         e = torch.baddbmm(qkv.new_empty(()), k, q.transpose(1, 2), beta=0.0, alpha=c ** -0.5).exp_()  # [B, keys, queries]
         total = e.sum(1, keepdim=True)  # [B, 1, queries]
         lo, hi = torch.aminmax(total)
         if float(lo) > _SOFTMAX_SAFE[0] and float(hi) < _SOFTMAX_SAFE[1]:  # (NaN fails both)
-            heads.append(torch.bmm(v.transpose(1, 2), e).div_(total))  # [B, c, queries]
+            torch.bmm(v.transpose(1, 2), e, out=out[j]).div_(total)
             continue
         s = torch.baddbmm(qkv.new_empty(()), k, q.transpose(1, 2), beta=0.0, alpha=c ** -0.5)
-        heads.append(torch.bmm(v.transpose(1, 2), s.softmax(1)))
-    return torch.cat(heads, 1).transpose(1, 2)
+        torch.bmm(v.transpose(1, 2), s.softmax(1), out=out[j])
+    return out.permute(1, 3, 0, 2).reshape(B, T, C)  # one copy into the next layer's [B, T, C] layout
 
 
 def _query_mode(module: nn.Module, x: Tensor, key_padding_mask: Tensor | None, local: tuple[int, int] | None) -> bool:
