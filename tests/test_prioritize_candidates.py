@@ -105,9 +105,12 @@ def test_max_genes_and_dose_are_checked(tiny_trained, cells):
         tiny_trained.prioritize(cells, goal, dose=float("nan"))
 
 
-def test_gene_table_names_that_are_not_labels_are_never_candidates(tiny_trained):
+def test_gene_table_names_that_are_not_labels_are_never_candidates(tiny_trained, monkeypatch):
+    import bioworld.query._candidates as C
     from bioworld.query._candidates import _knockout_label, gene_candidates, unlabelled_genes
     from bioworld.query._planner import Goal
+
+    monkeypatch.setattr(C, "MIN_SHARED_PANEL", 0.0)  # the whole table, though the simulator's names are no one's
 
     space = tiny_trained.space
     assert _knockout_label(space, "JAK1") and not _knockout_label(space, "TP73:DELTA")
@@ -174,3 +177,25 @@ def test_pairs_that_add_nothing_name_their_single_and_gene_deltas_are_kept(ranke
     assert list(gd.columns) == list(tiny_trained.genes) and 0 < len(gd) <= 30 and np.isfinite(gd.to_numpy()).all()
     assert set(gd.index) <= set(t.index[(t["flag"] == "") & (t["collapsed_into"] == "")])
     assert np.abs(gd.to_numpy()).max() > 0
+
+
+def test_a_panel_the_bundled_gene_sets_do_not_name_gets_only_its_own_genes(tiny_trained):
+    """The simulator's gene names are in none of the bundled gene sets: the default gene candidates are its targets
+    and panel genes (with a warning that says so), not the sets' 18,000 human genes; a human panel keeps them."""
+    from bioworld.data import DataWarning
+    from bioworld.query._candidates import _in_namespace, gene_candidates
+    from bioworld.query._planner import Goal
+
+    space = tiny_trained.space
+    goal = Goal.parse(f"down:{tiny_trained.entity_names[0]}", entity_names=tiny_trained.entity_names)
+    with pytest.warns(DataWarning, match=r"name 0 of the panel's \d+ genes"):
+        every = gene_candidates(space, Readout.of(goal, tiny_trained.engine, tiny_trained.genes),
+                                trained=sorted(tiny_trained.engine.trained), max_genes=None)
+    assert set(every) <= set(tiny_trained.genes) | set(space.genetic_targets())
+    assert len(set(every) - set(space.genetic_targets())) > 0  # the panel's other genes are candidates
+    human = ["STAT1", "JAK2", "IRF1", "IFNGR1", "CD274", "SYNTHETIC1"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert _in_namespace(["MEP1A", "TP53", "STAT2"], human) == ["MEP1A", "TP53", "STAT2"]

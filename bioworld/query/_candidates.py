@@ -44,6 +44,10 @@ READOUT_FLAG = "readout"
 #: Defaults of the guard (see the module docstring).
 OVERLAP, READOUT_SHARE = 0.5, 0.1
 GENETIC = ("ko", "kd", "act")
+#: Genes of the bundled gene sets outside the panel are default candidates only when those sets name at least
+#: this share of the panel's genes (a screen in another namespace, e.g. mouse symbols or a simulator's names,
+#: shares nothing real with them; :func:`gene_candidates`)
+MIN_SHARED_PANEL = 0.1
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,7 @@ def gene_candidates(space: Any, readout: Readout, *, trained: Sequence[str], max
     table = space.genes
     known_set = set(known)
     genes = [g for g in table.genes if g and g not in known_set]  # label check below, in ranked order
+    genes = _in_namespace(genes, readout.panel)
     feats = _unit(table.features(genes).astype(np.float64))
     keep = np.linalg.norm(feats, axis=1) > 0
     genes = [g for g, k in zip(genes, keep) if k]
@@ -161,6 +166,43 @@ def gene_candidates(space: Any, readout: Readout, *, trained: Sequence[str], max
         if _knockout_label(space, genes[i]):
             extra.append(genes[i])
     return known + extra
+
+
+def _in_namespace(genes: list[str], panel: Sequence[str]) -> list[str]:
+    """``genes`` as they are when the bundled gene sets (the gene table's other source) name at least
+    :data:`MIN_SHARED_PANEL` of the panel's genes; else only the panel's own genes, with a warning: the other
+    genes' features come from sets that name none of this screen's genes, so the model's answer for them is
+    not grounded in anything it measured."""
+    import warnings
+
+    from bioworld.data import DataWarning
+
+    bundled = _bundled_genes()
+    panel = [str(g) for g in panel]
+    shared = sum(g in bundled for g in panel)
+    if not panel or shared >= MIN_SHARED_PANEL * len(panel):
+        return genes
+    own = set(panel)
+    kept = [g for g in genes if g in own]
+    warnings.warn(f"the bundled gene sets name {shared} of the panel's {len(panel)} genes (fewer than "
+                  f"{MIN_SHARED_PANEL:.0%}): the default gene candidates are the data's targets and the panel's "
+                  f"genes ({len(kept)} more), not the {len(genes) - len(kept)} other genes of those sets. Fix: pass "
+                  "the genes to rank (genes= / --candidates), written as the panel writes them", DataWarning,
+                  stacklevel=4)
+    return kept
+
+
+_BUNDLED_GENES: list[frozenset[str]] = []
+
+
+def _bundled_genes() -> frozenset[str]:
+    """Every gene named by the bundled gene sets the gene table is built from (read once per process)."""
+    if not _BUNDLED_GENES:
+        from bioworld.actions._space import FEATURE_SOURCES
+        from bioworld.entities import load_bundled
+
+        _BUNDLED_GENES.append(frozenset(g for name in FEATURE_SOURCES for e in load_bundled(name) for g in e.genes))
+    return _BUNDLED_GENES[0]
 
 
 def _knockout_label(space: Any, gene: str) -> bool:
