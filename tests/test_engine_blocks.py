@@ -186,20 +186,24 @@ def test_math_attention_equals_the_fused_kernel(monkeypatch):
     import bioworld.model.jepa as jepa
 
     torch.manual_seed(0)
-    att = jepa._Attention(32, 4, 0.0).eval()
+    blk = jepa._Block(32, 4, 2.0, 0.0).eval()
     x = torch.randn(6, 11, 32)
     with torch.no_grad():
-        fused = att(x)
+        fused = blk(x)
     calls = []
     fused_kernel = jepa.F.scaled_dot_product_attention
     monkeypatch.setattr(jepa.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused_kernel(*a, **k))
     with torch.inference_mode():
-        math = att(x)
+        math = blk(x)
     assert not calls  # queries take the math path
     with torch.no_grad():
-        att(x)
+        blk(x)
     assert calls  # training and validation keep the fused kernel
     torch.testing.assert_close(math, fused, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the attention alone: the math path is the same function as the fused kernel
+        qkv = blk.attn.qkv(blk.norm1(x))
+        ref = blk.attn(blk.norm1(x))
+    torch.testing.assert_close(blk.attn.proj(jepa._math_attention(qkv, 4)), ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("scale", [1.0, 40.0])

@@ -109,7 +109,7 @@ def _math_attention(qkv: Tensor, h: int) -> Tensor:
 
 
 def _query_mode(module: nn.Module, x: Tensor, key_padding_mask: Tensor | None, local: tuple[int, int] | None) -> bool:
-    """Whether a block or attention call is a query the engine's CPU kernels answer: eval mode, no gradient
+    """Whether a block or readout call is a query the engine's CPU kernels answer: eval mode, no gradient
     (``torch.inference_mode``), CPU, no padding mask, dense attention. Training and validation keep torch's
     fused attention and plain linear layers."""
     return (local is None and key_padding_mask is None and not module.training and x.device.type == "cpu"
@@ -181,9 +181,7 @@ class _Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, local: tuple[int, int] | None = None) -> Tensor:
-        B, T, C = x.shape
-        if _query_mode(self, x, key_padding_mask, local):
-            return self.proj(_math_attention(self.qkv(x), self.h))  # queries (engine): see _math_attention
+        B, T, C = x.shape  # (queries on the CPU run _Block._query: _math_attention, not this)
         q, k, v = self.qkv(x).view(B, T, 3, self.h, C // self.h).permute(2, 0, 3, 1, 4)  # [B, h, T, c]
         if local is not None:
             y = self._local(q, k, v, key_padding_mask, *local)
