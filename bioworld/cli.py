@@ -1214,8 +1214,23 @@ def benchmark_cmd(
 
 
 # ---------------------------------------------------------------------------------- entry point
+#: Seconds between progress-bar updates when stderr is a file or a pipe (a log), not a terminal
+LOG_PROGRESS_INTERVAL = "10"
+
+
+def _progress_for_logs(stream: Any = None) -> None:
+    """When ``stream`` (default stderr) is not a terminal, progress bars redraw every
+    :data:`LOG_PROGRESS_INTERVAL` seconds instead of ten times a second (tqdm's ``TQDM_MININTERVAL``), so a run
+    written to a log file stays readable; a value the user set is kept."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if not (callable(isatty) and isatty()):
+        os.environ.setdefault("TQDM_MININTERVAL", LOG_PROGRESS_INTERVAL)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point (``bioworld = "bioworld.cli:main"``)."""
+    _progress_for_logs()
     app(args=argv, prog_name="bioworld")
 
 

@@ -299,3 +299,25 @@ def test_inspect_reports_knowledge_coverage_with_hints(tmp_path):
     # a screen whose targets are all known gets the count only
     known = invoke("inspect", "papalexi")
     assert "knowledge: 20 of 20 genetic targets" in known.stdout and "without:" not in known.stdout
+
+
+def test_progress_bars_redraw_rarely_when_the_cli_writes_to_a_log(monkeypatch):
+    """stderr to a file or a pipe: tqdm redraws every LOG_PROGRESS_INTERVAL s; a terminal, or a value the user
+    set, is left alone."""
+    import io
+
+    from bioworld import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setenv("TQDM_MININTERVAL", "recorded")  # so that teardown restores the variable as it was
+    monkeypatch.delenv("TQDM_MININTERVAL")
+    cli._progress_for_logs(Terminal())
+    assert "TQDM_MININTERVAL" not in os.environ
+    cli._progress_for_logs(io.StringIO())
+    assert os.environ["TQDM_MININTERVAL"] == cli.LOG_PROGRESS_INTERVAL
+    monkeypatch.setenv("TQDM_MININTERVAL", "0.5")
+    cli._progress_for_logs(io.StringIO())
+    assert os.environ["TQDM_MININTERVAL"] == "0.5"
