@@ -69,3 +69,16 @@ def close_matches(
                 if k not in out and k != name:
                     out.append(k)
     return out[:n]
+
+
+def user_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` made by the function that calls this: the first frame outside the
+    bioworld package, so a warning points at the user's own line whatever the depth of the call inside."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

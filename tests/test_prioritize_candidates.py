@@ -188,9 +188,10 @@ def test_a_panel_the_bundled_gene_sets_do_not_name_gets_only_its_own_genes(tiny_
 
     space = tiny_trained.space
     goal = Goal.parse(f"down:{tiny_trained.entity_names[0]}", entity_names=tiny_trained.entity_names)
-    with pytest.warns(DataWarning, match=r"name 0 of the panel's \d+ genes"):
+    with pytest.warns(DataWarning, match=r"name 0 of the panel's \d+ genes") as caught:
         every = gene_candidates(space, Readout.of(goal, tiny_trained.engine, tiny_trained.genes),
                                 trained=sorted(tiny_trained.engine.trained), max_genes=None)
+    assert caught[0].filename == __file__  # the warning points at the caller's line, not inside bioworld
     assert set(every) <= set(tiny_trained.genes) | set(space.genetic_targets())
     assert len(set(every) - set(space.genetic_targets())) > 0  # the panel's other genes are candidates
     human = ["STAT1", "JAK2", "IRF1", "IFNGR1", "CD274", "SYNTHETIC1"]

@@ -176,6 +176,7 @@ def _in_namespace(genes: list[str], panel: Sequence[str]) -> list[str]:
     import warnings
 
     from bioworld.data import DataWarning
+    from bioworld.errors import user_stacklevel
 
     bundled = _bundled_genes()
     panel = [str(g) for g in panel]
@@ -188,7 +189,7 @@ def _in_namespace(genes: list[str], panel: Sequence[str]) -> list[str]:
                   f"{MIN_SHARED_PANEL:.0%}): the default gene candidates are the data's targets and the panel's "
                   f"genes ({len(kept)} more), not the {len(genes) - len(kept)} other genes of those sets. Fix: pass "
                   "the genes to rank (genes= / --candidates), written as the panel writes them", DataWarning,
-                  stacklevel=4)
+                  stacklevel=user_stacklevel())
     return kept
 
 
