@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bioworld.errors import BioworldError, DataValidationError
+from bioworld.errors import user_stacklevel
 from bioworld.report._enrichment import enrichment
 
 __all__ = ["enrichment", "latents", "to_cell_eval"]
@@ -159,7 +160,7 @@ def to_cell_eval(
                                                                max_cells=max_cells, rng=rng, model_control=base.control)
     if skipped:
         warnings.warn(f"{len(skipped)} perturbation(s) left out of the cell-eval files (the model cannot predict "
-                      "them): " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), stacklevel=2)
+                      "them): " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), stacklevel=user_stacklevel())
     if len(real_idx) == 1:
         raise BioworldError(f"the model can predict none of the perturbations in the data (e.g. {list(skipped.items())[:2]})")
     ridx = np.concatenate(real_idx)

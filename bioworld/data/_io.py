@@ -22,6 +22,7 @@ import pandas as pd
 from bioworld.data._bundled import bundled_path
 from bioworld.data._register import DataWarning, _check_control, _make_unique
 from bioworld.errors import DataValidationError
+from bioworld.errors import user_stacklevel
 
 __all__ = ["read_h5ad", "use_layer", "load_papalexi", "load_l1000", "read_gears", "format_dose", "compound_labels", "has_bare_names"]
 
@@ -55,7 +56,7 @@ def _unique_symbols(adata: Any, symbols: list[str], source: str) -> list[str]:
             "occurrence keeps the symbol, later ones get the suffix -1, -2, ... (recorded in "
             "adata.uns['bioworld']['loader']['duplicated_symbols']).",
             DataWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     _loader_report(adata, duplicated_symbols=list(dups))
     return unique
@@ -460,7 +461,7 @@ def read_gears(path: str | Path, *, layout: Literal["auto", "gears", "scperturb"
             f"combination (e.g. {sorted(unsplit)[:5]}); they are kept unchanged. Fix: set "
             "obs['nperts'] or rewrite them as 'A+B'.",
             DataWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     _loader_report(adata, unsplit_labels=sorted(unsplit))
     obs["perturbation"] = pd.Categorical(converted)

@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bioworld.errors import DataValidationError
+from bioworld.errors import user_stacklevel
 from bioworld.errors import preview as _preview
 
 __all__ = [
@@ -538,7 +539,7 @@ def _split_groups(counts: Any, control: str, min_cells_per_group: int,
             f"aside (listed in registration.dropped): {_preview(dropped, 8)}"
         )
         findings.append(msg)
-        warnings.warn(msg + ". Lower min_cells_per_group to keep them.", DataWarning, stacklevel=3)
+        warnings.warn(msg + ". Lower min_cells_per_group to keep them.", DataWarning, stacklevel=user_stacklevel())
     return perturbations, dropped
 
 

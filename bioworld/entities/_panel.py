@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from bioworld.entities._entity import Entity, EntitySet
 from bioworld.errors import EntityError
+from bioworld.errors import user_stacklevel
 
 
 class EntityWarning(UserWarning):
@@ -237,7 +238,7 @@ def map_to_panel(entity_set: EntitySet, var_names: Sequence[str] | Any, *, min_g
             f"Dropped {len(dropped)} of {len(entity_set)} entities with fewer than min_genes={min_genes} "
             f"genes in the panel (in panel/total): {shown}{more}; see PanelMap.coverage.",
             EntityWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return PanelMap(
         entity_set=entity_set.subset(e.name for e in kept),

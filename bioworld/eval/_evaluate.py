@@ -24,6 +24,7 @@ import pandas as pd
 
 from bioworld.report._evaluation import EVALUATION, load_evaluation  # noqa: F401 (re-exported)
 from bioworld.errors import BioworldError, DataValidationError
+from bioworld.errors import user_stacklevel
 from bioworld.eval.baselines import FitContext, MeanOfTrain, NoChange, split_half_ceiling
 from bioworld.eval.benchmark import CEILING, mean_deltas
 from bioworld.eval.metrics import score_deltas
@@ -190,7 +191,7 @@ def evaluate(
                          n_test_cells=int(test.n_obs), n_perturbations=len(pred))
     if skipped:
         warnings.warn(f"{len(skipped)} test perturbation(s) not scored (the model cannot predict them): "
-                      + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), stacklevel=2)
+                      + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), stacklevel=user_stacklevel())
     if out is not None:
         d = Path(out)
         if not d.is_dir():

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bioworld.errors import BioworldError, UnknownPerturbationError
+from bioworld.errors import user_stacklevel
 
 __all__ = [
     "Additive",
@@ -339,7 +340,7 @@ class LinearEmbedding(Baseline):
             warnings.warn(
                 f"LinearEmbedding: no prior knowledge for {self.unknown_[:5]} (in no gene set / regulon); "
                 "their prediction is the training mean",
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         return out
 

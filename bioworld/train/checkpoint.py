@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from bioworld._atomic import clean_stale, write_files
 from bioworld.errors import CheckpointError
+from bioworld.errors import user_stacklevel
 
 FORMAT = "bioworld-checkpoint"
 FORMAT_VERSION = 1
@@ -162,7 +163,7 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
             f"{d} was written by bioworld {meta.get('bioworld_version')} and is loaded by bioworld {__version__} "
             f"(same checkpoint format {FORMAT_VERSION}); predictions may differ if the model code changed",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     digest = _sha256(w_path)
     if digest != meta.get("weights_sha256"):

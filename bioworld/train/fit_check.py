@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bioworld.data import top_de_genes
+from bioworld.errors import user_stacklevel
 
 FIT_CHECK_PERTURBATIONS = 64  # training perturbations (most cells first) re-predicted after training
 WEAK_FIT_RATIO = 0.25  # warn when strong training effects come back below this share of their size
@@ -88,7 +89,7 @@ def record_fit(fit_df: pd.DataFrame, meta: dict[str, Any], findings: list[str]) 
         meta["training_fit"] = summary
     if msg is not None:
         findings.append(msg)
-        warnings.warn(msg, stacklevel=3)
+        warnings.warn(msg, stacklevel=user_stacklevel())
 
 
 def train_until_fit(build: Callable[[Any], Any], config: Any, *, restarts: int = 0, progress: bool = True,
