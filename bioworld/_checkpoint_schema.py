@@ -118,7 +118,8 @@ def _model_config(c: _Check, meta: Mapping[str, Any], n_genes: int, n_entities: 
         raise c.fail(p + "latent_dim", f"{cfg['latent_dim']} with n_heads {cfg['n_heads']}",
                      "a multiple of n_heads (attention splits the latent across heads)")
     for name, lo, hi, lo_open, hi_open in (("mlp_ratio", 0.0, 64.0, True, False), ("dropout", 0.0, 1.0, False, True),
-                                           ("retrieval_temperature", 0.0, 1e6, True, False),
+                                           # (cosines / temperature stay finite in float32 down to 1e-6)
+                                           ("retrieval_temperature", 1e-6, 1e6, False, False),
                                            ("own_embedding_dropout", 0.0, 1.0, False, False),
                                            ("compound_embedding_dropout", 0.0, 1.0, False, False),
                                            ("compound_embedding_scale", 0.0, 1e6, True, False)):

@@ -114,6 +114,8 @@ EDITS = {
     "indivisible_heads": (_set("model_config.n_heads", 5), "multiple of n_heads"),
     "depth_1e6": (_set("model_config.encoder_depth", 10**6), "encoder_depth"),
     "nan_dropout": (_set("model_config.dropout", float("nan")), "dropout"),
+    # (found by the fuzz test below: cosines / 1e-272 overflow to inf and every answer was NaN)
+    "tiny_retrieval_temperature": (_set("model_config.retrieval_temperature", 1.36e-272), "retrieval_temperature"),
     "n_genes_mismatch": (_set("model_config.n_genes", 81), "n_genes"),
     "registration_string_count": (_set("registration.n_cells", "abc"), "registration.n_cells"),
     "registration_not_object": (_set("registration", [1, 2]), "registration"),
