@@ -1,0 +1,185 @@
+"""A directed, signed knowledge prior for target prioritisation, rescored from saved retrospective tables (issue 14).
+
+The default ranking's knowledge part (:mod:`bioworld.query._priority`) is an undirected random walk from the goal's
+readout genes: it rewards a gene for being in or next to the readout, whatever the direction or sign of the link (the
+demo's top 30 for ``down:HALLMARK_INTERFERON_GAMMA_RESPONSE`` holds readout effectors such as MX1 or OAS2 and negative
+regulators such as SOCS1). The variant measured here replaces it by the candidate's *signed influence* on the readout
+through a directed regulation graph, as declared before any number was computed
+(``benchmarks/results/retrospective/directed_prior/DIRECTED_PRIOR.md``):
+
+- graph: the bundled OmniPath signed directed edges plus DoRothEA regulons of confidence A-C (TF -> target, sign of the
+  mode of regulation); parallel edges' signs summed and clipped to [-1, 1] (0 drops the edge), no self loops;
+- ``P[g, h] = sign(g -> h) / outdegree(g)``; readout vector ``w`` = the goal entity's full gene set with its weights,
+  scaled to ``sum |w| = 1``; influence ``I = sum_{k=1..3} 0.5^(k-1) P^k w`` (a gene's own membership, ``k = 0``, does
+  not count: only what it regulates);
+- raw prior ``I`` for a ``down:`` goal, ``-I`` for ``up:`` (a knockout or an inhibitor removes the gene's activity);
+  no out-edge: no prior (0.5); a compound: its best target's; everything else in the priority unchanged.
+
+Rescored exactly from each fold's saved table (no training), beside the run's baselines. Rule: adopt the variant as
+the default prior iff on both datasets the mean over seeds of the mean of the three metrics is >= the default's.
+
+    python benchmarks/run_retrospective_directed_prior.py [--out benchmarks/results/retrospective/directed_prior]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+ROOT = Path(__file__).resolve().parents[1]
+RETRO = ROOT / "benchmarks" / "results" / "retrospective"
+#: dataset -> (run folder with items.csv, its saved candidate tables)
+RUNS = {"papalexi": (RETRO / "run_papalexi", RETRO / "candidates"),
+        "l1000": (RETRO / "l1000_157e83d" / "run_l1000", RETRO / "l1000_157e83d" / "candidates")}
+HOPS, DAMPING, CONFIDENCE = 3, 0.5, ("A", "B", "C")
+DEFAULT, DIRECTED = "WorldModel (default, undirected prior)", "WorldModel (directed signed prior)"
+DIRECTED_ALONE, UNDIRECTED_ALONE = "Directed signed prior alone", "Undirected prior alone (the default's knowledge part)"
+
+
+def regulation_graph(edges: list[tuple[str, str, float]]) -> tuple[list[str], sparse.csr_matrix]:
+    """``(genes, [n, n] signed source -> target matrix)`` from ``(source, target, sign)`` edges: parallel edges'
+    signs summed and clipped to [-1, 1] (0 drops the edge), self loops dropped."""
+    edges = [(a, b, float(np.sign(s))) for a, b, s in edges if a != b and s != 0]
+    genes = sorted({a for a, _, _ in edges} | {b for _, b, _ in edges})
+    pos = {g: i for i, g in enumerate(genes)}
+    rows, cols = [pos[a] for a, _, _ in edges], [pos[b] for _, b, _ in edges]
+    m = sparse.coo_matrix(([s for _, _, s in edges], (rows, cols)), shape=(len(genes), len(genes))).tocsr()
+    m.sum_duplicates()
+    m.data = np.clip(m.data, -1.0, 1.0)
+    m.eliminate_zeros()
+    return genes, m
+
+
+def bundled_edges() -> list[tuple[str, str, float]]:
+    """OmniPath signed directed edges (complexes expanded) plus DoRothEA regulons of :data:`CONFIDENCE`."""
+    from bioworld.data import bundled_path
+    from bioworld.knowledge.network import load_omnipath
+
+    genes, m = load_omnipath()
+    c = m.tocoo()
+    edges = [(genes[i], genes[j], float(s)) for i, j, s in zip(c.row, c.col, c.data)]
+    with gzip.open(bundled_path("networks/dorothea_hs_regulons.tsv.gz"), "rt") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        tf, conf, target, mor = (header.index(k) for k in ("tf", "confidence", "target", "mor"))
+        for line in fh:
+            p = line.rstrip("\n").split("\t")
+            if p[conf] in CONFIDENCE:
+                edges.append((p[tf], p[target], float(p[mor])))
+    return edges
+
+
+def signed_influence(weights: dict[str, float], graph: tuple[list[str], sparse.csr_matrix], *, hops: int = HOPS,
+                     damping: float = DAMPING) -> dict[str, float]:
+    """Each gene with an out-edge -> ``sum_{k=1..hops} damping^(k-1) (P^k w)[g]``, ``P`` the out-degree normalised
+    signed graph and ``w`` the readout weights scaled to ``sum |w| = 1`` (genes off the graph carry none)."""
+    genes, m = graph
+    pos = {g: i for i, g in enumerate(genes)}
+    w = np.zeros(len(genes))
+    for g, v in weights.items():
+        if g in pos:
+            w[pos[g]] = v
+    if not np.abs(w).sum():
+        raise ValueError("no readout gene is on the regulation graph")
+    w /= np.abs(w).sum()
+    out = np.asarray((m != 0).sum(1)).ravel()
+    step = sparse.diags(np.where(out > 0, 1.0 / np.maximum(out, 1), 0.0)) @ m
+    v, total = w, np.zeros(len(genes))
+    for k in range(1, hops + 1):
+        v = step @ v
+        total += damping ** (k - 1) * v
+    return {g: float(total[i]) for i, g in enumerate(genes) if out[i] > 0}
+
+
+def raw_prior(table: pd.DataFrame, influence: dict[str, float], sign: float, targets) -> np.ndarray:
+    """Per row: ``sign x`` the gene's influence, a compound's best target's (``targets(name)``), NaN without one."""
+    out = np.full(len(table), np.nan)
+    for i, (lab, kind) in enumerate(zip(table["intervention"], table["kind"])):
+        if kind == "gene" and lab in influence:
+            out[i] = sign * influence[lab]
+        elif kind == "compound":
+            vals = [sign * influence[g] for g in targets(lab.rsplit("@", 1)[0]) if g in influence]
+            if vals:
+                out[i] = max(vals)
+    return out
+
+
+def _fold_rows(V, R, folds: dict, influence: dict[str, float], sign: float, targets) -> list[dict]:
+    rows: list[dict] = []
+    for key, (f, part) in folds.items():
+        _, p_old, pr_old = f.columns("logodds")
+        old, f.prior = f.prior, raw_prior(f.table, influence, sign, targets)
+        try:
+            _, p_new, pr_new = f.columns("logodds")
+        finally:
+            f.prior = old
+        for method, s in ((DEFAULT, pr_old), (DIRECTED, pr_new), (DIRECTED_ALONE, np.nan_to_num(p_new, nan=0.5)),
+                          (UNDIRECTED_ALONE, np.nan_to_num(p_old, nan=0.5))):
+            rows += V._rows(f, part, key, method, s)
+    return rows
+
+
+def summary(R, items: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per dataset and method: mean +- sd over seeds of each metric (each seed pooled over its folds) and the mean
+    of the three means (``mean3``, the rule's number)."""
+    out = []
+    for (ds, method), part in items.groupby(["dataset", "method"], sort=False):
+        per = [R.metrics_of(s["percentile"], s["hit"], k) for _, s in part.groupby("seed")]
+        row = {"dataset": ds, "method": method}
+        for m in R.METRICS:
+            vals = np.array([x[m] for x in per], dtype=np.float64)
+            row[m], row[m + "_sd"] = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        row["mean3"] = float(np.mean([row[m] for m in R.METRICS]))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=RETRO / "directed_prior")
+    a = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import run_retrospective_variants as V
+
+    from bioworld.eval import retrospective as R
+    from bioworld.knowledge import CompoundKnowledge
+
+    t0, load = time.perf_counter(), os.getloadavg()
+    ck = CompoundKnowledge.bundled()
+
+    def targets(name: str) -> list[str]:
+        return ck.targets(name) if ck.resolve(name, strict=False) else []
+
+    graph = regulation_graph(bundled_edges())
+    rows = []
+    for ds, (run, cands) in RUNS.items():
+        items = pd.read_csv(run / "items.csv")
+        items = items[items["dataset"] == ds]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            folds = V.load_folds(items, cands, rule="auto")
+        goal = R.GOALS[ds]
+        influence = signed_influence(R._goal_genes(goal)[1], graph)
+        rows.append(pd.DataFrame(_fold_rows(V, R, folds, influence, 1.0 if goal.startswith("down:") else -1.0, targets)))
+        rows.append(items[items["method"].isin([R.NETWORK, R.PATHWAY, R.RANDOM])][list(R.ITEM_COLUMNS)])
+    table = summary(R, pd.concat(rows, ignore_index=True), R.RetroSettings().k)
+    a.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(a.out / "summary.csv", index=False)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    mean3 = table.set_index(["dataset", "method"])["mean3"]
+    adopt = all(mean3[(ds, DIRECTED)] >= mean3[(ds, DEFAULT)] for ds in RUNS)
+    print(f"rule (directed >= default on the mean of the three metrics, both datasets): "
+          f"{'adopt' if adopt else 'keep the default'}; {time.perf_counter() - t0:.1f} s, load {load[0]:.2f} at start")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
