@@ -7,8 +7,9 @@ regulators such as SOCS1). The variant measured here replaces it by the candidat
 through a directed regulation graph, as declared before any number was computed
 (``benchmarks/results/retrospective/directed_prior/DIRECTED_PRIOR.md``):
 
-- graph: the bundled OmniPath signed directed edges plus DoRothEA regulons of confidence A-C (TF -> target, sign of the
-  mode of regulation); parallel edges' signs summed and clipped to [-1, 1] (0 drops the edge), no self loops;
+- graph: :func:`bioworld.knowledge.network.regulation_network`, the bundled OmniPath signed directed edges plus
+  DoRothEA regulons of confidence A-C (TF -> target, sign of the mode of regulation); parallel edges' signs summed
+  and clipped to [-1, 1] (0 drops the edge), no self loops;
 - ``P[g, h] = sign(g -> h) / outdegree(g)``; readout vector ``w`` = the goal entity's full gene set with its weights,
   scaled to ``sum |w| = 1``; influence ``I = sum_{k=1..3} 0.5^(k-1) P^k w`` (a gene's own membership, ``k = 0``, does
   not count: only what it regulates);
@@ -24,7 +25,6 @@ the default prior iff on both datasets the mean over seeds of the mean of the th
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -40,41 +40,9 @@ RETRO = ROOT / "benchmarks" / "results" / "retrospective"
 #: dataset -> (run folder with items.csv, its saved candidate tables)
 RUNS = {"papalexi": (RETRO / "run_papalexi", RETRO / "candidates"),
         "l1000": (RETRO / "l1000_157e83d" / "run_l1000", RETRO / "l1000_157e83d" / "candidates")}
-HOPS, DAMPING, CONFIDENCE = 3, 0.5, ("A", "B", "C")
+HOPS, DAMPING = 3, 0.5
 DEFAULT, DIRECTED = "WorldModel (default, undirected prior)", "WorldModel (directed signed prior)"
 DIRECTED_ALONE, UNDIRECTED_ALONE = "Directed signed prior alone", "Undirected prior alone (the default's knowledge part)"
-
-
-def regulation_graph(edges: list[tuple[str, str, float]]) -> tuple[list[str], sparse.csr_matrix]:
-    """``(genes, [n, n] signed source -> target matrix)`` from ``(source, target, sign)`` edges: parallel edges'
-    signs summed and clipped to [-1, 1] (0 drops the edge), self loops dropped."""
-    edges = [(a, b, float(np.sign(s))) for a, b, s in edges if a != b and s != 0]
-    genes = sorted({a for a, _, _ in edges} | {b for _, b, _ in edges})
-    pos = {g: i for i, g in enumerate(genes)}
-    rows, cols = [pos[a] for a, _, _ in edges], [pos[b] for _, b, _ in edges]
-    m = sparse.coo_matrix(([s for _, _, s in edges], (rows, cols)), shape=(len(genes), len(genes))).tocsr()
-    m.sum_duplicates()
-    m.data = np.clip(m.data, -1.0, 1.0)
-    m.eliminate_zeros()
-    return genes, m
-
-
-def bundled_edges() -> list[tuple[str, str, float]]:
-    """OmniPath signed directed edges (complexes expanded) plus DoRothEA regulons of :data:`CONFIDENCE`."""
-    from bioworld.data import bundled_path
-    from bioworld.knowledge.network import load_omnipath
-
-    genes, m = load_omnipath()
-    c = m.tocoo()
-    edges = [(genes[i], genes[j], float(s)) for i, j, s in zip(c.row, c.col, c.data)]
-    with gzip.open(bundled_path("networks/dorothea_hs_regulons.tsv.gz"), "rt") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-        tf, conf, target, mor = (header.index(k) for k in ("tf", "confidence", "target", "mor"))
-        for line in fh:
-            p = line.rstrip("\n").split("\t")
-            if p[conf] in CONFIDENCE:
-                edges.append((p[tf], p[target], float(p[mor])))
-    return edges
 
 
 def signed_influence(weights: dict[str, float], graph: tuple[list[str], sparse.csr_matrix], *, hops: int = HOPS,
@@ -151,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bioworld.eval import retrospective as R
     from bioworld.knowledge import CompoundKnowledge
+    from bioworld.knowledge.network import regulation_network
 
     t0, load = time.perf_counter(), os.getloadavg()
     ck = CompoundKnowledge.bundled()
@@ -158,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     def targets(name: str) -> list[str]:
         return ck.targets(name) if ck.resolve(name, strict=False) else []
 
-    graph = regulation_graph(bundled_edges())
+    graph = regulation_network()
     rows = []
     for ds, (run, cands) in RUNS.items():
         items = pd.read_csv(run / "items.csv")

@@ -6,8 +6,12 @@ truncated SVD reduces the profiles to ``dim`` columns, so every gene in the netw
 whether or not anyone perturbed it. OmniPath's signed, directed edges give two profiles per gene
 (what it regulates, signed; what regulates it, signed), embedded the same way.
 
+The *regulation network* (:func:`regulation_network`) is OmniPath's signed directed edges plus DoRothEA's
+TF -> target regulons: what a gene regulates, and with which sign; :func:`directed_paths` reads, for a set of
+readout genes, each gene's shortest signed path into them (the planner's ``network_path`` evidence).
+
 Sources and licences: STRING v12 (CC BY 4.0), OmniPath via cosmosR (GPL-3; some constituent
-resources non-commercial); see :mod:`bioworld.knowledge._sources`.
+resources non-commercial), DoRothEA (GPL-3); see :mod:`bioworld.knowledge._sources`.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-__all__ = ["GeneEmbedding", "joint_network", "load_omnipath", "load_string", "network_embedding", "network_proximity",
-           "signed_embedding"]
+__all__ = ["GeneEmbedding", "directed_paths", "joint_network", "load_omnipath", "load_string", "network_embedding",
+           "network_proximity", "regulation_network", "signed_embedding", "signed_graph"]
 
 _CACHE: dict[tuple, "GeneEmbedding"] = {}
 
@@ -59,15 +63,21 @@ class GeneEmbedding:
         return GeneEmbedding([self.genes[i] for i in perm], self.table, self.source + " (labels shuffled)")
 
 
-def _read_edges(name: str, cols: tuple[str, str, str]) -> tuple[list[str], list[str], np.ndarray]:
+def _read_edges(name: str, cols: tuple[str, str, str], keep: tuple[str, tuple[str, ...]] | None = None
+                ) -> tuple[list[str], list[str], np.ndarray]:
+    """Columns ``cols`` (two names, one number) of a bundled edge table; ``keep=(column, values)``: only the
+    rows whose ``column`` is one of ``values``."""
     from bioworld.data import bundled_path
 
     a, b, w = [], [], []
     with gzip.open(bundled_path(name), "rt") as fh:
         header = fh.readline().rstrip("\n").split("\t")
         idx = [header.index(c) for c in cols]
+        k = None if keep is None else header.index(keep[0])
         for line in fh:
             parts = line.rstrip("\n").split("\t")
+            if k is not None and parts[k] not in keep[1]:
+                continue
             a.append(parts[idx[0]])
             b.append(parts[idx[1]])
             w.append(float(parts[idx[2]]))
@@ -220,6 +230,111 @@ def network_proximity(seeds: list[str], *, restart: float = 0.5, n_iter: int = 5
     for _ in range(n_iter):  # p = (1 - r) A D^-1 p + r s
         p = (1 - restart) * (a @ (inv * p)) + restart * s
     return {g: float(p[i]) for i, g in enumerate(genes) if p[i] > 0}
+
+
+def signed_graph(edges: list[tuple[str, str, float]]) -> tuple[list[str], sparse.csr_matrix]:
+    """``(genes, [n, n] signed source -> target matrix)`` from ``(source, target, sign)`` edges: the signs of
+    parallel edges are summed and clipped to [-1, 1] (a pair listed with both signs has no edge), self loops,
+    zero signs and empty names (a complex written with a stray ``_``) are dropped."""
+    edges = [(a, b, float(np.sign(v))) for a, b, v in edges if a != b and v != 0 and a and b]
+    genes = sorted({a for a, _, _ in edges} | {b for _, b, _ in edges})
+    pos = {g: i for i, g in enumerate(genes)}
+    m = sparse.coo_matrix(([v for _, _, v in edges], ([pos[a] for a, _, _ in edges], [pos[b] for _, b, _ in edges])),
+                          shape=(len(genes), len(genes))).tocsr()
+    m.sum_duplicates()
+    m.data = np.clip(m.data, -1.0, 1.0)
+    m.eliminate_zeros()
+    return genes, m
+
+
+#: DoRothEA confidence levels the regulation network keeps (A: curated, B-C: supported by several sources)
+REGULON_CONFIDENCE = ("A", "B", "C")
+_REGULATION: list[tuple[list[str], sparse.csr_matrix]] = []
+
+
+def regulation_network() -> tuple[list[str], sparse.csr_matrix]:
+    """OmniPath's signed directed edges (complexes expanded) plus DoRothEA regulons of confidence
+    :data:`REGULON_CONFIDENCE` (TF -> target, the sign of the mode of regulation), as one
+    :func:`signed_graph` (built once per process)."""
+    if not _REGULATION:
+        genes, m = load_omnipath()
+        c = m.tocoo()
+        edges = [(genes[i], genes[j], float(v)) for i, j, v in zip(c.row, c.col, c.data)]
+        tf, target, mor = _read_edges("networks/dorothea_hs_regulons.tsv.gz", ("tf", "target", "mor"),
+                                      keep=("confidence", REGULON_CONFIDENCE))
+        edges += list(zip(tf, target, mor.tolist()))
+        _REGULATION.append(signed_graph(edges))
+    return _REGULATION[0]
+
+
+def directed_paths(readout: set[str] | frozenset[str], network: tuple[list[str], sparse.csr_matrix] | None = None,
+                   *, max_len: int = 4, sources: list[str] | None = None) -> dict[str, tuple[list[str], list[int]]]:
+    """Each gene's shortest directed path into ``readout`` (at most ``max_len`` edges, at least one: a readout
+    gene's path leads to *another* readout gene): ``gene -> ([gene, ..., readout gene], [edge signs])``, each
+    sign +1 (activating) or -1 (repressing). Genes without such a path are absent. Ties go to
+    the alphabetically first next gene (deterministic). ``network``: default :func:`regulation_network`;
+    ``sources``: only these genes' paths (default: every gene's)."""
+    genes, m = network if network is not None else regulation_network()
+    pos = {g: i for i, g in enumerate(genes)}
+    n = len(genes)
+    dist = np.full(n, np.inf)
+    hits = [pos[g] for g in readout if g in pos]
+    dist[hits] = 0.0
+    rev = m.T.tocsr()  # rev[h, g] != 0: g -> h
+    frontier = sorted(hits)
+    for d in range(1, max_len + 1):  # multi-source BFS backwards from the readout genes
+        nxt = sorted({int(g) for h in frontier for g in rev.indices[rev.indptr[h]:rev.indptr[h + 1]] if dist[g] > d})
+        dist[nxt] = d
+        frontier = nxt
+    out: dict[str, tuple[list[str], list[int]]] = {}
+    for g in (range(n) if sources is None else sorted({pos[x] for x in sources if x in pos})):
+        found = _forward_path(m, g, dist == 0, max_len) if dist[g] == 0 else _descend(m, g, dist, max_len)
+        if found is not None:
+            out[genes[g]] = ([genes[i] for i in found[0]], found[1])
+    return out
+
+
+def _edge(m: sparse.csr_matrix, a: int, b: int) -> int:
+    row = slice(m.indptr[a], m.indptr[a + 1])
+    return int(m.data[row][np.searchsorted(m.indices[row], b)])
+
+
+def _descend(m: sparse.csr_matrix, g: int, dist: np.ndarray, max_len: int) -> tuple[list[int], list[int]] | None:
+    """A shortest path from ``g`` (not a target) down the distances ``dist`` to a target (distance 0)."""
+    path, signs = [g], []
+    while dist[path[-1]] > 0 and len(path) <= max_len:
+        cur = path[-1]
+        succ = m.indices[m.indptr[cur]:m.indptr[cur + 1]]
+        if not len(succ):
+            return None
+        nxt = int(min(succ, key=lambda s: (dist[s], s)))
+        if not np.isfinite(dist[nxt]) or dist[nxt] >= dist[cur]:
+            return None
+        signs.append(_edge(m, cur, nxt))
+        path.append(nxt)
+    return (path, signs) if dist[path[-1]] == 0 else None
+
+
+def _forward_path(m: sparse.csr_matrix, g: int, target: np.ndarray, max_len: int) -> tuple[list[int], list[int]] | None:
+    """A shortest path from ``g`` to a target other than ``g`` (breadth first; ties: the lowest index)."""
+    parent = {g: -1}
+    level = [g]
+    for _ in range(max_len):
+        nxt: list[int] = []
+        for a in level:  # levels in index order: a node's parent is the first to reach it
+            for b in m.indices[m.indptr[a]:m.indptr[a + 1]]:
+                if int(b) not in parent:
+                    parent[int(b)] = a
+                    nxt.append(int(b))
+        hits = sorted(b for b in nxt if target[b])
+        if hits:
+            path = [hits[0]]
+            while parent[path[-1]] != -1:
+                path.append(parent[path[-1]])
+            path.reverse()
+            return path, [_edge(m, a, b) for a, b in zip(path, path[1:])]
+        level = sorted(nxt)
+    return None
 
 
 EMBEDDINGS_FILE = "knowledge/network_embeddings.safetensors"

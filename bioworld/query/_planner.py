@@ -77,7 +77,9 @@ class PrioritizationResult:
 
     goal: str
     table: pd.DataFrame  # rank, intervention, kind (gene|compound|entity|pair), score, score_lo, score_hi, synergy,
-    #                      flag, flag_reason, seen, evidence, drugs, same_action / n_same_action (the other
+    #                      flag, flag_reason, seen, evidence, drugs, network_path / path_effect (the shortest
+    #                      directed path into the readout and what removing the gene does along it,
+    #                      bioworld.query._paths), same_action / n_same_action (the other
     #                      compounds a genetic model scores as the same action: one row names them all),
     #                      action (what the engine ran: a genetic
     #                      model's compound is the knockout of its targets), collapsed_into, top_entities, n_cells,
@@ -328,7 +330,7 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
                               f"{len(proto)} k-means prototype cells of the latents, weighted by cluster size",
                     "interval": f"bootstrap {n_boot}x over cells, 95% percentile interval of the mean score",
                     "n_by_kind": {k: int(v) for k, v in table["kind"].value_counts().items()},
-                    "n_flagged": int((table["flag"] != "").sum()),
+                    "knowledge_read": _knowledge_read(search, table), "n_flagged": int((table["flag"] != "").sum()),
                     "n_pairs_collapsed": int((table["collapsed_into"] != "").sum()),
                     "pair_collapse": "a pair whose score does not exceed the upper 95% bound of its best single "
                                      "adds nothing over it: collapsed_into names that single",
@@ -337,6 +339,14 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
                              f"{readout_share:.0%} of the readout's weight; flagged rows ranked after the others"},
         wall_s=time.perf_counter() - t0,
     )
+
+
+def _knowledge_read(search: _Search, table: pd.DataFrame) -> list[str]:
+    """The bundled knowledge sources (:data:`bioworld.knowledge._sources.SOURCES` keys) the planner itself read:
+    STRING and OmniPath for the prior and OmniPath and DoRothEA for ``network_path`` when the goal has a readout
+    entity, the compound -> target table when compounds were candidates."""
+    out = ["string", "omnipath", "dorothea"] if search.readout.goal_entity is not None else []
+    return out + (["compound_targets"] if (table["kind"] == "compound").any() else [])
 
 
 #: Rows (the best unflagged, not collapsed) whose per-gene predicted change is kept (``gene_delta``).
@@ -481,6 +491,22 @@ def _describe(search: _Search, actions: list[Action]) -> tuple[list[bool], list[
     return seen, evidence, drugs
 
 
+def _paths(search: _Search, actions: list[Action]) -> tuple[list[str], list[str]]:
+    """``network_path`` and ``path_effect`` of every row (:mod:`bioworld.query._paths`): a compound written as
+    its targets' loss reads its targets as a compound's, and a pair joins its parts' paths."""
+    from bioworld.query._paths import path_columns
+    from bioworld.query._priority import _compound_targets
+
+    space = search.engine.space
+    texts, effects = path_columns(actions, space, search.readout, lambda name: _compound_targets(name, space),
+                                  as_compound=[lab in search.compounds for lab in search.labels])
+    for k, (a, b) in enumerate(search.pair_idx):
+        i = search.n_single + k
+        texts[i] = "; ".join(t for t in (texts[a], texts[b]) if t)
+        effects[i] = "; ".join(e for e in (effects[a], effects[b]) if e)
+    return texts, effects
+
+
 def _same_action_columns(search: _Search) -> dict[str, list]:
     """``same_action`` (the other compounds a row stands for, comma-separated: compounds a genetic model
     scores as the loss of the same targets are one row, :func:`~bioworld.query._candidates.merge_same_action`;
@@ -509,6 +535,7 @@ def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, sy
         if flags[i] and lab in own and (lab in search.compounds or lab in search.parts_of):
             reasons[i] = f"scored as the knockout of its compound's targets: {reasons[i]}"
     seen, evidence, drugs = _describe(search, actions)
+    paths, effects = _paths(search, actions)
     model_pct, prior_pct, priority = search.priority(mean)
     table = pd.DataFrame({
         "intervention": search.labels,
@@ -516,6 +543,7 @@ def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, sy
         "score": mean, "score_lo": lo, "score_hi": hi, "synergy": synergy,
         "priority": priority, "model_pct": model_pct, "prior_pct": prior_pct,
         "flag": flags, "flag_reason": reasons, "seen": seen, "evidence": evidence, "drugs": drugs,
+        "network_path": paths, "path_effect": effects,
         **_same_action_columns(search),
         "action": [a.label for a in actions],  # what the engine ran (a compound of a genetic model: its targets)
         "collapsed_into": _collapsed(search, search.labels, mean, hi),

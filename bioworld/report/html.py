@@ -300,12 +300,25 @@ def _ranked_rows(table: pd.DataFrame, n: int, notes: Mapping[str, str] | None = 
             "top_entities": str(r.get("top_entities", "")),
             "seen": "" if seen is None or (isinstance(seen, float) and math.isnan(seen)) else ("yes" if bool(seen) else "no"),
             "evidence": _text(r.get("evidence")),
+            "path": _path_text(r),
             "drugs": _text(r.get("drugs")),
             "reason": _text(r.get("flag_reason")),
             "collapsed": notes.get(str(r["intervention"]), ""),
             "same": _same_action_note(r),
         })
     return rows
+
+
+def _path_text(r: Any) -> str:
+    """``STAT1 → IRF1 (removal lowers the readout)``: the row's ``network_path`` with its ``path_effect`` (pairs: each
+    part's), "" without one (a table from before the column, or no directed path)."""
+    paths, effects = _text(r.get("network_path")), _text(r.get("path_effect"))
+    if not paths:
+        return ""
+    eff = effects.split("; ")
+    parts = paths.split("; ")
+    return "; ".join(f"{p} (removal {e} the readout)" if e else p
+                     for p, e in zip(parts, eff + [""] * (len(parts) - len(eff))))
 
 
 def _same_action_note(r: Any) -> str:
@@ -425,6 +438,7 @@ def _methods(result: Any, model: Any) -> dict[str, Any]:
         knowledge = knowledge_licences(model)
     else:
         rows.append(("model", "not given to the report: data hash, configs and knowledge sources not shown"))
+    knowledge += _planner_knowledge(prov.get("knowledge_read") or [], {k["name"] for k in knowledge})
     for key, label in (("screen", "search: screen"), ("interval", "intervals"), ("guard", "tautology guard"),
                        ("pair_collapse", "pairs collapsed"), ("scale", "prediction scale")):
         if prov.get(key):
@@ -438,6 +452,19 @@ def _methods(result: Any, model: Any) -> dict[str, Any]:
     if prov.get("compounds_same_action_text"):
         rows.append(("compounds sharing a row", str(prov["compounds_same_action_text"])))
     return {"rows": rows, "configs": configs, "knowledge": knowledge}
+
+
+def _planner_knowledge(names: list[str], shown: set[str]) -> list[dict[str, str]]:
+    """Rows of the knowledge table for the sources the planner read itself (its prior, ``network_path``, compound
+    targets) and the model's list does not already hold."""
+    from bioworld.knowledge._sources import source_records
+
+    rows = []
+    for rec in source_records([n for n in names if n not in shown]):
+        lic = str(rec["licence"]) + (" — non-commercial use only" if rec.get("non_commercial") else "")
+        rows.append({"name": str(rec["name"]), "source": f"planner: {rec['description']} ({rec['version']})",
+                     "licence": lic})
+    return rows
 
 
 def _breakable(text: Any) -> Any:
