@@ -41,7 +41,9 @@ Datasets and predictors
 Strategies: random, knowledge (farthest-first over action features), information, discovery, mix, error
 (see :mod:`bioworld.query._design`). Variants (not bw.design strategies): ``information+kprior``,
 ``information+sizes``, ``error (novelty=N transfer=T beta=B)`` (error with other settings, e.g.
-``error (novelty=0)`` = expected error alone), and the ceiling ``oracle (truth)``. Run:
+``error (novelty=0)`` = expected error alone), ``error+network`` / ``error+network (shuffled)`` (the simulator:
+error with its pathway DAG, or the DAG with permuted names, as ``bw.design(network=)``), and the ceiling
+``oracle (truth)``. Run:
 ``nice python benchmarks/run_design.py --only simulator --seeds 0,1,2`` (each dataset's rows are
 merged into ``benchmarks/results/design/design.csv``; ``--report-only`` rewrites ``DESIGN.md`` and
 ``design.png`` from it).
@@ -73,6 +75,9 @@ KPRIOR = "information+kprior"
 #: observed single effects, by action-feature cosine) instead of by the predicted effect's size.
 SIZES = "information+sizes"
 VARIANTS = (KPRIOR, SIZES)
+#: A variant tried on top: error with the task's network as a size prior (``bw.design(..., network=)``: the simulator's
+#: pathway DAG as entity -> entity edges); ``error+network (shuffled)`` permutes the DAG's node names (ablation).
+NETWORK = "error+network"
 #: A ceiling, not a strategy: each round measures the unmeasured perturbations the current model gets most wrong
 #: (it reads the truth). How far any acquisition could go with this predictor.
 ORACLE = "oracle (truth)"
@@ -101,6 +106,7 @@ class JepaTask:
                         warmup_steps=20)
         self.predictor = "world model (JEPA)"
         self.cold = False  # True: every round trains fresh members for ``steps`` (no warm start; --cold)
+        self.network = self.shuffled_network = None  # error+network variants (the simulator sets them)
         self.eval_cells = 0  # reference control cells the predictions average over (0 = all the model keeps)
 
     def fit(self, measured, prev, seed):
@@ -161,14 +167,21 @@ class JepaTask:
     def _expected(self, pred, cand, strategy, eff):
         """error: the optimistic expected size of each candidate's true effect from the model's fit of the
         measured perturbations (what ``bw.design`` uses); None for the other strategies. ``error (beta=B)``:
-        another optimism; ``error (floor=1)``: no smaller than the predicted size (variants)."""
+        another optimism; ``error (floor=1)``: no smaller than the predicted size; ``error+network``: sized by
+        reach in the task's network (``bw.design(network=)``), ``error+network (shuffled)``: in the network with
+        its node names permuted (variants)."""
         if not strategy.startswith("error"):
             return None
         from bioworld.query._design import BETA, measured_fit_sizes
 
         beta = _option(strategy, "beta", BETA)
         shim = SimpleNamespace(members=[self._member(pred, k) for k in range(len(pred.modules))])
-        sizes = measured_fit_sizes(shim, cand, n_cells=64, seed=0, beta=beta)
+        network = None
+        if strategy.startswith(NETWORK) and self.network is None:
+            raise SystemExit(f"{strategy}: the task {self.name} has no network (only the simulator has one)")
+        if strategy.startswith(NETWORK):
+            network = self.shuffled_network if "(shuffled" in strategy else self.network
+        sizes = measured_fit_sizes(shim, cand, n_cells=64, seed=0, beta=beta, network=network)
         if sizes is not None and _option(strategy, "floor", 0.0) > 0:
             sizes = np.maximum(sizes, np.sqrt((eff.mean(0) ** 2).mean(1)))
         return sizes
@@ -195,8 +208,8 @@ def _option(strategy, name, default):
 
 def _base(strategy):
     """The bw.design strategy a benchmark variant runs (``information+kprior`` -> information, ``error (beta=0)``
-    -> error)."""
-    return "information" if strategy in VARIANTS else strategy.split(" (")[0]
+    and ``error+network (shuffled)`` -> error)."""
+    return "information" if strategy in VARIANTS else strategy.split(" (")[0].split("+")[0]
 
 
 @contextlib.contextmanager
@@ -240,7 +253,17 @@ def simulator_task(args):
                  start=4, batch=4, rounds=5, members=args.members, steps=args.steps, warm_steps=args.warm_steps,
                  replicate_key="replicate")
     t.var_names = var
+    t.network, t.shuffled_network = simulator_networks(sim)
     return t
+
+
+def simulator_networks(sim, seed=0):
+    """The simulator's pathway DAG as ``(source, target)`` entity edges, and the same edges with the pathway names
+    permuted among themselves (seeded; the ablation: same shape, wrong nodes)."""
+    edges = [(p, c) for p in sim.pathways for c in sorted(sim.children(p))]
+    names = list(sim.pathways)
+    perm = dict(zip(names, np.random.default_rng(seed).permutation(names).tolist()))
+    return edges, [(perm[a], perm[b]) for a, b in edges]
 
 
 def papalexi_task(args):

@@ -1086,6 +1086,7 @@ def design_cmd(
     max_genes: Annotated[int, typer.Option("--max-genes", help="Default gene candidates in all (the data's own targets always kept).")] = 1000,
     dose: Annotated[float, typer.Option("--dose", help="Dose of the default compound candidates (compound models only).")] = 1.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace design.csv / design.html in a non-empty --out folder.")] = False,
+    network: Annotated[Optional[Path], typer.Option("--network", metavar="FILE", help="--strategy error only: your own directed network, a CSV/TSV with 'source' and 'target' columns (genes and/or entity names); a candidate that reaches more of it is expected to move more.")] = None,
 ) -> None:
     """Rank the next perturbations to measure so the model (and the goal ranking) improve fastest."""
     from bioworld.query._design import STRATEGIES, design
@@ -1102,7 +1103,12 @@ def design_cmd(
     if strategy == "discovery" and goal is None:
         raise BioworldError("--strategy discovery ranks by expected goal value and needs --goal "
                             "(e.g. --goal down:HALLMARK_INTERFERON_GAMMA_RESPONSE)")
+    if network is not None and strategy != "error":
+        raise BioworldError(f"--network sizes the expected errors of --strategy error; --strategy {strategy} does not "
+                            "read it. Fix: add --strategy error, or drop --network")
     inputs = {"MODEL_DIR": model_dir} if candidates is None else {"MODEL_DIR": model_dir, "--candidates": candidates}
+    if network is not None:
+        inputs["--network"] = network
     _check_out(out, overwrite=overwrite, inputs=inputs, folder=True, writes=(DESIGN_CSV, DESIGN_HTML))
     labels = _read_candidates(candidates) if candidates is not None else None
     model = _load_model(model_dir)
@@ -1110,11 +1116,19 @@ def design_cmd(
         from bioworld.query import Goal
 
         Goal.parse(goal, entity_names=list(getattr(model, "members", [model])[0].entity_names))
-    table = design(model, labels, budget=budget, goal=goal, strategy=strategy, seed=seed, max_genes=max_genes, dose=dose)
+    net = None
+    if network is not None:
+        from bioworld.query._reach import read_network
+
+        net = read_network(network)  # read before the model: a bad file fails fast
+    table = design(model, labels, budget=budget, goal=goal, strategy=strategy, seed=seed, max_genes=max_genes, dose=dose,
+                   network=net)
     csv_path, html_path = write_design(table, out, model_name=model_dir.name)
     a = table.attrs
     typer.echo(f"{strategy}: chose {len(table)} of {a['n_candidates']:,} candidates not yet measured "
                f"(uncertainty: {a['uncertainty']})")
+    if net is not None:
+        typer.echo(f"  expected sizes scaled by reach in {network.name} ({a['network_nodes']:,} nodes)")
     if len(table) < budget:
         typer.echo(f"  only {len(table)} candidates: --budget {budget} not filled")
     if a["excluded_measured"]:

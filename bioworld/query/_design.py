@@ -487,7 +487,7 @@ def action_features(space: Any, labels: Sequence[str]) -> np.ndarray:
 
 
 def expected_sizes(space: Any, labels: Sequence[str], measured: Sequence[str], measured_sizes: Any, *,
-                   beta: float = BETA) -> np.ndarray:
+                   beta: float = BETA, network: Any = None) -> np.ndarray:
     """``[C]`` optimistic size (root mean square over genes) of each candidate's true effect, from the sizes
     of the measured perturbations (``measured_sizes``: their root mean square effects).
 
@@ -498,6 +498,12 @@ def expected_sizes(space: Any, labels: Sequence[str], measured: Sequence[str], m
     its components (effects of different targets taken as roughly orthogonal), observed for the measured
     ones. Returned: ``sqrt(max(mean + beta * sd, 0))`` of each candidate's posterior (``beta`` =
     optimism: a component like no measured one keeps the prior's spread, so a new family is explored).
+
+    ``network`` (a user's directed network, :func:`bioworld.query._reach.read_network`): a component's prior
+    mean becomes ``mu r_c / r_bar``, ``r_c`` its reach in the network (:func:`bioworld.query._reach.component_reach`)
+    and ``r_bar`` the mean reach of the measured components that have one (else of every component that has one):
+    a perturbation that reaches more of the network is expected to move more. A component the network does not
+    know keeps ``mu``.
     """
     acts = [space.parse(lab) for lab in labels]
     macts = [space.parse(lab) for lab in measured]
@@ -519,9 +525,27 @@ def expected_sizes(space: Any, labels: Sequence[str], measured: Sequence[str], m
     K = tau2 * 0.5 * (f @ f.T + (kinds[:, None] == kinds[None, :]))
     S = A @ K @ A.T + 0.05 * tau2 * np.eye(len(y))
     W = np.linalg.solve(S, A @ K @ B.T)  # [n, C]
-    mean = B.sum(1) * mu + W.T @ (y - A.sum(1) * mu)
+    if network is None:
+        mean = B.sum(1) * mu + W.T @ (y - A.sum(1) * mu)
+    else:
+        m = _reach_prior(space, comps, network, A, mu)  # [components] prior means
+        mean = B @ m + W.T @ (y - A @ m)
     var = np.clip(np.einsum("ij,jk,ik->i", B, K, B) - np.einsum("ni,ni->i", A @ K @ B.T, W), 0.0, None)
     return np.sqrt(np.clip(mean + beta * np.sqrt(var), 0.0, None))
+
+
+def _reach_prior(space: Any, comps: Sequence[Any], network: Any, A: np.ndarray, mu: float) -> np.ndarray:
+    """Per component the prior mean square ``mu r / r_bar`` (``mu`` where the network does not reach it)."""
+    from bioworld.query._reach import component_reach, read_network
+
+    net = network if isinstance(network, dict) else read_network(network)
+    r = component_reach(space, comps, net)
+    known = r > 0
+    if not known.any():
+        return np.full(len(comps), mu)
+    measured = known & (A.sum(0) > 0)
+    r_bar = float(r[measured].mean() if measured.any() else r[known].mean())
+    return np.where(known, mu * r / r_bar, mu)
 
 
 def predicted_effects(model: Any, labels: Sequence[str], *, goal: str | None, n_cells: int = 64, seed: int = 0,
@@ -581,7 +605,7 @@ def predicted_effects(model: Any, labels: Sequence[str], *, goal: str | None, n_
 
 def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int = 8, goal: str | None = None,
            strategy: str = "information", seed: int = 0, n_cells: int = 64, max_genes: int | None = 1000,
-           dose: float = 1.0) -> pd.DataFrame:
+           dose: float = 1.0, network: Any = None) -> pd.DataFrame:
     """Rank the next ``budget`` perturbations to measure.
 
     Parameters
@@ -608,6 +632,10 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
         mean error-curve area than random on all three; mix and discovery find goal hits sooner.
     seed
         Seeds the reference-cell subsample (``n_cells``), the bootstraps and the random order.
+    network
+        ``error`` only: your own directed network (a table with ``source`` / ``target`` columns or its CSV /
+        TSV path, gene and / or entity names; :mod:`bioworld.query._reach`): a candidate that reaches more of
+        it is expected to move more, so its expected error is larger (:func:`expected_sizes`).
 
     Returns
     -------
@@ -642,7 +670,15 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
         effects, goals, source = np.zeros((1, len(labels), 1)), None, "none (random order)"
     else:
         effects, goals, source = predicted_effects(model, labels, goal=goal, n_cells=n_cells, seed=seed)
-    sizes = measured_fit_sizes(model, labels, n_cells=n_cells, seed=seed) if strategy == "error" else None
+    if network is not None:
+        if strategy != "error":
+            raise BioworldError(f"network= sizes the expected errors of strategy 'error'; strategy {strategy!r} "
+                                "does not read it. Fix: strategy='error', or leave network out")
+        from bioworld.query._reach import read_network
+
+        network = read_network(network)
+    sizes = measured_fit_sizes(model, labels, n_cells=n_cells, seed=seed, network=network) if strategy == "error" \
+        else None
     flags, why = readout_guard(m0, labels, goal)
     sel = select(effects, budget, strategy, goal_scores=goals, features=feats, measured_features=measured, seed=seed,
                  flagged=np.array([f != "" for f in flags], dtype=bool), sizes=sizes,
@@ -658,6 +694,7 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
                      "expected_goal": sel.goal[k], "reason": reason, "flag": flags[c], "flag_reason": why[c]})
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs.update({"strategy": strategy, "goal": goal, "uncertainty": source, "n_candidates": len(labels),
+                        "network_nodes": 0 if network is None else len(set(network) | set().union(*network.values())),
                         "excluded_measured": list(dropped), "n_cells": int(min(n_cells, len(m0.reference))),
                         "budget": budget, "n_flagged": int(sum(f != "" for f in flags)),
                         "flagged": [lab for lab, f in zip(labels, flags) if f]})
@@ -674,14 +711,16 @@ def anchored_on_measured(model: Any, labels: Sequence[str]) -> np.ndarray:
 
 
 def measured_fit_sizes(model: Any, labels: Sequence[str], *, n_cells: int = 64, seed: int = 0,
-                       beta: float = BETA) -> np.ndarray | None:
-    """``error``'s expected sizes (:func:`expected_sizes`) of ``labels`` from the model's own answers on the
-    perturbations it was trained on (its fit of what was measured); None when it was trained on none."""
+                       beta: float = BETA, network: Any = None) -> np.ndarray | None:
+    """``error``'s expected sizes (:func:`expected_sizes`, with the user's ``network`` when given) of ``labels``
+    from the model's own answers on the perturbations it was trained on (its fit of what was measured); None
+    when it was trained on none."""
     known = measured_labels(model)
     if not known:
         return None
     eff, _, _ = predicted_effects(model, known, goal=None, n_cells=n_cells, seed=seed)
-    return expected_sizes(_members(model)[0].space, labels, known, np.sqrt((eff.mean(0) ** 2).mean(1)), beta=beta)
+    return expected_sizes(_members(model)[0].space, labels, known, np.sqrt((eff.mean(0) ** 2).mean(1)), beta=beta,
+                          network=network)
 
 
 def readout_guard(model: Any, labels: Sequence[str], goal: str | None) -> tuple[list[str], list[str]]:
