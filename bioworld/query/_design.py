@@ -522,6 +522,8 @@ def expected_sizes(space: Any, labels: Sequence[str], measured: Sequence[str], m
     kinds = np.array([c.kind for c in comps])
     per = y / np.maximum(A.sum(1), 1.0)  # per-component mean squares of the measured
     mu, tau2 = float(per.mean()), float(per.var()) if len(per) > 1 else float(per.mean() ** 2)
+    if not tau2 > 1e-12 * max(mu * mu, 1e-300):  # measured sizes all alike: no spread to learn, use the single-size prior
+        tau2 = max(mu * mu, 1e-12)
     K = tau2 * 0.5 * (f @ f.T + (kinds[:, None] == kinds[None, :]))
     S = A @ K @ A.T + 0.05 * tau2 * np.eye(len(y))
     W = np.linalg.solve(S, A @ K @ B.T)  # [n, C]
