@@ -178,7 +178,7 @@ class JepaTask:
         shim = SimpleNamespace(members=[self._member(pred, k) for k in range(len(pred.modules))])
         network = None
         if strategy.startswith(NETWORK) and self.network is None:
-            raise SystemExit(f"{strategy}: the task {self.name} has no network (only the simulator has one)")
+            raise SystemExit(f"{strategy}: the task {self.name} has no network (the simulator and Papalexi have one)")
         if strategy.startswith(NETWORK):
             network = self.shuffled_network if "(shuffled" in strategy else self.network
         sizes = measured_fit_sizes(shim, cand, n_cells=64, seed=0, beta=beta, network=network)
@@ -300,7 +300,20 @@ def papalexi_task(args):
     t.cfg.update(groups_per_batch=4, cells_per_group=6, self_pairs=8)
     t.eval_cells = 128
     t.predictor = "world model (JEPA; 4 groups x 6 cells + 8 self pairs per batch; effects averaged over 128 reference cells)"
+    t.network, t.shuffled_network = regulation_networks()
     return t
+
+
+def regulation_networks(seed=0):
+    """The bundled regulation network (OmniPath signed directed + DoRothEA A-C; signs ignored) as ``(source,
+    target)`` edges, and the same edges with the gene names permuted among its nodes (seeded; the ablation)."""
+    from bioworld.knowledge.network import regulation_network
+
+    genes, m = regulation_network()
+    c = m.tocoo()
+    edges = [(genes[i], genes[j]) for i, j in zip(c.row, c.col)]
+    perm = dict(zip(genes, np.random.default_rng(seed).permutation(genes).tolist()))
+    return edges, [(perm[a], perm[b]) for a, b in edges]
 
 
 # ------------------------------------------------------------------------------------ atlas task
