@@ -133,6 +133,20 @@ def test_evaluate_raw_plate_with_its_flags(plate, plate_model, tmp_path):
     assert_one_line_error(bad, "--input 'tpm'")
 
 
+def test_evaluate_raw_plate_without_the_name_column_says_which_flag(plate, plate_model, tmp_path):
+    """The model's labels live in obs['bw_perturbation'] (built at training); a raw test plate lacks that column:
+    the error asks for the compound-name column by its flag (it named 'bw_perturbation' with a generic hint)."""
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(plate_model, model)
+    line = assert_one_line_error(invoke("evaluate", model, "--data", plate / "plate.h5ad"),
+                                 "NAME@DOSE", "obs['pert_dose']", "--perturbation-key COLUMN", "'pert_iname'")
+    assert "perturbation_key=" not in line
+    ok = invoke("evaluate", model, "--data", plate / "plate.h5ad", "--perturbation-key", "pert_iname")
+    assert ok.exit_code == 0, (ok.output, ok.exception)  # the model's dose column is used as it was trained
+
+
 def test_dose_key_refuses_treated_cells_without_a_dose(plate, tmp_path):
     a = _raw_compound_plate()
     dose = a.obs["pert_dose"].astype(str).to_numpy()

@@ -174,13 +174,17 @@ def has_bare_names(adata: Any, perturbation_key: str, control: str) -> bool:
     return not labels[labels != str(control)].str.contains("@", regex=False).any()
 
 
+#: ``obs`` column :func:`compound_labels` writes its ``NAME@DOSE`` labels to (the CLI's ``--dose-key``).
+COMPOUND_LABELS_KEY = "bw_perturbation"
+
+
 def compound_labels(
     adata: Any,
     *,
     name_key: str,
     dose_key: str,
     control: str,
-    key_added: str = "bw_perturbation",
+    key_added: str = COMPOUND_LABELS_KEY,
 ) -> str:
     """Turn a compound-name column and a dose column into compound actions ``NAME@DOSE``.
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bioworld.report._evaluation import EVALUATION, load_evaluation  # noqa: F401 (re-exported)
+from bioworld.data._io import COMPOUND_LABELS_KEY
 from bioworld.errors import BioworldError, DataValidationError
 from bioworld.errors import user_stacklevel
 from bioworld.eval.baselines import FitContext, MeanOfTrain, NoChange, split_half_ceiling
@@ -65,8 +66,17 @@ def _test_registration(adata: Any, model: Any, given: Mapping[str, Any]) -> tupl
         if kw[key] is not None and kw[key] not in adata.obs.columns:
             kw[key] = None
     kw.update({k: v for k, v in given.items() if v is not None})
-    if kw["perturbation_key"] not in adata.obs.columns and "perturbation_key" not in given:
-        kw["perturbation_key"] = "perturbation" if "perturbation" in adata.obs.columns else kw["perturbation_key"]
+    if kw["perturbation_key"] not in adata.obs.columns and given.get("perturbation_key") is None:
+        if "perturbation" in adata.obs.columns:
+            kw["perturbation_key"] = "perturbation"
+        elif kw["perturbation_key"] == COMPOUND_LABELS_KEY and kw.get("dose_key"):
+            raise DataValidationError(
+                f"the model learned NAME@DOSE labels built from a compound-name column and obs[{kw['dose_key']!r}] "
+                f"(in obs[{COMPOUND_LABELS_KEY!r}] of the training data), and the test data have no column "
+                f"{COMPOUND_LABELS_KEY!r}; expected the column with the compound names. Fix: pass "
+                "perturbation_key=COLUMN (CLI: --perturbation-key COLUMN) naming the column with the compound names, e.g. one of "
+                f"{list(map(str, adata.obs.columns))[:8]}."
+            )
     kw.setdefault("min_cells_per_group", 1)
     if kw.get("dose_key") and kw["perturbation_key"] in adata.obs.columns \
             and has_bare_names(adata, kw["perturbation_key"], kw["control"]):
@@ -81,14 +91,22 @@ def _test_registration(adata: Any, model: Any, given: Mapping[str, Any]) -> tupl
 
 
 def _on_panel(adata: Any, model: Any, registration: Any) -> Any:
-    """``adata`` restricted to (and ordered as) the model's genes; refuses missing genes."""
-    var_names = list(_base_model(model).var_names)
+    """``adata`` restricted to (and ordered as) the model's genes; refuses missing genes.
+
+    Genes are matched by ``var_names`` (as the query verbs match cells), or else by symbol: the test
+    data's symbols (``registration.genes``: ``var_names`` or its gene-symbols column) against the
+    model's (a model trained with ``gene_symbols_key`` keeps the file's ids as ``var_names``)."""
+    base = _base_model(model)
+    var_names = [str(v) for v in base.var_names]
     names = [str(v) for v in adata.var_names]
-    if registration.gene_symbols_key and names != list(registration.genes):
-        adata = adata.copy()
-        adata.var_names = pd.Index([str(g) for g in registration.genes], dtype=str)
-        names = list(adata.var_names)
     have = set(names)
+    if not have.issuperset(var_names):
+        where = {str(g): i for i, g in enumerate(registration.genes)}
+        symbols = [str(g) for g in base.genes]
+        if all(g in where for g in symbols):
+            adata = adata[:, [where[g] for g in symbols]].copy()
+            adata.var_names = pd.Index(var_names, dtype=str)
+            return adata
     missing = [g for g in var_names if g not in have]
     if missing:
         raise DataValidationError(

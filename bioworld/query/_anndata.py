@@ -5,6 +5,9 @@ Keys written (documented once, used by ``WorldModel`` and ``Ensemble``):
 - ``X``: predicted expression on the model's scale;
 - ``layers['delta']``: X minus the same cells' (or the control's) predicted unperturbed state;
   ``layers['delta_sd']`` (ensembles): the members' spread of that delta;
+- ``var``: indexed by the model's ``var_names`` (the training file's); when those are not the gene
+  symbols the model works in (trained with ``gene_symbols_key`` / ``id_map``), ``var['bw_gene_symbol']``
+  holds the symbol of each gene;
 - ``obs``: a counterfactual keeps every column of the given cells, plus ``bw_intervention`` and
   ``bw_cell``; ``obsm``: the cells' embeddings (``X_umap``, ...) are kept, plus
   ``obsm['bw_entity_shift']``, a DataFrame (columns = entity names) of how far each entity latent
@@ -22,10 +25,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ENTITY_SHIFT", "counterfactual_adata", "effects_frame"]
+__all__ = ["ENTITY_SHIFT", "GENE_SYMBOL", "counterfactual_adata", "effects_frame", "gene_var"]
 
 ENTITY_SHIFT = "bw_entity_shift"
+GENE_SYMBOL = "bw_gene_symbol"
 _OWN_OBS = ("bw_intervention", "bw_cell")
+
+
+def gene_var(var_names: Sequence[str], genes: Sequence[str] | None = None) -> pd.DataFrame:
+    """``var`` of an answer: indexed by ``var_names``, with ``bw_gene_symbol`` = ``genes`` (the model's
+    symbols) when they differ from ``var_names`` (ids / probes in the training file)."""
+    names = [str(g) for g in var_names]
+    var = pd.DataFrame(index=pd.Index(names, dtype=str))
+    if genes is not None and [str(g) for g in genes] != names:
+        var[GENE_SYMBOL] = [str(g) for g in genes]
+    return var
 
 
 def effects_frame(effects: Any) -> pd.DataFrame:
@@ -83,6 +97,7 @@ def counterfactual_adata(
     entity_names: Sequence[str],
     effects: Mapping[str, Any],
     uns: Mapping[str, Any] | None = None,
+    genes: Sequence[str] | None = None,
 ) -> Any:
     """One row per (intervention, cell), intervention-major, keeping the cells' ``obs`` and ``obsm``.
 
@@ -98,6 +113,8 @@ def counterfactual_adata(
         is float32 already).
     var_names, entity_names
         Genes (columns of ``X``) and entities (columns of ``obsm['bw_entity_shift']``).
+    genes
+        The model's gene symbols (``var['bw_gene_symbol']`` where they differ from ``var_names``).
     effects
         Per intervention, its entity effects (:func:`effects_frame` input).
     uns
@@ -117,8 +134,7 @@ def counterfactual_adata(
     obs["bw_intervention"] = pd.Categorical(np.repeat(specs, n), categories=list(dict.fromkeys(specs)))
     obs["bw_cell"] = np.tile(cell_names, len(specs))
     obs.index = pd.Index([f"{s}|{c}" for s, c in zip(np.repeat(specs, n), obs["bw_cell"])], dtype=str)
-    out = ad.AnnData(X=_rows(X), obs=obs,
-                     var=pd.DataFrame(index=pd.Index([str(g) for g in var_names], dtype=str)))
+    out = ad.AnnData(X=_rows(X), obs=obs, var=gene_var(var_names, genes))
     out.layers["delta"] = _rows(delta)
     for key, value in cells.obsm.items():
         if key != ENTITY_SHIFT:

@@ -52,6 +52,8 @@ def predict_means(eng: Engine, view: ModelView, labels: Sequence[str], actions: 
     target genes given at query time, for a model without compound features (:func:`_candidates`)."""
     import anndata as ad
 
+    from bioworld.query._anndata import gene_var
+
     cands, notes = _candidates(eng, actions, labels, targets)
     x0 = cells_std()
     cache = eng.encode(x0)
@@ -61,7 +63,7 @@ def predict_means(eng: Engine, view: ModelView, labels: Sequence[str], actions: 
     out = ad.AnnData(
         X=X[:-1].astype(np.float32),
         obs=pd.DataFrame({"perturbation": list(labels), "n_cells": len(x0)}, index=pd.Index(list(labels), dtype=str)),
-        var=pd.DataFrame(index=pd.Index(view.var_names, dtype=str)),
+        var=gene_var(view.var_names, view.genes),
     )
     out.layers["delta"] = (X[:-1] - X[-1]).astype(np.float32)
     out.uns["bioworld"] = {"model": view.describe, "scale": view.scale_name}
@@ -90,7 +92,7 @@ def counterfactual_cells(eng: Engine, view: ModelView, cells: Any, cells_std: Ca
 
     eng.map(finish, range(len(specs)))
     effects = {spec: shift_effects(r.shift[i], view.entity_names) for i, spec in enumerate(specs)}
-    return counterfactual_adata(cells, list(specs), X, D, r.shift, var_names=view.var_names,
+    return counterfactual_adata(cells, list(specs), X, D, r.shift, var_names=view.var_names, genes=view.genes,
                                 entity_names=view.entity_names, effects=effects,
                                 uns={"scale": view.scale_name, "model": view.describe,
                                      **({"compounds_as_targets": notes} if notes else {})})

@@ -1,0 +1,83 @@
+"""The CLI on raw files shaped unlike the bundled data, as a new user brings them: gene ids in
+``var_names`` with the symbols in a ``var`` column (``--gene-symbols-key``), a non-default control
+label in another ``obs`` column. Found by a new-user audit of the installed wheel."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_cli import GENES, _small_adata, _write, invoke
+
+#: small batches and one thread keep CLI training fast on a busy 2-core machine
+FAST = {"groups_per_batch": 4, "cells_per_group": 4, "self_pairs": 4, "num_threads": 1}
+IDS = [f"ENSG{i:011d}" for i in range(len(GENES))]
+
+
+def _ids_screen() -> ad.AnnData:
+    """The small screen with Ensembl-style ids as var_names, symbols in var['symbol'], controls 'NT' in obs['guide']."""
+    a = _small_adata()
+    a.obs["guide"] = a.obs["perturbation"].replace({"control": "NT"}).astype(str)
+    a.obs = a.obs.drop(columns=["perturbation"])
+    a.var = pd.DataFrame({"symbol": list(GENES)}, index=IDS)
+    return a
+
+
+@pytest.fixture(scope="module")
+def ids_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ids")
+    _write(_ids_screen(), d / "screen.h5ad")
+    (d / "config.json").write_text(json.dumps(FAST))
+    result = invoke("train", d / "screen.h5ad", "--out", d / "model", "--perturbation-key", "guide", "--control", "NT",
+                    "--gene-symbols-key", "symbol", "--config", d / "config.json", "--max-steps", 3, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    return d
+
+
+def test_evaluate_reads_the_genes_of_a_model_trained_with_gene_symbols_key(ids_model, tmp_path):
+    """The model keeps the file's ids as var_names: evaluate on the training file's layout (ids + symbol
+    column) and on a file keyed by symbol both find every gene (both were 'lack 16 of 16 genes')."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(ids_model / "model", model)
+    same = invoke("evaluate", model, "--data", ids_model / "screen.h5ad")
+    assert same.exit_code == 0, (same.output, same.exception)
+    assert "scored 2 perturbation(s) on 18 test cells" in same.stdout
+    first = pd.read_csv(model / "evaluation.csv")
+
+    by_symbol = _ids_screen()
+    by_symbol.var = pd.DataFrame(index=list(GENES))
+    by_symbol = by_symbol[:, list(GENES)[::-1]].copy()  # another gene order too
+    path = _write(by_symbol, tmp_path / "by_symbol.h5ad")
+    other = invoke("evaluate", model, "--data", path)
+    assert other.exit_code == 0, (other.output, other.exception)
+    pd.testing.assert_frame_equal(pd.read_csv(model / "evaluation.csv"), first)  # the same genes, read by name
+
+
+def test_answers_carry_the_symbols_of_a_model_trained_with_gene_symbols_key(ids_model, tmp_path):
+    """predict / counterfactual keep the file's ids as var_names and add var['bw_gene_symbol'] (was: ids only)."""
+    model = ids_model / "model"
+    result = invoke("predict", model, "--perturbations", "NT,STAT1,JAK2", "--out", tmp_path / "pred.h5ad")
+    assert result.exit_code == 0, (result.output, result.exception)
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert list(pred.var_names) == IDS
+    assert list(pred.var["bw_gene_symbol"]) == list(GENES)
+
+    result = invoke("counterfactual", model, "--cells", ids_model / "screen.h5ad", "--intervention", "STAT1",
+                    "--out", tmp_path / "cf.h5ad")
+    assert result.exit_code == 0, (result.output, result.exception)
+    cf = ad.read_h5ad(tmp_path / "cf.h5ad")
+    assert list(cf.var_names) == IDS and list(cf.var["bw_gene_symbol"]) == list(GENES)
+
+
+def test_answers_of_a_symbol_keyed_model_have_no_extra_var_column(tmp_path):
+    from bioworld.query._anndata import GENE_SYMBOL, gene_var
+
+    assert GENE_SYMBOL not in gene_var(GENES, GENES).columns
+    assert list(gene_var(IDS, GENES)[GENE_SYMBOL]) == list(GENES)
+    assert np.array_equal(gene_var(IDS).index, IDS)
