@@ -81,3 +81,52 @@ def test_answers_of_a_symbol_keyed_model_have_no_extra_var_column(tmp_path):
     assert GENE_SYMBOL not in gene_var(GENES, GENES).columns
     assert list(gene_var(IDS, GENES)[GENE_SYMBOL]) == list(GENES)
     assert np.array_equal(gene_var(IDS).index, IDS)
+
+
+# ------------------------------------------------------------- another species' symbols, own gene sets
+MOUSE = [g.capitalize() for g in GENES]  # Stat1, Irf1, ...: names the bundled (human) gene sets do not hold
+
+
+@pytest.fixture(scope="module")
+def mouse(tmp_path_factory):
+    """A mouse-style screen (symbols Stat1, ...; controls 'NT' in obs['guide']) trained with its own GMT."""
+    d = tmp_path_factory.mktemp("mouse")
+    a = _small_adata()
+    a.obs["guide"] = a.obs["perturbation"].replace({"control": "NT", "STAT1": "Stat1", "IRF1": "Irf1"}).astype(str)
+    a.obs = a.obs.drop(columns=["perturbation"])
+    a.var_names = MOUSE
+    _write(a, d / "screen.h5ad")
+    (d / "mouse.gmt").write_text("MM_IFNG\tdesc\t" + "\t".join(MOUSE[:8]) + "\nMM_ISG\tdesc\t" + "\t".join(MOUSE[6:]) + "\n")
+    (d / "config.json").write_text(json.dumps(FAST))
+    result = invoke("train", d / "screen.h5ad", "--out", d / "model", "--perturbation-key", "guide", "--control", "NT",
+                    "--entities", d / "mouse.gmt", "--config", d / "config.json", "--max-steps", 3, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    return d
+
+
+def _prioritize(d, out, *flags):
+    result = invoke("prioritize", d / "model", "--cells", d / "screen.h5ad", "--goal", "down:MM_IFNG", "--out", out,
+                    "--max-genes", 20, *flags)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result, pd.read_csv(out / "ranked_interventions.csv")
+
+
+def test_prioritize_pairs_flag_on_a_raw_mouse_screen(mouse, tmp_path):
+    """--pairs (the default) scores pairs of interventions, --no-pairs none; the singles are the same rows."""
+    _, default = _prioritize(mouse, tmp_path / "default")
+    _, pairs = _prioritize(mouse, tmp_path / "pairs", "--pairs")
+    _, single = _prioritize(mouse, tmp_path / "single", "--no-pairs")
+    assert (pairs["kind"] == "pair").sum() > 0 and "pair" not in set(single["kind"])
+    pd.testing.assert_frame_equal(default, pairs)
+    singles = pairs[pairs["kind"] != "pair"]
+    assert sorted(singles["intervention"]) == sorted(single["intervention"])
+
+
+def test_prioritize_namespace_warning_names_the_commands_flag(mouse, tmp_path):
+    """On a panel the bundled gene sets do not name, the warning's fix names prioritize's --genes (it named
+    --candidates, design's flag, beside a Python keyword)."""
+    result, table = _prioritize(mouse, tmp_path / "rep", "--no-pairs")
+    lines = [line for line in result.stderr.splitlines() if "bundled gene sets name" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: "), result.stderr
+    assert "prioritize --genes A,B" in lines[0] and "(genes= / --candidates)" not in lines[0]
+    assert set(table.loc[table["kind"] == "gene", "intervention"]) <= set(MOUSE)

@@ -188,7 +188,8 @@ def _in_namespace(genes: list[str], panel: Sequence[str]) -> list[str]:
     warnings.warn(f"the bundled gene sets name {shared} of the panel's {len(panel)} genes (fewer than "
                   f"{MIN_SHARED_PANEL:.0%}): the default gene candidates are the data's targets and the panel's "
                   f"genes ({len(kept)} more), not the {len(genes) - len(kept)} other genes of those sets. Fix: pass "
-                  "the genes to rank (genes= / --candidates), written as the panel writes them", DataWarning,
+                  "the genes to rank, written as the panel writes them (Python: genes=[...]; CLI: bioworld "
+                  "prioritize --genes A,B or bioworld design --candidates FILE)", DataWarning,
                   stacklevel=user_stacklevel())
     return kept
 
