@@ -162,6 +162,10 @@ def _root(
 
 
 # ------------------------------------------------------------------------------------- helpers
+IdMapOption = Annotated[Optional[str], typer.Option(
+    "--id-map", metavar="auto|TABLE",
+    help="Map Ensembl ids in var_names to symbols: 'auto' (the bundled human org.Hs.eg.db table) or a CSV/TSV "
+         "whose first two columns are id, symbol (another organism).")]
 LayerOption = Annotated[Optional[str], typer.Option(
     "--layer", metavar="NAME",
     help="Read the expression from the file's layers[NAME] instead of X (e.g. 'counts' when X holds normalised "
@@ -272,6 +276,24 @@ def _check_input(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def _id_map(value: Optional[str]) -> Any:
+    """``--id-map``: None, ``'auto'`` or ``{id: symbol}`` from a CSV/TSV (first two columns, a header row)."""
+    if value is None or value == "auto":
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise DataValidationError(f"--id-map {value!r} is neither 'auto' nor an existing file; expected 'auto' or a "
+                                  "CSV/TSV with columns id, symbol. Fix: check the path.")
+    import pandas as pd
+
+    table = pd.read_csv(path, sep="," if path.suffix.lower() == ".csv" else "\t", dtype=str)
+    if table.shape[1] < 2 or table.iloc[:, :2].isna().any().any():
+        raise DataValidationError(f"--id-map {value!r} has {table.shape[1]} column(s) or empty cells in the first "
+                                  "two; expected a header row and columns id, symbol filled on every row. Fix: write "
+                                  "the table as 'id<TAB>symbol' lines (comma-separated for a .csv file).")
+    return dict(zip(table.iloc[:, 0].str.strip(), table.iloc[:, 1].str.strip()))
+
+
 def _entity_set(paths: Optional[List[Path]]) -> tuple[Any, str]:
     """Entity files (GMT / weight tables, combined) or the bundled defaults; same reader as training."""
     from bioworld.entities import resolve_entities
@@ -371,6 +393,7 @@ def inspect_cmd(
     min_cells: Annotated[Optional[int], typer.Option(help="Groups with fewer cells are set aside (default as in training: 3 for counts, 1 for log input).")] = None,
     entities: Annotated[Optional[List[Path]], typer.Option(metavar="FILE", help="GMT or gene/pathway/weight TSV; repeatable, combined.")] = None,
     layer: LayerOption = None,
+    id_map: IdMapOption = None,
 ) -> None:
     """Validate a dataset and show its perturbations and entity coverage.
 
@@ -384,7 +407,7 @@ def inspect_cmd(
     kwargs = _register_kwargs(adata, {
         "perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
         "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,
-        "input": _check_input(input), "min_cells_per_group": min_cells,
+        "input": _check_input(input), "min_cells_per_group": min_cells, "id_map": _id_map(id_map),
     })
     kwargs.setdefault("min_cells_per_group", 1 if kwargs.get("input") == "log" else 3)  # = WorldModel's default
     kwargs, compound_note = _compound_actions(adata, kwargs)
@@ -549,6 +572,7 @@ def train_cmd(
     no_knowledge: Annotated[bool, typer.Option("--no-knowledge", help="Represent actions by gene sets and fingerprints only, without the knowledge layer (atlas, STRING, OmniPath, compound targets); for the ablation.")] = False,
     nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel training in this many local processes (torchrun --standalone; DistributedDataParallel, gloo; with --device cuda: nccl, one GPU each). Several machines: see the torchrun line in the README.")] = 1,
     layer: LayerOption = None,
+    id_map: IdMapOption = None,
 ) -> None:
     """Train a world model (or a seed ensemble, --members) on a dataset and save it.
 
@@ -566,7 +590,7 @@ def train_cmd(
             members=members != 1, calibrate_folds=bool(calibrate_folds), resume=resume, restarts=bool(restarts),
             min_cells=min_cells is not None, compound_targets=compound_targets is not None, no_knowledge=no_knowledge,
             smiles=smiles is not None, dose_key=dose_key is not None, compound_id_key=compound_id_key is not None,
-            gene_symbols_key=gene_symbols_key is not None, layer=layer is not None))
+            gene_symbols_key=gene_symbols_key is not None, layer=layer is not None, id_map=id_map is not None))
         raise typer.Exit(code)
 
     def _train_locked() -> None:
@@ -575,6 +599,7 @@ def train_cmd(
             "perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
             "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key,
             "input": _check_input(input), "replicate_key": replicate_key, "min_cells_per_group": min_cells,
+            "id_map": _id_map(id_map),
         })
         if not backed:
             kwargs, compound_note = _compound_actions(adata, kwargs)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_cli import GENES, _small_adata, _write, invoke
+from test_cli import GENES, _small_adata, _write, assert_one_line_error, invoke
 
 #: small batches and one thread keep CLI training fast on a busy 2-core machine
 FAST = {"groups_per_batch": 4, "cells_per_group": 4, "self_pairs": 4, "num_threads": 1}
@@ -130,3 +130,43 @@ def test_prioritize_namespace_warning_names_the_commands_flag(mouse, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("warning: "), result.stderr
     assert "prioritize --genes A,B" in lines[0] and "(genes= / --candidates)" not in lines[0]
     assert set(table.loc[table["kind"] == "gene", "intervention"]) <= set(MOUSE)
+
+
+# ------------------------------------------------------------------- Ensembl ids only: --id-map
+def _ensembl_screen(ids: list[str]) -> ad.AnnData:
+    a = _small_adata()
+    a.var_names = ids
+    return a
+
+
+def test_id_map_auto_and_table_from_the_cli(tmp_path):
+    """A file with Ensembl ids and no symbol column: the error's fix names --id-map (it named the Python-only
+    id_map='auto'); --id-map auto maps human ids, --id-map TABLE another organism's; evaluate reads the model's
+    own file back (it refused it: 'var_names look like Ensembl ids')."""
+    from bioworld.data._register import _ensembl_map
+    from test_cli_hints import _check_hint
+
+    to_id = {g: i for i, g in _ensembl_map("auto").items()}
+    human = _write(_ensembl_screen([to_id[g] for g in GENES]), tmp_path / "human.h5ad")
+    line = assert_one_line_error(invoke("inspect", human), "Ensembl ids", "--id-map auto")
+    _check_hint("inspect", line)
+    ok = invoke("inspect", human, "--id-map", "auto")
+    assert ok.exit_code == 0 and "mapped 16/16 Ensembl ids to symbols" in ok.stdout, ok.output
+
+    (tmp_path / "config.json").write_text(json.dumps(FAST))
+    mouse_ids = [f"ENSMUSG{i:011d}" for i in range(len(GENES))]
+    mouse = _write(_ensembl_screen(mouse_ids), tmp_path / "mouse.h5ad")
+    (tmp_path / "ids.tsv").write_text("gene_id\tsymbol\n" + "".join(f"{i}\t{g}\n" for i, g in zip(mouse_ids, GENES)))
+    for path, flag in ((human, "auto"), (mouse, str(tmp_path / "ids.tsv"))):
+        model = tmp_path / f"model_{path.stem}"
+        result = invoke("train", path, "--out", model, "--id-map", flag, "--config", tmp_path / "config.json",
+                        "--max-steps", 2, "--quiet")
+        assert result.exit_code == 0, (result.output, result.exception)
+        assert json.loads((model / "bioworld.json").read_text())["genes"] == list(GENES)
+        result = invoke("evaluate", model, "--data", path)
+        assert result.exit_code == 0, (result.output, result.exception)
+        result = invoke("predict", model, "--perturbations", "STAT1", "--out", tmp_path / f"pred_{path.stem}.h5ad")
+        assert result.exit_code == 0, (result.output, result.exception)
+        assert list(ad.read_h5ad(tmp_path / f"pred_{path.stem}.h5ad").var["bw_gene_symbol"]) == list(GENES)
+    bad = invoke("inspect", mouse, "--id-map", tmp_path / "missing.tsv")
+    assert_one_line_error(bad, "--id-map", "missing.tsv", "id, symbol")

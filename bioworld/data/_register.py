@@ -43,6 +43,8 @@ _LOG_MAX = 30.0  # a log1p/log2 expression matrix rarely exceeds this
 _COUNTS_AS_LOG_MAX = 50.0  # integer data above this declared as 'log' is almost surely counts
 _CHUNK_ROWS = 8192
 ID_MAP_NAME = "genesets/gene_id_map_orgHsEgDb_3.16.tsv.gz"
+#: ``var`` column ``register(..., id_map=...)`` writes the mapped symbols to.
+ID_SYMBOLS_KEY = "bw_gene_symbol"
 
 
 class DataWarning(UserWarning):
@@ -447,9 +449,9 @@ def _resolve_genes(
             raise DataValidationError(
                 f"{source} look like Ensembl ids ({n_ens}/{len(genes)}, e.g. "
                 f"{_preview([g for g in genes if _ENSEMBL_RE.match(g)], 2)}); expected gene symbols "
-                "(entities and perturbations are named by symbol). Fix: pass id_map='auto' to map "
-                "them with the bundled org.Hs.eg.db table, or gene_symbols_key=<var column with "
-                "symbols>."
+                "(entities and perturbations are named by symbol). Fix: pass id_map='auto' (CLI: --id-map auto) to "
+                "map them with the bundled human org.Hs.eg.db table (another organism: id_map={id:symbol} (CLI: "
+                "--id-map TABLE)), or gene_symbols_key=<var column with symbols>."
             )
         mapping = _ensembl_map(id_map)
         mapped = [mapping.get(g.split(".")[0]) if _ENSEMBL_RE.match(g) else g for g in genes]
@@ -458,8 +460,8 @@ def _resolve_genes(
             raise DataValidationError(
                 f"only {len(genes) - n_unmapped}/{len(genes)} Ensembl ids in {source} could be "
                 "mapped to symbols; expected most to map (the bundled table is human, "
-                "org.Hs.eg.db 3.16). Fix: pass id_map={ensembl_id: symbol} for this organism, or "
-                "gene_symbols_key=<var column with symbols>."
+                "org.Hs.eg.db 3.16). Fix: pass id_map={id:symbol} (CLI: --id-map TABLE, columns id, symbol) for "
+                "this organism, or gene_symbols_key=<var column with symbols>."
             )
         symbols = [m if m is not None else g for m, g in zip(mapped, genes)]
         symbols, dups = _make_unique(symbols)
@@ -468,8 +470,8 @@ def _resolve_genes(
             f"adata.var['bw_gene_symbol']); {n_unmapped} without a symbol keep their id"
             + (f"; {len(dups)} symbols shared by several ids were suffixed -1, -2, ..." if dups else "")
         )
-        adata.var["bw_gene_symbol"] = symbols
-        return symbols, findings, "bw_gene_symbol"
+        adata.var[ID_SYMBOLS_KEY] = symbols
+        return symbols, findings, ID_SYMBOLS_KEY
     return genes, findings, gene_symbols_key
 
 

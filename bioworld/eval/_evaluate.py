@@ -24,6 +24,7 @@ import pandas as pd
 
 from bioworld.report._evaluation import EVALUATION, load_evaluation  # noqa: F401 (re-exported)
 from bioworld.data._io import COMPOUND_LABELS_KEY
+from bioworld.data._register import ID_SYMBOLS_KEY
 from bioworld.errors import BioworldError, DataValidationError
 from bioworld.errors import user_stacklevel
 from bioworld.eval.baselines import FitContext, MeanOfTrain, NoChange, split_half_ceiling
@@ -84,10 +85,20 @@ def _test_registration(adata: Any, model: Any, given: Mapping[str, Any]) -> tupl
                                                  control=kw["control"])
     if kw.get("gene_symbols_key") and kw["gene_symbols_key"] not in adata.var.columns:
         kw["gene_symbols_key"] = None
+        if reg.gene_symbols_key == ID_SYMBOLS_KEY:  # trained with id_map: the test file's ids are mapped the same way
+            kw["id_map"] = _model_id_map(_base_model(model))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         registration = register(adata, **kw)
     return registration, kw["perturbation_key"]
+
+
+def _model_id_map(model: Any) -> dict[str, str]:
+    """Ensembl id -> symbol as the model mapped its training file (over the bundled human table, for other ids)."""
+    from bioworld.data._register import _ensembl_map
+
+    own = {str(i).split(".")[0]: str(g) for i, g in zip(model.var_names, model.genes)}
+    return {**_ensembl_map("auto"), **own}
 
 
 def _on_panel(adata: Any, model: Any, registration: Any) -> Any:

@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bioworld.data._register import ID_SYMBOLS_KEY
+
 __all__ = ["ENTITY_SHIFT", "GENE_SYMBOL", "counterfactual_adata", "effects_frame", "gene_var"]
 
 ENTITY_SHIFT = "bw_entity_shift"
-GENE_SYMBOL = "bw_gene_symbol"
+GENE_SYMBOL = ID_SYMBOLS_KEY  # the column register(..., id_map=) writes
 _OWN_OBS = ("bw_intervention", "bw_cell")
 
 
