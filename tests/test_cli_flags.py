@@ -286,6 +286,43 @@ def test_benchmark_passes_its_options_on(monkeypatch):
     assert args.steps == 7 and args.no_world_model and args.only == "simulator" and args.keep_earlier
 
 
+@pytest.fixture
+def small_quick(monkeypatch):
+    """The quick mode's simulator, smaller (fewer cells and truth draws): the same code path in seconds."""
+    from dataclasses import replace
+
+    import bioworld.eval.benchmark as B
+
+    monkeypatch.setitem(B.SETTINGS, "quick", replace(B.SETTINGS["quick"], sim_cells=20, sim_control_cells=100,
+                                                     sim_truth_draws=500, sim_unsampled_doubles=4))
+
+
+def _bench(out: Path, *flags):
+    result = invoke("benchmark", "--only", "simulator", "--seeds", "0", "--out", out, *flags)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result, set(pd.read_csv(out / "simulator_scores.csv")["method"])
+
+
+def test_benchmark_progress_and_world_model_flags_run(tmp_path, small_quick):
+    """Real runs (the quick simulator benchmark, smaller; baselines only): --progress draws the bar on stderr,
+    --no-progress does not; --no-world-model scores no WorldModel, and the report's settings line says so (it named
+    the WorldModel's max_steps of a model never trained)."""
+    shown, methods = _bench(tmp_path / "a", "--no-world-model", "--progress")
+    hidden, again = _bench(tmp_path / "b", "--no-world-model", "--no-progress")
+    assert "simulator:" in shown.stderr and "%|" in shown.stderr, shown.stderr
+    assert "%|" not in hidden.stderr and "simulator: " in hidden.stderr  # the summary line, no bar
+    assert methods == again and "WorldModel" not in methods and {"NoChange", "Additive"} <= methods
+    report = (tmp_path / "a" / "BENCHMARKS.md").read_text()
+    assert "no WorldModel (--no-world-model)" in report and "WorldModel max_steps" not in report  # said 150 steps
+
+
+def test_benchmark_world_model_flag_trains_the_model(tmp_path, small_quick):
+    """--world-model (the default) trains and scores the world model (2 steps per fold here)."""
+    result, methods = _bench(tmp_path / "wm", "--world-model", "--steps", 2, "--no-progress")
+    assert "WorldModel" in methods and "WorldModel max_steps=2" in (tmp_path / "wm" / "BENCHMARKS.md").read_text()
+    assert "%|" not in result.stderr
+
+
 def test_torchrun_entry_help_lists_its_options():
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-m", "bioworld.train.distributed", "-h"], env=env, capture_output=True,

@@ -908,8 +908,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         walls.update({b: df.attrs["earlier_run"]["wall_s"] for b, df in kept.items()})
     command = "python benchmarks/run_benchmarks.py " + shlex.join(argv) if argv else "python benchmarks/run_benchmarks.py"
     ran = [b for b in only if b != "retrospective"]
-    notes = [f"settings of the benchmarks this command ran ({', '.join(ran)}): seeds={list(seeds)}, WorldModel "
-             f"max_steps={steps or 'TrainConfig default'}"
+    trained = f"WorldModel max_steps={steps or 'TrainConfig default'}" if wm else "no WorldModel (--no-world-model)"
+    notes = [f"settings of the benchmarks this command ran ({', '.join(ran)}): seeds={list(seeds)}, {trained}"
              + (f", Papalexi folds={args.folds or st.papalexi_folds}, ablations={ablations}" if "papalexi" in ran
                 else "")] if ran else []
     if frames:
