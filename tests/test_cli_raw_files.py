@@ -75,6 +75,24 @@ def test_answers_carry_the_symbols_of_a_model_trained_with_gene_symbols_key(ids_
     assert list(cf.var_names) == IDS and list(cf.var["bw_gene_symbol"]) == list(GENES)
 
 
+def test_cells_keyed_by_symbol_are_read_by_a_model_trained_on_ids(ids_model, tmp_path):
+    """Cells with the symbols as var_names (scanpy's usual layout) get the same counterfactual as cells keyed by
+    the training file's ids (they were refused: '16 of the model's 16 genes are missing')."""
+    model = ids_model / "model"
+    by_symbol = _ids_screen()
+    by_symbol.var = pd.DataFrame(index=list(GENES))
+    by_symbol = by_symbol[:, list(GENES)[::-1]].copy()
+    _write(by_symbol, tmp_path / "cells.h5ad")
+    outs = {}
+    for name, cells in (("ids", ids_model / "screen.h5ad"), ("symbols", tmp_path / "cells.h5ad")):
+        result = invoke("counterfactual", model, "--cells", cells, "--intervention", "IRF1", "--out",
+                        tmp_path / f"cf_{name}.h5ad")
+        assert result.exit_code == 0, (result.output, result.exception)
+        outs[name] = ad.read_h5ad(tmp_path / f"cf_{name}.h5ad")
+    assert list(outs["symbols"].var_names) == IDS
+    np.testing.assert_array_equal(np.asarray(outs["symbols"].X), np.asarray(outs["ids"].X))
+
+
 def test_answers_of_a_symbol_keyed_model_have_no_extra_var_column(tmp_path):
     from bioworld.query._anndata import GENE_SYMBOL, gene_var
 

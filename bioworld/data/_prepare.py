@@ -112,31 +112,42 @@ def prepare(adata: Any, *, perturbation_key: str, control: str, dose_key: str | 
     )
 
 
-def align_panel(cells: Any, var_names: list[str]) -> Any:
-    """``cells`` with its genes in the order of ``var_names``; refuses a different gene panel."""
+def align_panel(cells: Any, var_names: list[str], genes: list[str] | None = None) -> Any:
+    """``cells`` with its genes in the order of ``var_names``; refuses a different gene panel.
+
+    ``genes``: the model's symbols, when its ``var_names`` are ids (trained with ``gene_symbols_key`` /
+    ``id_map``); cells whose ``var_names`` are those symbols are read by symbol."""
     names = [str(v) for v in cells.var_names]
     if names == var_names:
         return cells
     if set(names) == set(var_names) and len(names) == len(var_names):
         return cells[:, var_names].copy()
+    symbols = [str(g) for g in genes] if genes is not None else var_names
+    if symbols != var_names and set(names) == set(symbols) and len(names) == len(symbols):
+        out = cells[:, symbols].copy()
+        out.var_names = pd.Index(var_names, dtype=str)
+        return out
     missing = [g for g in var_names if g not in set(names)]
     extra = [g for g in names if g not in set(var_names)]
+    also = f" or its gene symbols (e.g. {symbols[:3]})" if symbols != var_names else ""
     raise DataValidationError(
         f"cells have a different gene panel: {len(missing)} of the model's {len(var_names)} genes are "
         f"missing (e.g. {missing[:5]}) and {len(extra)} are extra (e.g. {extra[:5]}). Expected the model's "
-        "var_names (any order); subset/reindex the cells to the training panel."
+        f"var_names{also} (any order); subset/reindex the cells to the training panel."
     )
 
 
-def cells_to_std(cells: Any, registration: Registration, var_names: list[str], mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """Standardised expression ``[cells, G]`` of new cells, normalised and checked as the training data were."""
+def cells_to_std(cells: Any, registration: Registration, var_names: list[str], mu: np.ndarray, sd: np.ndarray
+                 ) -> np.ndarray:
+    """Standardised expression ``[cells, G]`` of new cells, normalised and checked as the training data were
+    (genes matched by ``var_names``, or by the registration's symbols: :func:`align_panel`)."""
     from dataclasses import replace
 
     from bioworld.data._register import _check_matrix, _value_stats
 
     if cells.n_obs == 0:
         raise DataValidationError("cells is empty (0 cells); expected at least one cell")
-    cells = align_panel(cells, var_names)
+    cells = align_panel(cells, var_names, list(registration.genes))
     _check_matrix(cells, registration.input)  # same value checks as at registration
     if registration.input == "log":
         s = _value_stats(cells.X)
