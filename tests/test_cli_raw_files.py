@@ -188,3 +188,15 @@ def test_id_map_auto_and_table_from_the_cli(tmp_path):
         assert list(ad.read_h5ad(tmp_path / f"pred_{path.stem}.h5ad").var["bw_gene_symbol"]) == list(GENES)
     bad = invoke("inspect", mouse, "--id-map", tmp_path / "missing.tsv")
     assert_one_line_error(bad, "--id-map", "missing.tsv", "id, symbol")
+
+
+def test_holdout_in_another_case_is_refused_with_the_label_as_written(tmp_path):
+    """--holdout stat1 on a screen labelled STAT1: the error says which label was meant and how to fix it (it
+    listed three labels, no fix)."""
+    from test_cli_hints import _check_hint
+
+    data = _write(_small_adata(), tmp_path / "d.h5ad")
+    line = assert_one_line_error(invoke("train", data, "--out", tmp_path / "m", "--holdout", "stat1,IRF", "--max-steps", 1),
+                                 "'stat1': did you mean 'STAT1'?", "'IRF': did you mean 'IRF1'?", "--holdout A,B")
+    _check_hint("train", line)
+    assert not (tmp_path / "m" / "bioworld.json").exists()

@@ -31,9 +31,16 @@ def check_holdout(holdout: Iterable[str] | Any, labels: Sequence[str], *, contro
     known = set(labels) | {control}
     unknown = [h for h in held if h not in known]
     if unknown:
+        import difflib
+
+        by_case = {str(lab).casefold(): lab for lab in labels}
+        close = {h: by_case.get(h.casefold()) or next(iter(difflib.get_close_matches(h, list(labels), n=1)), None)
+                 for h in unknown}
+        hint = "; ".join(f"{h!r}: did you mean {c!r}?" for h, c in close.items() if c is not None)
         raise DataValidationError(
             f"holdout labels {unknown} are not perturbations of this data; expected labels from "
-            f"obs[{perturbation_key!r}] such as {list(labels)[:3]}"
+            f"obs[{perturbation_key!r}] such as {list(labels)[:3]}" + (f" ({hint})" if hint else "")
+            + ". Fix: hold out labels exactly as the data write them (CLI: --holdout A,B)."
         )
     if control in held:
         raise DataValidationError(
