@@ -200,3 +200,18 @@ def test_holdout_in_another_case_is_refused_with_the_label_as_written(tmp_path):
                                  "'stat1': did you mean 'STAT1'?", "'IRF': did you mean 'IRF1'?", "--holdout A,B")
     _check_hint("train", line)
     assert not (tmp_path / "m" / "bioworld.json").exists()
+
+
+def test_entities_table_without_weights_gets_a_cli_fix(tmp_path):
+    """--entities with a gene/pathway table and no weight column: the fix says what to write (it named the Python
+    keywords gene_col= / set_col= / weight_col=, which no CLI flag sets)."""
+    from test_cli_hints import _check_hint
+
+    data = _write(_small_adata(), tmp_path / "d.h5ad")
+    (tmp_path / "sets.tsv").write_text("pathway\tgene\n" + "".join(f"IFN\t{g}\n" for g in GENES[:5]))
+    line = assert_one_line_error(invoke("inspect", data, "--entities", tmp_path / "sets.tsv"),
+                                 "missing ['weight']", "add a weight column of 1s", "GMT")
+    _check_hint("inspect", line)
+    (tmp_path / "sets.tsv").write_text("pathway\tgene\tweight\n" + "".join(f"IFN\t{g}\t1\n" for g in GENES[:5]))
+    ok = invoke("inspect", data, "--entities", tmp_path / "sets.tsv")
+    assert ok.exit_code == 0 and "sets: 1/1 kept" in ok.stdout, ok.output

@@ -164,12 +164,12 @@ def _read_table(p: Path, what: str) -> pd.DataFrame:
     return df
 
 
-def _require_columns(df: pd.DataFrame, p: Path, required: list[str], what: str) -> None:
+def _require_columns(df: pd.DataFrame, p: Path, required: list[str], what: str, fix: str = "rename the columns") -> None:
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise EntityError(
             f"Found columns {list(df.columns)} in '{p}'; expected columns {required} ({what}), "
-            f"missing {missing}. Fix: rename the columns or pass gene_col= / set_col= / weight_col=."
+            f"missing {missing}. Fix: {fix}."
         )
     for c in required:
         empty = df[c].isna()
@@ -209,7 +209,10 @@ def read_weight_table(
     what = f"weight table with columns {gene_col!r}, {set_col!r}, {weight_col!r}"
     p = _check_file(path, what)
     df = _read_table(p, what)
-    _require_columns(df, p, [gene_col, set_col, weight_col], what)
+    _require_columns(df, p, [gene_col, set_col, weight_col], what,
+                     fix=f"rename the columns to {gene_col!r}, {set_col!r}, {weight_col!r} (genes listed without weights: "
+                         "add a weight column of 1s, or write the sets as a GMT file); EntitySet.from_weight_table "
+                         "also reads other column names")
     df = pd.DataFrame(
         {
             "gene": df[gene_col].str.strip(),
