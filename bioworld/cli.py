@@ -303,6 +303,31 @@ def _entity_set(paths: Optional[List[Path]]) -> tuple[Any, str]:
     return resolve_entities([str(p) for p in paths]), ", ".join(str(p) for p in paths)
 
 
+@contextlib.contextmanager
+def _symbols_column_hint(adata: Any, entities: Optional[List[Path]], symbols_key: Optional[str]) -> Any:
+    """When no entity covers the panel and no --gene-symbols-key was given, the error's fix names a ``var``
+    column holding symbols the entities name (e.g. ``pr_gene_symbol`` beside probe ids)."""
+    from bioworld.errors import EntityError
+
+    try:
+        yield
+    except EntityError as exc:
+        if symbols_key is not None or not str(exc).startswith("Found no entity"):
+            raise
+        known = set(_entity_set(entities)[0].genes())
+        found = []
+        for col in adata.var.columns:
+            values = adata.var[col]
+            if values.dtype.kind in "OUS" or str(values.dtype) in ("category", "string"):
+                found.append((int(values.astype(str).isin(known).sum()), str(col)))
+        n, col = max(found, default=(0, ""))
+        if n < 0.3 * adata.n_vars:
+            raise
+        head, _, tail = str(exc).partition("Fix: ")
+        raise EntityError(f"{head}Fix: pass --gene-symbols-key {col} (var column {col!r} holds symbols the entities "
+                          f"name: {n} of {adata.n_vars} genes), or {tail}") from None
+
+
 def _split_labels(text: str, option: str) -> list[str]:
     """Split on commas only; labels are not stripped (the action parser reports stray whitespace)."""
     if text == "":
@@ -416,7 +441,8 @@ def inspect_cmd(
         warnings.simplefilter("ignore", UserWarning)
         reg = register(adata, **kwargs)
         entity_set, entity_source = _entity_set(entities)
-        panel = map_to_panel(entity_set, reg.genes)
+        with _symbols_column_hint(adata, entities, kwargs.get("gene_symbols_key")):
+            panel = map_to_panel(entity_set, reg.genes)
     typer.echo(f"data: {source}")
     if compound_note:
         typer.echo(compound_note)
@@ -618,12 +644,13 @@ def train_cmd(
             compound_targets=None if compound_targets is None else _existing(compound_targets, "--compound-targets"),
             **kwargs,
         )
-        if members > 1:
-            _train_ensemble(adata, out, train_config, wm_kwargs, members=members, calibrate_folds=calibrate_folds,
-                            overwrite=overwrite, quiet=quiet)
-        else:
-            _train_single(adata, source, out, train_config, wm_kwargs, restarts=restarts if not backed else 0,
-                          resume=resume, overwrite=overwrite, quiet=quiet)
+        with _symbols_column_hint(adata, entities, kwargs.get("gene_symbols_key")):
+            if members > 1:
+                _train_ensemble(adata, out, train_config, wm_kwargs, members=members, calibrate_folds=calibrate_folds,
+                                overwrite=overwrite, quiet=quiet)
+            else:
+                _train_single(adata, source, out, train_config, wm_kwargs, restarts=restarts if not backed else 0,
+                              resume=resume, overwrite=overwrite, quiet=quiet)
 
     _run_locked(out, _train_locked)
 

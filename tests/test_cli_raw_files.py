@@ -215,3 +215,17 @@ def test_entities_table_without_weights_gets_a_cli_fix(tmp_path):
     (tmp_path / "sets.tsv").write_text("pathway\tgene\tweight\n" + "".join(f"IFN\t{g}\t1\n" for g in GENES[:5]))
     ok = invoke("inspect", data, "--entities", tmp_path / "sets.tsv")
     assert ok.exit_code == 0 and "sets: 1/1 kept" in ok.stdout, ok.output
+
+
+def test_probe_ids_with_a_symbol_column_name_that_column(tmp_path):
+    """Probe ids as var_names (a raw L1000 plate) and the symbols in a var column: inspect and train say which
+    column to pass (they only said 'a var column of symbols: --gene-symbols-key COLUMN')."""
+    a = _small_adata()
+    a.var = pd.DataFrame({"probe_type": ["at"] * len(GENES), "pr_gene_symbol": list(GENES)},
+                         index=[f"{2000 + i}_at" for i in range(len(GENES))])
+    data = _write(a, tmp_path / "probes.h5ad")
+    for cmd in (["inspect", data], ["train", data, "--out", tmp_path / "m", "--max-steps", 1]):
+        assert_one_line_error(invoke(*cmd), "Found no entity", "Fix: pass --gene-symbols-key pr_gene_symbol",
+                              "16 of 16 genes")
+    ok = invoke("inspect", data, "--gene-symbols-key", "pr_gene_symbol")
+    assert ok.exit_code == 0, ok.output
