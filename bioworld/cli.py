@@ -631,14 +631,10 @@ def train_cmd(
             kwargs, compound_note = _compound_actions(adata, kwargs)
             if compound_note and not quiet:
                 typer.echo(compound_note)
-        smiles_path = smiles
-        if smiles_path is None and kwargs.get("compound_id_key"):
-            from bioworld.data import bundled_path
-
-            smiles_path = bundled_path(DEFAULT_SMILES)
+        smiles_path = _smiles_path(smiles, kwargs.get("compound_id_key"))
         wm_kwargs = dict(
             entities=[str(p) for p in entities] if entities else None,
-            smiles=None if smiles_path is None else str(smiles_path),
+            smiles=smiles_path,
             holdout=_split_labels(holdout, "--holdout") if holdout is not None else [],
             knowledge=not no_knowledge,
             compound_targets=None if compound_targets is None else _existing(compound_targets, "--compound-targets"),
@@ -653,6 +649,15 @@ def train_cmd(
                               resume=resume, overwrite=overwrite, quiet=quiet)
 
     _run_locked(out, _train_locked)
+
+
+def _smiles_path(smiles: Optional[Path], compound_id_key: Optional[str]) -> Optional[str]:
+    """``--smiles``, or the bundled LINCS table when ``--compound-id-key`` is given without it."""
+    if smiles is None and compound_id_key:
+        from bioworld.data import bundled_path
+
+        smiles = bundled_path(DEFAULT_SMILES)
+    return None if smiles is None else str(smiles)
 
 
 def _run_locked(out: Path, run: Any) -> None:
