@@ -328,6 +328,24 @@ def _symbols_column_hint(adata: Any, entities: Optional[List[Path]], symbols_key
                           f"name: {n} of {adata.n_vars} genes), or {tail}") from None
 
 
+def _warn_unused(ctx: typer.Context, reasons: dict[str, str]) -> None:
+    """A ``warning:`` line for each flag the user gave (command line or environment) that this run does not use:
+    ``reasons`` maps the parameter name to why; a flag left at its default is not mentioned."""
+    for name, why in reasons.items():  # by name: typer may bring its own copy of click's ParameterSource
+        if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
+            warnings.warn(f"--{name.replace('_', '-')} is not used: {why}", UserWarning, stacklevel=2)
+
+
+def _is_genetic(model: Any) -> bool:
+    """True for a model trained on gene perturbations only (it scores compounds as the loss of their targets)."""
+    return getattr(getattr(model, "members", [model])[0].space, "compounds", None) is None
+
+
+_DOSE_UNUSED = ("this model learned gene perturbations only, so compounds are scored as the loss of their targets "
+                "whatever the dose")
+_LEVEL_UNUSED = "it sets the interval of an ensemble's answers, and MODEL_DIR is a single model (no intervals are written)"
+
+
 def _split_labels(text: str, option: str) -> list[str]:
     """Split on commas only; labels are not stripped (the action parser reports stray whitespace)."""
     if text == "":
@@ -843,6 +861,7 @@ def _train_state_plan(out: Path, config: Any, restarts: int, *, resume: bool, ov
 @app.command("predict")
 @_command
 def predict_cmd(
+    ctx: typer.Context,
     model_dir: Annotated[Path, typer.Argument(help="A model (or ensemble) folder written by 'bioworld train'.")],
     perturbations: Annotated[str, typer.Option(help="Comma-separated labels, e.g. 'control,JAK2,IFNGR1+STAT1'.")],
     out: Annotated[Path, typer.Option("--out", metavar="PRED.h5ad", help="AnnData (.h5ad) to write: X = predicted mean, layers['delta'].")],
@@ -887,6 +906,7 @@ def predict_cmd(
                                 "folder (MODEL_DIR/member_0) or drop --context.")
         pred = wm.predict(labels, level=level, compounds=new_smiles or None, compound_targets=targets)
     else:
+        _warn_unused(ctx, {"level": _LEVEL_UNUSED})
         pred = wm.predict(labels, context=context, compounds=new_smiles or None, compound_targets=targets)
     write_h5ad_atomic(pred, out)
     typer.echo(f"predicted {pred.n_obs} perturbation(s) x {pred.n_vars:,} genes; wrote {out}")
@@ -951,6 +971,7 @@ def _is_ensemble(model: Any) -> bool:
 @app.command("counterfactual")
 @_command
 def counterfactual_cmd(
+    ctx: typer.Context,
     model_dir: Annotated[Path, typer.Argument(help="A model folder written by 'bioworld train'.")],
     cells: Annotated[Path, typer.Option("--cells", metavar="CELLS.h5ad", help="Cells to intervene on (the model's gene panel; counts or log as trained).")],
     intervention: Annotated[List[str], typer.Option("--intervention", metavar="SPEC", help="An intervention, e.g. 'silence:HALLMARK_INTERFERON_GAMMA_RESPONSE', 'STAT1', 'IFNGR1+IRF1'; repeatable.")],
@@ -975,6 +996,8 @@ def counterfactual_cmd(
     _check_out(out, overwrite=overwrite, inputs={"--cells": cells, "MODEL_DIR": model_dir})
     wm = _load_model(model_dir, device=device)
     adata = read_h5ad(cells, layer=layer)
+    if not _is_ensemble(wm):
+        _warn_unused(ctx, {"level": _LEVEL_UNUSED})
     cf = wm.counterfactual(adata, list(intervention)) if not _is_ensemble(wm) else \
         wm.counterfactual(adata, list(intervention), level=level)
     write_h5ad_atomic(cf, out)
@@ -1027,6 +1050,7 @@ def _best_counterfactuals(wm: Any, table: Any, adata: Any, n: int) -> Any:
 @app.command("prioritize")
 @_command
 def prioritize_cmd(
+    ctx: typer.Context,
     model_dir: Annotated[Path, typer.Argument(help="A model folder written by 'bioworld train'.")],
     cells: Annotated[Path, typer.Option("--cells", metavar="CELLS.h5ad", help="Starting cells (the model's gene panel).")],
     goal: Annotated[str, typer.Option("--goal", help="'down:ENTITY', 'up:ENTITY' or 'toward:control'.")],
@@ -1052,6 +1076,8 @@ def prioritize_cmd(
     Goal.parse(goal, entity_names=wm.entity_names)  # a bad goal fails before the cells are read
     adata = read_h5ad(cells, layer=layer)
     every = genes is not None and genes.strip().lower() == "all"
+    _warn_unused(ctx, {**({"max_genes": "--genes names the gene candidates"} if genes is not None else {}),
+                       **({"dose": _DOSE_UNUSED} if _is_genetic(wm) else {})})
     result = wm.prioritize(adata, goal, genes=_split_labels(genes, "--genes") if genes is not None and not every else None,
                            max_genes=None if every else max_genes, dose=dose, pairs=pairs)
     cf = _best_counterfactuals(wm, result.table, adata, counterfactuals) if counterfactuals else None
@@ -1133,6 +1159,7 @@ def _read_candidates(path: Path) -> list[str]:
 @app.command("design")
 @_command
 def design_cmd(
+    ctx: typer.Context,
     model_dir: Annotated[Path, typer.Argument(help="A model or ensemble folder written by 'bioworld train' (an ensemble's members disagree where the model is uncertain).")],
     budget: Annotated[int, typer.Option("--budget", help="How many perturbations to measure next.")],
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for design.csv and design.html.")],
@@ -1178,6 +1205,9 @@ def design_cmd(
         from bioworld.query._reach import read_network
 
         net = read_network(network)  # read before the model: a bad file fails fast
+    given = "--candidates lists the candidates (--max-genes and --dose shape the default ones)"
+    _warn_unused(ctx, {"max_genes": given, "dose": given} if labels is not None else
+                 {"dose": _DOSE_UNUSED} if _is_genetic(model) else {})
     table = design(model, labels, budget=budget, goal=goal, strategy=strategy, seed=seed, max_genes=max_genes, dose=dose,
                    network=net)
     csv_path, html_path = write_design(table, out, model_name=model_dir.name)

@@ -229,3 +229,36 @@ def test_probe_ids_with_a_symbol_column_name_that_column(tmp_path):
                               "16 of 16 genes")
     ok = invoke("inspect", data, "--gene-symbols-key", "pr_gene_symbol")
     assert ok.exit_code == 0, ok.output
+
+
+def _warnings(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+
+
+def test_flags_given_but_not_used_are_said(mouse, tmp_path):
+    """--level on a single model, --max-genes beside --genes / --candidates and --dose on a model of gene
+    perturbations were accepted and silently ignored; each now gets a warning line, and only when given."""
+    model, cells = mouse / "model", mouse / "screen.h5ad"
+    r = invoke("predict", model, "--perturbations", "Stat1", "--level", 0.5, "--out", tmp_path / "p.h5ad")
+    assert r.exit_code == 0 and any(w.startswith("warning: --level is not used") for w in _warnings(r)), r.output
+    r = invoke("predict", model, "--perturbations", "Stat1", "--out", tmp_path / "q.h5ad")
+    assert r.exit_code == 0 and not any("--level" in w for w in _warnings(r)), r.output
+    r = invoke("counterfactual", model, "--cells", cells, "--intervention", "Irf1", "--level", 0.8,
+               "--out", tmp_path / "cf.h5ad")
+    assert r.exit_code == 0 and any(w.startswith("warning: --level is not used") for w in _warnings(r)), r.output
+
+    r = invoke("prioritize", model, "--cells", cells, "--goal", "down:MM_IFNG", "--genes", "Stat1,Irf1",
+               "--max-genes", 5, "--dose", 3, "--no-pairs", "--out", tmp_path / "rep")
+    assert r.exit_code == 0, r.output
+    said = " ".join(_warnings(r))
+    assert "--max-genes is not used: --genes names the gene candidates" in said
+    assert "--dose is not used: this model learned gene perturbations only" in said
+    r = invoke("prioritize", model, "--cells", cells, "--goal", "down:MM_IFNG", "--genes", "Stat1,Irf1", "--no-pairs",
+               "--out", tmp_path / "rep2")
+    assert r.exit_code == 0 and "is not used" not in r.stderr, r.output
+
+    (tmp_path / "cands.txt").write_text("Jak2\nSocs1\n")
+    r = invoke("design", model, "--budget", 1, "--candidates", tmp_path / "cands.txt", "--max-genes", 3,
+               "--out", tmp_path / "next")
+    assert r.exit_code == 0, r.output
+    assert any(w.startswith("warning: --max-genes is not used: --candidates lists") for w in _warnings(r)), r.output
