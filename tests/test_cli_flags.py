@@ -80,6 +80,21 @@ def test_train_and_predict_compound_at_dose_from_the_raw_plate(plate_model, tmp_
     assert np.abs(np.asarray(pred.layers["delta"])[1:]).max() > 0
 
 
+def test_compound_ids_join_smiles_whatever_the_name_column_is_called(plate, tmp_path):
+    """--compound-id-key joined ids to the SMILES table only through a column literally named 'pert_iname': a plate
+    whose names are in obs['drug'] trained with no structure at all, silently. Now through --perturbation-key."""
+    raw = _raw_compound_plate().copy()
+    raw.obs = raw.obs.rename(columns={"pert_iname": "drug", "pert_id": "brd"})
+    path = _write(raw, tmp_path / "drug_plate.h5ad")
+    result = invoke("train", path, "--out", tmp_path / "m", "--perturbation-key", "drug", "--dose-key", "pert_dose",
+                    "--compound-id-key", "brd", "--smiles", plate / "smiles.csv", "--input", "log", "--control", "DMSO",
+                    "--config", plate / "config.json", "--max-steps", 2, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    meta = json.loads((tmp_path / "m" / "bioworld.json").read_text())
+    assert sorted(meta["smiles"]) == ["aspirin", "caffeine"]
+    assert meta["smiles"]["aspirin"] == SMILES["BRD-K0001"]
+
+
 def test_query_commands_take_device(plate, plate_model, tmp_path):
     import torch
 

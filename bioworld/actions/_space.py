@@ -368,8 +368,9 @@ def read_smiles(smiles: str | os.PathLike | Mapping[str, str] | None, adata: Any
 
         table = load_smiles_table(smiles)
     out: dict[str, str] = {}
-    if compound_id_key is not None and "pert_iname" in adata.obs.columns:
-        names = adata.obs["pert_iname"].astype(str)
+    name_key = _compound_name_key(adata)
+    if compound_id_key is not None and name_key is not None and compound_id_key in adata.obs.columns:
+        names = adata.obs[name_key].astype(str)
         ids = adata.obs[compound_id_key].astype(str)
         for n, i in zip(names, ids):
             s = table.get(i[:13]) or table.get(i) or table.get(n)
@@ -379,6 +380,19 @@ def read_smiles(smiles: str | os.PathLike | Mapping[str, str] | None, adata: Any
         if c not in out and c in table:
             out[c] = table[c]
     return out
+
+
+def _compound_name_key(adata: Any) -> str | None:
+    """The ``obs`` column of compound names that ids are joined through: the one ``compound_labels`` built the
+    ``NAME@DOSE`` labels from (``--perturbation-key`` with ``--dose-key``), else LINCS's ``pert_iname``."""
+    uns = getattr(adata, "uns", {}) or {}
+    loader = uns.get("bioworld", {}).get("loader", {}) if hasattr(uns.get("bioworld", {}), "get") else {}
+    record = loader.get("compound_labels") if hasattr(loader, "get") else None
+    name_key = record.get("name_key") if hasattr(record, "get") else None
+    for key in (name_key, "pert_iname"):
+        if key is not None and str(key) in adata.obs.columns:
+            return str(key)
+    return None
 
 
 def _compound_hint(name: str) -> str:
