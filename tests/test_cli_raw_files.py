@@ -262,3 +262,25 @@ def test_flags_given_but_not_used_are_said(mouse, tmp_path):
                "--out", tmp_path / "next")
     assert r.exit_code == 0, r.output
     assert any(w.startswith("warning: --max-genes is not used: --candidates lists") for w in _warnings(r)), r.output
+
+
+def test_a_perturbation_set_aside_for_its_size_says_so_when_asked_for(tmp_path):
+    """A 2-cell perturbation no gene set names is set aside at training; asking for it later said only 'in no
+    entity ... check the symbol'. Now it says the data had it, why it was set aside, and --min-cells."""
+    a = _small_adata()
+    labels = a.obs["perturbation"].astype(str).to_numpy().copy()
+    labels[[6, 7]] = "TINYKO1"  # two of the STAT1 cells
+    a.obs["perturbation"] = labels
+    data = _write(a, tmp_path / "d.h5ad")
+    (tmp_path / "config.json").write_text(json.dumps(FAST))
+    result = invoke("train", data, "--out", tmp_path / "m", "--config", tmp_path / "config.json", "--max-steps", 2,
+                    "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    for cmd in (["predict", tmp_path / "m", "--perturbations", "TINYKO1", "--out", tmp_path / "p.h5ad"],
+                ["counterfactual", tmp_path / "m", "--cells", data, "--intervention", "STAT1+TINYKO1",
+                 "--out", tmp_path / "c.h5ad"]):
+        assert_one_line_error(invoke(*cmd), "'TINYKO1' is a perturbation of the training data, set aside at training",
+                              "2 cells < --min-cells 3", "Fix: train with a lower --min-cells")
+    other = assert_one_line_error(invoke("predict", tmp_path / "m", "--perturbations", "NOPEKO9", "--out",
+                                         tmp_path / "p.h5ad"), "'NOPEKO9'")
+    assert "set aside" not in other
