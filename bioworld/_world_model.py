@@ -15,7 +15,6 @@ reference cells), :func:`bioworld.entities._slots.build_slots`, :func:`bioworld.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import fields, replace
 from pathlib import Path
@@ -183,22 +182,6 @@ class WorldModel:
         """Parse a perturbation / intervention label with the project's one parser."""
         return self.space.parse(label)
 
-    @contextlib.contextmanager
-    def _set_aside_hint(self):
-        """An unknown gene that is a perturbation of the training data set aside for its size says so."""
-        from bioworld.errors import UnknownPerturbationError
-
-        try:
-            yield
-        except UnknownPerturbationError as exc:
-            for label, reason in self.registration.dropped.items():
-                targets = [p.target for p in self.space.parse(label).components] if "@" not in label else [label]
-                if any(f"{t!r} was not a training target" in str(exc) for t in targets):
-                    raise UnknownPerturbationError(
-                        f"{exc} {label!r} is a perturbation of the training data, set aside at training ({reason}). "
-                        "Fix: train with a lower min_cells_per_group to learn it.") from None
-            raise
-
     def to(self, device: str) -> "WorldModel":
         """Answer queries on ``device`` (``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'auto'``: a GPU when torch
         sees one); an unavailable device is refused with the reason. Returns the model."""
@@ -222,7 +205,7 @@ class WorldModel:
     def _view(self):
         from bioworld.query._verbs import ModelView
         return ModelView(self.var_names, self.entity_names, self.genes, self._to_scale, self.scale_name,
-                         self.describe(), self.train_config.seed)
+                         self.describe(), self.train_config.seed, dict(self.registration.dropped))
 
     def _to_scale(self, x_std: np.ndarray) -> np.ndarray:
         return x_std * self.sd + self.mu
@@ -265,9 +248,8 @@ class WorldModel:
             from bioworld.query._atlas import engine_with_compounds
 
             eng, given = engine_with_compounds(eng, compounds, compound_targets)
-        with self._set_aside_hint():
-            return predict_means(eng, self._view(), labels, [self.parse(lab) for lab in labels],
-                                 lambda: self.reference if cells is None else self._cells_to_std(cells), targets=given)
+        return predict_means(eng, self._view(), labels, [self.parse(lab) for lab in labels],
+                             lambda: self.reference if cells is None else self._cells_to_std(cells), targets=given)
 
     def counterfactual(self, cells: ad.AnnData, interventions: Sequence[str] | str) -> ad.AnnData:
         """Per-cell predictions for each intervention (``silence:ENTITY``, ``ko:GENE``, ``kd:GENE:0.5``,
@@ -289,9 +271,8 @@ class WorldModel:
         specs = [str(s) for s in ([interventions] if isinstance(interventions, str) else interventions)]
         if not specs:
             raise BioworldError("no interventions given; expected e.g. 'silence:HALLMARK_INTERFERON_GAMMA_RESPONSE'")
-        with self._set_aside_hint():
-            return counterfactual_cells(eng, self._view(), cells, lambda: self._cells_to_std(cells), specs,
-                                        [self.parse(s) for s in specs])
+        return counterfactual_cells(eng, self._view(), cells, lambda: self._cells_to_std(cells), specs,
+                                    [self.parse(s) for s in specs])
 
     def prioritize(self, cells: ad.AnnData | None, goal: str, **options: Any):
         """Rank single and paired interventions by how well they move ``cells`` (``None``: the model's

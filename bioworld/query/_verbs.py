@@ -6,8 +6,9 @@ answers are labelled and scaled with) and returns the answer the facade returns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ import pandas as pd
 from bioworld.errors import BioworldError
 from bioworld.query.engine import Engine
 
-__all__ = ["ModelView", "predict_means", "counterfactual_cells", "prioritize_cells", "entity_latents"]
+__all__ = ["ModelView", "predict_means", "counterfactual_cells", "prioritize_cells", "entity_latents", "set_aside_hint"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ModelView:
     scale_name: str
     describe: dict[str, Any]
     seed: int
+    dropped: dict[str, str] = field(default_factory=dict)  # perturbations set aside at training -> why
 
 
 def _candidates(eng: Engine, actions: Sequence[Any], labels: Sequence[str],
@@ -45,6 +47,24 @@ def _candidates(eng: Engine, actions: Sequence[Any], labels: Sequence[str],
     return encode_candidates(eng, list(actions), list(labels)), notes
 
 
+@contextlib.contextmanager
+def set_aside_hint(dropped: dict[str, str], space: Any) -> Iterator[None]:
+    """An unknown gene that is a perturbation of the training data, set aside there for its size
+    (``dropped``: label -> reason), is refused with that reason and the ``min_cells_per_group`` fix."""
+    from bioworld.errors import UnknownPerturbationError
+
+    try:
+        yield
+    except UnknownPerturbationError as exc:
+        for label, reason in dropped.items():
+            targets = [p.target for p in space.parse(label).components] if "@" not in label else [label]
+            if any(f"{t!r} was not a training target" in str(exc) for t in targets):
+                raise UnknownPerturbationError(
+                    f"{exc} {label!r} is a perturbation of the training data, set aside at training ({reason}). "
+                    "Fix: train with a lower min_cells_per_group to learn it.") from None
+        raise
+
+
 def predict_means(eng: Engine, view: ModelView, labels: Sequence[str], actions: Sequence[Any],
                   cells_std: Callable[[], np.ndarray], targets: dict[str, Sequence[str]] | None = None) -> Any:
     """Mean predicted expression of each label (parsed: ``actions``) over the cells ``cells_std()``
@@ -54,7 +74,8 @@ def predict_means(eng: Engine, view: ModelView, labels: Sequence[str], actions: 
 
     from bioworld.query._anndata import gene_var
 
-    cands, notes = _candidates(eng, actions, labels, targets)
+    with set_aside_hint(view.dropped, eng.space):
+        cands, notes = _candidates(eng, actions, labels, targets)
     x0 = cells_std()
     cache = eng.encode(x0)
     r = eng.run(cache, cands)
@@ -79,7 +100,8 @@ def counterfactual_cells(eng: Engine, view: ModelView, cells: Any, cells_std: Ca
     from bioworld.query._anndata import counterfactual_adata
     from bioworld.query._counterfactual import shift_effects
 
-    cands, notes = _candidates(eng, actions, specs, None)
+    with set_aside_hint(view.dropped, eng.space):
+        cands, notes = _candidates(eng, actions, specs, None)
     cache = eng.encode(cells_std())
     r = eng.run(cache, cands)
     base = view.to_scale(cache.x_base.cpu().numpy())
