@@ -80,7 +80,8 @@ def cli_hint(message: str) -> str:
     ``overwrite=True`` -> ``--overwrite``; ``lower min_cells_per_group`` -> ``lower --min-cells``;
     ``X (CLI: Y)`` -> ``Y``.
     """
-    text = re.sub(r"\S+=\S+ \(CLI: ([^)]+)\)", r"\1", str(message))
+    # the Python value may be a dict / list literal with spaces: compound_targets={name: [genes]} (CLI: ...)
+    text = re.sub(r"[A-Za-z_][\w.]*=(?:\{[^{}]*\}|\[[^\[\]]*\]|\S+) \(CLI: ([^)]+)\)", r"\1", str(message))
     for key, flag in _CLI_FLAGS.items():
         text = re.sub(rf"(?<![\w.\-\[']){key}=True\b", flag, text)
         text = re.sub(rf"(?<![\w.\-\[']){key}=(['\"])(.*?)\1", rf"{flag} \2", text)

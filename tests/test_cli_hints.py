@@ -110,5 +110,9 @@ def test_cli_hint_rewrites_python_keywords():
     assert cli_hint("Fix: pass control=<label>.") == "Fix: pass --control <label>."
     assert cli_hint("Fix: use input='log'.") == "Fix: use --input log."
     assert cli_hint("Fix: x=None (CLI: leave out --x) to go without.") == "Fix: leave out --x to go without."
+    # a dict / list literal with spaces as the Python side (it was left in the CLI line)
+    assert cli_hint("Fix: give them (compound_targets={name: [genes]} (CLI: --compound-targets TABLE)).") == \
+        "Fix: give them (--compound-targets TABLE)."
+    assert cli_hint("Fix: pass genes=['A', 'B'] (CLI: --genes A,B).") == "Fix: pass --genes A,B."
     # a field name inside a sentence about a file is left alone
     assert cli_hint("training config field max_steps is 'abc'") == "training config field max_steps is 'abc'"

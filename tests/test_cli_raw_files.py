@@ -284,3 +284,14 @@ def test_a_perturbation_set_aside_for_its_size_says_so_when_asked_for(tmp_path):
     other = assert_one_line_error(invoke("predict", tmp_path / "m", "--perturbations", "NOPEKO9", "--out",
                                          tmp_path / "p.h5ad"), "'NOPEKO9'")
     assert "set aside" not in other
+
+
+def test_compound_by_structure_on_a_genetic_model_names_the_cli_flag(mouse, tmp_path):
+    """The fix of a refused --compound on a model of gene perturbations showed the Python dict literal
+    'compound_targets={name: [genes]}' beside the flag; the CLI line names only --compound-targets."""
+    from test_cli_hints import _check_hint
+
+    line = assert_one_line_error(invoke("predict", mouse / "model", "--perturbations", "foo@1", "--compound",
+                                        "foo=CCO", "--out", tmp_path / "p.h5ad"), "--compound-targets TABLE")
+    assert "compound_targets=" not in line
+    _check_hint("predict", line)
