@@ -281,6 +281,51 @@ def test_summarize_and_report(tmp_path):
     assert "`again`" in text and "## retro\nAUROC 0.9" in text and text.count("retrospective:begin") == 1
 
 
+def test_benchmark_outputs_survive_a_failed_rewrite(tmp_path):
+    """A rewrite that fails part-way (a process whose files may not grow past 3 kB: a full disk) leaves every
+    file whole: the earlier report, CSVs and plot as they were (they were written in place: a truncated plot)."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys, pandas as pd\n"
+        "from bioworld.eval.benchmark import write_outputs\n"
+        "rows = [('toy', m, 'lto', 0, 0, p, 'mse_top20', v) for m, v in (('MeanOfTrain', 1.0), ('WorldModel', 0.5))"
+        " for p in 'AB']\n"
+        "df = pd.DataFrame(rows, columns=['benchmark', 'method', 'split', 'fold', 'seed', 'perturbation', 'metric',"
+        " 'value'])\n"
+        "write_outputs({'toy': df}, out=sys.argv[1], report=sys.argv[2], command=sys.argv[3], mode='quick',"
+        " wall_s={'toy': 1.0})\n"
+    )
+    out, report = tmp_path / "res", tmp_path / "BENCHMARKS.md"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "MPLBACKEND": "Agg"}
+
+    def run(command: str, limit: int | None):
+        def apply():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        return subprocess.run([sys.executable, "-c", script, str(out), str(report), command], env=env,
+                              capture_output=True, text=True, timeout=300, preexec_fn=apply if limit else None)
+
+    first = run("first", None)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in [report, *out.iterdir()]}
+    assert max(len(b) for b in before.values()) > 3000  # the limit bites
+    failed = run("second", 3000)
+    assert failed.returncode != 0
+    after = {p.name: p.read_bytes() for p in [report, *out.iterdir()] if p.is_file()}
+    assert after.keys() == before.keys()  # no temporary file left behind
+    import json
+
+    json.loads(after.pop("toy_meta.json"))  # replaced whole before the plot failed (one file at a time)
+    assert after == {k: v for k, v in before.items() if k != "toy_meta.json"}
+
+
 def test_a_later_run_keeps_an_earlier_benchmark_table(tmp_path, monkeypatch):
     """--keep-earlier: a run of one benchmark keeps another's table from its CSV + meta, marked as earlier;
     without the earlier files it is a clear error, and without the flag the table is not in the report."""

@@ -670,8 +670,12 @@ def _plot(summ: pd.DataFrame, path: Path, title: str) -> None:
         ax.axhline(0, color="black", lw=0.5)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from bioworld._atomic import write_files
+
+    try:
+        write_files([(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))], what="benchmark plot")
+    finally:
+        plt.close(fig)
 
 
 def write_outputs(
@@ -687,6 +691,8 @@ def write_outputs(
     """Write ``<out>/<benchmark>_scores.csv`` (tidy), ``<out>/<benchmark>_summary.csv``,
     ``<out>/<benchmark>_<split>.png`` and the markdown ``report`` (tables mean ± sd per method x
     metric, command, date, machine, wall times, metric definitions). Returns the report path."""
+    from bioworld._atomic import write_text
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = Path(report)
@@ -727,8 +733,8 @@ def write_outputs(
         summ = summarize(df)
         earlier = df.attrs.get("earlier_run")
         if earlier is None:  # a table of this run: its files and the record that lets a later run keep it
-            df.to_csv(out / f"{bench}_scores.csv", index=False)
-            summ.to_csv(out / f"{bench}_summary.csv", index=False)
+            write_text(out / f"{bench}_scores.csv", df.to_csv(index=False), what="benchmark scores")
+            write_text(out / f"{bench}_summary.csv", summ.to_csv(index=False), what="benchmark summary")
             _write_meta(out / f"{bench}_meta.json", df, command=command, date=now, wall_s=wall_s.get(bench))
         lines += [f"## {bench}", ""]
         if earlier is not None:
@@ -752,7 +758,7 @@ def write_outputs(
               "Per-perturbation predictions are written as AnnData pairs "
               "`predictions/<benchmark>__<method>__pred.h5ad` / `__real.h5ad` (rows = perturbation × split × "
               "fold × seed, `X` = control mean + delta, `obs['target_gene']`) that Arc's cell-eval can score.", ""]
-    report.write_text(_with_kept_sections("\n".join(lines), report), encoding="utf-8")
+    write_text(report, _with_kept_sections("\n".join(lines), report), what="benchmark report")
     return report
 
 

@@ -328,8 +328,10 @@ def _save_candidates(folder: str | None, table: pd.DataFrame, dataset: str, seed
         return
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    table[[c for c in CANDIDATE_COLUMNS if c in table.columns]].to_csv(out / f"{dataset}_s{seed}_f{fold}.csv",
-                                                                       index=False)
+    from bioworld._atomic import write_text
+
+    text = table[[c for c in CANDIDATE_COLUMNS if c in table.columns]].to_csv(index=False)
+    write_text(out / f"{dataset}_s{seed}_f{fold}.csv", text, what="retrospective candidates")
 
 
 def _add_items(rows: list[dict[str, Any]], *, dataset: str, seed: int, fold: int, method: str,
@@ -647,8 +649,12 @@ def _plot(summ: pd.DataFrame, path: Path) -> None:
             ax.set_title(f"{ds}: {m}", fontsize=9)
             ax.set_ylim(0, 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from bioworld._atomic import write_files
+
+    try:
+        write_files([(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))], what="retrospective plot")
+    finally:
+        plt.close(fig)
 
 
 def write_retro(frames: Mapping[str, pd.DataFrame], out: str | os.PathLike, *, command: str,
@@ -658,12 +664,14 @@ def write_retro(frames: Mapping[str, pd.DataFrame], out: str | os.PathLike, *, c
     import datetime as _dt
     import platform
 
+    from bioworld._atomic import write_text
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     items = pd.concat(list(frames.values()), ignore_index=True)
     summ = summarize_retro(items, k=settings.k)
-    items.to_csv(out / "items.csv", index=False)
-    summ.to_csv(out / "summary.csv", index=False)
+    write_text(out / "items.csv", items.to_csv(index=False), what="retrospective items")
+    write_text(out / "summary.csv", summ.to_csv(index=False), what="retrospective summary")
     _plot(summ, out / "retrospective.png")
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     lines = ["# Retrospective validation of target prioritisation", "",
@@ -695,7 +703,7 @@ def write_retro(frames: Mapping[str, pd.DataFrame], out: str | os.PathLike, *, c
               "Per held-out item and method: `items.csv` (rank percentile, observed change, hit); "
               "metrics per method: `summary.csv`.", ""]
     report = out / "RETROSPECTIVE.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
+    write_text(report, "\n".join(lines), what="retrospective report")
     return report, summ
 
 
@@ -746,7 +754,9 @@ def update_benchmarks_md(md: str | os.PathLike, section: str) -> Path:
         text = head + section + rest.split(SECTION_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    md.write_text(text, encoding="utf-8")
+    from bioworld._atomic import write_text
+
+    write_text(md, text, what="benchmark report")
     return md
 
 
