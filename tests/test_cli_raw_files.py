@@ -295,3 +295,15 @@ def test_compound_by_structure_on_a_genetic_model_names_the_cli_flag(mouse, tmp_
                                         "foo=CCO", "--out", tmp_path / "p.h5ad"), "--compound-targets TABLE")
     assert "compound_targets=" not in line
     _check_hint("predict", line)
+
+
+def test_inspect_hints_guide_level_labels(tmp_path):
+    """Labels per guide (STAT1_g1, IRF1-sg2), common in raw CRISPR screens, were only listed as unknown targets
+    'learned from their own cells only'; inspect now says they look like guides of a known gene."""
+    a = _small_adata()
+    a.obs["perturbation"] = a.obs["perturbation"].replace({"STAT1": "STAT1_g1", "IRF1": "IRF1-sg2"}).astype(str)
+    result = invoke("inspect", _write(a, tmp_path / "guides.h5ad"))
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("knowledge: "))
+    assert "0 of 2 genetic targets" in line and "look like guides of a known gene" in line, line
+    assert "label the cells by their target gene" in line and "combination" not in line

@@ -245,6 +245,8 @@ def knowledge_sources(base: Any, actions: Mapping[str, Any], *, config: Any, smi
 
 
 _SEPARATORS = re.compile(r"[_,;|/]")
+#: a guide-level label: a gene, then a guide id (``STAT1_g1``, ``IRF1-sg2``, ``JAK2_2``, ``SOCS1.gRNA3``, ``CD274_b``)
+_GUIDE = re.compile(r"^([^_\-.]+)[_\-.](?:(?:s?g|sgRNA|gRNA|guide)?\d+|[a-dA-D])$", re.IGNORECASE)
 
 
 def _label_hints(unknown: Sequence[str], known: Mapping[str, int], kb: Any) -> str:
@@ -253,8 +255,15 @@ def _label_hints(unknown: Sequence[str], known: Mapping[str, int], kb: Any) -> s
     names written without a dose (``ruxolitinib`` -> ``ruxolitinib@DOSE``); "" when neither."""
     combos = [g for g in unknown if len(parts := [p for p in _SEPARATORS.split(g) if p]) > 1
               and all(p in known for p in parts)]
-    compounds = [g for g in unknown if g not in combos and kb.compounds.resolve(g, strict=False) is not None]
+    guides = [g for g in unknown if g not in combos and (m := _GUIDE.match(g)) and m.group(1) in known]
+    compounds = [g for g in unknown if g not in combos and g not in guides
+                 and kb.compounds.resolve(g, strict=False) is not None]
     hints = []
+    if guides:
+        one = len(guides) == 1
+        hints.append(f"{', '.join(guides[:4])} {'looks like a guide' if one else 'look like guides'} of a known gene "
+                     f"({guides[0]!r} -> {_GUIDE.match(guides[0]).group(1)!r}): label the cells by their target gene "
+                     "(all guides of a gene under one label) to learn it as that gene's knockout")
     if combos:
         one = len(combos) == 1
         hints.append(f"{', '.join(combos[:4])} {'looks like a combination' if one else 'look like combinations'}: "
@@ -284,7 +293,10 @@ def coverage_summary(labels: Sequence[str], entity_genes: Iterable[str], config:
     lines = []
     if targets:
         # the parts of unknown labels written with another separator that are genes (combination hints)
-        parts = {q: 0 for g in unknown for q in _SEPARATORS.split(g) if q and (q in in_sets or kb.knows_gene(q))}
+        # ... and the gene of guide-level labels (STAT1_g1, IRF1-sg2)
+        heads = [m.group(1) for g in unknown if (m := _GUIDE.match(g))]
+        parts = {q: 0 for q in [*(q for g in unknown for q in _SEPARATORS.split(g)), *heads]
+                 if q and (q in in_sets or kb.knows_gene(q))}
         lines.append(f"knowledge: {len(targets) - len(unknown)} of {len(targets)} genetic targets are in a gene set or "
                      "known to the bundled knowledge (STRING, OmniPath, regulons, atlas knockdowns)"
                      + (f"; without: {', '.join(unknown[:6])}{' …' if len(unknown) > 6 else ''} (learned from their "
