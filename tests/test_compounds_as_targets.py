@@ -60,6 +60,14 @@ def test_targets_given_at_query_time(tiny_trained, knowledge):
     np.testing.assert_array_equal(_delta(over, "cpd-one@1"), _delta(over, "ko:P3_DRV1"))
 
 
+def test_given_targets_the_model_cannot_represent_are_named(tiny_trained, knowledge):
+    """compound_targets={'mydrug': ['NOTAGENE7']}: the refusal said 'no representable target ... Fix: give its
+    targets', which the user just did; it now names the given target(s) the model does not know."""
+    with pytest.raises(UnknownPerturbationError) as err:
+        tiny_trained.predict(["mydrug@1"], compound_targets={"mydrug": ["NOTAGENE7"]})
+    assert "no representable target: the given target(s) ['NOTAGENE7'] are in no gene set" in str(err.value)
+
+
 @pytest.mark.parametrize(("label", "facts"), [
     ("cpd-broad@1", ["more than 8 representable targets", "Fix: give its targets"]),
     ("cpd-none@1", ["no known target"]),

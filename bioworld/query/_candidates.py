@@ -416,6 +416,9 @@ def _target_loss(space: Any, trained: Sequence[str], kind: str, name: str, given
         if not why:
             return TargetCompound(name, Action(tuple(Perturbation(kind, g) for g in ok)), tuple(ok),
                                   tuple(g for g in listed if g not in ok))
+        if why == NOT_REPRESENTABLE:  # the user's own targets: say which the model does not know
+            why += (f": the given target(s) {list(listed)[:5]} are in no gene set, STRING, OmniPath or atlas knockdown "
+                    "the model knows and were not trained on (check the symbols: HGNC, case-sensitive)")
     else:
         rows, skipped = target_compounds(space, trained, [name], merge=False)
         if rows:
