@@ -148,6 +148,9 @@ def test_prioritize_namespace_warning_names_the_commands_flag(mouse, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("warning: "), result.stderr
     assert "prioritize --genes A,B" in lines[0] and "(genes= / --candidates)" not in lines[0]
     assert set(table.loc[table["kind"] == "gene", "intervention"]) <= set(MOUSE)
+    # no bundled compound is scored as the loss of its human targets on this panel, and the output says why
+    assert "compound" not in set(table["kind"])
+    assert "another species' symbols" in result.stdout and "compounds not scored" in result.stdout
 
 
 # ------------------------------------------------------------------- Ensembl ids only: --id-map

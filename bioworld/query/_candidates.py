@@ -178,10 +178,9 @@ def _in_namespace(genes: list[str], panel: Sequence[str]) -> list[str]:
     from bioworld.data import DataWarning
     from bioworld.errors import user_stacklevel
 
-    bundled = _bundled_genes()
     panel = [str(g) for g in panel]
-    shared = sum(g in bundled for g in panel)
-    if not panel or shared >= MIN_SHARED_PANEL * len(panel):
+    inside, shared = panel_in_namespace(panel)
+    if inside:
         return genes
     own = set(panel)
     kept = [g for g in genes if g in own]
@@ -192,6 +191,20 @@ def _in_namespace(genes: list[str], panel: Sequence[str]) -> list[str]:
                   "prioritize --genes A,B or bioworld design --candidates FILE)", DataWarning,
                   stacklevel=user_stacklevel())
     return kept
+
+
+def panel_in_namespace(panel: Sequence[str]) -> tuple[bool, int]:
+    """Whether the bundled gene sets (human symbols) name at least :data:`MIN_SHARED_PANEL` of the panel's genes
+    (an empty panel counts as inside), and how many they name."""
+    bundled = _bundled_genes()
+    panel = [str(g) for g in panel]
+    shared = sum(g in bundled for g in panel)
+    return (not panel or shared >= MIN_SHARED_PANEL * len(panel)), shared
+
+
+#: why a genetic model scores no default compound on a panel outside the bundled (human) namespace
+OUT_OF_NAMESPACE = ("their targets are human gene symbols and the bundled gene sets name fewer than 10% of this "
+                    "panel's genes (another species' symbols?): the model's answer would rest on nothing it measured")
 
 
 _BUNDLED_GENES: list[frozenset[str]] = []

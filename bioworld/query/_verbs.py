@@ -120,6 +120,17 @@ def counterfactual_cells(eng: Engine, view: ModelView, cells: Any, cells_std: Ca
                                      **({"compounds_as_targets": notes} if notes else {})})
 
 
+def _target_compounds(eng: Any, view: Any, compounds: Sequence[str] | None) -> tuple[list, dict[str, list[str]]]:
+    """The bundled compounds as their targets' loss (:func:`~bioworld.query._candidates.target_compounds`); by
+    default none on a panel outside the bundled (human) gene namespace, where their human targets would be
+    answered from features unrelated to the screen (all counted as not scored, with the reason)."""
+    from bioworld.query._candidates import OUT_OF_NAMESPACE, _compound_knowledge, panel_in_namespace, target_compounds
+
+    if compounds is None and not panel_in_namespace(view.genes)[0]:
+        return [], {OUT_OF_NAMESPACE: list(_compound_knowledge().keys)}
+    return target_compounds(eng.space, sorted(eng.trained), compounds)
+
+
 def prioritize_cells(
     eng: Engine,
     view: ModelView,
@@ -226,7 +237,7 @@ def prioritize_cells(
     the mean score over cells, entity shifts, per-cell scores, pair synergy matrix).
     """
     from bioworld.query._candidates import (
-        default_candidates, not_scored_text, same_action_text, target_compounds, unlabelled_genes,
+        default_candidates, not_scored_text, same_action_text, unlabelled_genes,
     )
     from bioworld.query._planner import prioritize
 
@@ -244,7 +255,7 @@ def prioritize_cells(
     gene_list, compound_list = default_candidates(eng, goal, panel=view.genes, genes=genes,
                                                   compounds=[] if as_targets else compounds, dose=dose,
                                                   max_genes=max_genes)
-    by_targets, skipped = target_compounds(eng.space, sorted(eng.trained), compounds) if as_targets else ([], {})
+    by_targets, skipped = _target_compounds(eng, view, compounds) if as_targets else ([], {})
     extra = {"compounds": "this model has no compound features, so each compound of the bundled compound table is "
                           "scored as the loss (knockout, or knockdown for a model trained on knockdowns) of all its known "
                           "targets at once, no dose; its row names them and the knockouts run (column action); "
