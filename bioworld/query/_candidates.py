@@ -202,9 +202,20 @@ def panel_in_namespace(panel: Sequence[str]) -> tuple[bool, int]:
     return (not panel or shared >= MIN_SHARED_PANEL * len(panel)), shared
 
 
-#: why a genetic model scores no default compound on a panel outside the bundled (human) namespace
-OUT_OF_NAMESPACE = ("their targets are human gene symbols and the bundled gene sets name fewer than 10% of this "
-                    "panel's genes (another species' symbols?): the model's answer would rest on nothing it measured")
+def another_species(panel: Sequence[str]) -> bool:
+    """The panel looks like another species' symbols: outside the bundled namespace (:func:`panel_in_namespace`)
+    while at least :data:`MIN_SHARED_PANEL` of its genes match a bundled (human) gene when case is ignored
+    (``Stat1`` / ``STAT1``). A synthetic panel (a simulator's genes) matches in neither way."""
+    panel = [str(g) for g in panel]
+    if panel_in_namespace(panel)[0]:
+        return False
+    upper = {g.upper() for g in _bundled_genes()}
+    return sum(g.upper() in upper for g in panel) >= MIN_SHARED_PANEL * len(panel)
+
+
+#: why a genetic model scores no default compound on a panel of another species' symbols
+OUT_OF_NAMESPACE = ("their targets are human gene symbols and this panel's genes match them only when case is "
+                    "ignored (another species' symbols): the model's answer would rest on nothing it measured")
 
 
 _BUNDLED_GENES: list[frozenset[str]] = []

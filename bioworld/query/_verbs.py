@@ -122,11 +122,12 @@ def counterfactual_cells(eng: Engine, view: ModelView, cells: Any, cells_std: Ca
 
 def _target_compounds(eng: Any, view: Any, compounds: Sequence[str] | None) -> tuple[list, dict[str, list[str]]]:
     """The bundled compounds as their targets' loss (:func:`~bioworld.query._candidates.target_compounds`); by
-    default none on a panel outside the bundled (human) gene namespace, where their human targets would be
-    answered from features unrelated to the screen (all counted as not scored, with the reason)."""
-    from bioworld.query._candidates import OUT_OF_NAMESPACE, _compound_knowledge, panel_in_namespace, target_compounds
+    default none on a panel of another species' symbols (:func:`~bioworld.query._candidates.another_species`), where
+    their human targets would be answered from features unrelated to the screen (all counted as not scored, with
+    the reason)."""
+    from bioworld.query._candidates import OUT_OF_NAMESPACE, _compound_knowledge, another_species, target_compounds
 
-    if compounds is None and not panel_in_namespace(view.genes)[0]:
+    if compounds is None and another_species(view.genes):
         return [], {OUT_OF_NAMESPACE: list(_compound_knowledge().keys)}
     return target_compounds(eng.space, sorted(eng.trained), compounds)
 
