@@ -52,3 +52,17 @@ def control_cells(sim, n: int):
 
     a = sim.adata
     return a[np.flatnonzero(a.obs["perturbation"].astype(str).to_numpy() == "control")[:n]].copy()
+
+
+def write_tiny_cli_screen(d, *, doubles: int):
+    """A tiny simulated screen as raw files in ``d`` (train.h5ad, pathways.gmt, ...) and a fast ``config.json``,
+    for training through the CLI in a few seconds."""
+    import json
+
+    from bioworld.data import simulate
+
+    simulate(n_pathways=3, genes_per_pathway=6, n_drivers=2, n_other_genes=6, n_cells_per_condition=10,
+             n_control_cells=60, doubles=doubles, n_truth_draws=100, seed=0).write(d)
+    (d / "config.json").write_text(json.dumps({"groups_per_batch": 4, "cells_per_group": 6, "self_pairs": 8,
+                                               "num_threads": 1}))
+    return d

@@ -164,13 +164,9 @@ def test_design_refuses_bad_input(tiny_trained):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny simulated screen trained through the CLI (raw files), and a 2-member ensemble of it."""
-    from bioworld.data import simulate
+    from _helpers import write_tiny_cli_screen
 
-    d = tmp_path_factory.mktemp("design_cli")
-    simulate(n_pathways=3, genes_per_pathway=6, n_drivers=2, n_other_genes=6, n_cells_per_condition=10,
-             n_control_cells=60, doubles=1, n_truth_draws=100, seed=0).write(d)
-    (d / "config.json").write_text(json.dumps({"groups_per_batch": 4, "cells_per_group": 6, "self_pairs": 8,
-                                               "num_threads": 1}))
+    d = write_tiny_cli_screen(tmp_path_factory.mktemp("design_cli"), doubles=1)
     common = ["--entities", d / "pathways.gmt", "--config", d / "config.json", "--max-steps", 10,
               "--holdout", "P1_DRV1,P2_DRV2", "--quiet"]
     for name, extra in (("model", []), ("ens", ["--members", 2])):

@@ -79,15 +79,9 @@ def test_design_reads_the_network_only_for_error(tiny_trained):
 
 @pytest.fixture(scope="module")
 def cli_model(tmp_path_factory):
-    import json
+    from _helpers import write_tiny_cli_screen
 
-    from bioworld.data import simulate
-
-    d = tmp_path_factory.mktemp("design_net_cli")
-    simulate(n_pathways=3, genes_per_pathway=6, n_drivers=2, n_other_genes=6, n_cells_per_condition=10,
-             n_control_cells=60, doubles=0, n_truth_draws=100, seed=0).write(d)
-    (d / "config.json").write_text(json.dumps({"groups_per_batch": 4, "cells_per_group": 6, "self_pairs": 8,
-                                               "num_threads": 1}))
+    d = write_tiny_cli_screen(tmp_path_factory.mktemp("design_net_cli"), doubles=0)
     # nothing of SIM_P2 is measured: its candidates have no measured look-alike, so their prior decides
     result = invoke("train", d / "train.h5ad", "--out", d / "model", "--entities", d / "pathways.gmt", "--config",
                     d / "config.json", "--max-steps", 10, "--holdout", "P1_DRV1,P2_DRV1,P2_DRV2,silence:SIM_P2",
