@@ -28,6 +28,8 @@ def test_read_network_accepts_tables_files_pairs_and_mappings(tmp_path):
         read_network(pd.DataFrame({"a": ["A"], "b": ["B"]}))
     with pytest.raises(BioworldError, match="empty node name"):
         read_network([("A", " ")])
+    with pytest.raises(BioworldError, match="1 missing source / target"):
+        read_network(pd.DataFrame({"source": ["A", None], "target": ["B", "C"]}))
     with pytest.raises(BioworldError, match="no edge between two different nodes"):
         read_network([("A", "A")])
     with pytest.raises(BioworldError, match="does not exist"):

@@ -38,6 +38,12 @@ def test_shortest_signed_paths_lead_into_the_readout():
     short = N.directed_paths({"R1", "R2", "R3"}, _net(), max_len=1)
     assert "C" not in short and short["A"] == (["A", "R1"], [1])
     assert set(N.directed_paths({"R1", "R2"}, _net(), sources=["C", "Q"])) == {"C"}  # only the sources asked
+    genes, m = _net()
+    unsorted = m.copy()
+    unsorted.indices[unsorted.indptr[0]:unsorted.indptr[1]] = unsorted.indices[unsorted.indptr[0]:unsorted.indptr[1]][::-1]
+    unsorted.data[unsorted.indptr[0]:unsorted.indptr[1]] = unsorted.data[unsorted.indptr[0]:unsorted.indptr[1]][::-1]
+    unsorted.has_sorted_indices = False
+    assert N.directed_paths({"R1", "R2", "R3"}, (genes, unsorted)) == N.directed_paths({"R1", "R2", "R3"}, _net())
 
 
 def test_path_columns_text_and_what_removal_does(monkeypatch):

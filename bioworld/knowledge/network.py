@@ -275,6 +275,9 @@ def directed_paths(readout: set[str] | frozenset[str], network: tuple[list[str],
     the alphabetically first next gene (deterministic). ``network``: default :func:`regulation_network`;
     ``sources``: only these genes' paths (default: every gene's)."""
     genes, m = network if network is not None else regulation_network()
+    m = m.tocsr()
+    if not m.has_sorted_indices:  # _edge looks successors up by binary search
+        m = m.sorted_indices()
     pos = {g: i for i, g in enumerate(genes)}
     n = len(genes)
     dist = np.full(n, np.inf)

@@ -41,6 +41,10 @@ def read_network(network: Any) -> dict[str, frozenset[str]]:
         if src is None or dst is None:
             raise BioworldError(f"network table has columns {list(network.columns)[:8]}; expected 'source' and "
                                 "'target' (one directed edge per row). Fix: rename the two columns")
+        missing = int(network[src].isna().sum() + network[dst].isna().sum())
+        if missing:
+            raise BioworldError(f"network table has {missing} missing source / target value(s); expected a gene or "
+                                "entity name on both ends of every edge. Fix: drop or fill those rows")
         pairs = list(zip(network[src].astype(str), network[dst].astype(str)))
     elif isinstance(network, Mapping):
         pairs = [(str(a), str(b)) for a, bs in network.items() for b in bs]
