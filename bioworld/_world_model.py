@@ -233,9 +233,9 @@ class WorldModel:
         predicted mean expression on the model's scale (log1p CP10k for counts input, else the input
         scale), ``layers['delta']`` = X minus the predicted control, ``obs['n_cells']`` = cells averaged.
         """
-        labels = [str(p) for p in ([perturbations] if isinstance(perturbations, str) else perturbations)]
-        if not labels:
-            raise BioworldError("no perturbations given; expected at least one label such as 'control' or 'STAT1'")
+        from bioworld.query._verbs import query_labels
+
+        labels = query_labels(perturbations, "perturbations", "STAT1")
         if context is not None:
             from bioworld.query._atlas import predict_in_context
             from bioworld.train.pretrain import load_pretrained
@@ -265,12 +265,10 @@ class WorldModel:
         ``uns['bioworld']['entity_effects'][SPEC]`` a DataFrame ``entity, shift, share`` ordered by
         shift, and ``uns['bioworld']['entity_names']``. Writable with plain ``write_h5ad``.
         """
-        from bioworld.query._verbs import counterfactual_cells
+        from bioworld.query._verbs import counterfactual_cells, query_labels
 
         eng = self.engine
-        specs = [str(s) for s in ([interventions] if isinstance(interventions, str) else interventions)]
-        if not specs:
-            raise BioworldError("no interventions given; expected e.g. 'silence:HALLMARK_INTERFERON_GAMMA_RESPONSE'")
+        specs = query_labels(interventions, "interventions", "silence:HALLMARK_INTERFERON_GAMMA_RESPONSE")
         return counterfactual_cells(eng, self._view(), cells, lambda: self._cells_to_std(cells), specs,
                                     [self.parse(s) for s in specs])
 

@@ -27,7 +27,8 @@ def check_holdout(holdout: Iterable[str] | Any, labels: Sequence[str], *, contro
                   perturbation_key: str) -> list[str]:
     """The holdout as a sorted list (a :class:`~bioworld.actions.Split`: its ``test``), refusing labels not
     in the data, the control label and a holdout of every trainable perturbation."""
-    held = sorted(set(getattr(holdout, "test", holdout)))
+    holdout = getattr(holdout, "test", () if holdout is None else holdout)
+    held = sorted({holdout} if isinstance(holdout, str) else {str(h) for h in holdout})  # one label, not its letters
     known = set(labels) | {control}
     unknown = [h for h in held if h not in known]
     if unknown:

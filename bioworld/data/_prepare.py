@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bioworld.data._backed import BackedExpression, is_backed, normalize_block, read_rows, streaming_moments
-from bioworld.data._register import Registration, normalize, register
+from bioworld.data._register import Registration, _check_arguments, normalize, register
 from bioworld.errors import DataValidationError
 
 __all__ = ["PreparedData", "prepare", "align_panel", "cells_to_std", "REPLICATE_CANDIDATES", "N_REFERENCE_CELLS", "BACKED_SUBSAMPLE", "MIN_SPREAD"]
@@ -80,12 +80,14 @@ def prepare(adata: Any, *, perturbation_key: str, control: str, dose_key: str | 
     """
     if min_cells_per_group is None:
         min_cells_per_group = 1 if input == "log" else 3
+    _check_arguments(adata, input, min_cells_per_group)  # an AnnData, before its obs is read
     if replicate_key is None:
         replicate_key = next((k for k in REPLICATE_CANDIDATES if k in adata.obs.columns), None)
     reg = register(
         adata, perturbation_key=perturbation_key, control=control, dose_key=dose_key,
         compound_id_key=compound_id_key, gene_symbols_key=gene_symbols_key, input=input,
         replicate_key=replicate_key, min_cells_per_group=min_cells_per_group, id_map=id_map,
+        inplace=False,  # the caller's AnnData (or view) is read, never written
     )
     labels = adata.obs[perturbation_key].astype(str).to_numpy()
     is_ctrl = labels == control
@@ -112,6 +114,21 @@ def prepare(adata: Any, *, perturbation_key: str, control: str, dose_key: str | 
     )
 
 
+def _panel_hint(cells: Any, var_names: list[str], symbols: list[str] | None) -> str:
+    """Where else ``cells`` holds the model's genes: a ``var`` column, or the model's gene symbols among more genes."""
+    want = set(var_names)
+    for col in cells.var.columns:
+        values = cells.var[col]
+        if values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype):
+            if want <= set(values.astype(str)):
+                return (f" cells.var[{col!r}] holds the model's genes: use cells.var_names = "
+                        f"cells.var[{col!r}].astype(str) (then cells.var_names_make_unique() if needed).")
+    if symbols and list(symbols) != var_names and set(symbols) <= {str(v) for v in cells.var_names}:
+        return (" The cells are keyed by the model's gene symbols (wm.genes) and hold other genes too: subset "
+                "them to those, cells[:, wm.genes].")
+    return ""
+
+
 def align_panel(cells: Any, var_names: list[str], genes: list[str] | None = None) -> Any:
     """``cells`` with its genes in the order of ``var_names``; refuses a different gene panel.
 
@@ -127,13 +144,18 @@ def align_panel(cells: Any, var_names: list[str], genes: list[str] | None = None
         out = cells[:, symbols].copy()
         out.var_names = pd.Index(var_names, dtype=str)
         return out
-    missing = [g for g in var_names if g not in set(names)]
+    have = set(names)
+    missing = [g for g in var_names if g not in have]
     extra = [g for g in names if g not in set(var_names)]
+    index = pd.Index(names)
+    repeated = index[index.duplicated()].unique().tolist()
     also = f" or its gene symbols (e.g. {symbols[:3]})" if symbols != var_names else ""
     raise DataValidationError(
         f"cells have a different gene panel: {len(missing)} of the model's {len(var_names)} genes are "
-        f"missing (e.g. {missing[:5]}) and {len(extra)} are extra (e.g. {extra[:5]}). Expected the model's "
-        f"var_names{also} (any order); subset/reindex the cells to the training panel."
+        f"missing (e.g. {missing[:5]}) and {len(extra)} are extra (e.g. {extra[:5]})"
+        + (f"; {len(repeated)} names are repeated (e.g. {repeated[:5]})" if repeated else "")
+        + f". Expected the model's var_names{also} (any order, each once); subset/reindex the cells to the "
+        "training panel." + _panel_hint(cells, var_names, symbols)
     )
 
 
@@ -145,6 +167,10 @@ def cells_to_std(cells: Any, registration: Registration, var_names: list[str], m
 
     from bioworld.data._register import _check_matrix, _value_stats
 
+    if not (hasattr(cells, "obs") and hasattr(cells, "var") and hasattr(cells, "X")):
+        raise DataValidationError(
+            f"cells is a {type(cells).__name__}; expected an AnnData (cells x genes) with the model's genes as "
+            "var_names. Fix: anndata.AnnData(X, obs=..., var=pandas.DataFrame(index=wm.var_names)).")
     if cells.n_obs == 0:
         raise DataValidationError("cells is empty (0 cells); expected at least one cell")
     cells = align_panel(cells, var_names, list(registration.genes))

@@ -416,9 +416,10 @@ def _make_unique(names: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _resolve_genes(
-    adata: Any, gene_symbols_key: str | None, id_map: Any
+    adata: Any, gene_symbols_key: str | None, id_map: Any, inplace: bool = True
 ) -> tuple[list[str], list[str], str | None]:
-    """Gene symbols of the panel, findings, and the var column holding them (None = var_names)."""
+    """Gene symbols of the panel, findings, and the var column holding them (None = var_names);
+    ``inplace``: mapped Ensembl ids are written to ``adata.var['bw_gene_symbol']``."""
     findings: list[str] = []
     if gene_symbols_key is not None:
         if gene_symbols_key not in adata.var.columns:
@@ -466,11 +467,13 @@ def _resolve_genes(
         symbols = [m if m is not None else g for m, g in zip(mapped, genes)]
         symbols, dups = _make_unique(symbols)
         findings.append(
-            f"mapped {n_ens - n_unmapped}/{n_ens} Ensembl ids to symbols (written to "
-            f"adata.var['bw_gene_symbol']); {n_unmapped} without a symbol keep their id"
+            f"mapped {n_ens - n_unmapped}/{n_ens} Ensembl ids to symbols"
+            + (" (written to adata.var['bw_gene_symbol'])" if inplace else "")
+            + f"; {n_unmapped} without a symbol keep their id"
             + (f"; {len(dups)} symbols shared by several ids were suffixed -1, -2, ..." if dups else "")
         )
-        adata.var[ID_SYMBOLS_KEY] = symbols
+        if inplace:
+            adata.var[ID_SYMBOLS_KEY] = symbols
         return symbols, findings, ID_SYMBOLS_KEY
     return genes, findings, gene_symbols_key
 
@@ -483,7 +486,7 @@ def _check_arguments(adata: Any, input: str, min_cells_per_group: int) -> None:
     """Refuse what is not an AnnData, an unknown input scale, a group minimum below 1 and an empty matrix."""
     if not (hasattr(adata, "obs") and hasattr(adata, "var") and hasattr(adata, "X")):
         raise DataValidationError(
-            f"register() got {type(adata).__name__}; expected an AnnData. "
+            f"adata is a {type(adata).__name__}; expected an AnnData (cells x genes). "
             "Fix: load it with bioworld.data.read_h5ad(path) or anndata.AnnData(X, obs, var)."
         )
     if input not in ("counts", "log"):
@@ -557,6 +560,7 @@ def register(
     replicate_key: str | None = None,
     min_cells_per_group: int = 3,
     id_map: Literal["auto"] | Mapping[str, str] | None = None,
+    inplace: bool = True,
 ) -> Registration:
     """Validate ``adata`` for bioworld and record the result.
 
@@ -582,12 +586,17 @@ def register(
     id_map
         When gene names are Ensembl ids: ``"auto"`` maps them with the bundled
         ``genesets/gene_id_map_orgHsEgDb_3.16.tsv.gz``, or pass ``{ensembl_id: symbol}``.
+    inplace
+        ``False``: only return the registration; ``adata`` is left exactly as it was (``WorldModel``
+        and ``bioworld.eval.evaluate`` register this way, so the AnnData you pass them, or a view
+        ``adata[mask]``, is not modified).
 
     Returns
     -------
     The :class:`Registration`. Writes ``adata.uns['bioworld']['registration']`` (its
     :meth:`~Registration.to_dict`, ``None`` entries omitted so the AnnData stays writable as h5ad)
-    and, when Ensembl ids were mapped, ``adata.var['bw_gene_symbol']``. ``X`` is never modified.
+    and, when Ensembl ids were mapped, ``adata.var['bw_gene_symbol']`` (unless ``inplace=False``).
+    ``X`` is never modified.
 
     Raises
     ------
@@ -607,7 +616,7 @@ def register(
     if dose_key is not None:
         findings += _check_dose(adata, dose_key)
     findings += _check_matrix(adata, input)
-    genes, gene_findings, symbols_key = _resolve_genes(adata, gene_symbols_key, id_map)
+    genes, gene_findings, symbols_key = _resolve_genes(adata, gene_symbols_key, id_map, inplace)
     findings += gene_findings
 
     counts = labels.value_counts(sort=False)
@@ -641,9 +650,10 @@ def register(
         findings=findings,
         obs_unit=obs_unit,
     )
-    if not isinstance(adata.uns.get("bioworld"), Mapping):
-        adata.uns["bioworld"] = {}
-    adata.uns["bioworld"]["registration"] = {k: v for k, v in reg.to_dict().items() if v is not None}
+    if inplace:
+        if not isinstance(adata.uns.get("bioworld"), Mapping):
+            adata.uns["bioworld"] = {}
+        adata.uns["bioworld"]["registration"] = {k: v for k, v in reg.to_dict().items() if v is not None}
     return reg
 
 

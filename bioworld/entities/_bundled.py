@@ -76,13 +76,28 @@ def resolve_entities(entities: Any) -> EntitySet:
         return default_entities()
     if isinstance(entities, EntitySet):
         return entities
+    given = entities
     if isinstance(entities, (str, os.PathLike)):
         entities = [entities]
+    try:
+        entities = list(entities)
+    except TypeError:
+        entities = []
+    if not entities:
+        raise BioworldError(
+            f"entities={given!r} ({type(given).__name__}); expected None (bundled Hallmark + PROGENy), an "
+            "EntitySet, a .gmt / .tsv path, or a non-empty list of them. Fix: pass one of those."
+        )
     sets = []
     for item in entities:
         if isinstance(item, EntitySet):
             sets.append(item)
             continue
+        if not isinstance(item, (str, os.PathLike)):
+            raise BioworldError(
+                f"entities holds {item!r} ({type(item).__name__}); expected EntitySets or .gmt / .tsv paths. "
+                "Fix: pass those."
+            )
         p = Path(item)
         kind = Path(p.name.lower().removesuffix(".gz")).suffix  # x.gmt.gz / x.tsv.gz are read decompressed
         if kind == ".gmt":

@@ -88,6 +88,28 @@ def _rows(parts: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
+def _unique_cell_names(names: list[str]) -> list[str]:
+    """``names``, with repeats suffixed ``-1``, ``-2``, ... (anndata's ``obs_names_make_unique`` rule) and a warning,
+    so every answer row has its own ``obs_name``; ``obs['bw_cell']`` keeps the names as given."""
+    index = pd.Index(names)
+    if not index.has_duplicates:
+        return names
+    import warnings
+
+    from anndata.utils import make_index_unique
+
+    from bioworld.data import DataWarning
+    from bioworld.errors import user_stacklevel
+
+    dup = index[index.duplicated()].unique().tolist()
+    warnings.warn(
+        f"cells.obs_names has {int(index.duplicated().sum())} repeated names (e.g. {dup[:3]}); the answer's obs_names "
+        "suffix them -1, -2, ... as anndata's obs_names_make_unique does (obs['bw_cell'] keeps the names as given). "
+        "Fix: call cells.obs_names_make_unique() first to choose the names yourself.",
+        DataWarning, stacklevel=user_stacklevel())
+    return [str(c) for c in make_index_unique(index.astype(str))]
+
+
 def counterfactual_adata(
     cells: Any,
     specs: Sequence[str],
@@ -135,7 +157,8 @@ def counterfactual_adata(
                     ignore_index=True)
     obs["bw_intervention"] = pd.Categorical(np.repeat(specs, n), categories=list(dict.fromkeys(specs)))
     obs["bw_cell"] = np.tile(cell_names, len(specs))
-    obs.index = pd.Index([f"{s}|{c}" for s, c in zip(np.repeat(specs, n), obs["bw_cell"])], dtype=str)
+    row_cells = np.tile(_unique_cell_names(cell_names), len(specs))
+    obs.index = pd.Index([f"{s}|{c}" for s, c in zip(np.repeat(specs, n), row_cells)], dtype=str)
     out = ad.AnnData(X=_rows(X), obs=obs, var=gene_var(var_names, genes))
     out.layers["delta"] = _rows(delta)
     for key, value in cells.obsm.items():

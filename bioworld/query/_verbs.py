@@ -16,7 +16,31 @@ import pandas as pd
 from bioworld.errors import BioworldError
 from bioworld.query.engine import Engine
 
-__all__ = ["ModelView", "predict_means", "counterfactual_cells", "prioritize_cells", "entity_latents", "set_aside_hint"]
+__all__ = ["ModelView", "query_labels", "predict_means", "counterfactual_cells", "prioritize_cells", "entity_latents",
+           "set_aside_hint"]
+
+
+def query_labels(value: Any, what: str, example: str) -> list[str]:
+    """The labels a query was asked for (one string, or a list / array / Series of them) as strings, in order.
+
+    Refuses nothing given, a value that is not a label or a collection of labels, and a label given twice (it
+    would give two answer rows with the same ``obs_name``)."""
+    if isinstance(value, str):
+        return [value]
+    if value is None or isinstance(value, (bytes, dict)) or not hasattr(value, "__iter__"):
+        raise BioworldError(f"{what}={value!r} ({type(value).__name__}); expected a label or a list of labels such as "
+                            f"[{example!r}]. Fix: pass the {what} as a list of strings.")
+    labels = [str(v) for v in value]
+    if not labels:
+        raise BioworldError(f"no {what} given; expected at least one label such as {example!r}")
+    index = pd.Index(labels)
+    if index.has_duplicates:
+        dup = index[index.duplicated()].unique().tolist()
+        raise BioworldError(
+            f"{what} {dup[:5]} given more than once ({len(labels)} labels, {len(set(labels))} distinct); expected each "
+            "label once (answers are rows named by their label). Fix: pass each once, e.g. "
+            "list(dict.fromkeys(labels)) or adata.obs[key].unique().")
+    return labels
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,137 @@
+"""The Python API as a scanpy user calls it: the caller's AnnData (or view) is never written to, answer rows
+have unique obs_names, and arguments of the wrong kind are refused with a BioworldError that says what was
+found and what was expected (not an AttributeError / TypeError from inside)."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import bioworld as bw
+from bioworld.errors import BioworldError, DataValidationError
+
+
+def _assert_equal(a: ad.AnnData, b: ad.AnnData) -> None:
+    """Same X, obs, var, uns keys, obsm and layers keys (what a caller would notice changing)."""
+    def dense(x):
+        return x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+
+    np.testing.assert_array_equal(dense(a.X), dense(b.X))
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    pd.testing.assert_frame_equal(a.var, b.var)
+    assert list(a.uns) == list(b.uns) and list(a.obsm) == list(b.obsm) and list(a.layers) == list(b.layers)
+
+
+def _fresh(small_sim, **kw):
+    from _helpers import sim_entities
+
+    args = dict(entities=sim_entities(small_sim), nmf_programs=0, config={"max_steps": 2, "warmup_steps": 1})
+    args.update(kw)
+    return args
+
+
+def test_world_model_leaves_the_callers_view_a_view(small_sim):
+    """WorldModel(adata[mask]) used to write uns['bioworld'] into the view, which made anndata copy the whole
+    matrix into it ('initializing view as actual') and changed the caller's object."""
+    a = small_sim.adata
+    view = a[a.obs["perturbation"].astype(str) != "P1_DRV1"]
+    before = view.copy()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*view.*")
+        bw.WorldModel(view, **_fresh(small_sim))
+    assert view.is_view
+    assert "bioworld" not in view.uns and "bioworld" not in a.uns
+    _assert_equal(view, before)
+
+
+def test_register_inplace_false_writes_nothing(small_sim):
+    a = small_sim.adata.copy()
+    reg = bw.data.register(a, inplace=False)
+    assert "bioworld" not in a.uns and reg.n_cells == a.n_obs
+    bw.data.register(a)  # the documented default still records the registration
+    assert bw.data.get_registration(a) == reg
+
+
+@pytest.mark.parametrize("bad", [None, 5, {"STAT1": 1}, []])
+def test_predict_and_counterfactual_refuse_what_is_not_labels(tiny_trained, cells, bad):
+    with pytest.raises(BioworldError, match="perturbations"):
+        tiny_trained.predict(bad)
+    with pytest.raises(BioworldError, match="interventions"):
+        tiny_trained.counterfactual(cells, bad)
+
+
+def test_repeated_labels_are_refused_not_answered_as_duplicate_rows(tiny_trained, cells):
+    """predict(['P1_DRV1', 'P1_DRV1']) returned two rows with the same obs_name (anndata's 'not unique' warning)."""
+    with pytest.raises(BioworldError, match=r"\['P1_DRV1'\] given more than once.*Fix"):
+        tiny_trained.predict(["P1_DRV1", "P2_DRV1", "P1_DRV1"])
+    with pytest.raises(BioworldError, match=r"\['P2_DRV1'\] given more than once"):
+        tiny_trained.counterfactual(cells, ["P2_DRV1", "P2_DRV1"])
+    labels = pd.Series(["P1_DRV1", "P2_DRV1"])  # a Series / array of distinct labels is fine
+    assert list(tiny_trained.predict(labels).obs_names) == ["P1_DRV1", "P2_DRV1"]
+
+
+@pytest.mark.filterwarnings("ignore:Observation names are not unique")  # anndata's, about the input
+def test_counterfactual_on_cells_with_repeated_obs_names_gives_unique_rows(tiny_trained, cells):
+    dup = cells.copy()
+    dup.obs_names = ["cellA"] * 3 + [f"c{i}" for i in range(dup.n_obs - 3)]
+    snap = dup.copy()
+    with pytest.warns(bw.data.DataWarning, match="repeated names.*obs_names_make_unique"):
+        cf = tiny_trained.counterfactual(dup, ["P2_DRV1", "P1_DRV1"])
+    assert cf.obs_names.is_unique
+    assert list(cf.obs_names[:4]) == ["P2_DRV1|cellA", "P2_DRV1|cellA-1", "P2_DRV1|cellA-2", "P2_DRV1|c0"]
+    assert list(cf.obs["bw_cell"][:3]) == ["cellA"] * 3  # the names as given
+    ref = tiny_trained.counterfactual(cells, ["P2_DRV1", "P1_DRV1"])
+    np.testing.assert_array_equal(cf.layers["delta"], ref.layers["delta"])
+    _assert_equal(dup, snap)
+
+
+@pytest.mark.parametrize("kind", ["ndarray", "DataFrame", "None"])
+def test_cells_that_are_not_anndata_are_refused(tiny_trained, cells, kind):
+    bad = {"ndarray": np.zeros((3, cells.n_vars)), "DataFrame": cells.to_df(), "None": None}[kind]
+    calls = [lambda: tiny_trained.counterfactual(bad, ["P2_DRV1"]), lambda: tiny_trained.get_entity_latents(bad)]
+    if bad is not None:  # predict(cells=None) means the model's reference cells
+        calls.append(lambda: tiny_trained.predict(["P2_DRV1"], cells=bad))
+    for call in calls:
+        with pytest.raises(DataValidationError, match=f"cells is a {type(bad).__name__}; expected an AnnData"):
+            call()
+
+
+def test_panel_error_names_repeated_genes_and_where_the_genes_are(tiny_trained, cells):
+    from bioworld.data._prepare import align_panel
+
+    rep = cells.copy()
+    rep.var_names = list(rep.var_names[:-1]) + [rep.var_names[0]]
+    with pytest.raises(DataValidationError, match=rf"1 names are repeated \(e.g. \['{cells.var_names[0]}'\]\)"):
+        tiny_trained.counterfactual(rep, ["P2_DRV1"])
+    ids = cells.copy()
+    ids.var["symbol"] = pd.Categorical(ids.var_names)  # scanpy layout: ids as names, symbols in a column
+    ids.var_names = [f"ENSG{i:011d}" for i in range(ids.n_vars)]
+    with pytest.raises(DataValidationError, match=r"cells.var\['symbol'\] holds the model's genes"):
+        tiny_trained.counterfactual(ids, ["P2_DRV1"])
+    genes = list(cells.var_names)  # a model named by ids whose cells come named by symbol, with one gene more
+    more = ad.concat([cells, ad.AnnData(np.ones((cells.n_obs, 1), np.float32), obs=cells.obs[[]],
+                                        var=pd.DataFrame(index=["EXTRA"]))], axis=1)
+    with pytest.raises(DataValidationError, match=r"keyed by the model's gene symbols .*cells\[:, wm.genes\]"):
+        align_panel(more, [f"ID{i}" for i in range(len(genes))], genes)
+
+
+def test_world_model_arguments_of_the_wrong_kind(small_sim):
+    a = small_sim.adata
+    with pytest.raises(DataValidationError, match="adata is a DataFrame; expected an AnnData"):
+        bw.WorldModel(a.to_df(), **_fresh(small_sim))
+    for bad in (5, []):
+        with pytest.raises(BioworldError, match="expected None .bundled Hallmark"):
+            bw.WorldModel(a, **_fresh(small_sim, entities=bad))
+    with pytest.raises(BioworldError, match="entities holds 5 .int."):
+        bw.WorldModel(a, **_fresh(small_sim, entities=[5]))
+    # one label as a string is one label (it was read letter by letter: "holdout labels ['1', 'D', 'P', ...]")
+    assert bw.WorldModel(a, **_fresh(small_sim, holdout="P1_DRV1")).holdout == ["P1_DRV1"]
+
+
+def test_answers_are_plain_anndata(tiny_trained, cells):
+    pred = tiny_trained.predict("P1_DRV1", cells=cells)
+    assert isinstance(pred, ad.AnnData) and pred.obs_names.is_unique and pred.var_names.is_unique
