@@ -28,21 +28,38 @@ def _axes(ax: Any, size: tuple[float, float] = (4.5, 4.0)) -> Any:
     return ax
 
 
-def _rows(x: Any, layer: str, what: str) -> dict[str, np.ndarray]:
-    """``{label: [G]}`` from a dict, a DataFrame (rows = labels) or an AnnData (obs_names, ``layers[layer]``)."""
+def _rows(x: Any, layer: str, what: str) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """``{label: [G]}`` from a dict, a DataFrame (rows = labels) or an AnnData (obs_names, ``layers[layer]``),
+    and the gene names of the columns (None for a dict: no names)."""
     if isinstance(x, Mapping):
-        return {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in x.items()}
+        return {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in x.items()}, None
     if isinstance(x, pd.DataFrame):
-        return {str(k): x.loc[k].to_numpy(dtype=np.float64) for k in x.index}
+        return {str(k): x.loc[k].to_numpy(dtype=np.float64) for k in x.index}, [str(c) for c in x.columns]
     if hasattr(x, "obs_names") and hasattr(x, "layers"):
         M = x.layers[layer] if layer in x.layers else None
         if M is None:
             raise BioworldError(f"{what} has no layers[{layer!r}] (found {list(x.layers)}); expected the AnnData of "
                                 "WorldModel.predict (layers['delta']) or pass layer=")
         M = np.asarray(M.toarray() if hasattr(M, "toarray") else M, dtype=np.float64)
-        return {str(k): M[i] for i, k in enumerate(x.obs_names)}
+        return {str(k): M[i] for i, k in enumerate(x.obs_names)}, [str(g) for g in x.var_names]
     raise BioworldError(f"{what} is a {type(x).__name__}; expected an AnnData (rows = perturbations), a DataFrame "
                         "or a dict label -> [genes] delta")
+
+
+def _common_genes(pred: dict[str, np.ndarray], pred_genes: list[str] | None, obs: dict[str, np.ndarray],
+                  obs_genes: list[str] | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Predicted and observed rows on the same genes, matched by name where both name their genes (an AnnData
+    or a DataFrame): the predicted genes the observed also have, in the predicted order."""
+    if pred_genes is None or obs_genes is None or pred_genes == obs_genes:
+        return pred, obs
+    where = {g: i for i, g in enumerate(obs_genes)}
+    keep = [i for i, g in enumerate(pred_genes) if g in where]
+    if not keep:
+        raise BioworldError(f"predicted and observed share no gene name (predicted e.g. {pred_genes[:3]}, observed "
+                            f"e.g. {obs_genes[:3]}); expected deltas over the same genes. Fix: name the observed "
+                            "columns by the model's var_names")
+    take = [where[pred_genes[i]] for i in keep]
+    return {k: v[keep] for k, v in pred.items()}, {k: v[take] for k, v in obs.items()}
 
 
 def predicted_vs_observed(
@@ -62,8 +79,10 @@ def predicted_vs_observed(
         The AnnData of ``WorldModel.predict`` (``layers['delta']``, rows = labels), a DataFrame or a dict
         ``{label: [genes] delta}``.
     observed
-        Observed deltas in the same form (same gene order), e.g. each perturbation's mean minus the
-        control mean (:func:`bioworld.eval.benchmark.mean_deltas`).
+        Observed deltas in the same form, e.g. each perturbation's mean minus the control mean
+        (:func:`bioworld.eval.benchmark.mean_deltas`). Genes are matched by name when both name them
+        (AnnData ``var_names``, DataFrame columns; the predicted genes the observed also have, any
+        order); a dict's arrays must be in the predicted gene order.
     labels
         Perturbations to show (default: every label in both).
     layer
@@ -77,12 +96,18 @@ def predicted_vs_observed(
     -------
     The Axes; the legend gives each perturbation's Pearson r over the plotted genes.
     """
-    pred, obs = _rows(predicted, layer, "predicted"), _rows(observed, layer, "observed")
+    pred, obs = _common_genes(*_rows(predicted, layer, "predicted"), *_rows(observed, layer, "observed"))
     shown = [str(x) for x in labels] if labels is not None else [k for k in pred if k in obs]
     missing = [k for k in shown if k not in pred or k not in obs]
     if missing or not shown:
-        raise BioworldError(f"labels {missing or shown} are not in both predicted and observed; expected labels such as "
-                            f"{[k for k in pred if k in obs][:5]}")
+        both = [k for k in pred if k in obs]
+        raise BioworldError(
+            (f"labels {missing} are not in both predicted and observed" if missing else
+             "predicted and observed have no label in common")
+            + f"; predicted has {list(pred)[:5]}, observed has {list(obs)[:5]}"
+            + (f", both have {both[:5]}" if both else "")
+            + ". Expected the same perturbation labels (rows) in both. Fix: name the observed rows as predicted "
+            "(WorldModel.predict's obs_names), or pass labels= present in both")
     ax = _axes(ax)
     lo, hi = np.inf, -np.inf
     for lab in shown:

@@ -67,6 +67,8 @@ def _predicted_groups(model: Any, panel: Any, labels: np.ndarray, X: np.ndarray,
     """Per perturbation of ``labels``: the real cells kept and the model's counterfactual of as many drawn
     control cells. Returns (real cell indices, predicted X blocks, predicted labels, skipped label -> reason);
     the control group (first) is the observed control cells in both files."""
+    import anndata as ad
+
     real_idx, pred_labels, skipped = [ctrl_idx], [control] * len(ctrl_idx), {}
     pred_X = [X[ctrl_idx]]
     for lab in sorted(set(labels) - {control}):
@@ -75,7 +77,10 @@ def _predicted_groups(model: Any, panel: Any, labels: np.ndarray, X: np.ndarray,
             idx = np.sort(rng.choice(idx, max_cells, replace=False))
         draw = rng.choice(ctrl_idx, len(idx), replace=len(idx) > len(ctrl_idx))
         try:
-            cf = model.counterfactual(panel[draw].copy(), [lab if lab != control else model_control])
+            # drawn with replacement when the group outnumbers the controls: rows named by draw, not by cell
+            cells = ad.AnnData(X=panel.X[draw], obs=pd.DataFrame(index=pd.Index([f"draw{i}" for i in range(len(draw))])),
+                               var=pd.DataFrame(index=panel.var_names.copy()))
+            cf = model.counterfactual(cells, [lab if lab != control else model_control])
         except BioworldError as e:
             skipped[lab] = str(e).splitlines()[0]
             continue

@@ -76,6 +76,19 @@ def test_to_cell_eval_layout_and_round_trip(tiny_trained, test_data, tmp_path):
         assert back.uns["bioworld"]["cell_eval"]["kind"] == kind
 
 
+def test_to_cell_eval_with_fewer_controls_than_perturbed_cells_warns_nothing(tiny_trained, test_data):
+    """Controls drawn with replacement used to reach counterfactual with repeated cell names (its warning)."""
+    import warnings
+
+    labels = test_data.obs["perturbation"].astype(str).to_numpy()
+    few = test_data[(labels != "control") | (np.cumsum(labels == "control") <= 5)].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bw.data.DataWarning)
+        warnings.filterwarnings("error", message=".*not unique")  # anndata's, on a view of repeated cells
+        pred, _ = bw.tl.to_cell_eval(tiny_trained, few)
+    assert (pred.obs["target_gene"].astype(str) == "non-targeting").sum() == 5 and pred.obs_names.is_unique
+
+
 def test_to_cell_eval_is_read_by_cell_eval(tiny_trained, test_data, tmp_path):
     cell_eval = pytest.importorskip("cell_eval")
     pred, real = bw.tl.to_cell_eval(tiny_trained, test_data, pert_col="target", control_pert="non-targeting")
@@ -111,6 +124,30 @@ def test_predicted_vs_observed_draws_each_label_with_its_r(tiny_trained):
     assert ax2.collections[0].get_offsets().shape == (10, 2)
     with pytest.raises(BioworldError, match="not in both"):
         bw.pl.predicted_vs_observed(pred, obs, labels=["NOPE"])
+    plt.close("all")
+
+
+def test_predicted_vs_observed_matches_genes_by_name(tiny_trained):
+    """An observed table with its genes in another order (or more genes) was scattered column by column against
+    the predicted genes: wrong pairs, a wrong r, no error."""
+    import pandas as pd
+
+    pred = tiny_trained.predict(["P1_DRV1"])
+    delta = pd.DataFrame(np.asarray(pred.layers["delta"]), index=pred.obs_names, columns=pred.var_names)
+    reversed_genes = delta[list(pred.var_names[::-1])]
+    ax = bw.pl.predicted_vs_observed(pred, reversed_genes)
+    assert ax.get_legend().get_texts()[0].get_text() == "P1_DRV1 (r = 1.00)"
+    shuffled = reversed_genes.assign(EXTRA=1.0)  # and one gene more
+    ax = bw.pl.predicted_vs_observed(pred, shuffled)
+    assert ax.get_legend().get_texts()[0].get_text() == "P1_DRV1 (r = 1.00)"
+    obs_ad = ad.AnnData(shuffled.to_numpy(), obs=pd.DataFrame(index=shuffled.index), var=pd.DataFrame(index=shuffled.columns))
+    obs_ad.layers["delta"] = obs_ad.X.copy()
+    ax = bw.pl.predicted_vs_observed(pred, obs_ad)
+    assert ax.get_legend().get_texts()[0].get_text() == "P1_DRV1 (r = 1.00)"
+    with pytest.raises(BioworldError, match=r"no label in common; predicted has \['P1_DRV1'\], observed has \['X'\]"):
+        bw.pl.predicted_vs_observed(pred, {"X": np.zeros(pred.n_vars)})
+    with pytest.raises(BioworldError, match="share no gene name"):
+        bw.pl.predicted_vs_observed(pred, delta.set_axis([f"g{i}" for i in range(pred.n_vars)], axis=1))
     plt.close("all")
 
 
