@@ -274,7 +274,10 @@ class Ensemble:
         d = Path(directory)
         path = d / ENSEMBLE_META
         if not path.is_file():
-            raise CheckpointError(f"{str(d)!r} holds no {ENSEMBLE_META}; expected a folder written by Ensemble.save")
+            single = (d / "bioworld.json").is_file()
+            raise CheckpointError(f"{str(d)!r} holds no {ENSEMBLE_META}; expected a folder written by Ensemble.save"
+                                  + ("; it holds one model (bioworld.json): load it with bioworld.WorldModel.load"
+                                     if single else ""))
         meta = read_json(path, "ensemble record")
         if not isinstance(meta, dict) or meta.get("format") != ENSEMBLE_FORMAT or not isinstance(meta.get("members"), list):
             raise CheckpointError(f"{str(path)!r} is not a bioworld ensemble record (format {meta.get('format') if isinstance(meta, dict) else None!r})")

@@ -135,3 +135,18 @@ def test_world_model_arguments_of_the_wrong_kind(small_sim):
 def test_answers_are_plain_anndata(tiny_trained, cells):
     pred = tiny_trained.predict("P1_DRV1", cells=cells)
     assert isinstance(pred, ad.AnnData) and pred.obs_names.is_unique and pred.var_names.is_unique
+
+
+def test_loading_the_wrong_kind_of_path_says_what_to_load(tiny_trained, tmp_path):
+    from bioworld.errors import CheckpointError
+
+    d = tiny_trained.save(tmp_path / "m")
+    with pytest.raises(CheckpointError, match=r"bioworld.json' is a file; expected the model folder.*load the folder"):
+        bw.WorldModel.load(d / "bioworld.json")  # was: "model directory ... does not exist"
+    with pytest.raises(CheckpointError, match="holds one model .bioworld.json.: load it with bioworld.WorldModel.load"):
+        bw.Ensemble.load(d)
+    ens = tmp_path / "e"
+    ens.mkdir()
+    (ens / "ensemble.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="seed ensemble; load it with bioworld.Ensemble.load"):
+        bw.WorldModel.load(ens)

@@ -138,14 +138,19 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
     from bioworld._version import __version__
 
     d = Path(directory)
+    if d.is_file():
+        raise CheckpointError(f"{str(d)!r} is a file; expected the model folder (written by `bioworld train --out` / "
+                              f"WorldModel.save). Fix: load the folder that holds it: {str(d.parent)!r}")
     if not d.is_dir():
         raise CheckpointError(f"model directory {str(d)!r} does not exist; expected a folder written by `bioworld train --out`")
     meta_path, w_path = d / META, d / WEIGHTS
     for p in (meta_path, w_path):
         if not p.is_file():
+            ensemble = (d / "ensemble.json").is_file()
             raise CheckpointError(
                 f"{str(d)!r} has no {p.name}; expected {META} + {WEIGHTS} as written by `bioworld train`. "
-                "The directory is incomplete (interrupted copy?) — retrain or copy it again."
+                + ("It holds ensemble.json: it is a seed ensemble; load it with bioworld.Ensemble.load." if ensemble else
+                   "The directory is incomplete (interrupted copy?) — retrain or copy it again.")
             )
     meta = read_json(meta_path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
