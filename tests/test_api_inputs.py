@@ -150,3 +150,20 @@ def test_loading_the_wrong_kind_of_path_says_what_to_load(tiny_trained, tmp_path
     (ens / "ensemble.json").write_text("{}")
     with pytest.raises(CheckpointError, match="seed ensemble; load it with bioworld.Ensemble.load"):
         bw.WorldModel.load(ens)
+
+
+@pytest.mark.parametrize(("option", "value"), [("n_boot", 0), ("n_boot", 2.5), ("max_cells", 0), ("screen_cells", 0),
+                                               ("gene_pairs_top", -1), ("refine_top", -1), ("overlap", 2.0),
+                                               ("readout_share", -0.1), ("n_boot", True)])
+def test_prioritize_refuses_options_out_of_range(tiny_trained, cells, option, value):
+    """n_boot=0 / max_cells=0 / screen_cells=0 crashed in numpy or torch (IndexError, RuntimeError); negative
+    *_top were read as slices (gene_pairs_top=-1 silently dropped a single from the pairs)."""
+    with pytest.raises(BioworldError, match=rf"{option}={value!r}; expected .*Fix"):
+        tiny_trained.prioritize(cells, "down:SIM_P1", genes=["P1_DRV1"], entities=[], compounds=[], **{option: value})
+
+
+def test_prioritize_takes_one_candidate_as_a_string(tiny_trained, cells):
+    """genes='P1_DRV1' was read letter by letter ("candidates ['1'] are listed more than once")."""
+    res = tiny_trained.prioritize(cells, "down:SIM_P1", genes="P2_DRV1", entities="SIM_P3", compounds=[],
+                                  n_boot=5, pairs=False)
+    assert sorted(res.table["intervention"]) == ["P2_DRV1", "silence:SIM_P3"]

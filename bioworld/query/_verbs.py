@@ -7,6 +7,7 @@ answers are labelled and scaled with) and returns the answer the facade returns.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -156,6 +157,28 @@ def _target_compounds(eng: Any, view: Any, compounds: Sequence[str] | None) -> t
     return target_compounds(eng.space, sorted(eng.trained), compounds)
 
 
+#: prioritize's numeric options: name -> (smallest allowed, largest allowed or None, whole number)
+_PRIORITIZE_RANGES = {"n_boot": (1, None, True), "max_cells": (1, None, True), "screen_cells": (1, None, True),
+                      "refine_top": (0, None, True), "gene_pairs_top": (0, None, True),
+                      "entity_pairs_top": (0, None, True), "max_genes": (0, None, True),
+                      "overlap": (0.0, 1.0, False), "readout_share": (0.0, 1.0, False)}
+
+
+def _check_prioritize_options(values: dict[str, Any]) -> None:
+    """Refuse a numeric option of prioritize outside its range (they crashed deep in numpy / torch or were
+    read as Python slices: ``gene_pairs_top=-1`` dropped the last single)."""
+    for name, value in values.items():
+        low, high, whole = _PRIORITIZE_RANGES[name]
+        if value is None and name == "max_genes":
+            continue
+        number = isinstance(value, (int, np.integer)) if whole else isinstance(value, (int, float, np.integer, np.floating))
+        if isinstance(value, bool) or not number or not (low <= value <= (np.inf if high is None else high)):
+            kind = "a whole number" if whole else "a number"
+            span = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise BioworldError(f"{name}={value!r}; expected {kind} {span}. Fix: pass such a value "
+                                f"(the default is {_PRIORITIZE_DEFAULTS[name]!r}).")
+
+
 def prioritize_cells(
     eng: Engine,
     view: ModelView,
@@ -266,8 +289,13 @@ def prioritize_cells(
     )
     from bioworld.query._planner import prioritize
 
+    genes, entities, compounds = ([given] if isinstance(given, str) else given for given in (genes, entities, compounds))
+    _check_prioritize_options({"n_boot": n_boot, "max_cells": max_cells, "screen_cells": screen_cells,
+                               "refine_top": refine_top, "gene_pairs_top": gene_pairs_top,
+                               "entity_pairs_top": entity_pairs_top, "max_genes": max_genes, "overlap": overlap,
+                               "readout_share": readout_share})
     for what, given in (("genes", genes), ("entities", entities)):
-        listed = [] if given is None or isinstance(given, str) else [str(v) for v in given]
+        listed = [] if given is None else [str(v) for v in given]
         dups = sorted({v for v in listed if listed.count(v) > 1})
         if dups:
             raise BioworldError(f"{what} lists {dups[:5]} more than once; expected each candidate once (a repeat "
@@ -310,3 +338,8 @@ def entity_latents(module: Any, x: np.ndarray, rows: int = 2048) -> np.ndarray:
     xt = torch.from_numpy(x)
     with torch.no_grad():
         return np.concatenate([module.encode(xt[s:s + rows].to(dev)).cpu().numpy() for s in range(0, len(xt), rows)])
+
+
+#: prioritize's defaults of those options (named in the error that refuses a value)
+_PRIORITIZE_DEFAULTS = {name: param.default for name, param in inspect.signature(prioritize_cells).parameters.items()
+                        if name in _PRIORITIZE_RANGES}
