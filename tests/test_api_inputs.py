@@ -167,3 +167,22 @@ def test_prioritize_takes_one_candidate_as_a_string(tiny_trained, cells):
     res = tiny_trained.prioritize(cells, "down:SIM_P1", genes="P2_DRV1", entities="SIM_P3", compounds=[],
                                   n_boot=5, pairs=False)
     assert sorted(res.table["intervention"]) == ["P2_DRV1", "silence:SIM_P3"]
+
+
+def test_normalised_cells_for_a_counts_model_name_the_counts_layer(tiny_trained, cells):
+    """Cells in scanpy's layout (log1p values in X, raw counts in layers['counts']) got the registration's advice
+    "pass input='log'", which counterfactual does not take."""
+    import scanpy as sc
+
+    c = cells.copy()
+    c.layers["counts"] = c.X.copy()
+    sc.pp.normalize_total(c, target_sum=1e4)
+    sc.pp.log1p(c)
+    with pytest.raises(DataValidationError, match=r"trained on raw counts.*cells.X=cells.layers\['counts'\]") as err:
+        tiny_trained.counterfactual(c, ["P2_DRV1"])
+    assert "input='log'" not in str(err.value).split("Fix:")[1]
+    del c.layers["counts"]
+    with pytest.raises(DataValidationError, match="give the cells' raw counts in X"):
+        tiny_trained.predict(["P2_DRV1"], cells=c)
+    c.X = cells.X.copy()  # raw counts again: answered
+    assert tiny_trained.counterfactual(c, ["P2_DRV1"]).n_obs == c.n_obs
