@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bioworld.errors import BioworldError
+from bioworld.report._enrichment import answer_genes
 
 __all__ = ["effect_bars", "latent_umap", "predicted_vs_observed"]
 
@@ -256,7 +257,7 @@ def effect_bars(
             err = np.vstack([mean - lo, hi - mean]).clip(0)
             what += " (whiskers: interval)"
     order = np.argsort(-np.abs(mean))[:n_genes][::-1]
-    genes = np.asarray([str(g) for g in adata.var_names])[order]
+    genes = np.asarray(answer_genes(adata))[order]  # symbols when the model's var_names are ids
     ax = _axes(ax, (4.5, max(2.0, 0.22 * len(order) + 0.8)))
     xerr = None if err is None else (err[:, order] if np.ndim(err) == 2 else err[order])
     colors = ["#c0392b" if v > 0 else "#2c7fb8" for v in mean[order]]

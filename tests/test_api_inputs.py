@@ -186,3 +186,33 @@ def test_normalised_cells_for_a_counts_model_name_the_counts_layer(tiny_trained,
         tiny_trained.predict(["P2_DRV1"], cells=c)
     c.X = cells.X.copy()  # raw counts again: answered
     assert tiny_trained.counterfactual(c, ["P2_DRV1"]).n_obs == c.n_obs
+
+
+@pytest.fixture(scope="module")
+def ids_model(small_sim):
+    """A model trained on Ensembl-like var_names with the symbols in var['symbol'] (scanpy's gene_symbols layout)."""
+    a = small_sim.adata.copy()
+    a.var["symbol"] = a.var_names.astype(str)
+    a.var_names = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    wm = bw.WorldModel(a, **_fresh(small_sim, gene_symbols_key="symbol", replicate_key="replicate"))
+    return wm.train(progress=False), a
+
+
+def test_answers_of_a_model_named_by_ids_carry_the_symbols(ids_model, small_sim):
+    """The answers carry the symbols in var['bw_gene_symbol'], but bw.tl.enrichment ranked the ids (var_names): it
+    found no gene of any set and returned an empty table without a word; effect_bars labelled the bars by id."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    wm, a = ids_model
+    cells = a[a.obs["perturbation"].astype(str) == "control"][:12].copy()
+    pred, cf = wm.predict(["P1_DRV1"]), wm.counterfactual(cells, ["P1_DRV1"])
+    for out in (pred, cf):
+        assert list(out.var_names) == list(a.var_names) and list(out.var["bw_gene_symbol"]) == list(a.var["symbol"])
+    sets = {name: list(genes) for name, genes in small_sim.gmt.items()}
+    table = bw.tl.enrichment(cf, "P1_DRV1", gene_sets=sets, permutations=20, min_size=3)
+    assert len(table) == len(sets)
+    ax = bw.pl.effect_bars(pred, "P1_DRV1", n_genes=3)
+    assert all(not t.get_text().startswith("ENSG") for t in ax.get_yticklabels())
+    with pytest.warns(UserWarning, match="nothing was tested and the table is empty"):
+        assert bw.tl.enrichment(cf, "P1_DRV1", gene_sets={"X": ["NOPE1", "NOPE2", "NOPE3"]}, min_size=3).empty

@@ -33,6 +33,16 @@ def _gene_sets(gene_sets: Any) -> tuple[dict[str, list[str]], str]:
     return {e.name: [str(g) for g in e.genes] for e in es}, what
 
 
+def answer_genes(adata: Any) -> list[str]:
+    """Gene names of an answer's columns as symbols: ``var['bw_gene_symbol']`` when the model's ``var_names`` were
+    not symbols (ids / probes with ``gene_symbols_key`` / ``id_map`` at training), else ``var_names``."""
+    from bioworld.query._anndata import GENE_SYMBOL
+
+    if GENE_SYMBOL in adata.var.columns:
+        return [str(g) for g in adata.var[GENE_SYMBOL]]
+    return [str(g) for g in adata.var_names]
+
+
 def enrichment(
     adata: Any,
     label: str,
@@ -86,12 +96,18 @@ def enrichment(
             raise BioworldError(f"{label!r} is not a row of adata; found {names[:6]}")
         delta = D[names.index(str(label))]
     sets, what = _gene_sets(gene_sets)
-    genes = [str(g) for g in adata.var_names]
+    genes = answer_genes(adata)
     panel = set(genes)
     sizes = {k: len(set(v) & panel) for k, v in sets.items()}
     tested = {k: v for k, v in sets.items() if min_size <= sizes[k] <= max_size}
     cols = ["term", "nes", "pval", "fdr", "n_genes", "lead_genes"]
     if not tested:
+        from bioworld.errors import user_stacklevel
+
+        warnings.warn(f"no set of {what} has {min_size} to {max_size} of the answer's {len(genes)} genes (they are "
+                      f"named e.g. {genes[:3]}; the most any set has is {max(sizes.values(), default=0)}): nothing was "
+                      "tested and the table is empty. Fix: gene sets named like the panel (e.g. symbols), or a "
+                      "smaller min_size", UserWarning, stacklevel=user_stacklevel())
         out = pd.DataFrame(columns=cols)
         out.attrs["gene_sets"] = what
         return out
