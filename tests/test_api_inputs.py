@@ -216,3 +216,15 @@ def test_answers_of_a_model_named_by_ids_carry_the_symbols(ids_model, small_sim)
     assert all(not t.get_text().startswith("ENSG") for t in ax.get_yticklabels())
     with pytest.warns(UserWarning, match="nothing was tested and the table is empty"):
         assert bw.tl.enrichment(cf, "P1_DRV1", gene_sets={"X": ["NOPE1", "NOPE2", "NOPE3"]}, min_size=3).empty
+
+
+def test_compound_targets_one_gene_as_a_string_and_wrong_kinds(tiny_trained):
+    """{'mydrug': 'P1_DRV1'} was read letter by letter (targets 'P', '1', '_', ...: "no representable target");
+    compound_targets=5 raised TypeError from pathlib."""
+    one = tiny_trained.predict(["mydrug@1"], compound_targets={"mydrug": "P1_DRV1"})
+    listed = tiny_trained.predict(["mydrug@1"], compound_targets={"mydrug": ["P1_DRV1"]})
+    np.testing.assert_array_equal(one.X, listed.X)
+    with pytest.raises(DataValidationError, match=r"compound_targets is 5 \(int\); expected a dict"):
+        tiny_trained.predict(["mydrug@1"], compound_targets=5)
+    with pytest.raises(DataValidationError, match=r"compound_targets\['mydrug'\] is 5 \(int\); expected a list"):
+        tiny_trained.predict(["mydrug@1"], compound_targets={"mydrug": 5})

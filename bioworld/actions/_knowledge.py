@@ -216,7 +216,7 @@ def knowledge_sources(base: Any, actions: Mapping[str, Any], *, config: Any, smi
     ``knowledge_sources`` (each source with its licence).
     """
     from bioworld.actions._space import GeneFeatureTable
-    from bioworld.knowledge.compounds import _read_target_table
+    from bioworld.knowledge.compounds import target_mapping
 
     kb = knowledge_base(config)
     targets = sorted({p.target for a in actions.values() for p in a.components if p.kind in ("ko", "kd", "act")})
@@ -227,7 +227,7 @@ def knowledge_sources(base: Any, actions: Mapping[str, Any], *, config: Any, smi
     cmp_source = None
     user = None
     if compound_targets is not None:
-        user = dict(compound_targets) if isinstance(compound_targets, Mapping) else _read_target_table(compound_targets)
+        user = target_mapping(compound_targets)
     if compounds:
         cmp_source = KnowledgeCompoundFeatures.build(compounds, kb, smiles=smiles, seen=compounds, user_targets=user)
         blind = [c for c in compounds if cmp_source.resolve(c) is None and c not in smiles]

@@ -13,9 +13,11 @@ union (CC BY-NC) where nothing curated exists; see :mod:`bioworld.knowledge._sou
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,8 +114,7 @@ class CompoundKnowledge:
         """A copy that also knows the compounds of ``table``: a mapping ``name -> [genes]`` or a
         TSV/CSV file with columns ``compound`` and ``target_gene`` (one row per pair). Names are
         normalised to keys; a listed compound's targets replace the bundled ones."""
-        mapping = _read_target_table(table) if not isinstance(table, Mapping) else {
-            str(k): [str(g) for g in v] for k, v in table.items()}
+        mapping = target_mapping(table)
         rows = [(k, g, self._moa.get(k, ""), next(iter(self._sources.get(k, {"bundled"}))))
                 for k, genes in self._targets.items() if k not in {self.resolve_key(n) for n in mapping}
                 for g in genes]
@@ -193,6 +194,27 @@ class CompoundKnowledge:
 
 
 _BUNDLED: CompoundKnowledge | None = None
+
+
+def target_mapping(table: Any) -> dict[str, list[str]]:
+    """Compound targets a user gives, as ``name -> [genes]``: a mapping (a gene given as one string is one gene, not
+    its letters) or a TSV/CSV path with columns ``compound, target_gene``; anything else is refused."""
+    if isinstance(table, Mapping):
+        out = {}
+        for name, genes in table.items():
+            if isinstance(genes, str):
+                genes = [genes]
+            elif not hasattr(genes, "__iter__") or isinstance(genes, Mapping):
+                raise DataValidationError(
+                    f"compound_targets[{name!r}] is {genes!r} ({type(genes).__name__}); expected a list of target gene "
+                    f"symbols. Fix: compound_targets={{{str(name)!r}: ['GENE1', 'GENE2']}}.")
+            out[str(name)] = [str(g) for g in genes]
+        return out
+    if isinstance(table, (str, os.PathLike)):
+        return _read_target_table(table)
+    raise DataValidationError(
+        f"compound_targets is {table!r} ({type(table).__name__}); expected a dict name -> [target genes] or the path "
+        "of a TSV/CSV file with columns 'compound' and 'target_gene'. Fix: pass one of those.")
 
 
 def _read_target_table(path: str | Path) -> dict[str, list[str]]:

@@ -110,12 +110,12 @@ def engine_with_compounds(engine: Any, smiles: Any = None, targets: Any = None) 
     a structure says nothing about those, so ``smiles`` is refused there."""
     import copy
 
-    from bioworld.knowledge.compounds import _read_target_table
+    from bioworld.knowledge.compounds import target_mapping
 
     space = engine.space
     src = space.compounds
-    if targets is not None and not isinstance(targets, dict):
-        targets = _read_target_table(targets)
+    if targets is not None:
+        targets = target_mapping(targets)
     if src is None:
         if smiles:
             raise UnknownPerturbationError(
