@@ -228,3 +228,16 @@ def test_compound_targets_one_gene_as_a_string_and_wrong_kinds(tiny_trained):
         tiny_trained.predict(["mydrug@1"], compound_targets=5)
     with pytest.raises(DataValidationError, match=r"compound_targets\['mydrug'\] is 5 \(int\); expected a list"):
         tiny_trained.predict(["mydrug@1"], compound_targets={"mydrug": 5})
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "is not a readable CSV table"),
+    ("split,method,metric,mean,sd,n\nunseen,WorldModel,mse_top20,abc,,1\n", "non-numeric value.*'mean'.*'abc'"),
+])
+def test_a_damaged_evaluation_table_in_the_model_folder_is_a_clear_error(tiny_trained, tmp_path, text, message):
+    """An empty evaluation.csv made WorldModel.load raise pandas' EmptyDataError; a non-number in it was loaded
+    as text into wm.evaluation (what the model card and reports format as numbers)."""
+    d = tiny_trained.save(tmp_path / "m")
+    (d / "evaluation.csv").write_text(text)
+    with pytest.raises(BioworldError, match=f"evaluation.csv .*{message}.*Fix: run 'bioworld evaluate' again"):
+        bw.WorldModel.load(d)
