@@ -26,7 +26,9 @@ __all__ = ["enrichment", "latents", "to_cell_eval"]
 
 
 def _base(model: Any) -> Any:
-    return model.members[0] if hasattr(model, "members") else model
+    from bioworld.eval._evaluate import _base_model
+
+    return _base_model(model)  # an ensemble's first member; anything but a model is refused
 
 
 def latents(adata: Any, *, model: Any, key_added: str = "X_bw", copy: bool = False) -> Any:
@@ -50,6 +52,8 @@ def latents(adata: Any, *, model: Any, key_added: str = "X_bw", copy: bool = Fal
     ``adata.uns['bioworld'][key_added]`` = ``{'entity_names': [...], 'dim': D}``.
     """
     wm = _base(model)
+    if not isinstance(key_added, str) or not key_added:
+        raise BioworldError(f"key_added={key_added!r}; expected a non-empty obsm key such as 'X_bw'")
     z = np.asarray(wm.get_entity_latents(adata), dtype=np.float32)  # [cells, E, D]
     target = adata.copy() if copy else adata
     target.obsm[key_added] = z.reshape(len(z), -1)
@@ -142,6 +146,11 @@ def to_cell_eval(
     from bioworld.data import normalize
     from bioworld.eval._evaluate import _on_panel, _test_registration
 
+    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer))
+                                  or max_cells < 1):
+        raise BioworldError(f"max_cells={max_cells!r}; expected None (every cell) or a whole number >= 1 of cells per "
+                            "perturbation and control. Fix: pass such a value.")
+    _base(model)  # a model, before the data are read
     real = real.copy()
     reg, key = _test_registration(real, model, {"perturbation_key": perturbation_key, "control": control,
                                                 "input": input})

@@ -241,3 +241,18 @@ def test_a_damaged_evaluation_table_in_the_model_folder_is_a_clear_error(tiny_tr
     (d / "evaluation.csv").write_text(text)
     with pytest.raises(BioworldError, match=f"evaluation.csv .*{message}.*Fix: run 'bioworld evaluate' again"):
         bw.WorldModel.load(d)
+
+
+def test_tools_refuse_what_is_not_a_model_and_bad_options(tiny_trained, small_sim, cells):
+    """bw.eval.evaluate('model', ...) / bw.tl.latents(model=None) raised AttributeError; to_cell_eval(max_cells=-1)
+    a numpy ValueError and max_cells=0 claimed the model could predict none of the perturbations."""
+    for bad in ("model_dir", None):
+        with pytest.raises(BioworldError, match=r"expected a trained bioworld.WorldModel or bioworld.Ensemble.*load"):
+            bw.eval.evaluate(bad, small_sim.adata)
+        with pytest.raises(BioworldError, match="expected a trained bioworld.WorldModel"):
+            bw.tl.latents(cells.copy(), model=bad)
+    for n in (0, -1, 2.5):
+        with pytest.raises(BioworldError, match=rf"max_cells={n!r}; expected None .every cell. or a whole number"):
+            bw.tl.to_cell_eval(tiny_trained, small_sim.adata, max_cells=n)
+    with pytest.raises(BioworldError, match="key_added=5; expected a non-empty obsm key"):
+        bw.tl.latents(cells.copy(), model=tiny_trained, key_added=5)

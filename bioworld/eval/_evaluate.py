@@ -43,8 +43,13 @@ SPLITS = {"unseen": "perturbations the model never trained on",
 
 
 def _base_model(model: Any) -> Any:
-    """The WorldModel whose registration / panel an ensemble's members share."""
-    return model.members[0] if hasattr(model, "members") else model
+    """The WorldModel whose registration / panel an ensemble's members share; refuses what is not a model."""
+    base = model.members[0] if hasattr(model, "members") else model
+    if not all(hasattr(base, name) for name in ("registration", "var_names", "counterfactual")):
+        raise BioworldError(
+            f"model is {model!r:.60} ({type(model).__name__}); expected a trained bioworld.WorldModel or "
+            "bioworld.Ensemble. Fix: load a model folder first (bw.WorldModel.load(path) / bw.Ensemble.load(path)).")
+    return base
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
