@@ -20,7 +20,7 @@ import pandas as pd
 
 from bioworld._world_model import WorldModel
 from bioworld.errors import BioworldError, CheckpointError
-from bioworld.query._uncertainty import Calibration, normal_quantile
+from bioworld.query._uncertainty import Calibration, _check_level, normal_quantile
 
 ENSEMBLE_META = "ensemble.json"
 ENSEMBLE_FORMAT = "bioworld-ensemble"
@@ -114,6 +114,10 @@ class Ensemble:
             raise BioworldError("adata's var_names differ from the ensemble's gene panel; pass the data the members were trained on")
         if not 1 <= members_per_fold <= len(self.members):
             raise BioworldError(f"members_per_fold={members_per_fold}; expected 1..{len(self.members)}")
+        levels = [levels] if isinstance(levels, (int, float)) else list(levels)  # checked before any fold is trained
+        if not levels:
+            raise BioworldError("levels is empty; expected interval levels such as (0.8, 0.9, 0.95)")
+        levels = [_check_level(level) for level in levels]
         key = ref.meta.get("perturbation_key") or world_model_kwargs.get("perturbation_key", "perturbation")
         if key not in adata.obs.columns:
             raise BioworldError(f"obs has no column {key!r} (the members' perturbation key); pass the training AnnData")

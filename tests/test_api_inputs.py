@@ -256,3 +256,15 @@ def test_tools_refuse_what_is_not_a_model_and_bad_options(tiny_trained, small_si
             bw.tl.to_cell_eval(tiny_trained, small_sim.adata, max_cells=n)
     with pytest.raises(BioworldError, match="key_added=5; expected a non-empty obsm key"):
         bw.tl.latents(cells.copy(), model=tiny_trained, key_added=5)
+
+
+@pytest.mark.parametrize("levels", [(1.2,), (0.9, 0.0), ()])
+def test_calibrate_refuses_bad_levels_before_training_any_fold(tiny_trained, small_sim, monkeypatch, levels):
+    """levels=(1.2,) was refused only after every calibration fold had been trained (minutes on real data)."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("a calibration fold was trained before the levels were checked")
+
+    monkeypatch.setattr(bw.WorldModel, "train", no_training)
+    ens = bw.Ensemble([tiny_trained, tiny_trained])
+    with pytest.raises(BioworldError, match="level"):
+        ens.calibrate(small_sim.adata, n_folds=2, levels=levels)
