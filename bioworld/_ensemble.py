@@ -81,6 +81,10 @@ class Ensemble:
         ``world_model_kwargs`` go to :class:`~bioworld.WorldModel` (``config`` gets each seed). Every
         member gets the first member's entity slots (its data-driven NMF programs included).
         """
+        if seeds is not None and (isinstance(seeds, str) or not hasattr(seeds, "__iter__") or not all(
+                isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            raise BioworldError(f"seeds={seeds!r}; expected a list of whole numbers >= 0, one per member, e.g. [0, 1, 2] "
+                                "(a string was read digit by digit, 0.5 truncated). Fix: pass such a list, or n_members=")
         seeds = list(range(int(n_members))) if seeds is None else [int(s) for s in seeds]
         if len(seeds) < 2 or len(set(seeds)) != len(seeds):
             raise BioworldError(f"seeds={seeds}; expected at least 2 distinct seeds")

@@ -268,3 +268,20 @@ def test_calibrate_refuses_bad_levels_before_training_any_fold(tiny_trained, sma
     ens = bw.Ensemble([tiny_trained, tiny_trained])
     with pytest.raises(BioworldError, match="level"):
         ens.calibrate(small_sim.adata, n_folds=2, levels=levels)
+
+
+@pytest.mark.parametrize("seeds", ["42", [0, 0.5], [0, -1], [True, 2]])
+def test_ensemble_seeds_must_be_whole_numbers(small_sim, seeds):
+    """seeds='42' trained seeds 4 and 2; [0, 0.5] became [0, 0] (refused as a repeat); [True, 2] trained 1 and 2;
+    [0, -1] trained member 0 before the config check refused -1."""
+    with pytest.raises(BioworldError, match="expected a list of whole numbers >= 0"):
+        bw.Ensemble.train(small_sim.adata, seeds=seeds, **_fresh(small_sim), progress=False)
+
+
+def test_enrichment_gene_set_of_one_gene_given_as_a_string(tiny_trained):
+    """{'one': 'P1_DRV1'} was read letter by letter ('P', '1', '_', ...): the set had no gene on the panel."""
+    pred = tiny_trained.predict(["P1_DRV1"])
+    genes = [str(g) for g in pred.var_names]
+    table = bw.tl.enrichment(pred, "P1_DRV1", gene_sets={"one": genes[0], "many": genes[1:12]}, min_size=1,
+                             permutations=20)
+    assert dict(zip(table["term"], table["n_genes"])) == {"one": 1, "many": 11}

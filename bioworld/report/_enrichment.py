@@ -26,7 +26,8 @@ def _gene_sets(gene_sets: Any) -> tuple[dict[str, list[str]], str]:
     elif isinstance(gene_sets, EntitySet):
         es, what = gene_sets, "the given EntitySet"
     elif isinstance(gene_sets, dict):
-        return {str(k): [str(g) for g in v] for k, v in gene_sets.items()}, "the given gene sets"
+        return ({str(k): [v] if isinstance(v, str) else [str(g) for g in v] for k, v in gene_sets.items()},
+                "the given gene sets")  # a set of one gene given as a string is that gene, not its letters
     else:
         raise BioworldError(f"gene_sets is a {type(gene_sets).__name__}; expected a bundled name "
                             f"({', '.join(sorted(BUNDLED))}), a GMT / weight-table path, a dict or an EntitySet")
