@@ -652,6 +652,7 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
     (the flagged candidates, chosen or not).
     """
     from bioworld.query._candidates import kind_of
+    from bioworld.query._reach import network_nodes, read_network
 
     strategy = _check_strategy(strategy)
     budget = _check_budget(budget)
@@ -680,8 +681,6 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
         if strategy != "error":
             raise BioworldError(f"network= sizes the expected errors of strategy 'error'; strategy {strategy!r} "
                                 "does not read it. Fix: strategy='error', or leave network out")
-        from bioworld.query._reach import read_network
-
         network = read_network(network)
     sizes = measured_fit_sizes(model, labels, n_cells=n_cells, seed=seed, network=network) if strategy == "error" \
         else None
@@ -700,7 +699,7 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
                      "expected_goal": sel.goal[k], "reason": reason, "flag": flags[c], "flag_reason": why[c]})
     table = pd.DataFrame(rows, columns=COLUMNS)
     table.attrs.update({"strategy": strategy, "goal": goal, "uncertainty": source, "n_candidates": len(labels),
-                        "network_nodes": 0 if network is None else len(set(network) | set().union(*network.values())),
+                        "network_nodes": 0 if network is None else len(network_nodes(network)),
                         "excluded_measured": list(dropped), "n_cells": int(min(n_cells, len(m0.reference))),
                         "budget": budget, "n_flagged": int(sum(f != "" for f in flags)),
                         "flagged": [lab for lab, f in zip(labels, flags) if f]})

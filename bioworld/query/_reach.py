@@ -89,10 +89,16 @@ def _read_table(path: Path) -> Any:
                             "source and target columns") from None
 
 
-def reach(network: Mapping[str, frozenset[str]], start: Iterable[str], hops: int = HOPS) -> int:
+def network_nodes(network: Mapping[str, frozenset[str]]) -> set[str]:
+    """Every node of ``network``: sources and targets."""
+    return set(network).union(*network.values())
+
+
+def reach(network: Mapping[str, frozenset[str]], start: Iterable[str], hops: int = HOPS,
+          nodes: set[str] | None = None) -> int:
     """Nodes of ``network`` reachable from ``start`` within ``hops`` edges, ``start`` nodes included (0 when
-    none of them is in the network)."""
-    nodes = set(network) | {b for bs in network.values() for b in bs}
+    none of them is in the network). ``nodes``: :func:`network_nodes` when the caller has them (many calls)."""
+    nodes = network_nodes(network) if nodes is None else nodes
     seen = {s for s in start if s in nodes}
     frontier = set(seen)
     for _ in range(hops):
@@ -119,6 +125,7 @@ def component_reach(space: Any, components: Sequence[Any], network: Mapping[str,
     for ent in getattr(space, "entities", None) or ():
         for g in getattr(ent, "genes", ()):
             holds.setdefault(str(g), []).append(str(ent.name))
+    nodes = network_nodes(network)  # once, not once per component
     out = np.zeros(len(components))
     for i, p in enumerate(components):
         if p.kind in GENETIC:
@@ -129,5 +136,5 @@ def component_reach(space: Any, components: Sequence[Any], network: Mapping[str,
             start = [t for g in compound_targets(p.target) for t in (g, *holds.get(g, []))]
         else:
             start = []
-        out[i] = reach(network, start, hops)
+        out[i] = reach(network, start, hops, nodes)
     return out
