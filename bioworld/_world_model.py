@@ -278,8 +278,9 @@ class WorldModel:
 
         Options and what is exact vs screened: :func:`bioworld.query._verbs.prioritize_cells`. Returns a
         :class:`bioworld.query.PrioritizationResult`."""
-        from bioworld.query._verbs import prioritize_cells
+        from bioworld.query._verbs import check_prioritize_options, prioritize_cells
 
+        check_prioritize_options(options)
         eng = self.engine
         return prioritize_cells(eng, self._view(), lambda: self.reference if cells is None else self._cells_to_std(cells),
                                 goal, **options)

@@ -285,3 +285,29 @@ def test_enrichment_gene_set_of_one_gene_given_as_a_string(tiny_trained):
     table = bw.tl.enrichment(pred, "P1_DRV1", gene_sets={"one": genes[0], "many": genes[1:12]}, min_size=1,
                              permutations=20)
     assert dict(zip(table["term"], table["n_genes"])) == {"one": 1, "many": 11}
+
+
+def test_prioritize_names_a_misspelt_option_and_the_valid_ones(tiny_trained, cells):
+    """max_gene=5 surfaced as "prioritize_cells() got an unexpected keyword argument", an internal name."""
+    with pytest.raises(TypeError, match=r"unknown option 'max_gene'; did you mean 'max_genes'\? it takes: genes, "):
+        tiny_trained.prioritize(cells, "down:SIM_P1", max_gene=5)
+    with pytest.raises(TypeError, match=r"unknown option 'colour'; it takes: "):
+        tiny_trained.prioritize(cells, "down:SIM_P1", colour="red")
+
+
+def test_counterfactual_keeps_the_cells_gene_annotations(tiny_trained, cells):
+    """The answer's var held no column of the cells' var (gene ids, highly_variable, ... were lost)."""
+    given = cells.copy()
+    given.var["gene_id"] = [f"ENSG{i:05d}" for i in range(given.n_vars)]
+    given.var["highly_variable"] = np.arange(given.n_vars) % 2 == 0
+    cf = tiny_trained.counterfactual(given, ["P2_DRV1"])
+    assert list(cf.var_names) == list(tiny_trained.var_names)
+    pos = {g: i for i, g in enumerate(given.var_names)}
+    rows = [pos[g] for g in cf.var_names]
+    assert cf.var["gene_id"].tolist() == given.var["gene_id"].to_numpy()[rows].tolist()
+    assert cf.var["highly_variable"].dtype == bool
+    assert cf.var["highly_variable"].tolist() == given.var["highly_variable"].to_numpy()[rows].tolist()
+    # the cells' genes in another order: the annotations follow the gene names, not the positions
+    shuffled = given[:, given.var_names[::-1]].copy()
+    cf_rev = tiny_trained.counterfactual(shuffled, ["P2_DRV1"])
+    assert cf_rev.var["gene_id"].tolist() == cf.var["gene_id"].tolist()

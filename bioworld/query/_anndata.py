@@ -7,7 +7,8 @@ Keys written (documented once, used by ``WorldModel`` and ``Ensemble``):
   ``layers['delta_sd']`` (ensembles): the members' spread of that delta;
 - ``var``: indexed by the model's ``var_names`` (the training file's); when those are not the gene
   symbols the model works in (trained with ``gene_symbols_key`` / ``id_map``), ``var['bw_gene_symbol']``
-  holds the symbol of each gene;
+  holds the symbol of each gene; a counterfactual keeps the given cells' ``var`` columns (gene ids,
+  ``highly_variable``, ...) when the cells hold every gene of the answer (their ``var_names`` match);
 - ``obs``: a counterfactual keeps every column of the given cells, plus ``bw_intervention`` and
   ``bw_cell``; ``obsm``: the cells' embeddings (``X_umap``, ...) are kept, plus
   ``obsm['bw_entity_shift']``, a DataFrame (columns = entity names) of how far each entity latent
@@ -110,6 +111,18 @@ def _unique_cell_names(names: list[str]) -> list[str]:
     return [str(c) for c in make_index_unique(index.astype(str))]
 
 
+def _cells_var(var: pd.DataFrame, given: pd.DataFrame) -> pd.DataFrame:
+    """``var`` with the given cells' ``var`` columns joined on, when the cells name every gene of ``var`` (a
+    reindex over missing genes would turn boolean and integer columns into objects with NaN); the answer's own
+    columns win a name clash."""
+    cols = [c for c in given.columns if c not in var.columns]
+    if not cols or given.index.has_duplicates or not var.index.isin(given.index).all():
+        return var
+    extra = given.loc[var.index, cols]
+    extra.index = var.index
+    return pd.concat([var, extra], axis=1)
+
+
 def counterfactual_adata(
     cells: Any,
     specs: Sequence[str],
@@ -159,7 +172,7 @@ def counterfactual_adata(
     obs["bw_cell"] = np.tile(cell_names, len(specs))
     row_cells = np.tile(_unique_cell_names(cell_names), len(specs))
     obs.index = pd.Index([f"{s}|{c}" for s, c in zip(np.repeat(specs, n), row_cells)], dtype=str)
-    out = ad.AnnData(X=_rows(X), obs=obs, var=gene_var(var_names, genes))
+    out = ad.AnnData(X=_rows(X), obs=obs, var=_cells_var(gene_var(var_names, genes), cells.var))
     out.layers["delta"] = _rows(delta)
     for key, value in cells.obsm.items():
         if key != ENTITY_SHIFT:

@@ -17,7 +17,8 @@ import pandas as pd
 from bioworld.errors import BioworldError
 from bioworld.query.engine import Engine
 
-__all__ = ["ModelView", "query_labels", "predict_means", "counterfactual_cells", "prioritize_cells", "entity_latents",
+__all__ = ["ModelView", "query_labels", "predict_means", "counterfactual_cells", "prioritize_cells", "check_prioritize_options",
+           "entity_latents",
            "set_aside_hint"]
 
 
@@ -343,3 +344,16 @@ def entity_latents(module: Any, x: np.ndarray, rows: int = 2048) -> np.ndarray:
 #: prioritize's defaults of those options (named in the error that refuses a value)
 _PRIORITIZE_DEFAULTS = {name: param.default for name, param in inspect.signature(prioritize_cells).parameters.items()
                         if name in _PRIORITIZE_RANGES}
+
+
+def check_prioritize_options(options: dict[str, Any], where: str = "WorldModel.prioritize") -> None:
+    """Refuse an option :func:`prioritize_cells` does not take, naming the closest valid one and the full list
+    (a misspelt ``max_gene=`` would otherwise surface as a TypeError about an internal function)."""
+    import difflib
+
+    valid = [n for n, p in inspect.signature(prioritize_cells).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    for name in options:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(f"{where} got an unknown option {name!r}; {hint}it takes: {', '.join(valid)}.")
