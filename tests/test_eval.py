@@ -372,7 +372,39 @@ def test_run_simulator_baselines_only_fast(tmp_path):
     assert list(df.columns) == COLUMNS
     assert {"NoChange", "MeanOfTrain", "LinearEmbedding", "Additive"} <= set(df["method"])
     assert set(df["split"]) == {"unseen_singles", "unseen_doubles"}
-    assert (tmp_path / "predictions" / "simulator__Additive__pred.h5ad").is_file()
+    path = tmp_path / "predictions" / "simulator__Additive__pred.h5ad"
+    assert path.is_file()
+    # written through the atomic writer: readable, the usual file mode, no temporary file left beside it
+    import anndata as ad
+
+    from bioworld._atomic import file_mode
+
+    a = ad.read_h5ad(path)
+    assert a.uns["bioworld_benchmark"]["method"] == "Additive" and a.obs_names[-1] == "control"
+    assert np.allclose(a.X - a.X[-1], a.layers["delta"], atol=1e-5)
+    assert (path.stat().st_mode & 0o777) == file_mode()
+    assert sorted(f.name for f in path.parent.iterdir() if not f.name.endswith(".h5ad")) == []
+
+
+def test_benchmark_predictions_are_written_all_or_nothing(tmp_path, monkeypatch):
+    """A run that fails while writing a prediction file keeps the earlier file whole (it was written in place)."""
+    import bioworld.report._h5ad as H
+    from bioworld.errors import OutputError
+    from bioworld.eval.benchmark import run_simulator
+
+    kw = dict(n_cells=20, n_control_cells=80, n_folds=2, n_doubles=4, n_truth_draws=500, world_model=False,
+              out=tmp_path, progress=False)
+    run_simulator(**kw)
+    path = tmp_path / "predictions" / "simulator__Additive__pred.h5ad"
+    before = path.read_bytes()
+
+    def torn(adata):  # building the file fails part way (a full disk)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(H, "h5ad_bytes", torn)
+    with pytest.raises((OutputError, OSError)):
+        run_simulator(**kw)
+    assert path.read_bytes() == before
 
 
 @pytest.mark.slow

@@ -177,6 +177,8 @@ class _Collector:
         """
         import anndata as ad
 
+        from bioworld.report._h5ad import write_h5ad_atomic
+
         d = out / "predictions"
         d.mkdir(parents=True, exist_ok=True)
         written = []
@@ -197,7 +199,7 @@ class _Collector:
                 a.layers["delta"] = delta
                 a.uns["bioworld_benchmark"] = {"benchmark": self.benchmark, "method": m, "kind": kind}
                 path = d / f"{self.benchmark}__{_slug(m)}__{kind}.h5ad"
-                a.write_h5ad(path)
+                write_h5ad_atomic(a, path)  # a run stopped mid-write leaves the earlier file, not a torn one
                 written.append(path)
         return written
 
