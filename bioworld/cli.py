@@ -1312,7 +1312,7 @@ def benchmark_cmd(
         argv.append("--no-progress")
     if keep_earlier:
         argv.append("--keep-earlier")
-    bench_main(argv)
+    bench_main(argv, prog="bioworld benchmark")
 
 
 # ---------------------------------------------------------------------------------- entry point

@@ -869,8 +869,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmarks and write the report. Returns the exit code (0)."""
+def main(argv: Sequence[str] | None = None, *, prog: str = "python benchmarks/run_benchmarks.py") -> int:
+    """Run the benchmarks and write the report. Returns the exit code (0). ``prog``: how the report and the
+    ``<bench>_meta.json`` files name the command that was run (``bioworld benchmark`` from the CLI, whose options
+    are the same, so a wheel's report names a command its user has)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     mode = "full" if args.full else "quick"
@@ -914,7 +916,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kept from earlier runs: {', '.join(kept) or 'none'}", file=sys.stderr)
         frames = {b: frames[b] if b in frames else kept[b] for b in RUNNERS if b in frames or b in kept}
         walls.update({b: df.attrs["earlier_run"]["wall_s"] for b, df in kept.items()})
-    command = "python benchmarks/run_benchmarks.py " + shlex.join(argv) if argv else "python benchmarks/run_benchmarks.py"
+    command = f"{prog} {shlex.join(argv)}" if argv else prog
     ran = [b for b in only if b != "retrospective"]
     trained = f"WorldModel max_steps={steps or 'TrainConfig default'}" if wm else "no WorldModel (--no-world-model)"
     notes = [f"settings of the benchmarks this command ran ({', '.join(ran)}): seeds={list(seeds)}, {trained}"
