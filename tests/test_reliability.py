@@ -14,6 +14,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -403,16 +404,16 @@ def test_counterfactual_reorders_same_panel_and_leaves_cells_alone(tiny_trained,
     _assert_unchanged(shuffled, snap)
 
 
-@pytest.mark.parametrize("change", ["missing", "extra", "renamed"])
+@pytest.mark.parametrize("change", ["missing", "missing and extra", "renamed"])
 def test_counterfactual_refuses_other_panel_naming_the_difference(tiny_trained, small_sim, change):
     cells = small_sim.adata[:5].copy()
     if change == "missing":
         cells = cells[:, 2:].copy()
         facts = ["2 of the model's 80 genes are missing", "'P1_DRV1'", "'P1_DRV2'"]
-    elif change == "extra":
+    elif change == "missing and extra":
         extra = ad.AnnData(np.ones((5, 1), np.float32), obs=cells.obs, var=pd.DataFrame(index=["EXTRA1"]))
-        cells = ad.concat([cells, extra], axis=1, merge="first")
-        facts = ["1 are extra", "'EXTRA1'"]
+        cells = ad.concat([cells[:, 1:], extra], axis=1, merge="first")
+        facts = ["1 of the model's 80 genes are missing", "1 are extra", "'EXTRA1'"]
     else:
         cells.var_names = ["RENAMED"] + list(cells.var_names[1:])
         facts = ["1 of the model's 80 genes are missing", "'P1_DRV1'", "'RENAMED'"]
@@ -422,6 +423,31 @@ def test_counterfactual_refuses_other_panel_naming_the_difference(tiny_trained, 
     for fact in facts:
         assert fact in str(err.value), (fact, str(err.value))
     _assert_unchanged(cells, snap)
+
+
+def test_counterfactual_reads_the_model_genes_of_a_bigger_file_and_says_so(tiny_trained, small_sim):
+    """Cells with every model gene plus others (the file a panel was chosen from) were refused; they are cut to the
+    model's genes before normalising, with a warning naming how many genes are not used: the same answer as the
+    panel alone, for a counts model too (the library size is the panel's, as at training)."""
+    from bioworld.data import DataWarning
+
+    cells = small_sim.adata[small_sim.adata.obs["perturbation"] == "control"][:5].copy()
+    extra = ad.AnnData(np.full((5, 2), 7.0, np.float32), obs=cells.obs, var=pd.DataFrame(index=["EXTRA1", "EXTRA2"]))
+    bigger = ad.concat([extra[:, :1], cells, extra[:, 1:]], axis=1, merge="first")
+    snap = _snapshot(bigger)
+    with pytest.warns(DataWarning, match=r"cells have 2 genes the model was not trained on \(e.g. \['EXTRA1', 'EXTRA2'\]\)"):
+        got = tiny_trained.counterfactual(bigger, "P2_DRV1")
+    want = tiny_trained.counterfactual(cells, "P2_DRV1")
+    assert list(got.var_names) == list(want.var_names)
+    assert np.array_equal(got.X, want.X) and np.array_equal(got.layers["delta"], want.layers["delta"])
+    _assert_unchanged(bigger, snap)
+    # a gene the model needs given twice is still refused (which copy would it read?)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata's "Variable names are not unique"
+        twice = ad.concat([cells, cells[:, :1]], axis=1, merge="first")
+        twice.var_names = list(cells.var_names) + [cells.var_names[0]]
+    with pytest.raises(DataValidationError, match="repeated"):
+        tiny_trained.counterfactual(twice, "P2_DRV1")
 
 
 def test_counterfactual_refuses_nan_and_empty_cells(tiny_trained, small_sim):

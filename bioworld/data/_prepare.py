@@ -130,10 +130,13 @@ def _panel_hint(cells: Any, var_names: list[str], symbols: list[str] | None) -> 
 
 
 def align_panel(cells: Any, var_names: list[str], genes: list[str] | None = None) -> Any:
-    """``cells`` with its genes in the order of ``var_names``; refuses a different gene panel.
+    """``cells`` with its genes in the order of ``var_names``; refuses a panel that lacks a model gene.
 
     ``genes``: the model's symbols, when its ``var_names`` are ids (trained with ``gene_symbols_key`` /
-    ``id_map``); cells whose ``var_names`` are those symbols are read by symbol."""
+    ``id_map``); cells whose ``var_names`` are those symbols are read by symbol. Cells with more genes than
+    the model's (the full file a panel was chosen from) are cut to the model's genes before anything is
+    normalised, as the training data were, with a :class:`~bioworld.data.DataWarning` saying how many are
+    not used (``bioworld evaluate`` reads such files the same way)."""
     names = [str(v) for v in cells.var_names]
     if names == var_names:
         return cells
@@ -144,6 +147,14 @@ def align_panel(cells: Any, var_names: list[str], genes: list[str] | None = None
         out = cells[:, symbols].copy()
         out.var_names = pd.Index(var_names, dtype=str)
         return out
+    index = pd.Index(names)
+    for wanted in dict.fromkeys([tuple(var_names), tuple(symbols)]):  # a superset, each wanted gene once
+        want = set(wanted)
+        if want <= set(names) and not index[index.isin(list(want))].has_duplicates:
+            _warn_extra(len(names) - len(wanted), [g for g in names if g not in want][:5], len(wanted))
+            out = cells[:, list(wanted)].copy()
+            out.var_names = pd.Index(var_names, dtype=str)
+            return out
     have = set(names)
     missing = [g for g in var_names if g not in have]
     extra = [g for g in names if g not in set(var_names)]
@@ -157,6 +168,17 @@ def align_panel(cells: Any, var_names: list[str], genes: list[str] | None = None
         + f". Expected the model's var_names{also} (any order, each once); subset/reindex the cells to the "
         "training panel." + _panel_hint(cells, var_names, symbols)
     )
+
+
+def _warn_extra(n_extra: int, examples: list[str], n_model: int) -> None:
+    import warnings
+
+    from bioworld.data._register import DataWarning
+    from bioworld.errors import user_stacklevel
+
+    warnings.warn(f"cells have {n_extra} genes the model was not trained on (e.g. {examples}); they are not used: the "
+                  f"answers cover the model's {n_model} genes, normalised over those genes as the training data were.",
+                  DataWarning, stacklevel=user_stacklevel())
 
 
 def _counts_expected(cells: Any, registration: Registration) -> DataValidationError | None:
