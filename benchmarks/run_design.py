@@ -42,7 +42,8 @@ Strategies: random, knowledge (farthest-first over action features), information
 (see :mod:`bioworld.query._design`). Variants (not bw.design strategies): ``information+kprior``,
 ``information+sizes``, ``error (novelty=N transfer=T beta=B)`` (error with other settings, e.g.
 ``error (novelty=0)`` = expected error alone), ``error+network`` / ``error+network (shuffled)`` (the simulator:
-error with its pathway DAG, or the DAG with permuted names, as ``bw.design(network=)``), and the ceiling
+error with its pathway DAG, or the DAG with permuted names, as ``bw.design(network=)``; ``error+network
+(rewired=F)``: the DAG with a share F of its edges pointed at random other pathways, a map with errors), and the ceiling
 ``oracle (truth)``. Run:
 ``nice python benchmarks/run_design.py --only simulator --seeds 0,1,2`` (each dataset's rows are
 merged into ``benchmarks/results/design/design.csv``; ``--report-only`` rewrites ``DESIGN.md`` and
@@ -181,6 +182,8 @@ class JepaTask:
             raise SystemExit(f"{strategy}: the task {self.name} has no network (the simulator and Papalexi have one)")
         if strategy.startswith(NETWORK):
             network = self.shuffled_network if "(shuffled" in strategy else self.network
+            if _option(strategy, "rewired", 0.0) > 0:
+                network = rewired(self.network, _option(strategy, "rewired", 0.0))
         sizes = measured_fit_sizes(shim, cand, n_cells=64, seed=0, beta=beta, network=network)
         if sizes is not None and _option(strategy, "floor", 0.0) > 0:
             sizes = np.maximum(sizes, np.sqrt((eff.mean(0) ** 2).mean(1)))
@@ -264,6 +267,24 @@ def simulator_networks(sim, seed=0):
     names = list(sim.pathways)
     perm = dict(zip(names, np.random.default_rng(seed).permutation(names).tolist()))
     return edges, [(perm[a], perm[b]) for a, b in edges]
+
+
+def rewired(edges, frac, seed=0):
+    """``edges`` with a share ``frac`` of them (seeded) pointed at another node: the source kept, the target drawn
+    among the network's other nodes (no self loop, no edge already there). A map with errors in it, as a lab's is."""
+    nodes = sorted({a for a, _ in edges} | {b for _, b in edges})
+    rng = np.random.default_rng(seed)
+    out = list(edges)
+    have = set(out)
+    for i in sorted(rng.choice(len(out), size=int(round(frac * len(out))), replace=False).tolist()):
+        a, b = out[i]
+        options = [n for n in nodes if n != a and (a, n) not in have]
+        if options:
+            new = (a, options[int(rng.integers(len(options)))])
+            have.discard((a, b))
+            have.add(new)
+            out[i] = new
+    return out
 
 
 def papalexi_task(args):
@@ -540,21 +561,25 @@ def plot(df, path):
 
 
 def _verdict(ds: str, g: pd.DataFrame) -> str:
-    """The issue's bar, read off the table: simulator = random's final error with <= 60% of its measurements
-    (every seed); real data = a lower AUC than random (mean over seeds; how many seeds)."""
+    """The issue's bar, read off the table: simulator = random's final error with <= 60% of its measurements (on the
+    mean over the block's seeds, a seed that never reaches it failing the mean; and, stricter, on every seed); real
+    data = a lower AUC than random (mean over seeds; how many seeds)."""
     rows = []
     for s, h in g[~g.strategy.isin(["random", ORACLE])].groupby("strategy"):
         share = h.share_to_random_final.to_numpy(float)
         rows.append((s, float(np.nanmean(h.auc_ratio)), int((h.auc_ratio < 1).sum()), len(h),
-                     bool(np.all(np.isfinite(share)) and np.all(share <= 0.6)), share))
+                     bool(np.all(np.isfinite(share)) and np.all(share <= 0.6)), share,
+                     bool(np.all(np.isfinite(share)) and share.mean() <= 0.6)))
     if not rows:
         return f"Verdict ({ds}): no strategy besides random was run."
     best = min(rows, key=lambda r: r[1])
     text = (f"Verdict ({ds}): best AUC ratio {best[0]} {best[1]:.3f} (below random on {best[2]} of {best[3]} seeds). ")
     if ds.startswith("simulator"):
+        mean_ok = [f"{r[0]} ({r[5].mean():.3f})" for r in rows if r[6]]
         ok = [r[0] for r in rows if r[4]]
-        text += ("Random's final error with <= 60% of its measurements on every seed: "
-                 + (", ".join(ok) if ok else "no strategy (target not met)") + ".")
+        text += ("Random's final error with <= 60% of its measurements on the mean over these seeds: "
+                 + (", ".join(mean_ok) if mean_ok else "no strategy (target not met)")
+                 + "; on every seed: " + (", ".join(ok) if ok else "no strategy") + ".")
     else:
         text += "Beats random on the mean AUC: " + ("yes" if best[1] < 1 else "no (target not met)") + "."
     o = g[g.strategy == ORACLE]
