@@ -25,15 +25,22 @@ def _delta(pred, label):
     return np.asarray(pred.layers["delta"])[list(pred.obs_names).index(label)]
 
 
+def _same(a, b):
+    """The same answer: one action, so equal up to float rounding. Rows that sit at different places in the engine's
+    row blocks can differ in the last bits on some CPUs (oneDNN picks other kernels for a block's tail rows: 2.4e-7 on
+    an AMD EPYC host), while another action differs by orders of magnitude more."""
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 def test_predict_answers_a_compound_as_the_loss_of_its_targets(tiny_trained, knowledge):
     assert tiny_trained.space.compounds is None  # a genetic model
     labels = ["cpd-one@1", "cpd-one@10", "ko:P2_DRV1", "cpd-two@1", "P2_DRV1+P3_DRV1", "cpd-one@1+P3_DRV1"]
     pred = tiny_trained.predict(labels)
     assert list(pred.obs_names) == labels
-    np.testing.assert_array_equal(_delta(pred, "cpd-one@1"), _delta(pred, "ko:P2_DRV1"))
-    np.testing.assert_array_equal(_delta(pred, "cpd-one@10"), _delta(pred, "ko:P2_DRV1"))  # no dose in a genetic model
-    np.testing.assert_array_equal(_delta(pred, "cpd-two@1"), _delta(pred, "P2_DRV1+P3_DRV1"))
-    np.testing.assert_array_equal(_delta(pred, "cpd-one@1+P3_DRV1"), _delta(pred, "P2_DRV1+P3_DRV1"))
+    _same(_delta(pred, "cpd-one@1"), _delta(pred, "ko:P2_DRV1"))
+    _same(_delta(pred, "cpd-one@10"), _delta(pred, "ko:P2_DRV1"))  # no dose in a genetic model
+    _same(_delta(pred, "cpd-two@1"), _delta(pred, "P2_DRV1+P3_DRV1"))
+    _same(_delta(pred, "cpd-one@1+P3_DRV1"), _delta(pred, "P2_DRV1+P3_DRV1"))
     assert np.abs(_delta(pred, "cpd-one@1")).sum() > 0
     notes = pred.uns["bioworld"]["compounds_as_targets"]
     assert set(notes) == {"cpd-one@1", "cpd-one@10", "cpd-two@1", "cpd-one@1+P3_DRV1"}  # the labels as given
@@ -46,18 +53,18 @@ def test_counterfactual_agrees_with_predict_per_cell(tiny_trained, knowledge, ce
     cf = tiny_trained.counterfactual(cells, ["cpd-one@1", "ko:P2_DRV1"])
     X = np.asarray(cf.X)
     n = cells.n_obs
-    np.testing.assert_array_equal(X[:n], X[n:])
+    _same(X[:n], X[n:])
     assert list(cf.uns["bioworld"]["compounds_as_targets"]) == ["cpd-one@1"]
 
 
 def test_targets_given_at_query_time(tiny_trained, knowledge):
     pred = tiny_trained.predict(["NewDrug@1", "ko:P3_DRV1"], compound_targets={"newdrug": ["P3_DRV1", "NOTAGENE123"]})
-    np.testing.assert_array_equal(_delta(pred, "NewDrug@1"), _delta(pred, "ko:P3_DRV1"))
+    _same(_delta(pred, "NewDrug@1"), _delta(pred, "ko:P3_DRV1"))
     note = pred.uns["bioworld"]["compounds_as_targets"]["NewDrug@1"]
     assert "1 known target the model cannot represent: NOTAGENE123" in note
     # given targets win over the bundled ones
     over = tiny_trained.predict(["cpd-one@1", "ko:P3_DRV1"], compound_targets={"cpd-one": ["P3_DRV1"]})
-    np.testing.assert_array_equal(_delta(over, "cpd-one@1"), _delta(over, "ko:P3_DRV1"))
+    _same(_delta(over, "cpd-one@1"), _delta(over, "ko:P3_DRV1"))
 
 
 def test_given_targets_the_model_cannot_represent_are_named(tiny_trained, knowledge):
@@ -94,7 +101,7 @@ def test_cli_predict_with_a_target_table_on_a_genetic_model(tiny_trained, knowle
                  tmp_path / "targets.tsv", "--out", out)
     assert res.exit_code == 0, (res.output, res.exception)
     pred = ad.read_h5ad(out)
-    np.testing.assert_array_equal(_delta(pred, "mydrug@1"), _delta(pred, "ko:P2_DRV1"))
+    _same(_delta(pred, "mydrug@1"), _delta(pred, "ko:P2_DRV1"))
     assert "mydrug@1" in pred.uns["bioworld"]["compounds_as_targets"]
     assert "  mydrug@1: mydrug: as the inhibition of its target P2_DRV1 (ko:P2_DRV1)" in res.stdout
     res = invoke("predict", model, "--perturbations", "mydrug@1", "--compound", "mydrug=CCO", "--out", tmp_path / "x.h5ad")
@@ -128,7 +135,7 @@ def test_an_ensemble_takes_targets_at_query_time_too(tiny_trained, knowledge, tm
 
     ens = bw.Ensemble([tiny_trained, tiny_trained])
     pred = ens.predict(["newdrug@1", "ko:P3_DRV1"], compound_targets={"newdrug": ["P3_DRV1"]})
-    np.testing.assert_array_equal(_delta(pred, "newdrug@1"), _delta(pred, "ko:P3_DRV1"))
+    _same(_delta(pred, "newdrug@1"), _delta(pred, "ko:P3_DRV1"))
     assert "newdrug@1" in pred.uns["bioworld"]["compounds_as_targets"]
     folder = ens.save(tmp_path / "ens")
     (tmp_path / "targets.tsv").write_text("compound\ttarget_gene\nnewdrug\tP3_DRV1\n")
