@@ -47,24 +47,10 @@ DIRECTED_ALONE, UNDIRECTED_ALONE = "Directed signed prior alone", "Undirected pr
 
 def signed_influence(weights: dict[str, float], graph: tuple[list[str], sparse.csr_matrix], *, hops: int = HOPS,
                      damping: float = DAMPING) -> dict[str, float]:
-    """Each gene with an out-edge -> ``sum_{k=1..hops} damping^(k-1) (P^k w)[g]``, ``P`` the out-degree normalised
-    signed graph and ``w`` the readout weights scaled to ``sum |w| = 1`` (genes off the graph carry none)."""
-    genes, m = graph
-    pos = {g: i for i, g in enumerate(genes)}
-    w = np.zeros(len(genes))
-    for g, v in weights.items():
-        if g in pos:
-            w[pos[g]] = v
-    if not np.abs(w).sum():
-        raise ValueError("no readout gene is on the regulation graph")
-    w /= np.abs(w).sum()
-    out = np.asarray((m != 0).sum(1)).ravel()
-    step = sparse.diags(np.where(out > 0, 1.0 / np.maximum(out, 1), 0.0)) @ m
-    v, total = w, np.zeros(len(genes))
-    for k in range(1, hops + 1):
-        v = step @ v
-        total += damping ** (k - 1) * v
-    return {g: float(total[i]) for i, g in enumerate(genes) if out[i] > 0}
+    """:func:`bioworld.knowledge.network.signed_influence` (this script's function, moved into the library)."""
+    from bioworld.knowledge.network import signed_influence as influence
+
+    return influence(weights, graph, hops=hops, damping=damping)
 
 
 def raw_prior(table: pd.DataFrame, influence: dict[str, float], sign: float, targets) -> np.ndarray:

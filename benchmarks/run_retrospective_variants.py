@@ -115,11 +115,18 @@ class Fold:
         self.space = space
         self.prior = _raw_prior(table, prox)
         self.keep = ((table["kind"] == KIND[dataset]) & ~table["seen"]).to_numpy()
+        # the directed prior's percentiles where the run saved them (the three-part default since stop 28)
+        self.directed = table["directed_pct"].to_numpy(np.float64) if "directed_pct" in table.columns else None
 
     def columns(self, fusion: str, weight: float = P.MODEL_WEIGHT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(model_pct, prior_pct, priority)`` by the library's rule with this fusion and weight."""
+        """``(model_pct, prior_pct, priority)`` by the library's two-part rule with this fusion and weight;
+        ``fusion`` ``"three-part"``: the three-part default with the run's saved directed percentiles."""
         m, p, _ = P.priority_columns(self.actions, self.seen, self.score, self.own, self.prior, self.space,
                                      has_prior=True)
+        if fusion == "three-part":
+            if self.directed is None:
+                raise SystemExit("this run's tables hold no directed_pct column (a run before the three-part default)")
+            return m, p, P.fuse(m, p, directed_pct=self.directed)
         return m, p, P.fuse(m, p, weight=weight, how=fusion)
 
     def as_run(self) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +189,8 @@ def load_folds(items: pd.DataFrame, cand_dir: Path | list[Path], *, rule: str = 
         table["seen"] = table["seen"].astype(str) == "True"
         f = Fold(table, ds, spaces[ds], proxes[ds])
         bad = ""
-        for r in (["as run", "logodds"] if rule == "auto" else [rule]):
+        auto = ["as run", "logodds"] + (["three-part"] if f.directed is not None else [])
+        for r in (auto if rule == "auto" else [rule]):
             bad = _not_reproduced(f, table, r)
             if not bad:
                 break

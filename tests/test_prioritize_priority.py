@@ -175,3 +175,68 @@ def test_prior_restarts_from_the_goal_entitys_full_gene_set_or_its_panel_genes()
     assert prior_seeds(space, readout, "entity") == ["A", "B", "C"]  # C is off the panel: still a seed
     assert prior_seeds(space, readout, "panel") == ["A", "B"]
     assert prior_seeds(SimpleNamespace(), readout, "entity") == ["A", "B"]  # no definitions kept: the panel
+
+
+def _toy_graph():
+    from bioworld.knowledge.network import signed_graph
+
+    # A -> B -> R (activating), A -> E (a dead end), C -| R, D -> C; R is the readout
+    return signed_graph([("A", "B", 1), ("A", "E", 1), ("B", "R", 1), ("C", "R", -1), ("D", "C", 1)])
+
+
+def test_signed_influence_follows_signs_steps_and_out_degree():
+    from bioworld.errors import BioworldError
+    from bioworld.knowledge.network import signed_influence
+
+    inf = signed_influence({"R": 1.0}, _toy_graph())
+    assert inf["B"] == pytest.approx(1.0)  # one activating step into the readout
+    assert inf["C"] == pytest.approx(-1.0)  # a repressor of the readout
+    assert inf["D"] == pytest.approx(-0.5)  # two steps (damping 0.5), activating a repressor
+    assert inf["A"] == pytest.approx(0.25)  # half of A's out-edges lead on (out-degree 2), two steps
+    assert "R" not in inf and "E" not in inf  # no out-edge: no influence (not a silent 0)
+    assert signed_influence({"R": 2.0}, _toy_graph()) == inf  # readout weights are scaled to sum |w| = 1
+    assert signed_influence({"R": 1.0}, _toy_graph(), hops=1)["A"] == 0.0  # B is one step from A, R two
+    with pytest.raises(BioworldError, match="none of the readout"):
+        signed_influence({"NOT_ON_GRAPH": 1.0}, _toy_graph())
+
+
+def test_directed_prior_signs_by_goal_and_reads_a_compounds_best_target(monkeypatch):
+    from types import SimpleNamespace
+
+    from bioworld.knowledge import network
+    from bioworld.query import _priority as P
+    from bioworld.query._candidates import Readout
+
+    monkeypatch.setattr(network, "regulation_network", _toy_graph)
+    monkeypatch.setattr(P, "_compound_targets", lambda name, space: {"drugBC": ["B", "C"], "drugE": ["E"]}[name])
+    readout = Readout("GOAL", ["R"], np.ones(1), {"GOAL": frozenset({"R"})})
+    space = SimpleNamespace(entities=[SimpleNamespace(name="GOAL", genes=["R"], weights=[1.0])])
+    acts = [parse_action(x) for x in ("ko:B", "ko:C", "ko:E", "drugBC@1", "drugE@1", "silence:GOAL", "ko:B+ko:C",
+                                      "ko:B+ko:C")]
+    down = P.directed_prior(acts, space, readout, "down", as_compound=[False] * 7 + [True])
+    np.testing.assert_allclose(down[:4], [1.0, -1.0, np.nan, 1.0])  # removing B lowers R; drugBC: its best target B
+    assert np.isnan(down[4]) and np.isnan(down[5]) and np.isnan(down[6])  # no influence / a silence / a pair
+    assert down[7] == pytest.approx(1.0)  # a compound written as its targets' loss: the best of them
+    up = P.directed_prior(acts, space, readout, "up", as_compound=[False] * 7 + [True])
+    np.testing.assert_allclose(up[:2], [-1.0, 1.0])  # to raise R, remove its repressor C
+    assert up[3] == pytest.approx(1.0)  # the best target flips too (C now)
+    assert np.isnan(P.directed_prior(acts, space, Readout(None, ["R"], None, {}), "toward")).all()
+
+
+def test_three_part_priority_joins_the_directed_prior_with_equal_weight():
+    from scipy.special import expit, logit
+
+    from bioworld.query._priority import fuse, kind_percentiles
+
+    kinds = np.array(["gene", "gene", "gene", "compound", "entity", "pair"], dtype=object)
+    d = kind_percentiles(np.array([3.0, np.nan, 1.0, 5.0, np.nan, np.nan]), kinds, {5: (0, 2)})
+    np.testing.assert_allclose(d[[0, 1, 2, 3]], [0.75, 0.5, 0.25, 0.5])  # genes ranked among genes; no value: 0.5
+    assert np.isnan(d[4]) and d[5] == pytest.approx(0.5)  # a silence has none; a pair the mean of its parts'
+    m, p = np.array([0.9, 0.2, 0.6]), np.array([0.3, 0.8, 0.6])
+    np.testing.assert_allclose(fuse(m, p), expit(0.5 * logit(m) + 0.5 * logit(p)))  # two parts: unchanged
+    np.testing.assert_allclose(fuse(m, p, directed_pct=d[:3]), expit((logit(m) + logit(p) + logit(d[:3])) / 3))
+    np.testing.assert_allclose(fuse(m, p, directed_pct=d[:3], how="mean"), (m + p + d[:3]) / 3)
+    acts = [parse_action(x) for x in ("ko:A", "ko:B")]
+    out = priority_columns(acts, [False, False], np.array([1.0, 1.0]), np.zeros(2), np.array([0.5, 0.5]),
+                           _Space(), has_prior=True, directed_pct=np.array([0.9, 0.1]))[2]
+    assert out[0] > 0.5 > out[1]  # model and undirected prior tie: the directed prior decides

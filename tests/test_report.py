@@ -87,7 +87,8 @@ def test_report_is_self_contained_with_sections_and_csv(prioritized, counterfact
     assert list(csv["intervention"]) == list(prioritized.table["intervention"])
     assert text.count('<td class="num">') > 0 and text.count("<tr><td class=\"num\">") >= min(30, len(csv))
     # each row shows its priority with the model's and the prior's percentiles
-    assert "priority (model, network)" in text and {"priority", "model_pct", "prior_pct"} <= set(csv.columns)
+    assert "priority (model, network, directed)" in text
+    assert {"priority", "model_pct", "prior_pct", "directed_pct"} <= set(csv.columns)
     from bioworld.report.html import _priority_text, main_rows
 
     top = main_rows(prioritized.table).iloc[0]

@@ -318,7 +318,7 @@ def _model_rows(table: pd.DataFrame, kind: str) -> tuple[list[str], dict[str, np
 
 
 #: Columns of the per-fold candidate tables (``RetroSettings.candidates_dir``).
-CANDIDATE_COLUMNS = ["rank", "intervention", "kind", "score", "priority", "model_pct", "prior_pct", "own_share",
+CANDIDATE_COLUMNS = ["rank", "intervention", "kind", "score", "priority", "model_pct", "prior_pct", "directed_pct", "own_share",
                      "flag", "seen", "n_cells"]
 
 

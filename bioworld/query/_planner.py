@@ -38,7 +38,7 @@ from bioworld.query._candidates import (
     OVERLAP, READOUT_FLAG, READOUT_SHARE, Readout, TargetCompound, describe_rows, encode_candidates, kind_of,
     own_transcript_flags, readout_flags,
 )
-from bioworld.query._priority import measured_kinds, priority_columns, raw_prior
+from bioworld.query._priority import directed_prior, kind_percentiles, measured_kinds, priority_columns, raw_prior
 from bioworld.query.engine import CellCache, Engine, goal_function
 
 
@@ -192,6 +192,8 @@ class _Search:
     own_shares: dict[str, float] = field(default_factory=dict)  # label -> share of its own transcripts
     own_reasons: dict[str, str] = field(default_factory=dict)  # label -> own-transcript flag reason
     _prior: list[float] = field(default_factory=list)  # raw knowledge prior of each row so far (NaN: none)
+    direction: str = "down"  # the goal's direction (down / up / toward): the directed prior's sign
+    _directed: list[float] = field(default_factory=list)  # raw directed signed prior of each row so far (NaN: none)
     #: row label -> the action the engine runs, where the label is not the action's own (compounds as
     #: the loss of their targets and pairs holding one); every other label is parsed
     acts: dict[str, Action] = field(default_factory=dict)
@@ -223,22 +225,28 @@ class _Search:
         self.own_reasons.update(own_transcript_flags(self.engine, cache, labels, self.readout, weights,
                                                      shares=self.own_shares, parse=self.action))
 
-    def priority(self, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(model_pct, prior_pct, priority)`` of every row for the mean scores ``mean``
+    def priority(self, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(model_pct, prior_pct, directed_pct, priority)`` of every row for the mean scores ``mean``
         (:mod:`bioworld.query._priority`)."""
         space = self.engine.space
         actions = [self.action(lab) for lab in self.labels]
         if len(self._prior) < len(self.labels):
             k = len(self._prior)
-            self._prior += list(raw_prior(actions[k:], space, self.readout,
-                                          as_compound=[lab in self.compounds for lab in self.labels[k:]])[0])
+            as_compound = [lab in self.compounds for lab in self.labels[k:]]
+            self._prior += list(raw_prior(actions[k:], space, self.readout, as_compound=as_compound)[0])
+            self._directed += list(directed_prior(actions[k:], space, self.readout, self.direction,
+                                                  as_compound=as_compound))
         seen = [lab in self.engine.trained for lab in self.labels]
         own = np.array([self.own_shares.get(lab, 0.0) for lab in self.labels])
         parts = {self.n_single + k: ab for k, ab in enumerate(self.pair_idx)}
-        return priority_columns(actions, seen, np.asarray(mean, np.float64), own, np.asarray(self._prior),
-                                space, has_prior=self.readout.goal_entity is not None, pair_parts=parts,
-                                measured=measured_kinds(self.engine.trained, space),
-                                kinds=[self.kind(lab) for lab in self.labels])
+        kinds = [self.kind(lab) for lab in self.labels]
+        has_prior = self.readout.goal_entity is not None
+        directed = (kind_percentiles(np.asarray(self._directed, np.float64), np.array(kinds, dtype=object), parts)
+                    if has_prior else np.full(len(self.labels), np.nan))
+        model_pct, prior_pct, priority = priority_columns(
+            actions, seen, np.asarray(mean, np.float64), own, np.asarray(self._prior), space, has_prior=has_prior,
+            pair_parts=parts, measured=measured_kinds(self.engine.trained, space), kinds=kinds, directed_pct=directed)
+        return model_pct, prior_pct, directed, priority
 
     def flagged(self) -> np.ndarray:
         """``[rows]`` bool: the row acts on the goal's readout (the guard on every label so far)."""
@@ -281,7 +289,7 @@ def prioritize(engine: Engine, x: np.ndarray, goal: str, *, genes: Sequence[str]
     readout = Readout.of(g, engine, panel)
     search = _Search(engine, goal_function(g, engine.module, names, engine.reference.mean(0)), list(singles), [], len(singles))
     search.compounds, search.acts = {t.name: t for t in target_compounds}, {t.name: t.action for t in target_compounds}
-    search.readout = readout
+    search.readout, search.direction = readout, g.direction
     search.overlap, search.readout_share = overlap, readout_share
     search.flags = readout_flags([search.guarded(s) for s in singles], readout, overlap=overlap,
                                  readout_share=readout_share)[0]
@@ -399,7 +407,7 @@ def _add_pairs(search: _Search, pcache: CellCache, pw: np.ndarray | None, scores
     start, stop = rows
     screened = _weighted_mean(scores, pw)
     single = screened[start:stop]
-    prio = search.priority(screened)[2][start:stop]
+    prio = search.priority(screened)[3][start:stop]
     flagged = search.flagged()[start:stop]
     best = np.lexsort((-single, -prio, flagged))[:top] + start
     combos, labels = _pair_labels(search, list(itertools.combinations(sorted(best), 2)))
@@ -536,12 +544,12 @@ def _table(search: _Search, mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, sy
             reasons[i] = f"scored as the knockout of its compound's targets: {reasons[i]}"
     seen, evidence, drugs = _describe(search, actions)
     paths, effects = _paths(search, actions)
-    model_pct, prior_pct, priority = search.priority(mean)
+    model_pct, prior_pct, directed_pct, priority = search.priority(mean)
     table = pd.DataFrame({
         "intervention": search.labels,
         "kind": [search.kind(lab) for lab in search.labels],
         "score": mean, "score_lo": lo, "score_hi": hi, "synergy": synergy,
-        "priority": priority, "model_pct": model_pct, "prior_pct": prior_pct,
+        "priority": priority, "model_pct": model_pct, "prior_pct": prior_pct, "directed_pct": directed_pct,
         "flag": flags, "flag_reason": reasons, "seen": seen, "evidence": evidence, "drugs": drugs,
         "network_path": paths, "path_effect": effects,
         **_same_action_columns(search),

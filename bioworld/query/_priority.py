@@ -27,10 +27,21 @@ A row's ``priority`` (0-1, higher = better) joins two rank percentiles, each tak
     goals (no readout entity): ``prior_pct`` is NaN and counts as 0.5 in the priority, so every row
     is on the same scale (a row without a prior cannot outrank one with both parts at their best).
 
+``directed_pct`` (knowledge with direction and sign)
+    The candidate's signed influence on the goal's readout through the directed regulation graph
+    (:func:`bioworld.knowledge.network.signed_influence` over OmniPath signed directed edges + DoRothEA
+    regulons A-C: out-degree normalised, 3 steps, damping 0.5, from the goal entity's gene set with its
+    definition's weights; :func:`directed_prior`), signed so that higher = removing the gene moves the
+    readout the goal's way; a compound its best target's. The undirected walk rewards being *in or next to*
+    the readout (effectors, negative regulators); this part rewards being *upstream with the right sign*.
+    Percentiles as ``prior_pct`` (:func:`kind_percentiles`; a gene without an out-edge: 0.5; no value for
+    silences and ``toward:control`` goals). Added in stop 28 after a declared retrospective
+    (``benchmarks/results/retrospective/three_part/THREE_PART.md``).
 Percentiles are mid-ranks, ``(rank - 0.5) / n`` (ties averaged): inside (0, 1), 0.5 for a group of
-one, so a small group's extremes stay near the middle. The two parts join as evidence
-(:data:`FUSION` ``"logodds"``): ``priority = sigmoid(w logit(model_pct) + (1 - w) logit(prior_pct))``
-with ``w`` = :data:`MODEL_WEIGHT` = 0.5, i.e. the odds are the geometric mean of the two parts' odds.
+one, so a small group's extremes stay near the middle. The three parts join as evidence
+(:data:`FUSION` ``"logodds"``): ``priority = sigmoid((logit(model_pct) + logit(prior_pct) +
+logit(directed_pct)) / 3)``, i.e. the odds are the geometric mean of the three parts' odds (without
+``directed_pct``: ``sigmoid(w logit(model_pct) + (1 - w) logit(prior_pct))``, ``w`` = :data:`MODEL_WEIGHT`).
 A part at 0.5 adds nothing; a part near its top (or bottom) counts for more than the same step in
 the middle, so a candidate one source places among its very best is not pulled to the middle by a
 lukewarm other. ``"mean"`` is the earlier rank average ``w model_pct + (1 - w) prior_pct``. Neither
@@ -72,9 +83,12 @@ def rank_pct(values: np.ndarray) -> np.ndarray:
 
 
 def fuse(model_pct: np.ndarray, prior_pct: np.ndarray, *, weight: float = MODEL_WEIGHT,
-         how: str | None = None) -> np.ndarray:
+         how: str | None = None, directed_pct: np.ndarray | None = None) -> np.ndarray:
     """The priority of rows with percentiles ``model_pct`` and ``prior_pct`` (NaN = no information,
-    0.5): ``"logodds"`` ``sigmoid(w logit(m) + (1 - w) logit(p))`` or ``"mean"`` ``w m + (1 - w) p``."""
+    0.5): ``"logodds"`` ``sigmoid(w logit(m) + (1 - w) logit(p))`` or ``"mean"`` ``w m + (1 - w) p``.
+    With ``directed_pct`` (the directed signed prior's percentiles) the three parts join with equal
+    weights, ``sigmoid((logit m + logit p + logit d) / 3)`` (``"mean"``: ``(m + p + d) / 3``); ``weight``
+    is then not used."""
     from scipy.special import expit, logit
 
     from bioworld.errors import BioworldError
@@ -82,13 +96,13 @@ def fuse(model_pct: np.ndarray, prior_pct: np.ndarray, *, weight: float = MODEL_
     how = how or FUSION
     if how not in FUSIONS:
         raise BioworldError(f"fusion {how!r}; expected one of {FUSIONS}")
-    m = np.where(np.isfinite(model_pct), model_pct, NO_INFORMATION).astype(np.float64)
-    p = np.where(np.isfinite(prior_pct), prior_pct, NO_INFORMATION).astype(np.float64)
+    parts = [np.where(np.isfinite(x), x, NO_INFORMATION).astype(np.float64)
+             for x in ((model_pct, prior_pct) if directed_pct is None else (model_pct, prior_pct, directed_pct))]
+    weights = [weight, 1.0 - weight] if directed_pct is None else [1.0 / 3.0] * 3
     if how == "mean":
-        return weight * m + (1.0 - weight) * p
+        return sum(w * x for w, x in zip(weights, parts))
     eps = 1e-9  # percentiles are inside (0, 1); this only guards hand-made inputs at 0 or 1
-    m, p = np.clip(m, eps, 1 - eps), np.clip(p, eps, 1 - eps)
-    return expit(weight * logit(m) + (1.0 - weight) * logit(p))
+    return expit(sum(w * logit(np.clip(x, eps, 1 - eps)) for w, x in zip(weights, parts)))
 
 
 def measured_kinds(trained: Any, space: Any) -> set[str]:
@@ -195,11 +209,76 @@ def raw_prior(actions: Sequence[Any], space: Any, readout: Readout, as_compound:
     return out, prox
 
 
+def readout_definition(space: Any, readout: Readout) -> dict[str, float]:
+    """The goal entity's genes with its definition's weights (Hallmark: 1 each, PROGENy: signed), from the
+    model's entity definitions; the panel members with weight 1 when the model keeps no definition."""
+    goal = readout.goal_entity or ""
+    for ent in getattr(space, "entities", None) or ():
+        if getattr(ent, "name", None) == goal and len(getattr(ent, "genes", ())):
+            weights = getattr(ent, "weights", None)
+            weights = [1.0] * len(ent.genes) if weights is None else weights
+            return {str(g): float(w) for g, w in zip(ent.genes, weights)}
+    return {g: 1.0 for g in sorted(readout.members.get(goal, ()))}
+
+
+def directed_prior(actions: Sequence[Any], space: Any, readout: Readout, direction: str,
+                   as_compound: Sequence[bool] | None = None) -> np.ndarray:
+    """``[rows]`` the signed influence of each single gene / compound on the goal's readout through the directed
+    regulation graph (:func:`bioworld.knowledge.network.signed_influence` over
+    :func:`~bioworld.knowledge.network.regulation_network`: OmniPath signed directed edges + DoRothEA
+    regulons), signed so that higher = removing it moves the readout the goal's way (``down``: the influence,
+    ``up``: minus it); a compound (or one written as its targets' loss, ``as_compound``) its best target's. NaN:
+    no prior (entity silences, pairs, genes without an out-edge, compounds without such a target, goals without a
+    readout entity or none of whose genes is on the graph)."""
+    from bioworld.errors import BioworldError
+    from bioworld.knowledge.network import signed_influence
+
+    out = np.full(len(actions), np.nan)
+    if readout.goal_entity is None or direction not in ("down", "up"):
+        return out
+    try:
+        influence = signed_influence(readout_definition(space, readout))
+    except BioworldError:  # no readout gene on the graph: no prior
+        return out
+    sign = 1.0 if direction == "down" else -1.0
+    for i, a in enumerate(actions):
+        comps = a.components
+        if as_compound is not None and as_compound[i]:
+            names = [p.target for p in comps if p.kind in GENETIC]
+        elif len(comps) == 1 and comps[0].kind == "compound":
+            names = _compound_targets(comps[0].target, space)
+        elif len(comps) == 1 and comps[0].kind in GENETIC:
+            names = [comps[0].target]
+        else:
+            continue
+        vals = [sign * influence[g] for g in names if g in influence]
+        if vals:
+            out[i] = max(vals)
+    return out
+
+
+def kind_percentiles(raw: np.ndarray, kinds: np.ndarray, pair_parts: dict[int, Sequence[int]] | None = None
+                     ) -> np.ndarray:
+    """A prior's percentiles: mid-rank within each kind (genes, compounds; no value there: 0.5), a pair the
+    mean of its parts' (those with one), every other row NaN (no information)."""
+    out = np.full(len(raw), np.nan)
+    for k in ("gene", "compound"):
+        idx = np.flatnonzero(kinds == k)
+        if len(idx):
+            pct = rank_pct(raw[idx])
+            out[idx] = np.where(np.isfinite(pct), pct, NO_INFORMATION)
+    for row, parts in (pair_parts or {}).items():
+        vals = [out[j] for j in parts if np.isfinite(out[j])]
+        if vals:
+            out[row] = float(np.mean(vals))
+    return out
+
+
 def priority_columns(actions: Sequence[Any], seen: Sequence[bool], score: np.ndarray, own_share: np.ndarray,
                      prior: np.ndarray, space: Any, *, has_prior: bool,
                      pair_parts: dict[int, Sequence[int]] | None = None, measured: set[str] | None = None,
-                     fusion: str | None = None, kinds: Sequence[str] | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     fusion: str | None = None, kinds: Sequence[str] | None = None,
+                     directed_pct: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(model_pct, prior_pct, priority)`` of each row (see the module docstring).
 
     ``score`` the predicted goal change, ``own_share`` the share of it carried by knocked-out genes'
@@ -207,7 +286,9 @@ def priority_columns(actions: Sequence[Any], seen: Sequence[bool], score: np.nda
     entity (else no prior at all); ``pair_parts``: row -> rows of its singles (pairs); ``measured``:
     the kinds the model was trained on (:func:`measured_kinds`; None: every kind); ``fusion``:
     :data:`FUSION` by default; ``kinds``: each row's kind where it is not the action's own
-    (:func:`kind_of`): ``compound`` for a compound written as the loss of its targets."""
+    (:func:`kind_of`): ``compound`` for a compound written as the loss of its targets; ``directed_pct``: the
+    directed signed prior's percentiles (:func:`kind_percentiles` of :func:`directed_prior`), the third part
+    of the priority (None: the two-part priority)."""
     n = len(actions)
     upstream = np.asarray(score, np.float64) * (1.0 - np.nan_to_num(np.asarray(own_share, np.float64)))
     kinds = np.array(list(kinds) if kinds is not None else [kind_of(a) for a in actions], dtype=object)
@@ -218,15 +299,6 @@ def priority_columns(actions: Sequence[Any], seen: Sequence[bool], score: np.nda
         model_pct[idx] = rank_pct(upstream[idx])
     if measured is not None:  # no measured perturbation of the row's kind: no model evidence
         model_pct[np.array([_unmeasured_kind(a, measured) for a in actions], dtype=bool)] = NO_INFORMATION
-    prior_pct = np.full(n, np.nan)
-    if has_prior:
-        for k in ("gene", "compound"):
-            idx = np.flatnonzero(kinds == k)
-            if len(idx):
-                pct = rank_pct(prior[idx])
-                prior_pct[idx] = np.where(np.isfinite(pct), pct, NO_INFORMATION)
-        for row, parts in (pair_parts or {}).items():
-            vals = [prior_pct[j] for j in parts if np.isfinite(prior_pct[j])]
-            if vals:
-                prior_pct[row] = float(np.mean(vals))
-    return model_pct, prior_pct, fuse(model_pct, prior_pct, how=fusion)  # no prior (NaN): no information
+    prior_pct = kind_percentiles(np.asarray(prior, np.float64), kinds, pair_parts) if has_prior else np.full(n, np.nan)
+    # no prior (NaN): no information
+    return model_pct, prior_pct, fuse(model_pct, prior_pct, how=fusion, directed_pct=directed_pct if has_prior else None)

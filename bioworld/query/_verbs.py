@@ -269,9 +269,10 @@ def prioritize_cells(
     ``priority`` (:mod:`bioworld.query._priority`): the model's evidence (the predicted change
     without the knocked-out genes' own transcripts, as a percentile within comparable candidates:
     measured vs unseen, and unseen compounds by how they are described; 0.5 for a kind the model
-    was never trained on) joined by equal-weight log-odds with a knowledge prior (network proximity
-    of the gene / the compound's targets to the goal's readout genes, as a percentile); the table
-    also holds ``model_pct`` and ``prior_pct``. The ``refine_top``
+    was never trained on) joined by equal-weight log-odds with two knowledge priors, each a percentile:
+    network proximity of the gene / the compound's targets to the goal's readout genes, and the signed
+    directed influence of the gene (a compound: its best target) on them; the table also holds
+    ``model_pct``, ``prior_pct`` and ``directed_pct``. The ``refine_top``
     rows sent to refinement are the unflagged ones with the largest screened score (exactness
     where the predicted change is largest), the ``gene_pairs_top`` singles paired the best by
     screened priority. A candidate whose

@@ -332,13 +332,15 @@ def _same_action_note(r: Any) -> str:
 
 
 def _priority_text(r: Any) -> str:
-    """``0.93 (0.90, 0.96)``: priority (model percentile, network prior percentile); "" without a priority."""
+    """``0.93 (0.90, 0.96, 0.88)``: priority (model percentile, network proximity percentile, directed influence
+    percentile; a table without the last, from an earlier version: two); "" without a priority."""
     def pct(v: Any) -> str:
         return f"{float(v):.2f}" if v is not None and pd.notna(v) else "—"
 
     if r.get("priority") is None or pd.isna(r.get("priority")):
         return ""
-    return f"{pct(r.get('priority'))} ({pct(r.get('model_pct'))}, {pct(r.get('prior_pct'))})"
+    parts = [pct(r.get("model_pct")), pct(r.get("prior_pct"))] + ([pct(r.get("directed_pct"))] if "directed_pct" in r else [])
+    return f"{pct(r.get('priority'))} ({', '.join(parts)})"
 
 
 def _split_flagged(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
