@@ -351,7 +351,17 @@ def _split_labels(text: str, option: str) -> list[str]:
     """Split on commas only; labels are not stripped (the action parser reports stray whitespace)."""
     if text == "":
         raise BioworldError(f"{option} is empty; expected comma-separated labels such as 'control,STAT1,IFNGR1+STAT1'")
-    return text.split(",")
+    labels = text.split(",")
+    example = ",".join(lab.strip() for lab in labels if lab.strip()) or "control,STAT1"
+    for label in labels:
+        if not label.strip():
+            raise BioworldError(f"{option} {text!r} has an empty label (two commas in a row, or one at an end); "
+                                f"expected comma-separated labels. Fix: write {option} {example!r}.")
+        if label != label.strip():
+            raise BioworldError(f"{option} {text!r} has the label {label!r} with surrounding whitespace (labels are "
+                                f"split on commas only and not stripped); expected labels without spaces around the "
+                                f"commas. Fix: write {option} {example!r}.")
+    return labels
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -994,6 +1004,11 @@ def counterfactual_cmd(
     from bioworld.data import read_h5ad
     from bioworld.report._h5ad import write_h5ad_atomic
 
+    for spec in intervention:  # an empty or space-padded SPEC is the option's text, not the data's labels
+        if not spec.strip() or spec != spec.strip():
+            raise BioworldError(f"--intervention {spec!r} is empty or has surrounding whitespace; expected a label "
+                                "such as 'STAT1' or 'silence:ENTITY'. Fix: write --intervention "
+                                f"{spec.strip() or 'STAT1'!r}.")
     _check_out(out, overwrite=overwrite, inputs={"--cells": cells, "MODEL_DIR": model_dir})
     wm = _load_model(model_dir, device=device)
     adata = read_h5ad(cells, layer=layer)

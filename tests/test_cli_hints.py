@@ -116,3 +116,24 @@ def test_cli_hint_rewrites_python_keywords():
     assert cli_hint("Fix: pass genes=['A', 'B'] (CLI: --genes A,B).") == "Fix: pass --genes A,B."
     # a field name inside a sentence about a file is left alone
     assert cli_hint("training config field max_steps is 'abc'") == "training config field max_steps is 'abc'"
+
+
+@pytest.mark.parametrize(("text", "fact"), [("STAT1, IRF1", "' IRF1'"), ("STAT1,,IRF1", "empty label"),
+                                            ("STAT1,IRF1,", "empty label")])
+def test_comma_list_label_hints_name_the_flag(tmp_path, text, fact):
+    """A stray space or an empty item in a comma-separated option is the option's text, not the data's labels:
+    the fix is to rewrite the option (labels are not stripped), not to strip adata.obs."""
+    model = tmp_path / "model"
+    out = tmp_path / "pred.h5ad"
+    line = assert_one_line_error(invoke("predict", model, "--perturbations", text, "--out", out), fact, "--perturbations")
+    _check_hint("predict", line)
+    assert "adata" not in line and "'control'" not in line
+    data = _h5ad(tmp_path / "d.h5ad")
+    line = assert_one_line_error(invoke("train", data, "--out", model, "--holdout", text, "--max-steps", 1), fact, "--holdout")
+    _check_hint("train", line)
+    assert "adata" not in line and not out.exists() and not (model / "bioworld.json").exists()
+    spec = next(item for item in text.split(",") if not item.strip() or item != item.strip())
+    line = assert_one_line_error(invoke("counterfactual", model, "--cells", data, "--intervention", spec,
+                                        "--out", out), "--intervention")
+    _check_hint("counterfactual", line)
+    assert "adata" not in line and not out.exists()
