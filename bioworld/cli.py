@@ -1228,7 +1228,7 @@ def design_cmd(
                    network=net)
     csv_path, html_path = write_design(table, out, model_name=model_dir.name)
     a = table.attrs
-    typer.echo(f"{strategy}: chose {len(table)} of {a['n_candidates']:,} candidates not yet measured "
+    typer.echo(f"design ({strategy}): chose {len(table)} of {a['n_candidates']:,} candidates not yet measured "
                f"(uncertainty: {a['uncertainty']})")
     if net is not None:
         typer.echo(f"  expected sizes scaled by reach in {network.name} ({a['network_nodes']:,} nodes)")
