@@ -899,6 +899,8 @@ def predict_cmd(
     _check_out(out, overwrite=overwrite, inputs={"MODEL_DIR": model_dir})
     new_smiles = _compound_smiles(compound)
     targets = None if compound_targets is None else _existing(compound_targets, "--compound-targets")
+    from bioworld.query._atlas import CONTEXT_IGNORES
+
     if (model_dir / "atlas.json").is_file():  # a 'bioworld pretrain' folder
         from bioworld.query._atlas import predict_in_context
         from bioworld.train.pretrain import AtlasModel
@@ -906,6 +908,7 @@ def predict_cmd(
         if context is None:
             raise BioworldError(f"{str(model_dir)!r} is an atlas model; expected --context CONTEXT (an atlas cell line / "
                                 "cell type such as A498 or myeloid). Fix: pass --context.")
+        _warn_unused(ctx, {"compound": CONTEXT_IGNORES, "compound_targets": CONTEXT_IGNORES, "level": _LEVEL_UNUSED})
         pred = predict_in_context(AtlasModel.load(model_dir), labels, context)
         write_h5ad_atomic(pred, out)
         typer.echo(f"predicted {pred.n_obs} signature(s) in {context} x {pred.n_vars:,} genes; wrote {out}")
@@ -916,9 +919,12 @@ def predict_cmd(
             raise BioworldError("--context works with a single model folder, not an ensemble. Fix: pass one member "
                                 "folder (MODEL_DIR/member_0) or drop --context.")
         pred = wm.predict(labels, level=level, compounds=new_smiles or None, compound_targets=targets)
+    elif context is not None:
+        _warn_unused(ctx, {"compound": CONTEXT_IGNORES, "compound_targets": CONTEXT_IGNORES, "level": _LEVEL_UNUSED})
+        pred = wm.predict(labels, context=context)
     else:
         _warn_unused(ctx, {"level": _LEVEL_UNUSED})
-        pred = wm.predict(labels, context=context, compounds=new_smiles or None, compound_targets=targets)
+        pred = wm.predict(labels, compounds=new_smiles or None, compound_targets=targets)
     write_h5ad_atomic(pred, out)
     typer.echo(f"predicted {pred.n_obs} perturbation(s) x {pred.n_vars:,} genes; wrote {out}")
     _echo_compounds_as_targets(pred)
