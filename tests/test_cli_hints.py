@@ -137,3 +137,19 @@ def test_comma_list_label_hints_name_the_flag(tmp_path, text, fact):
                                         "--out", out), "--intervention")
     _check_hint("counterfactual", line)
     assert "adata" not in line and not out.exists()
+
+
+def test_weak_fit_warning_of_an_ensemble_names_cli_flags(tmp_path):
+    """`train --members 2` printed each member's weak-fit warning as 'train with another seed (config --seed ...)
+    or a seed ensemble (bw.Ensemble.train)': a Python keyword half rewritten, and a Python call."""
+    X = np.random.default_rng(0).poisson(3, (90, len(GENES))).astype(np.float32)
+    X[30:60, :10] *= 8  # strong effects, which one step does not learn
+    X[60:, 10:20] = 0
+    data = _h5ad(tmp_path / "d.h5ad", X=X)
+    r = invoke("train", data, "--out", tmp_path / "m", "--members", 2, "--max-steps", 1, "--quiet")
+    assert r.exit_code == 0, r.output
+    warned = [line for line in r.stderr.splitlines() if "strongest training effects" in line]
+    assert warned, r.stderr
+    for line in warned:
+        assert not PY_KWARG.search(line) and "config --seed" not in line and "bw.Ensemble" not in line, line
+        assert set(FLAG.findall(line)) <= _options("train") and "--seed" in line, line

@@ -76,8 +76,8 @@ def summarize_fit(fit_df: pd.DataFrame) -> tuple[dict[str, Any] | None, str | No
         return summary, None
     msg = (f"the trained model reproduces its strongest training effects ({', '.join(strong['perturbation'][:4])}) at "
            f"only {ratio:.2f} of their observed size (median over effects >= 2x the median effect; expected >= {WEAK_FIT_RATIO}). "
-           "Some training runs do not learn the large effects; train with another seed (config seed=...) or a seed "
-           "ensemble (bw.Ensemble.train), and check wm.training_fit().")
+           "Some training runs do not learn the large effects; train with another seed (config={'seed': 1} (CLI: "
+           "--seed N)) or a seed ensemble (n_members=3 (CLI: --members N)), and check wm.training_fit().")
     return summary, msg
 
 
