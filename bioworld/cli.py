@@ -1241,7 +1241,8 @@ def design_cmd(
     if len(table) < budget:
         typer.echo(f"  only {len(table)} candidates: --budget {budget} not filled")
     if a["excluded_measured"]:
-        typer.echo(f"  {len(a['excluded_measured'])} given candidate(s) already measured, left out: "
+        typer.echo(f"  {len(a['excluded_measured'])} {'given ' if labels is not None else ''}candidate(s) already "
+                   "measured, left out: "
                    f"{', '.join(a['excluded_measured'][:5])}")
     if a.get("n_flagged"):
         typer.echo(f"  {a['n_flagged']:,} candidate(s) act on the goal's own readout: flagged 'readout'"

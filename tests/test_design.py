@@ -311,6 +311,7 @@ def test_cli_max_genes(model_dir, tmp_path):
                         "--out", tmp_path / f"m{n}")
         assert result.exit_code == 0, result.output
         counts.append(int(result.stdout.split(" of ")[1].split()[0].replace(",", "")))
+        assert "given candidate" not in result.stdout  # none were given: the defaults left out the measured ones
     assert counts[0] < counts[1]
     assert_one_line_error(invoke("design", model_dir / "model", "--budget", 1, "--max-genes", -1,
                                  "--out", tmp_path / "x"), "--max-genes -1")
