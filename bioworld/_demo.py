@@ -29,6 +29,9 @@ KEY_FILE = "demo_key.json"
 SEED = 0
 
 
+#: The demo's fix for a failed fit check: its only training option is --max-steps (no --seed / --restarts).
+DEMO_FIT_FAILED_FIX = ("leave out --max-steps (the default length) or raise it, or train your own model with "
+                       "'bioworld train papalexi' and its seed options")
 DEMO_RESTARTS = 0  # extra training runs (next seeds) when a run did not learn the strong effects (opt-in; see FIT_SEEDS.md)
 
 def _demo_key(data_file: Path, train_config: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +136,8 @@ def run_demo(out_dir: str | os.PathLike = "bioworld-demo", *, max_steps: int | N
 
             wm = train_until_fit(lambda cfg: bw.WorldModel(adata, perturbation_key="perturbation", control="control",
                                                            config=cfg),
-                                 config, restarts=DEMO_RESTARTS, progress=progress, log=log)
+                                 config, restarts=DEMO_RESTARTS, progress=progress, log=log,
+                                 fix=DEMO_FIT_FAILED_FIX)
             wm.save(model_dir, overwrite=True)
             _write_key(model_dir, key)
         else:

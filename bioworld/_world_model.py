@@ -240,7 +240,8 @@ class WorldModel:
             from bioworld.query._atlas import predict_in_context
             from bioworld.train.pretrain import load_pretrained
 
-            return predict_in_context(load_pretrained(), labels, context)
+            return predict_in_context(load_pretrained(), labels, context, unread={
+                "cells": cells, "compounds": compounds or None, "compound_targets": compound_targets})
         from bioworld.query._verbs import predict_means
 
         eng, given = self.engine, None

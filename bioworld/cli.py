@@ -351,7 +351,17 @@ def _split_labels(text: str, option: str) -> list[str]:
     """Split on commas only; labels are not stripped (the action parser reports stray whitespace)."""
     if text == "":
         raise BioworldError(f"{option} is empty; expected comma-separated labels such as 'control,STAT1,IFNGR1+STAT1'")
-    return text.split(",")
+    labels = text.split(",")
+    example = ",".join(lab.strip() for lab in labels if lab.strip()) or "control,STAT1"
+    for label in labels:
+        if not label.strip():
+            raise BioworldError(f"{option} {text!r} has an empty label (two commas in a row, or one at an end); "
+                                f"expected comma-separated labels. Fix: write {option} {example!r}.")
+        if label != label.strip():
+            raise BioworldError(f"{option} {text!r} has the label {label!r} with surrounding whitespace (labels are "
+                                f"split on commas only and not stripped); expected labels without spaces around the "
+                                f"commas. Fix: write {option} {example!r}.")
+    return labels
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -889,6 +899,8 @@ def predict_cmd(
     _check_out(out, overwrite=overwrite, inputs={"MODEL_DIR": model_dir})
     new_smiles = _compound_smiles(compound)
     targets = None if compound_targets is None else _existing(compound_targets, "--compound-targets")
+    from bioworld.query._atlas import CONTEXT_IGNORES
+
     if (model_dir / "atlas.json").is_file():  # a 'bioworld pretrain' folder
         from bioworld.query._atlas import predict_in_context
         from bioworld.train.pretrain import AtlasModel
@@ -896,6 +908,7 @@ def predict_cmd(
         if context is None:
             raise BioworldError(f"{str(model_dir)!r} is an atlas model; expected --context CONTEXT (an atlas cell line / "
                                 "cell type such as A498 or myeloid). Fix: pass --context.")
+        _warn_unused(ctx, {"compound": CONTEXT_IGNORES, "compound_targets": CONTEXT_IGNORES, "level": _LEVEL_UNUSED})
         pred = predict_in_context(AtlasModel.load(model_dir), labels, context)
         write_h5ad_atomic(pred, out)
         typer.echo(f"predicted {pred.n_obs} signature(s) in {context} x {pred.n_vars:,} genes; wrote {out}")
@@ -906,9 +919,12 @@ def predict_cmd(
             raise BioworldError("--context works with a single model folder, not an ensemble. Fix: pass one member "
                                 "folder (MODEL_DIR/member_0) or drop --context.")
         pred = wm.predict(labels, level=level, compounds=new_smiles or None, compound_targets=targets)
+    elif context is not None:
+        _warn_unused(ctx, {"compound": CONTEXT_IGNORES, "compound_targets": CONTEXT_IGNORES, "level": _LEVEL_UNUSED})
+        pred = wm.predict(labels, context=context)
     else:
         _warn_unused(ctx, {"level": _LEVEL_UNUSED})
-        pred = wm.predict(labels, context=context, compounds=new_smiles or None, compound_targets=targets)
+        pred = wm.predict(labels, compounds=new_smiles or None, compound_targets=targets)
     write_h5ad_atomic(pred, out)
     typer.echo(f"predicted {pred.n_obs} perturbation(s) x {pred.n_vars:,} genes; wrote {out}")
     _echo_compounds_as_targets(pred)
@@ -994,6 +1010,11 @@ def counterfactual_cmd(
     from bioworld.data import read_h5ad
     from bioworld.report._h5ad import write_h5ad_atomic
 
+    for spec in intervention:  # an empty or space-padded SPEC is the option's text, not the data's labels
+        if not spec.strip() or spec != spec.strip():
+            raise BioworldError(f"--intervention {spec!r} is empty or has surrounding whitespace; expected a label "
+                                "such as 'STAT1' or 'silence:ENTITY'. Fix: write --intervention "
+                                f"{spec.strip() or 'STAT1'!r}.")
     _check_out(out, overwrite=overwrite, inputs={"--cells": cells, "MODEL_DIR": model_dir})
     wm = _load_model(model_dir, device=device)
     adata = read_h5ad(cells, layer=layer)
@@ -1213,14 +1234,15 @@ def design_cmd(
                    network=net)
     csv_path, html_path = write_design(table, out, model_name=model_dir.name)
     a = table.attrs
-    typer.echo(f"{strategy}: chose {len(table)} of {a['n_candidates']:,} candidates not yet measured "
+    typer.echo(f"design ({strategy}): chose {len(table)} of {a['n_candidates']:,} candidates not yet measured "
                f"(uncertainty: {a['uncertainty']})")
     if net is not None:
         typer.echo(f"  expected sizes scaled by reach in {network.name} ({a['network_nodes']:,} nodes)")
     if len(table) < budget:
         typer.echo(f"  only {len(table)} candidates: --budget {budget} not filled")
     if a["excluded_measured"]:
-        typer.echo(f"  {len(a['excluded_measured'])} given candidate(s) already measured, left out: "
+        typer.echo(f"  {len(a['excluded_measured'])} {'given ' if labels is not None else ''}candidate(s) already "
+                   "measured, left out: "
                    f"{', '.join(a['excluded_measured'][:5])}")
     if a.get("n_flagged"):
         typer.echo(f"  {a['n_flagged']:,} candidate(s) act on the goal's own readout: flagged 'readout'"

@@ -317,3 +317,19 @@ def test_counterfactual_keeps_the_cells_gene_annotations(tiny_trained, cells):
     shuffled = given[:, given.var_names[::-1]].copy()
     cf_rev = tiny_trained.counterfactual(shuffled, ["P2_DRV1"])
     assert cf_rev.var["gene_id"].tolist() == cf.var["gene_id"].tolist()
+
+
+def test_empty_cells_given_to_a_model_are_a_warning(tiny_trained, cells):
+    """Cells with zero expression in every gene were answered without a word (training data now say so too):
+    they are read as cells that express nothing."""
+    import scipy.sparse as sp
+
+    c = cells.copy()
+    X = np.asarray(c.X.toarray() if sp.issparse(c.X) else c.X).copy()
+    X[:2] = 0
+    c.X = X
+    with pytest.warns(UserWarning, match=r"2 of 12 cells have zero expression in every gene"):
+        tiny_trained.counterfactual(c, ["P2_DRV1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_trained.counterfactual(cells, ["P2_DRV1"])  # none empty: no warning

@@ -116,3 +116,40 @@ def test_cli_hint_rewrites_python_keywords():
     assert cli_hint("Fix: pass genes=['A', 'B'] (CLI: --genes A,B).") == "Fix: pass --genes A,B."
     # a field name inside a sentence about a file is left alone
     assert cli_hint("training config field max_steps is 'abc'") == "training config field max_steps is 'abc'"
+
+
+@pytest.mark.parametrize(("text", "fact"), [("STAT1, IRF1", "' IRF1'"), ("STAT1,,IRF1", "empty label"),
+                                            ("STAT1,IRF1,", "empty label")])
+def test_comma_list_label_hints_name_the_flag(tmp_path, text, fact):
+    """A stray space or an empty item in a comma-separated option is the option's text, not the data's labels:
+    the fix is to rewrite the option (labels are not stripped), not to strip adata.obs."""
+    model = tmp_path / "model"
+    out = tmp_path / "pred.h5ad"
+    line = assert_one_line_error(invoke("predict", model, "--perturbations", text, "--out", out), fact, "--perturbations")
+    _check_hint("predict", line)
+    assert "adata" not in line and "'control'" not in line
+    data = _h5ad(tmp_path / "d.h5ad")
+    line = assert_one_line_error(invoke("train", data, "--out", model, "--holdout", text, "--max-steps", 1), fact, "--holdout")
+    _check_hint("train", line)
+    assert "adata" not in line and not out.exists() and not (model / "bioworld.json").exists()
+    spec = next(item for item in text.split(",") if not item.strip() or item != item.strip())
+    line = assert_one_line_error(invoke("counterfactual", model, "--cells", data, "--intervention", spec,
+                                        "--out", out), "--intervention")
+    _check_hint("counterfactual", line)
+    assert "adata" not in line and not out.exists()
+
+
+def test_weak_fit_warning_of_an_ensemble_names_cli_flags(tmp_path):
+    """`train --members 2` printed each member's weak-fit warning as 'train with another seed (config --seed ...)
+    or a seed ensemble (bw.Ensemble.train)': a Python keyword half rewritten, and a Python call."""
+    X = np.random.default_rng(0).poisson(3, (90, len(GENES))).astype(np.float32)
+    X[30:60, :10] *= 8  # strong effects, which one step does not learn
+    X[60:, 10:20] = 0
+    data = _h5ad(tmp_path / "d.h5ad", X=X)
+    r = invoke("train", data, "--out", tmp_path / "m", "--members", 2, "--max-steps", 1, "--quiet")
+    assert r.exit_code == 0, r.output
+    warned = [line for line in r.stderr.splitlines() if "strongest training effects" in line]
+    assert warned, r.stderr
+    for line in warned:
+        assert not PY_KWARG.search(line) and "config --seed" not in line and "bw.Ensemble" not in line, line
+        assert set(FLAG.findall(line)) <= _options("train") and "--seed" in line, line

@@ -109,3 +109,25 @@ def test_predict_from_a_pretrain_folder(tmp_path):
     assert ad.read_h5ad(out).uns["bioworld"]["context"] == "myeloid"
     r = invoke("predict", tmp_path / "atlas", "--perturbations", "trametinib", "--out", tmp_path / "b.h5ad")
     assert_one_line_error(r, "--context")
+
+
+def test_context_says_it_does_not_read_compound_options(drug_models, tmp_path):
+    """`predict --context A498 --compound-targets T.tsv` dropped the table silently, then refused a compound of it
+    with 'Fix: ... give a compound's targets', which the user had just done: the atlas model describes perturbations
+    by the bundled knowledge only. The flags now warn that they are not used there, and the refusal says so."""
+    import bioworld as bw
+
+    d = drug_models
+    out = tmp_path / "ctx.h5ad"
+    r = invoke("predict", d / "m", "--context", "A498", "--perturbations", "trametinib", "--out", out,
+               "--compound-targets", d / "targets.tsv", "--compound", "x=CCO")
+    assert r.exit_code == 0, (r.output, r.exception)
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert any("--compound-targets is not used" in w for w in warned), r.stderr
+    assert any("--compound is not used" in w for w in warned), r.stderr
+    line = assert_one_line_error(invoke("predict", d / "m", "--context", "A498", "--perturbations", "MyMEKi",
+                                        "--out", tmp_path / "b.h5ad", "--compound-targets", d / "targets.tsv"),
+                                 "MyMEKi", "--context")
+    assert "give a compound's targets" not in line
+    with pytest.warns(UserWarning, match="compound_targets"):
+        bw.WorldModel.load(d / "m").predict(["trametinib"], context="A498", compound_targets={"x": ["MAP2K1"]})

@@ -18,7 +18,8 @@ torch.set_num_threads(1)
 #: Hand-made compounds on the small simulation's genes (the bundled table's targets are human genes).
 TABLE = {"cpd-one": ["P2_DRV1"], "cpd-two": ["P2_DRV1", "P3_DRV1"],
          "cpd-broad": [f"P{i}_DRV{j}" for i in range(1, 6) for j in (1, 2)],
-         "cpd-off-table": ["NOTAGENE123"], "cpd-none": []}
+         "cpd-off-table": ["NOTAGENE123"], "cpd-none": [],
+         "cpd-three": ["P2_DRV1", "P3_DRV1", "P4_DRV1"]}  # wider than the model's max_components (2)
 
 
 def _delta(pred, label):
@@ -143,3 +144,21 @@ def test_an_ensemble_takes_targets_at_query_time_too(tiny_trained, knowledge, tm
                  "--out", tmp_path / "p.h5ad")
     assert res.exit_code == 0, (res.output, res.exception)
     assert "newdrug@1: newdrug: as the inhibition of its target P3_DRV1" in res.stdout
+
+
+@pytest.mark.parametrize("strategy", ["information", "knowledge", "error"])
+def test_design_takes_a_compound_as_the_loss_of_its_targets(tiny_trained, knowledge, strategy):
+    """`bioworld design --candidates` with 'ruxolitinib@1' on a CRISPR model was refused ('has no SMILES in this
+    model ... train on data with compounds'), though predict, counterfactual and prioritize answer it as the loss
+    of its targets; design now does the same and keeps the label as given."""
+    import bioworld as bw
+
+    table = bw.design(tiny_trained, ["cpd-two@1", "cpd-one@1", "P2_DRV1+P4_DRV1", "cpd-three@1"], budget=3,
+                      strategy=strategy)
+    assert set(table["perturbation"]) == {"cpd-two@1", "P2_DRV1+P4_DRV1", "cpd-three@1"}
+    row = table.set_index("perturbation").loc["cpd-two@1"]
+    assert row["kind"] == "compound" and "P2_DRV1" in row["reason"] and "P3_DRV1" in row["reason"]
+    assert table.attrs["excluded_measured"] == ["cpd-one@1"]  # the loss of a measured target: measured
+    with pytest.raises(UnknownPerturbationError, match="no known target") as err:
+        bw.design(tiny_trained, ["cpd-none@1"], budget=1, strategy=strategy)
+    assert "compound_targets" not in str(err.value) and "Fix:" in str(err.value)  # design takes no targets table

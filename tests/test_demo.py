@@ -99,3 +99,44 @@ def test_training_retries_with_the_next_seed_when_a_run_did_not_learn_the_strong
     assert trained == [0, 1, 2] and wm.seed == 2 and "keeping the best run" in logs[-1]  # none passed: the best
     trained.clear()
     assert train_until_fit(FakeModel, TrainConfig(seed=0), restarts=0, progress=False).seed == 0 and trained == [0]
+
+
+def test_demo_fit_check_hint_names_only_the_demo_options(tmp_path, monkeypatch, capsys):
+    """`bioworld demo --max-steps 20` reported a failed fit check with 'train again with another --seed, or pass
+    --restarts N': bioworld train's options, which the demo does not have."""
+    import re
+
+    import typer
+
+    import bioworld._demo as demo
+    from bioworld.train import fit_check
+    from bioworld.train import TrainConfig
+
+    class FakeModel:
+        def __init__(self, config):
+            self.seed, self.meta = config.seed, {}
+
+        def train(self, progress=True):
+            self.meta["training_fit"] = {"strong_median_magnitude_ratio": 0.01}
+            return self
+
+    logs: list[str] = []
+    fit_check.train_until_fit(FakeModel, TrainConfig(seed=0), progress=False, log=logs.append)
+    assert "--restarts N" in logs[-1]  # bioworld train's own hint is unchanged
+
+    class Stop(Exception):
+        pass
+
+    real = fit_check.train_until_fit
+
+    def spy(build, config, **kwargs):
+        real(lambda cfg: FakeModel(cfg), config, progress=False, log=logs.append,
+                                  **{k: v for k, v in kwargs.items() if k not in ("progress", "log")})
+        raise Stop
+
+    monkeypatch.setattr(fit_check, "train_until_fit", spy)
+    with pytest.raises(Stop):
+        demo.run_demo(tmp_path / "d", max_steps=3, progress=False)
+    options = {o for p in typer.main.get_command(app).commands["demo"].params for o in getattr(p, "opts", [])}
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", logs[-1]))
+    assert "fit check failed" in logs[-1] and flags and flags <= options, logs[-1]

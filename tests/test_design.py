@@ -187,7 +187,7 @@ def test_cli_design_writes_csv_and_html(model_dir, tmp_path):
     assert list(t.columns) == COLUMNS and len(t) == 2
     page = (out / "design.html").read_text()
     assert "<section id='design'>" in page and t["perturbation"][0] in page
-    assert "wrote" in result.stdout and result.stdout.startswith("information: chose 2")
+    assert "wrote" in result.stdout and result.stdout.startswith("design (information): chose 2")
 
 
 def test_cli_budget(model_dir, tmp_path):
@@ -262,7 +262,9 @@ def test_cli_goal_and_strategy(model_dir, tmp_path):
     for s in ("knowledge", "information", "mix", "error"):
         result = invoke("design", model_dir / "model", "--budget", 2, "--strategy", s, "--out", tmp_path / s)
         assert result.exit_code == 0, (s, result.output)
-        assert result.stdout.startswith(f"{s}: chose 2")
+        assert result.stdout.startswith(f"design ({s}): chose 2")
+        # a success never prints a line that reads as the CLI's error line ('error: ...' is --strategy error)
+        assert not any(line.startswith("error:") for line in result.output.splitlines()), result.output
 
 
 def test_cli_flags_candidates_on_the_goal_readout(model_dir, tmp_path):
@@ -309,6 +311,7 @@ def test_cli_max_genes(model_dir, tmp_path):
                         "--out", tmp_path / f"m{n}")
         assert result.exit_code == 0, result.output
         counts.append(int(result.stdout.split(" of ")[1].split()[0].replace(",", "")))
+        assert "given candidate" not in result.stdout  # none were given: the defaults left out the measured ones
     assert counts[0] < counts[1]
     assert_one_line_error(invoke("design", model_dir / "model", "--budget", 1, "--max-genes", -1,
                                  "--out", tmp_path / "x"), "--max-genes -1")

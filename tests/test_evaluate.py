@@ -121,3 +121,15 @@ def test_model_card_lists_data_hash_config_fit_and_licences(tiny_trained, tmp_pa
     assert "| repurposing_hub | compound targets | non-commercial |" in text
     assert "| dorothea | gene features: DoRothEA" in text and "GPL-3" in text
     assert "user-supplied entity file 'simulator'" in text
+
+
+def test_evaluate_k_is_checked_against_the_panel(tiny_trained, held_out):
+    """k larger than the panel scored every gene under a 'mse_top100000' heading without a word (k < 1 was and is
+    refused)."""
+    from bioworld.eval import evaluate
+
+    n_genes = len(tiny_trained.var_names)
+    with pytest.warns(UserWarning, match=f"k={n_genes + 5} is more than the {n_genes} genes"):
+        evaluate(tiny_trained, held_out, k=n_genes + 5)
+    with pytest.raises(BioworldError, match="k=0"):
+        evaluate(tiny_trained, held_out, k=0)

@@ -56,6 +56,21 @@ def test_some_empty_control_cells_are_a_finding(small_sim):
     assert any("3 of" in f and "zero expression" in f for f in reg.findings), reg.findings
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_empty_perturbed_cells_are_a_finding(small_sim, sparse):
+    # all-zero cells of a perturbation are kept (like empty control cells) but must not pass silently:
+    # on the log scale they read as the loss of every gene and pull that group's mean effect down
+    a = small_sim.adata.copy()
+    labels = a.obs["perturbation"].astype(str).to_numpy()
+    label = next(lab for lab in labels if lab != "control")
+    X = np.asarray(a.X.toarray() if sp.issparse(a.X) else a.X).copy()
+    X[np.flatnonzero(labels == label)[:2]] = 0
+    a.X = sp.csr_matrix(X) if sparse else X
+    reg = bw.data.register(a, perturbation_key="perturbation", control="control")
+    found = [f for f in reg.findings if "zero expression" in f]
+    assert len(found) == 1 and "2 of" in found[0] and label in found[0] and "perturbed" in found[0], reg.findings
+
+
 def test_holdout_of_control_or_of_everything_is_refused(small_sim, tmp_path):
     a = small_sim.adata.copy()
     from _helpers import sim_entities

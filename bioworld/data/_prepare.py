@@ -17,7 +17,7 @@ import pandas as pd
 
 from bioworld.data._backed import BackedExpression, is_backed, normalize_block, read_rows, streaming_moments
 from bioworld.data._register import Registration, _check_arguments, normalize, register
-from bioworld.errors import DataValidationError
+from bioworld.errors import DataValidationError, user_stacklevel
 
 __all__ = ["PreparedData", "prepare", "align_panel", "cells_to_std", "REPLICATE_CANDIDATES", "N_REFERENCE_CELLS", "BACKED_SUBSAMPLE", "MIN_SPREAD"]
 
@@ -239,4 +239,13 @@ def cells_to_std(cells: Any, registration: Registration, var_names: list[str], m
     X = normalize(cells, replace(registration, n_cells=cells.n_obs)).astype(np.float32)
     if not np.isfinite(X).all():
         raise DataValidationError("cells contain NaN or infinite values after normalisation; clean the input first")
+    n_empty = int((~X.any(axis=1)).sum())
+    if n_empty:
+        import warnings
+
+        from bioworld.data._register import DataWarning
+
+        warnings.warn(f"{n_empty} of {len(X)} cells have zero expression in every gene of the model's panel (kept: they "
+                      "are answered as cells that express nothing). Filter empty cells first, e.g. "
+                      "sc.pp.filter_cells(min_counts=1)", DataWarning, stacklevel=user_stacklevel())
     return ((X - mu) / sd).astype(np.float32)

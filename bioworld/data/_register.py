@@ -219,18 +219,17 @@ def _value_stats(X: Any) -> _ValueStats:
     return s
 
 
-def _empty_rows(X: Any, rows: np.ndarray, block: int = 8192) -> int:
-    """How many of ``rows`` are all zero (read in blocks, so a backed X is streamed)."""
-    n = 0
-    for start in range(0, len(rows), block):
-        idx = rows[start:start + block]
-        chunk = X[idx[0]:idx[-1] + 1] if len(idx) and idx[-1] - idx[0] + 1 == len(idx) else X[idx]
+def _empty_mask(X: Any, block: int = 8192) -> np.ndarray:
+    """``[cells]`` bool: the cells that are all zero (one pass over contiguous row blocks, so a backed X is streamed)."""
+    out = np.zeros(X.shape[0], dtype=bool)
+    for start in range(0, X.shape[0], block):
+        chunk = X[start:start + block]
         if sp.issparse(chunk):
             nonzero = np.asarray((abs(chunk) > 0).sum(axis=1)).ravel()
         else:
             nonzero = np.count_nonzero(np.asarray(chunk), axis=1)
-        n += int((nonzero == 0).sum())
-    return n
+        out[start:start + len(nonzero)] = nonzero == 0
+    return out
 
 
 def _check_matrix(adata: Any, input: str) -> list[str]:
@@ -507,23 +506,35 @@ def _check_arguments(adata: Any, input: str, min_cells_per_group: int) -> None:
 
 
 def _check_control_cells(adata: Any, labels: Any, control: str, control_n: int, min_cells_per_group: int) -> list[str]:
-    """Refuse too few control cells or only empty ones; a finding when some are empty."""
+    """Refuse too few control cells or only empty ones; a finding when some control or perturbed cells are empty."""
     if control_n < min_cells_per_group:
         raise DataValidationError(
             f"control {control!r} has {control_n} cells; expected at least min_cells_per_group="
             f"{min_cells_per_group}. Fix: check the control label or lower min_cells_per_group."
         )
-    n_empty = _empty_rows(adata.X, np.flatnonzero(np.asarray(labels == control)))
+    empty = _empty_mask(adata.X)
+    is_control = np.asarray(labels == control)
+    n_empty = int(empty[is_control].sum())
     if n_empty == control_n:
         raise DataValidationError(
             f"all {control_n} control cells ({control!r}) have zero expression in every gene; expected measured "
             "unperturbed cells (every effect is measured against them). Fix: check that X holds the expression "
             "(e.g. adata.X = adata.layers['counts']; CLI: --layer counts) and that the control label is right."
         )
+    findings = []
     if n_empty:
-        return [f"{n_empty} of {control_n} control cells have zero expression in every gene (kept; they "
-                "carry no information: filter empty cells first, e.g. sc.pp.filter_cells(min_counts=1))"]
-    return []
+        findings.append(f"{n_empty} of {control_n} control cells have zero expression in every gene (kept; they "
+                        "carry no information: filter empty cells first, e.g. sc.pp.filter_cells(min_counts=1))")
+    empty_perturbed = empty & ~is_control
+    if empty_perturbed.any():
+        per_group = pd.Series(np.asarray(labels)[empty_perturbed]).value_counts()
+        findings.append(
+            f"{int(empty_perturbed.sum())} of {int((~is_control).sum())} perturbed cells have zero expression in every "
+            f"gene (kept; they read as the loss of every gene and pull their group's mean effect down: filter empty "
+            f"cells first, e.g. sc.pp.filter_cells(min_counts=1)): "
+            + ", ".join(f"{lab} ({n})" for lab, n in per_group.head(5).items())
+            + (f" (+{len(per_group) - 5} more groups)" if len(per_group) > 5 else ""))
+    return findings
 
 
 def _split_groups(counts: Any, control: str, min_cells_per_group: int,

@@ -185,6 +185,10 @@ def evaluate(
              "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key, "input": input,
              "min_cells_per_group": min_cells_per_group}
     test, reg, X, labels, base = _test_cells(adata, model, given)
+    if k > X.shape[1]:
+        warnings.warn(f"k={k} is more than the {X.shape[1]} genes scored: the top-{k} metrics use every gene (their "
+                      f"columns keep the name *_top{k}). Fix: pass a smaller k (CLI: --k)", UserWarning,
+                      stacklevel=user_stacklevel())
     control_label = reg.control
     obs, _ = mean_deltas(X, labels, control_label)
     if not obs:

@@ -11,12 +11,13 @@ no knowledge covers it either.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from bioworld.errors import UnknownPerturbationError
+from bioworld.errors import UnknownPerturbationError, user_stacklevel
 
 __all__ = ["atlas_key", "predict_in_context"]
 
@@ -50,8 +51,15 @@ def atlas_key(model: Any, label: str) -> str:
     )
 
 
-def predict_in_context(model: Any, labels: Sequence[str] | str, context: str) -> Any:
-    """Predicted signatures of ``labels`` in atlas ``context``.
+#: Why compounds / targets given at query time (and cells) are not read in an atlas context.
+CONTEXT_IGNORES = ("the atlas model answers from its own signatures and the bundled knowledge only (no cells, "
+                   "structures or target tables given at query time)")
+
+
+def predict_in_context(model: Any, labels: Sequence[str] | str, context: str, *,
+                       unread: dict[str, Any] | None = None) -> Any:
+    """Predicted signatures of ``labels`` in atlas ``context``. ``unread``: arguments of the caller that an atlas
+    context does not read (name -> value); each one given (not None) is a warning.
 
     Returns
     -------
@@ -69,6 +77,9 @@ def predict_in_context(model: Any, labels: Sequence[str] | str, context: str) ->
     labels = [labels] if isinstance(labels, str) else [str(x) for x in labels]
     if not labels:
         raise UnknownPerturbationError("no labels given; expected at least one perturbation to predict.")
+    for name in [k for k, v in (unread or {}).items() if v is not None]:
+        warnings.warn(f"{name}= is not used with context={context!r}: {CONTEXT_IGNORES}", UserWarning,
+                      stacklevel=user_stacklevel())
     model.inputs.atlas.check_context(context)
     keys = [atlas_key(model, lab) for lab in labels]
     inputs = model.inputs
@@ -83,7 +94,9 @@ def predict_in_context(model: Any, labels: Sequence[str] | str, context: str) ->
     if blind:
         raise UnknownPerturbationError(
             f"{blind[:5]} have no signature in any atlas context and no knowledge (targets, network, knockdown "
-            "signatures); their effect cannot be predicted. Fix: check the names, or give a compound's targets."
+            "signatures); their effect cannot be predicted in an atlas context, which reads the bundled knowledge only "
+            "(targets or structures given at query time are not used there). Fix: check the names, or predict "
+            "without a context (CLI: leave out --context), where a compound's targets can be given."
         )
     raw = model.predict(keys, context)
     obs = inputs.atlas.obs

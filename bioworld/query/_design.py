@@ -437,8 +437,11 @@ def measured_labels(model: Any) -> list[str]:
 
 
 def candidate_labels(model: Any, candidates: Sequence[str] | None, *, goal: str | None, max_genes: int | None,
-                     dose: float) -> tuple[list[str], list[str]]:
-    """The candidates (canonical labels, not yet measured) and the given ones dropped as measured."""
+                     dose: float) -> tuple[list[str], list[str], dict[str, tuple[str, str]]]:
+    """The candidates (canonical labels, not yet measured), the given ones dropped as measured and, on a model
+    without compound features, the compounds among them: canonical label (the loss of the compound's targets,
+    :func:`~bioworld.query._candidates.as_target_losses`, as predict answers it) -> (the label as given, what it
+    was answered as)."""
     from bioworld.query._candidates import default_candidates
 
     m = _members(model)[0]
@@ -462,28 +465,54 @@ def candidate_labels(model: Any, candidates: Sequence[str] | None, *, goal: str 
                                 "remove the repeats")
     seen: set[str] = set()
     out, dropped = [], []
+    as_targets: dict[str, tuple[str, str]] = {}
     for lab in labels:
         a = m.space.parse(lab)
         if a.is_control:
             if candidates is not None:
                 raise BioworldError(f"candidate {lab!r} is the control; expected perturbations to measure")
             continue
+        note = ""
+        if a.compounds and m.space.compounds is None:
+            a, note = _as_target_loss(m, a)
         if a.label in measured:
             dropped.append(lab)
             continue
-        if a.label not in seen:
-            seen.add(a.label)
-            out.append(a.label)
+        if a.label in seen:
+            if note or a.label in as_targets:  # a compound and its targets' loss (or two such compounds): one action
+                first, text = as_targets.get(a.label, (a.label, ""))
+                as_targets[a.label] = (first, f"{text}; " * bool(text) + f"the same action as {lab}")
+            continue
+        seen.add(a.label)
+        out.append(a.label)
+        if note:
+            as_targets[a.label] = (lab, note)
     if not out:
         raise BioworldError(f"all {len(labels)} candidates were already measured (the model trained on them); "
                             "expected perturbations the model has not seen. Fix: give other candidates")
-    return out, dropped
+    return out, dropped, as_targets
+
+
+def _as_target_loss(m: Any, action: Any) -> tuple[Any, str]:
+    """A compound candidate on a model trained on gene perturbations: the loss of its targets and the note saying so
+    (predict's rule); refused with the reason when it has none the model represents."""
+    from bioworld.errors import UnknownPerturbationError
+    from bioworld.query._candidates import as_target_losses
+
+    try:
+        acts, notes = as_target_losses(m.space, sorted(m.engine.trained), [action])
+    except UnknownPerturbationError as exc:  # its fix names a targets table, which design does not take
+        raise UnknownPerturbationError(
+            str(exc).split(" Fix: ")[0] + " Fix: list it as the knockout of its targets joined by '+' (e.g. "
+            "'GENE1+GENE2'), or leave it out of the candidates.") from None
+    return acts[0], notes[0]
 
 
 def action_features(space: Any, labels: Sequence[str]) -> np.ndarray:
     """``[n, F]`` features of actions from the model's own encoding: summed gene knowledge features,
     compound features and touched entities of their components (the ``knowledge`` strategy's space)."""
-    t = space.encode([space.parse(lab) for lab in labels])
+    acts = [space.parse(lab) for lab in labels]
+    t = space.encode(acts, width=max((len(a.components) for a in acts), default=0))  # a compound's targets can be many
     parts = [t.gene_feat.sum(1), t.touch.sum(1)]
     if t.cmp_feat.shape[-1]:
         parts.append(t.cmp_feat.sum(1))
@@ -560,6 +589,7 @@ def predicted_effects(model: Any, labels: Sequence[str], *, goal: str | None, n_
     ``[M, C]`` goal scores (or None) and what the ``M`` rows are (ensemble members or cell bootstraps)."""
     import torch
 
+    from bioworld.query._candidates import encode_candidates
     from bioworld.query._planner import Goal
     from bioworld.query.engine import goal_function
 
@@ -585,7 +615,7 @@ def predicted_effects(model: Any, labels: Sequence[str], *, goal: str | None, n_
         gsc = np.empty((rows, len(labels)), np.float32)
         for s in range(0, len(labels), CHUNK):
             part = cands_all[s:s + CHUNK]
-            r = eng.run(cache, eng.candidates(part))
+            r = eng.run(cache, encode_candidates(eng, part, [a.label for a in part]))  # as wide as the widest
             d = r.x_pred - base[None]  # [c, n, G]
             if gfn is not None:
                 with torch.inference_mode():
@@ -665,7 +695,7 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
     elif strategy == "discovery":
         raise BioworldError("strategy 'discovery' ranks by expected goal value and needs a goal; expected "
                             "goal='down:ENTITY', 'up:ENTITY' or 'toward:control' (CLI: --goal)")
-    labels, dropped = candidate_labels(model, candidates, goal=goal, max_genes=max_genes, dose=dose)
+    labels, dropped, as_targets = candidate_labels(model, candidates, goal=goal, max_genes=max_genes, dose=dose)
     feats = measured = None
     if strategy in ("knowledge", "error"):
         feats = action_features(m0.space, labels)
@@ -688,13 +718,17 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
     sel = select(effects, budget, strategy, goal_scores=goals, features=feats, measured_features=measured, seed=seed,
                  flagged=np.array([f != "" for f in flags], dtype=bool), sizes=sizes,
                  anchored=anchored_on_measured(model, labels) if strategy == "error" else None)
+    shown_labels = [as_targets.get(lab, (lab,))[0] for lab in labels]  # compounds as given
     rows = []
     for k, c in enumerate(sel.order):
         lab = labels[c]
-        reason = _reason(strategy, sel, k, labels, goal, source)
+        reason = _reason(strategy, sel, k, shown_labels, goal, source)
         if flags[c] and strategy in GOAL_AWARE:
             reason += "; acts on the goal's own readout: ranked after every unflagged candidate"
-        rows.append({"rank": k + 1, "perturbation": lab, "kind": kind_of(m0.space.parse(lab)),
+        shown, note = as_targets.get(lab, (lab, ""))
+        if note:
+            reason += f"; {note}"
+        rows.append({"rank": k + 1, "perturbation": shown, "kind": "compound" if shown != lab else kind_of(m0.space.parse(lab)),
                      "strategy_score": sel.score[k], "expected_info": sel.info[k],
                      "expected_goal": sel.goal[k], "reason": reason, "flag": flags[c], "flag_reason": why[c]})
     table = pd.DataFrame(rows, columns=COLUMNS)
@@ -702,7 +736,7 @@ def design(model: Any, candidates: Sequence[str] | None = None, *, budget: int =
                         "network_nodes": 0 if network is None else len(network_nodes(network)),
                         "excluded_measured": list(dropped), "n_cells": int(min(n_cells, len(m0.reference))),
                         "budget": budget, "n_flagged": int(sum(f != "" for f in flags)),
-                        "flagged": [lab for lab, f in zip(labels, flags) if f]})
+                        "flagged": [lab for lab, f in zip(shown_labels, flags) if f]})
     return table
 
 

@@ -42,7 +42,7 @@ def design_html(table: pd.DataFrame, *, model_name: str = "") -> str:
         f"Strategy <b>{html.escape(str(a.get('strategy', '')))}</b>: "
         f"{html.escape(_STRATEGY_TEXT.get(str(a.get('strategy')), ''))}.",
         f"Goal: {html.escape(str(a.get('goal') or 'none'))}. Chosen {len(table)} of {a.get('n_candidates', '?')} "
-        f"candidates not yet measured" + (f" ({len(excluded)} given candidates were already measured and left out)"
+        f"candidates not yet measured" + (f" ({len(excluded)} candidates were already measured and left out)"
                                            if excluded else "") + ".",
         f"Uncertainty: {html.escape(str(a.get('uncertainty', '')))}; predictions on {a.get('n_cells', '?')} reference "
         "control cells.",

@@ -76,8 +76,8 @@ def summarize_fit(fit_df: pd.DataFrame) -> tuple[dict[str, Any] | None, str | No
         return summary, None
     msg = (f"the trained model reproduces its strongest training effects ({', '.join(strong['perturbation'][:4])}) at "
            f"only {ratio:.2f} of their observed size (median over effects >= 2x the median effect; expected >= {WEAK_FIT_RATIO}). "
-           "Some training runs do not learn the large effects; train with another seed (config seed=...) or a seed "
-           "ensemble (bw.Ensemble.train), and check wm.training_fit().")
+           "Some training runs do not learn the large effects; train with another seed (config={'seed': 1} (CLI: "
+           "--seed N)) or a seed ensemble (n_members=3 (CLI: --members N)), and check wm.training_fit().")
     return summary, msg
 
 
@@ -92,14 +92,20 @@ def record_fit(fit_df: pd.DataFrame, meta: dict[str, Any], findings: list[str]) 
         warnings.warn(msg, stacklevel=user_stacklevel())
 
 
+#: What ``train_until_fit`` tells a user of ``bioworld train`` to do about a failed fit check (its options).
+FIT_FAILED_FIX = "train again with another --seed, or pass --restarts N to retry with the next seeds"
+
+
 def train_until_fit(build: Callable[[Any], Any], config: Any, *, restarts: int = 0, progress: bool = True,
-                    log: Callable[[str], None] | None = None, state_dir: Any = None) -> Any:
+                    log: Callable[[str], None] | None = None, state_dir: Any = None,
+                    fix: str = FIT_FAILED_FIX) -> Any:
     """Train ``build(config)``; when the run did not learn its strong training effects
     (``meta['training_fit']['strong_median_magnitude_ratio'] < WEAK_FIT_RATIO``, see
     :func:`training_fit`), train ``build`` again with the next seed, at most ``restarts``
     times, and return the best run. Deterministic: the same config gives the same sequence of seeds.
     The CLI's ``train`` and the demo use it; ``WorldModel.train`` itself trains once. ``state_dir``:
-    each run keeps its resumable state there (cleared when it finishes; see ``WorldModel.train``).
+    each run keeps its resumable state there (cleared when it finishes; see ``WorldModel.train``). ``fix``: what the
+    ``log`` line of a failed check tells the user to do (the caller's own options).
     """
     best = None
     for k in range(int(restarts) + 1):
@@ -116,6 +122,5 @@ def train_until_fit(build: Callable[[Any], Any], config: Any, *, restarts: int =
         if log is not None:
             log(f"training seed {cfg.seed} reproduced the strongest training effects at only {ratio:.2f} of their size"
                 + (f"; training again with seed {cfg.seed + 1}" if k < restarts else
-                   ("; keeping the best run" if restarts else "; the fit check failed (see wm.training_fit()): train "
-                    "again with another --seed, or pass --restarts N to retry with the next seeds")))
+                   ("; keeping the best run" if restarts else f"; the fit check failed (see wm.training_fit()): {fix}")))
     return best[1]
