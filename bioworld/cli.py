@@ -1353,9 +1353,32 @@ def _progress_for_logs(stream: Any = None) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Console entry point (``bioworld = "bioworld.cli:main"``)."""
+    """Console entry point (``bioworld = "bioworld.cli:main"``). A command line the parser refuses (a missing
+    argument, an option value of the wrong type or range, an unknown command or option) is one ``error:`` line
+    naming the command and its help, exit 2, like every other user error (not click's boxed usage text)."""
+    try:  # typer >= 0.20 vendors click; earlier versions use click itself
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions as cx
+
     _progress_for_logs()
-    app(args=argv, prog_name="bioworld")
+    try:
+        rc = app(args=argv, prog_name="bioworld", standalone_mode=False)
+    except cx.NoArgsIsHelpError as exc:  # a bare command: its help, as before
+        exc.show()
+        sys.exit(exc.exit_code)
+    except cx.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx is not None else "bioworld"
+        message = " ".join(exc.format_message().split()).rstrip(".")  # one line
+        typer.echo(f"error: {cmd}: {message}. Fix: see '{cmd} -h' for the arguments and options it takes", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
+    except cx.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

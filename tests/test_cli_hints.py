@@ -153,3 +153,33 @@ def test_weak_fit_warning_of_an_ensemble_names_cli_flags(tmp_path):
     for line in warned:
         assert not PY_KWARG.search(line) and "config --seed" not in line and "bw.Ensemble" not in line, line
         assert set(FLAG.findall(line)) <= _options("train") and "--seed" in line, line
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["predict"], "Missing argument 'model_dir'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["evaluate", "m", "--data", "d.h5ad", "--k", "abc"], "Invalid value for '--k'"),
+    (["evaluate", "m", "--data", "d.h5ad", "--k", "0"], "greater than or equal to 1"),
+    (["train", "papalexi", "--out", "o", "--max-steps", "abc"], "Invalid value for '--max-steps'"),
+    (["predict", "--bogus"], "No such option: --bogus"),
+])
+def test_a_command_line_the_parser_refuses_is_one_error_line(argv, says, capsys):
+    from bioworld.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: bioworld") and says in err
+    assert "Fix: see 'bioworld" in err and "-h'" in err and "╭" not in err and ".." not in err
+
+
+def test_the_entry_point_keeps_help_version_and_a_bare_command(capsys):
+    from bioworld.cli import main
+
+    for argv, code in ((["--version"], 0), (["predict", "-h"], 0), ([], 2)):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == code, argv
+    out = capsys.readouterr().out
+    assert "bioworld" in out and "Usage" in out  # the version line, the command's help and the bare help
