@@ -240,3 +240,14 @@ def test_three_part_priority_joins_the_directed_prior_with_equal_weight():
     out = priority_columns(acts, [False, False], np.array([1.0, 1.0]), np.zeros(2), np.array([0.5, 0.5]),
                            _Space(), has_prior=True, directed_pct=np.array([0.9, 0.1]))[2]
     assert out[0] > 0.5 > out[1]  # model and undirected prior tie: the directed prior decides
+
+
+@pytest.mark.parametrize("spec, says", [("down", "DIRECTION:TARGET"), ("sideways:X", "direction 'sideways'"),
+                                        ("toward:X", "only 'toward:control'"), ("down:HALLMARK_IFN", "close matches")])
+def test_a_bad_goal_says_what_to_write_instead(spec, says):
+    from bioworld.errors import BioworldError
+    from bioworld.query._planner import Goal
+
+    with pytest.raises(BioworldError, match=says) as err:
+        Goal.parse(spec, entity_names=["HALLMARK_IFNG"])
+    assert "Fix:" in str(err.value)

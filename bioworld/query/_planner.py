@@ -56,17 +56,21 @@ class Goal:
 
         if not isinstance(spec, str) or ":" not in spec:
             raise BioworldError(
-                f"goal {spec!r} is not of the form DIRECTION:TARGET; expected 'down:ENTITY', 'up:ENTITY' or 'toward:control'"
+                f"goal {spec!r} is not of the form DIRECTION:TARGET; expected 'down:ENTITY', 'up:ENTITY' or 'toward:control'. "
+                "Fix: e.g. goal='down:HALLMARK_INTERFERON_GAMMA_RESPONSE' (CLI: --goal down:ENTITY), an entity of the model"
             )
         direction, target = spec.split(":", 1)
         if direction not in ("down", "up", "toward"):
-            raise BioworldError(f"goal direction {direction!r} is unknown; expected 'down', 'up' or 'toward'")
+            raise BioworldError(f"goal direction {direction!r} is unknown; expected 'down', 'up' or 'toward'. "
+                                  f"Fix: write 'down:{target}' or 'up:{target}'")
         if direction == "toward" and target != "control":
-            raise BioworldError(f"goal {spec!r}: only 'toward:control' is supported (the reference control population)")
+            raise BioworldError(f"goal {spec!r}: only 'toward:control' is supported (the reference control population). "
+                                  "Fix: write 'toward:control'")
         if direction in ("down", "up") and target not in entity_names:
             near = difflib.get_close_matches(target, entity_names, n=3)
             raise BioworldError(
-                f"goal entity {target!r} is not one of the model's {len(entity_names)} entities; close matches: {near or 'none'}"
+                f"goal entity {target!r} is not one of the model's {len(entity_names)} entities; close matches: {near or 'none'}. "
+                "Fix: use one of the model's entities (wm.entity_names; CLI: entity_names in the model folder's bioworld.json)"
             )
         return cls(direction, target, spec)
 
