@@ -30,6 +30,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -81,6 +82,19 @@ def _fold_rows(V, R, folds: dict, influence: dict[str, float], sign: float, targ
     return rows
 
 
+def graph_and_targets() -> tuple[tuple[list[str], sparse.csr_matrix], Callable[[str], list[str]]]:
+    """The regulation graph and a compound -> its bundled targets lookup (none for an unknown name)."""
+    from bioworld.knowledge import CompoundKnowledge
+    from bioworld.knowledge.network import regulation_network
+
+    ck = CompoundKnowledge.bundled()
+
+    def targets(name: str) -> list[str]:
+        return ck.targets(name) if ck.resolve(name, strict=False) else []
+
+    return regulation_network(), targets
+
+
 def summary(R, items: pd.DataFrame, k: int) -> pd.DataFrame:
     """Per dataset and method: mean +- sd over seeds of each metric (each seed pooled over its folds) and the mean
     of the three means (``mean3``, the rule's number)."""
@@ -104,16 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     import run_retrospective_variants as V
 
     from bioworld.eval import retrospective as R
-    from bioworld.knowledge import CompoundKnowledge
-    from bioworld.knowledge.network import regulation_network
 
     t0, load = time.perf_counter(), os.getloadavg()
-    ck = CompoundKnowledge.bundled()
-
-    def targets(name: str) -> list[str]:
-        return ck.targets(name) if ck.resolve(name, strict=False) else []
-
-    graph = regulation_network()
+    graph, targets = graph_and_targets()
     rows = []
     for ds, (run, cands) in RUNS.items():
         items = pd.read_csv(run / "items.csv")

@@ -71,18 +71,14 @@ def rescore(run: Path, cands: Path, V, D, R, graph, targets) -> list[dict]:
     return rows
 
 
-def summary(R, items: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Per dataset and method: mean +- sd over seeds of each metric (each seed pooled over its folds), mean3."""
-    out = []
-    for (ds, method), part in items.groupby(["dataset", "method"], sort=False):
-        per = [R.metrics_of(s["percentile"], s["hit"], k) for _, s in part.groupby("seed")]
-        row = {"dataset": ds, "method": method, "seeds": ",".join(str(s) for s in sorted(part["seed"].unique()))}
-        for m in R.METRICS:
-            vals = np.array([x[m] for x in per], dtype=np.float64)
-            row[m], row[m + "_sd"] = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-        row["mean3"] = float(np.mean([row[m] for m in R.METRICS]))
-        out.append(row)
-    return pd.DataFrame(out)
+def summary(D, R, items: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per dataset and method: mean +- sd over seeds of each metric and their mean (``mean3``; stop 26's table),
+    with the seeds it covers."""
+    table = D.summary(R, items, k)
+    seeds = {key: ",".join(str(s) for s in sorted(part["seed"].unique()))
+             for key, part in items.groupby(["dataset", "method"], sort=False)}
+    table.insert(2, "seeds", [seeds[(ds, m)] for ds, m in zip(table["dataset"], table["method"])])
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,23 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     import run_retrospective_variants as V
 
     from bioworld.eval import retrospective as R
-    from bioworld.knowledge import CompoundKnowledge
-    from bioworld.knowledge.network import regulation_network
 
     t0, load = time.perf_counter(), os.getloadavg()
-    ck = CompoundKnowledge.bundled()
-
-    def targets(name: str) -> list[str]:
-        return ck.targets(name) if ck.resolve(name, strict=False) else []
-
-    graph = regulation_network()
+    graph, targets = D.graph_and_targets()
     rows: list[dict] = []
     for run, cands in a.run:
         rows += rescore(run, cands, V, D, R, graph, targets)
     items = pd.DataFrame(rows)
     a.out.mkdir(parents=True, exist_ok=True)
     items.to_csv(a.out / "items.csv", index=False)
-    table = summary(R, items, R.RetroSettings().k)
+    table = summary(D, R, items, R.RetroSettings().k)
     table.to_csv(a.out / "summary.csv", index=False)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"{time.perf_counter() - t0:.1f} s, load {load[0]:.2f} at start")
