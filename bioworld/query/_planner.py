@@ -62,10 +62,10 @@ class Goal:
         direction, target = spec.split(":", 1)
         if direction not in ("down", "up", "toward"):
             raise BioworldError(f"goal direction {direction!r} is unknown; expected 'down', 'up' or 'toward'. "
-                                  f"Fix: write 'down:{target}' or 'up:{target}'")
+                                f"Fix: write 'down:{target}' or 'up:{target}'")
         if direction == "toward" and target != "control":
             raise BioworldError(f"goal {spec!r}: only 'toward:control' is supported (the reference control population). "
-                                  "Fix: write 'toward:control'")
+                                "Fix: write 'toward:control'")
         if direction in ("down", "up") and target not in entity_names:
             near = difflib.get_close_matches(target, entity_names, n=3)
             raise BioworldError(
