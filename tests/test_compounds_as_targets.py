@@ -129,6 +129,9 @@ def test_targets_without_knowledge_get_a_hint_of_what_they_may_be():
     assert "ruxolitinib is a compound of the bundled knowledge: write it NAME@DOSE (e.g. 'ruxolitinib@1')" in text
     assert "sgIRF7" not in text and "STAT1_NOTAGENE" not in text  # nothing to suggest
     assert _label_hints(["sgIRF7"], known, kb) == ""
+    codes = _label_hints(["1", "2", "17"], known, kb)
+    assert "1, 2, 17 look like numeric codes, not a gene or compound name" in codes and "relabel" in codes
+    assert "numeric code" not in _label_hints(["IRF7", "A1"], known, kb)  # names with digits are not codes
 
 
 def test_an_ensemble_takes_targets_at_query_time_too(tiny_trained, knowledge, tmp_path):

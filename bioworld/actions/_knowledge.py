@@ -252,13 +252,20 @@ _GUIDE = re.compile(r"^([^_\-.]+)[_\-.](?:(?:s?g|sgRNA|gRNA|guide)?\d+|[a-dA-D])
 def _label_hints(unknown: Sequence[str], known: Mapping[str, int], kb: Any) -> str:
     """What targets without knowledge may be instead (appended to that finding): combinations written with
     another separator (every part a gene the knowledge knows: ``STAT1_IRF1`` -> ``STAT1+IRF1``), or compound
-    names written without a dose (``ruxolitinib`` -> ``ruxolitinib@DOSE``); "" when neither."""
+    names written without a dose (``ruxolitinib`` -> ``ruxolitinib@DOSE``), guide-level labels or numeric codes
+    (``"17"``); "" when none of these."""
     combos = [g for g in unknown if len(parts := [p for p in _SEPARATORS.split(g) if p]) > 1
               and all(p in known for p in parts)]
     guides = [g for g in unknown if g not in combos and (m := _GUIDE.match(g)) and m.group(1) in known]
     compounds = [g for g in unknown if g not in combos and g not in guides
                  and kb.compounds.resolve(g, strict=False) is not None]
+    codes = [g for g in unknown if re.fullmatch(r"\d+", str(g))]
     hints = []
+    if codes:
+        one = len(codes) == 1
+        hints.append(f"{', '.join(codes[:4])} {'looks like a numeric code' if one else 'look like numeric codes'}, not "
+                     "a gene or compound name: relabel the cells with the targets the codes stand for (e.g. map "
+                     "obs[key] through your code -> gene table) so that knowledge can describe them")
     if guides:
         one = len(guides) == 1
         hints.append(f"{', '.join(guides[:4])} {'looks like a guide' if one else 'look like guides'} of a known gene "
