@@ -89,6 +89,48 @@ def test_networks_load_with_expected_shape():
     assert set(np.unique(m.data)) <= {-1.0, 0.0, 1.0} and len(g2) > 6000
 
 
+@pytest.mark.parametrize("node, members", [
+    ("STAT1", ["STAT1"]),
+    ("CHUK_IKBKB_IKBKG", ["CHUK", "IKBKB", "IKBKG"]),
+    ("C4B_2", ["C4B_2"]),  # one HGNC symbol (C4B copy 2), not the complex {C4B, "2"}
+    ("_C2_C4A_C4B_2", ["C2", "C4A", "C4B_2"]),  # a leading "_" adds no empty member
+    ("BARD1_BRCA1_CHEBI:49883_TOPBP1", ["BARD1", "BRCA1", "TOPBP1"]),  # metabolite members are not genes
+    ("CHEBI:16038_CHEBI:28494", []),
+    ("2", []),
+])
+def test_complex_members(node, members):
+    from bioworld.knowledge.network import complex_members
+
+    assert complex_members(node) == members
+
+
+def test_omnipath_graphs_hold_only_gene_nodes():
+    """The first parse split every name on "_": an empty-named node joined 72 genes of unrelated complexes into
+    a hub of the joint network, and "2" / ChEBI ids became genes (a perturbation labelled "2" looked known)."""
+    from bioworld.knowledge.network import complex_members, joint_network, regulation_network, signed_embedding
+
+    genes, m = load_omnipath()
+    assert "C4B_2" in genes and not {"", "2", "C4B"} & set(genes)
+    assert not [g for g in genes if g.startswith("CHEBI:")]
+    assert all(complex_members(g) == [g] for g in joint_network()[0])
+    assert not {"", "2", "C4B", "CHEBI:16038"} & set(regulation_network()[0])
+    v1, _ = load_omnipath(complexes="v1")  # the parse the shipped feature table was computed on
+    assert {"", "2"} <= set(v1)
+    emb = signed_embedding(32)
+    assert "" in emb.genes and not emb.knows("") and not emb.knows("2") and emb.knows("STAT1")
+    assert not emb.lookup(["2"])[1].any()
+    with pytest.raises(ValueError, match="complexes"):
+        load_omnipath(complexes="split")
+
+
+def test_shipped_signed_embedding_is_reproduced_by_the_code():
+    from bioworld.knowledge.network import _shipped, compute_signed_embedding
+
+    shipped, fresh = _shipped("omnipath", 32, 0), compute_signed_embedding(32, seed=0)
+    assert shipped.genes == fresh.genes
+    np.testing.assert_allclose(shipped.table, fresh.table, atol=1e-6)
+
+
 def test_network_embedding_places_partners_close_and_shuffle_breaks_it():
     emb = network_embedding(64)
     v, known = emb.lookup(["IFNGR1", "JAK2", "ALB", "NOT_A_GENE"])

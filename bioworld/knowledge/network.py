@@ -37,7 +37,9 @@ class GeneEmbedding:
     source: str
 
     def __post_init__(self) -> None:
-        self.pos = {g: i for i, g in enumerate(self.genes)}
+        # rows whose name is not a gene (the shipped OmniPath table's '', '2' and ChEBI rows, from the v1 parse of
+        # complexes in :func:`compute_signed_embedding`) are kept in the table but never looked up
+        self.pos = {g: i for i, g in enumerate(self.genes) if complex_members(g) == [g]}
 
     @property
     def dim(self) -> int:
@@ -94,16 +96,35 @@ def load_string() -> tuple[list[str], sparse.csr_matrix]:
     return genes, (m + m.T).tocsr()
 
 
-def load_omnipath() -> tuple[list[str], sparse.csr_matrix]:
+def complex_members(node: str) -> list[str]:
+    """The genes of an OmniPath node: ``A_B_C`` is a complex of A, B and C, but a part that is a bare
+    number belongs to the symbol before it (``C4B_2`` is one gene, HGNC's second C4B copy), empty parts (a
+    complex written with a leading ``_``) are dropped, and so are non-gene members (ChEBI metabolites,
+    ``CHEBI:...``). ``[]`` when nothing is left."""
+    out: list[str] = []
+    for part in node.split("_"):
+        if part.isdigit() and out:
+            out[-1] = f"{out[-1]}_{part}"
+        elif part and not part.isdigit() and not part.upper().startswith("CHEBI:"):
+            out.append(part)
+    return out
+
+
+def load_omnipath(*, complexes: str = "genes") -> tuple[list[str], sparse.csr_matrix]:
     """OmniPath signed directed edges: ``(genes, [n, n] source -> target sign matrix)``.
 
-    Complex nodes (``A_B_C``) are expanded to their member genes; a pair listed with both signs
-    sums to 0."""
+    Complex nodes (``A_B_C``) are expanded to their member genes (:func:`complex_members`); a pair
+    listed with both signs sums to 0. ``complexes="v1"``: the first parse, a plain split on ``_`` (which
+    also makes nodes of ``''``, ``'2'`` and ChEBI ids), kept only so that :func:`compute_signed_embedding`
+    reproduces the shipped feature table."""
+    if complexes not in ("genes", "v1"):
+        raise ValueError(f"complexes={complexes!r}; expected 'genes' or 'v1'")
+    members = complex_members if complexes == "genes" else (lambda node: node.split("_"))
     a, b, s = _read_edges("networks/omnipath_signed_directed.tsv.gz", ("source", "target", "sign"))
     src, dst, sign = [], [], []
     for x, y, v in zip(a, b, s):
-        for xi in x.split("_"):
-            for yi in y.split("_"):
+        for xi in members(x):
+            for yi in members(y):
                 if xi != yi:
                     src.append(xi)
                     dst.append(yi)
@@ -143,8 +164,12 @@ def compute_network_embedding(dim: int = 64, *, seed: int = 0) -> GeneEmbedding:
 
 
 def compute_signed_embedding(dim: int = 32, *, seed: int = 0) -> GeneEmbedding:
-    """OmniPath embedding: SVD of ``[out-profile | in-profile]`` (signed edges, plus the gene itself)."""
-    genes, m = load_omnipath()
+    """OmniPath embedding: SVD of ``[out-profile | in-profile]`` (signed edges, plus the gene itself).
+
+    Computed on the v1 parse of complexes (``load_omnipath(complexes="v1")``), as the shipped table was: a
+    fresh parse rotates the trailing SVD components, so every knowledge feature and benchmark figure would
+    move. The parse's non-gene rows stay in the table and are never looked up (:class:`GeneEmbedding`)."""
+    genes, m = load_omnipath(complexes="v1")
     eye = sparse.identity(len(genes), format="csr")
     prof = _row_normalise(sparse.hstack([eye + m, eye + m.T]).tocsr())
     return GeneEmbedding(genes, _svd_rows(prof, dim, seed), "omnipath")
