@@ -400,7 +400,8 @@ def _check_out(out: Path, *, overwrite: bool, inputs: dict[str, Path], folder: b
 
     Never (even with ``--overwrite``): onto an input (``inputs``: option -> path), into a model or
     ensemble folder. Without ``--overwrite``: onto an existing file (``folder=False``) or into an
-    existing non-empty folder (``folder=True``; ``writes`` = the file names written there).
+    existing non-empty folder (``folder=True``; ``writes`` = the file names written there). A file
+    (``folder=False``) is an AnnData file and must end in ``.h5ad``, so that it is found and opened as one.
     Also checks that the folder is writable.
     """
     from bioworld._atomic import check_writable
@@ -427,6 +428,10 @@ def _check_out(out: Path, *, overwrite: bool, inputs: dict[str, Path], folder: b
         if out.is_dir():
             raise OutputError(f"--out {str(out)!r} is a folder; expected a file path such as {str(out / 'out.h5ad')!r}. "
                               "Fix: choose another --out.")
+        if out.suffix.lower() != ".h5ad":
+            raise OutputError(f"--out {str(out)!r} does not end in .h5ad; expected an AnnData file path such as "
+                              f"{str(out.with_name(out.name + '.h5ad'))!r} (the output is written as h5ad). "
+                              "Fix: give --out a .h5ad name.")
         if out.exists() and not overwrite:
             raise OutputError(f"--out {str(out)!r} already exists; expected a new file. Fix: pass --overwrite to "
                               "replace it, or choose another --out.")

@@ -133,3 +133,17 @@ def test_evaluate_k_is_checked_against_the_panel(tiny_trained, held_out):
         evaluate(tiny_trained, held_out, k=n_genes + 5)
     with pytest.raises(BioworldError, match="k=0"):
         evaluate(tiny_trained, held_out, k=0)
+
+
+def test_evaluate_on_seen_perturbations_only_says_it_measures_fit(tiny_trained, held_out, evaluation):
+    """The model's own training labels only (e.g. its training file): a note and a warning say the scores are fit,
+    not prediction of unseen perturbations; with held-out labels present there is no such note."""
+    from bioworld.eval import evaluate
+
+    assert not any("were in the model's training data" in n for n in evaluation.attrs["notes"])
+    labels = held_out.obs["perturbation"].astype(str)
+    seen_only = held_out[labels.isin(list(tiny_trained.train_labels) + ["control"]).to_numpy()].copy()
+    with pytest.warns(UserWarning, match="were in the model's training data"):
+        summary = evaluate(tiny_trained, seen_only)
+    assert set(summary["split"]) == {"seen"}
+    assert any("not how it predicts unseen ones" in n for n in summary.attrs["notes"])

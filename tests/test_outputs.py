@@ -84,6 +84,21 @@ def test_predict_refuses_existing_out_unless_overwrite(world, tmp_path):
     assert list(ad.read_h5ad(data).obs_names) == ["control", "P1_DRV1"]
 
 
+@pytest.mark.parametrize("name", ["pred.csv", "pred", "pred.h5"])
+def test_file_outputs_must_be_named_h5ad(world, tmp_path, name):
+    """predict / counterfactual write AnnData: an --out with another suffix is refused before any work, with the
+    .h5ad name to use; nothing is written."""
+    out = tmp_path / name
+    line = _error_line(_invoke("predict", world / "model", "--perturbations", "control,P1_DRV1", "--out", out),
+                       "does not end in .h5ad", repr(str(out) + ".h5ad"), "Fix:")
+    assert "Fix: give --out a .h5ad name" in line
+    _error_line(_invoke("counterfactual", world / "model", "--cells", world / "cells.h5ad", "--intervention",
+                        "P1_DRV1", "--out", out), "does not end in .h5ad")
+    assert list(tmp_path.iterdir()) == []
+    res = _invoke("predict", world / "model", "--perturbations", "control,P1_DRV1", "--out", tmp_path / "Pred.H5AD")
+    assert res.exit_code == 0, res.output  # the suffix's case does not matter
+
+
 def test_counterfactual_never_overwrites_its_input(world, tmp_path):
     cells = tmp_path / "c.h5ad"
     cells.write_bytes((world / "cells.h5ad").read_bytes())

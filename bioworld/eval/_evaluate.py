@@ -206,6 +206,13 @@ def evaluate(
     split_of = {lab: ("seen" if lab in trained else "unseen") for lab in pred}
     reference = np.mean(list(obs.values()), axis=0)
     notes: list[str] = []
+    if "unseen" not in split_of.values():
+        msg = (f"all {len(pred)} scored perturbation(s) were in the model's training data, so these scores measure how "
+               "well it fits perturbations it saw (on its own training cells, if this is the training file), not how "
+               "it predicts unseen ones. Fix: evaluate on perturbations held out from training (e.g. 'bioworld train "
+               "--holdout LABELS', then --data with their cells)")
+        notes.append(msg)
+        warnings.warn(msg, stacklevel=user_stacklevel())
 
     train_deltas = _train_deltas(train_data, model, given, obs, trained, notes)
     ctx = FitContext(control=control_label)
