@@ -71,6 +71,37 @@ def test_empty_perturbed_cells_are_a_finding(small_sim, sparse):
     assert len(found) == 1 and "2 of" in found[0] and label in found[0] and "perturbed" in found[0], reg.findings
 
 
+class _CountingRows:
+    """A row-sliceable matrix that counts the row blocks read (stands in for a backed X)."""
+
+    def __init__(self, X):
+        self.X, self.shape, self.dtype, self.reads = X, X.shape, X.dtype, 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        return self.X[key]
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr blocks"])
+def test_value_pass_also_finds_the_empty_cells_in_one_streamed_pass(kind):
+    """Registration reads a streamed X once for the value checks and the empty cells together (it read it twice)."""
+    from bioworld.data._register import _CHUNK_ROWS, _empty_mask, _value_stats
+
+    n = 2 * _CHUNK_ROWS + 7
+    rng = np.random.default_rng(0)
+    X = rng.poisson(0.5, (n, 6)).astype(np.float32)
+    X[[0, 5, _CHUNK_ROWS, n - 1]] = 0
+    src = _CountingRows(X if kind == "dense" else sp.csr_matrix(X))
+    s = _value_stats(src, rows=True)
+    assert src.reads == 3  # the row blocks, once
+    np.testing.assert_array_equal(s.empty, (X == 0).all(axis=1))
+    np.testing.assert_array_equal(s.empty, _empty_mask(X))
+    mem = _value_stats(sp.csr_matrix(X), rows=True)  # in memory: the stored values, rows counted apart
+    np.testing.assert_array_equal(mem.empty, s.empty)
+    assert (mem.maximum, mem.n_noninteger) == (s.maximum, s.n_noninteger)
+    assert _value_stats(X).empty is None
+
+
 def test_holdout_of_control_or_of_everything_is_refused(small_sim, tmp_path):
     a = small_sim.adata.copy()
     from _helpers import sim_entities

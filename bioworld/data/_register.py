@@ -164,14 +164,21 @@ class Registration:
 # helpers
 
 
-def _iter_values(X: Any) -> Iterator[np.ndarray]:
-    """Yield the stored values of ``X`` in chunks: ``.data`` for sparse, row blocks for dense."""
+def _iter_values(X: Any, rows: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Yield ``(values, nonzero)`` chunks of ``X``: the stored values (``.data`` of an in-memory sparse X, else
+    contiguous row blocks, so a backed X is streamed once) and, with ``rows``, each row's count of non-zero values
+    in the block (``None`` for an in-memory sparse X, whose rows are counted without streaming)."""
     if sp.issparse(X):
-        yield np.asarray(X.data)
+        yield np.asarray(X.data), None
         return
     for start in range(0, X.shape[0], _CHUNK_ROWS):
         block = X[start : start + _CHUNK_ROWS]  # a backed sparse X hands out csr blocks
-        yield np.asarray(block.data) if sp.issparse(block) else np.asarray(block)
+        if sp.issparse(block):
+            nz = np.asarray((abs(block) > 0).sum(axis=1)).ravel() if rows else None
+            yield np.asarray(block.data), nz
+        else:
+            block = np.asarray(block)
+            yield block, (np.count_nonzero(block, axis=1) if rows else None)
 
 
 @dataclass
@@ -183,14 +190,19 @@ class _ValueStats:
     minimum: float = np.inf
     maximum: float = -np.inf
     example_noninteger: float | None = None
+    empty: np.ndarray | None = None  # [cells] bool, the all-zero cells (``_value_stats(X, rows=True)`` only)
 
 
-def _value_stats(X: Any) -> _ValueStats:
-    """One pass over the stored values of ``X`` (zeros of a sparse matrix are not visited)."""
+def _value_stats(X: Any, rows: bool = False) -> _ValueStats:
+    """One pass over the stored values of ``X`` (zeros of a sparse matrix are not visited); ``rows``: also the
+    all-zero cells (``empty``), in the same pass."""
     s = _ValueStats()
     if sp.issparse(X) and X.nnz < np.prod(X.shape):
         s.minimum, s.maximum = 0.0, 0.0
-    for chunk in _iter_values(X):
+    empty: list[np.ndarray] = []
+    for chunk, nonzero in _iter_values(X, rows):
+        if nonzero is not None:
+            empty.append(nonzero == 0)
         if chunk.size == 0:
             continue
         if not np.issubdtype(chunk.dtype, np.number) or np.issubdtype(chunk.dtype, np.complexfloating):
@@ -216,6 +228,8 @@ def _value_stats(X: Any) -> _ValueStats:
             s.n_negative += int((finite < 0).sum())
             s.minimum = min(s.minimum, float(finite.min()))
             s.maximum = max(s.maximum, float(finite.max()))
+    if rows:
+        s.empty = _empty_mask(X) if sp.issparse(X) else np.concatenate(empty) if empty else np.zeros(0, bool)
     return s
 
 
@@ -232,14 +246,16 @@ def _empty_mask(X: Any, block: int = 8192) -> np.ndarray:
     return out
 
 
-def _check_matrix(adata: Any, input: str) -> list[str]:
+def _check_matrix(adata: Any, input: str, stats: _ValueStats | None = None) -> list[str]:
+    """Refuse values that are not finite, negative, or do not match ``input``; findings for doubtful ones.
+    ``stats``: :func:`_value_stats` of ``adata.X`` already taken (else one pass here)."""
     X = adata.X
     if X is None:
         raise DataValidationError(
             "adata.X is None; expected an expression matrix [cells, genes]. "
             "Fix: set adata.X (e.g. adata.X = adata.layers['counts']; CLI: --layer counts)."
         )
-    s = _value_stats(X)
+    s = stats if stats is not None else _value_stats(X)
     if s.n_nan or s.n_inf:
         raise DataValidationError(
             f"X contains {s.n_nan} NaN and {s.n_inf} infinite values; expected finite numbers. "
@@ -505,14 +521,17 @@ def _check_arguments(adata: Any, input: str, min_cells_per_group: int) -> None:
         )
 
 
-def _check_control_cells(adata: Any, labels: Any, control: str, control_n: int, min_cells_per_group: int) -> list[str]:
-    """Refuse too few control cells or only empty ones; a finding when some control or perturbed cells are empty."""
+def _check_control_cells(adata: Any, labels: Any, control: str, control_n: int, min_cells_per_group: int,
+                         empty: np.ndarray | None = None) -> list[str]:
+    """Refuse too few control cells or only empty ones; a finding when some control or perturbed cells are empty.
+    ``empty``: the all-zero cells, when the value pass already found them (else one pass here)."""
     if control_n < min_cells_per_group:
         raise DataValidationError(
             f"control {control!r} has {control_n} cells; expected at least min_cells_per_group="
             f"{min_cells_per_group}. Fix: check the control label or lower min_cells_per_group."
         )
-    empty = _empty_mask(adata.X)
+    if empty is None:
+        empty = _empty_mask(adata.X)
     is_control = np.asarray(labels == control)
     n_empty = int(empty[is_control].sum())
     if n_empty == control_n:
@@ -626,14 +645,15 @@ def register(
     findings: list[str] = []
     if dose_key is not None:
         findings += _check_dose(adata, dose_key)
-    findings += _check_matrix(adata, input)
+    stats = _value_stats(adata.X, rows=True) if adata.X is not None else None  # one pass: values and empty cells
+    findings += _check_matrix(adata, input, stats)
     genes, gene_findings, symbols_key = _resolve_genes(adata, gene_symbols_key, id_map, inplace)
     findings += gene_findings
 
     counts = labels.value_counts(sort=False)
     counts = counts.sort_values(ascending=False, kind="stable")
     control_n = int(counts[control])
-    findings += _check_control_cells(adata, labels, control, control_n, min_cells_per_group)
+    findings += _check_control_cells(adata, labels, control, control_n, min_cells_per_group, stats.empty)
     perturbations, dropped = _split_groups(counts, control, min_cells_per_group, findings)
     if not perturbations:
         findings.append("no perturbation group besides the control is kept")
