@@ -269,3 +269,15 @@ def test_assemble_rebuilds_hits_from_the_data_without_training(tmp_path):
     assert a["n_items"] == 20 and a["n_hits"] == 5 and a["wall_s"] == {}
     assert {k for k, v in a["observed"].items() if v <= -a["threshold"]} == {"STAT1", "IFNGR1", "STAT2", "IRF1", "IRF7"}
     assert len(frames["papalexi"]) == len(items)
+
+
+def test_assembled_report_names_the_seeds_of_its_runs(tmp_path):
+    """--assemble trains nothing: the header's seeds are those of the saved runs, not the --seeds default."""
+    items = _items()
+    items["dataset"] = "papalexi"
+    items["seed"] = items["seed"].map({0: 9, 1: 11})
+    (tmp_path / "run").mkdir()
+    items.to_csv(tmp_path / "run" / "items.csv", index=False)
+    assert R.main(["--assemble", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "RETROSPECTIVE.md").read_text()
+    assert "- settings: seeds [9, 11], 4 folds" in text

@@ -50,7 +50,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -816,6 +816,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python benchmarks/run_retrospective.py " + shlex.join(argv)
     if a.assemble:
         frames = assemble([x for x in a.assemble.split(",") if x.strip()], st)
+        # the report's settings name the seeds of the assembled runs (not --seeds, which trains nothing here)
+        st = replace(st, seeds=tuple(sorted({int(s) for df in frames.values() for s in df["seed"]})))
         report, summ = write_retro(frames, a.out, command=command.strip(), settings=st, load=load,
                                    notes=["assembled from saved per-item results (items.csv) of the runs named in "
                                           "--assemble (no training here)", *a.note])
