@@ -188,7 +188,7 @@ def test_normalised_cells_for_a_counts_model_name_the_counts_layer(tiny_trained,
         tiny_trained.counterfactual(c, ["P2_DRV1"])
     assert "input='log'" not in str(err.value).split("Fix:")[1]
     del c.layers["counts"]
-    with pytest.raises(DataValidationError, match="give the cells' raw counts in X"):
+    with pytest.raises(DataValidationError, match="give the cells' raw counts; no layer or .raw holds integer counts"):
         tiny_trained.predict(["P2_DRV1"], cells=c)
     c.X = cells.X.copy()  # raw counts again: answered
     assert tiny_trained.counterfactual(c, ["P2_DRV1"]).n_obs == c.n_obs

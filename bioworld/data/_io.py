@@ -91,21 +91,51 @@ def read_h5ad(path: str | Path, layer: str | None = None) -> Any:
 def use_layer(adata: Any, layer: str, *, source: str = "the data") -> Any:
     """``adata`` with ``X`` replaced by ``adata.layers[layer]`` (in place; returned for chaining).
 
+    ``layer='raw'`` on data without a layer of that name reads ``adata.raw`` (scanpy keeps the counts there
+    after ``adata.raw = adata``): in place when ``raw`` has the same genes as ``var``, else a new AnnData with
+    ``raw``'s genes (``var`` = ``raw.var``; the layers, which have the other genes, are left out with a
+    warning): use the returned object.
+
     Raises
     ------
     DataValidationError
-        ``adata`` has no such layer (the message lists the layers it has).
+        ``adata`` has no such layer (the message lists the layers it has, and ``raw`` when it has one).
     """
+    if layer == "raw" and layer not in adata.layers and getattr(adata, "raw", None) is not None:
+        return _use_raw(adata, source)
     layers = sorted(map(str, adata.layers.keys()))
     if layer not in adata.layers:
         have = f"its layers are {layers}" if layers else "it has no layers (only X)"
+        raw = "; it has no .raw either" if getattr(adata, "raw", None) is None else "; its .raw is read as layer 'raw'"
         raise DataValidationError(
-            f"layer {layer!r} not found in {source}; {have}. Fix: pass one of those layer names, or leave out "
+            f"layer {layer!r} not found in {source}; {have}{raw}. Fix: pass one of those layer names, or leave out "
             "the layer to read X."
         )
     adata.X = adata.layers[layer]
     _loader_report(adata, layer=layer)
     return adata
+
+
+def _use_raw(adata: Any, source: str) -> Any:
+    """:func:`use_layer` for ``adata.raw``."""
+    import anndata as ad
+
+    raw = adata.raw
+    if list(map(str, raw.var_names)) == list(map(str, adata.var_names)):
+        adata.X = raw.X
+        _loader_report(adata, layer="raw")
+        return adata
+    if adata.layers.keys():
+        warnings.warn(
+            f"{source}: .raw has {raw.n_vars} genes and X {adata.n_vars}; reading .raw as X leaves out the layers "
+            f"{sorted(map(str, adata.layers.keys()))} (they hold X's genes).",
+            DataWarning,
+            stacklevel=user_stacklevel(),
+        )
+    out = ad.AnnData(X=raw.X, obs=adata.obs, var=raw.var.copy(), obsm=dict(adata.obsm), obsp=dict(adata.obsp),
+                     uns=dict(adata.uns))
+    _loader_report(out, layer="raw")
+    return out
 
 
 def _read_h5ad(path: str | Path) -> Any:

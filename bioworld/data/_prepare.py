@@ -184,28 +184,18 @@ def _warn_extra(n_extra: int, examples: list[str], n_model: int) -> None:
 def _counts_expected(cells: Any, registration: Registration) -> DataValidationError | None:
     """For a model trained on counts, cells whose ``X`` is not integer: the error a query should give (the
     registration's says "pass input='log'", which a query does not take), naming a layer of raw counts if any."""
-    from bioworld.data._register import _value_stats
+    from bioworld.data._register import _value_stats, counts_source_hint
 
     if registration.input != "counts":
         return None
     s = _value_stats(cells.X)
     if s.n_nan or s.n_inf or s.n_negative or not s.n_noninteger:
         return None
-    layer = next((k for k, v in cells.layers.items() if _integer_counts(v)), None)
     return DataValidationError(
         f"cells hold {s.n_noninteger} non-integer values in X (e.g. {s.example_noninteger:g}, max {s.maximum:g}): "
         "they look normalised, but this model was trained on raw counts (input='counts') and normalises cells "
-        "itself (normalize_total 1e4 + log1p). Fix: give the cells' raw counts"
-        + (f"; layers[{layer!r}] holds them: cells.X=cells.layers[{layer!r}] (CLI: --layer {layer})."
-           if layer else " in X (e.g. from adata.raw or a layer of counts; CLI: --layer NAME).")
+        f"itself (normalize_total 1e4 + log1p). Fix: give the cells' raw counts; {counts_source_hint(cells, 'cells')}."
     )
-
-
-def _integer_counts(X: Any) -> bool:
-    from bioworld.data._register import _value_stats
-
-    s = _value_stats(X)
-    return not (s.n_nan or s.n_inf or s.n_negative or s.n_noninteger) and s.maximum > 0
 
 
 def cells_to_std(cells: Any, registration: Registration, var_names: list[str], mu: np.ndarray, sd: np.ndarray

@@ -246,6 +246,25 @@ def _empty_mask(X: Any, block: int = 8192) -> np.ndarray:
     return out
 
 
+def _integer_counts(X: Any) -> bool:
+    """True when ``X`` holds only finite non-negative integers, not all zero (raw counts)."""
+    s = _value_stats(X)
+    return not (s.n_nan or s.n_inf or s.n_negative or s.n_noninteger) and s.maximum > 0
+
+
+def counts_source_hint(adata: Any, name: str = "adata") -> str:
+    """Where ``adata`` (called ``name`` in the hint) keeps raw counts besides ``X``, as the end of a "Fix:" hint:
+    the first layer of integer counts, else ``.raw`` when it holds them, else how to provide them (CLI:
+    ``--layer``, which reads ``.raw`` as ``raw``)."""
+    layer = next((str(k) for k, v in adata.layers.items() if _integer_counts(v)), None)
+    if layer is not None:
+        return f"layers[{layer!r}] holds integer counts: {name}.X={name}.layers[{layer!r}] (CLI: --layer {layer})"
+    raw = getattr(adata, "raw", None)
+    if raw is not None and _integer_counts(raw.X):
+        return f".raw holds integer counts: {name}={name}.raw.to_adata() (CLI: --layer raw)"
+    return "no layer or .raw holds integer counts: write the raw counts into a layer and read that (CLI: --layer NAME)"
+
+
 def _check_matrix(adata: Any, input: str, stats: _ValueStats | None = None) -> list[str]:
     """Refuse values that are not finite, negative, or do not match ``input``; findings for doubtful ones.
     ``stats``: :func:`_value_stats` of ``adata.X`` already taken (else one pass here)."""
@@ -253,7 +272,7 @@ def _check_matrix(adata: Any, input: str, stats: _ValueStats | None = None) -> l
     if X is None:
         raise DataValidationError(
             "adata.X is None; expected an expression matrix [cells, genes]. "
-            "Fix: set adata.X (e.g. adata.X = adata.layers['counts']; CLI: --layer counts)."
+            f"Fix: set adata.X; {counts_source_hint(adata)}."
         )
     s = stats if stats is not None else _value_stats(X)
     if s.n_nan or s.n_inf:
@@ -274,8 +293,7 @@ def _check_matrix(adata: Any, input: str, stats: _ValueStats | None = None) -> l
             raise DataValidationError(
                 f"input='counts' but X has {s.n_noninteger} non-integer values (e.g. "
                 f"{s.example_noninteger:g}) with max {s.maximum:g}: this looks log-normalised, "
-                "not raw counts. Fix: pass input='log', or register the raw counts "
-                "(e.g. adata.X = adata.layers['counts']; CLI: --layer counts)."
+                f"not raw counts. Fix: pass input='log', or register the raw counts; {counts_source_hint(adata)}."
             )
         raise DataValidationError(
             f"input='counts' but X has {s.n_noninteger} non-integer values (e.g. "
@@ -538,7 +556,7 @@ def _check_control_cells(adata: Any, labels: Any, control: str, control_n: int, 
         raise DataValidationError(
             f"all {control_n} control cells ({control!r}) have zero expression in every gene; expected measured "
             "unperturbed cells (every effect is measured against them). Fix: check that X holds the expression "
-            "(e.g. adata.X = adata.layers['counts']; CLI: --layer counts) and that the control label is right."
+            f"({counts_source_hint(adata)}) and that the control label is right."
         )
     findings = []
     if n_empty:
