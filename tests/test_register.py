@@ -245,9 +245,20 @@ def test_gene_symbols_key_used(toy):
 
 def test_dose_key_non_numeric():
     adata = _counts(["control"] * 4 + ["drug@1"] * 4)
-    adata.obs["dose"] = ["0"] * 4 + ["1 um", "1 um", "1", "1"]
+    adata.obs["dose"] = ["0"] * 4 + ["1 furlong", "1 furlong", "1", "1"]
     msg = _raises(adata, "2 non-numeric values", dose_key="dose", input="counts")
-    assert "'1 um'" in msg and "Fix" in msg
+    assert "'1 furlong'" in msg and "Fix" in msg and "str.replace" not in msg
+
+
+def test_dose_key_reads_molar_units_and_refuses_mixing_them_with_bare_numbers():
+    """'1 um' / '100nM' / '0.1 µM' were refused as non-numeric (with a hint, .str.replace(' um', ''), that missed
+    '1uM' and 'nM'); they are read in µM and reported. Bare non-zero numbers next to them are ambiguous."""
+    adata = _counts(["control"] * 4 + ["drug@1"] * 2 + ["drug@0.1"] * 2)
+    adata.obs["dose"] = ["0"] * 4 + ["1 um", "1uM", "100nM", "0.1 \u00b5M"]
+    reg = register(adata, dose_key="dose", input="counts")
+    assert any("read in µM" in f and "'100nM' -> 0.1" in f for f in reg.findings), reg.findings
+    adata.obs["dose"] = ["0"] * 4 + ["1 um", "1uM", "0.1", "0.1"]
+    _raises(adata, r"some doses with a unit .*'1 um'.* others without .*'0.1'", dose_key="dose", input="counts")
 
 
 def test_dose_key_negative_placeholder():

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bioworld.data._bundled import bundled_path
+from bioworld.data._doses import check_one_way, describe_conversions, parse_doses
 from bioworld.data._register import DataWarning, _check_control, _make_unique
 from bioworld.errors import DataValidationError
 from bioworld.errors import user_stacklevel
@@ -264,20 +265,38 @@ def compound_labels(
             "which the action grammar reserves; expected plain names. Fix: rename them, e.g. "
             f"adata.obs[{name_key!r}] = adata.obs[{name_key!r}].str.replace(' ', '-')."
         )
-    dose = pd.to_numeric(obs[dose_key], errors="coerce").to_numpy(dtype=float)
-    bad = ~is_control & ~(np.isfinite(dose) & (dose >= 0))
-    if bad.any():
-        examples = obs[dose_key][bad].astype(str).unique()[:5].tolist()
-        raise DataValidationError(
-            f"{int(bad.sum())} treated cells have a non-numeric, missing, negative or infinite dose in "
-            f"obs[{dose_key!r}] (e.g. {examples}); expected a numeric dose per compound cell. Fix: fill or drop "
-            f"those cells, or convert the column, e.g. adata.obs[{dose_key!r}] = "
-            f"adata.obs[{dose_key!r}].str.replace(' um', '').astype(float)."
-        )
+    dose = _treated_doses(obs, name, dose_key, is_control)
     labels = [str(control) if ctl else f"{n}@{format_dose(d)}" for n, d, ctl in zip(name, dose, is_control)]
     obs[key_added] = pd.Categorical(labels)
     _loader_report(adata, compound_labels={"name_key": name_key, "dose_key": dose_key, "key_added": key_added})
     return key_added
+
+
+def _treated_doses(obs: Any, name: pd.Series, dose_key: str, is_control: np.ndarray) -> np.ndarray:
+    """The dose of every cell (read by :func:`parse_doses`; in µM when written with a unit, with a warning);
+    refuses treated cells without a readable dose and treated doses that mix numbers with and without a unit."""
+    column = obs[dose_key]
+    dose, with_unit, converted = parse_doses(column)
+    treated = ~is_control
+    bad = treated & ~(np.isfinite(dose) & (dose >= 0))
+    if bad.any():
+        examples = [str(v) for v in pd.unique(column[bad].astype(object).astype(str))[:5]]
+        compounds = [str(v) for v in pd.unique(name[bad])[:5]]
+        raise DataValidationError(
+            f"{int(bad.sum())} treated cells (compounds {compounds}) have a missing, non-numeric, negative or infinite "
+            f"dose in obs[{dose_key!r}] (e.g. {examples}); expected a dose >= 0 per treated cell: a number, or a "
+            "number with a molar unit (10uM, 0.1 µM, 100 nM). Fix: fill in those doses, or remove those cells from "
+            "the data (vehicle cells belong under the control label and need no dose)."
+        )
+    check_one_way(column, dose, with_unit, treated, dose_key)
+    if converted:
+        warnings.warn(
+            f"doses in obs[{dose_key!r}] are written with units; read in µM (the unit of the bundled compound data): "
+            f"{describe_conversions(converted)}. The labels are NAME@DOSE with the dose in µM.",
+            DataWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return dose
 
 
 def load_l1000() -> Any:

@@ -383,26 +383,31 @@ def _check_obs_key(adata: Any, key: str | None, what: str) -> None:
 
 
 def _check_dose(adata: Any, dose_key: str) -> list[str]:
+    from bioworld.data._doses import check_one_way, describe_conversions, parse_doses
+
     raw = adata.obs[dose_key]
     as_obj = raw.astype(object)
-    numeric = pd.to_numeric(as_obj, errors="coerce")
-    bad = numeric.isna() & as_obj.notna()
+    numeric, with_unit, converted = parse_doses(as_obj)
+    bad = np.isnan(numeric) & as_obj.notna().to_numpy()
     if bad.any():
-        examples = pd.unique(as_obj[bad].astype(str))
+        examples = [str(v) for v in pd.unique(as_obj[bad].astype(str))]
         raise DataValidationError(
             f"dose column adata.obs[{dose_key!r}] has {int(bad.sum())} non-numeric values (e.g. "
-            f"{_preview(examples, 3)}); expected numbers in one unit (e.g. µM). Fix: convert, e.g. "
-            f"adata.obs[{dose_key!r}] = adata.obs[{dose_key!r}].str.replace(' um', '').astype(float)."
+            f"{_preview(examples, 3)}); expected numbers in one unit, or numbers with a molar unit (10uM, 0.1 µM, "
+            "100 nM). Fix: write those doses as numbers or with one of those units."
         )
-    finite = numeric.dropna().to_numpy(dtype=float)
+    finite = numeric[~np.isnan(numeric)]
     if (~np.isfinite(finite)).any() or (finite < 0).any():
         raise DataValidationError(
             f"dose column adata.obs[{dose_key!r}] has negative or infinite values (min "
             f"{finite.min():g}); expected doses >= 0. Fix: correct those doses (placeholders such "
             "as -666 should become 0 for vehicle controls or NaN)."
         )
-    n_missing = int(numeric.isna().sum())
-    return [f"dose column {dose_key!r}: {n_missing} cells without a dose"] if n_missing else []
+    check_one_way(as_obj, numeric, with_unit, np.ones(len(numeric), bool), dose_key)
+    findings = [f"dose column {dose_key!r}: doses written with units, read in µM ({describe_conversions(converted)})"
+                ] if converted else []
+    n_missing = int(np.isnan(numeric).sum())
+    return findings + ([f"dose column {dose_key!r}: {n_missing} cells without a dose"] if n_missing else [])
 
 
 def _ensembl_map(id_map: Any) -> dict[str, str]:
