@@ -310,3 +310,28 @@ def test_inspect_hints_guide_level_labels(tmp_path):
     line = next(x for x in result.stdout.splitlines() if x.startswith("knowledge: "))
     assert "0 of 2 genetic targets" in line and "look like guides of a known gene" in line, line
     assert "label the cells by their target gene" in line and "combination" not in line
+
+
+def test_inspect_and_train_with_a_symbols_column_sharing_and_missing_symbols(tmp_path):
+    """--gene-symbols-key on a column where two ids share a symbol and one has none (common in 10x files) was
+    refused, with a hint (var_names_make_unique) that does nothing for a var column; now both are findings and
+    the model trains, its answers keeping the ids with the suffixed symbols."""
+    a = _ids_screen()
+    symbols = list(GENES)
+    symbols[3], symbols[5] = "STAT1", None
+    a.var["symbol"] = symbols
+    path = _write(a, tmp_path / "screen.h5ad")
+    (tmp_path / "config.json").write_text(json.dumps(FAST))
+    keys = ("--perturbation-key", "guide", "--control", "NT", "--gene-symbols-key", "symbol")
+    result = invoke("inspect", path, *keys)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "1 symbol(s) shared by several genes (e.g. 'STAT1')" in result.stdout
+    assert "1 gene(s) without a symbol keep their var_name" in result.stdout
+    result = invoke("train", path, "--out", tmp_path / "model", *keys, "--config", tmp_path / "config.json",
+                    "--max-steps", 3, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    result = invoke("predict", tmp_path / "model", "--perturbations", "NT,STAT1", "--out", tmp_path / "pred.h5ad")
+    assert result.exit_code == 0, (result.output, result.exception)
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert list(pred.var_names) == IDS
+    assert list(pred.var["bw_gene_symbol"])[3:6] == ["STAT1-1", GENES[4], IDS[5]]

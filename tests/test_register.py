@@ -232,6 +232,18 @@ def test_ensembl_with_custom_map_and_bad_map():
     _raises(_counts(LABELS, var_names=ENSEMBL), "expected None, 'auto'", id_map="yes")
 
 
+def test_gene_symbols_key_with_missing_and_shared_symbols():
+    """A symbols column next to unique ids, as 10x files hold it: a symbol shared by two ids was refused with the
+    hint 'adata.var_names_make_unique()' (the var_names were unique already), a missing one refused too. Now the
+    id-map rule: shared symbols suffixed -1, -2, ..., missing ones keep the id; both findings."""
+    adata = _counts(LABELS, var_names=ENSEMBL)
+    adata.var["symbol"] = ["STAT1", "IRF1", "STAT1", None, "TP53", ""]
+    reg = register(adata, gene_symbols_key="symbol")
+    assert reg.genes == ["STAT1", "IRF1", "STAT1-1", "ENSG00000111640", "TP53", "ENSG00000000000"]
+    assert any("2 gene(s) without a symbol keep their var_name" in f for f in reg.findings), reg.findings
+    assert any("1 symbol(s) shared by several genes (e.g. 'STAT1')" in f for f in reg.findings), reg.findings
+
+
 def test_gene_symbols_key_absent(toy):
     msg = _raises(toy, "gene_symbols_key 'symbol' is not a column of adata.var", gene_symbols_key="symbol")
     assert "available columns" in msg

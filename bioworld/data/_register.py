@@ -453,6 +453,23 @@ def _make_unique(names: list[str]) -> tuple[list[str], list[str]]:
     return out, sorted(set(dups))
 
 
+def _symbols_column(adata: Any, key: str, findings: list[str]) -> list[str]:
+    """The symbols of ``adata.var[key]``, one per gene: a missing / empty symbol keeps the gene's var_name, a symbol
+    shared by several genes is suffixed -1, -2, ... after its first gene (as :func:`read_gears` does); each a finding."""
+    col = adata.var[key].astype(object)
+    names = [str(v) for v in adata.var_names]
+    missing = (col.isna() | (col.astype(str).str.strip() == "")).to_numpy()
+    genes = [name if gone else str(sym) for name, sym, gone in zip(names, col, missing)]
+    if missing.any():
+        findings.append(f"adata.var[{key!r}]: {int(missing.sum())} gene(s) without a symbol keep their var_name "
+                        f"(e.g. {_preview([n for n, gone in zip(names, missing) if gone], 3)})")
+    genes, dups = _make_unique(genes)
+    if dups:
+        findings.append(f"adata.var[{key!r}]: {len(dups)} symbol(s) shared by several genes (e.g. {_preview(dups, 3)}); "
+                        "the first gene keeps the symbol, the others are suffixed -1, -2, ...")
+    return genes
+
+
 def _resolve_genes(
     adata: Any, gene_symbols_key: str | None, id_map: Any, inplace: bool = True
 ) -> tuple[list[str], list[str], str | None]:
@@ -466,21 +483,16 @@ def _resolve_genes(
                 f"columns: {_preview(adata.var.columns, 20)}. Fix: pass the var column holding gene "
                 "symbols, or gene_symbols_key=None (CLI: leave out --gene-symbols-key) to use var_names."
             )
-        col = adata.var[gene_symbols_key]
-        if col.isna().any():
-            raise DataValidationError(
-                f"adata.var[{gene_symbols_key!r}] has {int(col.isna().sum())} missing symbols; "
-                "expected one symbol per gene. Fix: fill them (e.g. with the var_name)."
-            )
-        genes, source = col.astype(str).tolist(), f"adata.var[{gene_symbols_key!r}]"
+        genes, source = _symbols_column(adata, gene_symbols_key, findings), f"adata.var[{gene_symbols_key!r}]"
     else:
         genes, source = [str(v) for v in adata.var_names], "adata.var_names"
     dup = pd.Index(genes)[pd.Index(genes).duplicated()].unique().tolist()
     if dup:
         raise DataValidationError(
             f"{source} has {len(dup)} duplicated gene names (e.g. {_preview(dup)}); expected unique "
-            "genes. Fix: adata.var_names_make_unique() (or aggregate the duplicates) before "
-            "registering."
+            "genes. Fix: aggregate the duplicates, or make the names unique before registering "
+            "(adata.var_names_make_unique() suffixes -1, -2, ...; a var column of symbols next to unique ids is "
+            "made unique that way by gene_symbols_key=COLUMN (CLI: --gene-symbols-key COLUMN))."
         )
     n_ens = sum(bool(_ENSEMBL_RE.match(g)) for g in genes)
     if n_ens and n_ens >= 0.5 * len(genes):
