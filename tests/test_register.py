@@ -244,6 +244,13 @@ def test_gene_symbols_key_with_missing_and_shared_symbols():
     assert any("1 symbol(s) shared by several genes (e.g. 'STAT1')" in f for f in reg.findings), reg.findings
 
 
+def test_missing_perturbation_column_on_an_obs_without_columns():
+    """Cells with no obs column at all read 'available columns: .' (an empty list shown as nothing)."""
+    adata = _counts(LABELS)
+    adata.obs = adata.obs.drop(columns=["perturbation"])
+    _raises(adata, r"available columns: none\. Fix")
+
+
 def test_gene_symbols_key_absent(toy):
     msg = _raises(toy, "gene_symbols_key 'symbol' is not a column of adata.var", gene_symbols_key="symbol")
     assert "available columns" in msg
