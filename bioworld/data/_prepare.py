@@ -165,9 +165,21 @@ def align_panel(cells: Any, var_names: list[str], genes: list[str] | None = None
         f"cells have a different gene panel: {len(missing)} of the model's {len(var_names)} genes are "
         f"missing (e.g. {missing[:5]}) and {len(extra)} are extra (e.g. {extra[:5]})"
         + (f"; {len(repeated)} names are repeated (e.g. {repeated[:5]})" if repeated else "")
-        + f". Expected the model's var_names{also} (any order, each once); subset/reindex the cells to the "
-        "training panel." + _panel_hint(cells, var_names, symbols)
+        + f". Expected the model's var_names{also} (any order, each once)." + _case_hint(missing, extra)
+        + " Fix: give cells measured on the model's genes (missing genes are not imputed); subset/reindex the "
+        "cells to the training panel." + _panel_hint(cells, var_names, symbols)
     )
+
+
+def _case_hint(missing: list[str], extra: list[str]) -> str:
+    """Missing model genes that the cells hold in another case (``'irf1'`` for ``'IRF1'``), as a sentence."""
+    lower = {g.lower(): g for g in extra}
+    pairs = [(lower[g.lower()], g) for g in missing if g.lower() in lower]
+    if not pairs:
+        return ""
+    return (f" {len(pairs)} missing gene(s) are in the cells in another case (e.g. "
+            + ", ".join(f"{a!r} for {b!r}" for a, b in pairs[:3]) + "): gene names are matched case-sensitively, "
+            "write them as the model does.")
 
 
 def _warn_extra(n_extra: int, examples: list[str], n_model: int) -> None:
