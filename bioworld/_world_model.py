@@ -204,11 +204,8 @@ class WorldModel:
 
     def _view(self):
         from bioworld.query._verbs import ModelView
-        # answers carry the model's provenance without its training wall time: the same model and query give
-        # the same file (the wall time stays in the model card and describe())
-        describe = {k: v for k, v in self.describe().items() if k != "train_wall_s"}
         return ModelView(self.var_names, self.entity_names, self.genes, self._to_scale, self.scale_name,
-                         describe, self.train_config.seed, dict(self.registration.dropped))
+                         self._state.answer_provenance(), self.train_config.seed, dict(self.registration.dropped))
 
     def _to_scale(self, x_std: np.ndarray) -> np.ndarray:
         return x_std * self.sd + self.mu
