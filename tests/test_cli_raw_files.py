@@ -358,3 +358,19 @@ def test_same_seed_gives_byte_identical_answer_files(tmp_path):
     # the wall time differs between runs (the bytes above matched only when it rounded alike): not in answers
     for name in ("pred_a.h5ad", "cf_a.h5ad"):
         assert "train_wall_s" not in ad.read_h5ad(tmp_path / name).uns["bioworld"]["model"]
+
+
+def test_predict_an_unknown_guide_names_the_trained_guides_and_the_gene(tmp_path):
+    """A model trained on guide-level labels (STAT1_sg1, STAT1_sg2) asked for 'STAT1_sg3' said 'close matches: none'
+    (only the knowledge's genes were searched, not the training labels) and had no 'Fix:'."""
+    a = _small_adata()
+    a.obs["perturbation"] = ["control"] * 6 + ["STAT1_sg1"] * 3 + ["STAT1_sg2"] * 3 + ["IRF1"] * 6
+    path = _write(a, tmp_path / "guides.h5ad")
+    (tmp_path / "config.json").write_text(json.dumps(FAST))
+    result = invoke("train", path, "--out", tmp_path / "model", "--config", tmp_path / "config.json",
+                    "--max-steps", 3, "--quiet")
+    assert result.exit_code == 0, (result.output, result.exception)
+    result = invoke("predict", tmp_path / "model", "--perturbations", "control,STAT1_sg3", "--out", tmp_path / "p.h5ad")
+    line = assert_one_line_error(result, "'STAT1_sg3'", "'STAT1_sg1'", "'STAT1_sg2'", "looks like a guide of 'STAT1'",
+                                 "ask for 'STAT1'", "Fix:")
+    assert "close matches: none" not in line

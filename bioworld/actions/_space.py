@@ -206,11 +206,10 @@ class ActionSpace:
         for p in action.components:
             kind = Kind.of(p.kind)
             if kind in GENETIC_KINDS and not self.genes.knows(p.target) and p.target not in self._bank_pos:
-                near = close_matches(p.target, self.genes.genes)
                 raise UnknownPerturbationError(
                     f"gene {p.target!r} was not a training target and is in no entity, regulon or GO set the model "
-                    f"knows, so its effect cannot be predicted; close matches: {near or 'none'}. Check the symbol "
-                    "(HGNC, case-sensitive), or train on data where it was perturbed." + _compound_hint(p.target)
+                    f"knows, so its effect cannot be predicted; {self._near_targets(p.target)}. Fix: check the "
+                    "symbol (HGNC, case-sensitive), or train on data where it was perturbed." + _compound_hint(p.target)
                 )
             if kind == Kind.SILENCE and p.target not in self._ent_pos:
                 raise UnknownPerturbationError(
@@ -219,6 +218,18 @@ class ActionSpace:
                 )
             if kind == Kind.COMPOUND:
                 self._check_compound(p)
+
+    def _near_targets(self, target: str) -> str:
+        """Close matches of an unknown genetic target among the training targets and the known genes; the gene
+        of a guide-level name (``STAT1_sg3`` -> ``STAT1``) when the model knows it."""
+        from bioworld.actions._knowledge import _GUIDE
+
+        near = close_matches(target, [*self.gene_bank, *self.genes.genes])
+        text = f"close matches: {near or 'none'}"
+        guide = _GUIDE.match(target)
+        if guide and (self.genes.knows(guide.group(1)) or guide.group(1) in self._bank_pos):
+            text += f"; {target!r} looks like a guide of {guide.group(1)!r}: ask for {guide.group(1)!r} (its knockout)"
+        return text
 
     def _check_compound(self, p: Any) -> None:
         if self.compounds is None:
