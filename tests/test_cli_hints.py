@@ -183,3 +183,19 @@ def test_the_entry_point_keeps_help_version_and_a_bare_command(capsys):
         assert exit_.value.code == code, argv
     out = capsys.readouterr().out
     assert "bioworld" in out and "Usage" in out  # the version line, the command's help and the bare help
+
+
+def test_holdout_of_a_set_aside_group_says_so(tmp_path):
+    """--holdout naming a group that registration set aside (fewer cells than --min-cells) was told the label 'is
+    not a perturbation of this data', which it is."""
+    rng = np.random.default_rng(0)
+    labels = ["control"] * 8 + ["STAT1"] * 6 + ["IRF1"] * 2
+    a = ad.AnnData(rng.poisson(3, (len(labels), len(GENES))).astype(np.float32),
+                   obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+                   var=pd.DataFrame(index=GENES))
+    a.write_h5ad(tmp_path / "d.h5ad")
+    line = assert_one_line_error(invoke("train", tmp_path / "d.h5ad", "--out", tmp_path / "m", "--holdout", "IRF1",
+                                        "--max-steps", 1), "['IRF1'] are in the data", "set aside",
+                                 "'IRF1': 2 cells < --min-cells 3", "lower --min-cells")
+    assert "not perturbations of this data" not in line
+    _check_hint("train", line)

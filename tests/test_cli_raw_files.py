@@ -374,3 +374,16 @@ def test_predict_an_unknown_guide_names_the_trained_guides_and_the_gene(tmp_path
     line = assert_one_line_error(result, "'STAT1_sg3'", "'STAT1_sg1'", "'STAT1_sg2'", "looks like a guide of 'STAT1'",
                                  "ask for 'STAT1'", "Fix:")
     assert "close matches: none" not in line
+
+
+def test_labels_given_twice_hint_names_the_option(ids_model, tmp_path):
+    """predict / counterfactual with a label given twice hinted Python (list(dict.fromkeys(labels)),
+    adata.obs[key].unique()) on the command line."""
+    line = assert_one_line_error(invoke("predict", ids_model / "model", "--perturbations", "NT,STAT1,STAT1",
+                                        "--out", tmp_path / "p.h5ad"), "['STAT1'] given more than once",
+                                 "Fix: pass each once: --perturbations with each label once")
+    assert "dict.fromkeys" not in line and "adata" not in line
+    line = assert_one_line_error(invoke("counterfactual", ids_model / "model", "--cells", ids_model / "screen.h5ad",
+                                        "--intervention", "STAT1", "--intervention", "STAT1",
+                                        "--out", tmp_path / "c.h5ad"), "--intervention with each label once")
+    assert "dict.fromkeys" not in line
