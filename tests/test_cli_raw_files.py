@@ -374,6 +374,9 @@ def test_predict_an_unknown_guide_names_the_trained_guides_and_the_gene(tmp_path
     line = assert_one_line_error(result, "'STAT1_sg3'", "'STAT1_sg1'", "'STAT1_sg2'", "looks like a guide of 'STAT1'",
                                  "ask for 'STAT1'", "Fix:")
     assert "close matches: none" not in line
+    for text in ("STAT1;IRF1", "STAT1_IRF1"):  # a combination written with another separator: the '+' form named
+        result = invoke("predict", tmp_path / "model", "--perturbations", text, "--out", tmp_path / "p.h5ad")
+        assert_one_line_error(result, f"{text!r} looks like a combination: write it 'STAT1+IRF1'")
 
 
 def test_labels_given_twice_hint_names_the_option(ids_model, tmp_path):

@@ -222,13 +222,19 @@ class ActionSpace:
     def _near_targets(self, target: str) -> str:
         """Close matches of an unknown genetic target among the training targets and the known genes; the gene
         of a guide-level name (``STAT1_sg3`` -> ``STAT1``) when the model knows it."""
-        from bioworld.actions._knowledge import _GUIDE
+        from bioworld.actions._knowledge import _GUIDE, _SEPARATORS
+
+        def known(gene: str) -> bool:
+            return self.genes.knows(gene) or gene in self._bank_pos
 
         near = close_matches(target, [*self.gene_bank, *self.genes.genes])
         text = f"close matches: {near or 'none'}"
         guide = _GUIDE.match(target)
-        if guide and (self.genes.knows(guide.group(1)) or guide.group(1) in self._bank_pos):
+        parts = [p for p in _SEPARATORS.split(target) if p]
+        if guide and known(guide.group(1)):
             text += f"; {target!r} looks like a guide of {guide.group(1)!r}: ask for {guide.group(1)!r} (its knockout)"
+        elif len(parts) > 1 and all(known(p) for p in parts):
+            text += f"; {target!r} looks like a combination: write it {'+'.join(parts)!r}"
         return text
 
     def _check_compound(self, p: Any) -> None:
