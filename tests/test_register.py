@@ -251,6 +251,16 @@ def test_missing_perturbation_column_on_an_obs_without_columns():
     _raises(adata, r"available columns: none\. Fix")
 
 
+def test_a_second_control_like_label_is_a_finding():
+    """'non-targeting' next to the control 'NT' (two names for control guides) was trained as a perturbation named
+    'non-targeting' with no word about it."""
+    adata = _counts(["NT"] * 4 + ["non-targeting"] * 4 + ["A"] * 4)
+    reg = register(adata, control="NT")
+    assert any("'non-targeting' (4 cells) reads like a control label but the control is 'NT'" in f
+               for f in reg.findings), reg.findings
+    assert not any("reads like a control" in f for f in register(_counts(["NT"] * 4 + ["A"] * 4), control="NT").findings)
+
+
 def test_gene_symbols_key_absent(toy):
     msg = _raises(toy, "gene_symbols_key 'symbol' is not a column of adata.var", gene_symbols_key="symbol")
     assert "available columns" in msg

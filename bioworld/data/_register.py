@@ -371,6 +371,19 @@ def _check_control(labels: pd.Series, control: str, key: str) -> None:
     )
 
 
+def _other_control_labels(counts: pd.Series, control: str) -> list[str]:
+    """A finding for labels besides ``control`` that read like a control label (``non-targeting`` next to ``NT``):
+    their cells are trained as a perturbation of that name."""
+    common = {c.casefold() for c in _COMMON_CONTROLS}
+    other = {str(u): int(n) for u, n in counts.items() if str(u) != control and str(u).strip().casefold() in common}
+    if not other:
+        return []
+    shown = ", ".join(f"{u!r} ({n} cells)" for u, n in other.items())
+    return [f"{shown} {'reads' if len(other) == 1 else 'read'} like a control label but the control is {control!r}: "
+            "these cells are treated as a perturbation of that name; if they are unperturbed, relabel them "
+            f"{control!r} (one control label per screen)"]
+
+
 def _check_obs_key(adata: Any, key: str | None, what: str) -> None:
     if key is not None and key not in adata.obs.columns:
         close = difflib.get_close_matches(key, [str(c) for c in adata.obs.columns], n=3, cutoff=0.5)
@@ -690,6 +703,7 @@ def register(
     control_n = int(counts[control])
     findings += _check_control_cells(adata, labels, control, control_n, min_cells_per_group, stats.empty)
     perturbations, dropped = _split_groups(counts, control, min_cells_per_group, findings)
+    findings += _other_control_labels(counts, control)
     if not perturbations:
         findings.append("no perturbation group besides the control is kept")
     if replicate_key is not None:
