@@ -199,3 +199,19 @@ def test_holdout_of_a_set_aside_group_says_so(tmp_path):
                                  "'IRF1': 2 cells < --min-cells 3", "lower --min-cells")
     assert "not perturbations of this data" not in line
     _check_hint("train", line)
+
+
+def test_train_refuses_data_with_every_perturbation_group_set_aside(tmp_path):
+    """--min-cells above every group's size trained (and saved) a model of the control cells alone: it answered
+    every perturbation with no effect, its card saying only 'no perturbation group besides the control is kept'."""
+    rng = np.random.default_rng(0)
+    labels = ["control"] * 40 + ["STAT1"] * 10 + ["IRF1"] * 10
+    a = ad.AnnData(rng.poisson(3, (len(labels), len(GENES))).astype(np.float32),
+                   obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+                   var=pd.DataFrame(index=GENES))
+    a.write_h5ad(data := tmp_path / "d.h5ad")
+    line = assert_one_line_error(invoke("train", data, "--out", tmp_path / "m", "--min-cells", 11, "--max-steps", 1),
+                                 "all 2 perturbation groups were set aside", "10 cells < --min-cells 11",
+                                 "no perturbation group to train on", "lower --min-cells")
+    _check_hint("train", line)
+    assert not (tmp_path / "m" / "bioworld.json").exists()

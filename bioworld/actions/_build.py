@@ -35,6 +35,21 @@ def _refuse_set_aside(held: list[str], dropped: Iterable[str] | Mapping[str, str
     )
 
 
+def _refuse_nothing_to_train(labels: Sequence[str], dropped: Iterable[str] | Mapping[str, str], control: str) -> None:
+    """Refuse data without a perturbation group to train on (a model of the control cells alone learns no effect)."""
+    aside = list(dropped)
+    if any(lab not in set(aside) for lab in labels):
+        return
+    if aside:
+        why = "; ".join(f"{h!r}: {dropped[h]}" for h in aside[:5]) if isinstance(dropped, Mapping) else ""
+        found = f"all {len(aside)} perturbation groups were set aside ({why or 'too few cells'})"
+        fix = "lower min_cells_per_group to keep them"
+    else:
+        found, fix = f"the data hold only the control label {control!r}", "check the perturbation column and the control label"
+    raise DataValidationError(f"{found}, so there is no perturbation group to train on; expected at least one "
+                              f"besides the control (a model learns effects from them). Fix: {fix}.")
+
+
 def check_holdout(holdout: Iterable[str] | Any, labels: Sequence[str], *, control: str, dropped: Iterable[str],
                   perturbation_key: str) -> list[str]:
     """The holdout as a sorted list (a :class:`~bioworld.actions.Split`: its ``test``), refusing labels not
@@ -62,6 +77,7 @@ def check_holdout(holdout: Iterable[str] | Any, labels: Sequence[str], *, contro
             "measured against the control cells, so they cannot be held out). Fix: remove it from the holdout "
             "(CLI: --holdout)."
         )
+    _refuse_nothing_to_train(labels, dropped, control)
     dropped = set(dropped)
     kept = [lab for lab in labels if lab not in dropped]
     if kept and all(lab in held for lab in kept):
