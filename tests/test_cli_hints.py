@@ -215,3 +215,17 @@ def test_train_refuses_data_with_every_perturbation_group_set_aside(tmp_path):
                                  "no perturbation group to train on", "lower --min-cells")
     _check_hint("train", line)
     assert not (tmp_path / "m" / "bioworld.json").exists()
+
+
+def test_missing_labels_hint_is_for_the_command_line(tmp_path):
+    """Cells without a perturbation label (unassigned guides) were refused with a Python line as the CLI's fix
+    (adata = adata[adata.obs['perturbation'].notna()].copy())."""
+    labels = ["control"] * 30 + ["STAT1"] * 30 + ["IRF1"] * 28 + [None, None]
+    data = _h5ad(tmp_path / "d.h5ad")
+    a = ad.read_h5ad(data)
+    a.obs["perturbation"] = labels
+    a.write_h5ad(data)
+    line = assert_one_line_error(invoke("inspect", data), "2 empty or missing (NaN) labels",
+                                 "remove those cells: do so in the file, then run again")
+    _check_hint("inspect", line)
+    assert "adata" not in line.split("Fix:")[1]

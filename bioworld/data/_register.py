@@ -334,9 +334,9 @@ def _labels_of(adata: Any, key: str) -> pd.Series:
         examples = list(obs.index[bad][:3])
         raise DataValidationError(
             f"adata.obs[{key!r}] has {int(bad.sum())} empty or missing (NaN) labels (e.g. cells "
-            f"{_preview(examples)}); expected a perturbation label for every cell. Fix: fill them "
-            "(e.g. with the control label) or remove those cells: adata = adata[adata.obs"
-            f"[{key!r}].notna()].copy()."
+            f"{_preview(examples)}); expected a perturbation label for every cell (bioworld drops no cell "
+            "silently). Fix: fill them (e.g. with the control label if they are unperturbed) or remove those cells: "
+            f"adata=adata[adata.obs[{key!r}].notna()].copy() (CLI: do so in the file, then run again)."
         )
     labels = values.astype(str)
     uniq = pd.unique(labels)
