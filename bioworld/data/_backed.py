@@ -41,13 +41,21 @@ def open_backed(path: str | Path):
     p = Path(path)
     if not p.is_file():
         raise DataValidationError(f"{str(p)!r} does not exist; expected an .h5ad file to open backed (on disk)")
+    import warnings
+
+    from bioworld.data._io import _warn_repeated_cell_names
+
     try:
-        return ad.read_h5ad(p, backed="r")
+        with warnings.catch_warnings():  # said in bioworld's words below
+            warnings.filterwarnings("ignore", message="Observation names are not unique")
+            adata = ad.read_h5ad(p, backed="r")
     except Exception as e:  # noqa: BLE001 - h5py/anndata raise many types for broken files
         raise DataValidationError(
             f"could not open {str(p)!r} as a backed h5ad ({type(e).__name__}: {e}); expected an AnnData .h5ad "
             "file written by anndata. Fix: check the file is complete (re-copy it) and readable."
         ) from None
+    _warn_repeated_cell_names(adata, p)
+    return adata
 
 
 def is_backed(adata: Any) -> bool:

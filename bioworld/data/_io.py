@@ -166,13 +166,32 @@ def _read_h5ad(path: str | Path) -> Any:
     except ImportError:  # pragma: no cover - older/newer anndata layouts
         IORegistryError = ValueError  # type: ignore[misc,assignment]
     try:
-        return ad.read_h5ad(p)
+        with warnings.catch_warnings():  # said below in bioworld's words (anndata's names a Python method)
+            warnings.filterwarnings("ignore", message="Observation names are not unique")
+            adata = ad.read_h5ad(p)
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, IORegistryError) as exc:
         raise DataValidationError(
             f"{p} is an HDF5 file but could not be read as AnnData ({type(exc).__name__}: {exc}); "
             "expected the h5ad layout written by anndata. Fix: re-export it with a current "
             "anndata (adata.write_h5ad)."
         ) from exc
+    _warn_repeated_cell_names(adata, p)
+    return adata
+
+
+def _warn_repeated_cell_names(adata: Any, path: Path) -> None:
+    """A :class:`DataWarning` when cell names repeat: harmless for bioworld (cells are not keyed by name; answers
+    with a row per cell suffix repeats), said once, instead of anndata's advice to call a Python method."""
+    names = adata.obs_names
+    if names.is_unique:
+        return
+    repeated = names[names.duplicated()].unique().tolist()
+    warnings.warn(
+        f"{path.name}: {len(repeated)} cell name(s) (obs_names) occur more than once (e.g. {repeated[:3]}); bioworld "
+        "does not key cells by name, and answers with a row per cell suffix repeats -1, -2, ...",
+        DataWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def load_papalexi() -> Any:
