@@ -677,7 +677,9 @@ def train_cmd(
             compound_targets=None if compound_targets is None else _existing(compound_targets, "--compound-targets"),
             **kwargs,
         )
-        with _symbols_column_hint(adata, entities, kwargs.get("gene_symbols_key")):
+        from bioworld.data._backed import scan_progress
+
+        with _symbols_column_hint(adata, entities, kwargs.get("gene_symbols_key")), scan_progress(not quiet):
             if members > 1:
                 _train_ensemble(adata, out, train_config, wm_kwargs, members=members, calibrate_folds=calibrate_folds,
                                 overwrite=overwrite, quiet=quiet)

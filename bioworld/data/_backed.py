@@ -20,6 +20,8 @@ and standardises them with the model's control mean and gene spread.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -32,6 +34,24 @@ __all__ = ["BackedExpression", "is_backed", "iter_row_blocks", "normalize_block"
            "streaming_moments", "write_h5ad_chunks"]
 
 BLOCK_ROWS = 8192  # rows per block for streaming passes (bounded memory per pass)
+#: whether streaming passes over a backed X show a progress bar (off inside :func:`scan_progress`\ (False))
+_SHOW_SCANS: contextvars.ContextVar[bool] = contextvars.ContextVar("bioworld_show_scans", default=True)
+
+
+@contextlib.contextmanager
+def scan_progress(show: bool) -> Iterator[None]:
+    """Show (or hide) the progress bar of the data's streaming passes inside the block (``bioworld train --quiet``
+    hides it; the training bars take their own ``progress``)."""
+    token = _SHOW_SCANS.set(bool(show))
+    try:
+        yield
+    finally:
+        _SHOW_SCANS.reset(token)
+
+
+def scans_shown() -> bool:
+    """False inside ``scan_progress(False)``."""
+    return _SHOW_SCANS.get()
 
 
 def open_backed(path: str | Path):

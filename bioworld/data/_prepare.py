@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bioworld.data._backed import BackedExpression, is_backed, normalize_block, read_rows, streaming_moments
+from bioworld.data._backed import BackedExpression, is_backed, normalize_block, read_rows, scans_shown, streaming_moments
 from bioworld.data._register import Registration, _check_arguments, normalize, register
 from bioworld.errors import DataValidationError, user_stacklevel
 
@@ -93,7 +93,7 @@ def prepare(adata: Any, *, perturbation_key: str, control: str, dose_key: str | 
     is_ctrl = labels == control
     normalised = None
     if is_backed(adata):  # out of core: X stays on disk; one streaming pass for the statistics
-        ctrl_mean, _, spread = streaming_moments(adata.X, reg.input, is_ctrl, progress=True)
+        ctrl_mean, _, spread = streaming_moments(adata.X, reg.input, is_ctrl, progress=scans_shown())
         mu = ctrl_mean
         sd = np.maximum(spread, MIN_SPREAD).astype(np.float32)
         Xs: Any = BackedExpression(adata.X, reg.input, mu, sd)
