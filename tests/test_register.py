@@ -290,6 +290,20 @@ def test_dose_key_reads_molar_units_and_refuses_mixing_them_with_bare_numbers():
     _raises(adata, r"some doses with a unit .*'1 um'.* others without .*'0.1'", dose_key="dose", input="counts")
 
 
+def test_dose_key_with_bare_names_is_refused_not_ignored():
+    """WorldModel(adata, dose_key='dose') on bare compound names trained them as gene knockouts and ignored the
+    doses (the CLI joins NAME@DOSE itself); the finding even advised giving the doses in a dose column."""
+    adata = _counts(["DMSO"] * 4 + ["drugA"] * 4)
+    adata.obs["dose"] = [0.0] * 4 + [1.0] * 4
+    msg = _raises(adata, r"dose_key 'dose' is given but no label .* is a compound action NAME@DOSE", control="DMSO",
+                  dose_key="dose")
+    assert "compound_labels(adata, name_key='perturbation', dose_key='dose', control='DMSO')" in msg
+    from bioworld.data import compound_labels
+
+    key = compound_labels(adata, name_key="perturbation", dose_key="dose", control="DMSO")
+    assert register(adata, perturbation_key=key, control="DMSO", dose_key="dose").perturbations == {"drugA@1": 4}
+
+
 def test_dose_key_negative_placeholder():
     adata = _counts(["control"] * 4 + ["drug@1"] * 4)
     adata.obs["dose"] = [-666.0] * 4 + [1.0] * 4

@@ -20,27 +20,48 @@ _UNITS = {"pm": 1e-6, "nm": 1e-3, "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "mm
 _WITH_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([pnu\u00b5\u03bcm][mM])\s*$")
 
 
-def _one(value: Any) -> tuple[float, bool]:
-    """(dose, written with a unit); NaN when missing or unreadable."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return np.nan, False
-    number = pd.to_numeric(pd.Series([value], dtype=object), errors="coerce").iloc[0]
-    if pd.notna(number):
-        return float(number), False
-    match = _WITH_UNIT.match(str(value))
+def _with_unit(text: str) -> float | None:
+    """``'10uM'`` -> 10.0 (µM); None when ``text`` is not a number with a molar unit."""
+    match = _WITH_UNIT.match(text)
     if match is None:
-        return np.nan, False
-    return float(match.group(1)) * _UNITS[match.group(2).lower()], True
+        return None
+    try:
+        return float(match.group(1)) * _UNITS[match.group(2).lower()]
+    except (OverflowError, ValueError):
+        return None
+
+
+def _numbers(series: pd.Series) -> np.ndarray:
+    """The values that are numbers (NaN elsewhere), as floats."""
+    try:
+        return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    except (OverflowError, TypeError, ValueError):  # e.g. an integer beyond float range: value by value
+        out = np.full(len(series), np.nan)
+        for i, v in enumerate(series):
+            try:
+                out[i] = float(pd.to_numeric(pd.Series([v], dtype=object), errors="coerce").iloc[0])
+            except (OverflowError, TypeError, ValueError):
+                pass
+        return out
 
 
 def parse_doses(values: Any) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """``values`` (a dose column) -> (doses as floats, NaN where missing or unreadable; which values carried a
     molar unit; each distinct value with a unit -> its dose in µM). Numbers without a unit are kept as they are."""
     series = pd.Series(values, dtype=object).reset_index(drop=True)
-    parsed = [_one(v) for v in series]
-    doses = np.array([d for d, _ in parsed], dtype=float)
-    with_unit = np.array([u for _, u in parsed], dtype=bool)
-    converted = {str(series[i]): float(doses[i]) for i in np.flatnonzero(with_unit)}
+    doses = _numbers(series)
+    with_unit = np.zeros(len(series), dtype=bool)
+    rest = np.isnan(doses) & series.notna().to_numpy()
+    converted: dict[str, float] = {}
+    for text in pd.unique(series[rest].astype(str)):  # each distinct text once (a column of a million cells)
+        value = _with_unit(str(text))
+        if value is not None:
+            converted[str(text)] = value
+    if converted:
+        texts = series.astype(str).to_numpy()
+        hit = rest & np.isin(texts, list(converted))
+        doses[hit] = [converted[t] for t in texts[hit]]
+        with_unit = hit
     return doses, with_unit, converted
 
 

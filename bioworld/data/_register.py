@@ -384,6 +384,21 @@ def _other_control_labels(counts: pd.Series, control: str) -> list[str]:
             f"{control!r} (one control label per screen)"]
 
 
+def _check_doses_used(labels: pd.Series, control: str, key: str, dose_key: str) -> None:
+    """Refuse a dose column next to labels none of which is a compound action ``NAME@DOSE``: the doses would be
+    ignored and the bare names trained as gene knockouts (the CLI joins them itself; the Python API does not)."""
+    treated = pd.unique(labels[labels != control])
+    if len(treated) == 0 or any("@" in str(u) for u in treated):
+        return
+    raise DataValidationError(
+        f"dose_key {dose_key!r} is given but no label in obs[{key!r}] is a compound action NAME@DOSE (e.g. "
+        f"{_preview(treated[:2])}), so the doses would be ignored and the names trained as gene knockouts; expected "
+        "NAME@DOSE labels. Fix: join names and doses first, bioworld.data.compound_labels(adata, "
+        f"name_key={key!r}, dose_key={dose_key!r}, control={control!r}), then pass "
+        "perturbation_key='bw_perturbation' (the CLI's --dose-key does this itself), or leave out dose_key."
+    )
+
+
 def _check_obs_key(adata: Any, key: str | None, what: str) -> None:
     if key is not None and key not in adata.obs.columns:
         close = difflib.get_close_matches(key, [str(c) for c in adata.obs.columns], n=3, cutoff=0.5)
@@ -693,6 +708,7 @@ def register(
     findings: list[str] = []
     if dose_key is not None:
         findings += _check_dose(adata, dose_key)
+        _check_doses_used(labels, control, perturbation_key, dose_key)
     stats = _value_stats(adata.X, rows=True) if adata.X is not None else None  # one pass: values and empty cells
     findings += _check_matrix(adata, input, stats)
     genes, gene_findings, symbols_key = _resolve_genes(adata, gene_symbols_key, id_map, inplace)
