@@ -390,3 +390,11 @@ def test_labels_given_twice_hint_names_the_option(ids_model, tmp_path):
                                         "--intervention", "STAT1", "--intervention", "STAT1",
                                         "--out", tmp_path / "c.h5ad"), "--intervention with each label once")
     assert "dict.fromkeys" not in line
+
+
+def test_silence_of_an_entity_in_another_case_names_it_with_a_fix(ids_model, tmp_path):
+    """'silence:jak-stat' had close matches but no 'Fix:' saying what to write."""
+    result = invoke("counterfactual", ids_model / "model", "--cells", ids_model / "screen.h5ad",
+                    "--intervention", "silence:jak-stat", "--out", tmp_path / "c.h5ad")
+    assert_one_line_error(result, "cannot silence 'jak-stat'", "['JAK-STAT']", "Fix: silence one of them, e.g. "
+                          "silence:JAK-STAT")

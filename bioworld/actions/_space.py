@@ -212,9 +212,11 @@ class ActionSpace:
                     "symbol (HGNC, case-sensitive), or train on data where it was perturbed." + _compound_hint(p.target)
                 )
             if kind == Kind.SILENCE and p.target not in self._ent_pos:
+                near = close_matches(p.target, self.entity_names)
                 raise UnknownPerturbationError(
                     f"cannot silence {p.target!r}: not one of the model's {len(self.entity_names)} entities; "
-                    f"close matches: {close_matches(p.target, self.entity_names) or 'none'}"
+                    f"close matches: {near or 'none'}. Fix: silence one of them, e.g. "
+                    f"silence:{(near or list(self.entity_names))[0]} (wm.entity_names lists them)"
                 )
             if kind == Kind.COMPOUND:
                 self._check_compound(p)
