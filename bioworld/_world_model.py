@@ -205,7 +205,7 @@ class WorldModel:
     def _view(self):
         from bioworld.query._verbs import ModelView
         return ModelView(self.var_names, self.entity_names, self.genes, self._to_scale, self.scale_name,
-                         self.describe(), self.train_config.seed, dict(self.registration.dropped))
+                         self._state.answer_provenance(), self.train_config.seed, dict(self.registration.dropped))
 
     def _to_scale(self, x_std: np.ndarray) -> np.ndarray:
         return x_std * self.sd + self.mu

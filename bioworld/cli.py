@@ -170,7 +170,7 @@ IdMapOption = Annotated[Optional[str], typer.Option(
 LayerOption = Annotated[Optional[str], typer.Option(
     "--layer", metavar="NAME",
     help="Read the expression from the file's layers[NAME] instead of X (e.g. 'counts' when X holds normalised "
-         "values and the raw counts are in a layer).")]
+         "values and the raw counts are in a layer; 'raw': the file's .raw, where scanpy keeps them).")]
 
 
 def _load_data(data: str, backed: bool = False, layer: str | None = None) -> tuple[Any, str]:
@@ -192,10 +192,13 @@ def _load_data(data: str, backed: bool = False, layer: str | None = None) -> tup
     elif data == "l1000":
         adata, source = bwdata.load_l1000(), "bundled LINCS L1000 A375 (compounds/l1000_a375_lincs_dose_response.h5ad)"
     else:
-        return bwdata.read_h5ad(data, layer=layer), str(data) + ("" if layer is None else f" (X = layers[{layer!r}])")
+        adata, source = bwdata.read_h5ad(data), str(data)
     if layer is not None:
-        bwdata.use_layer(adata, layer, source=source)
-    return adata, source + ("" if layer is None else f" (X = layers[{layer!r}])")
+        adata = bwdata.use_layer(adata, layer, source=source)
+    if layer is None:
+        return adata, source
+    from_raw = layer == "raw" and "raw" not in adata.layers  # use_layer read adata.raw
+    return adata, source + (" (X = .raw)" if from_raw else f" (X = layers[{layer!r}])")
 
 
 def _suggested_kwargs(adata: Any) -> dict[str, Any]:
@@ -674,7 +677,9 @@ def train_cmd(
             compound_targets=None if compound_targets is None else _existing(compound_targets, "--compound-targets"),
             **kwargs,
         )
-        with _symbols_column_hint(adata, entities, kwargs.get("gene_symbols_key")):
+        from bioworld.data._backed import scan_progress
+
+        with _symbols_column_hint(adata, entities, kwargs.get("gene_symbols_key")), scan_progress(not quiet):
             if members > 1:
                 _train_ensemble(adata, out, train_config, wm_kwargs, members=members, calibrate_folds=calibrate_folds,
                                 overwrite=overwrite, quiet=quiet)

@@ -45,8 +45,10 @@ class OutputError(BioworldError):
 
 
 def preview(items, n: int = 5) -> str:
-    """``'a', 'b', ... (12 in total)``: the first ``n`` items for an error or summary message."""
+    """``'a', 'b', ... (12 in total)``: the first ``n`` items for an error or summary message; ``none`` for none."""
     items = list(items)
+    if not items:
+        return "none"
     shown = ", ".join(repr(i) for i in items[:n])
     return shown + (f", ... ({len(items)} in total)" if len(items) > n else "")
 

@@ -138,7 +138,8 @@ def _err(label, **kw) -> str:
         ("x@abc", ["not a number"]),
         ("x@nan", ["not a number"]),
         ("x@1uM", ["unit suffix 'uM'", "x@1", "data's"]),
-        ("x@10 nM", ["unit suffix 'nM'"]),
+        ("x@10 nM", ["unit suffix 'nM'", "x@0.01 when the data's doses are in µM"]),  # was: 'e.g. x@10'
+        ("x@10ug/ml", ["unit suffix 'ug/ml'", "e.g. x@10"]),
         ("x@1µM", ["unit suffix 'µM'"]),
         ("x@", ["empty dose"]),
         ("@1", ["without a compound name"]),

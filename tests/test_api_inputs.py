@@ -125,6 +125,17 @@ def test_panel_error_names_repeated_genes_and_where_the_genes_are(tiny_trained, 
                           cells.X.toarray() if hasattr(cells.X, "toarray") else cells.X)
 
 
+def test_panel_error_names_genes_in_another_case_and_says_how_to_fix():
+    """Cells whose genes are the model's in lower case were 'missing 2 and extra 2' with no word on the case and
+    no 'Fix:'."""
+    from bioworld.data._prepare import align_panel
+
+    cells = ad.AnnData(np.ones((3, 3), np.float32), var=pd.DataFrame(index=["stat1", "irf1", "JAK2"]))
+    with pytest.raises(DataValidationError, match=r"2 missing gene\(s\) are in the cells in another case \(e.g. "
+                       r"'stat1' for 'STAT1', 'irf1' for 'IRF1'\).* Fix: "):
+        align_panel(cells, ["STAT1", "IRF1", "JAK2"])
+
+
 def test_world_model_arguments_of_the_wrong_kind(small_sim):
     a = small_sim.adata
     with pytest.raises(DataValidationError, match="adata is a DataFrame; expected an AnnData"):
@@ -188,7 +199,7 @@ def test_normalised_cells_for_a_counts_model_name_the_counts_layer(tiny_trained,
         tiny_trained.counterfactual(c, ["P2_DRV1"])
     assert "input='log'" not in str(err.value).split("Fix:")[1]
     del c.layers["counts"]
-    with pytest.raises(DataValidationError, match="give the cells' raw counts in X"):
+    with pytest.raises(DataValidationError, match="give the cells' raw counts; no layer or .raw holds integer counts"):
         tiny_trained.predict(["P2_DRV1"], cells=c)
     c.X = cells.X.copy()  # raw counts again: answered
     assert tiny_trained.counterfactual(c, ["P2_DRV1"]).n_obs == c.n_obs

@@ -197,6 +197,7 @@ def test_cli_train_backed(sim_file, tmp_path):
                                  "replicate", "--config", str(cfg), "--backed", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "model saved" in r.output
+    assert "scanning cells" not in r.output  # --quiet: no progress bar of the streaming pass either (it showed)
     wm = bw.WorldModel.load(out)
     assert wm.train_config.block_size == CFG["block_size"]  # the out-of-core settings travel in the checkpoint
     pred = wm.predict(["control"])

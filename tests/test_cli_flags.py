@@ -173,6 +173,28 @@ def test_dose_key_refuses_treated_cells_without_a_dose(plate, tmp_path):
     assert_one_line_error(result, "1 treated cells", "non-numeric", "pert_dose")
 
 
+def test_dose_key_reads_doses_written_with_units(plate, tmp_path):
+    """'10uM' / '500 nM' / '0.5 µM' in the dose column were refused as non-numeric; now NAME@DOSE labels in µM,
+    with a warning naming each conversion. A treated cell without a dose names its compound, no Python in the
+    hint and no np.str_ repr."""
+    a = _raw_compound_plate()
+    unit = {0.0: "0", 0.5: "500 nM", 10.0: "10uM"}
+    dose = [unit[float(d)] for d in a.obs["pert_dose"]]
+    dose[-1] = "0.5 \u00b5M"  # the last caffeine@10 well: not the same dose as its group, still read
+    a.obs["pert_dose"] = dose
+    path = _write(a, tmp_path / "units.h5ad")
+    args = ("--perturbation-key", "pert_iname", "--dose-key", "pert_dose", "--input", "log", "--control", "DMSO")
+    result = invoke("inspect", path, *args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "doses 0.5, 10" in result.stdout
+    assert "'500 nM' -> 0.5" in result.stderr and "'10uM' -> 10" in result.stderr and "µM" in result.stderr
+    dose[9] = np.nan
+    a.obs["pert_dose"] = dose
+    line = assert_one_line_error(invoke("inspect", _write(a, tmp_path / "nan.h5ad"), *args), "1 treated cells",
+                                 "['aspirin']", "['nan']")
+    assert "adata" not in line and "np.str_" not in line
+
+
 def test_dose_key_missing_control_names_the_cli_flag(plate):
     result = invoke("inspect", plate / "plate.h5ad", "--perturbation-key", "pert_iname", "--dose-key", "pert_dose",
                     "--input", "log")

@@ -183,3 +183,49 @@ def test_the_entry_point_keeps_help_version_and_a_bare_command(capsys):
         assert exit_.value.code == code, argv
     out = capsys.readouterr().out
     assert "bioworld" in out and "Usage" in out  # the version line, the command's help and the bare help
+
+
+def test_holdout_of_a_set_aside_group_says_so(tmp_path):
+    """--holdout naming a group that registration set aside (fewer cells than --min-cells) was told the label 'is
+    not a perturbation of this data', which it is."""
+    rng = np.random.default_rng(0)
+    labels = ["control"] * 8 + ["STAT1"] * 6 + ["IRF1"] * 2
+    a = ad.AnnData(rng.poisson(3, (len(labels), len(GENES))).astype(np.float32),
+                   obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+                   var=pd.DataFrame(index=GENES))
+    a.write_h5ad(tmp_path / "d.h5ad")
+    line = assert_one_line_error(invoke("train", tmp_path / "d.h5ad", "--out", tmp_path / "m", "--holdout", "IRF1",
+                                        "--max-steps", 1), "['IRF1'] are in the data", "set aside",
+                                 "'IRF1': 2 cells < --min-cells 3", "lower --min-cells")
+    assert "not perturbations of this data" not in line
+    _check_hint("train", line)
+
+
+def test_train_refuses_data_with_every_perturbation_group_set_aside(tmp_path):
+    """--min-cells above every group's size trained (and saved) a model of the control cells alone: it answered
+    every perturbation with no effect, its card saying only 'no perturbation group besides the control is kept'."""
+    rng = np.random.default_rng(0)
+    labels = ["control"] * 40 + ["STAT1"] * 10 + ["IRF1"] * 10
+    a = ad.AnnData(rng.poisson(3, (len(labels), len(GENES))).astype(np.float32),
+                   obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+                   var=pd.DataFrame(index=GENES))
+    a.write_h5ad(data := tmp_path / "d.h5ad")
+    line = assert_one_line_error(invoke("train", data, "--out", tmp_path / "m", "--min-cells", 11, "--max-steps", 1),
+                                 "all 2 perturbation groups were set aside", "10 cells < --min-cells 11",
+                                 "no perturbation group to train on", "lower --min-cells")
+    _check_hint("train", line)
+    assert not (tmp_path / "m" / "bioworld.json").exists()
+
+
+def test_missing_labels_hint_is_for_the_command_line(tmp_path):
+    """Cells without a perturbation label (unassigned guides) were refused with a Python line as the CLI's fix
+    (adata = adata[adata.obs['perturbation'].notna()].copy())."""
+    labels = ["control"] * 30 + ["STAT1"] * 30 + ["IRF1"] * 28 + [None, None]
+    data = _h5ad(tmp_path / "d.h5ad")
+    a = ad.read_h5ad(data)
+    a.obs["perturbation"] = labels
+    a.write_h5ad(data)
+    line = assert_one_line_error(invoke("inspect", data), "2 empty or missing (NaN) labels",
+                                 "remove those cells: do so in the file, then run again")
+    _check_hint("inspect", line)
+    assert "adata" not in line.split("Fix:")[1]

@@ -122,3 +122,44 @@ def test_layer_with_backed_or_nproc_is_refused(files, tmp_path):
                           "--backed", "--layer")
     assert_one_line_error(invoke("train", scverse, "--out", tmp_path / "m2", "--nproc", "2", "--layer", "counts"),
                           "--nproc 2 does not combine with", "--layer")
+
+
+def _raw_layout(counts: ad.AnnData, keep_genes: int | None = None) -> ad.AnnData:
+    """scanpy's other layout: the counts in .raw (adata.raw = adata before normalising), log values in X, X
+    perhaps cut to fewer genes (highly variable ones) than .raw holds."""
+    scverse = _scverse_layout(counts)
+    raw = ad.AnnData(X=scverse.layers["counts"], obs=scverse.obs.copy(), var=scverse.var.copy())
+    out = ad.AnnData(X=scverse.X, obs=scverse.obs.copy(), var=scverse.var.copy())
+    out.raw = raw
+    return out if keep_genes is None else out[:, :keep_genes].copy()
+
+
+def test_layer_raw_reads_the_counts_scanpy_keeps_in_raw(files, tmp_path):
+    """Counts kept in .raw (no layers) could not be read: the error hinted '--layer counts', which the file has
+    not, and '--layer raw' was 'not found'. Now --layer raw reads .raw (its genes, also when X has fewer) and the
+    hint names it."""
+    _, plain, _, gmt = files
+    ref = ad.read_h5ad(plain)
+    for keep in (None, 5):
+        path = tmp_path / f"raw_{keep}.h5ad"
+        _raw_layout(ref, keep).write_h5ad(path)
+        a = bw.data.read_h5ad(path, layer="raw")
+        assert list(a.var_names) == list(ref.var_names) and a.uns["bioworld"]["loader"]["layer"] == "raw"
+        np.testing.assert_array_equal(np.asarray(a.X.todense()), np.asarray(ref.X.todense() if sp.issparse(ref.X)
+                                                                               else ref.X))
+        result = invoke("inspect", path, "--entities", gmt, "--layer", "raw")
+        assert result.exit_code == 0, result.output
+        assert "X = .raw" in result.stdout and f"x {ref.n_vars} genes" in result.stdout
+        line = assert_one_line_error(invoke("inspect", path, "--entities", gmt), "looks log-normalised", "--layer raw")
+        assert "--layer counts" not in line and "adata" not in line.split("Fix:")[1]
+    line = assert_one_line_error(invoke("inspect", path, "--layer", "counts"), "layer 'counts' not found", "'raw'")
+
+
+def test_counts_hint_without_counts_anywhere_names_no_layer_the_file_lacks(files, tmp_path):
+    """X of log values and no layer or .raw of counts: the hint said '--layer counts' (a layer the file lacks)."""
+    _, plain, _, _ = files
+    scverse = _scverse_layout(ad.read_h5ad(plain))
+    del scverse.layers["counts"]
+    scverse.write_h5ad(tmp_path / "log_only.h5ad")
+    line = assert_one_line_error(invoke("inspect", tmp_path / "log_only.h5ad"), "looks log-normalised", "--layer NAME")
+    assert "--layer counts" not in line

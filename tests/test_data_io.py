@@ -311,3 +311,25 @@ def test_read_gears_output_registers(tmp_path):
     assert reg.control_n_cells == 4
     assert reg.perturbations == {"STAT1": 3, "IRF1+STAT1": 3}  # B+A and A+B merged
     assert reg.genes == ["STAT1", "IRF1"]
+
+
+def test_repeated_cell_names_are_one_bioworld_warning_without_python_advice(tmp_path):
+    """A file with repeated obs_names showed anndata's 'call `.obs_names_make_unique`' (a Python method) on the
+    command line; it is one DataWarning in bioworld's words, from read_h5ad and from open_backed alike."""
+    from bioworld.data import open_backed, read_h5ad
+
+    a = ad.AnnData(np.ones((4, 2), np.float32), obs=pd.DataFrame(index=["x", "x", "y", "z"]))
+    path = tmp_path / "dup.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.write_h5ad(path)
+    for read in (read_h5ad, open_backed):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            read(path)
+        texts = [str(w.message) for w in caught]
+        assert not any("obs_names_make_unique" in t for t in texts), texts
+        assert [t for t in texts if "cell name(s)" in t] == [
+            "dup.h5ad: 1 cell name(s) (obs_names) occur more than once (e.g. ['x']); bioworld does not key cells by "
+            "name, and answers with a row per cell suffix repeats -1, -2, ..."], texts
+        assert all(w.category is DataWarning for w in caught if "cell name(s)" in str(w.message))

@@ -358,6 +358,25 @@ def test_map_no_overlap_error_explains(toy):
         map_to_panel(toy, ["g1", "g2", "g3"])
 
 
+def test_map_reports_panel_genes_that_match_only_ignoring_case(toy):
+    """A panel with some genes in another case ('g3', 'g4' for G3, G4) mapped with no word about it: those
+    genes were silently uncovered whenever some other gene matched (only a panel with no match at all said so)."""
+    pm = map_to_panel(toy, ["G1", "G2", "g3", "g4", "X"], min_genes=2)
+    assert pm.uncovered_genes == ["g3", "g4", "X"]
+    assert pm.case_mismatches == [("g3", "G3"), ("g4", "G4")]
+    assert "2 uncovered panel gene(s) match entity genes only ignoring case ('g3' vs 'G3', 'g4' vs 'G4')" \
+        in pm.summary()
+    assert map_to_panel(toy, ["G4", "G3", "G2", "G1", "X"], min_genes=2).case_mismatches == []
+
+
+def test_build_slots_reports_case_mismatches_as_a_finding(toy):
+    from bioworld.entities._slots import build_slots
+
+    slots = build_slots(toy, ["G1", "G2", "g3", "g4", "X"], min_genes=2, nmf_programs=0,
+                        nmf_input=lambda idx: np.zeros((4, len(idx))), seed=0)
+    assert any("match entity genes only ignoring case" in f for f in slots.findings), slots.findings
+
+
 def test_map_duplicated_panel_genes(toy):
     with pytest.raises(EntityError, match="duplicated panel genes"):
         map_to_panel(toy, ["G1", "G2", "G1"])

@@ -200,3 +200,16 @@ def test_a_panel_the_bundled_gene_sets_do_not_name_gets_only_its_own_genes(tiny_
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
         assert _in_namespace(["MEP1A", "TP53", "STAT2"], human) == ["MEP1A", "TP53", "STAT2"]
+
+
+def test_goal_on_an_unknown_entity_lists_entities_and_matches_case():
+    """'down:jak-stat' on a model with 'JAK-STAT' said 'close matches: none' (difflib is case-sensitive) and sent a
+    CLI user to bioworld.json for the names."""
+    from bioworld.query._planner import Goal
+
+    names = ["HALLMARK_APOPTOSIS", "JAK-STAT", "MAPK"]
+    with pytest.raises(BioworldError) as err:
+        Goal.parse("down:jak-stat", entity_names=names)
+    msg = str(err.value)
+    assert "close matches: ['JAK-STAT']" in msg and "e.g. down:JAK-STAT" in msg and "'MAPK'" in msg
+    assert "bioworld.json" not in msg

@@ -232,6 +232,35 @@ def test_ensembl_with_custom_map_and_bad_map():
     _raises(_counts(LABELS, var_names=ENSEMBL), "expected None, 'auto'", id_map="yes")
 
 
+def test_gene_symbols_key_with_missing_and_shared_symbols():
+    """A symbols column next to unique ids, as 10x files hold it: a symbol shared by two ids was refused with the
+    hint 'adata.var_names_make_unique()' (the var_names were unique already), a missing one refused too. Now the
+    id-map rule: shared symbols suffixed -1, -2, ..., missing ones keep the id; both findings."""
+    adata = _counts(LABELS, var_names=ENSEMBL)
+    adata.var["symbol"] = ["STAT1", "IRF1", "STAT1", None, "TP53", ""]
+    reg = register(adata, gene_symbols_key="symbol")
+    assert reg.genes == ["STAT1", "IRF1", "STAT1-1", "ENSG00000111640", "TP53", "ENSG00000000000"]
+    assert any("2 gene(s) without a symbol keep their var_name" in f for f in reg.findings), reg.findings
+    assert any("1 symbol(s) shared by several genes (e.g. 'STAT1')" in f for f in reg.findings), reg.findings
+
+
+def test_missing_perturbation_column_on_an_obs_without_columns():
+    """Cells with no obs column at all read 'available columns: .' (an empty list shown as nothing)."""
+    adata = _counts(LABELS)
+    adata.obs = adata.obs.drop(columns=["perturbation"])
+    _raises(adata, r"available columns: none\. Fix")
+
+
+def test_a_second_control_like_label_is_a_finding():
+    """'non-targeting' next to the control 'NT' (two names for control guides) was trained as a perturbation named
+    'non-targeting' with no word about it."""
+    adata = _counts(["NT"] * 4 + ["non-targeting"] * 4 + ["A"] * 4)
+    reg = register(adata, control="NT")
+    assert any("'non-targeting' (4 cells) reads like a control label but the control is 'NT'" in f
+               for f in reg.findings), reg.findings
+    assert not any("reads like a control" in f for f in register(_counts(["NT"] * 4 + ["A"] * 4), control="NT").findings)
+
+
 def test_gene_symbols_key_absent(toy):
     msg = _raises(toy, "gene_symbols_key 'symbol' is not a column of adata.var", gene_symbols_key="symbol")
     assert "available columns" in msg
@@ -245,9 +274,34 @@ def test_gene_symbols_key_used(toy):
 
 def test_dose_key_non_numeric():
     adata = _counts(["control"] * 4 + ["drug@1"] * 4)
-    adata.obs["dose"] = ["0"] * 4 + ["1 um", "1 um", "1", "1"]
+    adata.obs["dose"] = ["0"] * 4 + ["1 furlong", "1 furlong", "1", "1"]
     msg = _raises(adata, "2 non-numeric values", dose_key="dose", input="counts")
-    assert "'1 um'" in msg and "Fix" in msg
+    assert "'1 furlong'" in msg and "Fix" in msg and "str.replace" not in msg
+
+
+def test_dose_key_reads_molar_units_and_refuses_mixing_them_with_bare_numbers():
+    """'1 um' / '100nM' / '0.1 µM' were refused as non-numeric (with a hint, .str.replace(' um', ''), that missed
+    '1uM' and 'nM'); they are read in µM and reported. Bare non-zero numbers next to them are ambiguous."""
+    adata = _counts(["control"] * 4 + ["drug@1"] * 2 + ["drug@0.1"] * 2)
+    adata.obs["dose"] = ["0"] * 4 + ["1 um", "1uM", "100nM", "0.1 \u00b5M"]
+    reg = register(adata, dose_key="dose", input="counts")
+    assert any("read in µM" in f and "'100nM' -> 0.1" in f for f in reg.findings), reg.findings
+    adata.obs["dose"] = ["0"] * 4 + ["1 um", "1uM", "0.1", "0.1"]
+    _raises(adata, r"some doses with a unit .*'1 um'.* others without .*'0.1'", dose_key="dose", input="counts")
+
+
+def test_dose_key_with_bare_names_is_refused_not_ignored():
+    """WorldModel(adata, dose_key='dose') on bare compound names trained them as gene knockouts and ignored the
+    doses (the CLI joins NAME@DOSE itself); the finding even advised giving the doses in a dose column."""
+    adata = _counts(["DMSO"] * 4 + ["drugA"] * 4)
+    adata.obs["dose"] = [0.0] * 4 + [1.0] * 4
+    msg = _raises(adata, r"dose_key 'dose' is given but no label .* is a compound action NAME@DOSE", control="DMSO",
+                  dose_key="dose")
+    assert "compound_labels(adata, name_key='perturbation', dose_key='dose', control='DMSO')" in msg
+    from bioworld.data import compound_labels
+
+    key = compound_labels(adata, name_key="perturbation", dose_key="dose", control="DMSO")
+    assert register(adata, perturbation_key=key, control="DMSO", dose_key="dose").perturbations == {"drugA@1": 4}
 
 
 def test_dose_key_negative_placeholder():

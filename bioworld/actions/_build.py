@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from bioworld.actions._parse import parse_action
 from bioworld.actions._space import ActionSpace, GeneFeatureTable, compound_bank_of, compound_features_for
@@ -23,6 +23,33 @@ class DataActions:
     meta: dict[str, Any] = field(default_factory=dict)  # knowledge provenance (kmeta)
 
 
+def _refuse_set_aside(held: list[str], dropped: Iterable[str] | Mapping[str, str]) -> None:
+    """Refuse holdout labels whose groups registration set aside (too few cells): neither trained nor held out."""
+    if not held:
+        return
+    why = "; ".join(f"{h!r}: {dropped[h]}" for h in held) if isinstance(dropped, Mapping) else "too few cells"
+    raise DataValidationError(
+        f"holdout labels {held} are in the data but their groups were set aside ({why}), so they are neither "
+        "trained on nor held out; expected labels of groups the model keeps. Fix: lower min_cells_per_group to "
+        "keep them, or leave them out of the holdout (CLI: --holdout)."
+    )
+
+
+def _refuse_nothing_to_train(labels: Sequence[str], dropped: Iterable[str] | Mapping[str, str], control: str) -> None:
+    """Refuse data without a perturbation group to train on (a model of the control cells alone learns no effect)."""
+    aside = list(dropped)
+    if any(lab not in set(aside) for lab in labels):
+        return
+    if aside:
+        why = "; ".join(f"{h!r}: {dropped[h]}" for h in aside[:5]) if isinstance(dropped, Mapping) else ""
+        found = f"all {len(aside)} perturbation groups were set aside ({why or 'too few cells'})"
+        fix = "lower min_cells_per_group to keep them"
+    else:
+        found, fix = f"the data hold only the control label {control!r}", "check the perturbation column and the control label"
+    raise DataValidationError(f"{found}, so there is no perturbation group to train on; expected at least one "
+                              f"besides the control (a model learns effects from them). Fix: {fix}.")
+
+
 def check_holdout(holdout: Iterable[str] | Any, labels: Sequence[str], *, control: str, dropped: Iterable[str],
                   perturbation_key: str) -> list[str]:
     """The holdout as a sorted list (a :class:`~bioworld.actions.Split`: its ``test``), refusing labels not
@@ -30,6 +57,7 @@ def check_holdout(holdout: Iterable[str] | Any, labels: Sequence[str], *, contro
     holdout = getattr(holdout, "test", () if holdout is None else holdout)
     held = sorted({holdout} if isinstance(holdout, str) else {str(h) for h in holdout})  # one label, not its letters
     known = set(labels) | {control}
+    _refuse_set_aside([h for h in held if h not in known and h in set(dropped)], dropped)
     unknown = [h for h in held if h not in known]
     if unknown:
         import difflib
@@ -49,6 +77,7 @@ def check_holdout(holdout: Iterable[str] | Any, labels: Sequence[str], *, contro
             "measured against the control cells, so they cannot be held out). Fix: remove it from the holdout "
             "(CLI: --holdout)."
         )
+    _refuse_nothing_to_train(labels, dropped, control)
     dropped = set(dropped)
     kept = [lab for lab in labels if lab not in dropped]
     if kept and all(lab in held for lab in kept):
@@ -68,8 +97,8 @@ def build_actions(perturbations: Sequence[str], *, control: str, dropped: Iterab
     False/None), compound features from ``smiles`` / the knowledge, the retrieval bank of training targets."""
     uniq = [control] + list(perturbations)
     actions = {lab: parse_action(lab, control_labels=(control, "control")) for lab in uniq}
-    dropped = set(dropped)
     held = check_holdout(holdout, uniq[1:], control=control, dropped=dropped, perturbation_key=perturbation_key)
+    dropped = set(dropped)
     genes_src = GeneFeatureTable.from_entities(entity_set)
     meta: dict[str, Any] = {}
     if knowledge is not False and knowledge is not None:  # genes and compounds grounded in curated knowledge

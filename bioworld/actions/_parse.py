@@ -336,6 +336,21 @@ def _parse_strength(text: str, component: str, gene: str) -> float:
     return value
 
 
+def _unit_example(text: str, name: str) -> str:
+    """The label a dose with a unit becomes: in µM for a molar unit (a dose column written with units is read in
+    µM), else the number alone (``10uM`` -> ``NAME@10``, ``100nM`` -> ``NAME@0.1``)."""
+    import numpy as np
+
+    from bioworld.data._doses import parse_doses
+
+    dose, with_unit, _ = parse_doses([text])
+    if with_unit[0]:
+        value = np.format_float_positional(float(dose[0]), trim="-")
+        return f"e.g. {name}@{value} when the data's doses are in µM (as doses written with units are read)"
+    number = text[: _NUMBER_WITH_UNIT.fullmatch(text).start(1)].strip()
+    return f"e.g. {name}@{number}"
+
+
 def _parse_dose(text: str, component: str, name: str) -> float:
     if not text:
         raise _fail(f"empty dose in {component!r}", "a number >= 0 after '@'", f"Write e.g. {name}@1.")
@@ -345,11 +360,10 @@ def _parse_dose(text: str, component: str, name: str) -> float:
         return float(text)
     unit = _NUMBER_WITH_UNIT.fullmatch(text)
     if unit:
-        number = text[: unit.start(1)].strip()
         raise _fail(
             f"dose {text!r} with a unit suffix {unit.group(1)!r} in {component!r}",
             "a plain number in the data's dose unit",
-            f"Convert to the unit of your data's dose column and drop the suffix, e.g. {name}@{number}.",
+            f"Convert to the unit of your data's dose column and drop the suffix, {_unit_example(text, name)}.",
         )
     raise _fail(f"dose {text!r} in {component!r} is not a number", "a plain number >= 0 (e.g. 0.5, 10, 1e-3)",
                 f"Write e.g. {name}@1.")

@@ -206,19 +206,38 @@ class ActionSpace:
         for p in action.components:
             kind = Kind.of(p.kind)
             if kind in GENETIC_KINDS and not self.genes.knows(p.target) and p.target not in self._bank_pos:
-                near = close_matches(p.target, self.genes.genes)
                 raise UnknownPerturbationError(
                     f"gene {p.target!r} was not a training target and is in no entity, regulon or GO set the model "
-                    f"knows, so its effect cannot be predicted; close matches: {near or 'none'}. Check the symbol "
-                    "(HGNC, case-sensitive), or train on data where it was perturbed." + _compound_hint(p.target)
+                    f"knows, so its effect cannot be predicted; {self._near_targets(p.target)}. Fix: check the "
+                    "symbol (HGNC, case-sensitive), or train on data where it was perturbed." + _compound_hint(p.target)
                 )
             if kind == Kind.SILENCE and p.target not in self._ent_pos:
+                near = close_matches(p.target, self.entity_names)
                 raise UnknownPerturbationError(
                     f"cannot silence {p.target!r}: not one of the model's {len(self.entity_names)} entities; "
-                    f"close matches: {close_matches(p.target, self.entity_names) or 'none'}"
+                    f"close matches: {near or 'none'}. Fix: silence one of them, e.g. "
+                    f"silence:{(near or list(self.entity_names))[0]} (wm.entity_names lists them)"
                 )
             if kind == Kind.COMPOUND:
                 self._check_compound(p)
+
+    def _near_targets(self, target: str) -> str:
+        """Close matches of an unknown genetic target among the training targets and the known genes; the gene
+        of a guide-level name (``STAT1_sg3`` -> ``STAT1``) when the model knows it."""
+        from bioworld.actions._knowledge import _GUIDE, _SEPARATORS
+
+        def known(gene: str) -> bool:
+            return self.genes.knows(gene) or gene in self._bank_pos
+
+        near = close_matches(target, [*self.gene_bank, *self.genes.genes])
+        text = f"close matches: {near or 'none'}"
+        guide = _GUIDE.match(target)
+        parts = [p for p in _SEPARATORS.split(target) if p]
+        if guide and known(guide.group(1)):
+            text += f"; {target!r} looks like a guide of {guide.group(1)!r}: ask for {guide.group(1)!r} (its knockout)"
+        elif len(parts) > 1 and all(known(p) for p in parts):
+            text += f"; {target!r} looks like a combination: write it {'+'.join(parts)!r}"
+        return text
 
     def _check_compound(self, p: Any) -> None:
         if self.compounds is None:

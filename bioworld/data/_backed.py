@@ -20,6 +20,8 @@ and standardises them with the model's control mean and gene spread.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -32,6 +34,24 @@ __all__ = ["BackedExpression", "is_backed", "iter_row_blocks", "normalize_block"
            "streaming_moments", "write_h5ad_chunks"]
 
 BLOCK_ROWS = 8192  # rows per block for streaming passes (bounded memory per pass)
+#: whether streaming passes over a backed X show a progress bar (off inside :func:`scan_progress`\ (False))
+_SHOW_SCANS: contextvars.ContextVar[bool] = contextvars.ContextVar("bioworld_show_scans", default=True)
+
+
+@contextlib.contextmanager
+def scan_progress(show: bool) -> Iterator[None]:
+    """Show (or hide) the progress bar of the data's streaming passes inside the block (``bioworld train --quiet``
+    hides it; the training bars take their own ``progress``)."""
+    token = _SHOW_SCANS.set(bool(show))
+    try:
+        yield
+    finally:
+        _SHOW_SCANS.reset(token)
+
+
+def scans_shown() -> bool:
+    """False inside ``scan_progress(False)``."""
+    return _SHOW_SCANS.get()
 
 
 def open_backed(path: str | Path):
@@ -41,13 +61,21 @@ def open_backed(path: str | Path):
     p = Path(path)
     if not p.is_file():
         raise DataValidationError(f"{str(p)!r} does not exist; expected an .h5ad file to open backed (on disk)")
+    import warnings
+
+    from bioworld.data._io import _warn_repeated_cell_names
+
     try:
-        return ad.read_h5ad(p, backed="r")
+        with warnings.catch_warnings():  # said in bioworld's words below
+            warnings.filterwarnings("ignore", message="Observation names are not unique")
+            adata = ad.read_h5ad(p, backed="r")
     except Exception as e:  # noqa: BLE001 - h5py/anndata raise many types for broken files
         raise DataValidationError(
             f"could not open {str(p)!r} as a backed h5ad ({type(e).__name__}: {e}); expected an AnnData .h5ad "
             "file written by anndata. Fix: check the file is complete (re-copy it) and readable."
         ) from None
+    _warn_repeated_cell_names(adata, p)
+    return adata
 
 
 def is_backed(adata: Any) -> bool:

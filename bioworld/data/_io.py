@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bioworld.data._bundled import bundled_path
+from bioworld.data._doses import check_one_way, describe_conversions, parse_doses
 from bioworld.data._register import DataWarning, _check_control, _make_unique
 from bioworld.errors import DataValidationError
 from bioworld.errors import user_stacklevel
@@ -91,21 +92,51 @@ def read_h5ad(path: str | Path, layer: str | None = None) -> Any:
 def use_layer(adata: Any, layer: str, *, source: str = "the data") -> Any:
     """``adata`` with ``X`` replaced by ``adata.layers[layer]`` (in place; returned for chaining).
 
+    ``layer='raw'`` on data without a layer of that name reads ``adata.raw`` (scanpy keeps the counts there
+    after ``adata.raw = adata``): in place when ``raw`` has the same genes as ``var``, else a new AnnData with
+    ``raw``'s genes (``var`` = ``raw.var``; the layers, which have the other genes, are left out with a
+    warning): use the returned object.
+
     Raises
     ------
     DataValidationError
-        ``adata`` has no such layer (the message lists the layers it has).
+        ``adata`` has no such layer (the message lists the layers it has, and ``raw`` when it has one).
     """
+    if layer == "raw" and layer not in adata.layers and getattr(adata, "raw", None) is not None:
+        return _use_raw(adata, source)
     layers = sorted(map(str, adata.layers.keys()))
     if layer not in adata.layers:
         have = f"its layers are {layers}" if layers else "it has no layers (only X)"
+        raw = "; it has no .raw either" if getattr(adata, "raw", None) is None else "; its .raw is read as layer 'raw'"
         raise DataValidationError(
-            f"layer {layer!r} not found in {source}; {have}. Fix: pass one of those layer names, or leave out "
+            f"layer {layer!r} not found in {source}; {have}{raw}. Fix: pass one of those layer names, or leave out "
             "the layer to read X."
         )
     adata.X = adata.layers[layer]
     _loader_report(adata, layer=layer)
     return adata
+
+
+def _use_raw(adata: Any, source: str) -> Any:
+    """:func:`use_layer` for ``adata.raw``."""
+    import anndata as ad
+
+    raw = adata.raw
+    if list(map(str, raw.var_names)) == list(map(str, adata.var_names)):
+        adata.X = raw.X
+        _loader_report(adata, layer="raw")
+        return adata
+    if adata.layers.keys():
+        warnings.warn(
+            f"{source}: .raw has {raw.n_vars} genes and X {adata.n_vars}; reading .raw as X leaves out the layers "
+            f"{sorted(map(str, adata.layers.keys()))} (they hold X's genes).",
+            DataWarning,
+            stacklevel=user_stacklevel(),
+        )
+    out = ad.AnnData(X=raw.X, obs=adata.obs, var=raw.var.copy(), obsm=dict(adata.obsm), obsp=dict(adata.obsp),
+                     uns=dict(adata.uns))
+    _loader_report(out, layer="raw")
+    return out
 
 
 def _read_h5ad(path: str | Path) -> Any:
@@ -135,13 +166,32 @@ def _read_h5ad(path: str | Path) -> Any:
     except ImportError:  # pragma: no cover - older/newer anndata layouts
         IORegistryError = ValueError  # type: ignore[misc,assignment]
     try:
-        return ad.read_h5ad(p)
+        with warnings.catch_warnings():  # said below in bioworld's words (anndata's names a Python method)
+            warnings.filterwarnings("ignore", message="Observation names are not unique")
+            adata = ad.read_h5ad(p)
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, IORegistryError) as exc:
         raise DataValidationError(
             f"{p} is an HDF5 file but could not be read as AnnData ({type(exc).__name__}: {exc}); "
             "expected the h5ad layout written by anndata. Fix: re-export it with a current "
             "anndata (adata.write_h5ad)."
         ) from exc
+    _warn_repeated_cell_names(adata, p)
+    return adata
+
+
+def _warn_repeated_cell_names(adata: Any, path: Path) -> None:
+    """A :class:`DataWarning` when cell names repeat: harmless for bioworld (cells are not keyed by name; answers
+    with a row per cell suffix repeats), said once, instead of anndata's advice to call a Python method."""
+    names = adata.obs_names
+    if names.is_unique:
+        return
+    repeated = names[names.duplicated()].unique().tolist()
+    warnings.warn(
+        f"{path.name}: {len(repeated)} cell name(s) (obs_names) occur more than once (e.g. {repeated[:3]}); bioworld "
+        "does not key cells by name, and answers with a row per cell suffix repeats -1, -2, ...",
+        DataWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def load_papalexi() -> Any:
@@ -234,20 +284,38 @@ def compound_labels(
             "which the action grammar reserves; expected plain names. Fix: rename them, e.g. "
             f"adata.obs[{name_key!r}] = adata.obs[{name_key!r}].str.replace(' ', '-')."
         )
-    dose = pd.to_numeric(obs[dose_key], errors="coerce").to_numpy(dtype=float)
-    bad = ~is_control & ~(np.isfinite(dose) & (dose >= 0))
-    if bad.any():
-        examples = obs[dose_key][bad].astype(str).unique()[:5].tolist()
-        raise DataValidationError(
-            f"{int(bad.sum())} treated cells have a non-numeric, missing, negative or infinite dose in "
-            f"obs[{dose_key!r}] (e.g. {examples}); expected a numeric dose per compound cell. Fix: fill or drop "
-            f"those cells, or convert the column, e.g. adata.obs[{dose_key!r}] = "
-            f"adata.obs[{dose_key!r}].str.replace(' um', '').astype(float)."
-        )
+    dose = _treated_doses(obs, name, dose_key, is_control)
     labels = [str(control) if ctl else f"{n}@{format_dose(d)}" for n, d, ctl in zip(name, dose, is_control)]
     obs[key_added] = pd.Categorical(labels)
     _loader_report(adata, compound_labels={"name_key": name_key, "dose_key": dose_key, "key_added": key_added})
     return key_added
+
+
+def _treated_doses(obs: Any, name: pd.Series, dose_key: str, is_control: np.ndarray) -> np.ndarray:
+    """The dose of every cell (read by :func:`parse_doses`; in µM when written with a unit, with a warning);
+    refuses treated cells without a readable dose and treated doses that mix numbers with and without a unit."""
+    column = obs[dose_key]
+    dose, with_unit, converted = parse_doses(column)
+    treated = ~is_control
+    bad = treated & ~(np.isfinite(dose) & (dose >= 0))
+    if bad.any():
+        examples = [str(v) for v in pd.unique(column[bad].astype(object).astype(str))[:5]]
+        compounds = [str(v) for v in pd.unique(name[bad])[:5]]
+        raise DataValidationError(
+            f"{int(bad.sum())} treated cells (compounds {compounds}) have a missing, non-numeric, negative or infinite "
+            f"dose in obs[{dose_key!r}] (e.g. {examples}); expected a dose >= 0 per treated cell: a number, or a "
+            "number with a molar unit (10uM, 0.1 µM, 100 nM). Fix: fill in those doses, or remove those cells from "
+            "the data (vehicle cells belong under the control label and need no dose)."
+        )
+    check_one_way(column, dose, with_unit, treated, dose_key)
+    if converted:
+        warnings.warn(
+            f"doses in obs[{dose_key!r}] are written with units; read in µM (the unit of the bundled compound data): "
+            f"{describe_conversions(converted)}. The labels are NAME@DOSE with the dose in µM.",
+            DataWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return dose
 
 
 def load_l1000() -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bioworld.data._backed import BackedExpression, is_backed, normalize_block, read_rows, streaming_moments
+from bioworld.data._backed import BackedExpression, is_backed, normalize_block, read_rows, scans_shown, streaming_moments
 from bioworld.data._register import Registration, _check_arguments, normalize, register
 from bioworld.errors import DataValidationError, user_stacklevel
 
@@ -93,7 +93,7 @@ def prepare(adata: Any, *, perturbation_key: str, control: str, dose_key: str | 
     is_ctrl = labels == control
     normalised = None
     if is_backed(adata):  # out of core: X stays on disk; one streaming pass for the statistics
-        ctrl_mean, _, spread = streaming_moments(adata.X, reg.input, is_ctrl, progress=True)
+        ctrl_mean, _, spread = streaming_moments(adata.X, reg.input, is_ctrl, progress=scans_shown())
         mu = ctrl_mean
         sd = np.maximum(spread, MIN_SPREAD).astype(np.float32)
         Xs: Any = BackedExpression(adata.X, reg.input, mu, sd)
@@ -165,9 +165,21 @@ def align_panel(cells: Any, var_names: list[str], genes: list[str] | None = None
         f"cells have a different gene panel: {len(missing)} of the model's {len(var_names)} genes are "
         f"missing (e.g. {missing[:5]}) and {len(extra)} are extra (e.g. {extra[:5]})"
         + (f"; {len(repeated)} names are repeated (e.g. {repeated[:5]})" if repeated else "")
-        + f". Expected the model's var_names{also} (any order, each once); subset/reindex the cells to the "
-        "training panel." + _panel_hint(cells, var_names, symbols)
+        + f". Expected the model's var_names{also} (any order, each once)." + _case_hint(missing, extra)
+        + " Fix: give cells measured on the model's genes (missing genes are not imputed); subset/reindex the "
+        "cells to the training panel." + _panel_hint(cells, var_names, symbols)
     )
+
+
+def _case_hint(missing: list[str], extra: list[str]) -> str:
+    """Missing model genes that the cells hold in another case (``'irf1'`` for ``'IRF1'``), as a sentence."""
+    lower = {g.lower(): g for g in extra}
+    pairs = [(lower[g.lower()], g) for g in missing if g.lower() in lower]
+    if not pairs:
+        return ""
+    return (f" {len(pairs)} missing gene(s) are in the cells in another case (e.g. "
+            + ", ".join(f"{a!r} for {b!r}" for a, b in pairs[:3]) + "): gene names are matched case-sensitively, "
+            "write them as the model does.")
 
 
 def _warn_extra(n_extra: int, examples: list[str], n_model: int) -> None:
@@ -184,28 +196,18 @@ def _warn_extra(n_extra: int, examples: list[str], n_model: int) -> None:
 def _counts_expected(cells: Any, registration: Registration) -> DataValidationError | None:
     """For a model trained on counts, cells whose ``X`` is not integer: the error a query should give (the
     registration's says "pass input='log'", which a query does not take), naming a layer of raw counts if any."""
-    from bioworld.data._register import _value_stats
+    from bioworld.data._register import _value_stats, counts_source_hint
 
     if registration.input != "counts":
         return None
     s = _value_stats(cells.X)
     if s.n_nan or s.n_inf or s.n_negative or not s.n_noninteger:
         return None
-    layer = next((k for k, v in cells.layers.items() if _integer_counts(v)), None)
     return DataValidationError(
         f"cells hold {s.n_noninteger} non-integer values in X (e.g. {s.example_noninteger:g}, max {s.maximum:g}): "
         "they look normalised, but this model was trained on raw counts (input='counts') and normalises cells "
-        "itself (normalize_total 1e4 + log1p). Fix: give the cells' raw counts"
-        + (f"; layers[{layer!r}] holds them: cells.X=cells.layers[{layer!r}] (CLI: --layer {layer})."
-           if layer else " in X (e.g. from adata.raw or a layer of counts; CLI: --layer NAME).")
+        f"itself (normalize_total 1e4 + log1p). Fix: give the cells' raw counts; {counts_source_hint(cells, 'cells')}."
     )
-
-
-def _integer_counts(X: Any) -> bool:
-    from bioworld.data._register import _value_stats
-
-    s = _value_stats(X)
-    return not (s.n_nan or s.n_inf or s.n_negative or s.n_noninteger) and s.maximum > 0
 
 
 def cells_to_std(cells: Any, registration: Registration, var_names: list[str], mu: np.ndarray, sd: np.ndarray

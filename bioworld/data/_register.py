@@ -246,6 +246,25 @@ def _empty_mask(X: Any, block: int = 8192) -> np.ndarray:
     return out
 
 
+def _integer_counts(X: Any) -> bool:
+    """True when ``X`` holds only finite non-negative integers, not all zero (raw counts)."""
+    s = _value_stats(X)
+    return not (s.n_nan or s.n_inf or s.n_negative or s.n_noninteger) and s.maximum > 0
+
+
+def counts_source_hint(adata: Any, name: str = "adata") -> str:
+    """Where ``adata`` (called ``name`` in the hint) keeps raw counts besides ``X``, as the end of a "Fix:" hint:
+    the first layer of integer counts, else ``.raw`` when it holds them, else how to provide them (CLI:
+    ``--layer``, which reads ``.raw`` as ``raw``)."""
+    layer = next((str(k) for k, v in adata.layers.items() if _integer_counts(v)), None)
+    if layer is not None:
+        return f"layers[{layer!r}] holds integer counts: {name}.X={name}.layers[{layer!r}] (CLI: --layer {layer})"
+    raw = getattr(adata, "raw", None)
+    if raw is not None and _integer_counts(raw.X):
+        return f".raw holds integer counts: {name}={name}.raw.to_adata() (CLI: --layer raw)"
+    return "no layer or .raw holds integer counts: write the raw counts into a layer and read that (CLI: --layer NAME)"
+
+
 def _check_matrix(adata: Any, input: str, stats: _ValueStats | None = None) -> list[str]:
     """Refuse values that are not finite, negative, or do not match ``input``; findings for doubtful ones.
     ``stats``: :func:`_value_stats` of ``adata.X`` already taken (else one pass here)."""
@@ -253,7 +272,7 @@ def _check_matrix(adata: Any, input: str, stats: _ValueStats | None = None) -> l
     if X is None:
         raise DataValidationError(
             "adata.X is None; expected an expression matrix [cells, genes]. "
-            "Fix: set adata.X (e.g. adata.X = adata.layers['counts']; CLI: --layer counts)."
+            f"Fix: set adata.X; {counts_source_hint(adata)}."
         )
     s = stats if stats is not None else _value_stats(X)
     if s.n_nan or s.n_inf:
@@ -274,8 +293,7 @@ def _check_matrix(adata: Any, input: str, stats: _ValueStats | None = None) -> l
             raise DataValidationError(
                 f"input='counts' but X has {s.n_noninteger} non-integer values (e.g. "
                 f"{s.example_noninteger:g}) with max {s.maximum:g}: this looks log-normalised, "
-                "not raw counts. Fix: pass input='log', or register the raw counts "
-                "(e.g. adata.X = adata.layers['counts']; CLI: --layer counts)."
+                f"not raw counts. Fix: pass input='log', or register the raw counts; {counts_source_hint(adata)}."
             )
         raise DataValidationError(
             f"input='counts' but X has {s.n_noninteger} non-integer values (e.g. "
@@ -316,9 +334,9 @@ def _labels_of(adata: Any, key: str) -> pd.Series:
         examples = list(obs.index[bad][:3])
         raise DataValidationError(
             f"adata.obs[{key!r}] has {int(bad.sum())} empty or missing (NaN) labels (e.g. cells "
-            f"{_preview(examples)}); expected a perturbation label for every cell. Fix: fill them "
-            "(e.g. with the control label) or remove those cells: adata = adata[adata.obs"
-            f"[{key!r}].notna()].copy()."
+            f"{_preview(examples)}); expected a perturbation label for every cell (bioworld drops no cell "
+            "silently). Fix: fill them (e.g. with the control label if they are unperturbed) or remove those cells: "
+            f"adata=adata[adata.obs[{key!r}].notna()].copy() (CLI: do so in the file, then run again)."
         )
     labels = values.astype(str)
     uniq = pd.unique(labels)
@@ -353,6 +371,34 @@ def _check_control(labels: pd.Series, control: str, key: str) -> None:
     )
 
 
+def _other_control_labels(counts: pd.Series, control: str) -> list[str]:
+    """A finding for labels besides ``control`` that read like a control label (``non-targeting`` next to ``NT``):
+    their cells are trained as a perturbation of that name."""
+    common = {c.casefold() for c in _COMMON_CONTROLS}
+    other = {str(u): int(n) for u, n in counts.items() if str(u) != control and str(u).strip().casefold() in common}
+    if not other:
+        return []
+    shown = ", ".join(f"{u!r} ({n} cells)" for u, n in other.items())
+    return [f"{shown} {'reads' if len(other) == 1 else 'read'} like a control label but the control is {control!r}: "
+            "these cells are treated as a perturbation of that name; if they are unperturbed, relabel them "
+            f"{control!r} (one control label per screen)"]
+
+
+def _check_doses_used(labels: pd.Series, control: str, key: str, dose_key: str) -> None:
+    """Refuse a dose column next to labels none of which is a compound action ``NAME@DOSE``: the doses would be
+    ignored and the bare names trained as gene knockouts (the CLI joins them itself; the Python API does not)."""
+    treated = pd.unique(labels[labels != control])
+    if len(treated) == 0 or any("@" in str(u) for u in treated):
+        return
+    raise DataValidationError(
+        f"dose_key {dose_key!r} is given but no label in obs[{key!r}] is a compound action NAME@DOSE (e.g. "
+        f"{_preview(treated[:2])}), so the doses would be ignored and the names trained as gene knockouts; expected "
+        "NAME@DOSE labels. Fix: join names and doses first, bioworld.data.compound_labels(adata, "
+        f"name_key={key!r}, dose_key={dose_key!r}, control={control!r}), then pass "
+        "perturbation_key='bw_perturbation' (the CLI's --dose-key does this itself), or leave out dose_key."
+    )
+
+
 def _check_obs_key(adata: Any, key: str | None, what: str) -> None:
     if key is not None and key not in adata.obs.columns:
         close = difflib.get_close_matches(key, [str(c) for c in adata.obs.columns], n=3, cutoff=0.5)
@@ -365,26 +411,31 @@ def _check_obs_key(adata: Any, key: str | None, what: str) -> None:
 
 
 def _check_dose(adata: Any, dose_key: str) -> list[str]:
+    from bioworld.data._doses import check_one_way, describe_conversions, parse_doses
+
     raw = adata.obs[dose_key]
     as_obj = raw.astype(object)
-    numeric = pd.to_numeric(as_obj, errors="coerce")
-    bad = numeric.isna() & as_obj.notna()
+    numeric, with_unit, converted = parse_doses(as_obj)
+    bad = np.isnan(numeric) & as_obj.notna().to_numpy()
     if bad.any():
-        examples = pd.unique(as_obj[bad].astype(str))
+        examples = [str(v) for v in pd.unique(as_obj[bad].astype(str))]
         raise DataValidationError(
             f"dose column adata.obs[{dose_key!r}] has {int(bad.sum())} non-numeric values (e.g. "
-            f"{_preview(examples, 3)}); expected numbers in one unit (e.g. µM). Fix: convert, e.g. "
-            f"adata.obs[{dose_key!r}] = adata.obs[{dose_key!r}].str.replace(' um', '').astype(float)."
+            f"{_preview(examples, 3)}); expected numbers in one unit, or numbers with a molar unit (10uM, 0.1 µM, "
+            "100 nM). Fix: write those doses as numbers or with one of those units."
         )
-    finite = numeric.dropna().to_numpy(dtype=float)
+    finite = numeric[~np.isnan(numeric)]
     if (~np.isfinite(finite)).any() or (finite < 0).any():
         raise DataValidationError(
             f"dose column adata.obs[{dose_key!r}] has negative or infinite values (min "
             f"{finite.min():g}); expected doses >= 0. Fix: correct those doses (placeholders such "
             "as -666 should become 0 for vehicle controls or NaN)."
         )
-    n_missing = int(numeric.isna().sum())
-    return [f"dose column {dose_key!r}: {n_missing} cells without a dose"] if n_missing else []
+    check_one_way(as_obj, numeric, with_unit, np.ones(len(numeric), bool), dose_key)
+    findings = [f"dose column {dose_key!r}: doses written with units, read in µM ({describe_conversions(converted)})"
+                ] if converted else []
+    n_missing = int(np.isnan(numeric).sum())
+    return findings + ([f"dose column {dose_key!r}: {n_missing} cells without a dose"] if n_missing else [])
 
 
 def _ensembl_map(id_map: Any) -> dict[str, str]:
@@ -430,6 +481,23 @@ def _make_unique(names: list[str]) -> tuple[list[str], list[str]]:
     return out, sorted(set(dups))
 
 
+def _symbols_column(adata: Any, key: str, findings: list[str]) -> list[str]:
+    """The symbols of ``adata.var[key]``, one per gene: a missing / empty symbol keeps the gene's var_name, a symbol
+    shared by several genes is suffixed -1, -2, ... after its first gene (as :func:`read_gears` does); each a finding."""
+    col = adata.var[key].astype(object)
+    names = [str(v) for v in adata.var_names]
+    missing = (col.isna() | (col.astype(str).str.strip() == "")).to_numpy()
+    genes = [name if gone else str(sym) for name, sym, gone in zip(names, col, missing)]
+    if missing.any():
+        findings.append(f"adata.var[{key!r}]: {int(missing.sum())} gene(s) without a symbol keep their var_name "
+                        f"(e.g. {_preview([n for n, gone in zip(names, missing) if gone], 3)})")
+    genes, dups = _make_unique(genes)
+    if dups:
+        findings.append(f"adata.var[{key!r}]: {len(dups)} symbol(s) shared by several genes (e.g. {_preview(dups, 3)}); "
+                        "the first gene keeps the symbol, the others are suffixed -1, -2, ...")
+    return genes
+
+
 def _resolve_genes(
     adata: Any, gene_symbols_key: str | None, id_map: Any, inplace: bool = True
 ) -> tuple[list[str], list[str], str | None]:
@@ -443,21 +511,16 @@ def _resolve_genes(
                 f"columns: {_preview(adata.var.columns, 20)}. Fix: pass the var column holding gene "
                 "symbols, or gene_symbols_key=None (CLI: leave out --gene-symbols-key) to use var_names."
             )
-        col = adata.var[gene_symbols_key]
-        if col.isna().any():
-            raise DataValidationError(
-                f"adata.var[{gene_symbols_key!r}] has {int(col.isna().sum())} missing symbols; "
-                "expected one symbol per gene. Fix: fill them (e.g. with the var_name)."
-            )
-        genes, source = col.astype(str).tolist(), f"adata.var[{gene_symbols_key!r}]"
+        genes, source = _symbols_column(adata, gene_symbols_key, findings), f"adata.var[{gene_symbols_key!r}]"
     else:
         genes, source = [str(v) for v in adata.var_names], "adata.var_names"
     dup = pd.Index(genes)[pd.Index(genes).duplicated()].unique().tolist()
     if dup:
         raise DataValidationError(
             f"{source} has {len(dup)} duplicated gene names (e.g. {_preview(dup)}); expected unique "
-            "genes. Fix: adata.var_names_make_unique() (or aggregate the duplicates) before "
-            "registering."
+            "genes. Fix: aggregate the duplicates, or make the names unique before registering "
+            "(adata.var_names_make_unique() suffixes -1, -2, ...; a var column of symbols next to unique ids is "
+            "made unique that way by gene_symbols_key=COLUMN (CLI: --gene-symbols-key COLUMN))."
         )
     n_ens = sum(bool(_ENSEMBL_RE.match(g)) for g in genes)
     if n_ens and n_ens >= 0.5 * len(genes):
@@ -538,7 +601,7 @@ def _check_control_cells(adata: Any, labels: Any, control: str, control_n: int, 
         raise DataValidationError(
             f"all {control_n} control cells ({control!r}) have zero expression in every gene; expected measured "
             "unperturbed cells (every effect is measured against them). Fix: check that X holds the expression "
-            "(e.g. adata.X = adata.layers['counts']; CLI: --layer counts) and that the control label is right."
+            f"({counts_source_hint(adata)}) and that the control label is right."
         )
     findings = []
     if n_empty:
@@ -645,6 +708,7 @@ def register(
     findings: list[str] = []
     if dose_key is not None:
         findings += _check_dose(adata, dose_key)
+        _check_doses_used(labels, control, perturbation_key, dose_key)
     stats = _value_stats(adata.X, rows=True) if adata.X is not None else None  # one pass: values and empty cells
     findings += _check_matrix(adata, input, stats)
     genes, gene_findings, symbols_key = _resolve_genes(adata, gene_symbols_key, id_map, inplace)
@@ -655,6 +719,7 @@ def register(
     control_n = int(counts[control])
     findings += _check_control_cells(adata, labels, control, control_n, min_cells_per_group, stats.empty)
     perturbations, dropped = _split_groups(counts, control, min_cells_per_group, findings)
+    findings += _other_control_labels(counts, control)
     if not perturbations:
         findings.append("no perturbation group besides the control is kept")
     if replicate_key is not None:

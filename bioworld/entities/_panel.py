@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
@@ -49,6 +50,9 @@ class PanelMap:
         `DroppedEntity` ``(name, reason)`` for each entity left out.
     min_genes
         The threshold used.
+    case_mismatches
+        ``(panel gene, entity gene)`` for uncovered panel genes that an entity names in another case
+        (``'Stat1'`` vs ``'STAT1'``): matching is case-sensitive, so they are in no entity.
     """
 
     entity_set: EntitySet
@@ -58,6 +62,7 @@ class PanelMap:
     uncovered_genes: list[str]
     dropped: list[DroppedEntity]
     min_genes: int
+    case_mismatches: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
@@ -93,6 +98,8 @@ class PanelMap:
                 lines.append(
                     "largest: " + ", ".join(f"{r.entity} ({r.n_genes_in_panel})" for r in top.itertuples())
                 )
+        if self.case_mismatches:
+            lines.append(case_mismatch_note(self.case_mismatches))
         if self.dropped:
             shown = ", ".join(d.name for d in self.dropped[:8])
             more = f" (+{len(self.dropped) - 8} more)" if len(self.dropped) > 8 else ""
@@ -101,6 +108,22 @@ class PanelMap:
 
     def __repr__(self) -> str:
         return f"PanelMap({self.n_entities} entities x {self.n_genes} genes, {len(self.dropped)} dropped)"
+
+
+def case_mismatch_note(pairs: list[tuple[str, str]]) -> str:
+    """One line on uncovered panel genes that entities name in another case (``PanelMap.case_mismatches``)."""
+    shown = ", ".join(f"{a!r} vs {b!r}" for a, b in pairs[:4])
+    return (f"case: {len(pairs)} uncovered panel gene(s) match entity genes only ignoring case ({shown}"
+            f"{', ...' if len(pairs) > 4 else ''}); matching is case-sensitive, so they are in no entity. Write the "
+            "symbols as the gene sets do (HGNC: upper case), or give gene sets of the data's species")
+
+
+def _case_mismatches(entity_set: EntitySet, uncovered: list[str]) -> list[tuple[str, str]]:
+    """(panel gene, entity gene) for uncovered panel genes an entity names in another case."""
+    upper: dict[str, str] = {}
+    for g in entity_set.genes():
+        upper.setdefault(g.upper(), g)
+    return [(g, upper[g.upper()]) for g in uncovered if g.upper() in upper and upper[g.upper()] != g]
 
 
 def _panel_names(var_names: Any) -> list[str]:
@@ -248,6 +271,7 @@ def map_to_panel(entity_set: EntitySet, var_names: Sequence[str] | Any, *, min_g
         uncovered_genes=uncovered,
         dropped=dropped,
         min_genes=int(min_genes),
+        case_mismatches=_case_mismatches(entity_set, uncovered),
     )
 
 

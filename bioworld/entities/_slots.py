@@ -10,7 +10,7 @@ import numpy as np
 
 from bioworld.entities._bundled import resolve_entities
 from bioworld.entities._entity import EntitySet
-from bioworld.entities._panel import PanelMap, map_to_panel
+from bioworld.entities._panel import PanelMap, case_mismatch_note, map_to_panel
 
 __all__ = ["Slots", "build_slots", "quiet_map_to_panel"]
 
@@ -46,6 +46,8 @@ def build_slots(entities: Any, genes: Sequence[str], *, min_genes: int, nmf_prog
             f"{len(panel.dropped)} entities have < {min_genes} panel genes and are not slots: "
             + ", ".join(d.name for d in panel.dropped[:8]) + (" …" if len(panel.dropped) > 8 else "")
         )
+    if panel.case_mismatches:
+        findings.append(case_mismatch_note(panel.case_mismatches))
     if nmf_programs and len(panel.uncovered_genes) >= 3 * nmf_programs:
         idx = [genes.index(g) for g in panel.uncovered_genes]
         nmf = EntitySet.from_nmf(np.clip(nmf_input(idx), 0, None), panel.uncovered_genes,

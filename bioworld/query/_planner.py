@@ -52,8 +52,6 @@ class Goal:
 
     @classmethod
     def parse(cls, spec: str, *, entity_names: list[str]) -> "Goal":
-        import difflib
-
         if not isinstance(spec, str) or ":" not in spec:
             raise BioworldError(
                 f"goal {spec!r} is not of the form DIRECTION:TARGET; expected 'down:ENTITY', 'up:ENTITY' or 'toward:control'. "
@@ -67,10 +65,13 @@ class Goal:
             raise BioworldError(f"goal {spec!r}: only 'toward:control' is supported (the reference control population). "
                                 "Fix: write 'toward:control'")
         if direction in ("down", "up") and target not in entity_names:
-            near = difflib.get_close_matches(target, entity_names, n=3)
+            from bioworld.errors import close_matches, preview
+
+            near = close_matches(target, list(entity_names))
             raise BioworldError(
-                f"goal entity {target!r} is not one of the model's {len(entity_names)} entities; close matches: {near or 'none'}. "
-                "Fix: use one of the model's entities (wm.entity_names; CLI: entity_names in the model folder's bioworld.json)"
+                f"goal entity {target!r} is not one of the model's {len(entity_names)} entities "
+                f"({preview(entity_names, 8)}); close matches: {near or 'none'}. Fix: use one of the model's entities, "
+                f"e.g. {direction}:{(near or list(entity_names))[0]} (wm.entity_names lists them)"
             )
         return cls(direction, target, spec)
 

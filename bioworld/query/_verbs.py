@@ -22,6 +22,10 @@ __all__ = ["ModelView", "query_labels", "predict_means", "counterfactual_cells",
            "set_aside_hint"]
 
 
+#: the CLI option that gives a query's labels
+_FLAGS = {"perturbations": "--perturbations", "interventions": "--intervention"}
+
+
 def query_labels(value: Any, what: str, example: str) -> list[str]:
     """The labels a query was asked for (one string, or a list / array / Series of them) as strings, in order.
 
@@ -40,8 +44,8 @@ def query_labels(value: Any, what: str, example: str) -> list[str]:
         dup = index[index.duplicated()].unique().tolist()
         raise BioworldError(
             f"{what} {dup[:5]} given more than once ({len(labels)} labels, {len(set(labels))} distinct); expected each "
-            "label once (answers are rows named by their label). Fix: pass each once, e.g. "
-            "list(dict.fromkeys(labels)) or adata.obs[key].unique().")
+            f"label once (answers are rows named by their label). Fix: pass each once: {what}=list(dict.fromkeys("
+            f"{what})) (CLI: {_FLAGS.get(what, what)} with each label once).")
     return labels
 
 

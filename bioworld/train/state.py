@@ -69,6 +69,11 @@ class ModelState:
             "train_wall_s": float("nan") if tr is None else round(tr.wall_s, 2),
         }
 
+    def answer_provenance(self) -> dict[str, Any]:
+        """:meth:`describe` without the training wall time, for answers: the same model and query give the same
+        file (the wall time stays in the model card)."""
+        return {k: v for k, v in self.describe().items() if k != "train_wall_s"}
+
     # ------------------------------------------------------------------ write
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, JSON fields) of the model folder; the module must be trained."""
