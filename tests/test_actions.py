@@ -161,7 +161,7 @@ def test_parse_errors_say_what_and_how(label, must_contain):
     message = _err(label)
     for fragment in must_contain:
         assert fragment in message, (fragment, message)
-    assert "expected" in message  # found / expected / fix shape
+    assert "expected" in message and "Fix:" in message  # found / expected / fix shape
 
 
 @pytest.mark.parametrize("value", [None, 3.0, float("nan"), b"STAT1"])

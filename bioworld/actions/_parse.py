@@ -65,7 +65,7 @@ _QUOTE = '"'
 
 
 def _fail(found: str, expected: str, fix: str) -> PerturbationParseError:
-    return PerturbationParseError(f"{found}; expected {expected}. {fix}")
+    return PerturbationParseError(f"{found}; expected {expected}. Fix: {fix}")
 
 
 def _format_number(x: float) -> str:
