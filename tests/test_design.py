@@ -152,6 +152,10 @@ def test_design_refuses_bad_input(tiny_trained):
         bw.design(tiny_trained, "P1_DRV1", budget=1)
     with pytest.raises(UnknownPerturbationError):
         bw.design(tiny_trained, ["NOTAGENE123"], budget=1, strategy="information")
+    # every candidate the model cannot answer is named in one error, before any prediction (was: the first one)
+    with pytest.raises(UnknownPerturbationError, match=r"2 of the 3 candidates not yet measured cannot be predicted"
+                                                       r" by this model: 'NOTAGENE1', 'NOTAGENE2' .*--candidates"):
+        bw.design(tiny_trained, [tiny_trained.holdout[0], "NOTAGENE1", "NOTAGENE2"], budget=1, strategy="random")
     with pytest.raises(BioworldError, match="needs a goal"):
         bw.design(tiny_trained, budget=1, strategy="discovery")
     with pytest.raises(BioworldError, match="goal entity"):
@@ -229,6 +233,7 @@ def test_cli_candidates_file_forms(model_dir, tmp_path):
     ("perturbation\n", "no rows"),
     ("P1_DRV1\nP1_DRV1\n", "more than once"),
     ("NOTAGENE123\n", "NOTAGENE123"),
+    ("NOTAGENE123\nNOTAGENE456\n", "'NOTAGENE123', 'NOTAGENE456' (e.g. gene 'NOTAGENE123'"),  # all of them, at once
     ("control\n", "is the control"),
     ("P1_DRV2\n", "already measured"),
     ("P1_DRV1+\n", "P1_DRV1+"),

@@ -490,7 +490,29 @@ def candidate_labels(model: Any, candidates: Sequence[str] | None, *, goal: str 
     if not out:
         raise BioworldError(f"all {len(labels)} candidates were already measured (the model trained on them); "
                             "expected perturbations the model has not seen. Fix: give other candidates")
+    if candidates is not None:
+        _check_given(m, [lab for lab in out if lab not in as_targets])
     return out, dropped, as_targets
+
+
+def _check_given(m: Any, labels: list[str]) -> None:
+    """Refuse given candidates the model cannot answer, all of them in one error (not the first one found
+    during the predictions)."""
+    from bioworld.errors import UnknownPerturbationError
+
+    bad: dict[str, str] = {}
+    for lab in labels:
+        try:
+            m.space.check(m.space.parse(lab))
+        except UnknownPerturbationError as err:
+            bad[lab] = str(err)
+    if bad:
+        first, why = next(iter(bad.items()))
+        raise UnknownPerturbationError(
+            f"{len(bad)} of the {len(labels)} candidates not yet measured cannot be predicted by this model: "
+            f"{', '.join(map(repr, list(bad)[:10]))}{', ...' if len(bad) > 10 else ''} (e.g. {why.split('. Fix:')[0]}); "
+            "expected labels the model can answer. Fix: remove them from the candidates (CLI: the --candidates "
+            "file), or check their spelling")
 
 
 def _as_target_loss(m: Any, action: Any) -> tuple[Any, str]:
