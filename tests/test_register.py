@@ -420,3 +420,14 @@ def test_format_registration_combos_and_findings():
         text = format_registration(register(adata))
     assert "2 genetic single targets; 1 combinations" in text
     assert "set aside: 1 groups" in text and "findings:" in text
+
+
+def test_compound_at_dose_zero_is_a_finding():
+    """'x@0' cells were trained as a perturbation of their own with no word (often vehicle controls by another name)."""
+    a = _counts(["DMSO"] * 5 + ["tram@0"] * 3 + ["tram@1"] * 3 + ["tram@0.0+JAK2"] * 3 + ["x@1e-3"] * 3)
+    reg = register(a, perturbation_key="perturbation", control="DMSO")
+    found = [f for f in reg.findings if "dose 0" in f]
+    assert len(found) == 1 and "2 label(s)" in found[0] and "'tram@0'" in found[0] and "'DMSO'" in found[0], found
+    assert "tram@0" in reg.perturbations  # kept, not dropped
+    plain = register(_counts(["DMSO"] * 5 + ["tram@1"] * 3), perturbation_key="perturbation", control="DMSO")
+    assert not [f for f in plain.findings if "dose 0" in f]

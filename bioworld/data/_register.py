@@ -399,6 +399,27 @@ def _check_doses_used(labels: pd.Series, control: str, key: str, dose_key: str) 
     )
 
 
+def _zero_dose_finding(labels: pd.Series, control: str) -> list[str]:
+    """A finding for labels that give a compound at dose 0 (``NAME@0``): their cells are trained as a perturbation
+    of their own, though often they are vehicle controls under another name."""
+    def zero(label: str) -> bool:
+        for part in label.split("+"):
+            if "@" in part:
+                try:
+                    if float(part.rsplit("@", 1)[1]) == 0:
+                        return True
+                except ValueError:  # not a number: the action grammar reports it
+                    continue
+        return False
+
+    found = [str(u) for u in pd.unique(labels[labels != control]) if zero(str(u))]
+    if not found:
+        return []
+    return [f"{len(found)} label(s) give a compound at dose 0 ({_preview(found[:3])}): their cells are trained as "
+            f"perturbations of their own; if they are vehicle-treated controls, label them {control!r} instead "
+            "(or give them the dose they received)"]
+
+
 def _check_obs_key(adata: Any, key: str | None, what: str) -> None:
     if key is not None and key not in adata.obs.columns:
         close = difflib.get_close_matches(key, [str(c) for c in adata.obs.columns], n=3, cutoff=0.5)
@@ -709,6 +730,7 @@ def register(
     if dose_key is not None:
         findings += _check_dose(adata, dose_key)
         _check_doses_used(labels, control, perturbation_key, dose_key)
+    findings += _zero_dose_finding(labels, control)
     stats = _value_stats(adata.X, rows=True) if adata.X is not None else None  # one pass: values and empty cells
     findings += _check_matrix(adata, input, stats)
     genes, gene_findings, symbols_key = _resolve_genes(adata, gene_symbols_key, id_map, inplace)
