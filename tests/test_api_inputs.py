@@ -79,7 +79,7 @@ def test_counterfactual_on_cells_with_repeated_obs_names_gives_unique_rows(tiny_
     dup = cells.copy()
     dup.obs_names = ["cellA"] * 3 + [f"c{i}" for i in range(dup.n_obs - 3)]
     snap = dup.copy()
-    with pytest.warns(bw.data.DataWarning, match="repeated names.*obs_names_make_unique"):
+    with pytest.warns(bw.data.DataWarning, match=r"repeated names.*obs_names_make_unique\(\); command line: in the --cells file"):
         cf = tiny_trained.counterfactual(dup, ["P2_DRV1", "P1_DRV1"])
     assert cf.obs_names.is_unique
     assert list(cf.obs_names[:4]) == ["P2_DRV1|cellA", "P2_DRV1|cellA-1", "P2_DRV1|cellA-2", "P2_DRV1|c0"]

@@ -106,7 +106,8 @@ def _unique_cell_names(names: list[str]) -> list[str]:
     warnings.warn(
         f"cells.obs_names has {int(index.duplicated().sum())} repeated names (e.g. {dup[:3]}); the answer's obs_names "
         "suffix them -1, -2, ... as anndata's obs_names_make_unique does (obs['bw_cell'] keeps the names as given). "
-        "Fix: call cells.obs_names_make_unique() first to choose the names yourself.",
+        "Fix: give the cells unique names first to choose them yourself (Python: cells.obs_names_make_unique(); "
+        "command line: in the --cells file).",
         DataWarning, stacklevel=user_stacklevel())
     return [str(c) for c in make_index_unique(index.astype(str))]
 
