@@ -182,8 +182,8 @@ def _load_data(data: str, backed: bool = False, layer: str | None = None) -> tup
 
     if backed and layer is not None:
         raise BioworldError(f"--backed reads X from disk in blocks and cannot read layers[{layer!r}] instead; expected "
-                            "one of the two. Fix: drop --layer (or --backed), or write the layer as X first "
-                            f"(adata.X = adata.layers[{layer!r}]; adata.write_h5ad(...)).")
+                            "one of the two. Fix: drop --layer (or --backed), or save a copy of the file with "
+                            f"layer {layer!r} as its X and train --backed on that copy.")
     if backed and data not in ("papalexi", "l1000"):
         return bwdata.open_backed(data), f"{data} (backed: X read from disk in blocks)"
 

@@ -118,8 +118,9 @@ def test_evaluate_reads_the_layer_of_both_files(files, models):
 
 def test_layer_with_backed_or_nproc_is_refused(files, tmp_path):
     d, _, scverse, _ = files
-    assert_one_line_error(invoke("train", scverse, "--out", tmp_path / "m", "--backed", "--layer", "counts"),
-                          "--backed", "--layer")
+    line = assert_one_line_error(invoke("train", scverse, "--out", tmp_path / "m", "--backed", "--layer", "counts"),
+                                 "--backed", "--layer", "layer 'counts' as its X")
+    assert "adata." not in line  # a command-line fix, not a Python line
     assert_one_line_error(invoke("train", scverse, "--out", tmp_path / "m2", "--nproc", "2", "--layer", "counts"),
                           "--nproc 2 does not combine with", "--layer")
 
