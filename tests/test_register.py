@@ -141,7 +141,7 @@ def test_empty_and_nan_labels():
 def test_stray_whitespace_is_an_error_not_stripped():
     adata = _counts(["control"] * 4 + ["STAT1 "] * 3 + ["IRF1"] * 3)
     msg = _raises(adata, "stray whitespace")
-    assert "'STAT1 '" in msg and ".str.strip()" in msg
+    assert "'STAT1 '" in msg and ".str.strip()" in msg and "command line: in the file" in msg  # both audiences
     assert "STAT1 " in set(adata.obs["perturbation"].astype(str))  # untouched
 
 

@@ -345,7 +345,8 @@ def _labels_of(adata: Any, key: str) -> pd.Series:
         raise DataValidationError(
             f"adata.obs[{key!r}] has labels with stray whitespace: {_preview(stray)}; expected "
             "labels without leading/trailing spaces. bioworld does not strip them silently. "
-            f"Fix: adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).str.strip()."
+            f"Fix: strip them (Python: adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).str.strip(); command "
+            "line: in the file, then run again)."
         )
     return labels
 
