@@ -271,10 +271,14 @@ def test_query_blocks_and_readout_equal_the_modules(monkeypatch, fused):
     torch.testing.assert_close(got_h, ref_h, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_x, ref_x, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_s, ref_s)
+    with torch.inference_mode():  # JEPA.readout (the engine's readout) takes the same path
+        got_expr = readout.expression(z)
+    assert calls[6:] == (["gelu", "none"] if fused else [])
+    torch.testing.assert_close(got_expr, ref_x, atol=1e-5, rtol=1e-5)
     blk.train()
     with torch.inference_mode():
         blk(h)
-    assert len(calls) == (6 if fused else 0)  # a module in training mode never takes the query path
+    assert len(calls) == (8 if fused else 0)  # a module in training mode never takes the query path
 
 
 def test_query_block_in_float64_takes_the_plain_steps():
