@@ -154,6 +154,27 @@ def test_latent_prototypes_are_seeded_medoids():
     assert len(set(dup_idx.tolist())) == 4 and np.isclose(dup_w.sum(), 1.0)
 
 
+def test_latent_prototypes_do_not_depend_on_float_rounding_of_the_latents():
+    """A two-cell cluster's centre is their midpoint, equally far from both: which one is the prototype
+    must not be decided by float rounding (the query engine's answers move by ~1e-6 between kernels or
+    machines; with few cells, e.g. a plate's 26 control wells, such clusters are common, and the screened
+    scores of every candidate moved by ~2% when the coin flipped). The first cell of a tie is chosen."""
+    from bioworld.query._planner import latent_prototypes
+
+    rng = np.random.default_rng(4)
+    pairs = rng.normal(0, 3, size=(6, 1, 8))  # six well-separated pair centres
+    offsets = rng.normal(0, 0.2, size=(6, 1, 8))
+    z = np.concatenate([pairs - offsets, pairs + offsets])  # cells j and j + 6 mirror each other about centre j
+    idx, w = latent_prototypes(z, 6, seed=0)
+    assert np.array_equal(idx, np.arange(6)) and np.allclose(w, 1 / 6)  # the first cell of each mirrored pair
+    for s in range(5):  # rounding-sized perturbations (float32 latents: ~1e-6) pick the same cells
+        noisy = z + np.random.default_rng(s).normal(0, 1e-7, size=z.shape)
+        got, got_w = latent_prototypes(noisy.astype(np.float32), 6, seed=0)
+        assert np.array_equal(got, idx) and np.allclose(got_w, w)
+    line = pairs[0] + np.array([-1.0, 0.2, 0.8])[:, None, None] * offsets[0]  # centre at +1/3: cell 1 is nearest
+    assert latent_prototypes(line, 1, seed=0)[0].tolist() == [1]  # a real difference still decides (not the first cell)
+
+
 def test_bootstrap_interval_matches_explicit_resampling():
     from bioworld.query import bootstrap_interval
 

@@ -140,12 +140,15 @@ def latent_prototypes(z: np.ndarray | torch.Tensor, k: int, *, seed: int, n_iter
             break
         centres = new
     d = dist2(centres)
+    # distances within float noise of the nearest are ties (a two-cell cluster's centre is their midpoint, equally
+    # far from both): the first such cell wins, so float rounding of the latents never picks the prototype
+    tol = 1e-9 * max(float(sq.max()), 1.0)
     medoids: list[int] = []
     for j in range(k):  # nearest cell to each centre, each cell used once
-        for i in np.argsort(d[:, j], kind="stable"):
-            if int(i) not in medoids:
-                medoids.append(int(i))
-                break
+        free = np.ones(n, dtype=bool)
+        free[medoids] = False
+        nearest = d[free, j].min()
+        medoids.append(int(np.flatnonzero(free & (d[:, j] <= nearest + tol))[0]))
     proto = np.sort(np.array(medoids))
     lab = dist2(X[proto]).argmin(1)
     return proto, np.bincount(lab, minlength=len(proto)) / n
