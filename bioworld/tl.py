@@ -54,8 +54,14 @@ def latents(adata: Any, *, model: Any, key_added: str = "X_bw", copy: bool = Fal
     wm = _base(model)
     if not isinstance(key_added, str) or not key_added:
         raise BioworldError(f"key_added={key_added!r}; expected a non-empty obsm key such as 'X_bw'")
+    backed = bool(getattr(adata, "isbacked", False))
+    if backed and not copy and getattr(adata, "is_view", False):
+        raise DataValidationError(
+            f"adata is a subset (view) of a backed file ({adata.n_obs} cells of {adata.filename}); anndata cannot "
+            "write obsm into it. Expected an AnnData that can hold the latents. Fix: pass copy=True (returns the "
+            "annotated cells in memory) or load the subset first: adata[...].to_memory()")
     z = np.asarray(wm.get_entity_latents(adata), dtype=np.float32)  # [cells, E, D]
-    target = adata.copy() if copy else adata
+    target = (adata.to_memory() if backed else adata.copy()) if copy else adata
     target.obsm[key_added] = z.reshape(len(z), -1)
     bw = target.uns.get("bioworld")
     if not isinstance(bw, dict):
@@ -151,7 +157,11 @@ def to_cell_eval(
         raise BioworldError(f"max_cells={max_cells!r}; expected None (every cell) or a whole number >= 1 of cells per "
                             "perturbation and control. Fix: pass such a value.")
     _base(model)  # a model, before the data are read
-    real = real.copy()
+    if not hasattr(real, "obs") or not hasattr(real, "var_names"):
+        raise DataValidationError(
+            f"real is a {type(real).__name__}; expected an AnnData of observed cells (controls and perturbed cells). "
+            "Fix: read the file first: bw.data.read_h5ad(path)")
+    real = real.to_memory() if getattr(real, "isbacked", False) else real.copy()
     reg, key = _test_registration(real, model, {"perturbation_key": perturbation_key, "control": control,
                                                 "input": input})
     keep = real[reg.keep_mask(real)].copy()

@@ -222,3 +222,36 @@ def test_enrichment_with_tied_genes_reports_them_instead_of_logging(capfd):
     assert res.attrs["tied_share"] == pytest.approx(np.mean(a.layers["delta"][0] == 0.0), abs=0.01)
     assert "Duplicated values" not in capfd.readouterr().err  # gseapy's own console handler stayed quiet
     assert logging.root.manager.disable == logging.NOTSET  # logging is left as it was
+
+
+# ------------------------------------------------------------------------------ backed / odd inputs
+def test_latents_on_a_backed_file_copy_and_subset(tiny_trained, cells, tmp_path):
+    """A backed file (bw.data.open_backed): copy=True used to crash inside anndata (backed objects cannot .copy()),
+    and a subset of one crashed when obsm was written into the view."""
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    try:
+        out = bw.tl.latents(backed, model=tiny_trained, copy=True)
+        assert not out.isbacked and "X_bw" not in backed.obsm
+        z = tiny_trained.get_entity_latents(cells)
+        np.testing.assert_allclose(out.obsm["X_bw"], z.reshape(len(z), -1), rtol=1e-5)
+        sub = bw.tl.latents(backed[:5], model=tiny_trained, copy=True)
+        assert sub.n_obs == 5 and sub.obsm["X_bw"].shape[0] == 5
+        with pytest.raises(BioworldError, match="view.*Fix: pass copy=True"):
+            bw.tl.latents(backed[:5], model=tiny_trained)
+    finally:
+        backed.file.close()
+
+
+def test_to_cell_eval_reads_a_backed_file_and_refuses_a_path(tiny_trained, test_data, tmp_path):
+    test_data.write_h5ad(tmp_path / "test.h5ad")
+    backed = ad.read_h5ad(tmp_path / "test.h5ad", backed="r")
+    try:
+        pred, real = bw.tl.to_cell_eval(tiny_trained, backed)  # used to crash: backed AnnData cannot .copy()
+        pred0, real0 = bw.tl.to_cell_eval(tiny_trained, test_data)
+        np.testing.assert_array_equal(real.X, real0.X)
+        np.testing.assert_array_equal(pred.X, pred0.X)
+    finally:
+        backed.file.close()
+    with pytest.raises(BioworldError, match="real is a str.*Fix: read the file first"):
+        bw.tl.to_cell_eval(tiny_trained, str(tmp_path / "test.h5ad"))
