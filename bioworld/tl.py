@@ -100,6 +100,21 @@ def _predicted_groups(model: Any, panel: Any, labels: np.ndarray, X: np.ndarray,
     return real_idx, pred_X, pred_labels, skipped
 
 
+def _checked_real(model: Any, real: Any, max_cells: Any) -> Any:
+    """to_cell_eval's arguments checked before the data are read; an in-memory copy of ``real`` (also of a backed
+    file, which anndata cannot ``.copy()``)."""
+    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer))
+                                  or max_cells < 1):
+        raise BioworldError(f"max_cells={max_cells!r}; expected None (every cell) or a whole number >= 1 of cells per "
+                            "perturbation and control. Fix: pass such a value.")
+    _base(model)  # a model, before the data are read
+    if not hasattr(real, "obs") or not hasattr(real, "var_names"):
+        raise DataValidationError(
+            f"real is a {type(real).__name__}; expected an AnnData of observed cells (controls and perturbed cells). "
+            "Fix: read the file first: bw.data.read_h5ad(path)")
+    return real.to_memory() if getattr(real, "isbacked", False) else real.copy()
+
+
 def to_cell_eval(
     model: Any,
     real: Any,
@@ -152,16 +167,7 @@ def to_cell_eval(
     from bioworld.data import normalize
     from bioworld.eval._evaluate import _on_panel, _test_registration
 
-    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer))
-                                  or max_cells < 1):
-        raise BioworldError(f"max_cells={max_cells!r}; expected None (every cell) or a whole number >= 1 of cells per "
-                            "perturbation and control. Fix: pass such a value.")
-    _base(model)  # a model, before the data are read
-    if not hasattr(real, "obs") or not hasattr(real, "var_names"):
-        raise DataValidationError(
-            f"real is a {type(real).__name__}; expected an AnnData of observed cells (controls and perturbed cells). "
-            "Fix: read the file first: bw.data.read_h5ad(path)")
-    real = real.to_memory() if getattr(real, "isbacked", False) else real.copy()
+    real = _checked_real(model, real, max_cells)
     reg, key = _test_registration(real, model, {"perturbation_key": perturbation_key, "control": control,
                                                 "input": input})
     keep = real[reg.keep_mask(real)].copy()
