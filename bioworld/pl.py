@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bioworld.errors import BioworldError
-from bioworld.report._enrichment import answer_genes
+from bioworld.report._enrichment import answer_genes, layer_values
 
 __all__ = ["effect_bars", "latent_umap", "predicted_vs_observed"]
 
@@ -231,10 +231,7 @@ def effect_bars(
     -------
     The Axes.
     """
-    if layer not in adata.layers:
-        raise BioworldError(f"adata has no layers[{layer!r}] (found {list(adata.layers)}); expected the AnnData of "
-                            "WorldModel.predict or .counterfactual")
-    D = np.asarray(adata.layers[layer], dtype=np.float64)
+    D = layer_values(adata, layer)
     err = None
     if "bw_intervention" in adata.obs.columns:
         rows = (adata.obs["bw_intervention"].astype(str) == str(label)).to_numpy()
@@ -252,8 +249,8 @@ def effect_bars(
         mean = D[i]
         what = f"{label}: predicted delta"
         if "delta_lo" in adata.layers and "delta_hi" in adata.layers:
-            lo = np.asarray(adata.layers["delta_lo"], dtype=np.float64)[i]
-            hi = np.asarray(adata.layers["delta_hi"], dtype=np.float64)[i]
+            lo = layer_values(adata, "delta_lo")[i]
+            hi = layer_values(adata, "delta_hi")[i]
             err = np.vstack([mean - lo, hi - mean]).clip(0)
             what += " (whiskers: interval)"
     order = np.argsort(-np.abs(mean))[:n_genes][::-1]

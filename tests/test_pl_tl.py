@@ -255,3 +255,19 @@ def test_to_cell_eval_reads_a_backed_file_and_refuses_a_path(tiny_trained, test_
         backed.file.close()
     with pytest.raises(BioworldError, match="real is a str.*Fix: read the file first"):
         bw.tl.to_cell_eval(tiny_trained, str(tmp_path / "test.h5ad"))
+
+
+def test_enrichment_refuses_bad_options_and_names_the_bundled_collection():
+    """permutations=0 used to crash inside gseapy (KeyError 'NOM p-val'); a misspelt bundled name was read as a file
+    of an 'unknown type' with no hint of the bundled names."""
+    a = _fake_prediction()
+    for kw, msg in (({"permutations": 0}, "permutations=0; expected a whole number >= 1"),
+                    ({"permutations": 1.5}, "permutations=1.5"),
+                    ({"min_size": 0}, "min_size=0"),
+                    ({"min_size": 50, "max_size": 10}, "min_size=50 is above max_size=10")):
+        with pytest.raises(BioworldError, match=msg) as e:
+            bw.tl.enrichment(a, "DRUG@1", **kw)
+        assert "Fix:" in str(e.value)
+    with pytest.raises(BioworldError, match=r"gene_sets='halmark' is neither a bundled collection nor a file.*"
+                                            r"close matches: 'hallmark'.*Fix: gene_sets='hallmark'"):
+        bw.tl.enrichment(a, "DRUG@1", gene_sets="halmark")

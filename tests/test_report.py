@@ -365,3 +365,50 @@ def test_cli_prioritize_counterfactuals_fill_the_report(saved, tiny_trained, tmp
     res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad", "--goal", f"down:{goal}",
                   "--out", tmp_path / "bad", "--counterfactuals", "-1")
     assert res.exit_code == 2 and "counterfactuals" in res.output
+
+
+def test_report_says_enrichment_was_not_tested_on_a_panel_no_hallmark_set_covers(prioritized, counterfactuals,
+                                                                                   tiny_trained, tmp_path, no_benchmark):
+    """Simulated genes: no Hallmark set has 5 genes on the panel, so GSEA never ran. The report used to say
+    'none at FDR < 0.25' (a negative result that was never computed) and warn once per intervention."""
+    import warnings
+
+    from bioworld.report import write_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the reason is in the report, not warned per intervention
+        path = write_report(prioritized, tmp_path / "rep", counterfactuals=counterfactuals, model=tiny_trained)
+    text = path.read_text(encoding="utf-8")
+    n = counterfactuals.obs["bw_intervention"].nunique()
+    assert "none at FDR" not in text
+    assert text.count("<b>enriched pathways:</b> not tested: no set of bundled hallmark has 5 to 500") == n
+    # the provenance says no replicate key in words, not Python's None
+    assert re.search(r"replicate key (none|\w+)</td>", text) and "replicate key None" not in text
+
+
+def test_report_and_plots_read_a_sparse_delta_layer(counterfactuals, tmp_path):
+    """A counterfactual whose delta a user stored sparse (scipy csr): the report's gene lists, bw.pl.effect_bars and
+    bw.tl.enrichment used to crash inside numpy ('setting an array element with a sequence')."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import scipy.sparse as sp
+
+    import bioworld as bw
+    from bioworld.report.html import _counterfactual_view
+
+    cf = counterfactuals.copy()
+    cf.layers["delta"] = sp.csr_matrix(np.asarray(counterfactuals.layers["delta"]))
+    spec = str(cf.obs["bw_intervention"].iloc[0])
+    dense_view = {v["spec"]: v["genes"] for v in _counterfactual_view(counterfactuals)}
+    assert {v["spec"]: v["genes"] for v in _counterfactual_view(cf)} == dense_view
+    ax = bw.pl.effect_bars(cf, spec, n_genes=3)
+    d = np.asarray(counterfactuals.layers["delta"])[(cf.obs["bw_intervention"] == spec).to_numpy()].mean(0)
+    np.testing.assert_allclose(sorted(abs(p.get_width()) for p in ax.patches), sorted(np.sort(np.abs(d))[-3:]),
+                               rtol=1e-5)
+    sets = {"first": [str(g) for g in cf.var_names[:8]], "second": [str(g) for g in cf.var_names[8:16]]}
+    res = bw.tl.enrichment(cf, spec, gene_sets=sets, permutations=20)
+    assert res.equals(bw.tl.enrichment(counterfactuals, spec, gene_sets=sets, permutations=20))
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

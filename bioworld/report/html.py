@@ -8,6 +8,7 @@ import io
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def _counterfactual_view(counterfactuals: Any, top: int = 10) -> list[dict[str, 
     if counterfactuals is None:
         return []
     genes_moved: dict[str, dict[str, list[tuple[str, float]]]] = {}
-    enriched: dict[str, list[tuple[str, str, str]]] = {}
+    enriched: dict[str, list[tuple[str, str, str]] | str] = {}
     n_cells: dict[str, int] = {}
     if hasattr(counterfactuals, "uns") and hasattr(counterfactuals, "obs"):
         cf = counterfactuals
@@ -178,10 +179,12 @@ def _counterfactual_view(counterfactuals: Any, top: int = 10) -> list[dict[str, 
                 "counterfactuals has no uns['bioworld']['entity_effects']; expected the AnnData returned by "
                 "WorldModel.counterfactual (or a dict intervention -> list of {entity, shift, share})"
             )
+        from bioworld.report._enrichment import layer_values
+
         layer = "delta" if "delta" in cf.layers else None
         labels = cf.obs["bw_intervention"].astype(str).to_numpy() if "bw_intervention" in cf.obs else None
         if layer is not None and labels is not None:
-            delta = np.asarray(cf.layers[layer])
+            delta = layer_values(cf, layer)
             names = np.asarray([str(v) for v in cf.var_names])
             for spec in effects:
                 rows = labels == spec
@@ -221,11 +224,16 @@ def _counterfactual_view(counterfactuals: Any, top: int = 10) -> list[dict[str, 
 ENRICH_SETS, ENRICH_FDR, ENRICH_TOP, ENRICH_PERMUTATIONS = "hallmark", 0.25, 4, 1000
 
 
-def _enriched(cf: Any, spec: str, layer: str) -> list[tuple[str, str, str]]:
-    """``(term, NES, FDR)`` of the Hallmark sets the mean predicted change of ``spec`` enriches (FDR < 0.25)."""
+def _enriched(cf: Any, spec: str, layer: str) -> list[tuple[str, str, str]] | str:
+    """``(term, NES, FDR)`` of the Hallmark sets the mean predicted change of ``spec`` enriches (FDR < 0.25), or why
+    nothing was tested (no set has enough genes on the panel: another species, a small panel, a simulator)."""
     from bioworld.report._enrichment import enrichment
 
-    res = enrichment(cf, spec, gene_sets=ENRICH_SETS, layer=layer, permutations=ENRICH_PERMUTATIONS, seed=0)
+    with warnings.catch_warnings():  # the reason is shown in the report instead of warned once per intervention
+        warnings.simplefilter("ignore", UserWarning)
+        res = enrichment(cf, spec, gene_sets=ENRICH_SETS, layer=layer, permutations=ENRICH_PERMUTATIONS, seed=0)
+    if "not_tested" in res.attrs:
+        return f"not tested: {res.attrs['not_tested']}"
     res = res[res["fdr"] < ENRICH_FDR].head(ENRICH_TOP)
     return [(str(r.term), f"{r.nes:+.2f}", f"{r.fdr:.3f}") for r in res.itertuples()]
 
@@ -426,8 +434,10 @@ def _methods(result: Any, model: Any) -> dict[str, Any]:
         rows.append(("training data hash", str(h) if h else "not recorded (a model saved before data hashes)"))
         reg = getattr(model, "registration", None)
         if reg is not None:
-            rows.append(("registration", f"input {getattr(reg, 'input', '?')}, perturbation key "
-                                         f"{meta.get('perturbation_key', '?')}, replicate key {meta.get('replicate_key')}"))
+            pkey = meta.get("perturbation_key") or getattr(reg, "perturbation_key", None) or "?"
+            rkey = meta.get("replicate_key") or getattr(model, "replicate_key", None) or "none"
+            rows.append(("registration", f"input {getattr(reg, 'input', '?')}, perturbation key {pkey}, replicate key "
+                                         f"{rkey}"))
         desc = model.describe() if hasattr(model, "describe") else {}
         if desc.get("entity_hash"):
             rows.append(("entity definitions hash", str(desc["entity_hash"])))
