@@ -412,3 +412,17 @@ def test_report_and_plots_read_a_sparse_delta_layer(counterfactuals, tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_report_counterfactual_genes_are_symbols_when_var_names_are_ids(counterfactuals):
+    """A model trained on Ensembl ids (gene_symbols_key / id_map) answers with the ids as var_names and the symbols in
+    var['bw_gene_symbol']; the report's up/down gene lists showed the ids, unlike bw.pl.effect_bars and the heatmap."""
+    from bioworld.report.html import _counterfactual_view
+
+    cf = counterfactuals.copy()
+    symbols = [str(g) for g in cf.var_names]
+    cf.var["bw_gene_symbol"] = symbols
+    cf.var_names = [f"ENSG{i:011d}" for i in range(cf.n_vars)]
+    views = _counterfactual_view(cf)
+    shown = [g for v in views for g, _ in v["genes"]["up"] + v["genes"]["down"]]
+    assert shown and all(g in symbols for g in shown) and not any(g.startswith("ENSG") for g in shown)

@@ -179,13 +179,13 @@ def _counterfactual_view(counterfactuals: Any, top: int = 10) -> list[dict[str, 
                 "counterfactuals has no uns['bioworld']['entity_effects']; expected the AnnData returned by "
                 "WorldModel.counterfactual (or a dict intervention -> list of {entity, shift, share})"
             )
-        from bioworld.report._enrichment import layer_values
+        from bioworld.report._enrichment import answer_genes, layer_values
 
         layer = "delta" if "delta" in cf.layers else None
         labels = cf.obs["bw_intervention"].astype(str).to_numpy() if "bw_intervention" in cf.obs else None
         if layer is not None and labels is not None:
             delta = layer_values(cf, layer)
-            names = np.asarray([str(v) for v in cf.var_names])
+            names = np.asarray(answer_genes(cf))  # symbols when the model's var_names are ids
             for spec in effects:
                 rows = labels == spec
                 if not rows.any():
