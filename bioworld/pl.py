@@ -40,11 +40,12 @@ def _rows(x: Any, layer: str, what: str) -> tuple[dict[str, np.ndarray], list[st
         M = x.layers[layer] if layer in x.layers else None
         if M is None:
             raise BioworldError(f"{what} has no layers[{layer!r}] (found {list(x.layers)}); expected the AnnData of "
-                                "WorldModel.predict (layers['delta']) or pass layer=")
+                                "WorldModel.predict (layers['delta']). Fix: pass layer= one of its layers")
         M = np.asarray(M.toarray() if hasattr(M, "toarray") else M, dtype=np.float64)
         return {str(k): M[i] for i, k in enumerate(x.obs_names)}, [str(g) for g in x.var_names]
     raise BioworldError(f"{what} is a {type(x).__name__}; expected an AnnData (rows = perturbations), a DataFrame "
-                        "or a dict label -> [genes] delta")
+                        "or a dict label -> [genes] delta. Fix: pass WorldModel.predict's AnnData, or observed deltas "
+                        "as a DataFrame (rows = labels, columns = genes)")
 
 
 def _common_genes(pred: dict[str, np.ndarray], pred_genes: list[str] | None, obs: dict[str, np.ndarray],
@@ -114,7 +115,9 @@ def predicted_vs_observed(
     for lab in shown:
         p, o = pred[lab], obs[lab]
         if p.shape != o.shape:
-            raise BioworldError(f"{lab!r}: predicted has {p.size} genes and observed {o.size}; expected the same genes")
+            raise BioworldError(f"{lab!r}: predicted has {p.size} genes and observed {o.size}; expected the same genes. Fix: give both "
+                                "as AnnData / DataFrames with gene names (matched by name), or a dict in the predicted "
+                                "gene order")
         idx = np.argsort(-np.abs(o))[:top_k] if top_k else np.arange(o.size)
         r = float(np.corrcoef(p[idx], o[idx])[0, 1]) if p[idx].std() > 0 and o[idx].std() > 0 else float("nan")
         ax.scatter(o[idx], p[idx], s=8, alpha=0.6, label=f"{lab} (r = {r:.2f})")
@@ -172,9 +175,11 @@ def latent_umap(
 
         latents(adata, model=model, key_added=use_rep)
     if color is not None and color not in adata.obs.columns:
-        raise BioworldError(f"color={color!r} is not an obs column; found {list(adata.obs.columns)[:10]}")
+        raise BioworldError(f"color={color!r} is not an obs column; found {list(adata.obs.columns)[:10]}; expected an obs "
+                            "column to colour by. Fix: pass color= one of them, or None")
     if adata.n_obs < 4:
-        raise BioworldError(f"{adata.n_obs} cells; expected at least 4 for a neighbour graph and a UMAP")
+        raise BioworldError(f"{adata.n_obs} cells; expected at least 4 for a neighbour graph and a UMAP. Fix: pass "
+                            "more cells")
     tmp = ad.AnnData(obs=adata.obs[[color]].copy() if color else pd.DataFrame(index=adata.obs_names.copy()),
                      obsm={use_rep: np.asarray(adata.obsm[use_rep], dtype=np.float32)})
     sc.pp.neighbors(tmp, use_rep=use_rep, n_neighbors=min(n_neighbors, tmp.n_obs - 1), random_state=random_state)
@@ -237,14 +242,16 @@ def effect_bars(
         rows = (adata.obs["bw_intervention"].astype(str) == str(label)).to_numpy()
         if not rows.any():
             raise BioworldError(f"no rows with obs['bw_intervention'] == {label!r}; found "
-                                f"{list(pd.unique(adata.obs['bw_intervention'].astype(str)))[:6]}")
+                                f"{list(pd.unique(adata.obs['bw_intervention'].astype(str)))[:6]}; expected one of those "
+                                "interventions. Fix: pass one of them, or run counterfactual with it first")
         mean = D[rows].mean(0)
         err = D[rows].std(0) if rows.sum() > 1 else None
         what = f"{label}: mean over {int(rows.sum())} cells (whiskers: sd over cells)"
     else:
         names = [str(x) for x in adata.obs_names]
         if str(label) not in names:
-            raise BioworldError(f"{label!r} is not a row of adata; found {names[:6]}")
+            raise BioworldError(f"{label!r} is not a row of adata; found {names[:6]}; expected one of its "
+                                "rows (obs_names). Fix: pass one of those, or predict that label first")
         i = names.index(str(label))
         mean = D[i]
         what = f"{label}: predicted delta"

@@ -53,7 +53,8 @@ def latents(adata: Any, *, model: Any, key_added: str = "X_bw", copy: bool = Fal
     """
     wm = _base(model)
     if not isinstance(key_added, str) or not key_added:
-        raise BioworldError(f"key_added={key_added!r}; expected a non-empty obsm key such as 'X_bw'")
+        raise BioworldError(f"key_added={key_added!r}; expected a non-empty obsm key such as 'X_bw'. Fix: pass "
+                            "key_added='X_bw'")
     backed = bool(getattr(adata, "isbacked", False))
     if backed and not copy and getattr(adata, "is_view", False):
         raise DataValidationError(
@@ -192,7 +193,9 @@ def to_cell_eval(
         warnings.warn(f"{len(skipped)} perturbation(s) left out of the cell-eval files (the model cannot predict "
                       "them): " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), stacklevel=user_stacklevel())
     if len(real_idx) == 1:
-        raise BioworldError(f"the model can predict none of the perturbations in the data (e.g. {list(skipped.items())[:2]})")
+        raise BioworldError(f"the model can predict none of the perturbations in the data (e.g. "
+                            f"{list(skipped.items())[:2]}); expected labels of genes / compounds / entities the model "
+                            "knows. Fix: check perturbation_key and the labels' spelling")
     ridx = np.concatenate(real_idx)
     P = np.concatenate(pred_X)
     n_clipped = 0

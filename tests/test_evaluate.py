@@ -147,3 +147,20 @@ def test_evaluate_on_seen_perturbations_only_says_it_measures_fit(tiny_trained, 
         summary = evaluate(tiny_trained, seen_only)
     assert set(summary["split"]) == {"seen"}
     assert any("not how it predicts unseen ones" in n for n in summary.attrs["notes"])
+
+
+def test_evaluate_refuses_a_missing_out_folder_before_scoring_and_a_path_as_data(tiny_trained, held_out, tmp_path,
+                                                                                  monkeypatch):
+    """out= a folder that does not exist used to be found only after every perturbation was scored; a file path given
+    as the test data said 'expected an AnnData' with no fix."""
+    import bioworld.eval._evaluate as ev
+
+    def scoring(*a, **k):
+        raise AssertionError("the data were read before out= was checked")
+
+    monkeypatch.setattr(ev, "_test_cells", scoring)
+    with pytest.raises(BioworldError, match=r"out=.*is not a folder.*Fix: pass out= an existing folder"):
+        ev.evaluate(tiny_trained, held_out, out=tmp_path / "no_such_model")
+    monkeypatch.undo()
+    with pytest.raises(BioworldError, match=r"got str as test data.*Fix: read the file first: bw.data.read_h5ad"):
+        ev.evaluate(tiny_trained, str(tmp_path / "test.h5ad"))

@@ -271,3 +271,28 @@ def test_enrichment_refuses_bad_options_and_names_the_bundled_collection():
     with pytest.raises(BioworldError, match=r"gene_sets='halmark' is neither a bundled collection nor a file.*"
                                             r"close matches: 'hallmark'.*Fix: gene_sets='hallmark'"):
         bw.tl.enrichment(a, "DRUG@1", gene_sets="halmark")
+
+
+def test_pl_tl_mistakes_say_what_to_do(tiny_trained, cells):
+    """Each user mistake in bw.pl / bw.tl says what was found, what was expected and a 'Fix:' (several said only the
+    first two)."""
+    pred = tiny_trained.predict(["P1_DRV1"])
+    cf = tiny_trained.counterfactual(cells[:6].copy(), ["P2_DRV1"])
+    cases = [
+        (lambda: bw.pl.effect_bars(pred, "P9_DRV9"), "is not a row of adata"),
+        (lambda: bw.pl.effect_bars(cf, "P9_DRV9"), "no rows with obs"),
+        (lambda: bw.tl.enrichment(pred, "P9_DRV9"), "is not a row of adata"),
+        (lambda: bw.tl.enrichment(cf, "P9_DRV9"), r"no rows with obs.*found \['P2_DRV1'\]"),
+        (lambda: bw.tl.enrichment(pred, "P1_DRV1", gene_sets=3), "gene_sets is a int"),
+        (lambda: bw.pl.predicted_vs_observed(pred, [1, 2]), "observed is a list"),
+        (lambda: bw.pl.predicted_vs_observed(pred, pred, layer="nope"), r"no layers\['nope'\]"),
+        (lambda: bw.pl.predicted_vs_observed(pred, {"P1_DRV1": np.zeros(3)}), "predicted has .* genes and observed 3"),
+        (lambda: bw.pl.latent_umap(cells[:10].copy(), model=tiny_trained, color="nope"), "not an obs column"),
+        (lambda: bw.pl.latent_umap(cells[:3].copy(), model=tiny_trained), "expected at least 4"),
+        (lambda: bw.tl.latents(cells[:3].copy(), model=tiny_trained, key_added=""), "key_added=''"),
+    ]
+    for call, found in cases:
+        with pytest.raises(BioworldError, match=found) as e:
+            call()
+        assert "expected" in str(e.value) and "Fix:" in str(e.value), str(e.value)
+    plt.close("all")

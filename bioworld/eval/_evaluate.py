@@ -132,6 +132,12 @@ def _on_panel(adata: Any, model: Any, registration: Any) -> Any:
     return adata if names == var_names else adata[:, var_names].copy()
 
 
+def _check_out(out: Any) -> None:
+    if out is not None and not Path(out).is_dir():
+        raise BioworldError(f"out={str(out)!r} is not a folder; expected the model folder to write {EVALUATION} into. "
+                            "Fix: pass out= an existing folder (the model's), or leave it out")
+
+
 def evaluate(
     model: Any,
     adata: Any,
@@ -184,6 +190,7 @@ def evaluate(
     given = {"perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
              "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key, "input": input,
              "min_cells_per_group": min_cells_per_group}
+    _check_out(out)  # before the scoring, not after it
     test, reg, X, labels, base = _test_cells(adata, model, given)
     if k > X.shape[1]:
         warnings.warn(f"k={k} is more than the {X.shape[1]} genes scored: the top-{k} metrics use every gene (their "
@@ -201,7 +208,8 @@ def evaluate(
     if not pred:
         raise BioworldError(
             f"the model can predict none of the {len(obs)} test perturbations (e.g. {list(skipped.items())[:2]}); "
-            "expected labels of genes / compounds / entities the model knows"
+            "expected labels of genes / compounds / entities the model knows. Fix: check perturbation_key and the "
+            "labels' spelling (CLI: --perturbation-key), or evaluate a model trained on these perturbations' kind"
         )
     split_of = {lab: ("seen" if lab in trained else "unseen") for lab in pred}
     reference = np.mean(list(obs.values()), axis=0)
@@ -239,8 +247,6 @@ def evaluate(
                       + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), stacklevel=user_stacklevel())
     if out is not None:
         d = Path(out)
-        if not d.is_dir():
-            raise BioworldError(f"out={str(d)!r} is not a folder; expected the model folder to write {EVALUATION} into")
         _atomic_csv(summary, d / EVALUATION)
         _atomic_csv(scores, d / EVALUATION_SCORES)
     return summary
@@ -254,7 +260,9 @@ def _test_cells(adata: Any, model: Any, given: dict[str, Any]) -> tuple[Any, Any
     from bioworld.data import normalize
 
     if adata is None or not hasattr(adata, "obs"):
-        raise DataValidationError(f"evaluate() got {type(adata).__name__} as test data; expected an AnnData")
+        raise DataValidationError(f"evaluate() got {type(adata).__name__} as test data; expected an AnnData of test "
+                                  "cells (controls and perturbed cells). Fix: read the file first: "
+                                  "bw.data.read_h5ad(path)")
     adata = adata.copy() if not getattr(adata, "isbacked", False) else adata.to_memory()
     reg, key = _test_registration(adata, model, given)
     base = _base_model(model)

@@ -41,7 +41,8 @@ def _gene_sets(gene_sets: Any) -> tuple[dict[str, list[str]], str]:
                 "the given gene sets")  # a set of one gene given as a string is that gene, not its letters
     else:
         raise BioworldError(f"gene_sets is a {type(gene_sets).__name__}; expected a bundled name "
-                            f"({', '.join(sorted(BUNDLED))}), a GMT / weight-table path, a dict or an EntitySet")
+                            f"({', '.join(sorted(BUNDLED))}), a GMT / weight-table path, a dict or an EntitySet. Fix: e.g. "
+                            "gene_sets='hallmark' or gene_sets={'my_set': ['STAT1', 'IRF1', ...]}")
     return {e.name: [str(g) for g in e.genes] for e in es}, what
 
 
@@ -118,12 +119,15 @@ def enrichment(
     if "bw_intervention" in adata.obs.columns:
         rows = (adata.obs["bw_intervention"].astype(str) == str(label)).to_numpy()
         if not rows.any():
-            raise BioworldError(f"no rows with obs['bw_intervention'] == {label!r}")
+            raise BioworldError(f"no rows with obs['bw_intervention'] == {label!r}; found "
+                                f"{list(pd.unique(adata.obs['bw_intervention'].astype(str)))[:6]}; expected one of "
+                                "those interventions. Fix: pass one of them, or run counterfactual with it first")
         delta = D[rows].mean(0)
     else:
         names = [str(x) for x in adata.obs_names]
         if str(label) not in names:
-            raise BioworldError(f"{label!r} is not a row of adata; found {names[:6]}")
+            raise BioworldError(f"{label!r} is not a row of adata; found {names[:6]}; expected one of its "
+                                "rows (obs_names). Fix: pass one of those, or predict that label first")
         delta = D[names.index(str(label))]
     sets, what = _gene_sets(gene_sets)
     genes = answer_genes(adata)
