@@ -426,3 +426,30 @@ def test_report_counterfactual_genes_are_symbols_when_var_names_are_ids(counterf
     views = _counterfactual_view(cf)
     shown = [g for v in views for g, _ in v["genes"]["up"] + v["genes"]["down"]]
     assert shown and all(g in symbols for g in shown) and not any(g.startswith("ENSG") for g in shown)
+
+
+def test_write_report_refuses_a_model_path_and_a_bad_top_n_and_passes_top_n_to_the_distributions(
+        prioritized, tiny_trained, tmp_path, no_benchmark, monkeypatch):
+    """model='my_model' (a folder path) was silently ignored: a report without the fit banner, training details or
+    data findings. top_n=-1 plotted every row but the last; top_n did not reach the per-cell distributions, though
+    the docstring said so."""
+    from bioworld.report import plots, write_report
+
+    with pytest.raises(BioworldError, match=r"model is 'my_model' \(str\).*Fix: load the folder first"):
+        write_report(prioritized, tmp_path / "a", model="my_model")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(BioworldError, match=r"top_n=.*expected a whole number >= 1"):
+            write_report(prioritized, tmp_path / "b", model=tiny_trained, top_n=bad)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    seen = {}
+    real = plots.per_cell_distributions
+
+    def spy(*args, **kwargs):
+        seen["top_n"] = kwargs.get("top_n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "per_cell_distributions", spy)
+    write_report(prioritized, tmp_path / "c", model=tiny_trained, top_n=3)
+    assert seen["top_n"] == 3
+    write_report(prioritized, tmp_path / "d", model=tiny_trained)
+    assert seen["top_n"] == 12  # the default report is unchanged

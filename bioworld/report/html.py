@@ -501,6 +501,22 @@ def _accuracy_of(accuracy: Any, model: Any) -> tuple[pd.DataFrame | None, str]:
     return load_accuracy(accuracy), source
 
 
+#: Interventions in the per-cell score distributions (at most; fewer with a smaller ``top_n``).
+PER_CELL_ROWS = 12
+
+
+def _check_report_args(model: Any, top_n: Any) -> None:
+    """``model`` is a trained model or ensemble (a folder path would be silently ignored: no fit banner, no training
+    details); ``top_n`` a whole number >= 1 (``head(-1)`` would show every row but the last)."""
+    if model is not None and not (hasattr(model, "describe") or hasattr(model, "members")):
+        raise BioworldError(
+            f"model is {model!r:.60} ({type(model).__name__}); expected the trained bioworld.WorldModel (or Ensemble) "
+            "that answered, or None. Fix: load the folder first: model=bw.WorldModel.load(path)")
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+        raise BioworldError(f"top_n={top_n!r}; expected a whole number >= 1 of interventions to plot. Fix: pass e.g. "
+                            "top_n=20")
+
+
 def _figures(result: Any, table: pd.DataFrame, model: Any, top_n: int) -> list[dict[str, str]]:
     """The report's plots (title, caption, embedded PNG)."""
     from bioworld.report import plots
@@ -525,7 +541,8 @@ def _figures(result: Any, table: pd.DataFrame, model: Any, top_n: int) -> list[d
         {"title": "Per-cell scores",
          "caption": "Distribution of the score over the individual cells: a wide spread means the effect "
                     "depends on the cell's state.",
-         "src": _png(plots.per_cell_distributions(result.per_cell_scores, order=list(table["intervention"])))},
+         "src": _png(plots.per_cell_distributions(result.per_cell_scores, order=list(table["intervention"]),
+                                                  top_n=min(top_n, PER_CELL_ROWS)))},
         {"title": "Pair synergy",
          "caption": "Score of a pair of silenced entities minus the sum of the two singles: red = more than "
                     "additive, blue = less (redundant).",
@@ -576,7 +593,8 @@ def write_report(
         The :class:`bioworld.WorldModel` that answered (optional): adds its training curves,
         training details and data findings to the report.
     top_n
-        Interventions in the effect and distribution plots (the table shows 30, the CSV all).
+        Interventions in the effect plot and (at most 12) in the per-cell distributions (the table shows 30,
+        the CSV all).
 
     Returns
     -------
@@ -590,6 +608,7 @@ def write_report(
             f"result is a {type(result).__name__} without a ranked table; expected a PrioritizationResult "
             "from WorldModel.prioritize (table with columns intervention, score, ...)"
         )
+    _check_report_args(model, top_n)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BioworldError(f"out_dir {str(out)!r} is a file; expected a folder for report.html. Fix: choose another path.")
