@@ -453,3 +453,21 @@ def test_write_report_refuses_a_model_path_and_a_bad_top_n_and_passes_top_n_to_t
     assert seen["top_n"] == 3
     write_report(prioritized, tmp_path / "d", model=tiny_trained)
     assert seen["top_n"] == 12  # the default report is unchanged
+
+
+def test_training_curves_log_axis_ticks_are_plain_numbers():
+    """The loss-terms panel (log scale) showed its tick labels as raw mathtext ('$\\mathdefault{2\\times10^{0}}$'):
+    the report's figures are drawn with the math parser off, and matplotlib's log formatter writes mathtext."""
+    import io
+
+    from bioworld.report import plots
+
+    history = [{"step": s, "loss": 3.0 - s / 100, "latent": 0.3 + s / 100, "recon": 1.1 - s / 200,
+                "expr": 1.26, "covariance": 0.3 + s / 15} for s in (10, 20, 30)]
+    fig = plots.training_curves(history)
+    fig.savefig(io.BytesIO(), format="png")  # ticks are labelled when drawn
+    ax = fig.axes[1]
+    assert ax.get_yscale() == "log"
+    labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True) if t.get_text()]
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
+    assert "1" in labels and all(float(t) > 0 for t in labels)

@@ -264,6 +264,19 @@ def pair_synergy_matrix(pair_synergy: pd.DataFrame, *, max_entities: int = 25, t
     return fig
 
 
+def _plain_log_ticks(axis: Any) -> None:
+    """Log-axis tick labels as plain numbers (``0.3``, ``2``, ``1e-05``): matplotlib's default log formatters write
+    mathtext (``$\\mathdefault{10^{0}}$``), which the figures' math-off setting (:func:`_plain_text`) shows raw."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLog(LogFormatter):
+        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+            return f"{x:g}"
+
+    axis.set_major_formatter(PlainLog())
+    axis.set_minor_formatter(PlainLog(labelOnlyBase=False))
+
+
 @_plain_text
 def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
     """Training loss (total and per term) and the collapse monitor against the step."""
@@ -290,6 +303,7 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None =
     positive = terms and (df[terms].to_numpy(float) > 0).all()
     if positive:
         ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
     ax.set_title("loss terms" + (" (log scale)" if positive else ""), fontsize=10)
     ax.set_xlabel("step")
     if terms:
@@ -305,7 +319,7 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None =
         ax.set_title("collapse monitor (target latents)", fontsize=10)
         ax.set_xlabel("step")
     for a in axes[0]:
-        a.tick_params(labelsize=8)
+        a.tick_params(which="both", labelsize=8)
         a.grid(color="#eeeeee", lw=0.5)
     if title:
         fig.suptitle(title, fontsize=11)
