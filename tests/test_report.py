@@ -471,3 +471,23 @@ def test_training_curves_log_axis_ticks_are_plain_numbers():
     labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True) if t.get_text()]
     assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
     assert "1" in labels and all(float(t) > 0 for t in labels)
+
+
+def test_report_says_when_the_models_evaluation_scored_only_trained_perturbations(prioritized, tiny_trained,
+                                                                                   tmp_path, monkeypatch):
+    """bioworld evaluate on the training perturbations (split 'seen' only) warns that it measures fit; the report
+    showed the same table as the model's 'held-out accuracy' with nothing saying so."""
+    from bioworld.report import write_report
+
+    def table(split):
+        return pd.DataFrame({"split": [split] * 4, "method": ["WorldModel", "WorldModel", "NoChange", "NoChange"],
+                             "metric": ["mse_top20", "pearson_all"] * 2, "mean": [0.25, 0.61, 0.5, 0.0],
+                             "sd": [0.05, 0.1, 0.1, 0.0], "n": [3] * 4})
+
+    monkeypatch.setattr(tiny_trained, "evaluation", table("seen"), raising=False)
+    text = write_report(prioritized, tmp_path / "seen", model=tiny_trained).read_text()
+    assert "Every scored perturbation was one the model trained on" in text and "unvalidated" in text
+    assert "0.250 ± 0.050" in text  # the table is still shown
+    monkeypatch.setattr(tiny_trained, "evaluation", table("unseen"), raising=False)
+    text = write_report(prioritized, tmp_path / "unseen", model=tiny_trained).read_text()
+    assert "Every scored perturbation was one the model trained on" not in text and "unvalidated" not in text

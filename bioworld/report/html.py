@@ -129,8 +129,9 @@ def _accuracy_view(acc: pd.DataFrame) -> dict[str, Any]:
                    "combinations where it was scored (best per column in bold; arrows give the better direction).")
     else:
         verdict = f"The benchmark table holds no {WORLD_MODEL_METHOD} rows: only baselines were scored."
-    return {"headers": headers, "rows": rows, "show_split": acc["split"].astype(str).nunique() > 1
-            or bool(acc["split"].astype(str).iloc[0]), "verdict": verdict}
+    splits = set(acc["split"].astype(str))
+    return {"headers": headers, "rows": rows, "show_split": len(splits) > 1 or bool(acc["split"].astype(str).iloc[0]),
+            "verdict": verdict, "only_seen": splits == {"seen"}}
 
 
 # --------------------------------------------------------------------------------- helpers
