@@ -164,3 +164,25 @@ def test_evaluate_refuses_a_missing_out_folder_before_scoring_and_a_path_as_data
     monkeypatch.undo()
     with pytest.raises(BioworldError, match=r"got str as test data.*Fix: read the file first: bw.data.read_h5ad"):
         ev.evaluate(tiny_trained, str(tmp_path / "test.h5ad"))
+
+
+def test_python_evaluate_into_a_model_folder_updates_its_model_card(tiny_trained, held_out, tmp_path):
+    """README's `bw.eval.evaluate(wm, test, out="papalexi_model")` promises evaluation.csv + model card; from Python
+    only the CSVs were written and the folder's README.md still said 'Not evaluated'."""
+    from bioworld.eval import evaluate
+
+    model = tmp_path / "model"
+    tiny_trained.save(model)
+    assert "Not evaluated" in (model / "README.md").read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        evaluate(tiny_trained, held_out, out=model)
+    card = (model / "README.md").read_text()
+    assert "Not evaluated" not in card and "| unseen | **WorldModel** |" in card
+    # a plain folder (no model in it) gets the tables only, no card
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        evaluate(tiny_trained, held_out, out=plain)
+    assert (plain / "evaluation.csv").is_file() and not (plain / "README.md").exists()

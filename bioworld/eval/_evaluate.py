@@ -177,7 +177,8 @@ def evaluate(
     seed
         Seed of the split halves of the noise ceiling.
     out
-        A folder (the model folder) to write ``evaluation.csv`` and ``evaluation_scores.csv`` to.
+        A folder (the model folder) to write ``evaluation.csv`` and ``evaluation_scores.csv`` to; in a single
+        model's folder its model card (``README.md``) is rewritten with the table.
 
     Returns
     -------
@@ -246,10 +247,19 @@ def evaluate(
         warnings.warn(f"{len(skipped)} test perturbation(s) not scored (the model cannot predict them): "
                       + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), stacklevel=user_stacklevel())
     if out is not None:
-        d = Path(out)
-        _atomic_csv(summary, d / EVALUATION)
-        _atomic_csv(scores, d / EVALUATION_SCORES)
+        _write_outputs(Path(out), summary, scores, model)
     return summary
+
+
+def _write_outputs(d: Path, summary: pd.DataFrame, scores: pd.DataFrame, model: Any) -> None:
+    """``evaluation.csv`` / ``evaluation_scores.csv`` into ``d``; in a single model's folder (``bioworld.json``) its
+    model card (``README.md``) is rewritten with the table too, as ``bioworld evaluate`` does."""
+    _atomic_csv(summary, d / EVALUATION)
+    _atomic_csv(scores, d / EVALUATION_SCORES)
+    if not hasattr(model, "members") and (d / "bioworld.json").is_file():
+        from bioworld.report.card import write_model_card
+
+        write_model_card(model, d, evaluation=summary)
 
 
 def _test_cells(adata: Any, model: Any, given: dict[str, Any]) -> tuple[Any, Any, np.ndarray, np.ndarray, Any]:
