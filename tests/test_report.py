@@ -491,3 +491,25 @@ def test_report_says_when_the_models_evaluation_scored_only_trained_perturbation
     monkeypatch.setattr(tiny_trained, "evaluation", table("unseen"), raising=False)
     text = write_report(prioritized, tmp_path / "unseen", model=tiny_trained).read_text()
     assert "Every scored perturbation was one the model trained on" not in text and "unvalidated" not in text
+
+
+def test_gene_heatmap_colour_range_is_not_set_by_a_knocked_out_genes_own_transcript():
+    """A knockout lowers its own gene's transcript far more than anything else it moves: that one cell set the colour
+    range alone and every other cell of the report's heatmap was white (seen on a 3-perturbation screen)."""
+    from bioworld.report import plots
+
+    rng = np.random.default_rng(0)
+    genes = ["MAPKBP1", "STAT1", "IRF1", "g4", "g5"]
+    gd = pd.DataFrame(rng.normal(0, 0.01, (3, 5)), index=["MAPKBP1", "IRF1+STAT1", "silence:X"], columns=genes)
+    gd.loc["MAPKBP1", "MAPKBP1"] = -0.35  # its own transcript
+    gd.loc["IRF1+STAT1", "STAT1"] = -0.2
+    fig = plots.gene_heatmap(gd)
+    ax = fig.axes[0]
+    lo, hi = ax.images[0].get_clim()
+    own = {("MAPKBP1", "MAPKBP1"), ("IRF1+STAT1", "STAT1"), ("IRF1+STAT1", "IRF1")}
+    others = [abs(gd.loc[r, c]) for r in gd.index for c in gd.columns if (r, c) not in own]
+    assert hi == pytest.approx(max(others)) and lo == -hi and hi < 0.05
+    circled = ax.collections[0].get_offsets()  # (column, row) of the own-transcript cells, in the plotted order
+    cols = [t.get_text() for t in ax.get_xticklabels()]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    assert {(rows[int(r)], cols[int(c)]) for c, r in circled} == own

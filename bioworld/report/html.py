@@ -537,7 +537,8 @@ def _figures(result: Any, table: pd.DataFrame, model: Any, top_n: int) -> list[d
          "caption": "Mean predicted change of each gene (standardised expression, units of the control cells' sd; "
                     "red = up, blue = down) under the best unflagged interventions (rows, in rank order), on the "
                     "screen's prototype cells; columns = the genes they move most; * = a gene of the goal's "
-                    "readout entity.",
+                    "readout entity; circled = the intervention's own target gene (its own transcript, left out of "
+                    "the colour range, which it would otherwise set alone).",
          "src": _png(plots.gene_heatmap(getattr(result, "gene_delta", None), highlight=_readout_genes(result, model)))},
         {"title": "Per-cell scores",
          "caption": "Distribution of the score over the individual cells: a wide spread means the effect "

@@ -158,7 +158,10 @@ def gene_heatmap(
 
     Rows = the first ``max_rows`` interventions in the given order; columns = the ``top_genes`` genes
     with the largest mean absolute change over those rows; diverging colours centred on 0 (red = up).
-    Genes in ``highlight`` (e.g. the goal's readout genes) are marked with ``*``.
+    Genes in ``highlight`` (e.g. the goal's readout genes) are marked with ``*``. A knocked-out gene's own
+    transcript (the gene named by the row) is circled and left out of the colour range, which it would
+    otherwise set alone, leaving every other cell white; beyond the range it shows the end colour (the colour
+    bar's arrows).
     """
     if gene_delta is None or gene_delta.empty:
         return _empty("no per-gene predictions to show")
@@ -166,22 +169,36 @@ def gene_heatmap(
     cols = sub.abs().mean(0).sort_values(ascending=False).index[:top_genes]
     sub = sub[cols]
     values = sub.to_numpy(float)
-    lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    own = _own_transcripts(list(sub.index), [str(c) for c in cols])
+    rest = np.abs(values[~own & np.isfinite(values)])
+    lim = float(rest.max()) if rest.size and rest.max() > 0 else (
+        float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0)
     lim = lim if lim > 0 else 1.0
     fig = Figure(figsize=(0.3 * len(cols) + 4.6, 0.3 * len(sub) + 2.4))
     ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    if own.any():  # a knocked-out gene's own transcript: marked, and not the colour scale's range
+        r, c = np.nonzero(own)
+        ax.scatter(c, r, marker="o", s=10, facecolors="none", edgecolors="black", linewidths=0.8)
     marks = set(highlight)
     ax.set_xticks(np.arange(len(cols)))
     ax.set_xticklabels([f"{c}*" if c in marks else str(c) for c in cols], rotation=70, ha="right", fontsize=7)
     ax.set_yticks(np.arange(len(sub)))
     ax.set_yticklabels([short_label(r, 50) for r in sub.index], fontsize=7)
-    cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    beyond = bool(own.any() and np.nanmax(np.abs(values[own])) > lim)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, extend="both" if beyond else "neither")
     cbar.set_label("predicted change (control sd)", fontsize=8)
     cbar.ax.tick_params(labelsize=7)
     ax.set_title(title or "Predicted change of the most-moved genes", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _own_transcripts(rows: Sequence[str], genes: Sequence[str]) -> np.ndarray:
+    """``[rows, genes]`` True where the gene is one a row's intervention knocks out / down or activates itself (its
+    name is a part of the label: ``STAT1``, ``A+B``, ``kd:GENE:0.5``): that cell shows the gene's own transcript."""
+    parts = [set(re.split(r"[+:@]", str(r))) for r in rows]
+    return np.array([[g in p for g in genes] for p in parts], dtype=bool).reshape(len(rows), len(genes))
 
 
 @_plain_text
