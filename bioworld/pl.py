@@ -269,6 +269,8 @@ def effect_bars(
     ax.set_yticks(np.arange(len(order)))
     ax.set_yticklabels(genes, fontsize=7)
     ax.axvline(0, color="black", lw=0.6)
-    ax.set_xlabel("delta (model scale)")
+    bw_uns = adata.uns.get("bioworld", {}) if hasattr(adata, "uns") else {}
+    scale = bw_uns.get("scale") if hasattr(bw_uns, "get") else None
+    ax.set_xlabel(f"predicted delta ({scale})" if isinstance(scale, str) and scale else "predicted delta (model scale)")
     ax.set_title(what, fontsize=9)
     return ax

@@ -176,6 +176,8 @@ def test_effect_bars_predict_and_counterfactual(tiny_trained, cells):
                                rtol=1e-5)
     with pytest.raises(BioworldError, match="no rows"):
         bw.pl.effect_bars(cf, "P9_DRV9")
+    # the axis names the scale of the deltas (it said only 'model scale')
+    assert ax.get_xlabel() == f"predicted delta ({pred.uns['bioworld']['scale']})" and "log1p" in ax.get_xlabel()
     plt.close("all")
 
 
