@@ -32,6 +32,8 @@ def _axes(ax: Any, size: tuple[float, float] = (4.5, 4.0)) -> Any:
 def _rows(x: Any, layer: str, what: str) -> tuple[dict[str, np.ndarray], list[str] | None]:
     """``{label: [G]}`` from a dict, a DataFrame (rows = labels) or an AnnData (obs_names, ``layers[layer]``),
     and the gene names of the columns (None for a dict: no names)."""
+    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], Mapping):
+        x = x[0]  # mean_deltas(X, labels, control) returns (deltas, control mean)
     if isinstance(x, Mapping):
         return {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in x.items()}, None
     if isinstance(x, pd.DataFrame):
@@ -82,7 +84,9 @@ def predicted_vs_observed(
         ``{label: [genes] delta}``.
     observed
         Observed deltas in the same form, e.g. each perturbation's mean minus the control mean
-        (:func:`bioworld.eval.benchmark.mean_deltas`). Genes are matched by name when both name them
+        (:func:`bioworld.eval.benchmark.mean_deltas`: its ``(deltas, control mean)`` result is taken as it
+        is), on the model's scale (for counts: ``bw.data.normalize(cells, registration)``, log1p CP10k) and
+        in the predicted gene order (``wm.var_names``). Genes are matched by name when both name them
         (AnnData ``var_names``, DataFrame columns; the predicted genes the observed also have, any
         order); a dict's arrays must be in the predicted gene order.
     labels

@@ -298,3 +298,23 @@ def test_pl_tl_mistakes_say_what_to_do(tiny_trained, cells):
             call()
         assert "expected" in str(e.value) and "Fix:" in str(e.value), str(e.value)
     plt.close("all")
+
+
+def test_predicted_vs_observed_takes_mean_deltas_result_as_its_docstring_suggests(tiny_trained, test_data):
+    """The docstring points to mean_deltas for the observed deltas; passing its result ((deltas, control mean))
+    was refused as 'observed is a tuple'."""
+    from dataclasses import replace
+
+    from bioworld.data import normalize, register
+    from bioworld.eval.benchmark import mean_deltas
+
+    t = test_data[:, list(tiny_trained.var_names)].copy()
+    reg = register(t, input="counts", inplace=False)
+    X = normalize(t, replace(reg, n_genes=t.n_vars, n_cells=t.n_obs))
+    observed = mean_deltas(X, t.obs["perturbation"].astype(str).to_numpy(), "control")
+    pred = tiny_trained.predict(["P1_DRV1", "P2_DRV1"])
+    ax = bw.pl.predicted_vs_observed(pred, observed)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    r = np.corrcoef(np.asarray(pred.layers["delta"][0], dtype=np.float64), observed[0]["P1_DRV1"])[0, 1]
+    assert texts[0] == f"P1_DRV1 (r = {r:.2f})" and len(texts) == 2
+    plt.close("all")
