@@ -103,6 +103,8 @@ def test_report_shows_held_out_accuracy_next_to_baselines(prioritized, tmp_path)
     assert '<tr class="model">' in text and "MeanOfTrain" in text and "0.600 ± 0.100" in text
     assert "WorldModel is the best method on 2 of 2" in text
     assert "No counterfactuals were computed" in text
+    # the hint names the command-line flag too (a report of `bioworld prioritize` named only a Python argument)
+    assert "--counterfactuals N" in text and "counterfactuals=wm.counterfactual(cells, [...])" in text
 
 
 def test_report_shows_the_models_own_evaluation_never_a_checkout_file(prioritized, tiny_trained, tmp_path,
@@ -186,6 +188,8 @@ def test_plots_return_figures_including_edge_cases(prioritized, tiny_trained):
     for fig in figs:
         assert isinstance(fig, Figure)
         plt.close(fig)
+    no_pairs = plots.pair_synergy_matrix(pd.DataFrame(np.nan, index=["a", "b"], columns=["a", "b"]))
+    assert "--no-pairs" in no_pairs.texts[0].get_text()  # the flag of the report's command, not only pairs=False
     big = pd.DataFrame(np.random.default_rng(0).normal(size=(40, 40)))
     fig = plots.pair_synergy_matrix(big, max_entities=10)
     assert len(fig.axes[0].get_xticklabels()) == 10

@@ -251,7 +251,7 @@ def pair_synergy_matrix(pair_synergy: pd.DataFrame, *, max_entities: int = 25, t
     With more than ``max_entities`` entities, the ones in the strongest interactions are shown.
     """
     if pair_synergy is None or pair_synergy.size == 0 or not np.isfinite(pair_synergy.to_numpy(float)).any():
-        return _empty("no pairs were scored (pairs=False or fewer than two entities)")
+        return _empty("no pairs were scored (--no-pairs / pairs=False, or fewer than two entities)")
     syn = pair_synergy.astype(float)
     if len(syn) > max_entities:
         strength = syn.abs().max(1).fillna(0).sort_values(ascending=False)
