@@ -171,6 +171,11 @@ def latent_umap(
     import anndata as ad
     import scanpy as sc
 
+    if getattr(adata, "isbacked", False) and getattr(adata, "is_view", False):
+        raise BioworldError(
+            f"adata is a subset (view) of a backed file ({adata.n_obs} cells of {adata.filename}); anndata cannot "
+            f"write obsm[{use_rep + '_umap'!r}] into it. Expected an AnnData that can hold the UMAP. Fix: load the "
+            "subset first: adata[...].to_memory()")
     if use_rep not in adata.obsm:
         if model is None:
             raise BioworldError(f"adata has no obsm[{use_rep!r}]; expected entity latents. Fix: run "

@@ -241,6 +241,16 @@ def test_latents_on_a_backed_file_copy_and_subset(tiny_trained, cells, tmp_path)
         assert sub.n_obs == 5 and sub.obsm["X_bw"].shape[0] == 5
         with pytest.raises(BioworldError, match="view.*Fix: pass copy=True"):
             bw.tl.latents(backed[:5], model=tiny_trained)
+        with pytest.raises(BioworldError, match=r"view.*Fix: load the subset first: adata\[...\].to_memory\(\)"):
+            bw.pl.latent_umap(backed[:8], model=tiny_trained)  # latents' fix named copy=, which latent_umap lacks
+    finally:
+        backed.file.close()
+    with_latents = bw.tl.latents(cells, model=tiny_trained, copy=True)
+    with_latents.write_h5ad(tmp_path / "lat.h5ad")
+    backed = ad.read_h5ad(tmp_path / "lat.h5ad", backed="r")
+    try:
+        with pytest.raises(BioworldError, match=r"view.*Fix: load the subset first"):
+            bw.pl.latent_umap(backed[:8])  # was a raw anndata ValueError writing obsm['X_bw_umap'] into the view
     finally:
         backed.file.close()
 
