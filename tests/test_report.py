@@ -517,3 +517,39 @@ def test_gene_heatmap_colour_range_is_not_set_by_a_knocked_out_genes_own_transcr
     cols = [t.get_text() for t in ax.get_xticklabels()]
     rows = [t.get_text() for t in ax.get_yticklabels()]
     assert {(rows[int(r)], cols[int(c)]) for c, r in circled} == own
+
+
+def test_write_report_refuses_answers_of_another_model(prioritized, counterfactuals, tiny_trained, tmp_path,
+                                                       no_benchmark):
+    """A notebook with wm and wm2: write_report(wm.prioritize(...), model=wm2) showed one model's ranking under the
+    other's provenance, fit banner and held-out accuracy, with nothing saying so."""
+    import copy
+
+    from bioworld.report import write_report
+
+    class Reseeded:  # the same model as far as the report reads it, but another seed
+        def __init__(self, wm):
+            self._wm = wm
+
+        def describe(self):
+            return {**self._wm.describe(), "seed": 99}
+
+        def __getattr__(self, name):
+            return getattr(self._wm, name)
+
+    with pytest.raises(BioworldError, match=r"result came from another model than model= \(they differ in seed.*"
+                                            r"Fix: pass the model that answered"):
+        write_report(prioritized, tmp_path / "a", model=Reseeded(tiny_trained))
+    cf = counterfactuals.copy()
+    cf.uns["bioworld"] = copy.deepcopy(dict(cf.uns["bioworld"]))
+    cf.uns["bioworld"]["model"] = {**cf.uns["bioworld"]["model"], "train_labels": ["control", "OTHER"]}
+    with pytest.raises(BioworldError, match=r"counterfactuals came from another model.*train_labels"):
+        write_report(prioritized, tmp_path / "b", counterfactuals=cf, model=tiny_trained)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # the model that answered, also saved and loaded again, is accepted
+    tiny_trained.save(tmp_path / "m")
+    import bioworld as bw
+
+    path = write_report(prioritized, tmp_path / "c", counterfactuals=counterfactuals,
+                        model=bw.WorldModel.load(tmp_path / "m"))
+    assert path.is_file()

@@ -518,6 +518,34 @@ def _check_report_args(model: Any, top_n: Any) -> None:
                             "top_n=20")
 
 
+#: describe() fields that identify the model an answer came from (sizes, entities, training labels, seed).
+_IDENTITY = ("n_genes", "entity_hash", "input", "train_labels", "holdout", "seed")
+
+
+def _check_same_model(result: Any, counterfactuals: Any, model: Any) -> None:
+    """The ranking, the counterfactuals and ``model`` come from one model: a report mixing two (a notebook's
+    ``wm`` and ``wm2``) would show one model's ranking with another's provenance, fit banner and accuracy."""
+    if model is None or hasattr(model, "members") or not hasattr(model, "describe"):
+        return
+    mine = model.describe()
+    cf_uns = getattr(counterfactuals, "uns", {}).get("bioworld", {}) if hasattr(counterfactuals, "uns") else {}
+    for what, desc in (("result", (getattr(result, "provenance", {}) or {}).get("model")),
+                       ("counterfactuals", cf_uns.get("model") if hasattr(cf_uns, "get") else None)):
+        if not isinstance(desc, Mapping):
+            continue
+        differ = [k for k in _IDENTITY if k in desc and k in mine and _plain(desc[k]) != _plain(mine[k])]
+        if differ:
+            raise BioworldError(
+                f"{what} came from another model than model= (they differ in {', '.join(differ)}: e.g. "
+                f"{differ[0]} {_plain(desc[differ[0]])!r:.80} vs {_plain(mine[differ[0]])!r:.80}); expected the answers "
+                "and the model of one report to be the same. Fix: pass the model that answered (model=wm for "
+                "wm.prioritize / wm.counterfactual)")
+
+
+def _plain(v: Any) -> Any:
+    return [str(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else v
+
+
 def _figures(result: Any, table: pd.DataFrame, model: Any, top_n: int) -> list[dict[str, str]]:
     """The report's plots (title, caption, embedded PNG)."""
     from bioworld.report import plots
@@ -611,6 +639,7 @@ def write_report(
             "from WorldModel.prioritize (table with columns intervention, score, ...)"
         )
     _check_report_args(model, top_n)
+    _check_same_model(result, counterfactuals, model)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BioworldError(f"out_dir {str(out)!r} is a file; expected a folder for report.html. Fix: choose another path.")
