@@ -20,6 +20,14 @@ from bioworld.report._enrichment import answer_genes, layer_values
 __all__ = ["effect_bars", "latent_umap", "predicted_vs_observed"]
 
 
+def _check_count(name: str, value: Any, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise BioworldError(f"{name}={value!r}; expected a whole number >= 1 of genes"
+                            + (" or None (every gene)" if allow_none else "") + f". Fix: pass e.g. {name}=20")
+
+
 def _axes(ax: Any, size: tuple[float, float] = (4.5, 4.0)) -> Any:
     if ax is not None:
         return ax
@@ -102,6 +110,7 @@ def predicted_vs_observed(
     -------
     The Axes; the legend gives each perturbation's Pearson r over the plotted genes.
     """
+    _check_count("top_k", top_k, allow_none=True)  # top_k=0 plotted every gene, a negative one all but the last
     pred, obs = _common_genes(*_rows(predicted, layer, "predicted"), *_rows(observed, layer, "observed"))
     shown = [str(x) for x in labels] if labels is not None else [k for k in pred if k in obs]
     missing = [k for k in shown if k not in pred or k not in obs]
@@ -245,6 +254,7 @@ def effect_bars(
     -------
     The Axes.
     """
+    _check_count("n_genes", n_genes, allow_none=False)  # n_genes=0 drew an empty plot, a negative one all but a few
     D = layer_values(adata, layer)
     err = None
     if "bw_intervention" in adata.obs.columns:

@@ -302,6 +302,10 @@ def test_pl_tl_mistakes_say_what_to_do(tiny_trained, cells):
         (lambda: bw.pl.latent_umap(cells[:10].copy(), model=tiny_trained, color="nope"), "not an obs column"),
         (lambda: bw.pl.latent_umap(cells[:3].copy(), model=tiny_trained), "expected at least 4"),
         (lambda: bw.tl.latents(cells[:3].copy(), model=tiny_trained, key_added=""), "key_added=''"),
+        (lambda: bw.pl.effect_bars(pred, "P1_DRV1", n_genes=0), "n_genes=0"),  # drew an empty plot
+        (lambda: bw.pl.effect_bars(pred, "P1_DRV1", n_genes=-3), "n_genes=-3"),
+        (lambda: bw.pl.predicted_vs_observed(pred, pred, top_k=0), "top_k=0"),  # plotted every gene
+        (lambda: bw.pl.predicted_vs_observed(pred, pred, top_k=-1), "top_k=-1"),
     ]
     for call, found in cases:
         with pytest.raises(BioworldError, match=found) as e:
