@@ -186,3 +186,21 @@ def test_python_evaluate_into_a_model_folder_updates_its_model_card(tiny_trained
         warnings.simplefilter("ignore")
         evaluate(tiny_trained, held_out, out=plain)
     assert (plain / "evaluation.csv").is_file() and not (plain / "README.md").exists()
+
+
+def test_log_normalised_test_data_for_a_counts_model_say_to_give_the_counts(tiny_trained, held_out):
+    """evaluate / to_cell_eval on log-normalised test cells of a counts model said 'Fix: pass input='log'', which
+    is then refused as another scale than the model's; the fix is the raw counts (here kept in a layer)."""
+    import bioworld as bw
+    from bioworld.eval import evaluate
+
+    test = held_out.copy()
+    X = np.asarray(test.X.toarray() if hasattr(test.X, "toarray") else test.X, dtype=np.float64)
+    test.layers["counts"] = X.copy()
+    test.X = np.log1p(X / np.maximum(X.sum(1, keepdims=True), 1) * 1e4)
+    for call in (lambda: evaluate(tiny_trained, test), lambda: bw.tl.to_cell_eval(tiny_trained, test)):
+        with pytest.raises(BioworldError) as e:
+            call()
+        msg = str(e.value)
+        assert "this model was trained on raw counts" in msg and "pass input='log'" not in msg
+        assert "Fix: give the test cells' raw counts; layers['counts'] holds integer counts" in msg

@@ -94,8 +94,25 @@ def _test_registration(adata: Any, model: Any, given: Mapping[str, Any]) -> tupl
             kw["id_map"] = _model_id_map(_base_model(model))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        registration = register(adata, **kw)
+        try:
+            registration = register(adata, **kw)
+        except DataValidationError as e:
+            raise _counts_model_error(e, given, reg) from None
     return registration, kw["perturbation_key"]
+
+
+def _counts_model_error(e: DataValidationError, given: Mapping[str, Any], reg: Any) -> DataValidationError:
+    """Log-normalised test data for a model trained on counts: register's fix 'pass input='log'' would only be
+    refused next (another scale than the model's); the fix is the raw counts."""
+    msg = str(e)
+    if given.get("input") is not None or reg.input != "counts" or "non-integer values" not in msg \
+            or ": this looks" not in msg:
+        return e
+    hint = msg.split("register the raw counts", 1)[1] if "register the raw counts" in msg else "."
+    return DataValidationError(
+        msg.split(": this looks", 1)[0] + ": the test data look log-normalised, but this model was trained on raw "
+        "counts (input='counts') and normalises the test cells itself (input='log' would be refused as another "
+        "scale). Fix: give the test cells' raw counts" + hint)
 
 
 def _model_id_map(model: Any) -> dict[str, str]:
