@@ -359,3 +359,11 @@ def test_integer_coded_labels_with_an_integer_control_are_refused_with_the_strin
             call()
     reg = bw.data.register(a, perturbation_key="perturbation", control="0", inplace=False)
     assert reg.control == "0"
+
+
+def test_panel_error_with_only_missing_genes_does_not_list_an_empty_extra(tiny_trained, cells):
+    """A subset of the model's genes said '... and 0 are extra (e.g. [])'."""
+    with pytest.raises(DataValidationError) as e:
+        tiny_trained.counterfactual(cells[:, 5:].copy(), ["P1_DRV1"])
+    msg = str(e.value)
+    assert "5 of the model's" in msg and "are extra" not in msg and "e.g. []" not in msg
