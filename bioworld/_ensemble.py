@@ -42,6 +42,22 @@ def _with_seed(config: Any, seed: int) -> dict[str, Any]:
     return d
 
 
+def _check_training_data(adata: Any, ref: Any) -> None:
+    """``calibrate``'s data: an AnnData on the members' genes, in their order (their training file)."""
+    if not hasattr(adata, "var_names") or not hasattr(adata, "obs"):
+        raise BioworldError(f"adata is a {type(adata).__name__}; expected the AnnData the members were trained on. "
+                            "Fix: read it first: bw.data.read_h5ad(path)")
+    names = [str(v) for v in adata.var_names]
+    if names != list(ref.var_names):
+        same_set = sorted(names) == sorted(ref.var_names)
+        raise BioworldError(
+            f"adata has {len(names)} genes" + (" in another order" if same_set else f" (e.g. {names[:3]})")
+            + f"; expected the ensemble's {len(ref.var_names)} training genes in their order (e.g. "
+            f"{list(ref.var_names)[:3]}): calibration retrains on the members' data. Fix: pass the data the members "
+            "were trained on" + (": adata[:, ens.members[0].var_names]" if same_set or set(ref.var_names) <= set(names)
+                                 else ""))
+
+
 class Ensemble:
     """World models that differ only in their seed, queried together.
 
@@ -87,7 +103,8 @@ class Ensemble:
                                 "(a string was read digit by digit, 0.5 truncated). Fix: pass such a list, or n_members=")
         seeds = list(range(int(n_members))) if seeds is None else [int(s) for s in seeds]
         if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-            raise BioworldError(f"seeds={seeds}; expected at least 2 distinct seeds")
+            raise BioworldError(f"seeds={seeds}; expected at least 2 distinct seeds. Fix: e.g. seeds=[0, 1, 2] or "
+                                "n_members=3")
         config = world_model_kwargs.pop("config", None)
         members: list[WorldModel] = []
         for s in seeds:
@@ -114,24 +131,30 @@ class Ensemble:
         from bioworld.data import mean_deltas
 
         ref = self.members[0]
-        if [str(v) for v in adata.var_names] != ref.var_names:
-            raise BioworldError("adata's var_names differ from the ensemble's gene panel; pass the data the members were trained on")
-        if not 1 <= members_per_fold <= len(self.members):
-            raise BioworldError(f"members_per_fold={members_per_fold}; expected 1..{len(self.members)}")
+        _check_training_data(adata, ref)
+        if isinstance(members_per_fold, bool) or not isinstance(members_per_fold, (int, np.integer)) \
+                or not 1 <= members_per_fold <= len(self.members):
+            raise BioworldError(f"members_per_fold={members_per_fold!r}; expected a whole number from 1 to "
+                                f"{len(self.members)} (the members). Fix: pass e.g. members_per_fold=1")
         levels = [levels] if isinstance(levels, (int, float)) else list(levels)  # checked before any fold is trained
         if not levels:
-            raise BioworldError("levels is empty; expected interval levels such as (0.8, 0.9, 0.95)")
+            raise BioworldError("levels is empty; expected interval levels such as (0.8, 0.9, 0.95). Fix: pass "
+                                "levels=(0.8, 0.9, 0.95)")
         levels = [_check_level(level) for level in levels]
         key = ref.meta.get("perturbation_key") or world_model_kwargs.get("perturbation_key", "perturbation")
         if key not in adata.obs.columns:
-            raise BioworldError(f"obs has no column {key!r} (the members' perturbation key); pass the training AnnData")
+            raise BioworldError(f"adata.obs has no column {key!r} (the members' perturbation key); found "
+                                f"{list(map(str, adata.obs.columns))[:8]}; expected the training AnnData. Fix: pass the "
+                                "data the members were trained on")
         labels = adata.obs[key].astype(str).to_numpy()
         trained = set(ref.train_labels)
         X = normalize(adata, ref.registration)
         observed, _ = mean_deltas(X, labels, ref.control)
         observed = {k: v for k, v in observed.items() if k in trained}
         if len(observed) < 3:
-            raise BioworldError(f"only {len(observed)} training perturbations; calibration needs at least 3 to hold out")
+            raise BioworldError(f"only {len(observed)} training perturbations; calibration needs at least 3 to hold out. "
+                                "Fix: calibrate an ensemble trained on 3 or more perturbations, or use it uncalibrated "
+                                "(its intervals are then the members' spread)")
         splits = leave_targets_out(sorted(trained), n_folds=n_folds, seed=split_seed, control=ref.control)
         kwargs = dict(world_model_kwargs)
         kwargs.pop("holdout", None)
@@ -161,7 +184,8 @@ class Ensemble:
             names.extend(test)
         bar.close()
         if len(residuals) < 2:
-            raise BioworldError("calibration held out fewer than 2 perturbations; use more folds or more perturbations")
+            raise BioworldError(f"calibration held out fewer than 2 perturbations ({n_folds} folds); expected at least 2 "
+                                "residuals to fit intervals. Fix: use more folds (n_folds=) or more perturbations")
         train_deltas = np.stack([observed[k] for k in sorted(observed)])
         self.calibration = Calibration.fit(np.stack(residuals), train_deltas, tuple(levels), n_folds=int(n_folds),
                                            split_seed=int(split_seed), members_per_fold=int(members_per_fold),

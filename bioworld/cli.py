@@ -1296,11 +1296,7 @@ def evaluate_cmd(
     train = read_h5ad(train_data, layer=layer) if train_data is not None else None
     summary = evaluate(wm, test, perturbation_key=perturbation_key, control=control, dose_key=dose_key,
                        compound_id_key=compound_id_key, gene_symbols_key=gene_symbols_key, input=_check_input(input),
-                       min_cells_per_group=min_cells, train_data=train, k=k, seed=seed, out=model_dir)
-    if not _is_ensemble(wm):
-        from bioworld.report.card import write_model_card
-
-        write_model_card(wm, model_dir, evaluation=summary)
+                       min_cells_per_group=min_cells, train_data=train, k=k, seed=seed, out=model_dir)  # + model card
     typer.echo(f"scored {summary.attrs['n_perturbations']} perturbation(s) on {summary.attrs['n_test_cells']:,} test "
                f"cells of {data}")
     typer.echo(format_evaluation(summary))

@@ -15,9 +15,17 @@ import numpy as np
 import pandas as pd
 
 from bioworld.errors import BioworldError
-from bioworld.report._enrichment import answer_genes
+from bioworld.report._enrichment import answer_genes, layer_values
 
 __all__ = ["effect_bars", "latent_umap", "predicted_vs_observed"]
+
+
+def _check_count(name: str, value: Any, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise BioworldError(f"{name}={value!r}; expected a whole number >= 1 of genes"
+                            + (" or None (every gene)" if allow_none else "") + f". Fix: pass e.g. {name}=20")
 
 
 def _axes(ax: Any, size: tuple[float, float] = (4.5, 4.0)) -> Any:
@@ -32,6 +40,8 @@ def _axes(ax: Any, size: tuple[float, float] = (4.5, 4.0)) -> Any:
 def _rows(x: Any, layer: str, what: str) -> tuple[dict[str, np.ndarray], list[str] | None]:
     """``{label: [G]}`` from a dict, a DataFrame (rows = labels) or an AnnData (obs_names, ``layers[layer]``),
     and the gene names of the columns (None for a dict: no names)."""
+    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], Mapping):
+        x = x[0]  # mean_deltas(X, labels, control) returns (deltas, control mean)
     if isinstance(x, Mapping):
         return {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in x.items()}, None
     if isinstance(x, pd.DataFrame):
@@ -40,11 +50,12 @@ def _rows(x: Any, layer: str, what: str) -> tuple[dict[str, np.ndarray], list[st
         M = x.layers[layer] if layer in x.layers else None
         if M is None:
             raise BioworldError(f"{what} has no layers[{layer!r}] (found {list(x.layers)}); expected the AnnData of "
-                                "WorldModel.predict (layers['delta']) or pass layer=")
+                                "WorldModel.predict (layers['delta']). Fix: pass layer= one of its layers")
         M = np.asarray(M.toarray() if hasattr(M, "toarray") else M, dtype=np.float64)
         return {str(k): M[i] for i, k in enumerate(x.obs_names)}, [str(g) for g in x.var_names]
     raise BioworldError(f"{what} is a {type(x).__name__}; expected an AnnData (rows = perturbations), a DataFrame "
-                        "or a dict label -> [genes] delta")
+                        "or a dict label -> [genes] delta. Fix: pass WorldModel.predict's AnnData, or observed deltas "
+                        "as a DataFrame (rows = labels, columns = genes)")
 
 
 def _common_genes(pred: dict[str, np.ndarray], pred_genes: list[str] | None, obs: dict[str, np.ndarray],
@@ -81,7 +92,9 @@ def predicted_vs_observed(
         ``{label: [genes] delta}``.
     observed
         Observed deltas in the same form, e.g. each perturbation's mean minus the control mean
-        (:func:`bioworld.eval.benchmark.mean_deltas`). Genes are matched by name when both name them
+        (:func:`bioworld.eval.benchmark.mean_deltas`: its ``(deltas, control mean)`` result is taken as it
+        is), on the model's scale (for counts: ``bw.data.normalize(cells, registration)``, log1p CP10k) and
+        in the predicted gene order (``wm.var_names``). Genes are matched by name when both name them
         (AnnData ``var_names``, DataFrame columns; the predicted genes the observed also have, any
         order); a dict's arrays must be in the predicted gene order.
     labels
@@ -97,6 +110,7 @@ def predicted_vs_observed(
     -------
     The Axes; the legend gives each perturbation's Pearson r over the plotted genes.
     """
+    _check_count("top_k", top_k, allow_none=True)  # top_k=0 plotted every gene, a negative one all but the last
     pred, obs = _common_genes(*_rows(predicted, layer, "predicted"), *_rows(observed, layer, "observed"))
     shown = [str(x) for x in labels] if labels is not None else [k for k in pred if k in obs]
     missing = [k for k in shown if k not in pred or k not in obs]
@@ -114,7 +128,9 @@ def predicted_vs_observed(
     for lab in shown:
         p, o = pred[lab], obs[lab]
         if p.shape != o.shape:
-            raise BioworldError(f"{lab!r}: predicted has {p.size} genes and observed {o.size}; expected the same genes")
+            raise BioworldError(f"{lab!r}: predicted has {p.size} genes and observed {o.size}; expected the same genes. Fix: give both "
+                                "as AnnData / DataFrames with gene names (matched by name), or a dict in the predicted "
+                                "gene order")
         idx = np.argsort(-np.abs(o))[:top_k] if top_k else np.arange(o.size)
         r = float(np.corrcoef(p[idx], o[idx])[0, 1]) if p[idx].std() > 0 and o[idx].std() > 0 else float("nan")
         ax.scatter(o[idx], p[idx], s=8, alpha=0.6, label=f"{lab} (r = {r:.2f})")
@@ -164,6 +180,11 @@ def latent_umap(
     import anndata as ad
     import scanpy as sc
 
+    if getattr(adata, "isbacked", False) and getattr(adata, "is_view", False):
+        raise BioworldError(
+            f"adata is a subset (view) of a backed file ({adata.n_obs} cells of {adata.filename}); anndata cannot "
+            f"write obsm[{use_rep + '_umap'!r}] into it. Expected an AnnData that can hold the UMAP. Fix: load the "
+            "subset first: adata[...].to_memory()")
     if use_rep not in adata.obsm:
         if model is None:
             raise BioworldError(f"adata has no obsm[{use_rep!r}]; expected entity latents. Fix: run "
@@ -172,9 +193,11 @@ def latent_umap(
 
         latents(adata, model=model, key_added=use_rep)
     if color is not None and color not in adata.obs.columns:
-        raise BioworldError(f"color={color!r} is not an obs column; found {list(adata.obs.columns)[:10]}")
+        raise BioworldError(f"color={color!r} is not an obs column; found {list(adata.obs.columns)[:10]}; expected an obs "
+                            "column to colour by. Fix: pass color= one of them, or None")
     if adata.n_obs < 4:
-        raise BioworldError(f"{adata.n_obs} cells; expected at least 4 for a neighbour graph and a UMAP")
+        raise BioworldError(f"{adata.n_obs} cells; expected at least 4 for a neighbour graph and a UMAP. Fix: pass "
+                            "more cells")
     tmp = ad.AnnData(obs=adata.obs[[color]].copy() if color else pd.DataFrame(index=adata.obs_names.copy()),
                      obsm={use_rep: np.asarray(adata.obsm[use_rep], dtype=np.float32)})
     sc.pp.neighbors(tmp, use_rep=use_rep, n_neighbors=min(n_neighbors, tmp.n_obs - 1), random_state=random_state)
@@ -231,29 +254,29 @@ def effect_bars(
     -------
     The Axes.
     """
-    if layer not in adata.layers:
-        raise BioworldError(f"adata has no layers[{layer!r}] (found {list(adata.layers)}); expected the AnnData of "
-                            "WorldModel.predict or .counterfactual")
-    D = np.asarray(adata.layers[layer], dtype=np.float64)
+    _check_count("n_genes", n_genes, allow_none=False)  # n_genes=0 drew an empty plot, a negative one all but a few
+    D = layer_values(adata, layer)
     err = None
     if "bw_intervention" in adata.obs.columns:
         rows = (adata.obs["bw_intervention"].astype(str) == str(label)).to_numpy()
         if not rows.any():
             raise BioworldError(f"no rows with obs['bw_intervention'] == {label!r}; found "
-                                f"{list(pd.unique(adata.obs['bw_intervention'].astype(str)))[:6]}")
+                                f"{list(pd.unique(adata.obs['bw_intervention'].astype(str)))[:6]}; expected one of those "
+                                "interventions. Fix: pass one of them, or run counterfactual with it first")
         mean = D[rows].mean(0)
         err = D[rows].std(0) if rows.sum() > 1 else None
         what = f"{label}: mean over {int(rows.sum())} cells (whiskers: sd over cells)"
     else:
         names = [str(x) for x in adata.obs_names]
         if str(label) not in names:
-            raise BioworldError(f"{label!r} is not a row of adata; found {names[:6]}")
+            raise BioworldError(f"{label!r} is not a row of adata; found {names[:6]}; expected one of its "
+                                "rows (obs_names). Fix: pass one of those, or predict that label first")
         i = names.index(str(label))
         mean = D[i]
         what = f"{label}: predicted delta"
         if "delta_lo" in adata.layers and "delta_hi" in adata.layers:
-            lo = np.asarray(adata.layers["delta_lo"], dtype=np.float64)[i]
-            hi = np.asarray(adata.layers["delta_hi"], dtype=np.float64)[i]
+            lo = layer_values(adata, "delta_lo")[i]
+            hi = layer_values(adata, "delta_hi")[i]
             err = np.vstack([mean - lo, hi - mean]).clip(0)
             what += " (whiskers: interval)"
     order = np.argsort(-np.abs(mean))[:n_genes][::-1]
@@ -265,6 +288,8 @@ def effect_bars(
     ax.set_yticks(np.arange(len(order)))
     ax.set_yticklabels(genes, fontsize=7)
     ax.axvline(0, color="black", lw=0.6)
-    ax.set_xlabel("delta (model scale)")
+    bw_uns = adata.uns.get("bioworld", {}) if hasattr(adata, "uns") else {}
+    scale = bw_uns.get("scale") if hasattr(bw_uns, "get") else None
+    ax.set_xlabel(f"predicted delta ({scale})" if isinstance(scale, str) and scale else "predicted delta (model scale)")
     ax.set_title(what, fontsize=9)
     return ax

@@ -53,9 +53,16 @@ def latents(adata: Any, *, model: Any, key_added: str = "X_bw", copy: bool = Fal
     """
     wm = _base(model)
     if not isinstance(key_added, str) or not key_added:
-        raise BioworldError(f"key_added={key_added!r}; expected a non-empty obsm key such as 'X_bw'")
+        raise BioworldError(f"key_added={key_added!r}; expected a non-empty obsm key such as 'X_bw'. Fix: pass "
+                            "key_added='X_bw'")
+    backed = bool(getattr(adata, "isbacked", False))
+    if backed and not copy and getattr(adata, "is_view", False):
+        raise DataValidationError(
+            f"adata is a subset (view) of a backed file ({adata.n_obs} cells of {adata.filename}); anndata cannot "
+            "write obsm into it. Expected an AnnData that can hold the latents. Fix: pass copy=True (returns the "
+            "annotated cells in memory) or load the subset first: adata[...].to_memory()")
     z = np.asarray(wm.get_entity_latents(adata), dtype=np.float32)  # [cells, E, D]
-    target = adata.copy() if copy else adata
+    target = (adata.to_memory() if backed else adata.copy()) if copy else adata
     target.obsm[key_added] = z.reshape(len(z), -1)
     bw = target.uns.get("bioworld")
     if not isinstance(bw, dict):
@@ -92,6 +99,21 @@ def _predicted_groups(model: Any, panel: Any, labels: np.ndarray, X: np.ndarray,
         real_idx.append(idx)
         pred_labels += [lab] * len(idx)
     return real_idx, pred_X, pred_labels, skipped
+
+
+def _checked_real(model: Any, real: Any, max_cells: Any) -> Any:
+    """to_cell_eval's arguments checked before the data are read; an in-memory copy of ``real`` (also of a backed
+    file, which anndata cannot ``.copy()``)."""
+    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer))
+                                  or max_cells < 1):
+        raise BioworldError(f"max_cells={max_cells!r}; expected None (every cell) or a whole number >= 1 of cells per "
+                            "perturbation and control. Fix: pass such a value.")
+    _base(model)  # a model, before the data are read
+    if not hasattr(real, "obs") or not hasattr(real, "var_names"):
+        raise DataValidationError(
+            f"real is a {type(real).__name__}; expected an AnnData of observed cells (controls and perturbed cells). "
+            "Fix: read the file first: bw.data.read_h5ad(path)")
+    return real.to_memory() if getattr(real, "isbacked", False) else real.copy()
 
 
 def to_cell_eval(
@@ -146,12 +168,7 @@ def to_cell_eval(
     from bioworld.data import normalize
     from bioworld.eval._evaluate import _on_panel, _test_registration
 
-    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer))
-                                  or max_cells < 1):
-        raise BioworldError(f"max_cells={max_cells!r}; expected None (every cell) or a whole number >= 1 of cells per "
-                            "perturbation and control. Fix: pass such a value.")
-    _base(model)  # a model, before the data are read
-    real = real.copy()
+    real = _checked_real(model, real, max_cells)
     reg, key = _test_registration(real, model, {"perturbation_key": perturbation_key, "control": control,
                                                 "input": input})
     keep = real[reg.keep_mask(real)].copy()
@@ -176,7 +193,9 @@ def to_cell_eval(
         warnings.warn(f"{len(skipped)} perturbation(s) left out of the cell-eval files (the model cannot predict "
                       "them): " + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), stacklevel=user_stacklevel())
     if len(real_idx) == 1:
-        raise BioworldError(f"the model can predict none of the perturbations in the data (e.g. {list(skipped.items())[:2]})")
+        raise BioworldError(f"the model can predict none of the perturbations in the data (e.g. "
+                            f"{list(skipped.items())[:2]}); expected labels of genes / compounds / entities the model "
+                            "knows. Fix: check perturbation_key and the labels' spelling")
     ridx = np.concatenate(real_idx)
     P = np.concatenate(pred_X)
     n_clipped = 0

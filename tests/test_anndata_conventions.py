@@ -79,3 +79,18 @@ def test_ensemble_predict_and_counterfactual_share_keys_and_round_trip(small_sim
     for name, a in (("pred", pred), ("cf", cf)):
         back = _round_trip(a, tmp_path / f"{name}.h5ad")
         np.testing.assert_array_equal(back.layers["delta_sd"], a.layers["delta_sd"])
+
+
+def test_counterfactual_keeps_scanpys_category_colours_of_kept_columns(tiny_trained, annotated, tmp_path):
+    """uns['cell_type_colors'] (scanpy's colours of obs['cell_type']) was dropped with the rest of uns, so
+    sc.pl.umap(cf, color='cell_type') recoloured the cell types; other uns entries describe the given cells only."""
+    cells = annotated.copy()
+    cells.uns["cell_type_colors"] = ["#1b9e77", "#d95f02"]
+    cells.uns["gone_colors"] = ["#000000"]  # no such obs column: not carried
+    cells.uns["neighbors"] = {"params": {"n_neighbors": 5}}
+    cf = tiny_trained.counterfactual(cells, ["P1_DRV1"])
+    assert list(cf.uns["cell_type_colors"]) == ["#1b9e77", "#d95f02"]
+    assert list(cf.obs["cell_type"].cat.categories) == list(cells.obs["cell_type"].cat.categories)
+    assert "gone_colors" not in cf.uns and "neighbors" not in cf.uns
+    back = _round_trip(cf, tmp_path / "cf.h5ad")
+    assert list(back.uns["cell_type_colors"]) == ["#1b9e77", "#d95f02"]

@@ -344,3 +344,26 @@ def test_empty_cells_given_to_a_model_are_a_warning(tiny_trained, cells):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tiny_trained.counterfactual(cells, ["P2_DRV1"])  # none empty: no warning
+
+
+def test_integer_coded_labels_with_an_integer_control_are_refused_with_the_string_to_pass(small_sim):
+    """Perturbations coded as integers (guide ids) with control=0 crashed deep in register ('int' object has no
+    attribute 'strip'); the labels are compared as text, so the fix is control='0'."""
+    a = small_sim.adata.copy()
+    codes = {lab: i for i, lab in enumerate(sorted(a.obs["perturbation"].astype(str).unique(), key=lambda s: s != "control"))}
+    a.obs["perturbation"] = a.obs["perturbation"].astype(str).map(codes).astype(int)
+    for call in (lambda: bw.data.register(a, perturbation_key="perturbation", control=0, inplace=False),
+                 lambda: bw.WorldModel(a, perturbation_key="perturbation", control=0)):
+        with pytest.raises(DataValidationError, match=r"control=0 \(int\); expected the control label as a string.*"
+                                                      r"Fix: pass control='0'"):
+            call()
+    reg = bw.data.register(a, perturbation_key="perturbation", control="0", inplace=False)
+    assert reg.control == "0"
+
+
+def test_panel_error_with_only_missing_genes_does_not_list_an_empty_extra(tiny_trained, cells):
+    """A subset of the model's genes said '... and 0 are extra (e.g. [])'."""
+    with pytest.raises(DataValidationError) as e:
+        tiny_trained.counterfactual(cells[:, 5:].copy(), ["P1_DRV1"])
+    msg = str(e.value)
+    assert "5 of the model's" in msg and "are extra" not in msg and "e.g. []" not in msg

@@ -105,6 +105,11 @@ def test_bad_budget_is_refused(budget):
 def test_unknown_strategy_is_refused():
     with pytest.raises(BioworldError, match="strategy 'best' is unknown"):
         select(np.zeros((1, 3, 1)), 1, "best")
+    # a misspelt or shortened strategy gets the one meant in its fix
+    with pytest.raises(BioworldError, match=r"strategy 'info' is unknown.*Fix: strategy='information'"):
+        select(np.zeros((1, 3, 1)), 1, "info")
+    with pytest.raises(BioworldError, match=r"Fix: strategy='discovery'"):
+        select(np.zeros((1, 3, 1)), 1, "discovry")
 
 
 def test_large_candidate_sets_use_principal_directions():
@@ -144,7 +149,7 @@ def test_design_refuses_bad_input(tiny_trained):
         bw.design(tiny_trained, measured, budget=1)
     with pytest.raises(BioworldError, match="more than once"):
         bw.design(tiny_trained, ["P1_DRV1", "P1_DRV1"], budget=1)
-    with pytest.raises(BioworldError, match="is the control"):
+    with pytest.raises(BioworldError, match="is the control.*Fix: leave the control out of the candidates"):
         bw.design(tiny_trained, ["control"], budget=1)
     with pytest.raises(BioworldError, match="is empty"):
         bw.design(tiny_trained, [], budget=1)

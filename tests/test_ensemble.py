@@ -110,3 +110,26 @@ def test_ensemble_refuses_mismatched_members_and_corrupt_folders(ensemble, small
     (tmp_path / "ensemble.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         bw.Ensemble.load(tmp_path)
+
+
+def test_calibrate_mistakes_say_what_was_found_and_what_to_do(ensemble, small_sim):
+    """calibrate on a file path crashed with AttributeError; genes in another order, a wrong members_per_fold or a
+    missing perturbation column said neither what was found nor the fix. All are refused before any training."""
+    ens, _ = ensemble
+    a = small_sim.adata
+    reordered = a[:, list(a.var_names)[::-1]].copy()
+    renamed = a.copy()
+    renamed.obs = renamed.obs.rename(columns={"perturbation": "gene"})
+    cases = [
+        (lambda: ens.calibrate("train.h5ad"), r"adata is a str; expected the AnnData.*Fix: read it first"),
+        (lambda: ens.calibrate(reordered), r"genes in another order.*Fix: pass the data the members were trained on: "
+                                           r"adata\[:, ens.members\[0\].var_names\]"),
+        (lambda: ens.calibrate(a, members_per_fold=0), r"members_per_fold=0; expected a whole number from 1 to 2"),
+        (lambda: ens.calibrate(a, members_per_fold=1.5), r"members_per_fold=1.5"),
+        (lambda: ens.calibrate(a, levels=()), r"levels is empty.*Fix:"),
+        (lambda: ens.calibrate(renamed), r"has no column 'perturbation'.*found \[.*'gene'.*Fix:"),
+    ]
+    for call, match in cases:
+        with pytest.raises(BioworldError, match=match) as e:
+            call()
+        assert "expected" in str(e.value) and "Fix:" in str(e.value), str(e.value)

@@ -463,3 +463,21 @@ def test_gene_membership_features(progeny, dorothea, hallmark):
         gene_membership_features(genes, [hallmark, hallmark])
     F1, names1 = gene_membership_features(["G2"], EntitySet([Entity("A", ("G2",), (1.0,), "t")]))
     assert names1 == ["A"] and F1.tolist() == [[1.0]]
+
+
+def test_resolve_entities_takes_bundled_names_and_explains_a_misspelt_one(tmp_path):
+    """WorldModel(adata, entities="hallmark") (the README names the bundled sets) was refused as 'entities file
+    'hallmark' has an unknown type'; a misspelt name got no hint of the bundled names."""
+    from bioworld.entities import load_bundled, resolve_entities
+
+    es = resolve_entities("hallmark")
+    assert [e.name for e in es] == [e.name for e in load_bundled("hallmark")]
+    both = resolve_entities(["hallmark", "progeny"])
+    assert len(both) == len(load_bundled("hallmark")) + len(load_bundled("progeny"))
+    with pytest.raises(BioworldError, match=r"entities 'halmark' is neither a bundled collection nor a file.*"
+                                            r"close matches: 'hallmark'.*Fix: entities=\['hallmark'\] "
+                                            r"\(CLI: --entities hallmark\)"):
+        resolve_entities("halmark")
+    with pytest.raises(BioworldError, match="unknown type"):  # a file of another kind is still named as such
+        (tmp_path / "sets.json").write_text("{}")
+        resolve_entities(str(tmp_path / "sets.json"))

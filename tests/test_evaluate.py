@@ -147,3 +147,60 @@ def test_evaluate_on_seen_perturbations_only_says_it_measures_fit(tiny_trained, 
         summary = evaluate(tiny_trained, seen_only)
     assert set(summary["split"]) == {"seen"}
     assert any("not how it predicts unseen ones" in n for n in summary.attrs["notes"])
+
+
+def test_evaluate_refuses_a_missing_out_folder_before_scoring_and_a_path_as_data(tiny_trained, held_out, tmp_path,
+                                                                                  monkeypatch):
+    """out= a folder that does not exist used to be found only after every perturbation was scored; a file path given
+    as the test data said 'expected an AnnData' with no fix."""
+    import bioworld.eval._evaluate as ev
+
+    def scoring(*a, **k):
+        raise AssertionError("the data were read before out= was checked")
+
+    monkeypatch.setattr(ev, "_test_cells", scoring)
+    with pytest.raises(BioworldError, match=r"out=.*is not a folder.*Fix: pass out= an existing folder"):
+        ev.evaluate(tiny_trained, held_out, out=tmp_path / "no_such_model")
+    monkeypatch.undo()
+    with pytest.raises(BioworldError, match=r"got str as test data.*Fix: read the file first: bw.data.read_h5ad"):
+        ev.evaluate(tiny_trained, str(tmp_path / "test.h5ad"))
+
+
+def test_python_evaluate_into_a_model_folder_updates_its_model_card(tiny_trained, held_out, tmp_path):
+    """README's `bw.eval.evaluate(wm, test, out="papalexi_model")` promises evaluation.csv + model card; from Python
+    only the CSVs were written and the folder's README.md still said 'Not evaluated'."""
+    from bioworld.eval import evaluate
+
+    model = tmp_path / "model"
+    tiny_trained.save(model)
+    assert "Not evaluated" in (model / "README.md").read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        evaluate(tiny_trained, held_out, out=model)
+    card = (model / "README.md").read_text()
+    assert "Not evaluated" not in card and "| unseen | **WorldModel** |" in card
+    # a plain folder (no model in it) gets the tables only, no card
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        evaluate(tiny_trained, held_out, out=plain)
+    assert (plain / "evaluation.csv").is_file() and not (plain / "README.md").exists()
+
+
+def test_log_normalised_test_data_for_a_counts_model_say_to_give_the_counts(tiny_trained, held_out):
+    """evaluate / to_cell_eval on log-normalised test cells of a counts model said 'Fix: pass input='log'', which
+    is then refused as another scale than the model's; the fix is the raw counts (here kept in a layer)."""
+    import bioworld as bw
+    from bioworld.eval import evaluate
+
+    test = held_out.copy()
+    X = np.asarray(test.X.toarray() if hasattr(test.X, "toarray") else test.X, dtype=np.float64)
+    test.layers["counts"] = X.copy()
+    test.X = np.log1p(X / np.maximum(X.sum(1, keepdims=True), 1) * 1e4)
+    for call in (lambda: evaluate(tiny_trained, test), lambda: bw.tl.to_cell_eval(tiny_trained, test)):
+        with pytest.raises(BioworldError) as e:
+            call()
+        msg = str(e.value)
+        assert "this model was trained on raw counts" in msg and "pass input='log'" not in msg
+        assert "Fix: give the test cells' raw counts; layers['counts'] holds integer counts" in msg

@@ -176,6 +176,8 @@ def test_effect_bars_predict_and_counterfactual(tiny_trained, cells):
                                rtol=1e-5)
     with pytest.raises(BioworldError, match="no rows"):
         bw.pl.effect_bars(cf, "P9_DRV9")
+    # the axis names the scale of the deltas (it said only 'model scale')
+    assert ax.get_xlabel() == f"predicted delta ({pred.uns['bioworld']['scale']})" and "log1p" in ax.get_xlabel()
     plt.close("all")
 
 
@@ -222,3 +224,111 @@ def test_enrichment_with_tied_genes_reports_them_instead_of_logging(capfd):
     assert res.attrs["tied_share"] == pytest.approx(np.mean(a.layers["delta"][0] == 0.0), abs=0.01)
     assert "Duplicated values" not in capfd.readouterr().err  # gseapy's own console handler stayed quiet
     assert logging.root.manager.disable == logging.NOTSET  # logging is left as it was
+
+
+# ------------------------------------------------------------------------------ backed / odd inputs
+def test_latents_on_a_backed_file_copy_and_subset(tiny_trained, cells, tmp_path):
+    """A backed file (bw.data.open_backed): copy=True used to crash inside anndata (backed objects cannot .copy()),
+    and a subset of one crashed when obsm was written into the view."""
+    cells.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    try:
+        out = bw.tl.latents(backed, model=tiny_trained, copy=True)
+        assert not out.isbacked and "X_bw" not in backed.obsm
+        z = tiny_trained.get_entity_latents(cells)
+        np.testing.assert_allclose(out.obsm["X_bw"], z.reshape(len(z), -1), rtol=1e-5)
+        sub = bw.tl.latents(backed[:5], model=tiny_trained, copy=True)
+        assert sub.n_obs == 5 and sub.obsm["X_bw"].shape[0] == 5
+        with pytest.raises(BioworldError, match="view.*Fix: pass copy=True"):
+            bw.tl.latents(backed[:5], model=tiny_trained)
+        with pytest.raises(BioworldError, match=r"view.*Fix: load the subset first: adata\[...\].to_memory\(\)"):
+            bw.pl.latent_umap(backed[:8], model=tiny_trained)  # latents' fix named copy=, which latent_umap lacks
+    finally:
+        backed.file.close()
+    with_latents = bw.tl.latents(cells, model=tiny_trained, copy=True)
+    with_latents.write_h5ad(tmp_path / "lat.h5ad")
+    backed = ad.read_h5ad(tmp_path / "lat.h5ad", backed="r")
+    try:
+        with pytest.raises(BioworldError, match=r"view.*Fix: load the subset first"):
+            bw.pl.latent_umap(backed[:8])  # was a raw anndata ValueError writing obsm['X_bw_umap'] into the view
+    finally:
+        backed.file.close()
+
+
+def test_to_cell_eval_reads_a_backed_file_and_refuses_a_path(tiny_trained, test_data, tmp_path):
+    test_data.write_h5ad(tmp_path / "test.h5ad")
+    backed = ad.read_h5ad(tmp_path / "test.h5ad", backed="r")
+    try:
+        pred, real = bw.tl.to_cell_eval(tiny_trained, backed)  # used to crash: backed AnnData cannot .copy()
+        pred0, real0 = bw.tl.to_cell_eval(tiny_trained, test_data)
+        np.testing.assert_array_equal(real.X, real0.X)
+        np.testing.assert_array_equal(pred.X, pred0.X)
+    finally:
+        backed.file.close()
+    with pytest.raises(BioworldError, match="real is a str.*Fix: read the file first"):
+        bw.tl.to_cell_eval(tiny_trained, str(tmp_path / "test.h5ad"))
+
+
+def test_enrichment_refuses_bad_options_and_names_the_bundled_collection():
+    """permutations=0 used to crash inside gseapy (KeyError 'NOM p-val'); a misspelt bundled name was read as a file
+    of an 'unknown type' with no hint of the bundled names."""
+    a = _fake_prediction()
+    for kw, msg in (({"permutations": 0}, "permutations=0; expected a whole number >= 1"),
+                    ({"permutations": 1.5}, "permutations=1.5"),
+                    ({"min_size": 0}, "min_size=0"),
+                    ({"min_size": 50, "max_size": 10}, "min_size=50 is above max_size=10")):
+        with pytest.raises(BioworldError, match=msg) as e:
+            bw.tl.enrichment(a, "DRUG@1", **kw)
+        assert "Fix:" in str(e.value)
+    with pytest.raises(BioworldError, match=r"gene_sets='halmark' is neither a bundled collection nor a file.*"
+                                            r"close matches: 'hallmark'.*Fix: gene_sets='hallmark'"):
+        bw.tl.enrichment(a, "DRUG@1", gene_sets="halmark")
+
+
+def test_pl_tl_mistakes_say_what_to_do(tiny_trained, cells):
+    """Each user mistake in bw.pl / bw.tl says what was found, what was expected and a 'Fix:' (several said only the
+    first two)."""
+    pred = tiny_trained.predict(["P1_DRV1"])
+    cf = tiny_trained.counterfactual(cells[:6].copy(), ["P2_DRV1"])
+    cases = [
+        (lambda: bw.pl.effect_bars(pred, "P9_DRV9"), "is not a row of adata"),
+        (lambda: bw.pl.effect_bars(cf, "P9_DRV9"), "no rows with obs"),
+        (lambda: bw.tl.enrichment(pred, "P9_DRV9"), "is not a row of adata"),
+        (lambda: bw.tl.enrichment(cf, "P9_DRV9"), r"no rows with obs.*found \['P2_DRV1'\]"),
+        (lambda: bw.tl.enrichment(pred, "P1_DRV1", gene_sets=3), "gene_sets is a int"),
+        (lambda: bw.pl.predicted_vs_observed(pred, [1, 2]), "observed is a list"),
+        (lambda: bw.pl.predicted_vs_observed(pred, pred, layer="nope"), r"no layers\['nope'\]"),
+        (lambda: bw.pl.predicted_vs_observed(pred, {"P1_DRV1": np.zeros(3)}), "predicted has .* genes and observed 3"),
+        (lambda: bw.pl.latent_umap(cells[:10].copy(), model=tiny_trained, color="nope"), "not an obs column"),
+        (lambda: bw.pl.latent_umap(cells[:3].copy(), model=tiny_trained), "expected at least 4"),
+        (lambda: bw.tl.latents(cells[:3].copy(), model=tiny_trained, key_added=""), "key_added=''"),
+        (lambda: bw.pl.effect_bars(pred, "P1_DRV1", n_genes=0), "n_genes=0"),  # drew an empty plot
+        (lambda: bw.pl.effect_bars(pred, "P1_DRV1", n_genes=-3), "n_genes=-3"),
+        (lambda: bw.pl.predicted_vs_observed(pred, pred, top_k=0), "top_k=0"),  # plotted every gene
+        (lambda: bw.pl.predicted_vs_observed(pred, pred, top_k=-1), "top_k=-1"),
+    ]
+    for call, found in cases:
+        with pytest.raises(BioworldError, match=found) as e:
+            call()
+        assert "expected" in str(e.value) and "Fix:" in str(e.value), str(e.value)
+    plt.close("all")
+
+
+def test_predicted_vs_observed_takes_mean_deltas_result_as_its_docstring_suggests(tiny_trained, test_data):
+    """The docstring points to mean_deltas for the observed deltas; passing its result ((deltas, control mean))
+    was refused as 'observed is a tuple'."""
+    from dataclasses import replace
+
+    from bioworld.data import normalize, register
+    from bioworld.eval.benchmark import mean_deltas
+
+    t = test_data[:, list(tiny_trained.var_names)].copy()
+    reg = register(t, input="counts", inplace=False)
+    X = normalize(t, replace(reg, n_genes=t.n_vars, n_cells=t.n_obs))
+    observed = mean_deltas(X, t.obs["perturbation"].astype(str).to_numpy(), "control")
+    pred = tiny_trained.predict(["P1_DRV1", "P2_DRV1"])
+    ax = bw.pl.predicted_vs_observed(pred, observed)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    r = np.corrcoef(np.asarray(pred.layers["delta"][0], dtype=np.float64), observed[0]["P1_DRV1"])[0, 1]
+    assert texts[0] == f"P1_DRV1 (r = {r:.2f})" and len(texts) == 2
+    plt.close("all")

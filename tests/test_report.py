@@ -103,6 +103,8 @@ def test_report_shows_held_out_accuracy_next_to_baselines(prioritized, tmp_path)
     assert '<tr class="model">' in text and "MeanOfTrain" in text and "0.600 ± 0.100" in text
     assert "WorldModel is the best method on 2 of 2" in text
     assert "No counterfactuals were computed" in text
+    # the hint names the command-line flag too (a report of `bioworld prioritize` named only a Python argument)
+    assert "--counterfactuals N" in text and "counterfactuals=wm.counterfactual(cells, [...])" in text
 
 
 def test_report_shows_the_models_own_evaluation_never_a_checkout_file(prioritized, tiny_trained, tmp_path,
@@ -186,6 +188,8 @@ def test_plots_return_figures_including_edge_cases(prioritized, tiny_trained):
     for fig in figs:
         assert isinstance(fig, Figure)
         plt.close(fig)
+    no_pairs = plots.pair_synergy_matrix(pd.DataFrame(np.nan, index=["a", "b"], columns=["a", "b"]))
+    assert "--no-pairs" in no_pairs.texts[0].get_text()  # the flag of the report's command, not only pairs=False
     big = pd.DataFrame(np.random.default_rng(0).normal(size=(40, 40)))
     fig = plots.pair_synergy_matrix(big, max_entities=10)
     assert len(fig.axes[0].get_xticklabels()) == 10
@@ -365,3 +369,187 @@ def test_cli_prioritize_counterfactuals_fill_the_report(saved, tiny_trained, tmp
     res = _invoke("prioritize", saved / "model", "--cells", saved / "cells.h5ad", "--goal", f"down:{goal}",
                   "--out", tmp_path / "bad", "--counterfactuals", "-1")
     assert res.exit_code == 2 and "counterfactuals" in res.output
+
+
+def test_report_says_enrichment_was_not_tested_on_a_panel_no_hallmark_set_covers(prioritized, counterfactuals,
+                                                                                   tiny_trained, tmp_path, no_benchmark):
+    """Simulated genes: no Hallmark set has 5 genes on the panel, so GSEA never ran. The report used to say
+    'none at FDR < 0.25' (a negative result that was never computed) and warn once per intervention."""
+    import warnings
+
+    from bioworld.report import write_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the reason is in the report, not warned per intervention
+        path = write_report(prioritized, tmp_path / "rep", counterfactuals=counterfactuals, model=tiny_trained)
+    text = path.read_text(encoding="utf-8")
+    n = counterfactuals.obs["bw_intervention"].nunique()
+    assert "none at FDR" not in text
+    assert text.count("<b>enriched pathways:</b> not tested: no set of bundled hallmark has 5 to 500") == n
+    # the provenance says no replicate key in words, not Python's None
+    assert re.search(r"replicate key (none|\w+)</td>", text) and "replicate key None" not in text
+
+
+def test_report_and_plots_read_a_sparse_delta_layer(counterfactuals, tmp_path):
+    """A counterfactual whose delta a user stored sparse (scipy csr): the report's gene lists, bw.pl.effect_bars and
+    bw.tl.enrichment used to crash inside numpy ('setting an array element with a sequence')."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import scipy.sparse as sp
+
+    import bioworld as bw
+    from bioworld.report.html import _counterfactual_view
+
+    cf = counterfactuals.copy()
+    cf.layers["delta"] = sp.csr_matrix(np.asarray(counterfactuals.layers["delta"]))
+    spec = str(cf.obs["bw_intervention"].iloc[0])
+    dense_view = {v["spec"]: v["genes"] for v in _counterfactual_view(counterfactuals)}
+    assert {v["spec"]: v["genes"] for v in _counterfactual_view(cf)} == dense_view
+    ax = bw.pl.effect_bars(cf, spec, n_genes=3)
+    d = np.asarray(counterfactuals.layers["delta"])[(cf.obs["bw_intervention"] == spec).to_numpy()].mean(0)
+    np.testing.assert_allclose(sorted(abs(p.get_width()) for p in ax.patches), sorted(np.sort(np.abs(d))[-3:]),
+                               rtol=1e-5)
+    sets = {"first": [str(g) for g in cf.var_names[:8]], "second": [str(g) for g in cf.var_names[8:16]]}
+    res = bw.tl.enrichment(cf, spec, gene_sets=sets, permutations=20)
+    assert res.equals(bw.tl.enrichment(counterfactuals, spec, gene_sets=sets, permutations=20))
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_report_counterfactual_genes_are_symbols_when_var_names_are_ids(counterfactuals):
+    """A model trained on Ensembl ids (gene_symbols_key / id_map) answers with the ids as var_names and the symbols in
+    var['bw_gene_symbol']; the report's up/down gene lists showed the ids, unlike bw.pl.effect_bars and the heatmap."""
+    from bioworld.report.html import _counterfactual_view
+
+    cf = counterfactuals.copy()
+    symbols = [str(g) for g in cf.var_names]
+    cf.var["bw_gene_symbol"] = symbols
+    cf.var_names = [f"ENSG{i:011d}" for i in range(cf.n_vars)]
+    views = _counterfactual_view(cf)
+    shown = [g for v in views for g, _ in v["genes"]["up"] + v["genes"]["down"]]
+    assert shown and all(g in symbols for g in shown) and not any(g.startswith("ENSG") for g in shown)
+
+
+def test_write_report_refuses_a_model_path_and_a_bad_top_n_and_passes_top_n_to_the_distributions(
+        prioritized, tiny_trained, tmp_path, no_benchmark, monkeypatch):
+    """model='my_model' (a folder path) was silently ignored: a report without the fit banner, training details or
+    data findings. top_n=-1 plotted every row but the last; top_n did not reach the per-cell distributions, though
+    the docstring said so."""
+    from bioworld.report import plots, write_report
+
+    with pytest.raises(BioworldError, match=r"model is 'my_model' \(str\).*Fix: load the folder first"):
+        write_report(prioritized, tmp_path / "a", model="my_model")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(BioworldError, match=r"top_n=.*expected a whole number >= 1"):
+            write_report(prioritized, tmp_path / "b", model=tiny_trained, top_n=bad)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    seen = {}
+    real = plots.per_cell_distributions
+
+    def spy(*args, **kwargs):
+        seen["top_n"] = kwargs.get("top_n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "per_cell_distributions", spy)
+    write_report(prioritized, tmp_path / "c", model=tiny_trained, top_n=3)
+    assert seen["top_n"] == 3
+    write_report(prioritized, tmp_path / "d", model=tiny_trained)
+    assert seen["top_n"] == 12  # the default report is unchanged
+
+
+def test_training_curves_log_axis_ticks_are_plain_numbers():
+    """The loss-terms panel (log scale) showed its tick labels as raw mathtext ('$\\mathdefault{2\\times10^{0}}$'):
+    the report's figures are drawn with the math parser off, and matplotlib's log formatter writes mathtext."""
+    import io
+
+    from bioworld.report import plots
+
+    history = [{"step": s, "loss": 3.0 - s / 100, "latent": 0.3 + s / 100, "recon": 1.1 - s / 200,
+                "expr": 1.26, "covariance": 0.3 + s / 15} for s in (10, 20, 30)]
+    fig = plots.training_curves(history)
+    fig.savefig(io.BytesIO(), format="png")  # ticks are labelled when drawn
+    ax = fig.axes[1]
+    assert ax.get_yscale() == "log"
+    labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True) if t.get_text()]
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
+    assert "1" in labels and all(float(t) > 0 for t in labels)
+
+
+def test_report_says_when_the_models_evaluation_scored_only_trained_perturbations(prioritized, tiny_trained,
+                                                                                   tmp_path, monkeypatch):
+    """bioworld evaluate on the training perturbations (split 'seen' only) warns that it measures fit; the report
+    showed the same table as the model's 'held-out accuracy' with nothing saying so."""
+    from bioworld.report import write_report
+
+    def table(split):
+        return pd.DataFrame({"split": [split] * 4, "method": ["WorldModel", "WorldModel", "NoChange", "NoChange"],
+                             "metric": ["mse_top20", "pearson_all"] * 2, "mean": [0.25, 0.61, 0.5, 0.0],
+                             "sd": [0.05, 0.1, 0.1, 0.0], "n": [3] * 4})
+
+    monkeypatch.setattr(tiny_trained, "evaluation", table("seen"), raising=False)
+    text = write_report(prioritized, tmp_path / "seen", model=tiny_trained).read_text()
+    assert "Every scored perturbation was one the model trained on" in text and "unvalidated" in text
+    assert "0.250 ± 0.050" in text  # the table is still shown
+    monkeypatch.setattr(tiny_trained, "evaluation", table("unseen"), raising=False)
+    text = write_report(prioritized, tmp_path / "unseen", model=tiny_trained).read_text()
+    assert "Every scored perturbation was one the model trained on" not in text and "unvalidated" not in text
+
+
+def test_gene_heatmap_colour_range_is_not_set_by_a_knocked_out_genes_own_transcript():
+    """A knockout lowers its own gene's transcript far more than anything else it moves: that one cell set the colour
+    range alone and every other cell of the report's heatmap was white (seen on a 3-perturbation screen)."""
+    from bioworld.report import plots
+
+    rng = np.random.default_rng(0)
+    genes = ["MAPKBP1", "STAT1", "IRF1", "g4", "g5"]
+    gd = pd.DataFrame(rng.normal(0, 0.01, (3, 5)), index=["MAPKBP1", "IRF1+STAT1", "silence:X"], columns=genes)
+    gd.loc["MAPKBP1", "MAPKBP1"] = -0.35  # its own transcript
+    gd.loc["IRF1+STAT1", "STAT1"] = -0.2
+    fig = plots.gene_heatmap(gd)
+    ax = fig.axes[0]
+    lo, hi = ax.images[0].get_clim()
+    own = {("MAPKBP1", "MAPKBP1"), ("IRF1+STAT1", "STAT1"), ("IRF1+STAT1", "IRF1")}
+    others = [abs(gd.loc[r, c]) for r in gd.index for c in gd.columns if (r, c) not in own]
+    assert hi == pytest.approx(max(others)) and lo == -hi and hi < 0.05
+    circled = ax.collections[0].get_offsets()  # (column, row) of the own-transcript cells, in the plotted order
+    cols = [t.get_text() for t in ax.get_xticklabels()]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    assert {(rows[int(r)], cols[int(c)]) for c, r in circled} == own
+
+
+def test_write_report_refuses_answers_of_another_model(prioritized, counterfactuals, tiny_trained, tmp_path,
+                                                       no_benchmark):
+    """A notebook with wm and wm2: write_report(wm.prioritize(...), model=wm2) showed one model's ranking under the
+    other's provenance, fit banner and held-out accuracy, with nothing saying so."""
+    import copy
+
+    from bioworld.report import write_report
+
+    class Reseeded:  # the same model as far as the report reads it, but another seed
+        def __init__(self, wm):
+            self._wm = wm
+
+        def describe(self):
+            return {**self._wm.describe(), "seed": 99}
+
+        def __getattr__(self, name):
+            return getattr(self._wm, name)
+
+    with pytest.raises(BioworldError, match=r"result came from another model than model= \(they differ in seed.*"
+                                            r"Fix: pass the model that answered"):
+        write_report(prioritized, tmp_path / "a", model=Reseeded(tiny_trained))
+    cf = counterfactuals.copy()
+    cf.uns["bioworld"] = copy.deepcopy(dict(cf.uns["bioworld"]))
+    cf.uns["bioworld"]["model"] = {**cf.uns["bioworld"]["model"], "train_labels": ["control", "OTHER"]}
+    with pytest.raises(BioworldError, match=r"counterfactuals came from another model.*train_labels"):
+        write_report(prioritized, tmp_path / "b", counterfactuals=cf, model=tiny_trained)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # the model that answered, also saved and loaded again, is accepted
+    tiny_trained.save(tmp_path / "m")
+    import bioworld as bw
+
+    path = write_report(prioritized, tmp_path / "c", counterfactuals=counterfactuals,
+                        model=bw.WorldModel.load(tmp_path / "m"))
+    assert path.is_file()

@@ -163,7 +163,7 @@ def align_panel(cells: Any, var_names: list[str], genes: list[str] | None = None
     also = f" or its gene symbols (e.g. {symbols[:3]})" if symbols != var_names else ""
     raise DataValidationError(
         f"cells have a different gene panel: {len(missing)} of the model's {len(var_names)} genes are "
-        f"missing (e.g. {missing[:5]}) and {len(extra)} are extra (e.g. {extra[:5]})"
+        f"missing (e.g. {missing[:5]})" + (f" and {len(extra)} are extra (e.g. {extra[:5]})" if extra else "")
         + (f"; {len(repeated)} names are repeated (e.g. {repeated[:5]})" if repeated else "")
         + f". Expected the model's var_names{also} (any order, each once)." + _case_hint(missing, extra)
         + " Fix: give cells measured on the model's genes (missing genes are not imputed); subset/reindex the "

@@ -353,6 +353,11 @@ def _labels_of(adata: Any, key: str) -> pd.Series:
 
 def _check_control(labels: pd.Series, control: str, key: str) -> None:
     uniq = [str(u) for u in pd.unique(labels)]
+    if not isinstance(control, str):  # e.g. control=0 for integer-coded labels: labels are compared as text
+        raise DataValidationError(
+            f"control={control!r} ({type(control).__name__}); expected the control label as a string (labels of "
+            f"adata.obs[{key!r}] are compared as text: {_preview(uniq[:5])}). Fix: pass control={str(control)!r} "
+            "(CLI: --control)")
     if control in uniq:
         return
     reasons: dict[str, str] = {}  # candidate label -> first reason it is suggested

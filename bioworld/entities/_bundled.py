@@ -69,8 +69,9 @@ def resolve_entities(entities: Any) -> EntitySet:
     """An :class:`EntitySet` from what a user passes as ``entities``.
 
     ``None`` = :func:`default_entities` (bundled Hallmark + PROGENy); an ``EntitySet`` as is; a
-    ``.gmt`` path or a ``.tsv`` / ``.txt`` / ``.csv`` (``.tsv.gz``) weight table (gene, pathway,
-    weight); or a list of those, combined (clashing names prefixed).
+    bundled collection's name (``"hallmark"``, ``"progeny"``, ... : :data:`BUNDLED`); a ``.gmt`` path
+    or a ``.tsv`` / ``.txt`` / ``.csv`` (``.tsv.gz``) weight table (gene, pathway, weight); or a list
+    of those, combined (clashing names prefixed).
     """
     if entities is None:
         return default_entities()
@@ -99,7 +100,19 @@ def resolve_entities(entities: Any) -> EntitySet:
                 "Fix: pass those."
             )
         p = Path(item)
+        if isinstance(item, str) and item in BUNDLED and not p.exists():  # entities=["hallmark", "my_sets.gmt"]
+            sets.append(load_bundled(item))
+            continue
         kind = Path(p.name.lower().removesuffix(".gz")).suffix  # x.gmt.gz / x.tsv.gz are read decompressed
+        if not kind and not p.exists():
+            from bioworld.errors import close_matches
+
+            close = close_matches(str(item), sorted(BUNDLED))
+            raise BioworldError(
+                f"entities {str(item)!r} is neither a bundled collection nor a file; expected one of "
+                f"{', '.join(repr(b) for b in sorted(BUNDLED))}, or a .gmt / .tsv path"
+                + (f"; close matches: {', '.join(repr(c) for c in close)}" if close else "")
+                + f". Fix: entities={[(close or ['hallmark'])[0]]!r} (CLI: --entities {(close or ['hallmark'])[0]})")
         if kind == ".gmt":
             sets.append(EntitySet.from_gmt(p))
         elif kind in (".tsv", ".txt", ".csv"):

@@ -94,8 +94,25 @@ def _test_registration(adata: Any, model: Any, given: Mapping[str, Any]) -> tupl
             kw["id_map"] = _model_id_map(_base_model(model))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        registration = register(adata, **kw)
+        try:
+            registration = register(adata, **kw)
+        except DataValidationError as e:
+            raise _counts_model_error(e, given, reg) from None
     return registration, kw["perturbation_key"]
+
+
+def _counts_model_error(e: DataValidationError, given: Mapping[str, Any], reg: Any) -> DataValidationError:
+    """Log-normalised test data for a model trained on counts: register's fix 'pass input='log'' would only be
+    refused next (another scale than the model's); the fix is the raw counts."""
+    msg = str(e)
+    if given.get("input") is not None or reg.input != "counts" or "non-integer values" not in msg \
+            or ": this looks" not in msg:
+        return e
+    hint = msg.split("register the raw counts", 1)[1] if "register the raw counts" in msg else "."
+    return DataValidationError(
+        msg.split(": this looks", 1)[0] + ": the test data look log-normalised, but this model was trained on raw "
+        "counts (input='counts') and normalises the test cells itself (input='log' would be refused as another "
+        "scale). Fix: give the test cells' raw counts" + hint)
 
 
 def _model_id_map(model: Any) -> dict[str, str]:
@@ -130,6 +147,12 @@ def _on_panel(adata: Any, model: Any, registration: Any) -> Any:
             "every gene of the training panel. Fix: evaluate on data measured on the same genes (extra genes are fine)."
         )
     return adata if names == var_names else adata[:, var_names].copy()
+
+
+def _check_out(out: Any) -> None:
+    if out is not None and not Path(out).is_dir():
+        raise BioworldError(f"out={str(out)!r} is not a folder; expected the model folder to write {EVALUATION} into. "
+                            "Fix: pass out= an existing folder (the model's), or leave it out")
 
 
 def evaluate(
@@ -171,7 +194,8 @@ def evaluate(
     seed
         Seed of the split halves of the noise ceiling.
     out
-        A folder (the model folder) to write ``evaluation.csv`` and ``evaluation_scores.csv`` to.
+        A folder (the model folder) to write ``evaluation.csv`` and ``evaluation_scores.csv`` to; in a single
+        model's folder its model card (``README.md``) is rewritten with the table.
 
     Returns
     -------
@@ -184,6 +208,7 @@ def evaluate(
     given = {"perturbation_key": perturbation_key, "control": control, "dose_key": dose_key,
              "compound_id_key": compound_id_key, "gene_symbols_key": gene_symbols_key, "input": input,
              "min_cells_per_group": min_cells_per_group}
+    _check_out(out)  # before the scoring, not after it
     test, reg, X, labels, base = _test_cells(adata, model, given)
     if k > X.shape[1]:
         warnings.warn(f"k={k} is more than the {X.shape[1]} genes scored: the top-{k} metrics use every gene (their "
@@ -201,7 +226,8 @@ def evaluate(
     if not pred:
         raise BioworldError(
             f"the model can predict none of the {len(obs)} test perturbations (e.g. {list(skipped.items())[:2]}); "
-            "expected labels of genes / compounds / entities the model knows"
+            "expected labels of genes / compounds / entities the model knows. Fix: check perturbation_key and the "
+            "labels' spelling (CLI: --perturbation-key), or evaluate a model trained on these perturbations' kind"
         )
     split_of = {lab: ("seen" if lab in trained else "unseen") for lab in pred}
     reference = np.mean(list(obs.values()), axis=0)
@@ -238,12 +264,19 @@ def evaluate(
         warnings.warn(f"{len(skipped)} test perturbation(s) not scored (the model cannot predict them): "
                       + "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]), stacklevel=user_stacklevel())
     if out is not None:
-        d = Path(out)
-        if not d.is_dir():
-            raise BioworldError(f"out={str(d)!r} is not a folder; expected the model folder to write {EVALUATION} into")
-        _atomic_csv(summary, d / EVALUATION)
-        _atomic_csv(scores, d / EVALUATION_SCORES)
+        _write_outputs(Path(out), summary, scores, model)
     return summary
+
+
+def _write_outputs(d: Path, summary: pd.DataFrame, scores: pd.DataFrame, model: Any) -> None:
+    """``evaluation.csv`` / ``evaluation_scores.csv`` into ``d``; in a single model's folder (``bioworld.json``) its
+    model card (``README.md``) is rewritten with the table too, as ``bioworld evaluate`` does."""
+    _atomic_csv(summary, d / EVALUATION)
+    _atomic_csv(scores, d / EVALUATION_SCORES)
+    if not hasattr(model, "members") and (d / "bioworld.json").is_file():
+        from bioworld.report.card import write_model_card
+
+        write_model_card(model, d, evaluation=summary)
 
 
 def _test_cells(adata: Any, model: Any, given: dict[str, Any]) -> tuple[Any, Any, np.ndarray, np.ndarray, Any]:
@@ -254,7 +287,9 @@ def _test_cells(adata: Any, model: Any, given: dict[str, Any]) -> tuple[Any, Any
     from bioworld.data import normalize
 
     if adata is None or not hasattr(adata, "obs"):
-        raise DataValidationError(f"evaluate() got {type(adata).__name__} as test data; expected an AnnData")
+        raise DataValidationError(f"evaluate() got {type(adata).__name__} as test data; expected an AnnData of test "
+                                  "cells (controls and perturbed cells). Fix: read the file first: "
+                                  "bw.data.read_h5ad(path)")
     adata = adata.copy() if not getattr(adata, "isbacked", False) else adata.to_memory()
     reg, key = _test_registration(adata, model, given)
     base = _base_model(model)

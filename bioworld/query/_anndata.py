@@ -13,7 +13,9 @@ Keys written (documented once, used by ``WorldModel`` and ``Ensemble``):
   ``bw_cell``; ``obsm``: the cells' embeddings (``X_umap``, ...) are kept, plus
   ``obsm['bw_entity_shift']``, a DataFrame (columns = entity names) of how far each entity latent
   moved, in units of the slot's spread over control cells;
-- ``uns['bioworld']['entity_effects'][SPEC]``: a DataFrame ``entity, shift, share`` ordered by shift.
+- ``uns['bioworld']['entity_effects'][SPEC]``: a DataFrame ``entity, shift, share`` ordered by shift; a
+  counterfactual keeps the cells' ``uns['<column>_colors']`` (scanpy's category colours) of the ``obs``
+  columns it keeps, and no other ``uns`` entry (neighbour graphs and the like describe the given cells only).
 
 Everything written here is storable by plain ``AnnData.write_h5ad`` (no lists of dicts, no None).
 """
@@ -180,6 +182,9 @@ def counterfactual_adata(
             out.obsm[key] = _tile_obsm(value, len(specs), out.obs_names)
     out.obsm[ENTITY_SHIFT] = pd.DataFrame(_rows(shifts), index=out.obs_names,
                                           columns=pd.Index([str(e) for e in entity_names], dtype=str))
+    for key, value in getattr(cells, "uns", {}).items():  # scanpy's colours of the obs columns kept
+        if str(key).endswith("_colors") and str(key)[: -len("_colors")] in out.obs.columns:
+            out.uns[key] = value
     out.uns["bioworld"] = {"entity_effects": {s: effects_frame(effects[s]) for s in specs},
                            "entity_names": [str(e) for e in entity_names], **dict(uns or {})}
     return out

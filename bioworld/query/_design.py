@@ -125,7 +125,11 @@ class Selection:
 
 def _check_strategy(strategy: str) -> str:
     if strategy not in STRATEGIES:
-        raise BioworldError(f"strategy {strategy!r} is unknown; expected one of {', '.join(STRATEGIES)}")
+        from bioworld.errors import close_matches
+
+        close = close_matches(str(strategy), list(STRATEGIES)) or [s for s in STRATEGIES if s.startswith(str(strategy))]
+        raise BioworldError(f"strategy {strategy!r} is unknown; expected one of {', '.join(STRATEGIES)}. Fix: "
+                            f"strategy={(close or ['information'])[0]!r} (CLI: --strategy)")
     return strategy
 
 
@@ -470,7 +474,8 @@ def candidate_labels(model: Any, candidates: Sequence[str] | None, *, goal: str 
         a = m.space.parse(lab)
         if a.is_control:
             if candidates is not None:
-                raise BioworldError(f"candidate {lab!r} is the control; expected perturbations to measure")
+                raise BioworldError(f"candidate {lab!r} is the control; expected perturbations to measure. Fix: "
+                                    "leave the control out of the candidates (CLI: the --candidates file)")
             continue
         note = ""
         if a.compounds and m.space.compounds is None:

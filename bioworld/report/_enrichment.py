@@ -22,6 +22,17 @@ def _gene_sets(gene_sets: Any) -> tuple[dict[str, list[str]], str]:
     elif isinstance(gene_sets, (str, os.PathLike)):
         from bioworld.entities import resolve_entities
 
+        name = str(gene_sets)
+        if not os.path.exists(name) and not os.path.splitext(name)[1] and os.sep not in name:
+            from bioworld.errors import close_matches
+
+            close = close_matches(name, sorted(BUNDLED))
+            raise BioworldError(
+                f"gene_sets={name!r} is neither a bundled collection nor a file; expected one of "
+                f"{', '.join(repr(b) for b in sorted(BUNDLED))}, a GMT / weight-table path, a dict or an EntitySet"
+                + (f"; close matches: {', '.join(repr(c) for c in close)}" if close else "")
+                + f". Fix: gene_sets={(close or sorted(BUNDLED))[0]!r}")
+
         es, what = resolve_entities([str(gene_sets)]), str(gene_sets)
     elif isinstance(gene_sets, EntitySet):
         es, what = gene_sets, "the given EntitySet"
@@ -30,7 +41,8 @@ def _gene_sets(gene_sets: Any) -> tuple[dict[str, list[str]], str]:
                 "the given gene sets")  # a set of one gene given as a string is that gene, not its letters
     else:
         raise BioworldError(f"gene_sets is a {type(gene_sets).__name__}; expected a bundled name "
-                            f"({', '.join(sorted(BUNDLED))}), a GMT / weight-table path, a dict or an EntitySet")
+                            f"({', '.join(sorted(BUNDLED))}), a GMT / weight-table path, a dict or an EntitySet. Fix: e.g. "
+                            "gene_sets='hallmark' or gene_sets={'my_set': ['STAT1', 'IRF1', ...]}")
     return {e.name: [str(g) for g in e.genes] for e in es}, what
 
 
@@ -42,6 +54,26 @@ def answer_genes(adata: Any) -> list[str]:
     if GENE_SYMBOL in adata.var.columns:
         return [str(g) for g in adata.var[GENE_SYMBOL]]
     return [str(g) for g in adata.var_names]
+
+
+def layer_values(adata: Any, layer: str) -> np.ndarray:
+    """``adata.layers[layer]`` as a dense float64 array (a sparse layer, e.g. one a user stored as ``csr_matrix``,
+    too); refuses a missing layer with what the AnnData has."""
+    if layer not in adata.layers:
+        raise BioworldError(f"adata has no layers[{layer!r}] (found {list(adata.layers)}); expected the AnnData of "
+                            "WorldModel.predict or .counterfactual. Fix: pass layer= one of its layers")
+    M = adata.layers[layer]
+    return np.asarray(M.toarray() if hasattr(M, "toarray") else M, dtype=np.float64)
+
+
+def _check_gsea_options(permutations: Any, min_size: Any, max_size: Any) -> None:
+    for name, v, lo in (("permutations", permutations, 1), ("min_size", min_size, 1), ("max_size", max_size, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise BioworldError(f"{name}={v!r}; expected a whole number >= {lo}. Fix: pass e.g. {name}="
+                                + {"permutations": "1000", "min_size": "5", "max_size": "500"}[name])
+    if min_size > max_size:
+        raise BioworldError(f"min_size={min_size} is above max_size={max_size}; expected min_size <= max_size (the "
+                            "range of set sizes tested). Fix: swap them or widen the range")
 
 
 def enrichment(
@@ -82,19 +114,20 @@ def enrichment(
     """
     import gseapy
 
-    if layer not in adata.layers:
-        raise BioworldError(f"adata has no layers[{layer!r}] (found {list(adata.layers)}); expected the AnnData of "
-                            "WorldModel.predict or .counterfactual")
-    D = np.asarray(adata.layers[layer], dtype=np.float64)
+    _check_gsea_options(permutations, min_size, max_size)
+    D = layer_values(adata, layer)
     if "bw_intervention" in adata.obs.columns:
         rows = (adata.obs["bw_intervention"].astype(str) == str(label)).to_numpy()
         if not rows.any():
-            raise BioworldError(f"no rows with obs['bw_intervention'] == {label!r}")
+            raise BioworldError(f"no rows with obs['bw_intervention'] == {label!r}; found "
+                                f"{list(pd.unique(adata.obs['bw_intervention'].astype(str)))[:6]}; expected one of "
+                                "those interventions. Fix: pass one of them, or run counterfactual with it first")
         delta = D[rows].mean(0)
     else:
         names = [str(x) for x in adata.obs_names]
         if str(label) not in names:
-            raise BioworldError(f"{label!r} is not a row of adata; found {names[:6]}")
+            raise BioworldError(f"{label!r} is not a row of adata; found {names[:6]}; expected one of its "
+                                "rows (obs_names). Fix: pass one of those, or predict that label first")
         delta = D[names.index(str(label))]
     sets, what = _gene_sets(gene_sets)
     genes = answer_genes(adata)
@@ -105,12 +138,13 @@ def enrichment(
     if not tested:
         from bioworld.errors import user_stacklevel
 
-        warnings.warn(f"no set of {what} has {min_size} to {max_size} of the answer's {len(genes)} genes (they are "
-                      f"named e.g. {genes[:3]}; the most any set has is {max(sizes.values(), default=0)}): nothing was "
-                      "tested and the table is empty. Fix: gene sets named like the panel (e.g. symbols), or a "
-                      "smaller min_size", UserWarning, stacklevel=user_stacklevel())
+        why = (f"no set of {what} has {min_size} to {max_size} of the answer's {len(genes)} genes (they are named e.g. "
+               f"{genes[:3]}; the most any set has is {max(sizes.values(), default=0)})")
+        warnings.warn(f"{why}: nothing was tested and the table is empty. Fix: gene sets named like the panel (e.g. "
+                      "symbols), or a smaller min_size", UserWarning, stacklevel=user_stacklevel())
         out = pd.DataFrame(columns=cols)
         out.attrs["gene_sets"] = what
+        out.attrs["not_tested"] = why
         return out
     rnk = pd.Series(delta, index=genes)
     rnk = rnk[~rnk.index.duplicated()].sort_values(ascending=False)

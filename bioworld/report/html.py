@@ -8,6 +8,7 @@ import io
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,9 @@ def _accuracy_view(acc: pd.DataFrame) -> dict[str, Any]:
                    "combinations where it was scored (best per column in bold; arrows give the better direction).")
     else:
         verdict = f"The benchmark table holds no {WORLD_MODEL_METHOD} rows: only baselines were scored."
-    return {"headers": headers, "rows": rows, "show_split": acc["split"].astype(str).nunique() > 1
-            or bool(acc["split"].astype(str).iloc[0]), "verdict": verdict}
+    splits = set(acc["split"].astype(str))
+    return {"headers": headers, "rows": rows, "show_split": len(splits) > 1 or bool(acc["split"].astype(str).iloc[0]),
+            "verdict": verdict, "only_seen": splits == {"seen"}}
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -167,7 +169,7 @@ def _counterfactual_view(counterfactuals: Any, top: int = 10) -> list[dict[str, 
     if counterfactuals is None:
         return []
     genes_moved: dict[str, dict[str, list[tuple[str, float]]]] = {}
-    enriched: dict[str, list[tuple[str, str, str]]] = {}
+    enriched: dict[str, list[tuple[str, str, str]] | str] = {}
     n_cells: dict[str, int] = {}
     if hasattr(counterfactuals, "uns") and hasattr(counterfactuals, "obs"):
         cf = counterfactuals
@@ -178,11 +180,13 @@ def _counterfactual_view(counterfactuals: Any, top: int = 10) -> list[dict[str, 
                 "counterfactuals has no uns['bioworld']['entity_effects']; expected the AnnData returned by "
                 "WorldModel.counterfactual (or a dict intervention -> list of {entity, shift, share})"
             )
+        from bioworld.report._enrichment import answer_genes, layer_values
+
         layer = "delta" if "delta" in cf.layers else None
         labels = cf.obs["bw_intervention"].astype(str).to_numpy() if "bw_intervention" in cf.obs else None
         if layer is not None and labels is not None:
-            delta = np.asarray(cf.layers[layer])
-            names = np.asarray([str(v) for v in cf.var_names])
+            delta = layer_values(cf, layer)
+            names = np.asarray(answer_genes(cf))  # symbols when the model's var_names are ids
             for spec in effects:
                 rows = labels == spec
                 if not rows.any():
@@ -221,11 +225,16 @@ def _counterfactual_view(counterfactuals: Any, top: int = 10) -> list[dict[str, 
 ENRICH_SETS, ENRICH_FDR, ENRICH_TOP, ENRICH_PERMUTATIONS = "hallmark", 0.25, 4, 1000
 
 
-def _enriched(cf: Any, spec: str, layer: str) -> list[tuple[str, str, str]]:
-    """``(term, NES, FDR)`` of the Hallmark sets the mean predicted change of ``spec`` enriches (FDR < 0.25)."""
+def _enriched(cf: Any, spec: str, layer: str) -> list[tuple[str, str, str]] | str:
+    """``(term, NES, FDR)`` of the Hallmark sets the mean predicted change of ``spec`` enriches (FDR < 0.25), or why
+    nothing was tested (no set has enough genes on the panel: another species, a small panel, a simulator)."""
     from bioworld.report._enrichment import enrichment
 
-    res = enrichment(cf, spec, gene_sets=ENRICH_SETS, layer=layer, permutations=ENRICH_PERMUTATIONS, seed=0)
+    with warnings.catch_warnings():  # the reason is shown in the report instead of warned once per intervention
+        warnings.simplefilter("ignore", UserWarning)
+        res = enrichment(cf, spec, gene_sets=ENRICH_SETS, layer=layer, permutations=ENRICH_PERMUTATIONS, seed=0)
+    if "not_tested" in res.attrs:
+        return f"not tested: {res.attrs['not_tested']}"
     res = res[res["fdr"] < ENRICH_FDR].head(ENRICH_TOP)
     return [(str(r.term), f"{r.nes:+.2f}", f"{r.fdr:.3f}") for r in res.itertuples()]
 
@@ -426,8 +435,10 @@ def _methods(result: Any, model: Any) -> dict[str, Any]:
         rows.append(("training data hash", str(h) if h else "not recorded (a model saved before data hashes)"))
         reg = getattr(model, "registration", None)
         if reg is not None:
-            rows.append(("registration", f"input {getattr(reg, 'input', '?')}, perturbation key "
-                                         f"{meta.get('perturbation_key', '?')}, replicate key {meta.get('replicate_key')}"))
+            pkey = meta.get("perturbation_key") or getattr(reg, "perturbation_key", None) or "?"
+            rkey = meta.get("replicate_key") or getattr(model, "replicate_key", None) or "none"
+            rows.append(("registration", f"input {getattr(reg, 'input', '?')}, perturbation key {pkey}, replicate key "
+                                         f"{rkey}"))
         desc = model.describe() if hasattr(model, "describe") else {}
         if desc.get("entity_hash"):
             rows.append(("entity definitions hash", str(desc["entity_hash"])))
@@ -491,6 +502,50 @@ def _accuracy_of(accuracy: Any, model: Any) -> tuple[pd.DataFrame | None, str]:
     return load_accuracy(accuracy), source
 
 
+#: Interventions in the per-cell score distributions (at most; fewer with a smaller ``top_n``).
+PER_CELL_ROWS = 12
+
+
+def _check_report_args(model: Any, top_n: Any) -> None:
+    """``model`` is a trained model or ensemble (a folder path would be silently ignored: no fit banner, no training
+    details); ``top_n`` a whole number >= 1 (``head(-1)`` would show every row but the last)."""
+    if model is not None and not (hasattr(model, "describe") or hasattr(model, "members")):
+        raise BioworldError(
+            f"model is {model!r:.60} ({type(model).__name__}); expected the trained bioworld.WorldModel (or Ensemble) "
+            "that answered, or None. Fix: load the folder first: model=bw.WorldModel.load(path)")
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+        raise BioworldError(f"top_n={top_n!r}; expected a whole number >= 1 of interventions to plot. Fix: pass e.g. "
+                            "top_n=20")
+
+
+#: describe() fields that identify the model an answer came from (sizes, entities, training labels, seed).
+_IDENTITY = ("n_genes", "entity_hash", "input", "train_labels", "holdout", "seed")
+
+
+def _check_same_model(result: Any, counterfactuals: Any, model: Any) -> None:
+    """The ranking, the counterfactuals and ``model`` come from one model: a report mixing two (a notebook's
+    ``wm`` and ``wm2``) would show one model's ranking with another's provenance, fit banner and accuracy."""
+    if model is None or hasattr(model, "members") or not hasattr(model, "describe"):
+        return
+    mine = model.describe()
+    cf_uns = getattr(counterfactuals, "uns", {}).get("bioworld", {}) if hasattr(counterfactuals, "uns") else {}
+    for what, desc in (("result", (getattr(result, "provenance", {}) or {}).get("model")),
+                       ("counterfactuals", cf_uns.get("model") if hasattr(cf_uns, "get") else None)):
+        if not isinstance(desc, Mapping):
+            continue
+        differ = [k for k in _IDENTITY if k in desc and k in mine and _plain(desc[k]) != _plain(mine[k])]
+        if differ:
+            raise BioworldError(
+                f"{what} came from another model than model= (they differ in {', '.join(differ)}: e.g. "
+                f"{differ[0]} {_plain(desc[differ[0]])!r:.80} vs {_plain(mine[differ[0]])!r:.80}); expected the answers "
+                "and the model of one report to be the same. Fix: pass the model that answered (model=wm for "
+                "wm.prioritize / wm.counterfactual)")
+
+
+def _plain(v: Any) -> Any:
+    return [str(x) for x in v] if isinstance(v, (list, tuple, np.ndarray)) else v
+
+
 def _figures(result: Any, table: pd.DataFrame, model: Any, top_n: int) -> list[dict[str, str]]:
     """The report's plots (title, caption, embedded PNG)."""
     from bioworld.report import plots
@@ -510,12 +565,14 @@ def _figures(result: Any, table: pd.DataFrame, model: Any, top_n: int) -> list[d
          "caption": "Mean predicted change of each gene (standardised expression, units of the control cells' sd; "
                     "red = up, blue = down) under the best unflagged interventions (rows, in rank order), on the "
                     "screen's prototype cells; columns = the genes they move most; * = a gene of the goal's "
-                    "readout entity.",
+                    "readout entity; circled = the intervention's own target gene (its own transcript, left out of "
+                    "the colour range, which it would otherwise set alone).",
          "src": _png(plots.gene_heatmap(getattr(result, "gene_delta", None), highlight=_readout_genes(result, model)))},
         {"title": "Per-cell scores",
          "caption": "Distribution of the score over the individual cells: a wide spread means the effect "
                     "depends on the cell's state.",
-         "src": _png(plots.per_cell_distributions(result.per_cell_scores, order=list(table["intervention"])))},
+         "src": _png(plots.per_cell_distributions(result.per_cell_scores, order=list(table["intervention"]),
+                                                  top_n=min(top_n, PER_CELL_ROWS)))},
         {"title": "Pair synergy",
          "caption": "Score of a pair of silenced entities minus the sum of the two singles: red = more than "
                     "additive, blue = less (redundant).",
@@ -566,7 +623,8 @@ def write_report(
         The :class:`bioworld.WorldModel` that answered (optional): adds its training curves,
         training details and data findings to the report.
     top_n
-        Interventions in the effect and distribution plots (the table shows 30, the CSV all).
+        Interventions in the effect plot and (at most 12) in the per-cell distributions (the table shows 30,
+        the CSV all).
 
     Returns
     -------
@@ -580,6 +638,8 @@ def write_report(
             f"result is a {type(result).__name__} without a ranked table; expected a PrioritizationResult "
             "from WorldModel.prioritize (table with columns intervention, score, ...)"
         )
+    _check_report_args(model, top_n)
+    _check_same_model(result, counterfactuals, model)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BioworldError(f"out_dir {str(out)!r} is a file; expected a folder for report.html. Fix: choose another path.")

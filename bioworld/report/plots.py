@@ -158,7 +158,10 @@ def gene_heatmap(
 
     Rows = the first ``max_rows`` interventions in the given order; columns = the ``top_genes`` genes
     with the largest mean absolute change over those rows; diverging colours centred on 0 (red = up).
-    Genes in ``highlight`` (e.g. the goal's readout genes) are marked with ``*``.
+    Genes in ``highlight`` (e.g. the goal's readout genes) are marked with ``*``. A knocked-out gene's own
+    transcript (the gene named by the row) is circled and left out of the colour range, which it would
+    otherwise set alone, leaving every other cell white; beyond the range it shows the end colour (the colour
+    bar's arrows).
     """
     if gene_delta is None or gene_delta.empty:
         return _empty("no per-gene predictions to show")
@@ -166,22 +169,36 @@ def gene_heatmap(
     cols = sub.abs().mean(0).sort_values(ascending=False).index[:top_genes]
     sub = sub[cols]
     values = sub.to_numpy(float)
-    lim = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    own = _own_transcripts(list(sub.index), [str(c) for c in cols])
+    rest = np.abs(values[~own & np.isfinite(values)])
+    lim = float(rest.max()) if rest.size and rest.max() > 0 else (
+        float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0)
     lim = lim if lim > 0 else 1.0
     fig = Figure(figsize=(0.3 * len(cols) + 4.6, 0.3 * len(sub) + 2.4))
     ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    if own.any():  # a knocked-out gene's own transcript: marked, and not the colour scale's range
+        r, c = np.nonzero(own)
+        ax.scatter(c, r, marker="o", s=10, facecolors="none", edgecolors="black", linewidths=0.8)
     marks = set(highlight)
     ax.set_xticks(np.arange(len(cols)))
     ax.set_xticklabels([f"{c}*" if c in marks else str(c) for c in cols], rotation=70, ha="right", fontsize=7)
     ax.set_yticks(np.arange(len(sub)))
     ax.set_yticklabels([short_label(r, 50) for r in sub.index], fontsize=7)
-    cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    beyond = bool(own.any() and np.nanmax(np.abs(values[own])) > lim)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, extend="both" if beyond else "neither")
     cbar.set_label("predicted change (control sd)", fontsize=8)
     cbar.ax.tick_params(labelsize=7)
     ax.set_title(title or "Predicted change of the most-moved genes", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _own_transcripts(rows: Sequence[str], genes: Sequence[str]) -> np.ndarray:
+    """``[rows, genes]`` True where the gene is one a row's intervention knocks out / down or activates itself (its
+    name is a part of the label: ``STAT1``, ``A+B``, ``kd:GENE:0.5``): that cell shows the gene's own transcript."""
+    parts = [set(re.split(r"[+:@]", str(r))) for r in rows]
+    return np.array([[g in p for g in genes] for p in parts], dtype=bool).reshape(len(rows), len(genes))
 
 
 @_plain_text
@@ -234,7 +251,7 @@ def pair_synergy_matrix(pair_synergy: pd.DataFrame, *, max_entities: int = 25, t
     With more than ``max_entities`` entities, the ones in the strongest interactions are shown.
     """
     if pair_synergy is None or pair_synergy.size == 0 or not np.isfinite(pair_synergy.to_numpy(float)).any():
-        return _empty("no pairs were scored (pairs=False or fewer than two entities)")
+        return _empty("no pairs were scored (--no-pairs / pairs=False, or fewer than two entities)")
     syn = pair_synergy.astype(float)
     if len(syn) > max_entities:
         strength = syn.abs().max(1).fillna(0).sort_values(ascending=False)
@@ -264,6 +281,19 @@ def pair_synergy_matrix(pair_synergy: pd.DataFrame, *, max_entities: int = 25, t
     return fig
 
 
+def _plain_log_ticks(axis: Any) -> None:
+    """Log-axis tick labels as plain numbers (``0.3``, ``2``, ``1e-05``): matplotlib's default log formatters write
+    mathtext (``$\\mathdefault{10^{0}}$``), which the figures' math-off setting (:func:`_plain_text`) shows raw."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLog(LogFormatter):
+        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+            return f"{x:g}"
+
+    axis.set_major_formatter(PlainLog())
+    axis.set_minor_formatter(PlainLog(labelOnlyBase=False))
+
+
 @_plain_text
 def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None = None) -> Figure:
     """Training loss (total and per term) and the collapse monitor against the step."""
@@ -290,6 +320,7 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None =
     positive = terms and (df[terms].to_numpy(float) > 0).all()
     if positive:
         ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
     ax.set_title("loss terms" + (" (log scale)" if positive else ""), fontsize=10)
     ax.set_xlabel("step")
     if terms:
@@ -305,7 +336,7 @@ def training_curves(history: Sequence[Mapping[str, Any]], *, title: str | None =
         ax.set_title("collapse monitor (target latents)", fontsize=10)
         ax.set_xlabel("step")
     for a in axes[0]:
-        a.tick_params(labelsize=8)
+        a.tick_params(which="both", labelsize=8)
         a.grid(color="#eeeeee", lw=0.5)
     if title:
         fig.suptitle(title, fontsize=11)
