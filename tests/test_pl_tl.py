@@ -280,7 +280,7 @@ def test_enrichment_refuses_bad_options_and_names_the_bundled_collection():
         with pytest.raises(BioworldError, match=msg) as e:
             bw.tl.enrichment(a, "DRUG@1", **kw)
         assert "Fix:" in str(e.value)
-    with pytest.raises(BioworldError, match=r"gene_sets='halmark' is neither a bundled collection nor a file.*"
+    with pytest.raises(BioworldError, match=r"gene_sets 'halmark' is neither a bundled collection nor a file.*"
                                             r"close matches: 'hallmark'.*Fix: gene_sets='hallmark'"):
         bw.tl.enrichment(a, "DRUG@1", gene_sets="halmark")
 

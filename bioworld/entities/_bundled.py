@@ -105,14 +105,7 @@ def resolve_entities(entities: Any) -> EntitySet:
             continue
         kind = Path(p.name.lower().removesuffix(".gz")).suffix  # x.gmt.gz / x.tsv.gz are read decompressed
         if not kind and not p.exists():
-            from bioworld.errors import close_matches
-
-            close = close_matches(str(item), sorted(BUNDLED))
-            raise BioworldError(
-                f"entities {str(item)!r} is neither a bundled collection nor a file; expected one of "
-                f"{', '.join(repr(b) for b in sorted(BUNDLED))}, or a .gmt / .tsv path"
-                + (f"; close matches: {', '.join(repr(c) for c in close)}" if close else "")
-                + f". Fix: entities={[(close or ['hallmark'])[0]]!r} (CLI: --entities {(close or ['hallmark'])[0]})")
+            raise unknown_collection(str(item))
         if kind == ".gmt":
             sets.append(EntitySet.from_gmt(p))
         elif kind in (".tsv", ".txt", ".csv"):
@@ -124,3 +117,18 @@ def resolve_entities(entities: Any) -> EntitySet:
             )
     out = sets[0]
     return out.combine(*sets[1:], on_clash="prefix") if len(sets) > 1 else out
+
+
+def unknown_collection(name: str, arg: str = "entities") -> BioworldError:
+    """The error for ``name`` given as argument ``arg`` (``entities`` or ``gene_sets``) that is neither a bundled
+    collection nor a file: the collections, close matches and the fix."""
+    from bioworld.errors import close_matches
+
+    close = close_matches(name, sorted(BUNDLED))
+    best = (close or ["hallmark"])[0]
+    fix = f"entities={[best]!r} (CLI: --entities {best})" if arg == "entities" else f"{arg}={best!r}"
+    return BioworldError(
+        f"{arg} {name!r} is neither a bundled collection nor a file; expected one of "
+        f"{', '.join(repr(b) for b in sorted(BUNDLED))}, or a .gmt / .tsv path"
+        + (f"; close matches: {', '.join(repr(c) for c in close)}" if close else "") + f". Fix: {fix}")
+

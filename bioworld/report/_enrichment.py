@@ -24,15 +24,9 @@ def _gene_sets(gene_sets: Any) -> tuple[dict[str, list[str]], str]:
 
         name = str(gene_sets)
         if not os.path.exists(name) and not os.path.splitext(name)[1] and os.sep not in name:
-            from bioworld.errors import close_matches
+            from bioworld.entities._bundled import unknown_collection
 
-            close = close_matches(name, sorted(BUNDLED))
-            raise BioworldError(
-                f"gene_sets={name!r} is neither a bundled collection nor a file; expected one of "
-                f"{', '.join(repr(b) for b in sorted(BUNDLED))}, a GMT / weight-table path, a dict or an EntitySet"
-                + (f"; close matches: {', '.join(repr(c) for c in close)}" if close else "")
-                + f". Fix: gene_sets={(close or sorted(BUNDLED))[0]!r}")
-
+            raise unknown_collection(name, "gene_sets")
         es, what = resolve_entities([str(gene_sets)]), str(gene_sets)
     elif isinstance(gene_sets, EntitySet):
         es, what = gene_sets, "the given EntitySet"
